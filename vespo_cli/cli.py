@@ -1,0 +1,231 @@
+"""The `vespo` command: rollout, train, eval, compare (+ presets, inspect, bench)."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(
+    name="vespo",
+    help="Off-policy RL experiment runner for language models: VESPO and every baseline, "
+    "with rollouts as replayable parquet shards.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+PresetOpt = typer.Option(None, "--preset", "-p", help="Run preset: a name from `vespo presets` or a YAML path.")
+AlgoOpt = typer.Option(None, "--algo", "-a", help="Algorithm preset: vespo, grpo, gspo, sapo, cispo, ...")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a config value: key.sub=value (repeatable).")
+RunDirOpt = typer.Option(None, "--run-dir", help="Run directory (default: runs/<preset>-<algo>).")
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn UserError into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _config(preset: Optional[str], algo: Optional[str], overrides: Optional[List[str]], default_preset: str):
+    from .config import load_config
+
+    return load_config(preset or default_preset, algo, overrides or [])
+
+
+def _default_run_dir(cfg, run_dir: Optional[Path], suffix: str = "") -> Path:
+    if run_dir is not None:
+        return run_dir
+    name = f"{cfg.preset or 'run'}-{cfg.algorithm.objective}{suffix}"
+    return Path("runs") / name
+
+
+@app.command()
+@user_errors
+def rollout(
+    preset: Optional[str] = PresetOpt,
+    algo: Optional[str] = AlgoOpt,
+    overrides: Optional[List[str]] = SetOpt,
+    run_dir: Optional[Path] = RunDirOpt,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint dir or model spec (default: the preset's)."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt source (arith, gsm8k, dapo-math-17k, a .jsonl path, ...)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Samples per prompt."),
+    num_prompts: int = typer.Option(16, "--num-prompts", help="Prompts to sample."),
+    follow: Optional[Path] = typer.Option(None, "--follow", help="Async worker: keep sampling with the newest checkpoint of this training run."),
+    worker: str = typer.Option("w0", "--worker", help="Worker name (async: one per process)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Shard directory (default: RUN_DIR/rollouts)."),
+):
+    """Sample responses, score them with math-verify and write parquet shards."""
+    from .rollout.run import rollout_follow, rollout_once
+
+    if follow is not None:
+        rollout_follow(follow, worker=worker, overrides=overrides or [])
+        return
+    cfg = _config(preset, algo, overrides, "smollm2-arith")
+    if prompts:
+        cfg.data.train = prompts
+    if n:
+        cfg.rollout.n = n
+    rd = _default_run_dir(cfg, run_dir, "-rollout")
+    rollout_once(cfg, rd, model=model, num_prompts=num_prompts, out=out, worker=worker)
+
+
+@app.command()
+@user_errors
+def train(
+    preset: Optional[str] = PresetOpt,
+    algo: Optional[str] = AlgoOpt,
+    overrides: Optional[List[str]] = SetOpt,
+    run_dir: Optional[Path] = RunDirOpt,
+    replay: Optional[Path] = typer.Option(None, "--replay", help="Train from existing shards in this directory (no sampling)."),
+    async_: bool = typer.Option(False, "--async", help="Rollout workers in separate processes; trainer consumes shards."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a killed run from its last checkpoint."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and plan; train nothing."),
+):
+    """Train a policy with an algorithm preset: synchronous, replay or async."""
+    from .config import dump_yaml, load_run_config
+
+    if resume is not None:
+        if preset or algo:
+            raise UserError("--resume: the run's own config.yaml is used; drop --preset/--algo")
+        cfg = load_run_config(resume, overrides or [])
+        rd = resume
+    else:
+        cfg = _config(preset, algo, overrides, "smollm2-arith")
+        rd = _default_run_dir(cfg, run_dir)
+    if dry_run:
+        from .plan import describe_plan
+
+        console.print(dump_yaml(cfg), highlight=False, markup=False)
+        console.print(describe_plan(cfg, run_dir=rd, replay=replay, async_=async_), highlight=False)
+        return
+    from .train.loop import train as run_train
+
+    run_train(cfg, rd, replay=replay, async_=async_, resume=resume is not None)
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    benchmarks: List[str] = typer.Argument(..., help="aime24 aime25 amc23 math500 gsm8k (or a .jsonl path)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint dir or model spec."),
+    preset: Optional[str] = PresetOpt,
+    overrides: Optional[List[str]] = SetOpt,
+    k: Optional[int] = typer.Option(None, "--k", help="Samples per problem (default: the paper's k per benchmark)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N problems."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="vllm or hf."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output dir (default: <run>/eval or runs/eval)."),
+):
+    """Evaluate a model on math benchmarks: avg@k, pass@k with 95% intervals."""
+    from .evaluate import eval_command
+
+    cfg = _config(preset, None, overrides, "smollm2-arith")
+    if engine:
+        if engine not in ("vllm", "hf"):
+            raise UserError(f"--engine {engine}: expected vllm or hf")
+        cfg.rollout.engine = engine
+    eval_command(cfg, benchmarks, model=model, k=k, limit=limit, out=out)
+
+
+@app.command()
+@user_errors
+def compare(
+    items: List[str] = typer.Argument(..., help="Algorithm presets to run, or existing run directories to report."),
+    preset: Optional[str] = PresetOpt,
+    overrides: Optional[List[str]] = SetOpt,
+    staleness: Optional[List[int]] = typer.Option(None, "--staleness", "-N", help="Staleness values N (repeatable)."),
+    seeds: int = typer.Option(1, "--seeds", help="Seeds per (algorithm, N)."),
+    replay: Optional[Path] = typer.Option(None, "--replay", help="Same shards for every algorithm."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report directory (default: runs/compare-<preset>)."),
+):
+    """Run the same experiment under several algorithms (or report existing runs) side by side."""
+    from .compare import compare_command
+
+    compare_command(items, preset=preset, overrides=overrides or [], staleness=staleness or [],
+                    seeds=seeds, replay=replay, out=out)
+
+
+@app.command()
+@user_errors
+def presets(check: Optional[str] = typer.Option(None, "--check", help="Validate a preset and print its memory plan.")):
+    """List run presets and algorithm presets with one-line descriptions."""
+    from .config import PRESETS_DIR, list_presets, load_config, preset_description, preset_path
+
+    if check:
+        from .plan import check_preset
+
+        console.print(check_preset(load_config(check)), highlight=False)
+        return
+    for kind, title in (("", "Run presets (--preset)"), ("algorithms", "Algorithm presets (--algo)")):
+        table = Table(title=title, title_justify="left", show_edge=False)
+        table.add_column("name", style="bold cyan")
+        table.add_column("description")
+        for name in list_presets(kind):
+            table.add_row(name, preset_description(preset_path(name, kind)))
+        console.print(table)
+    console.print(f"[dim]presets directory: {PRESETS_DIR}[/]")
+
+
+@app.command()
+@user_errors
+def inspect(path: Path = typer.Argument(..., help="A shard directory (or a run directory).")):
+    """Summarise a shard directory: rows, policy versions, staleness, reward, engines."""
+    from .shards import summarize
+
+    if (path / "rollouts").is_dir():
+        path = path / "rollouts"
+    s = summarize(path)
+    table = Table(show_header=False, show_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key in ("directory", "shards", "rows", "reward_mean", "accuracy", "mean_response_tokens"):
+        v = s[key]
+        table.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
+    table.add_row("policy versions", ", ".join(f"v{k}: {c}" for k, c in s["policy_versions"].items()))
+    table.add_row("staleness vs newest", ", ".join(f"{k}: {c}" for k, c in s["staleness_vs_newest"].items()))
+    table.add_row("engines", ", ".join(f"{k}: {c}" for k, c in s["engines"].items()))
+    table.add_row("finish reasons", ", ".join(f"{k}: {c}" for k, c in s["finish_reasons"].items()))
+    console.print(table)
+    for b in s["bad_shards"]:
+        err_console.print(f"[yellow]bad shard:[/] {b}", highlight=False)
+
+
+@app.command()
+@user_errors
+def bench(out: Path = typer.Option(Path("reports/bench"), "--out", help="Where latest.json and latest.md go."),
+          quick: bool = typer.Option(False, "--quick", help="Smaller sizes (smoke test).")):
+    """Benchmark suite: end-to-end vs TRL, trainer MFU, rollout, objectives, shard I/O."""
+    from .bench import run_bench
+
+    run_bench(out, quick=quick)
+
+
+def main() -> None:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,458 @@
+"""Typed run configuration: YAML presets with `extends:` inheritance and `--set a.b=c` overrides.
+
+A preset is a YAML file under `presets/` (or any path). Loading resolves the `extends:` chain,
+merges the algorithm preset (`presets/algorithms/<name>.yaml`) into `algorithm`, applies `--set`
+overrides, and converts the result into the dataclasses below. Every unknown key, wrong type or
+bad value is a `UserError` naming where it came from, e.g.
+`presets/x.yaml: trainer.lr: expected a float, got 'fast'`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from .errors import UserError
+
+PRESETS_DIR = Path(os.environ.get("VESPO_PRESETS", Path(__file__).resolve().parent.parent / "presets"))
+PAPER_TEMPLATE = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+
+
+@dataclass
+class ModelConfig:
+    path: str = "smollm2-135m"  # `smollm2-135m` | `tiny` | local HF checkpoint dir | hub id
+    dtype: Literal["float32", "bfloat16"] = "float32"  # trainer's master weights
+    trust_remote_code: bool = False
+    moe: bool = False  # Mixture-of-Experts: enables routing capture for replay (R2)
+
+
+@dataclass
+class DataConfig:
+    train: str = "arith"  # data source name (see `vespo_cli.data`) or a .jsonl/.parquet path
+    template: str = PAPER_TEMPLATE  # user message; `{problem}` is replaced
+    difficulty: int = 1  # procedural arithmetic only
+    max_prompt_tokens: int = 1024
+    shuffle: bool = True
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["vllm", "hf"] = "vllm"
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    n: int = 8  # samples per prompt (group size)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int = 256
+    kv_cache_gib: float = 0.5  # vLLM CPU backend KV cache
+    gpu_memory_utilization: float = 0.5  # vLLM CUDA
+    tensor_parallel_size: int = 1
+    reward_workers: int = 2
+    reward_timeout_s: float = 5.0
+
+
+@dataclass
+class AlgorithmConfig:
+    description: str = ""
+    objective: str = "vespo"
+    params: dict[str, Any] = field(default_factory=dict)
+    correction: Optional[Literal["tis", "mis"]] = None
+    correction_cap: float = 2.0
+    routing_replay: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 20  # optimizer steps in total
+    minibatch_prompts: int = 4  # mbs: prompts per optimizer step
+    staleness: int = 1  # N = gbs / mbs optimizer steps per rollout batch; 1 = on-policy
+    rollout_batch_prompts: Optional[int] = None  # gbs; default mbs * N (if given, N = gbs / mbs)
+    lr: float = 1e-6
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    lr_warmup_steps: int = 0
+    micro_token_budget: int = 8192  # tokens per microbatch (gradient accumulation is exact)
+    bf16_autocast: bool = False
+    gradient_checkpointing: bool = False
+    save_every: int = 10  # optimizer steps between checkpoints (and at the end)
+    keep_checkpoints: int = 2
+    max_staleness: int = 4  # async: drop shards more than this many policy versions old
+    async_workers: int = 1
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+
+
+@dataclass
+class EvalConfig:
+    benchmarks: list[str] = field(default_factory=list)
+    k: Optional[int] = None  # samples per problem; default = the paper's k per benchmark
+    limit: Optional[int] = None  # first N problems only
+    every: int = 0  # eval every N optimizer steps during training (0 = only at the end if benchmarks)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 1024
+
+
+@dataclass
+class LayoutConfig:
+    """Hardware layout for paper-scale runs (checked by `vespo presets --check`)."""
+
+    nodes: int = 1
+    gpus_per_node: int = 0  # 0 = CPU
+    gpu_memory_gib: float = 80.0
+    fsdp_size: int = 1
+    rollout_gpus: int = 0  # GPUs given to vLLM (colocated when 0)
+
+
+@dataclass
+class Config:
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    layout: LayoutConfig = field(default_factory=LayoutConfig)
+    preset: str = ""  # name of the preset this came from (informational)
+
+    @property
+    def rollout_batch_prompts(self) -> int:
+        return self.trainer.minibatch_prompts * self.trainer.staleness
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def preset_path(name_or_path: str, kind: str = "") -> Path:
+    """`tiny` → presets/tiny.yaml; `vespo` with kind="algorithms" → presets/algorithms/vespo.yaml."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        if not p.is_file():
+            raise UserError(f"{name_or_path}: preset file not found")
+        return p
+    p = PRESETS_DIR / kind / f"{name_or_path}.yaml"
+    if not p.is_file():
+        known = ", ".join(list_presets(kind)) or "none"
+        what = "algorithm preset" if kind else "preset"
+        raise UserError(f"{name_or_path}: unknown {what} (known: {known})")
+    return p
+
+
+def list_presets(kind: str = "") -> list[str]:
+    return sorted(p.stem for p in (PRESETS_DIR / kind).glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _layers(path: Path, kind: str = "", seen: tuple = ()) -> list[tuple[str, dict]]:
+    """The `extends:` chain of a preset file, base first, as (source, mapping) layers."""
+    if path.resolve() in seen:
+        raise UserError(f"{path}: extends: cycle ({' -> '.join(str(s) for s in seen)})")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    layers: list[tuple[str, dict]] = []
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise UserError(f"{path}: extends: expected a preset name or path, got {parent!r}")
+        rel = path.parent / parent
+        parent_path = rel if rel.is_file() else preset_path(parent, kind)
+        layers = _layers(parent_path, kind, seen + (path.resolve(),))
+    return layers + [(str(path), data)]
+
+
+def _merge(dst: dict, src: dict, origin: dict, source: str, prefix: str = "") -> None:
+    for key, value in src.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(dst.get(key), dict) and key != "params":
+            _merge(dst[key], value, origin, source, dotted + ".")
+        elif isinstance(value, dict) and isinstance(dst.get(key), dict):  # params: merge keys too
+            dst[key] = {**dst[key], **value}
+            origin[dotted] = source
+        else:
+            dst[key] = value
+            origin[dotted] = source
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`trainer.lr=3e-6` → ("trainer.lr", 3e-6); the value is YAML (so `[1, 2]`, `null`, `true` work)."""
+    if "=" not in item:
+        raise UserError(f"--set {item}: expected KEY=VALUE, e.g. trainer.lr=1e-6")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {item}: expected a dotted key like trainer.lr")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _nest(key: str, value: Any) -> dict:
+    out: dict = {}
+    cur = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cur = cur.setdefault(part, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def load_config(
+    preset: str | None = None,
+    algo: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Config:
+    """Resolve preset (+ extends chain) ← algorithm preset ← --set overrides into a Config."""
+    merged: dict = {}
+    origin: dict[str, str] = {}
+    if preset:
+        for source, layer in _layers(preset_path(preset)):
+            _merge(merged, layer, origin, source)
+        merged.setdefault("preset", Path(preset).stem)
+    if algo:
+        algo_layers = _layers(preset_path(algo, "algorithms"), "algorithms")
+        for source, layer in algo_layers:
+            # an algorithm preset replaces the objective's params wholesale, never mixes two objectives
+            if "objective" in layer and "params" not in layer:
+                layer = {**layer, "params": {}}
+            if "params" in layer:
+                merged.setdefault("algorithm", {})["params"] = {}
+            _merge(merged, {"algorithm": layer}, origin, source)
+    for item in overrides:
+        key, value = parse_override(item)
+        _merge(merged, _nest(key, value), origin, f"--set {item}")
+    cfg = from_dict(Config, merged, origin)
+    validate(cfg, origin)
+    return cfg
+
+
+def load_run_config(run_dir: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The resolved config a run was started with (`runs/<name>/config.yaml`), plus overrides."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a vespo run directory (no config.yaml)")
+    origin: dict[str, str] = {}
+    merged: dict = {}
+    _merge(merged, _read_yaml(path), origin, str(path))
+    for item in overrides:
+        key, value = parse_override(item)
+        _merge(merged, _nest(key, value), origin, f"--set {item}")
+    cfg = from_dict(Config, merged, origin)
+    validate(cfg, origin)
+    return cfg
+
+
+# --------------------------------------------------------------------------- typing
+
+
+def _where(origin: dict[str, str], dotted: str) -> str:
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        src = origin.get(".".join(parts[:i]))
+        if src:
+            return src
+    return "config"
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " (or null)"
+    return {int: "an integer", float: "a float", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(tp: Any, value: Any, dotted: str, origin: dict) -> Any:
+    def bad() -> UserError:
+        return UserError(f"{_where(origin, dotted)}: {dotted}: expected {_type_name(tp)}, got {value!r}")
+
+    org = typing.get_origin(tp)
+    if org in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, dotted, origin)
+            except UserError:
+                continue
+        raise bad()
+    if org is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise bad()
+    if org is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(item_tp, v, f"{dotted}[{i}]", origin) for i, v in enumerate(value)]
+    if org is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad()
+        return from_dict(tp, value, origin, dotted + ".")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-6` as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    return value
+
+
+def from_dict(cls: type, data: dict, origin: dict | None = None, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by name."""
+    origin = origin or {}
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise UserError(
+                f"{_where(origin, dotted)}: {dotted}: unknown key (expected one of: {', '.join(sorted(names))})"
+            )
+        kwargs[key] = _coerce(hints[key], value, dotted, origin)
+    return cls(**kwargs)
+
+
+def validate(cfg: Config, origin: dict[str, str] | None = None) -> None:
+    """Value checks the types cannot express: positive sizes, divisibility, known objective."""
+    origin = origin or {}
+
+    def fail(dotted: str, msg: str) -> None:
+        raise UserError(f"{_where(origin, dotted)}: {dotted}: {msg}")
+
+    t = cfg.trainer
+    for name in ("steps", "minibatch_prompts", "staleness", "micro_token_budget", "save_every",
+                 "async_workers"):
+        if getattr(t, name) < 1:
+            fail(f"trainer.{name}", f"expected a positive integer, got {getattr(t, name)}")
+    if t.rollout_batch_prompts is not None:
+        gbs = t.rollout_batch_prompts
+        if gbs < 1:
+            fail("trainer.rollout_batch_prompts", f"expected a positive integer, got {gbs}")
+        if gbs % t.minibatch_prompts:
+            fail("trainer.rollout_batch_prompts",
+                 f"{gbs} is not divisible by trainer.minibatch_prompts={t.minibatch_prompts} (staleness N = gbs/mbs)")
+        if "trainer.staleness" in origin and t.staleness != gbs // t.minibatch_prompts:
+            fail("trainer.staleness", f"{t.staleness} contradicts rollout_batch_prompts/minibatch_prompts = "
+                 f"{gbs}/{t.minibatch_prompts}")
+        t.staleness = gbs // t.minibatch_prompts
+    t.rollout_batch_prompts = t.minibatch_prompts * t.staleness
+    if not t.lr > 0:
+        fail("trainer.lr", f"expected a positive float, got {t.lr}")
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        fail("trainer.betas", f"expected two floats in [0, 1), got {t.betas}")
+    if t.max_staleness < 0:
+        fail("trainer.max_staleness", f"expected a non-negative integer, got {t.max_staleness}")
+    r = cfg.rollout
+    for name in ("n", "max_tokens", "tensor_parallel_size", "reward_workers"):
+        if getattr(r, name) < 1:
+            fail(f"rollout.{name}", f"expected a positive integer, got {getattr(r, name)}")
+    if not r.temperature > 0:
+        fail("rollout.temperature", f"expected a positive float, got {r.temperature}")
+    if not 0 < r.top_p <= 1:
+        fail("rollout.top_p", f"expected a float in (0, 1], got {r.top_p}")
+    if cfg.data.max_prompt_tokens < 1:
+        fail("data.max_prompt_tokens", f"expected a positive integer, got {cfg.data.max_prompt_tokens}")
+    if "{problem}" not in cfg.data.template:
+        fail("data.template", "expected a template containing {problem}")
+    if not 1 <= cfg.data.difficulty <= 5:
+        fail("data.difficulty", f"expected an integer in 1..5, got {cfg.data.difficulty}")
+    if cfg.algorithm.correction_cap <= 1:
+        fail("algorithm.correction_cap", f"expected a float > 1, got {cfg.algorithm.correction_cap}")
+    _validate_objective(cfg.algorithm, fail)
+
+
+def _validate_objective(algo: AlgorithmConfig, fail) -> None:
+    try:
+        from .objectives import OBJECTIVES, OBJECTIVE_DEFAULTS
+    except ImportError:  # objectives library not importable: checked again when training starts
+        return
+    if algo.objective not in OBJECTIVES:
+        fail("algorithm.objective", f"unknown objective {algo.objective!r} (known: {', '.join(sorted(OBJECTIVES))})")
+    known = OBJECTIVE_DEFAULTS.get(algo.objective, {})
+    for key in algo.params:
+        if key not in known:
+            fail(f"algorithm.params.{key}",
+                 f"unknown parameter of {algo.objective} (known: {', '.join(sorted(known)) or 'none'})")
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def save_config(cfg: Config, run_dir: str | os.PathLike) -> Path:
+    from .fsio import atomic_write_text
+
+    path = Path(run_dir) / "config.yaml"
+    atomic_write_text(path, dump_yaml(cfg))
+    return path
+
+
+def preset_description(path: Path) -> str:
+    """The `description:` of a preset, following `extends:` if it has none of its own."""
+    try:
+        for _, layer in reversed(_layers(path, "algorithms" if path.parent.name == "algorithms" else "")):
+            if layer.get("description"):
+                return str(layer["description"])
+    except UserError as e:
+        return f"(invalid: {e})"
+    return ""

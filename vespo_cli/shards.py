@@ -1,0 +1,239 @@
+"""Rollout shards: the parquet contract between stages (DESIGN.md "Shards").
+
+One file = one slice of a rollout batch, one row per sampled response. Files are written to a
+hidden temporary name and renamed, so a reader never sees a half shard. The reader validates the
+schema, list lengths and value ranges and names the bad file. Plain parquet: pandas, polars,
+duckdb and `datasets` read it without vespo.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import UserError
+from .fsio import atomic_path
+
+SCHEMA_VERSION = 1
+SCHEMA_KEY = b"vespo.schema_version"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("shard_id", pa.string(), nullable=False),
+        pa.field("policy_version", pa.int64(), nullable=False),  # trainer step whose weights sampled it
+        pa.field("engine", pa.string(), nullable=False),  # vllm | hf
+        pa.field("engine_dtype", pa.string(), nullable=False),
+        pa.field("temperature", pa.float32(), nullable=False),
+        pa.field("top_p", pa.float32(), nullable=False),
+        pa.field("top_k", pa.int32(), nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("group_id", pa.string(), nullable=False),  # samples of one prompt in one rollout batch
+        pa.field("sample_idx", pa.int32(), nullable=False),
+        pa.field("prompt_token_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("response_token_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("rollout_logprobs", pa.list_(pa.float32()), nullable=True),  # null: engine gave none
+        pa.field("reward", pa.float32(), nullable=False),
+        pa.field("correct", pa.bool_(), nullable=False),
+        pa.field("extracted_answer", pa.string(), nullable=True),
+        pa.field("finish_reason", pa.string(), nullable=False),  # stop | length
+        pa.field("response_text", pa.string(), nullable=True),
+        pa.field("created_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("routing", pa.list_(pa.list_(pa.int16())), nullable=True),  # MoE: per token, layer×top-k experts
+    ],
+    metadata={SCHEMA_KEY: str(SCHEMA_VERSION).encode()},
+)
+COLUMNS = SCHEMA.names
+OPTIONAL = {"rollout_logprobs", "extracted_answer", "response_text", "routing"}
+SHARD_GLOB = "*.parquet"
+
+
+class ShardError(UserError):
+    """A shard file that violates the contract; the message starts with the file's path."""
+
+
+def shard_name(policy_version: int, worker: str, seq: int) -> str:
+    """Sortable file name: policy version, then producer, then sequence number."""
+    return f"v{policy_version:06d}-{worker}-{seq:06d}.parquet"
+
+
+def to_table(columns: dict[str, list]) -> pa.Table:
+    """Build a schema-conforming table from column lists; optional columns may be omitted."""
+    n = len(next(iter(columns.values()))) if columns else 0
+    if "created_at" not in columns:
+        columns = {**columns, "created_at": [int(time.time() * 1000)] * n}
+    arrays = []
+    for f in SCHEMA:
+        if f.name in columns:
+            arrays.append(pa.array(columns[f.name], type=f.type))
+        elif f.name in OPTIONAL:
+            arrays.append(pa.nulls(n, type=f.type))
+        else:
+            raise ValueError(f"shard column {f.name} missing")
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def write_shard(table: pa.Table | dict, path: str | os.PathLike) -> Path:
+    """Validate and write atomically (temp file + fsync + rename). Returns the final path."""
+    if isinstance(table, dict):
+        table = to_table(table)
+    path = Path(path)
+    validate(table, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(SCHEMA.metadata), tmp, compression="zstd")
+    return path
+
+
+def read_shard(path: str | os.PathLike) -> pa.Table:
+    """Read and validate one shard; raises ShardError naming the file and the problem."""
+    path = Path(path)
+    try:
+        pf = pq.ParquetFile(path)
+        meta = pf.schema_arrow.metadata or {}
+        table = pf.read()
+    except FileNotFoundError:
+        raise ShardError(f"{path}: no such shard") from None
+    except (pa.ArrowException, OSError) as e:
+        raise ShardError(f"{path}: not a readable parquet file ({str(e).splitlines()[0][:200]})") from None
+    version = meta.get(SCHEMA_KEY)
+    if version is None:
+        raise ShardError(f"{path}: not a vespo shard (no {SCHEMA_KEY.decode()} in the parquet metadata)")
+    try:
+        version = int(version)
+    except ValueError:
+        raise ShardError(f"{path}: bad schema version {version!r}") from None
+    if version > SCHEMA_VERSION:
+        raise ShardError(f"{path}: written by a newer vespo (schema version {version} > {SCHEMA_VERSION}); upgrade vespo")
+    for f in SCHEMA:
+        if f.name not in table.column_names:
+            if f.name in OPTIONAL:
+                table = table.append_column(f, pa.nulls(table.num_rows, type=f.type))
+                continue
+            raise ShardError(f"{path}: missing column {f.name} ({f.type})")
+    try:
+        table = table.select(COLUMNS).cast(SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise ShardError(f"{path}: wrong column types ({str(e).splitlines()[0][:200]})") from None
+    validate(table, path)
+    return table
+
+
+def validate(table: pa.Table, path: str | os.PathLike) -> None:
+    """Contract checks: non-empty, no nulls where required, list lengths, finite values, ranges."""
+
+    def bad(msg: str) -> ShardError:
+        return ShardError(f"{path}: {msg}")
+
+    if table.num_rows == 0:
+        raise bad("empty shard (0 rows)")
+    for f in SCHEMA:
+        if not f.nullable and table.column(f.name).null_count:
+            raise bad(f"column {f.name} has {table.column(f.name).null_count} null values")
+    resp_len = pc.list_value_length(table.column("response_token_ids")).to_numpy(zero_copy_only=False)
+    logprobs = table.column("rollout_logprobs")
+    lp_len = pc.list_value_length(logprobs).to_numpy(zero_copy_only=False)
+    present = ~np.isnan(lp_len.astype(float)) if logprobs.null_count else np.ones(len(lp_len), bool)
+    mismatch = np.nonzero(present & (lp_len != resp_len))[0]
+    if len(mismatch):
+        i = int(mismatch[0])
+        raise bad(f"row {i}: {int(lp_len[i])} rollout_logprobs for {int(resp_len[i])} response tokens")
+    flat = pc.list_flatten(logprobs).to_numpy(zero_copy_only=False)
+    if flat.size and not (np.isfinite(flat).all() and (flat <= 1e-4).all()):
+        kind = "NaN" if np.isnan(flat).any() else "infinite" if np.isinf(flat).any() else "positive"
+        raise bad(f"rollout_logprobs contain {kind} values (expected finite log-probabilities <= 0)")
+    reward = table.column("reward").to_numpy(zero_copy_only=False)
+    if not np.isfinite(reward).all():
+        raise bad("reward contains NaN or infinite values")
+    for name in ("prompt_token_ids", "response_token_ids"):
+        ids = pc.list_flatten(table.column(name)).to_numpy(zero_copy_only=False)
+        if ids.size and ids.min() < 0:
+            raise bad(f"{name} contain negative token ids")
+    if pc.min(pc.list_value_length(table.column("prompt_token_ids"))).as_py() == 0:
+        raise bad("a row has an empty prompt_token_ids")
+    if pc.min(table.column("policy_version")).as_py() < 0:
+        raise bad("policy_version must be >= 0")
+    if pc.min(table.column("sample_idx")).as_py() < 0:
+        raise bad("sample_idx must be >= 0")
+    temp = table.column("temperature").to_numpy(zero_copy_only=False)
+    top_p = table.column("top_p").to_numpy(zero_copy_only=False)
+    if not ((temp > 0).all() and ((top_p > 0) & (top_p <= 1)).all()):
+        raise bad("temperature must be > 0 and top_p in (0, 1]")
+
+
+def list_shards(directory: str | os.PathLike) -> list[Path]:
+    """Complete shards in `directory`, oldest first (temporary and hidden files are ignored)."""
+    d = Path(directory)
+    files = [p for p in d.glob(SHARD_GLOB) if not p.name.startswith(".")]
+    return sorted(files, key=lambda p: p.name)
+
+
+def follow(
+    directory: str | os.PathLike,
+    seen: set[str] | None = None,
+    poll_s: float = 0.5,
+    stop: Callable[[], bool] | None = None,
+) -> Iterator[Path]:
+    """Yield shards as they appear in `directory` (by name order), forever or until `stop()`.
+
+    `seen` holds the names already handed out (e.g. restored from the trainer's ledger)."""
+    seen = set() if seen is None else seen
+    while True:
+        fresh = [p for p in list_shards(directory) if p.name not in seen]
+        for p in fresh:
+            seen.add(p.name)
+            yield p
+        if stop is not None and stop():
+            return
+        if not fresh:
+            time.sleep(poll_s)
+
+
+def summarize(directory: str | os.PathLike) -> dict:
+    """Rows, policy versions, staleness histogram, reward mean and engines of a shard directory."""
+    files = list_shards(directory)
+    if not Path(directory).is_dir():
+        raise UserError(f"{directory}: no such directory")
+    versions: Counter = Counter()
+    engines: Counter = Counter()
+    finish: Counter = Counter()
+    rows = 0
+    reward_sum = correct_sum = resp_tokens = 0.0
+    bad: list[str] = []
+    for f in files:
+        try:
+            t = read_shard(f)
+        except ShardError as e:
+            bad.append(str(e))
+            continue
+        rows += t.num_rows
+        versions.update(t.column("policy_version").to_pylist())
+        engines.update(f"{e}/{d}" for e, d in zip(t.column("engine").to_pylist(), t.column("engine_dtype").to_pylist()))
+        finish.update(t.column("finish_reason").to_pylist())
+        reward_sum += float(pc.sum(t.column("reward")).as_py())
+        correct_sum += float(pc.sum(pc.cast(t.column("correct"), pa.int64())).as_py() or 0)
+        resp_tokens += float(pc.sum(pc.list_value_length(t.column("response_token_ids"))).as_py() or 0)
+    newest = max(versions) if versions else 0
+    staleness: Counter = Counter()
+    for v, c in versions.items():
+        staleness[newest - v] += c
+    return {
+        "directory": str(directory),
+        "shards": len(files),
+        "bad_shards": bad,
+        "rows": rows,
+        "policy_versions": dict(sorted(versions.items())),
+        "staleness_vs_newest": dict(sorted(staleness.items())),
+        "reward_mean": reward_sum / rows if rows else math.nan,
+        "accuracy": correct_sum / rows if rows else math.nan,
+        "mean_response_tokens": resp_tokens / rows if rows else math.nan,
+        "engines": dict(engines),
+        "finish_reasons": dict(finish),
+    }
