@@ -94,17 +94,16 @@ def _locked(root: Path, key: str):
 
 def _cached_build(root: Path, key: str, build) -> str:
     """Return root/key, calling `build(tmp_dir)` first if it does not exist yet (atomically)."""
-    final = root / key
-    if (final / "config.json").is_file():
+    final = root / key  # only ever created by the rename below, so it exists iff it is complete
+    if final.is_dir():
         return str(final)
     with _locked(root, key):
-        if (final / "config.json").is_file():  # built by someone else while we waited
+        if final.is_dir():  # built by someone else while we waited
             return str(final)
         for stale in root.glob(f".{key}.tmp-*"):  # left by a killed build (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():  # incomplete directory not made by us: never trust it
-            shutil.rmtree(final)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.tmp-"))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         try:
             build(tmp)
             os.rename(tmp, final)
