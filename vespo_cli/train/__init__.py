@@ -1,0 +1,1 @@
+"""The trainer: rollout batches → N minibatch updates (staleness N), replay, async, resume, FSDP2."""

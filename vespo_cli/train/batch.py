@@ -1,0 +1,142 @@
+"""Rollout batch → minibatches (staleness N) → token-budget microbatches.
+
+A rollout batch is gbs prompt groups (n samples each). It is split into N = gbs/mbs minibatches of
+whole groups; each minibatch becomes one optimizer step. A minibatch is cut into microbatches by a
+token budget after sorting rows by length, so padding never exceeds a microbatch's longest row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+
+@dataclass
+class Rows:
+    """Per-sequence data of a set of shard rows, as Python lists / tensors (CPU)."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    rollout_logprobs: list[list[float] | None]
+    rewards: torch.Tensor  # [B] float32
+    correct: torch.Tensor  # [B] bool
+    group_ids: list[str]
+    policy_versions: torch.Tensor  # [B] int64
+    shard_ids: list[str]
+    routing: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+    def select(self, idx) -> "Rows":
+        idx = list(idx)
+        pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+        return Rows(
+            pick(self.prompt_ids), pick(self.response_ids), pick(self.rollout_logprobs),
+            self.rewards[idx], self.correct[idx], pick(self.group_ids), self.policy_versions[idx],
+            pick(self.shard_ids), pick(self.routing) if self.routing is not None else None,
+        )
+
+
+def rows_from_table(table: pa.Table) -> Rows:
+    routing = table.column("routing").to_pylist()
+    return Rows(
+        prompt_ids=table.column("prompt_token_ids").to_pylist(),
+        response_ids=table.column("response_token_ids").to_pylist(),
+        rollout_logprobs=table.column("rollout_logprobs").to_pylist(),
+        rewards=torch.tensor(table.column("reward").to_numpy(zero_copy_only=False), dtype=torch.float32),
+        correct=torch.tensor(table.column("correct").to_numpy(zero_copy_only=False), dtype=torch.bool),
+        group_ids=table.column("group_id").to_pylist(),
+        policy_versions=torch.tensor(table.column("policy_version").to_numpy(zero_copy_only=False), dtype=torch.int64),
+        shard_ids=table.column("shard_id").to_pylist(),
+        routing=routing if any(r is not None for r in routing) else None,
+    )
+
+
+def split_minibatches(group_ids: list[str], num_minibatches: int, generator: torch.Generator) -> list[list[int]]:
+    """Shuffle whole groups and deal them into `num_minibatches` minibatches of row indices."""
+    groups: dict[str, list[int]] = {}
+    for i, g in enumerate(group_ids):
+        groups.setdefault(g, []).append(i)
+    keys = list(groups)
+    order = torch.randperm(len(keys), generator=generator).tolist()
+    per = len(keys) // num_minibatches
+    out = []
+    for m in range(num_minibatches):
+        chosen = [keys[j] for j in order[m * per:(m + 1) * per]] if m < num_minibatches - 1 else \
+            [keys[j] for j in order[m * per:]]
+        out.append([i for g in chosen for i in groups[g]])
+    return out
+
+
+@dataclass
+class Microbatch:
+    """Right-padded token tensors for a few rows plus per-response-token aligned tensors."""
+
+    rows: list[int]  # indices into the minibatch
+    input_ids: torch.Tensor  # [b, L]
+    attention_mask: torch.Tensor  # [b, L]
+    position_ids: torch.Tensor  # [b, L]
+    response_mask: torch.Tensor  # [b, L] bool: positions holding response tokens
+    mask: torch.Tensor  # [b, T] bool: response token t of row i exists (T = longest response)
+    routing: list | None = None
+
+    def unflatten(self, flat: torch.Tensor) -> torch.Tensor:
+        """[num_response_tokens] (row-major over rows) → [b, T] zero-padded."""
+        out = flat.new_zeros(self.mask.shape)
+        out[self.mask] = flat
+        return out
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.mask.sum())
+
+
+def make_microbatch(rows: Rows, idx: list[int], pad_id: int = 0) -> Microbatch:
+    lengths = [len(rows.prompt_ids[i]) + len(rows.response_ids[i]) for i in idx]
+    resp_lens = [len(rows.response_ids[i]) for i in idx]
+    L, T = max(lengths), max(max(resp_lens), 1)
+    b = len(idx)
+    input_ids = torch.full((b, L), pad_id, dtype=torch.long)
+    attention = torch.zeros((b, L), dtype=torch.long)
+    response = torch.zeros((b, L), dtype=torch.bool)
+    for r, i in enumerate(idx):
+        p, y = rows.prompt_ids[i], rows.response_ids[i]
+        input_ids[r, : len(p) + len(y)] = torch.tensor(p + y, dtype=torch.long)
+        attention[r, : len(p) + len(y)] = 1
+        response[r, len(p): len(p) + len(y)] = True
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    mask = torch.arange(T).unsqueeze(0) < torch.tensor(resp_lens).unsqueeze(1)
+    routing = [rows.routing[i] for i in idx] if rows.routing is not None else None
+    return Microbatch(idx, input_ids, attention, position_ids, response, mask, routing)
+
+
+def plan_microbatches(rows: Rows, idx: list[int], token_budget: int) -> list[list[int]]:
+    """Group row indices into microbatches of at most `token_budget` padded tokens (longest first)."""
+    length = {i: len(rows.prompt_ids[i]) + len(rows.response_ids[i]) for i in idx}
+    order = sorted(idx, key=lambda i: -length[i])
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        # rows arrive longest first: the current microbatch's padded width is its first row's length
+        if cur and (len(cur) + 1) * length[cur[0]] > token_budget:
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def padded(values: list[list[float] | None], idx: list[int], T: int, fill: float = float("nan")) -> torch.Tensor:
+    """[b, T] float32 from ragged lists (missing lists → `fill`, padding → 0)."""
+    out = torch.zeros((len(idx), T), dtype=torch.float32)
+    for r, i in enumerate(idx):
+        v = values[i]
+        if v is None:
+            out[r, :] = fill
+        elif len(v):
+            out[r, : len(v)] = torch.as_tensor(np.asarray(v, dtype=np.float32))
+    return out

@@ -1,0 +1,132 @@
+"""Checkpoints: HF safetensors weights (loadable by vLLM and transformers) + trainer state.
+
+`checkpoints/step-K/` holds the model (`model.safetensors`, `config.json`, tokenizer), `vespo.json`
+(step, policy version), `trainer_state.json` (step, rollout iteration, consumed-shard ledger) and
+the optimizer + RNG state (`optim.pt` loaded with `weights_only=True`; a DCP directory under FSDP).
+Each checkpoint directory is written under a temporary name and renamed: it is complete or absent.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..fsio import atomic_dir, atomic_write_text
+from . import dist
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def save_weights(model: nn.Module, tokenizer, out: Path, step: int, state_dict=None) -> None:
+    """Write an HF checkpoint into the existing directory `out` (rank 0 only)."""
+    model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    (out / "vespo.json").write_text(json.dumps({"step": step, "policy_version": step}) + "\n")
+
+
+def publish_weights(model: nn.Module, tokenizer, run_dir: Path, step: int, keep: int = 2) -> Path | None:
+    """Async: write `published/step-K` and point `published/LATEST` at it; prune old ones."""
+    sd = dist.full_state_dict(model)
+    if not dist.is_main():
+        return None
+    root = Path(run_dir) / "published"
+    target = root / f"step-{step}"
+    with atomic_dir(target) as tmp:
+        save_weights(model, tokenizer, tmp, step, state_dict=sd)
+    atomic_write_text(root / "LATEST", target.name + "\n")
+    _prune(root, keep + 1)  # +1: a worker may still be loading the previous one
+    return target
+
+
+def _rng_state() -> dict:
+    """Global RNG states as plain data (loadable with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss],
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(run_dir: Path, model: nn.Module, tokenizer, optimizer, state: dict, keep: int) -> Path | None:
+    """Atomically write checkpoints/step-<state['step']>; collective under FSDP."""
+    step = int(state["step"])
+    root = Path(run_dir) / "checkpoints"
+    target = root / f"step-{step}"
+    sd = dist.full_state_dict(model)
+    if dist.world_size() > 1:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        staging = root / f".step-{step}.optim"
+        if dist.is_main():
+            shutil.rmtree(staging, ignore_errors=True)
+        dist.barrier()
+        dcp.save({"optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(staging))
+        dist.barrier()
+    if dist.is_main():
+        with atomic_dir(target) as tmp:
+            save_weights(model, tokenizer, tmp, step, state_dict=sd)
+            if dist.world_size() > 1:
+                shutil.move(str(root / f".step-{step}.optim"), tmp / "optim.dcp")
+                torch.save({"rng": _rng_state()}, tmp / "optim.pt")
+            else:
+                torch.save({"optimizer": optimizer.state_dict(), "rng": _rng_state()}, tmp / "optim.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+        _prune(root, keep)
+    dist.barrier()
+    return target
+
+
+def _prune(root: Path, keep: int) -> None:
+    steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)))
+    for _, p in steps[:-keep] if keep > 0 else []:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    steps = sorted((int(m.group(1)), p) for p in root.iterdir()
+                   if (m := STEP_DIR.match(p.name)) and (p / "trainer_state.json").is_file())
+    return steps[-1][1] if steps else None
+
+
+def load_trainer_state(ckpt: Path) -> dict:
+    try:
+        return json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{ckpt}/trainer_state.json: unreadable checkpoint state ({e})") from None
+
+
+def load_optimizer(ckpt: Path, model: nn.Module, optimizer) -> None:
+    """Restore optimizer and RNG state (weights_only=True: tensors and plain data only)."""
+    blob = torch.load(ckpt / "optim.pt", weights_only=True, map_location="cpu")
+    if dist.world_size() > 1:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+        osd = {"optim": get_optimizer_state_dict(model, optimizer)}
+        dcp.load(osd, checkpoint_id=str(ckpt / "optim.dcp"))
+        set_optimizer_state_dict(model, optimizer, osd["optim"])
+    else:
+        optimizer.load_state_dict(blob["optimizer"])
+    _set_rng_state(blob["rng"])

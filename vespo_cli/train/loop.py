@@ -1,0 +1,486 @@
+"""`vespo train`: rollout batches → N minibatch updates, in three regimes (DESIGN.md).
+
+* sync (default): sample gbs prompts × n with the current weights (written as shards), recompute
+  old_logp once for the whole batch, take N = gbs/mbs optimizer steps, publish the weights.
+* replay (`--replay DIR`): the same, from existing shards, no sampling.
+* async (`--async`): `vespo rollout --follow` workers sample with the newest published weights;
+  the trainer consumes complete shards, dropping those older than `max_staleness` steps.
+
+Checkpoints are taken at rollout-batch boundaries (old_logp of a batch belongs to the weights at its
+start), so a resumed run replays exactly: the rollout batch i is the same shard, minibatch order
+and sampling seed derive from (seed, i), and the optimizer/RNG state is restored.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..config import Config, save_config
+from ..errors import UserError
+from ..fsio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from ..objectives import group_advantages, policy_loss
+from ..shards import ShardError, follow, list_shards, read_shard, shard_name
+from . import dist
+from .batch import Rows, make_microbatch, padded, plan_microbatches, rows_from_table, split_minibatches
+from .checkpoint import latest_checkpoint, load_optimizer, load_trainer_state, publish_weights, save_checkpoint
+from .forward import token_logprobs
+
+console = Console(stderr=True)
+
+
+@dataclass
+class RolloutBatch:
+    iteration: int
+    rows: Rows
+    shards: list[str]
+    rollout_s: float = 0.0
+    dropped: list[str] = field(default_factory=list)  # async: shards older than max_staleness
+    quarantined: list[str] = field(default_factory=list)  # shards that failed validation
+
+
+# --------------------------------------------------------------------------- batch sources
+
+
+def _concat(tables: list[pa.Table]) -> Rows:
+    return rows_from_table(pa.concat_tables(tables))
+
+
+def sync_batches(cfg: Config, run_dir: Path, state: dict, sampler) -> Iterator[RolloutBatch]:
+    """Sample rollout batch i with the current weights (or reuse its shard after a resume)."""
+    from ..rollout.run import prompt_chunk
+
+    out = run_dir / "rollouts"
+    gbs = cfg.trainer.rollout_batch_prompts
+    while True:
+        i = state["iteration"]
+        version = state["step"]
+        path = out / shard_name(version, "sync", i)
+        t0 = time.perf_counter()
+        if dist.is_main() and not path.exists():
+            sampler(prompt_chunk(cfg, i * gbs, gbs), version, path, cfg.trainer.seed * 100003 + i, i)
+        dist.barrier()
+        yield RolloutBatch(i, rows_from_table(read_shard(path)), [path.name], time.perf_counter() - t0)
+
+
+def _groups_in_order(rows: Rows) -> list[str]:
+    seen: dict[str, None] = {}
+    for g in rows.group_ids:
+        seen.setdefault(g, None)
+    return list(seen)
+
+
+def replay_batches(cfg: Config, replay: Path, state: dict) -> Iterator[RolloutBatch]:
+    """Existing shards, in name order, cut into rollout batches of gbs whole prompt groups."""
+    files = list_shards(replay)
+    if not files:
+        raise UserError(f"--replay {replay}: no shards (*.parquet) found")
+    tables, bad = [], []
+    for f in files:
+        try:
+            tables.append(read_shard(f))
+        except ShardError as e:
+            bad.append(f.name)
+            console.print(f"[yellow]skipping bad shard[/] {e}", highlight=False)
+    if not tables:
+        raise UserError(f"--replay {replay}: every shard is invalid")
+    rows = _concat(tables)
+    groups = _groups_in_order(rows)
+    gbs = cfg.trainer.rollout_batch_prompts
+    index: dict[str, list[int]] = {}
+    for r, g in enumerate(rows.group_ids):
+        index.setdefault(g, []).append(r)
+    num_batches = len(groups) // gbs
+    if num_batches == 0:
+        raise UserError(f"--replay {replay}: {len(groups)} prompt groups < one rollout batch of "
+                        f"{gbs} (trainer.minibatch_prompts × trainer.staleness)")
+    first = True
+    while True:
+        i = state["iteration"]
+        epoch_i = i % num_batches  # replay more steps than data: another epoch over the same shards
+        chosen = [r for g in groups[epoch_i * gbs:(epoch_i + 1) * gbs] for r in index[g]]
+        batch_rows = rows.select(chosen)
+        shards = sorted(set(batch_rows.shard_ids))
+        yield RolloutBatch(i, batch_rows, shards, quarantined=bad if first else [])
+        first = False
+
+
+def async_batches(cfg: Config, run_dir: Path, state: dict) -> Iterator[RolloutBatch]:
+    """Complete shards from async workers; too-stale shards are dropped, bad ones quarantined."""
+    out = run_dir / "rollouts"
+    out.mkdir(parents=True, exist_ok=True)
+    quarantine = out / "quarantine"
+    seen = {e["shard"] for e in state["ledger"]} | {e for e in state.get("dropped", [])}
+    gbs = cfg.trainer.rollout_batch_prompts
+    stream = follow(out, seen=seen, poll_s=0.2)
+    while True:
+        tables, names, dropped, bad = [], [], [], []
+        groups: set[str] = set()
+        t0 = time.perf_counter()
+        while len(groups) < gbs:
+            path = next(stream)
+            try:
+                t = read_shard(path)
+            except ShardError as e:
+                console.print(f"[yellow]quarantined[/] {e}", highlight=False)
+                quarantine.mkdir(exist_ok=True)
+                with contextlib.suppress(OSError):
+                    os.replace(path, quarantine / path.name)
+                bad.append(path.name)
+                continue
+            version = int(t.column("policy_version")[0].as_py())
+            if state["step"] - version > cfg.trainer.max_staleness:
+                dropped.append(path.name)
+                continue
+            tables.append(t)
+            names.append(path.name)
+            groups.update(t.column("group_id").to_pylist())
+        rows = _concat(tables)
+        yield RolloutBatch(state["iteration"], rows, names, time.perf_counter() - t0, dropped, bad)
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+def compute_logprobs(model, rows: Rows, idx: list[int], cfg: Config, with_entropy: bool, grad: bool):
+    """Yield (microbatch, logp [b,T], entropy) over `idx` in token-budget microbatches."""
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.trainer.bf16_autocast else contextlib.nullcontext()
+    for mb_idx in plan_microbatches(rows, idx, cfg.trainer.micro_token_budget):
+        mb = make_microbatch(rows, mb_idx)
+        with ctx, (contextlib.nullcontext() if grad else torch.no_grad()):
+            logp, ent = token_logprobs(model, mb, cfg.rollout.temperature, with_entropy)
+        yield mb, logp, ent
+
+
+def old_logprobs(model, rows: Rows, cfg: Config) -> list[torch.Tensor]:
+    """The proximal policy's log-probs of every response token, once per rollout batch."""
+    out: list[torch.Tensor] = [torch.zeros(0)] * len(rows)
+    model.eval()
+    for mb, logp, _ in compute_logprobs(model, rows, list(range(len(rows))), cfg, False, grad=False):
+        for r, i in enumerate(mb.rows):
+            out[i] = logp[r, : len(rows.response_ids[i])].float()
+    return out
+
+
+def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], advantages: torch.Tensor,
+                   old_lp: list[torch.Tensor], cfg: Config) -> dict:
+    """One optimizer step on minibatch `idx` with exact gradient accumulation over microbatches."""
+    model.train()
+    algo = cfg.algorithm
+    params = dict(algo.params)
+    if algo.correction:
+        params["correction_cap"] = algo.correction_cap
+    totals = torch.tensor([sum(len(rows.response_ids[i]) for i in idx), len(idx)], dtype=torch.float64)
+    dist.all_reduce_sum(totals)
+    num_tokens, num_seqs = max(float(totals[0]), 1.0), float(totals[1])
+    sums: dict[str, float] = {}
+    ent_sum = tok = 0.0
+    for mb, logp, ent in compute_logprobs(model, rows, idx, cfg, with_entropy=True, grad=True):
+        T = mb.mask.shape[1]
+        old = torch.zeros((len(mb.rows), T))
+        for r, i in enumerate(mb.rows):
+            old[r, : len(old_lp[i])] = old_lp[i]
+        roll = padded(rows.rollout_logprobs, mb.rows, T)
+        roll = torch.where(mb.mask, roll, torch.zeros_like(roll))
+        adv = advantages[mb.rows]
+        loss, metrics = policy_loss(
+            algo.objective, logp, old, adv, mb.mask,
+            rollout_logp=roll if algo.correction else None, correction=algo.correction,
+            num_tokens=num_tokens, num_seqs=num_seqs, **params,
+        )
+        (loss * dist.world_size()).backward()
+        n = mb.num_tokens
+        for k, v in metrics.items():
+            if k.startswith("max") or k.endswith("_max"):
+                sums[k] = max(sums.get(k, -math.inf), v)
+            else:
+                sums[k] = sums.get(k, 0.0) + (v if k == "loss" else v * n)
+        ent_sum += float((ent * mb.mask).sum())
+        tok += n
+        # mismatch between the engine that sampled and the trainer's proximal policy
+        has = mb.mask & ~torch.isnan(padded(rows.rollout_logprobs, mb.rows, T))
+        sums["_mm_sum"] = sums.get("_mm_sum", 0.0) + float(((old - roll) * has).sum())
+        sums["_mm_n"] = sums.get("_mm_n", 0.0) + float(has.sum())
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    skipped = not math.isfinite(grad_norm)
+    if skipped:  # a non-finite gradient would corrupt the weights: drop this step
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    out = {k: (v if k == "loss" or k.startswith("max") or k.endswith("_max") else v / max(tok, 1))
+           for k, v in sums.items() if not k.startswith("_")}
+    out.update(
+        entropy=ent_sum / max(tok, 1),
+        mismatch_kl=sums["_mm_sum"] / sums["_mm_n"] if sums.get("_mm_n") else 0.0,
+        grad_norm=grad_norm,
+        skipped_nonfinite=int(skipped),
+        train_tokens=tok,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+        return
+    if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
+        raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir}, or pick another --run-dir")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """After a resume from step K, drop metric lines of steps > K (they are recomputed)."""
+    if not path.exists():
+        return
+    keep = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                    disable=not dist.is_main())
+
+
+def _spawn_workers(cfg: Config, run_dir: Path) -> list[subprocess.Popen]:
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for k in range(cfg.trainer.async_workers):
+        log = open(logs / f"worker-w{k}.log", "ab")
+        cmd = [sys.executable, "-m", "vespo_cli.cli", "rollout", "--follow", str(run_dir), "--worker", f"w{k}"]
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: bool = False,
+          resume: bool = False) -> dict:
+    """Run (or resume) a training run in `run_dir`. Returns the last metrics record."""
+    from ..models import load_model, load_tokenizer, resolve_model
+
+    run_dir = Path(run_dir)
+    _check_run_dir(run_dir, resume)
+    if replay is not None and not Path(replay).is_dir():
+        raise UserError(f"--replay {replay}: no such directory")
+    info_path = run_dir / "run.json"
+    if resume and info_path.is_file():
+        info = json.loads(info_path.read_text())
+        replay = Path(info["replay"]) if info.get("replay") else None
+        async_ = info.get("mode") == "async"
+    mode = "replay" if replay is not None else "async" if async_ else "sync"
+    device = dist.init()
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    torch.manual_seed(cfg.trainer.seed)
+    if mode != "replay":
+        from ..rollout.run import warn_biased_sampling
+
+        warn_biased_sampling(cfg)
+
+    base_path = resolve_model(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            save_config(cfg, run_dir)
+            atomic_write_json(info_path, {"mode": mode, "replay": str(replay) if replay else None,
+                                          "base_model": base_path, "world_size": dist.world_size()})
+    tokenizer = load_tokenizer(base_path, trust_remote_code=cfg.model.trust_remote_code)
+    model = load_model(str(ckpt) if ckpt else base_path, cfg.model.dtype, cfg.model.trust_remote_code).to(device)
+    model.config.use_cache = False
+    if cfg.trainer.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model = dist.shard_model(model)
+    t = cfg.trainer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    warmup = max(t.lr_warmup_steps, 0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+
+    state = {"step": 0, "iteration": 0, "ledger": [], "dropped": []}
+    if ckpt is not None:
+        state = load_trainer_state(ckpt)
+        load_optimizer(ckpt, model, optimizer)
+        for _ in range(state["step"]):
+            scheduler.step()
+        if dist.is_main():
+            console.print(f"resuming {run_dir} from {ckpt.name} (step {state['step']})")
+    elif resume and dist.is_main():
+        console.print(f"resuming {run_dir}: no checkpoint yet, starting from step 0")
+    metrics_path = run_dir / "metrics.jsonl"
+    if dist.is_main():
+        _truncate_metrics(metrics_path, state["step"])
+    if state["step"] >= t.steps:
+        console.print(f"{run_dir}: already complete ({state['step']}/{t.steps} steps)")
+        return {}
+
+    workers = None
+    holder: dict = {}  # sync: the engine's publish/close callbacks
+    if mode == "sync":
+        batches = sync_batches(cfg, run_dir, state, _make_sampler(cfg, run_dir, model, tokenizer, ckpt, base_path,
+                                                                  holder))
+    elif mode == "replay":
+        batches = replay_batches(cfg, Path(replay), state)
+    else:
+        if dist.is_main():
+            publish_weights(model, tokenizer, run_dir, state["step"])
+            (run_dir / "DONE").unlink(missing_ok=True)
+            workers = _spawn_workers(cfg, run_dir)
+        batches = async_batches(cfg, run_dir, state)
+
+    last: dict = {}
+    last_saved = state["step"]
+    try:
+        with _progress() as progress:
+            task = progress.add_task(f"train {cfg.algorithm.objective} N={t.staleness}", total=t.steps,
+                                     completed=state["step"], info="")
+            for batch in batches:
+                last = _train_on_batch(cfg, run_dir, model, optimizer, scheduler, batch, state, metrics_path,
+                                       progress, task)
+                state["iteration"] += 1
+                done = state["step"] >= t.steps
+                t_sync = time.perf_counter()
+                if mode == "sync" and not done:
+                    holder["publish"]()
+                elif mode == "async" and not done:
+                    publish_weights(model, tokenizer, run_dir, state["step"])
+                if done or state["step"] - last_saved >= t.save_every:
+                    save_checkpoint(run_dir, model, tokenizer, optimizer, state, t.keep_checkpoints)
+                    last_saved = state["step"]
+                last["sync_s"] = time.perf_counter() - t_sync
+                if done:
+                    break
+    finally:
+        if workers is not None:
+            (run_dir / "DONE").touch()
+            for p in workers:
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        if mode == "sync" and holder.get("close"):
+            holder["close"]()
+    if dist.is_main():
+        console.print(f"run: {run_dir}  (metrics.jsonl, checkpoints/, rollouts/)")
+    return last
+
+
+def _make_sampler(cfg: Config, run_dir: Path, model, tokenizer, ckpt, base_path: str, holder: dict):
+    """The sync loop's sampler (rank 0): an engine that follows the trainer's weights.
+
+    HF engine in the trainer's dtype on one process shares the trainer's module (no copy, no publish);
+    otherwise the engine (vLLM, or HF in another dtype) gets the weights after every rollout batch."""
+    from ..rewards import RewardScorer
+    from ..rollout.run import open_engine, sample_to_shard
+
+    if not dist.is_main():
+        holder["publish"] = lambda: dist.full_state_dict(model)  # collective: every rank takes part
+        return None
+    share = cfg.rollout.engine == "hf" and cfg.rollout.dtype == cfg.model.dtype and dist.world_size() == 1
+    if share:
+        from ..rollout.hf import HFEngine
+
+        engine = HFEngine.from_module(model, tokenizer, seed=cfg.trainer.seed)
+        holder["publish"] = lambda: None
+    else:
+        engine = open_engine(cfg, str(ckpt) if ckpt else base_path)
+        holder["publish"] = lambda: engine.load_state_dict(dist.full_state_dict(model))
+    scorer = RewardScorer(workers=cfg.rollout.reward_workers, timeout_s=cfg.rollout.reward_timeout_s)
+    scorer.__enter__()
+
+    def close():
+        scorer.__exit__(None, None, None)
+        engine.close()
+
+    holder["close"] = close
+    run_id = run_dir.name
+
+    def sampler(problems, version, path, seed, iteration):
+        was_training = model.training
+        model.eval()
+        stats = sample_to_shard(engine, tokenizer, scorer, problems, cfg, policy_version=version, run_id=run_id,
+                                path=path, seed=seed, group_prefix=f"{run_id}/{iteration}")
+        model.train(was_training)
+        return stats
+
+    return sampler
+
+
+def _train_on_batch(cfg: Config, run_dir: Path, model, optimizer, scheduler, batch: RolloutBatch, state: dict,
+                    metrics_path: Path, progress, task) -> dict:
+    """old_logp once, then N optimizer steps on whole-group minibatches; log one line per step."""
+    t = cfg.trainer
+    rows = batch.rows
+    advantages = group_advantages(rows.rewards, rows.group_ids).float()
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(t.seed * 1_000_003 + batch.iteration)
+    minibatches = split_minibatches(rows.group_ids, t.staleness, gen)
+    world, rank = dist.world_size(), dist.rank()
+    mine = [mb[rank::world] for mb in minibatches]  # data parallel: each rank a slice of every minibatch
+    owned = sorted({i for mb in mine for i in mb})
+    old_lp_owned = old_logprobs(model, rows.select(owned), cfg)
+    old_lp: list[torch.Tensor] = [torch.zeros(0)] * len(rows)
+    for j, i in enumerate(owned):
+        old_lp[i] = old_lp_owned[j]
+    logprob_s = time.perf_counter() - t0
+    counts: dict[str, int] = {}
+    for name in rows.shard_ids:
+        counts[name] = counts.get(name, 0) + 1
+    for name in batch.shards:  # the consumed-shard ledger: every row used once, at these steps
+        state["ledger"].append({"shard": name, "iteration": batch.iteration, "rows": counts.get(Path(name).stem, 0),
+                                "first_step": state["step"] + 1})
+    state.setdefault("dropped", []).extend(batch.dropped)
+    last: dict = {}
+    for j, idx in enumerate(mine):
+        if state["step"] >= t.steps:
+            break
+        t1 = time.perf_counter()
+        m = optimizer_step(model, optimizer, scheduler, rows, idx, advantages, old_lp, cfg)
+        train_s = time.perf_counter() - t1
+        full = minibatches[j]
+        resp_len = [len(rows.response_ids[i]) for i in full]
+        state["step"] += 1
+        rec = {
+            "step": state["step"],
+            "iteration": batch.iteration,
+            "minibatch": j,
+            "lr": scheduler.get_last_lr()[0],
+            "reward": float(rows.rewards[full].mean()),
+            "accuracy": float(rows.correct[full].float().mean()),
+            "response_length": sum(resp_len) / len(resp_len),
+            "staleness": float((state["step"] - 1 - rows.policy_versions[full].float()).mean()),
+            "policy_version_min": int(rows.policy_versions[full].min()),
+            "rollout_s": batch.rollout_s if j == 0 else 0.0,
+            "logprob_s": logprob_s if j == 0 else 0.0,
+            "train_s": train_s,
+            "tokens_per_s": m["train_tokens"] * world / max(train_s, 1e-9),
+            "shards_dropped": len(batch.dropped) if j == 0 else 0,
+            "shards_quarantined": len(batch.quarantined) if j == 0 else 0,
+            "objective": cfg.algorithm.objective,
+            "time": time.time(),
+        }
+        rec.update({k: v for k, v in m.items() if k != "train_tokens"})
+        if dist.is_main():
+            append_jsonl(metrics_path, rec)
+            progress.update(task, completed=state["step"],
+                            info=f"reward {rec['reward']:.3f}  loss {rec['loss']:+.4f}  |g| {rec['grad_norm']:.3f}")
+        last = rec
+    return last
