@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -169,7 +170,8 @@ def _read_yaml(path: Path) -> dict:
 def _layers(path: Path, kind: str = "", seen: tuple = ()) -> list[tuple[str, dict]]:
     """The `extends:` chain of a preset file, base first, as (source, mapping) layers."""
     if path.resolve() in seen:
-        raise UserError(f"{path}: extends: cycle ({' -> '.join(str(s) for s in seen)})")
+        chain = " -> ".join(str(s) for s in seen + (path.resolve(),))
+        raise UserError(f"{path}: extends: cycle ({chain})")
     data = _read_yaml(path)
     parent = data.pop("extends", None)
     layers: list[tuple[str, dict]] = []
@@ -177,22 +179,39 @@ def _layers(path: Path, kind: str = "", seen: tuple = ()) -> list[tuple[str, dic
         if not isinstance(parent, str):
             raise UserError(f"{path}: extends: expected a preset name or path, got {parent!r}")
         rel = path.parent / parent
-        parent_path = rel if rel.is_file() else preset_path(parent, kind)
+        try:
+            parent_path = rel if rel.is_file() else preset_path(parent, kind)
+        except UserError as e:
+            raise UserError(f"{path}: extends: {e}") from None
         layers = _layers(parent_path, kind, seen + (path.resolve(),))
     return layers + [(str(path), data)]
 
 
+def _set_origin(origin: dict, dotted: str, source: str) -> None:
+    origin.pop(dotted, None)  # insertion order = the order values were last set (see validate)
+    origin[dotted] = source
+
+
 def _merge(dst: dict, src: dict, origin: dict, source: str, prefix: str = "") -> None:
+    """Deep-merge `src` into `dst`, recording the source of every leaf (and section) in `origin`.
+
+    `params` mappings merge one level (key by key) and their values are replaced whole."""
     for key, value in src.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(dst.get(key), dict) and key != "params":
+        if isinstance(value, dict) and key == "params":
+            base = dst.get(key) if isinstance(dst.get(key), dict) else {}
+            dst[key] = {**base, **value}
+            _set_origin(origin, dotted, source)
+            for sub in value:
+                _set_origin(origin, f"{dotted}.{sub}", source)
+        elif isinstance(value, dict):
+            if not isinstance(dst.get(key), dict):
+                dst[key] = {}
+            _set_origin(origin, dotted, source)
             _merge(dst[key], value, origin, source, dotted + ".")
-        elif isinstance(value, dict) and isinstance(dst.get(key), dict):  # params: merge keys too
-            dst[key] = {**dst[key], **value}
-            origin[dotted] = source
         else:
             dst[key] = value
-            origin[dotted] = source
+            _set_origin(origin, dotted, source)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -234,12 +253,17 @@ def load_config(
         merged.setdefault("preset", Path(preset).stem)
     if algo:
         algo_layers = _layers(preset_path(algo, "algorithms"), "algorithms")
+        objective_set = False
         for source, layer in algo_layers:
-            # an algorithm preset replaces the objective's params wholesale, never mixes two objectives
-            if "objective" in layer and "params" not in layer:
-                layer = {**layer, "params": {}}
-            if "params" in layer:
-                merged.setdefault("algorithm", {})["params"] = {}
+            # an algorithm preset that names its objective replaces the params wholesale (never mixes
+            # two objectives); a layer that only tunes params (e.g. one extending another algorithm
+            # preset with the same objective) merges them key by key.
+            if "objective" in layer:
+                if not isinstance(merged.get("algorithm"), dict):
+                    merged["algorithm"] = {}
+                if not objective_set or layer["objective"] != merged["algorithm"].get("objective"):
+                    merged["algorithm"]["params"] = {}
+                objective_set = True
             _merge(merged, {"algorithm": layer}, origin, source)
     for item in overrides:
         key, value = parse_override(item)
@@ -269,7 +293,7 @@ def load_run_config(run_dir: str | os.PathLike, overrides: list[str] | tuple[str
 
 
 def _where(origin: dict[str, str], dotted: str) -> str:
-    parts = dotted.split(".")
+    parts = re.sub(r"\[\d+\]", "", dotted).split(".")  # trainer.betas[1] was set with trainer.betas
     for i in range(len(parts), 0, -1):
         src = origin.get(".".join(parts[:i]))
         if src:
@@ -283,7 +307,7 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (list, tuple):
         return "a list"
-    if origin is dict:
+    if origin is dict or dataclasses.is_dataclass(tp):
         return "a mapping"
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -345,8 +369,21 @@ def _coerce(tp: Any, value: Any, dotted: str, origin: dict) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        raw = _raw_override(origin, dotted)  # `--set data.template={problem}` is a string, not YAML
+        if raw is not None and value is not None:
+            return raw
         raise bad()
     return value
+
+
+def _raw_override(origin: dict, dotted: str) -> str | None:
+    """The unparsed VALUE of the `--set KEY=VALUE` that set `dotted`, if that is where it came from."""
+    src = origin.get(dotted, "")
+    if src.startswith("--set ") and "=" in src:
+        key, raw = src[len("--set "):].split("=", 1)
+        if key.strip() == dotted:
+            return raw
+    return None
 
 
 def from_dict(cls: type, data: dict, origin: dict | None = None, prefix: str = "") -> Any:
@@ -377,15 +414,24 @@ def validate(cfg: Config, origin: dict[str, str] | None = None) -> None:
                  "async_workers"):
         if getattr(t, name) < 1:
             fail(f"trainer.{name}", f"expected a positive integer, got {getattr(t, name)}")
-    if t.rollout_batch_prompts is not None:
+    n_key, gbs_key = "trainer.staleness", "trainer.rollout_batch_prompts"
+
+    def group(src: str | None) -> str | None:  # all --set items are one source: the command line
+        return "--set" if src and src.startswith("--set ") else src
+
+    order = list(origin)
+    same_source = n_key in origin and group(origin.get(n_key)) == group(origin.get(gbs_key))
+    staleness_later = n_key in origin and gbs_key in origin and order.index(n_key) > order.index(gbs_key)
+    if t.rollout_batch_prompts is not None and not (staleness_later and not same_source):
+        # gbs given (and not overridden by a later staleness): N = gbs / mbs
         gbs = t.rollout_batch_prompts
         if gbs < 1:
-            fail("trainer.rollout_batch_prompts", f"expected a positive integer, got {gbs}")
+            fail(gbs_key, f"expected a positive integer, got {gbs}")
         if gbs % t.minibatch_prompts:
-            fail("trainer.rollout_batch_prompts",
+            fail(gbs_key,
                  f"{gbs} is not divisible by trainer.minibatch_prompts={t.minibatch_prompts} (staleness N = gbs/mbs)")
-        if "trainer.staleness" in origin and t.staleness != gbs // t.minibatch_prompts:
-            fail("trainer.staleness", f"{t.staleness} contradicts rollout_batch_prompts/minibatch_prompts = "
+        if n_key in origin and t.staleness != gbs // t.minibatch_prompts and same_source:
+            fail(n_key, f"{t.staleness} contradicts rollout_batch_prompts/minibatch_prompts = "
                  f"{gbs}/{t.minibatch_prompts}")
         t.staleness = gbs // t.minibatch_prompts
     t.rollout_batch_prompts = t.minibatch_prompts * t.staleness
@@ -393,8 +439,11 @@ def validate(cfg: Config, origin: dict[str, str] | None = None) -> None:
         fail("trainer.lr", f"expected a positive float, got {t.lr}")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         fail("trainer.betas", f"expected two floats in [0, 1), got {t.betas}")
-    if t.max_staleness < 0:
-        fail("trainer.max_staleness", f"expected a non-negative integer, got {t.max_staleness}")
+    for name in ("max_staleness", "lr_warmup_steps", "threads"):
+        if getattr(t, name) < 0:
+            fail(f"trainer.{name}", f"expected a non-negative integer, got {getattr(t, name)}")
+    if t.weight_decay < 0:
+        fail("trainer.weight_decay", f"expected a non-negative float, got {t.weight_decay}")
     r = cfg.rollout
     for name in ("n", "max_tokens", "tensor_parallel_size", "reward_workers"):
         if getattr(r, name) < 1:
@@ -403,6 +452,27 @@ def validate(cfg: Config, origin: dict[str, str] | None = None) -> None:
         fail("rollout.temperature", f"expected a positive float, got {r.temperature}")
     if not 0 < r.top_p <= 1:
         fail("rollout.top_p", f"expected a float in (0, 1], got {r.top_p}")
+    if not r.kv_cache_gib > 0:
+        fail("rollout.kv_cache_gib", f"expected a positive float, got {r.kv_cache_gib}")
+    if not 0 < r.gpu_memory_utilization <= 1:
+        fail("rollout.gpu_memory_utilization", f"expected a float in (0, 1], got {r.gpu_memory_utilization}")
+    if not r.reward_timeout_s > 0:
+        fail("rollout.reward_timeout_s", f"expected a positive float, got {r.reward_timeout_s}")
+    e = cfg.eval
+    for name in ("k", "limit", "max_tokens"):
+        if getattr(e, name) is not None and getattr(e, name) < 1:
+            fail(f"eval.{name}", f"expected a positive integer, got {getattr(e, name)}")
+    if e.every < 0:
+        fail("eval.every", f"expected a non-negative integer, got {e.every}")
+    if not 0 < e.top_p <= 1:
+        fail("eval.top_p", f"expected a float in (0, 1], got {e.top_p}")
+    lay = cfg.layout
+    for name in ("nodes", "fsdp_size"):
+        if getattr(lay, name) < 1:
+            fail(f"layout.{name}", f"expected a positive integer, got {getattr(lay, name)}")
+    for name in ("gpus_per_node", "rollout_gpus"):
+        if getattr(lay, name) < 0:
+            fail(f"layout.{name}", f"expected a non-negative integer, got {getattr(lay, name)}")
     if cfg.data.max_prompt_tokens < 1:
         fail("data.max_prompt_tokens", f"expected a positive integer, got {cfg.data.max_prompt_tokens}")
     if "{problem}" not in cfg.data.template:
