@@ -51,6 +51,7 @@ SCHEMA = pa.schema(
     ],
     metadata={SCHEMA_KEY: str(SCHEMA_VERSION).encode()},
 )
+_NULLABLE = pa.schema([f.with_nullable(True) for f in SCHEMA], metadata=SCHEMA.metadata)
 COLUMNS = SCHEMA.names
 OPTIONAL = {"rollout_logprobs", "extracted_answer", "response_text", "routing"}
 SHARD_GLOB = "*.parquet"
@@ -96,9 +97,9 @@ def read_shard(path: str | os.PathLike) -> pa.Table:
     """Read and validate one shard; raises ShardError naming the file and the problem."""
     path = Path(path)
     try:
-        pf = pq.ParquetFile(path)
-        meta = pf.schema_arrow.metadata or {}
-        table = pf.read()
+        with pq.ParquetFile(path) as pf:
+            meta = pf.schema_arrow.metadata or {}
+            table = pf.read()
     except FileNotFoundError:
         raise ShardError(f"{path}: no such shard") from None
     except (pa.ArrowException, OSError) as e:
@@ -118,12 +119,12 @@ def read_shard(path: str | os.PathLike) -> pa.Table:
                 table = table.append_column(f, pa.nulls(table.num_rows, type=f.type))
                 continue
             raise ShardError(f"{path}: missing column {f.name} ({f.type})")
-    try:
-        table = table.select(COLUMNS).cast(SCHEMA)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+    try:  # nulls in required columns are reported by validate(), not as a failed cast
+        table = table.select(COLUMNS).cast(_NULLABLE)
+    except (pa.ArrowException, TypeError, ValueError) as e:
         raise ShardError(f"{path}: wrong column types ({str(e).splitlines()[0][:200]})") from None
     validate(table, path)
-    return table
+    return table.cast(SCHEMA)
 
 
 def validate(table: pa.Table, path: str | os.PathLike) -> None:
