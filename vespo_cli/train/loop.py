@@ -40,6 +40,7 @@ from .checkpoint import latest_checkpoint, load_optimizer, load_trainer_state, p
 from .forward import token_logprobs
 
 console = Console(stderr=True)
+SUMMED = {"loss", "n_tokens", "n_seqs"}  # objective metrics that add up over microbatches
 
 
 @dataclass
@@ -204,10 +205,10 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
         (loss * dist.world_size()).backward()
         n = mb.num_tokens
         for k, v in metrics.items():
-            if k.startswith("max") or k.endswith("_max"):
+            if k.endswith("_max"):
                 sums[k] = max(sums.get(k, -math.inf), v)
-            else:
-                sums[k] = sums.get(k, 0.0) + (v if k == "loss" else v * n)
+            else:  # loss and counts add up over microbatches; the rest are token-weighted means
+                sums[k] = sums.get(k, 0.0) + (v if k in SUMMED else v * n)
         ent_sum += float((ent * mb.mask).sum())
         tok += n
         # mismatch between the engine that sampled and the trainer's proximal policy
@@ -223,7 +224,7 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     scheduler.step()
-    out = {k: (v if k == "loss" or k.startswith("max") or k.endswith("_max") else v / max(tok, 1))
+    out = {k: (v if k in SUMMED or k.endswith("_max") else v / max(tok, 1))
            for k, v in sums.items() if not k.startswith("_")}
     out.update(
         entropy=ent_sum / max(tok, 1),
@@ -459,6 +460,7 @@ def _train_on_batch(cfg: Config, run_dir: Path, model, optimizer, scheduler, bat
         resp_len = [len(rows.response_ids[i]) for i in full]
         state["step"] += 1
         rec = {
+            "kind": "train",
             "step": state["step"],
             "iteration": batch.iteration,
             "minibatch": j,
