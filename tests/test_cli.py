@@ -1,0 +1,138 @@
+"""The `vespo` command frame: help, presets, inspect, and user errors (exit 2, one line, nothing written)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vespo_cli.cli import app
+from vespo_cli.shards import shard_name, write_shard
+
+T0 = 1_700_000_000_000
+
+
+def shard(rows: int, version: int, rewards: list[float]) -> dict:
+    """A valid shard as column lists (see tests/test_shards.py for the full contract)."""
+    return {
+        "run_id": ["run"] * rows, "shard_id": [f"s{version}"] * rows, "policy_version": [version] * rows,
+        "engine": ["hf"] * rows, "engine_dtype": ["float32"] * rows, "temperature": [1.0] * rows,
+        "top_p": [1.0] * rows, "top_k": [-1] * rows, "prompt_id": [f"p{i // 2}" for i in range(rows)],
+        "group_id": [f"g{i // 2}" for i in range(rows)], "sample_idx": [i % 2 for i in range(rows)],
+        "prompt_token_ids": [[1, 2]] * rows, "response_token_ids": [[5, 6, 7]] * rows,
+        "rollout_logprobs": [[-0.5, -0.1, -2.0]] * rows, "reward": rewards, "correct": [r > 0 for r in rewards],
+        "finish_reason": ["stop"] * rows, "created_at": [T0] * rows,
+    }
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def shard_dir(tmp_path):
+    d = tmp_path / "run" / "rollouts"
+    write_shard(shard(4, 0, [1.0, 0.0, 0.0, 0.0]), d / shard_name(0, "w0", 0))
+    write_shard(shard(2, 3, [1.0, 1.0]), d / shard_name(3, "w0", 0))
+    write_shard(shard(2, 3, [0.0, 0.0]), d / shard_name(3, "w1", 0))
+    return d
+
+
+def vespo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The installed `vespo` script (or `python -m vespo_cli.cli`) in a fresh process."""
+    script = Path(sys.executable).with_name("vespo")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "vespo_cli.cli"]
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "VESPO_PRESETS")}
+    env.update(NO_COLOR="1", COLUMNS="200")
+    return subprocess.run(cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_commands(runner):
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for name in ("rollout", "train", "eval", "compare", "presets", "inspect"):
+        assert name in result.stdout
+    no_args = runner.invoke(app, [])
+    assert "train" in no_args.output  # no_args_is_help
+
+
+def test_presets_lists_shipped(runner):
+    result = runner.invoke(app, ["presets"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "tiny" in result.stdout and "smollm2-arith" in result.stdout
+    assert "Run presets" in result.stdout and "Algorithm presets" in result.stdout
+
+
+@pytest.mark.parametrize("which", ["shards", "run"])
+def test_inspect(runner, shard_dir, which):
+    target = shard_dir if which == "shards" else shard_dir.parent  # a run dir: its rollouts/ is used
+    result = runner.invoke(app, ["inspect", str(target)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    table = dict(
+        (cell.strip() for cell in line.split("\u2502", 1))  # rich's column separator
+        for line in result.stdout.splitlines() if "\u2502" in line
+    )
+    assert table["shards"] == "3"
+    assert table["rows"] == "8"
+    assert table["reward_mean"] == "0.3750" and table["accuracy"] == "0.3750"
+    assert table["policy versions"] == "v0: 4, v3: 4"
+    assert table["staleness vs newest"] == "0: 4, 3: 4"
+    assert table["engines"] == "hf/float32: 8"
+
+
+def test_inspect_reports_bad_shard_and_goes_on(runner, shard_dir):
+    bad = shard_dir / shard_name(4, "w0", 0)
+    bad.write_bytes(b"PAR1 torn")
+    result = runner.invoke(app, ["inspect", str(shard_dir)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    assert "bad shard:" in result.stderr and bad.name in result.stderr
+    assert "rows" in result.stdout and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--preset", "nope"], "error: nope: unknown preset (known: "),
+    (["train", "-p", "tiny", "--set", "trainer.lr=fast"],
+     "error: --set trainer.lr=fast: trainer.lr: expected a float, got 'fast'"),
+    (["train", "-p", "tiny", "--set", "trainer.foo=1"],
+     "error: --set trainer.foo=1: trainer.foo: unknown key (expected one of: "),
+])
+def test_user_errors_subprocess(tmp_path, args, message):
+    result = vespo(*args, cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1, result.stderr
+    assert err[0].startswith(message), err[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert list(tmp_path.iterdir()) == []  # no runs/ (or anything else) written
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--set", "trainer.rollout_batch_prompts=3", "--set", "trainer.minibatch_prompts=2"],
+     "error: --set trainer.rollout_batch_prompts=3: trainer.rollout_batch_prompts: 3 is not divisible"),
+    (["train", "-p", "tiny", "--algo", "nope"], "error: nope: unknown algorithm preset"),
+    (["train", "-p", "tiny", "--set", "trainer.lr"], "error: --set trainer.lr: expected KEY=VALUE"),
+    (["train", "--resume", "nowhere"], "error: nowhere: not a vespo run directory (no config.yaml)"),
+    (["train", "--resume", "nowhere", "-p", "tiny"], "error: --resume: the run's own config.yaml is used"),
+    (["inspect", "missing-dir"], "error: missing-dir: no such directory"),
+])
+def test_user_errors_in_process(runner, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), result.stderr
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_preset_file_error_names_the_file(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("extends: tiny\ntrainer:\n  lr: fast\n")
+    result = runner.invoke(app, ["train", "--preset", "mine.yaml"], env={"COLUMNS": "300"})
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: mine.yaml: trainer.lr: expected a float, got 'fast'"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml"]
