@@ -421,3 +421,39 @@ def test_to_table_requires_columns():
     with pytest.raises(ValueError, match="reward"):
         to_table(cols)
     assert np.allclose(to_table(shard_columns(2)).column("reward").to_numpy(), [1.0, 0.0])
+
+
+# --------------------------------------------------------------------------- fsio (the atomic writes under shards)
+
+
+def test_atomic_helpers(tmp_path):
+    from vespo_cli import fsio
+
+    fsio.atomic_write_json(tmp_path / "a" / "s.json", {"b": 1, "a": [1, 2]})
+    assert (tmp_path / "a" / "s.json").read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
+    with fsio.atomic_dir(tmp_path / "ckpt") as d:
+        (d / "w.bin").write_bytes(b"1")
+    with pytest.raises(RuntimeError):
+        with fsio.atomic_dir(tmp_path / "ckpt") as d:
+            (d / "w.bin").write_bytes(b"2")
+            raise RuntimeError("killed")
+    assert (tmp_path / "ckpt" / "w.bin").read_bytes() == b"1"  # the old checkpoint survives
+    with fsio.atomic_dir(tmp_path / "ckpt") as d:
+        (d / "w.bin").write_bytes(b"3")
+    assert (tmp_path / "ckpt" / "w.bin").read_bytes() == b"3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "ckpt"]
+
+
+def test_jsonl_survives_a_torn_line(tmp_path):
+    from vespo_cli import fsio
+
+    p = tmp_path / "metrics.jsonl"
+    assert fsio.read_jsonl(p) == []
+    fsio.append_jsonl(p, {"step": 1})
+    with open(p, "a") as f:
+        f.write('{"step": 2, "loss": 0.')  # killed mid-write
+    fsio.append_jsonl(p, {"step": 2})  # the resumed run appends
+    assert fsio.read_jsonl(p) == [{"step": 1}, {"step": 2}]
+    with open(p, "a") as f:
+        f.write("12")  # a torn line that still parses as JSON
+    assert fsio.read_jsonl(p) == [{"step": 1}, {"step": 2}]

@@ -84,8 +84,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line and fsync: metrics survive a kill -9 up to the last full line."""
-    line = json.dumps(record, sort_keys=True, default=float) + "\n"
-    with open(path, "a") as f:
+    line = (json.dumps(record, sort_keys=True, default=float) + "\n").encode()
+    with open(path, "ab+") as f:
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":  # a torn last line (kill mid-write): don't glue this record to it
+                line = b"\n" + line
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
@@ -99,5 +103,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return out
     for line in p.read_text().splitlines():
         with contextlib.suppress(json.JSONDecodeError):
-            out.append(json.loads(line))
+            obj = json.loads(line)
+            if isinstance(obj, dict):  # a torn line can still parse (e.g. `12` of `123.4}`)
+                out.append(obj)
     return out
