@@ -83,7 +83,7 @@ def _last_boxed(text: str) -> str | None:
 
 
 def _clean_answer_line(s: str) -> str:
-    s = s.strip().strip("*_").strip()
+    s = s.strip().strip("*_").strip().rstrip(".").strip()
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
             s = s[len(left) : len(s) - len(right)].strip()

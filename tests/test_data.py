@@ -1,0 +1,179 @@
+"""Prompt sources: bundled sets, training-set lookup, local files, procedural arithmetic, messages."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from vespo_cli import data
+from vespo_cli.data import (
+    EVAL_SETS,
+    PAPER_TEMPLATE,
+    Problem,
+    _arith,
+    arith_problem,
+    build_messages,
+    iter_arith,
+    load_problems,
+)
+from vespo_cli.errors import UserError
+
+
+@pytest.mark.parametrize("name,rows", [("aime24", 30), ("aime25", 30), ("amc23", 40), ("math500", 500), ("gsm8k", 1319)])
+def test_bundled_sets(name, rows):
+    problems = load_problems(name)
+    assert len(problems) == rows
+    assert len({p.id for p in problems}) == rows
+    assert all(p.problem and p.answer for p in problems)
+    assert name in EVAL_SETS
+    assert load_problems(name, limit=3) == problems[:3]
+
+
+def test_known_answers_and_aliases():
+    assert load_problems("aime24")[0].answer == "204"
+    assert load_problems("math500")[0].answer == "\\left( 3, \\frac{\\pi}{2} \\right)"
+    assert load_problems("GSM8K_test", limit=2) == load_problems("gsm8k", limit=2)
+    assert load_problems("math-500", limit=1) == load_problems("math500", limit=1)
+
+
+def test_shuffle_is_seeded():
+    a = load_problems("amc23", shuffle=True, seed=1)
+    assert a == load_problems("amc23", shuffle=True, seed=1)
+    assert a != load_problems("amc23", shuffle=True, seed=2)
+    assert sorted(p.id for p in a) == sorted(p.id for p in load_problems("amc23"))
+    assert load_problems("amc23", shuffle=True, seed=1, limit=5) == a[:5]
+
+
+def test_paper_template_and_messages():
+    p = Problem("x-0", "What is {a} + 1?", "2", "x")  # braces in the problem are not format fields
+    msgs = build_messages(p, PAPER_TEMPLATE)
+    assert msgs == [{"role": "user", "content": "What is {a} + 1?\n\nPlease reason step by step, "
+                                                "and put your final answer within \\boxed{}."}]
+    with pytest.raises(UserError, match="problem"):
+        build_messages(p, "no placeholder")
+
+
+# ------------------------------------------------------------------------------------ arithmetic
+
+
+def test_arith_deterministic_and_prefix_stable():
+    a = load_problems("arith", limit=50, seed=3)
+    assert a == load_problems("arith", limit=50, seed=3)
+    assert a[:10] == load_problems("arith", limit=10, seed=3)
+    assert a != load_problems("arith", limit=50, seed=4)
+    assert a[17].id == "arith-d1-s3-17"
+    assert len({p.id for p in a}) == 50
+    it = iter_arith(seed=3, difficulty=1, start=17)
+    assert next(it) == a[17] == arith_problem(3, 1, 17)
+    assert len(load_problems("arith", limit=0)) == 0
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3, 4, 5])
+def test_arith_answers_are_correct(difficulty):
+    for i in range(40):
+        text, expr, answer = _arith(7, difficulty, i)
+        assert eval(expr, {"__builtins__": {}}) == answer  # noqa: S307 - our own digits and operators
+        assert answer >= 0
+        p = arith_problem(7, difficulty, i)
+        assert p.problem == text and p.answer == str(answer) and p.source == "arith"
+        # every operand of the expression appears in the text, in order
+        nums = re.findall(r"\d+", expr)
+        assert re.findall(r"\d+", text) == nums
+
+
+def test_arith_difficulty_grows():
+    def mean_answer(d):
+        return sum(int(p.answer) for p in load_problems("arith", limit=200, difficulty=d)) / 200
+
+    assert all(int(p.answer) <= 18 for p in load_problems("arith", limit=200, difficulty=1))
+    means = [mean_answer(d) for d in range(1, 6)]
+    assert means == sorted(means)
+    with pytest.raises(UserError, match="difficulty"):
+        load_problems("arith", limit=1, difficulty=6)
+
+
+def test_arith_answers_score_correct():
+    from vespo_cli.rewards import score_one
+
+    for d in range(1, 6):
+        p = arith_problem(0, d, 0)
+        assert score_one(f"\\boxed{{{p.answer}}}", p.answer).correct
+        assert score_one(str(p.answer), p.answer).correct
+        assert not score_one(f"\\boxed{{{int(p.answer) + 1}}}", p.answer).correct
+
+
+# -------------------------------------------------------------------------------- files, training sets
+
+
+def test_local_jsonl_and_parquet(tmp_path):
+    rows = [
+        {"question": "1+1?", "answer": "It is 2.\n#### 2"},  # GSM8K style
+        {"prompt": [{"role": "user", "content": "2+2?"}], "reward_model": {"ground_truth": "4"}},  # verl style
+        {"problem": "3+3?", "solution": "so $\\boxed{6}$", "id": "custom"},  # MATH style
+    ]
+    f = tmp_path / "mine.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    got = load_problems(str(f))
+    assert [(p.id, p.problem, p.answer) for p in got] == [("mine-0", "1+1?", "2"), ("mine-1", "2+2?", "4"), ("custom", "3+3?", "6")]
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"problem": "a", "answer": 1}, {"problem": "b", "answer": 2}]), tmp_path / "t.parquet")
+    got = load_problems(str(tmp_path / "t.parquet"))
+    assert [(p.id, p.answer, p.source) for p in got] == [("t-0", "1", "t"), ("t-1", "2", "t")]
+
+
+def test_dapo_wrapper_is_stripped(tmp_path):
+    text = ("Solve the following math problem step by step. The last line of your response should be of the form "
+            "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\nWhat is 6*7?\n\n"
+            "Remember to put your answer on its own line after \"Answer:\".")
+    f = tmp_path / "dapo.jsonl"
+    f.write_text(json.dumps({"prompt": [{"role": "user", "content": text}], "reward_model": {"ground_truth": "42"}}))
+    assert load_problems(str(f))[0].problem == "What is 6*7?"
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(UserError, match="file not found"):
+        load_problems(str(tmp_path / "missing.jsonl"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "x", "answer": "1"}\nnot json\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:2"):
+        load_problems(str(bad))
+    nokey = tmp_path / "nokey.jsonl"
+    nokey.write_text('{"text": "x"}\n')
+    with pytest.raises(UserError, match="problem"):
+        load_problems(str(nokey))
+    with pytest.raises(UserError, match="expected one of"):
+        load_problems("no-such-set")
+
+
+def test_training_set_lookup(tmp_path, monkeypatch):
+    (tmp_path / "gsm8k_train.jsonl").write_text(json.dumps({"id": "g-0", "problem": "p", "answer": "5"}) + "\n")
+    monkeypatch.setenv("VESPO_DATA_DIR", str(tmp_path))
+    assert load_problems("gsm8k-train") == [Problem("g-0", "p", "5", "gsm8k_train")]
+
+
+def test_missing_training_set_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("VESPO_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(data, "data_dirs", lambda: [tmp_path])
+    monkeypatch.setattr(data, "_hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    with pytest.raises(UserError) as e:
+        load_problems("dapo-math-17k")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "dapo_math_17k.jsonl" in msg and str(tmp_path) in msg and "BytedTsinghua-SIA/DAPO-Math-17k" in msg
+    with pytest.raises(UserError, match="someone/nothing"):
+        load_problems("someone/nothing:test")
+
+
+def test_shared_training_sets_when_present():
+    shared = data.data_dirs()[-1]
+    if not (shared / "dapo_math_17k.jsonl").is_file():
+        pytest.skip(f"{shared} has no training sets")
+    dapo = load_problems("dapo-math-17k")
+    assert len(dapo) == 17276 and dapo[0].answer == "34"
+    assert len(load_problems("gsm8k-train")) == 7473
