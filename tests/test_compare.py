@@ -1,0 +1,363 @@
+"""`vespo compare`: collapse detection, report generation, reuse/resume of runs, end to end on `tiny`."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vespo_cli import compare as K
+from vespo_cli import config as C
+from vespo_cli.config import load_config, save_config
+from vespo_cli.errors import UserError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def presets(tmp_path, monkeypatch):
+    """The shipped presets; stand-in vespo/grpo algorithm presets where those are not shipped (yet)."""
+    real = C.PRESETS_DIR
+    if all((real / "algorithms" / f"{a}.yaml").is_file() for a in ("vespo", "grpo")):
+        return real
+    root = tmp_path / "presets"
+    shutil.copytree(real, root)
+    (root / "algorithms").mkdir(exist_ok=True)
+    for a in ("vespo", "grpo"):
+        p = root / "algorithms" / f"{a}.yaml"
+        if not p.exists():
+            p.write_text(f"description: test stand-in\nobjective: {a}\n")
+    monkeypatch.setattr(C, "PRESETS_DIR", root)
+    return root
+
+
+def rec(step: int, reward: float, **kw) -> dict:
+    base = {"kind": "train", "step": step, "reward": reward, "accuracy": reward, "loss": -0.1, "grad_norm": 0.5}
+    return {**base, **kw}
+
+
+def curve(rewards, **kw) -> list[dict]:
+    return [rec(i + 1, float(r), **kw) for i, r in enumerate(rewards)]
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def test_moving_average_is_trailing_and_skips_nonfinite():
+    np.testing.assert_allclose(K.moving_average([1, 2, 3, 4], 2), [1, 1.5, 2.5, 3.5])
+    np.testing.assert_allclose(K.moving_average([1, float("nan"), 3, None], 2), [1, 1, 3, 3])
+    assert math.isnan(K.moving_average([float("nan")], 3)[0])
+    assert K.smooth_window(2) == 2 and K.smooth_window(20) == 3 and K.smooth_window(1500) == 75
+    assert K.default_patience(10) == 3 and K.default_patience(1500) == 150
+
+
+def test_collapse_stable():
+    r = np.minimum(np.arange(100) / 40, 0.8)
+    out = K.detect_collapse(curve(r))
+    assert out["status"] == "stable" and out["step"] is None
+    assert out["best_reward"] == pytest.approx(0.8) and (out["window"], out["patience"]) == (5, 10)
+
+
+def test_collapse_reward_drop_exact_step():
+    # 0.8 for steps 1..60, then 0: MA(5) at step 61 = 0.64, 62 = 0.48, 63 = 0.32 < 0.5·0.8 → streak from 63
+    out = K.detect_collapse(curve([0.8] * 60 + [0.0] * 40))
+    assert (out["status"], out["step"], out["reason"]) == ("collapsed", 63, "reward drop")
+    # the same drop, but the run ends before M = 10 steps of it: not (yet) collapsed
+    assert K.detect_collapse(curve([0.8] * 60 + [0.0] * 9), total_steps=100)["status"] == "stable"
+    # stricter knobs are honoured
+    assert K.detect_collapse(curve([0.8] * 60 + [0.5] * 40), drop=0.9)["step"] == 62  # MA 0.74, 0.68 < 0.72
+
+
+def test_collapse_nonfinite_loss_or_grad():
+    rows = curve([0.5] * 50)
+    rows[36]["loss"] = float("nan")
+    out = K.detect_collapse(rows)
+    assert (out["status"], out["step"], out["reason"]) == ("collapsed", 37, "non-finite loss")
+    rows[19]["grad_norm"] = float("inf")
+    assert K.detect_collapse(rows)["step"] == 20
+    # NaN as written by json.dumps and read back
+    rows = [json.loads(json.dumps(r)) for r in curve([0.0] * 10)]
+    rows[4]["grad_norm"] = json.loads("NaN")
+    assert K.detect_collapse(rows)["reason"] == "non-finite grad_norm"  # even in a run that never learned
+    rows = curve([0.5] * 10)
+    rows[2]["skipped_nonfinite"] = 1
+    assert K.detect_collapse(rows)["step"] == 3
+
+
+def test_collapse_never_learned_is_not_collapse():
+    assert K.detect_collapse(curve([0.0] * 100))["status"] == "never learned"
+    # tiny early reward that vanishes stays below the floor: never learned, not collapsed
+    assert K.detect_collapse(curve([0.04] * 20 + [0.0] * 80))["status"] == "never learned"
+    assert K.detect_collapse([])["status"] == "no data"
+    assert K.detect_collapse([{"kind": "eval", "step": 3, "benchmark": "x"}])["status"] == "no data"
+
+
+def test_collapse_noisy_but_stable():
+    rng = np.random.default_rng(0)
+    r = rng.binomial(16, 0.5, size=300) / 16  # a noisy plateau at 0.5
+    r[::37] = 0.0  # with single-step dips to zero
+    out = K.detect_collapse(curve(r))
+    assert out["status"] == "stable"
+    # the same noise after a real drop is a collapse
+    r2 = np.concatenate([r[:150], rng.binomial(16, 0.1, size=150) / 16])
+    assert K.detect_collapse(curve(r2))["status"] == "collapsed"
+
+
+def test_summarize_run_numbers():
+    rows = curve([0.0] * 10 + [1.0] * 10, ess=0.5, clip_frac=0.2, train_s=1.0, rollout_s=0.5)
+    rows.append({"kind": "eval", "step": 20, "benchmark": "aime24", "k": 4, "avg_at_k": 0.25, "pass_at_k": 0.5,
+                 "ci95_low": 0.1, "ci95_high": 0.4})
+    s = K.summarize_run(rows, total_steps=20)
+    assert s["final_reward"] == 1.0 and s["best_reward"] == 1.0 and s["steps_done"] == 20
+    assert s["ess_mean"] == 0.5 and s["weight_metric"] == "clip_frac" and s["weight_frac_mean"] == pytest.approx(0.2)
+    assert s["time_s"] == pytest.approx(30.0)
+    assert s["eval"]["aime24"]["avg_at_k"] == 0.25 and s["eval"]["aime24"]["k"] == 4
+    # a resumed run's repeated step counts once (last line wins); vespo's suppressed_frac is preferred
+    rows = curve([0.2, 0.4], suppressed_frac=0.1, clip_frac=0.0) + [rec(2, 0.6, suppressed_frac=0.3)]
+    s = K.summarize_run(rows)
+    assert s["steps_done"] == 2 and s["final_reward"] == 0.6 and s["weight_metric"] == "suppressed_frac"
+    assert s["weight_frac_mean"] == pytest.approx(0.2)
+
+
+def test_parse_algo_item(presets):
+    assert K.parse_algo_item("vespo") == ("vespo", [], "vespo")
+    assert K.parse_algo_item("vespo:length_norm=sqrt") == (
+        "vespo", ["algorithm.params.length_norm=sqrt"], "vespo+length_norm=sqrt")
+    name, ov, label = K.parse_algo_item("vespo:length_norm=linear,correction=tis,trainer.lr=1e-5")
+    assert ov == ["algorithm.params.length_norm=linear", "algorithm.correction=tis", "trainer.lr=1e-5"]
+    assert label == "vespo+length_norm=linear+correction=tis+trainer.lr=1e-5"
+    with pytest.raises(UserError, match="unknown algorithm preset"):
+        K.parse_algo_item("nosuchalgo")
+    with pytest.raises(UserError, match="key=value"):
+        K.parse_algo_item("vespo:length_norm")
+
+
+# --------------------------------------------------------------------------- reports from run directories
+
+
+def write_run(run_dir: Path, algo: str, rows: list[dict], *, torn: bool = False, **cfg_over) -> Path:
+    overrides = [f"{k.replace('__', '.')}={v}" for k, v in cfg_over.items()]
+    save_config(load_config("tiny", algo, overrides), run_dir)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if torn:
+        text += '{"kind": "train", "step": 99'
+    (run_dir / "metrics.jsonl").write_text(text)
+    return run_dir
+
+
+def synthetic(algo: str, n: int = 40, collapse_at: int | None = None, seed: int = 0, evals: bool = True,
+              full: bool = True) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for step in range(1, n + 1):
+        r = min(step / 15, 0.7) + rng.normal(0, 0.03)
+        if collapse_at and step >= collapse_at:
+            r = 0.02
+        row = rec(step, r, response_length=20 + step, objective=algo, train_s=0.1, rollout_s=0.2)
+        if full:
+            row.update(entropy=1.0 - step / 100, lr=1e-3, staleness=0.5, log_w_mean=-0.01 * step,
+                       log_w_max=0.02 * step, ess=0.9, delta_abs_mean=0.01, mismatch_kl=0.001)
+            row.update({"suppressed_frac": 0.05} if algo == "vespo" else {"clip_frac": 0.1})
+        rows.append(row)
+        if evals and step % 20 == 0:
+            rows.append({"kind": "eval", "step": step, "benchmark": "aime24", "k": 4, "avg_at_k": r / 2,
+                         "pass_at_k": r, "ci95_low": r / 2 - 0.05, "ci95_high": r / 2 + 0.05})
+    return rows
+
+
+def png_refs(report: Path) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())
+
+
+def assert_pngs(report: Path) -> list[str]:
+    refs = png_refs(report)
+    assert refs
+    for ref in refs:
+        p = report.parent / ref
+        assert p.is_file(), ref
+        assert p.read_bytes()[:8] == PNG_MAGIC, ref
+    return refs
+
+
+def test_report_from_two_run_dirs(presets, tmp_path):
+    a = write_run(tmp_path / "runs" / "tiny-vespo", "vespo", synthetic("vespo"), torn=True, trainer__steps=40)
+    b = write_run(tmp_path / "runs" / "tiny-grpo", "grpo", synthetic("grpo", collapse_at=25), trainer__steps=40)
+    out = tmp_path / "report"
+    report = K.compare_command([str(a), str(b)], out=out)
+    assert report == out / "report.md"
+    refs = assert_pngs(report)
+    for name in ("reward.png", "response_length.png", "entropy.png", "grad_norm.png", "weights.png", "eval.png"):
+        assert name in refs
+    text = report.read_text()
+    assert "| tiny-vespo |" in text and "| tiny-grpo |" in text and "Collapse" in text
+    assert "moving average over the last **3**" in text  # window stated (40 steps → 3)
+    summary = json.loads((out / "summary.json").read_text())
+    groups = {g["label"]: g for g in summary["groups"]}
+    assert groups["tiny-vespo"]["collapse"][0]["status"] == "stable"
+    col = groups["tiny-grpo"]["collapse"][0]
+    assert col["status"] == "collapsed" and col["reason"] == "reward drop" and 25 <= col["step"] <= 27
+    assert groups["tiny-vespo"]["weight_metric"] == "suppressed_frac"
+    assert groups["tiny-grpo"]["weight_metric"] == "clip_frac"
+    assert groups["tiny-grpo"]["final_reward"]["mean"] == pytest.approx(0.02)
+    assert groups["tiny-vespo"]["eval"]["aime24"]["avg_at_k"]["mean"] == pytest.approx(
+        [r for r in synthetic("vespo") if r["kind"] == "eval"][-1]["avg_at_k"])
+    runs = {r["label"]: r for r in summary["runs"]}
+    assert runs["tiny-vespo"]["steps_done"] == 40  # the torn last line is ignored
+
+
+def test_report_seeds_staleness_missing_keys(presets, tmp_path):
+    root = tmp_path / "cmp"
+    for algo in ("vespo", "grpo"):
+        for n in (1, 2):
+            for seed in (0, 1):
+                write_run(root / "runs" / f"{algo}-N{n}-s{seed}", algo,
+                          synthetic(algo, n=30, seed=seed, evals=False, full=(algo == "vespo")),
+                          trainer__staleness=n, trainer__seed=seed, trainer__steps=30)
+    # a compare output directory stands for all of its runs
+    report = K.compare_command([str(root)], out=tmp_path / "rep")
+    refs = assert_pngs(report)
+    assert "eval.png" not in refs  # no eval lines: no eval figure, no eval column
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    keys = sorted((g["label"], g["staleness"], tuple(g["seeds"])) for g in summary["groups"])
+    assert keys == [("grpo", 1, (0, 1)), ("grpo", 2, (0, 1)), ("vespo", 1, (0, 1)), ("vespo", 2, (0, 1))]
+    g = next(g for g in summary["groups"] if g["label"] == "grpo")
+    assert g["ess_mean"] is None and g["weight_metric"] is None  # missing keys: "–", not a crash
+    assert "(min–max over seeds)" in report.read_text()
+
+
+def test_report_of_unfinished_or_empty_run(presets, tmp_path):
+    a = write_run(tmp_path / "a", "vespo", synthetic("vespo", n=5), trainer__steps=40)
+    b = tmp_path / "b"
+    save_config(load_config("tiny", "grpo", []), b)  # started, no metrics yet
+    report = K.compare_command([str(a), str(b)], out=tmp_path / "rep")
+    assert_pngs(report)
+    text = report.read_text()
+    assert "5/40" in text and "no data" in text
+
+
+def test_compare_cli_reports_and_rejects(presets, tmp_path):
+    from typer.testing import CliRunner
+
+    from vespo_cli.cli import app
+
+    a = write_run(tmp_path / "a", "vespo", synthetic("vespo", n=8))
+    res = CliRunner().invoke(app, ["compare", str(a), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "rep" / "report.md").is_file()
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and "not a run directory" in res.output
+    res = CliRunner().invoke(app, ["compare", str(a), "--staleness", "4"])
+    assert res.exit_code == 2 and "--staleness" in res.output
+
+
+# --------------------------------------------------------------------------- running: reuse and resume
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    """Replace the trainer: writes config.yaml and one metrics line per step (all of them, or
+    `stop_at[label]` steps to simulate a killed compare). Records every call."""
+    calls: list[dict] = []
+    stop_at: dict[str, int] = {}
+
+    def fake(cfg, run_dir, *, replay=None, resume=False):
+        run_dir = Path(run_dir)
+        calls.append({"dir": run_dir.name, "resume": resume, "replay": replay, "cfg": cfg})
+        if not resume:
+            assert not (run_dir / "metrics.jsonl").exists()
+            save_config(cfg, run_dir)
+        done = len(K.train_records(K.read_jsonl(run_dir / "metrics.jsonl")))
+        last = min(cfg.trainer.steps, stop_at.pop(run_dir.name, cfg.trainer.steps))
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            for step in range(done + 1, last + 1):
+                f.write(json.dumps(rec(step, 0.1 * step, objective=cfg.algorithm.objective)) + "\n")
+        return {}
+
+    monkeypatch.setattr(K, "train", fake)
+    fake.calls, fake.stop_at = calls, stop_at
+    return fake
+
+
+def test_compare_runs_reuses_and_resumes(presets, tmp_path, fake_train):
+    out = tmp_path / "cmp"
+    kw = dict(preset="tiny", overrides=["trainer.steps=3"], out=out)
+    fake_train.stop_at["grpo-N2-s0"] = 1  # killed after step 1
+    report = K.compare_command(["vespo", "grpo"], **kw)
+    assert [(c["dir"], c["resume"]) for c in fake_train.calls] == [("vespo-N2-s0", False), ("grpo-N2-s0", False)]
+    assert report.is_file()
+    fake_train.calls.clear()
+    K.compare_command(["vespo", "grpo"], **kw)  # vespo complete: reused; grpo partial: resumed
+    assert [(c["dir"], c["resume"]) for c in fake_train.calls] == [("grpo-N2-s0", True)]
+    fake_train.calls.clear()
+    report = K.compare_command(["vespo", "grpo"], **kw)  # everything complete: no training at all
+    assert fake_train.calls == []
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(r["steps_done"] for r in summary["runs"]) == [3, 3]
+    # another config in the same directory is refused, not silently reused
+    with pytest.raises(UserError, match="another config"):
+        K.compare_command(["vespo"], preset="tiny", overrides=["trainer.steps=3", "trainer.lr=0.5"], out=out)
+
+
+def test_compare_grid_variants_and_replay(presets, tmp_path, fake_train):
+    out = tmp_path / "cmp"
+    replay = tmp_path / "shards"
+    replay.mkdir()
+    K.compare_command(["vespo", "vespo:length_norm=sqrt"], preset="tiny", overrides=["trainer.steps=2"],
+                      staleness=[1, 4], seeds=2, replay=replay, out=out)
+    got = {c["dir"]: c["cfg"] for c in fake_train.calls}
+    assert sorted(got) == sorted(f"{a}-N{n}-s{s}" for a in ("vespo", "vespo+length_norm=sqrt")
+                                 for n in (1, 4) for s in (0, 1))
+    for name, cfg in got.items():
+        n, s = re.search(r"-N(\d+)-s(\d+)$", name).groups()
+        assert (cfg.trainer.staleness, cfg.trainer.seed, cfg.trainer.steps) == (int(n), int(s), 2)
+        assert cfg.algorithm.params.get("length_norm") == ("sqrt" if "length_norm" in name else None) or \
+            (cfg.algorithm.params.get("length_norm") in (None, "none") and "length_norm" not in name)
+    assert all(c["replay"] == replay for c in fake_train.calls)
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["groups"]) == 4 and all(len(g["seeds"]) == 2 for g in summary["groups"])
+    assert_pngs(out / "report.md")
+
+
+def test_compare_user_errors(presets, tmp_path, fake_train):
+    with pytest.raises(UserError, match="unknown algorithm preset"):
+        K.compare_command(["vespo", "nosuch"], preset="tiny", out=tmp_path / "x")
+    with pytest.raises(UserError, match="unknown parameter"):
+        K.compare_command(["vespo:no_such_param=1"], preset="tiny", out=tmp_path / "x")
+    with pytest.raises(UserError, match="--replay"):
+        K.compare_command(["vespo"], preset="tiny", replay=tmp_path / "nope", out=tmp_path / "x")
+    with pytest.raises(UserError, match="--seeds"):
+        K.compare_command(["vespo"], preset="tiny", seeds=0, out=tmp_path / "x")
+    assert fake_train.calls == []  # every config is checked before anything trains
+
+
+def test_default_out_dir(presets, tmp_path, fake_train, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    report = K.compare_command(["grpo"], preset="tiny", overrides=["trainer.steps=1"])
+    assert report == Path("runs/compare-tiny/report.md") and report.is_file()
+    assert Path("runs/compare-tiny/runs/grpo-N2-s0/metrics.jsonl").is_file()
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_tiny(tmp_path, monkeypatch):
+    """Two algorithms on the tiny preset, two steps each, through the real trainer."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "cmp"
+    report = K.compare_command(["vespo", "grpo"], preset="tiny", overrides=["trainer.steps=2"], out=out)
+    assert report.is_file()
+    assert_pngs(report)
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(r["label"] for r in summary["runs"]) == ["grpo", "vespo"]
+    assert all(r["steps_done"] == 2 for r in summary["runs"])
+    # a second compare reuses both runs
+    calls = []
+    monkeypatch.setattr(K, "train", lambda *a, **k: calls.append(a))
+    K.compare_command(["vespo", "grpo"], preset="tiny", overrides=["trainer.steps=2"], out=out)
+    assert calls == []
