@@ -15,6 +15,7 @@ from vespo_cli.evaluate import (
     avg_at_k,
     bootstrap_ci,
     default_k,
+    metrics_record,
     pass_at_k,
     read_eval,
     run_eval,
@@ -97,16 +98,24 @@ def test_summarize():
     assert s["num_problems"] == 3 and s["num_samples"] == 12 and s["k"] == 4
     assert s["metric"] == "avg@4"
     assert s["avg_at_k"] == pytest.approx((0.25 + 1 + 0) / 3)
-    assert set(s["pass_at_k"]) == {"1", "2", "4"}
-    assert s["pass_at_k"]["1"] == pytest.approx(s["avg_at_k"])
-    assert s["pass_at_k"]["4"] == pytest.approx(2 / 3)
-    assert s["pass_at_k"]["2"] == pytest.approx((0.5 + 1 + 0) / 3)
-    lo, hi = s["avg_at_k_ci95"]
-    assert lo <= s["avg_at_k"] <= hi
+    assert set(s["pass_at"]) == {"1", "2", "4"}
+    assert s["pass_at"]["1"] == pytest.approx(s["avg_at_k"])
+    assert s["pass_at"]["4"] == s["pass_at_k"] == pytest.approx(2 / 3)
+    assert s["pass_at"]["2"] == pytest.approx((0.5 + 1 + 0) / 3)
+    assert s["ci95_low"] <= s["avg_at_k"] <= s["ci95_high"]
     assert s["truncated_fraction"] == pytest.approx(0.25)
     assert s["mean_response_tokens"] == pytest.approx(11.5)
     assert s["per_problem"][0] == {"problem_id": "p0", "n": 4, "correct": 1}
     json.dumps(s)  # serializable
+    rec = metrics_record(s)
+    assert rec["avg_at_k"] == s["avg_at_k"] and rec["benchmark"] == "toy" and "per_problem" not in rec
+
+
+def test_summarize_ragged_k():
+    rows = _rows([[1, 0, 1, 1], [0, 1]])
+    s = summarize(rows)
+    assert s["k"] == 2 and s["k_max"] == 4 and set(s["pass_at"]) == {"1", "2"}
+    assert s["pass_at"]["2"] == pytest.approx((pass_at_k(4, 3, 2) + 1.0) / 2)
 
 
 def test_write_and_read_eval(tmp_path):
@@ -187,7 +196,7 @@ def test_run_eval_with_fake_engine(tmp_path):
                    chunk_prompts=2)
     s = res["amc23"]
     assert s["k"] == 4 and s["num_problems"] == 5 and s["avg_at_k"] == pytest.approx(0.5)
-    assert s["pass_at_k"]["4"] == 1.0
+    assert s["pass_at_k"] == 1.0
     assert [c[0] for c in engine.calls] == [2, 2, 1]
     assert len({c[2] for c in engine.calls}) == 3  # a different seed per chunk
     rows, summary = read_eval(tmp_path / "amc23")

@@ -87,9 +87,10 @@ def _pass_ks(k: int) -> list[int]:
 
 def summarize(per_sample_rows: Sequence[Mapping[str, Any]], *, benchmark: str | None = None) -> dict:
     """Aggregate per-sample rows (problem_id, correct, and optionally reward, num_tokens,
-    finish_reason, timed_out) into avg@k, pass@j for j = 1, 2, 4, ..., k, a 95% bootstrap interval
-    for avg@k (over problems), and per-problem counts. k = samples per problem (the minimum if
-    problems got different numbers; pass@j then uses each problem's own n)."""
+    finish_reason, timed_out) into: `avg_at_k`, its 95% interval `ci95_low`/`ci95_high` (percentile
+    bootstrap over problems, fixed seed), `pass_at_k` (unbiased pass@k at k), `pass_at`
+    ({"1": pass@1, "2": pass@2, "4": ..., "k": pass@k}) and `per_problem` counts. k = samples per
+    problem (the minimum if problems got different numbers; pass@j uses each problem's own n)."""
     groups: OrderedDict[str, list[Mapping[str, Any]]] = OrderedDict()
     for r in per_sample_rows:
         groups.setdefault(str(r["problem_id"]), []).append(r)
@@ -110,11 +111,13 @@ def summarize(per_sample_rows: Sequence[Mapping[str, Any]], *, benchmark: str | 
         "k": k,
         "metric": f"avg@{k}",
         "avg_at_k": _mean(accs),
-        "avg_at_k_ci95": [lo, hi],
+        "ci95_low": lo,
+        "ci95_high": hi,
         "ci_method": CI_METHOD,
-        "pass_at_k": {str(j): _mean([pass_at_k(p["n"], p["correct"], j) for p in per_problem]) for j in _pass_ks(k)},
+        "pass_at": {str(j): _mean([pass_at_k(p["n"], p["correct"], j) for p in per_problem]) for j in _pass_ks(k)},
         "mean_reward": _mean([float(r.get("reward", float(bool(r["correct"])))) for r in rows]),
     }
+    out["pass_at_k"] = out["pass_at"][str(k)]
     if max(ns) != k:
         out["k_max"] = max(ns)
     if all("num_tokens" in r for r in rows):
@@ -125,6 +128,13 @@ def summarize(per_sample_rows: Sequence[Mapping[str, Any]], *, benchmark: str | 
         out["reward_timeout_fraction"] = _mean([float(bool(r["timed_out"])) for r in rows])
     out["per_problem"] = per_problem
     return out
+
+
+def metrics_record(summary: Mapping[str, Any]) -> dict:
+    """The flat numbers of a summary, for one `metrics.jsonl` eval line (no per-problem lists)."""
+    keys = ("benchmark", "k", "metric", "avg_at_k", "ci95_low", "ci95_high", "pass_at_k", "num_problems",
+            "num_samples", "mean_reward", "mean_response_tokens", "truncated_fraction", "reward_timeout_fraction")
+    return {key: summary[key] for key in keys if key in summary}
 
 
 def write_eval(out_dir: str | Path, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> Path:
@@ -325,9 +335,9 @@ def eval_command(cfg, benchmarks: Sequence[str], *, model: str | None = None, k:
     for col in ("benchmark", "metric", "value", "95% CI", "pass@k", "tokens", "truncated"):
         table.add_column(col)
     for name, s in results.items():
-        lo, hi = s["avg_at_k_ci95"]
+        lo, hi = s["ci95_low"], s["ci95_high"]
         table.add_row(name, s["metric"], f"{100 * s['avg_at_k']:.1f}", f"[{100 * lo:.1f}, {100 * hi:.1f}]",
-                      f"{100 * s['pass_at_k'][str(s['k'])]:.1f}", f"{s.get('mean_response_tokens', 0):.0f}",
+                      f"{100 * s['pass_at_k']:.1f}", f"{s.get('mean_response_tokens', 0):.0f}",
                       f"{100 * s.get('truncated_fraction', 0):.0f}%")
     Console().print(table)
     err.print(f"results: {out_dir}")
