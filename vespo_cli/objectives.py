@@ -24,35 +24,42 @@ from torch import Tensor
 from .errors import UserError
 
 LN_EPS = math.log(1e-8)  # lower clamp of VESPO's log W and of per-token log correction weights
+LOG2E = 1.0 / math.log(2.0)
 MAX_LOG = 20.0  # clamp of per-token log-ratios before exp (exp(20) ≈ 4.9e8: finite, no NaN grads)
 
 CORRECTIONS = (None, "tis", "mis")
 LENGTH_NORMS = ("none", "sqrt", "linear")
 COMMON_DEFAULTS = {"correction_cap": 2.0}  # C of TIS/MIS; accepted by every objective
 
-OBJECTIVES: dict[str, Callable] = {}  # name -> fn(Tokens, **params) -> (token loss [B,T], Info)
+OBJECTIVES: dict[str, Callable] = {}  # name -> fn(Tokens, **params) -> Reshaped
 OBJECTIVE_DEFAULTS: dict[str, dict] = {}  # name -> {param: paper default}
 AGGREGATION: dict[str, str] = {}  # name -> "token-mean" | "seq-mean-token-mean"
 SEQUENCE_CORRECTION: set[str] = set()  # objectives taking the correction inside their sequence weight
 
 
 class Tokens(NamedTuple):
-    """One microbatch, already masked (padding: logp = delta = log_corr = 0)."""
+    """One microbatch, detached (objectives compute values and gradient coefficients, not graphs)."""
 
-    logp: Tensor  # [B, T] current policy, with gradient
-    delta: Tensor  # [B, T] logp − old_logp, with gradient
+    logp: Tensor  # [B, T] current policy
+    delta: Tensor  # [B, T] Δ = logp − old_logp, 0 at padding
     adv: Tensor  # [B] advantages
     mask: Tensor  # [B, T] float 0/1
     lengths: Tensor  # [B] response lengths T_i (float)
-    log_corr: Optional[Tensor]  # [B, T] ln w_t of TIS/MIS (−inf = MIS-masked), or None
+    log_corr: Optional[Tensor]  # [B, T] ln w_t of TIS/MIS (−inf = MIS-masked, 0 at padding), or None
 
 
-class Info(NamedTuple):
-    """What an objective reports besides its loss (all detached; None = not applicable)."""
+class Reshaped(NamedTuple):
+    """An objective as a reshaped REINFORCE: per-token loss ℓ_{i,t} and its gradient ∂ℓ_{i,t}/∂logp_t.
 
-    log_w: Optional[Tensor] = None  # [B] the sequence log-weight it used (default: Σ_t Δ_t)
-    seq_weight: Optional[Tensor] = None  # [B] sequence weights for the ESS (default: exp(Σ_t Δ_t))
-    clipped: Optional[Tensor] = None  # [B, T] or [B, 1] bool: token gradient clipped/tapered
+    Every objective here has a gradient of the form coef_{i,t}·∇logp_t (the VESPO paper's view:
+    φ(W) is the coefficient on ∇log π), so `policy_loss` needs no autograd graph through the ratio
+    computations: one pass builds the gradient, which is what keeps them as cheap as REINFORCE."""
+
+    coef: Tensor  # ∂ℓ/∂logp_t, [B, T] or [B, 1]
+    value: Optional[Tensor] = None  # ℓ, [B, T] or [B, 1]; None = coef·logp (REINFORCE form)
+    log_w: Optional[Tensor] = None  # [B] sequence log-weight used (metrics; default Σ_t Δ_t)
+    seq_weight: Optional[Tensor] = None  # [B] sequence weights for the ESS (default exp(Σ_t Δ_t))
+    clipped: Optional[Tensor] = None  # 0-d: number of response tokens whose gradient was clipped
     extra: Optional[dict] = None  # name -> 0-d tensor, objective-specific metrics
 
 
@@ -73,121 +80,135 @@ def register(name: str, aggregation: str, sequence_correction: bool = False, **d
 # --------------------------------------------------------------------------- shared pieces
 
 
+def exp_(x: Tensor) -> Tensor:
+    """exp(x) in place, as exp2(x·log2 e): torch's CPU exp kernel is ~4x slower than its exp2."""
+    return x.mul_(LOG2E).exp2_()
+
+
 def ratio(delta: Tensor) -> Tensor:
-    """r_t = exp(Δ_t), with Δ clamped to ±20 so that neither r nor its gradient overflow."""
-    return torch.exp(delta.clamp(-MAX_LOG, MAX_LOG))
+    """r_t = exp(Δ_t), with Δ clamped to ±20 so that r stays finite (exp(20) ≈ 4.9e8). New tensor."""
+    return exp_(delta.clamp(-MAX_LOG, MAX_LOG))
 
 
-def clipped_surrogate(ratio_: Tensor, adv: Tensor, eps_low: float, eps_high: float) -> tuple[Tensor, Tensor]:
-    """PPO surrogate −min(r·A, clip(r, 1−ε_low, 1+ε_high)·A) and where the clipped branch is active."""
-    loss1 = -adv * ratio_
-    loss2 = -adv * ratio_.clamp(1.0 - eps_low, 1.0 + eps_high)
-    return torch.maximum(loss1, loss2), loss2 > loss1
+def indicator(compare: Callable, a: Tensor, b) -> Tensor:
+    """compare(a, b) as a new 0./1. float tensor (writing floats directly is several times faster
+    on CPU than a bool tensor and a cast)."""
+    return compare(a, b, out=torch.empty_like(a))
+
+
+def log_clip_bounds(adv: Tensor, low: float, high: float, neg_high: float = math.inf) -> tuple[Tensor, Tensor]:
+    """[B, 1] bounds on log r such that the PPO surrogate −min(r·A, clip(r, low, high)·A), with the
+    dual clip min(·, −neg_high·A) for A < 0, equals −A·exp(clamp(log r, lo, hi)): A > 0: r ≤ high;
+    A < 0: low ≤ r ≤ neg_high; A = 0: unbounded. hi ≤ 20 always (the ±20 guard of `ratio`)."""
+    neg, pos = adv < 0, adv > 0
+    ln = lambda x: math.log(x) if x > 0 else -math.inf  # noqa: E731
+    lo = torch.where(neg, ln(low), -math.inf)
+    hi = torch.where(pos, ln(high), torch.where(neg, ln(neg_high), MAX_LOG)).clamp(max=MAX_LOG)
+    return lo.to(adv.dtype)[:, None], hi.to(adv.dtype)[:, None]
 
 
 def vespo_kernel(log_w: Tensor, c1: Tensor | float, c2: Tensor | float) -> Tensor:
-    """φ(W) = W^c1 · exp(c2·(1 − W)) from ℓ = log W, computed in log space; non-finite → 0."""
+    """φ(W) = W^c1 · exp(c2·(1 − W)) from ℓ = log W, in log space; non-finite → 0."""
     log_phi = c2 + c1 * log_w - c2 * torch.exp(log_w)
     return torch.nan_to_num(torch.exp(log_phi), nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def masked_seq_mean(x: Tensor, t: Tokens) -> Tensor:
-    """Per-sequence token mean Σ_t m x / T_i (0 for an empty row)."""
-    return (x * t.mask).sum(-1) / t.lengths.clamp(min=1.0)
+def _per_sign(adv: Tensor, pos, neg) -> Tensor:
+    """[B] parameter: `pos` where A ≥ 0, `neg` where A < 0."""
+    return torch.where(adv >= 0, pos, neg).to(adv.dtype)
 
 
 # --------------------------------------------------------------------------- objectives
+# Each returns fresh tensors (policy_loss scales them in place) and works in place on its own
+# temporaries: on CPU, every new [B, T] tensor costs more than the arithmetic done in it.
 
 
 @register("vespo", "token-mean", sequence_correction=True,
           c1_pos=2.0, c2_pos=3.0, c1_neg=3.0, c2_neg=2.0, length_norm="none")
-def vespo(t: Tokens, *, c1_pos, c2_pos, c1_neg, c2_neg, length_norm) -> tuple[Tensor, Info]:
+def vespo(t: Tokens, *, c1_pos, c2_pos, c1_neg, c2_neg, length_norm) -> Reshaped:
     """VESPO (ALGORITHMS.md "VESPO"): ℓ_i = clamp(Σ_t m·clamp(Δ_t, ±20) [+ Σ_t m·clamp(ln w_t, ln 1e-8, 20)],
-    ln 1e-8, 20) — divided by √T_i or T_i first for the length_norm ablation —, W_i = exp(ℓ_i),
-    (c1, c2) = (c1_pos, c2_pos) if A_i ≥ 0 else (c1_neg, c2_neg), φ_i = W^c1·exp(c2(1−W)) detached,
+    ln 1e-8, 20), divided first by √T_i or T_i for the length_norm ablation; W_i = exp(ℓ_i);
+    (c1, c2) = (c1_pos, c2_pos) if A_i ≥ 0 else (c1_neg, c2_neg); φ_i = W^c1·exp(c2(1−W)), detached;
     loss_{i,t} = −φ_i·A_i·logp_t."""
-    with torch.no_grad():
-        log_w = t.delta.clamp(-MAX_LOG, MAX_LOG).sum(-1)
-        if t.log_corr is not None:  # token-truncated TIS/MIS log-weights enter log W before the kernel
-            log_w = log_w + t.log_corr.clamp(LN_EPS, MAX_LOG).sum(-1)
-        if length_norm == "sqrt":
-            log_w = log_w / t.lengths.clamp(min=1.0).sqrt()
-        elif length_norm == "linear":
-            log_w = log_w / t.lengths.clamp(min=1.0)
-        log_w = log_w.clamp(LN_EPS, MAX_LOG)
-        pos = t.adv >= 0
-        c1 = torch.where(pos, c1_pos, c1_neg).to(log_w.dtype)
-        c2 = torch.where(pos, c2_pos, c2_neg).to(log_w.dtype)
-        phi = vespo_kernel(log_w, c1, c2)
-        coef = -(phi * t.adv)
-        nonempty = (t.lengths > 0).to(phi.dtype)
-        suppressed = ((phi < 1e-3).to(phi.dtype) * nonempty).sum() / nonempty.sum().clamp(min=1.0)
-        phi_mean = (phi * nonempty).sum() / nonempty.sum().clamp(min=1.0)
-    return coef[:, None] * t.logp, Info(log_w=log_w, seq_weight=phi,
-                                        extra={"suppressed_frac": suppressed, "phi_mean": phi_mean})
+    log_w = t.delta.clamp(-MAX_LOG, MAX_LOG).sum(-1)
+    if t.log_corr is not None:  # token-truncated TIS/MIS log-weights enter log W before the kernel
+        log_w = log_w + t.log_corr.clamp(LN_EPS, MAX_LOG).sum(-1)
+    if length_norm == "sqrt":
+        log_w = log_w / t.lengths.clamp(min=1.0).sqrt()
+    elif length_norm == "linear":
+        log_w = log_w / t.lengths.clamp(min=1.0)
+    log_w = log_w.clamp(LN_EPS, MAX_LOG)
+    phi = vespo_kernel(log_w, _per_sign(t.adv, c1_pos, c1_neg), _per_sign(t.adv, c2_pos, c2_neg))
+    nonempty = (t.lengths > 0).to(phi.dtype)
+    n = nonempty.sum().clamp(min=1.0)
+    extra = {"suppressed_frac": ((phi < 1e-3) * nonempty).sum() / n, "phi_mean": (phi * nonempty).sum() / n}
+    return Reshaped(coef=-(phi * t.adv)[:, None], log_w=log_w, seq_weight=phi, extra=extra)
 
 
 @register("grpo", "token-mean", eps_low=0.2, eps_high=0.28, dual_clip=3.0)
-def grpo(t: Tokens, *, eps_low, eps_high, dual_clip) -> tuple[Tensor, Info]:
+def grpo(t: Tokens, *, eps_low, eps_high, dual_clip) -> Reshaped:
     """GRPO/DAPO (ALGORITHMS.md "GRPO / DAPO"): r_t = exp(Δ_t), loss = −min(r·A, clip(r, 1−ε_low, 1+ε_high)·A);
-    dual clip for A < 0: loss = min(loss, −c·A) (dual_clip = c; null disables it)."""
-    adv = t.adv[:, None]
-    loss, clipped = clipped_surrogate(ratio(t.delta), adv, eps_low, eps_high)
-    if dual_clip:
-        cap = -dual_clip * adv
-        dual = (adv < 0) & (loss > cap)
-        loss = torch.where(dual, cap, loss)
-        clipped = clipped | dual
-    return loss, Info(clipped=clipped)
+    dual clip for A < 0: loss = min(loss, −c·A), c = dual_clip (null: none). Computed as
+    −A·exp(clamp(Δ, lo, hi)), whose gradient is −A·r·∇logp inside the bounds and 0 outside."""
+    lo, hi = log_clip_bounds(t.adv, 1.0 - eps_low, 1.0 + eps_high, dual_clip or math.inf)
+    d = torch.maximum(t.delta, lo)
+    torch.minimum(d, hi, out=d)
+    inside = indicator(torch.eq, d, t.delta)  # padding: Δ = 0, always inside
+    clipped = inside.numel() - inside.sum()
+    value = exp_(d).mul_(-t.adv[:, None])  # −A·clip(r)
+    return Reshaped(coef=inside.mul_(value), value=value, clipped=clipped)
 
 
 @register("gspo", "seq-mean-token-mean", eps_low=3e-4, eps_high=4e-4)
-def gspo(t: Tokens, *, eps_low, eps_high) -> tuple[Tensor, Info]:
+def gspo(t: Tokens, *, eps_low, eps_high) -> Reshaped:
     """GSPO (ALGORITHMS.md "GSPO"): s_i = exp(min(Σ_t m Δ_t / T_i, 10)); token form
-    s_{i,t} = sg[s_i]·exp(logp_t − sg[logp_t]); loss = −min(s_{i,t}·A, clip(s_{i,t}, 1−ε_low, 1+ε_high)·A)."""
-    with torch.no_grad():
-        log_s = masked_seq_mean(t.delta, t).clamp(max=10.0)
-    s_tok = torch.exp(log_s[:, None] + t.logp - t.logp.detach())
-    loss, clipped = clipped_surrogate(s_tok, t.adv[:, None], eps_low, eps_high)
-    return loss, Info(seq_weight=log_s.exp(), clipped=clipped)
+    s_{i,t} = sg[s_i]·exp(logp_t − sg[logp_t]) (value s_i, gradient s_i·∇logp_t);
+    loss = −min(s_{i,t}·A, clip(s_{i,t}, 1−ε_low, 1+ε_high)·A) (per sequence: all [B, 1])."""
+    log_s = (t.delta.sum(-1) / t.lengths.clamp(min=1.0)).clamp(max=10.0)[:, None]
+    lo, hi = log_clip_bounds(t.adv, 1.0 - eps_low, 1.0 + eps_high)
+    log_s_clip = torch.minimum(torch.maximum(log_s, lo), hi)
+    inside = (log_s_clip == log_s).to(log_s.dtype)
+    value = -t.adv[:, None] * log_s_clip.exp()
+    clipped = ((1.0 - inside[:, 0]) * t.lengths).sum()
+    return Reshaped(coef=value * inside, value=value, seq_weight=log_s[:, 0].exp(), clipped=clipped)
 
 
 @register("sapo", "seq-mean-token-mean", tau_pos=1.0, tau_neg=1.05)
-def sapo(t: Tokens, *, tau_pos, tau_neg) -> tuple[Tensor, Info]:
+def sapo(t: Tokens, *, tau_pos, tau_neg) -> Reshaped:
     """SAPO (ALGORITHMS.md "SAPO"): τ = τ_pos if A > 0 else τ_neg, gate_t = σ(τ(r_t − 1))·4/τ,
-    loss = −gate_t·A (gradient 4σ'·r·A·∇logp, = A·∇logp at r = 1)."""
-    tau = torch.where(t.adv > 0, tau_pos, tau_neg).to(t.logp.dtype)[:, None]
-    gate = torch.sigmoid(tau * (ratio(t.delta) - 1.0)) * (4.0 / tau)
-    return -gate * t.adv[:, None], Info()
+    loss = −gate_t·A; gradient −A·4σ'(τ(r−1))·r_t·∇logp_t (= −A·∇logp_t at r = 1)."""
+    tau = torch.where(t.adv > 0, tau_pos, tau_neg).to(t.adv.dtype)[:, None]
+    r = ratio(t.delta)
+    sig = torch.addcmul(-tau, r, tau).sigmoid_()  # σ(τ(r − 1))
+    a4 = -4.0 * t.adv[:, None]
+    coef = r.mul_(sig).mul_(torch.addcmul(a4, sig, a4, value=-1.0))  # r·σ·(1 − σ)·(−4A)
+    return Reshaped(coef=coef, value=sig.mul_(a4 / tau))
 
 
 @register("cispo", "token-mean", eps_low=10.0, eps_high=0.2)
-def cispo(t: Tokens, *, eps_low, eps_high) -> tuple[Tensor, Info]:
+def cispo(t: Tokens, *, eps_low, eps_high) -> Reshaped:
     """CISPO (ALGORITHMS.md "CISPO"): loss = −sg[clip(r_t, 1−ε_low, 1+ε_high)]·A·logp_t."""
-    with torch.no_grad():
-        r = ratio(t.delta)
-        w = r.clamp(1.0 - eps_low, 1.0 + eps_high)
-        clipped = w != r
-        coef = -w * t.adv[:, None]
-    return coef * t.logp, Info(clipped=clipped)
+    log_hi = min(math.log1p(eps_high), MAX_LOG)
+    log_lo = math.log(1.0 - eps_low) if eps_low < 1.0 else -MAX_LOG
+    d = t.delta.clamp(log_lo, log_hi)
+    clipped = d.numel() - indicator(torch.eq, d, t.delta).sum()  # padding: Δ = 0, never clipped
+    return Reshaped(coef=exp_(d).mul_(-t.adv[:, None]), clipped=clipped)  # −clip(r)·A
 
 
 @register("topr", "token-mean")
-def topr(t: Tokens) -> tuple[Tensor, Info]:
+def topr(t: Tokens) -> Reshaped:
     """TOPR (ALGORITHMS.md "TOPR"): weight_i = 1 if A_i ≥ 0 else sg[clip(R_i, 0, 1)], R_i = exp(Σ_t m Δ_t);
     loss = −weight_i·A_i·logp_t."""
-    with torch.no_grad():
-        log_r = t.delta.sum(-1)
-        tapered = (t.adv < 0) & (log_r < 0)
-        weight = torch.where(tapered, log_r.clamp(max=0.0).exp(), 1.0)
-        coef = -(weight * t.adv)
-    return coef[:, None] * t.logp, Info(clipped=tapered[:, None])
+    log_r = t.delta.sum(-1)
+    tapered = (t.adv < 0) & (log_r < 0)
+    weight = torch.where(tapered, log_r.clamp(max=0.0).exp(), 1.0)
+    return Reshaped(coef=-(weight * t.adv)[:, None], clipped=(tapered * t.lengths).sum())
 
 
 @register("reinforce", "token-mean")
-def reinforce(t: Tokens) -> tuple[Tensor, Info]:
+def reinforce(t: Tokens) -> Reshaped:
     """Plain REINFORCE, the baseline: loss = −A_i·logp_t (token-mean)."""
-    return -t.adv[:, None] * t.logp, Info()
+    return Reshaped(coef=-t.adv[:, None])
 
 
 # --------------------------------------------------------------------------- validation
@@ -238,102 +259,145 @@ def policy_loss(
     num_seqs: Optional[float | Tensor] = None,
     **params,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Loss of one microbatch under `objective` and its metrics (python floats).
+    """Loss of one microbatch under `objective`, and its metrics (python floats).
 
-    logp [B,T] (with grad), old_logp [B,T] (proximal behaviour policy), advantages [B],
-    mask [B,T] (response tokens), rollout_logp [B,T] engine logprobs (only read by tis/mis;
-    NaN/inf or None → no correction for that token, counted in `rollout_missing_tokens`).
-    num_tokens / num_seqs: global denominators of token-mean / seq-mean-token-mean over the whole
-    minibatch when it is split into microbatches (None = this microbatch's mask.sum() / B).
-    params: objective hyperparameters (OBJECTIVE_DEFAULTS[objective]) and correction_cap (C = 2).
+    logp [B,T] current policy (with grad), old_logp [B,T] proximal behaviour policy, advantages [B],
+    mask [B,T] (bool or 0/1: response tokens; values at padding may be anything finite).
+    rollout_logp [B,T]: engine logprobs, read by the tis/mis correction (NaN/inf or None → no correction
+    for that token, counted in `rollout_missing_tokens`) and for the `mismatch_kl` metric; with
+    correction=None they never touch the loss.
+    num_tokens / num_seqs: the global denominators of token-mean / seq-mean-token-mean when a minibatch
+    is split into microbatches (pass the minibatch's token count and sequence count to every one);
+    None = this microbatch's mask.sum() / B (all rows, empty ones included).
+    params: the objective's hyperparameters (OBJECTIVE_DEFAULTS[objective]) and correction_cap (C).
+    Returns a scalar whose gradient w.r.t. logp is Σ weight·coef (see `Reshaped`).
     """
     p = resolve_params(objective, params)
     correction = _check_correction(correction)
     cap = float(p.pop("correction_cap"))
-    m_bool = mask.bool()
-    m = m_bool.to(logp.dtype)
-    lengths = m.sum(-1)
-    logp_m = torch.where(m_bool, logp, 0.0)
-    old_logp = old_logp.detach().to(logp.dtype)
-    delta = logp_m - torch.where(m_bool, old_logp, 0.0)
-    adv = advantages.to(logp.dtype).reshape(-1)
-    stats: dict[str, Tensor] = {}
+    work = torch.promote_types(logp.dtype, torch.float32)
+    with torch.no_grad():
+        lp = logp.detach().to(work)
+        m = mask.to(work)
+        lengths = m.sum(-1)
+        delta = torch.sub(lp, old_logp.detach().to(work)).mul_(m)
+        adv = advantages.detach().to(work).reshape(-1)
+        stats: dict[str, Tensor] = {}
+        log_corr = None
+        if rollout_logp is not None or correction is not None:
+            log_corr = _mismatch(old_logp.detach().to(work), rollout_logp, m, correction, cap, stats)
+        seq_corr = objective in SEQUENCE_CORRECTION
+        t = Tokens(lp, delta, adv, m, lengths, log_corr if seq_corr else None)
+        out = OBJECTIVES[objective](t, **p)
 
-    log_corr = None
-    if rollout_logp is not None or correction is not None:
-        with torch.no_grad():
-            if rollout_logp is None:
-                valid = torch.zeros_like(m_bool)
-                log_rho = torch.zeros_like(logp_m)
-            else:
-                log_rho = old_logp - rollout_logp.detach().to(logp.dtype)
-                valid = m_bool & torch.isfinite(log_rho)
-                log_rho = torch.where(valid, log_rho, 0.0)
-            n_valid = valid.sum()
-            stats["mismatch_kl"] = log_rho.sum() / n_valid.clamp(min=1)
-            stats["rollout_missing_tokens"] = (m_bool & ~valid).sum()
-            if correction is not None:
-                ln_cap = math.log(cap)
-                if correction == "tis":  # w = min(ρ, C)
-                    log_corr = log_rho.clamp(max=ln_cap)
-                    changed = log_rho > ln_cap
-                else:  # mis: w = ρ if 1/C ≤ ρ ≤ C else 0
-                    changed = log_rho.abs() > ln_cap
-                    log_corr = torch.where(changed, -math.inf, log_rho)
-                stats["correction_frac"] = changed.sum() / n_valid.clamp(min=1)
-
-    t = Tokens(logp_m, delta, adv, m, lengths, log_corr if objective in SEQUENCE_CORRECTION else None)
-    token_loss, info = OBJECTIVES[objective](t, **p)
-
-    with torch.no_grad():  # per-token weights: mask, aggregation denominator, token-level correction
-        if AGGREGATION[objective] == "token-mean":
-            denom = m.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=m.dtype)
-            weight = m / denom.clamp(min=1.0)
+        if AGGREGATION[objective] == "token-mean":  # per-row scale of the aggregation
+            denom = m.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=work)
+            row_scale = (1.0 / denom.clamp(min=1.0)).expand(m.shape[0], 1)
         else:
-            denom = float(m.shape[0]) if num_seqs is None else torch.as_tensor(num_seqs, dtype=m.dtype)
-            denom = torch.as_tensor(denom, dtype=m.dtype).clamp(min=1.0)
-            weight = m / (lengths.clamp(min=1.0)[:, None] * denom)
-        if log_corr is not None and objective not in SEQUENCE_CORRECTION:
-            weight = weight * log_corr.exp()
-    loss = (token_loss * weight).sum()
+            denom = torch.as_tensor(m.shape[0] if num_seqs is None else num_seqs, dtype=work)
+            row_scale = 1.0 / (lengths.clamp(min=1.0) * denom.clamp(min=1.0))[:, None]
+        token_w = m if log_corr is None or seq_corr else m * log_corr.exp()  # TIS/MIS w_t on ℓ_{i,t}
+        value = _aggregate(out.value, token_w, row_scale)
+        grad = _aggregate_(out.coef, token_w, row_scale)  # ∂loss/∂logp
+        if value is None:  # REINFORCE form ℓ = coef·logp
+            value = torch.dot(grad.reshape(-1), lp.reshape(-1))
+    loss = _Reshaped.apply(logp, value, grad)
 
     with torch.no_grad():
-        stats.update(_metrics(t, info))
-        stats["loss"] = loss.detach()
+        stats.update(_metrics(t, out))
+        stats["loss"] = value
         keys = list(stats)
         values = torch.stack([stats[k].to(torch.float64) for k in keys]).tolist()
     return loss, dict(zip(keys, values))
 
 
-def _metrics(t: Tokens, info: Info) -> dict[str, Tensor]:
-    """Common metrics (ALGORITHMS.md "Metrics"): |Δ| mean/max, log W mean/max, ESS of the sequence
-    weights (Σw)²/(Σw²)/n, clip fraction, over non-empty rows/tokens. Empty batch → zeros."""
+def _aggregate(value: Optional[Tensor], token_w: Tensor, row_scale: Tensor) -> Optional[Tensor]:
+    """Σ_i row_scale_i Σ_t token_w_{i,t}·value_{i,t} (value [B, T], consumed in place, or [B, 1])."""
+    if value is None:
+        return None
+    if value.shape[-1] == 1:
+        return (token_w.sum(-1) * value[:, 0] * row_scale[:, 0]).sum()
+    return (value.mul_(token_w).sum(-1) * row_scale[:, 0]).sum()
+
+
+def _aggregate_(coef: Tensor, token_w: Tensor, row_scale: Tensor) -> Tensor:
+    """token_w·row_scale·coef as a [B, T] tensor, in place when coef is a full [B, T] tensor."""
+    if coef.shape == token_w.shape:
+        return coef.mul_(token_w).mul_(row_scale)
+    return token_w * (coef * row_scale)
+
+
+class _Reshaped(torch.autograd.Function):
+    """A precomputed scalar loss whose gradient w.r.t. logp is a precomputed tensor."""
+
+    @staticmethod
+    def forward(ctx, logp, value, grad):
+        ctx.save_for_backward(grad)
+        ctx.dtype = logp.dtype
+        return value.clone().to(logp.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        (grad,) = ctx.saved_tensors
+        return (g * grad).to(ctx.dtype), None, None
+
+
+def _mismatch(old_logp, rollout_logp, m, correction, cap, stats) -> Optional[Tensor]:
+    """ln w_t of the TIS/MIS correction (0 at padding and where rollout_logp is missing), or None
+    when correction is None; adds mismatch_kl = mean(old_logp − rollout_logp), rollout_missing_tokens
+    and correction_frac (tokens truncated by TIS / masked by MIS) to `stats`."""
+    if rollout_logp is None:
+        valid = torch.zeros_like(m)
+        log_rho = torch.zeros_like(m)
+    else:
+        log_rho = old_logp - rollout_logp.detach().to(m.dtype)
+        valid = indicator(torch.lt, log_rho.abs(), math.inf) * m  # NaN/±inf → 0
+        log_rho = torch.nan_to_num(log_rho, nan=0.0, posinf=0.0, neginf=0.0) * valid
+    n_valid = valid.sum().clamp(min=1.0)
+    stats["mismatch_kl"] = log_rho.sum() / n_valid
+    stats["rollout_missing_tokens"] = m.sum() - valid.sum()
+    if correction is None:
+        return None
+    ln_cap = math.log(cap)
+    if correction == "tis":  # w = min(ρ, C)
+        changed = indicator(torch.gt, log_rho, ln_cap)
+        log_corr = log_rho.clamp(max=ln_cap)
+    else:  # mis: w = ρ if 1/C ≤ ρ ≤ C else 0
+        changed = indicator(torch.gt, log_rho.abs(), ln_cap)
+        log_corr = log_rho.masked_fill(changed.bool(), -math.inf)
+    stats["correction_frac"] = changed.sum() / n_valid
+    return log_corr
+
+
+def _metrics(t: Tokens, out: Reshaped) -> dict[str, Tensor]:
+    """Common metrics (ALGORITHMS.md "Metrics") over response tokens / non-empty sequences: |Δ| mean
+    and max, log W mean and max, ESS (Σw)²/(Σw²)/n of the sequence weights, clip fraction.
+    An empty batch gives zeros."""
     n_tok = t.mask.sum()
     nonempty = t.lengths > 0
     n_seq = nonempty.sum()
-    abs_delta = t.delta.detach().abs()
-    log_w = t.delta.detach().sum(-1) if info.log_w is None else info.log_w
-    out = {
+    abs_delta = t.delta.abs()
+    log_w = t.delta.sum(-1) if out.log_w is None else out.log_w
+    lw = torch.where(nonempty, log_w, -math.inf)
+    if out.seq_weight is None:  # ESS of W = exp(log W), in log space
+        ess = torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0))
+    else:
+        w = torch.where(nonempty, out.seq_weight, 0.0)
+        ess = w.sum() ** 2 / (w * w).sum()
+    empty = n_seq == 0
+    metrics = {
         "n_tokens": n_tok,
         "n_seqs": n_seq,
         "delta_abs_mean": abs_delta.sum() / n_tok.clamp(min=1.0),
         "delta_abs_max": abs_delta.amax() if abs_delta.numel() else n_tok * 0,
         "log_w_mean": torch.where(nonempty, log_w, 0.0).sum() / n_seq.clamp(min=1),
-        "log_w_max": torch.where(nonempty, log_w, -math.inf).amax() if log_w.numel() else n_tok * 0,
+        "log_w_max": torch.where(empty, 0.0, lw.amax() if lw.numel() else n_tok * 0),
+        "ess": torch.where(empty, 0.0, torch.nan_to_num(ess / n_seq.clamp(min=1), nan=0.0)),
     }
-    out["log_w_max"] = torch.where(n_seq > 0, out["log_w_max"], 0.0)
-    if info.seq_weight is None:  # ESS of W = exp(log W), in log space
-        lw = torch.where(nonempty, log_w, -math.inf)
-        ess = torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0))
-    else:
-        w = torch.where(nonempty, info.seq_weight, 0.0)
-        ess = w.sum() ** 2 / (w * w).sum()
-    out["ess"] = torch.nan_to_num(ess / n_seq.clamp(min=1), nan=0.0)
-    if info.clipped is not None:
-        out["clip_frac"] = (info.clipped * t.mask).sum() / n_tok.clamp(min=1.0)
-    if info.extra:
-        out.update(info.extra)
-    return out
+    if out.clipped is not None:
+        metrics["clip_frac"] = out.clipped / n_tok.clamp(min=1.0)
+    metrics.update(out.extra or {})
+    return metrics
 
 
 def group_advantages(rewards, group_ids) -> Tensor:
