@@ -346,7 +346,7 @@ def test_default_out_dir(presets, tmp_path, fake_train, monkeypatch):
 
 
 @pytest.mark.slow
-def test_compare_end_to_end_tiny(tmp_path, monkeypatch):
+def test_compare_end_to_end_tiny(presets, tmp_path, monkeypatch):
     """Two algorithms on the tiny preset, two steps each, through the real trainer."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "cmp"

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ MIN_WINDOW = 3
 FINAL_FRAC = 0.1  # final reward: mean over the last 10% of steps
 NONFINITE_KEYS = ("loss", "grad_norm")
 ALGO_FIELDS = {"objective", "correction", "correction_cap", "routing_replay"}  # `algo:key=v` → algorithm.key
+REFRESH_AFTER_S = 60.0  # rewrite the report after each run that trained longer than this
 RUN_NAME = re.compile(r"^(?P<label>.+)-N(?P<n>\d+)-s(?P<seed>\d+)$")
 
 
@@ -343,6 +345,7 @@ def compare_command(items: Sequence[str], *, preset: Optional[str] = None, overr
     to_run = [s for s in specs if s.algo is not None]
     for k, spec in enumerate(to_run, 1):
         head = f"[{k}/{len(to_run)}] {spec.label} N={spec.staleness} seed={spec.seed}"
+        t0 = time.monotonic()
         if (spec.path / "config.yaml").is_file():
             diffs = _config_mismatch(spec.path, spec.cfg)
             if diffs:
@@ -356,7 +359,8 @@ def compare_command(items: Sequence[str], *, preset: Optional[str] = None, overr
         else:
             console.print(f"{head}: training ({spec.path})", highlight=False)
             train(spec.cfg, spec.path, replay=replay, resume=False)
-        write_report(specs, out, settings=_settings(items, preset, overrides, staleness, seeds, replay))
+        if k < len(to_run) and time.monotonic() - t0 > REFRESH_AFTER_S:  # long runs: a report to look at meanwhile
+            write_report(specs, out, settings=_settings(items, preset, overrides, staleness, seeds, replay))
     report = write_report(specs, out, settings=_settings(items, preset, overrides, staleness, seeds, replay))
     console.print(f"report: {report}", highlight=False)
     return report
@@ -500,7 +504,7 @@ def _f(st: Optional[dict], digits: int = 3, pct: bool = False) -> str:
         return "–"
     scale, unit = (100.0, "%") if pct else (1.0, "")
     fmt = lambda v: f"{v * scale:.{digits}f}{unit}"  # noqa: E731
-    if st["n"] > 1:
+    if st["n"] > 1 and fmt(st["min"]) != fmt(st["max"]):
         return f"{fmt(st['mean'])} ({fmt(st['min'])}–{fmt(st['max'])})"
     return fmt(st["mean"])
 
@@ -532,7 +536,7 @@ def _eval_cell(ev: Optional[dict], show_k: bool) -> str:
     cell = f"{avg['mean'] * 100:.1f}"
     if avg["n"] == 1 and lo and hi:
         cell += f" [{lo['mean'] * 100:.1f}, {hi['mean'] * 100:.1f}]"
-    elif avg["n"] > 1:
+    elif avg["n"] > 1 and avg["min"] != avg["max"]:
         cell += f" (seeds {avg['min'] * 100:.1f}–{avg['max'] * 100:.1f})"
     if show_k and ev["k"]:
         cell += f" @{'/'.join(str(k) for k in ev['k'])}"
@@ -623,16 +627,18 @@ def render_markdown(summary: dict, runs: Sequence[Loaded], window: int, images: 
                          f"`{os.path.relpath(r.spec.path, out)}`"])
     lines += _table(["algorithm", "N", "seed", "steps", "final reward", "collapse", "non-finite steps", "run"],
                     run_rows) + [""]
-    lines += ["Numbers: `summary.json` (same directory).", ""]
-    return "\n".join(lines)
+    lines += ["Numbers: `summary.json` (same directory)."]
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- plots
 
 
 def _pyplot():
-    if not os.environ.get("MPLCONFIGDIR"):
-        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="vespo-mpl-")
+    if not os.environ.get("MPLCONFIGDIR"):  # a writable cache dir, kept between runs (font cache)
+        cache = Path(tempfile.gettempdir()) / f"vespo-mpl-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+        cache.mkdir(mode=0o700, exist_ok=True)
+        os.environ["MPLCONFIGDIR"] = str(cache)
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -687,7 +693,7 @@ def plot_all(runs: Sequence[Loaded], groups: dict, out: Path, window: int) -> li
         if not panels:
             continue
         fig, axes = plt.subplots(len(panels), len(ns), figsize=(5.2 * len(ns), 2.8 * len(panels) + 0.6),
-                                 squeeze=False, sharex="col")
+                                 squeeze=False, layout="constrained", sharex="col")
         for col, n in enumerate(ns):
             for row, (name, keys) in enumerate(panels):
                 ax = axes[row][col]
@@ -710,7 +716,9 @@ def plot_all(runs: Sequence[Loaded], groups: dict, out: Path, window: int) -> li
                                 ax.axvline(col_["step"], color=color, linestyle=":", alpha=0.7)
                 if name == "grad norm":
                     _maybe_log(ax)
+                _flat_ylim(ax)
                 ax.set_ylabel(name)
+                ax.ticklabel_format(axis="y", useOffset=False)
                 ax.grid(alpha=0.3)
                 if row == 0 and len(ns) > 1:
                     ax.set_title(f"N = {n}")
@@ -727,6 +735,15 @@ def plot_all(runs: Sequence[Loaded], groups: dict, out: Path, window: int) -> li
     return images
 
 
+def _flat_ylim(ax) -> None:
+    """A (numerically) constant curve: a readable ±5% axis instead of rounding noise."""
+    lo, hi = ax.get_ylim()
+    mid = (lo + hi) / 2
+    if ax.get_yscale() == "linear" and hi - lo < 1e-6 * max(abs(mid), 1e-6):
+        pad = 0.05 * abs(mid) if mid else 0.05
+        ax.set_ylim(mid - pad, mid + pad)
+
+
 def _maybe_log(ax) -> None:
     ys = np.concatenate([np.asarray(line.get_ydata(), float) for line in ax.get_lines()] or [np.array([])])
     ys = ys[np.isfinite(ys)]
@@ -737,7 +754,7 @@ def _maybe_log(ax) -> None:
 def _plot_eval(plt, runs, groups, ns, colors, out: Path) -> dict:
     benches = sorted({str(e["benchmark"]) for r in runs for e in r.evals})
     fig, axes = plt.subplots(len(benches), len(ns), figsize=(5.2 * len(ns), 2.8 * len(benches) + 0.6),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for col, n in enumerate(ns):
         for row, b in enumerate(benches):
             ax = axes[row][col]
