@@ -96,15 +96,20 @@ def indicator(compare: Callable, a: Tensor, b) -> Tensor:
     return compare(a, b, out=torch.empty_like(a))
 
 
+def select(cond: Tensor, a: float, b: float, dtype: torch.dtype) -> Tensor:
+    """torch.where(cond, a, b) for two python numbers, in `dtype` (not torch's default float32)."""
+    return torch.where(cond, torch.tensor(a, dtype=dtype), torch.tensor(b, dtype=dtype))
+
+
 def log_clip_bounds(adv: Tensor, low: float, high: float, neg_high: float = math.inf) -> tuple[Tensor, Tensor]:
     """[B, 1] bounds on log r such that the PPO surrogate −min(r·A, clip(r, low, high)·A), with the
     dual clip min(·, −neg_high·A) for A < 0, equals −A·exp(clamp(log r, lo, hi)): A > 0: r ≤ high;
     A < 0: low ≤ r ≤ neg_high; A = 0: unbounded. hi ≤ 20 always (the ±20 guard of `ratio`)."""
     neg, pos = adv < 0, adv > 0
     ln = lambda x: math.log(x) if x > 0 else -math.inf  # noqa: E731
-    lo = torch.where(neg, ln(low), -math.inf)
-    hi = torch.where(pos, ln(high), torch.where(neg, ln(neg_high), MAX_LOG)).clamp(max=MAX_LOG)
-    return lo.to(adv.dtype)[:, None], hi.to(adv.dtype)[:, None]
+    lo = select(neg, ln(low), -math.inf, adv.dtype)
+    hi = torch.where(pos, ln(high), select(neg, ln(neg_high), MAX_LOG, adv.dtype)).clamp(max=MAX_LOG)
+    return lo[:, None], hi[:, None]
 
 
 def vespo_kernel(log_w: Tensor, c1: Tensor | float, c2: Tensor | float) -> Tensor:
@@ -115,7 +120,7 @@ def vespo_kernel(log_w: Tensor, c1: Tensor | float, c2: Tensor | float) -> Tenso
 
 def _per_sign(adv: Tensor, pos, neg) -> Tensor:
     """[B] parameter: `pos` where A ≥ 0, `neg` where A < 0."""
-    return torch.where(adv >= 0, pos, neg).to(adv.dtype)
+    return select(adv >= 0, pos, neg, adv.dtype)
 
 
 # --------------------------------------------------------------------------- objectives
@@ -177,7 +182,7 @@ def gspo(t: Tokens, *, eps_low, eps_high) -> Reshaped:
 def sapo(t: Tokens, *, tau_pos, tau_neg) -> Reshaped:
     """SAPO (ALGORITHMS.md "SAPO"): τ = τ_pos if A > 0 else τ_neg, gate_t = σ(τ(r_t − 1))·4/τ,
     loss = −gate_t·A; gradient −A·4σ'(τ(r−1))·r_t·∇logp_t (= −A·∇logp_t at r = 1)."""
-    tau = torch.where(t.adv > 0, tau_pos, tau_neg).to(t.adv.dtype)[:, None]
+    tau = select(t.adv > 0, tau_pos, tau_neg, t.adv.dtype)[:, None]
     r = ratio(t.delta)
     sig = torch.addcmul(-tau, r, tau).sigmoid_()  # σ(τ(r − 1))
     a4 = -4.0 * t.adv[:, None]
