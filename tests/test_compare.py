@@ -315,8 +315,7 @@ def test_compare_grid_variants_and_replay(presets, tmp_path, fake_train):
     for name, cfg in got.items():
         n, s = re.search(r"-N(\d+)-s(\d+)$", name).groups()
         assert (cfg.trainer.staleness, cfg.trainer.seed, cfg.trainer.steps) == (int(n), int(s), 2)
-        assert cfg.algorithm.params.get("length_norm") == ("sqrt" if "length_norm" in name else None) or \
-            (cfg.algorithm.params.get("length_norm") in (None, "none") and "length_norm" not in name)
+        assert (cfg.algorithm.params.get("length_norm") == "sqrt") == ("length_norm" in name)
     assert all(c["replay"] == replay for c in fake_train.calls)
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["groups"]) == 4 and all(len(g["seeds"]) == 2 for g in summary["groups"])
@@ -326,8 +325,10 @@ def test_compare_grid_variants_and_replay(presets, tmp_path, fake_train):
 def test_compare_user_errors(presets, tmp_path, fake_train):
     with pytest.raises(UserError, match="unknown algorithm preset"):
         K.compare_command(["vespo", "nosuch"], preset="tiny", out=tmp_path / "x")
-    with pytest.raises(UserError, match="unknown parameter"):
+    with pytest.raises(UserError, match="^vespo:no_such_param=1: .*unknown parameter"):
         K.compare_command(["vespo:no_such_param=1"], preset="tiny", out=tmp_path / "x")
+    with pytest.raises(UserError, match="no such run directory"):
+        K.compare_command([str(tmp_path / "missing" / "run")], out=tmp_path / "x")
     with pytest.raises(UserError, match="--replay"):
         K.compare_command(["vespo"], preset="tiny", replay=tmp_path / "nope", out=tmp_path / "x")
     with pytest.raises(UserError, match="--seeds"):

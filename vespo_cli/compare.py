@@ -220,6 +220,8 @@ def parse_algo_item(item: str) -> tuple[str, list[str], str]:
     name, _, variant = item.partition(":")
     if not name:
         raise UserError(f"{item}: expected ALGO or ALGO:key=value[,key=value]")
+    if "/" in name and not name.endswith((".yaml", ".yml")):
+        raise UserError(f"{item}: no such run directory (nor an algorithm preset)")
     preset_path(name, "algorithms")  # unknown algorithm → one-line error listing the known ones
     overrides, parts = [], []
     for part in re.split(r",(?=\s*[\w.]+\s*=)", variant) if variant else []:
@@ -321,8 +323,11 @@ def compare_command(items: Sequence[str], *, preset: Optional[str] = None, overr
         labels = [p[2] for p in parsed]
         if len(set(labels)) != len(labels):
             raise UserError(f"compare: algorithm given twice ({', '.join(labels)})")
-        for name, extra, label in parsed:  # resolve every config first: a typo fails before any training
-            base = load_config(preset, name, list(overrides) + extra)
+        for (name, extra, label), item in zip(parsed, algos):  # every config first: a typo fails before training
+            try:
+                base = load_config(preset, name, list(overrides) + extra)
+            except UserError as e:
+                raise UserError(f"{item}: {e}" if extra else str(e)) from None
             for n in staleness or [base.trainer.staleness]:
                 for s in range(seeds):
                     seed = base.trainer.seed + s
