@@ -172,8 +172,7 @@ def test_vespo_kernel_peak(c1, c2, peak):
     assert W[values.argmax()].item() == pytest.approx(peak, abs=2e-3)
     assert values.max().item() == pytest.approx(phi(peak, c1, c2), rel=1e-6)
     i = int(values.argmax())
-    assert torch.all(values[1:i + 1].diff() >= 0) or torch.all(values[:i + 1].diff() > 0)
-    assert torch.all(values[i:].diff() < 0)
+    assert torch.all(values[: i + 1].diff() > 0) and torch.all(values[i:].diff() < 0)
 
 
 def test_vespo_gradient_is_phi_of_sequence_weight():
@@ -513,7 +512,11 @@ def test_user_errors():
     with pytest.raises(UserError, match="length_norm.*sqrt"):
         policy_loss("vespo", logp, old, adv, mask, length_norm="log")
     with pytest.raises(UserError, match="eps_low.*number.*'3e-4'"):
-        resolve_params("gspo", {"eps_low": "3e-4"})
+        resolve_params("gspo", {"eps_low": "3e-4"})  # YAML 1.1 reads 3e-4 as a string
+    with pytest.raises(UserError, match="dual_clip"):
+        resolve_params("grpo", {"dual_clip": 0.5})
+    with pytest.raises(UserError, match="correction_cap"):
+        policy_loss("grpo", logp, old, adv, mask, correction="tis", correction_cap=1.0)
     assert resolve_params("vespo")["c1_pos"] == 2.0
 
 

@@ -1,14 +1,16 @@
 """Policy objectives: one pure function per objective, registered by name (spec: ALGORITHMS.md).
 
-Every objective maps the per-token tensors of one microbatch to a per-token loss; `policy_loss`
-does what is shared: masking, the train-inference mismatch correction (TIS/MIS), aggregation with a
-global denominator (gradient accumulation gives the one-big-batch gradient), and metrics.
-
     loss, metrics = policy_loss("vespo", logp, old_logp, advantages, mask,
                                 rollout_logp=None, correction=None, num_tokens=None, num_seqs=None,
                                 **params)
 
-Aggregation (each objective declares one, `AGGREGATION[name]`):
+Every objective is a reshaped REINFORCE: its gradient is coef_{i,t}·∇logp_t. An objective function
+(registered in OBJECTIVES, defaults in OBJECTIVE_DEFAULTS) maps the detached tensors of a microbatch
+to its per-token loss value and that coefficient (`Reshaped`); `policy_loss` does what is shared:
+masking, the train-inference mismatch correction (TIS/MIS), aggregation with global denominators
+(so gradient accumulation gives the one-big-batch gradient), the autograd hook-up and metrics.
+
+Aggregation (each objective declares one, AGGREGATION[name]):
   token-mean           Σ_i Σ_t m ℓ / num_tokens            (num_tokens: None = mask.sum())
   seq-mean-token-mean  Σ_i (Σ_t m ℓ / T_i) / num_seqs      (num_seqs:   None = B, all rows)
 With gradient accumulation pass the minibatch totals (tokens, sequences) to every microbatch.
@@ -134,7 +136,9 @@ def vespo(t: Tokens, *, c1_pos, c2_pos, c1_neg, c2_neg, length_norm) -> Reshaped
     """VESPO (ALGORITHMS.md "VESPO"): ℓ_i = clamp(Σ_t m·clamp(Δ_t, ±20) [+ Σ_t m·clamp(ln w_t, ln 1e-8, 20)],
     ln 1e-8, 20), divided first by √T_i or T_i for the length_norm ablation; W_i = exp(ℓ_i);
     (c1, c2) = (c1_pos, c2_pos) if A_i ≥ 0 else (c1_neg, c2_neg); φ_i = W^c1·exp(c2(1−W)), detached;
-    loss_{i,t} = −φ_i·A_i·logp_t."""
+    loss_{i,t} = −φ_i·A_i·logp_t. With a correction the sequence log-weight is clamped once, after
+    adding Σ ln w_t (the authors' code); the spec's clamp-then-add differs only where |ℓ| passes the
+    clamp range, where φ ≈ 0 either way."""
     log_w = t.delta.clamp(-MAX_LOG, MAX_LOG).sum(-1)
     if t.log_corr is not None:  # token-truncated TIS/MIS log-weights enter log W before the kernel
         log_w = log_w + t.log_corr.clamp(LN_EPS, MAX_LOG).sum(-1)
@@ -186,7 +190,8 @@ def sapo(t: Tokens, *, tau_pos, tau_neg) -> Reshaped:
     r = ratio(t.delta)
     sig = torch.addcmul(-tau, r, tau).sigmoid_()  # σ(τ(r − 1))
     a4 = -4.0 * t.adv[:, None]
-    coef = r.mul_(sig).mul_(torch.addcmul(a4, sig, a4, value=-1.0))  # r·σ·(1 − σ)·(−4A)
+    r_sig = r.mul_(sig)
+    coef = r_sig.addcmul_(r_sig, sig, value=-1.0).mul_(a4)  # r·σ·(1 − σ)·(−4A)
     return Reshaped(coef=coef, value=sig.mul_(a4 / tau))
 
 
@@ -238,6 +243,10 @@ def resolve_params(objective: str, params: dict | None = None) -> dict:
             if not (key == "dual_clip" and value is None):
                 raise UserError(f"params.{key}: expected a number, got {value!r}")
         out[key] = value
+    if out["correction_cap"] <= 1:
+        raise UserError(f"correction_cap: expected a number > 1, got {out['correction_cap']!r}")
+    if out.get("dual_clip") is not None and out["dual_clip"] <= 1:
+        raise UserError(f"params.dual_clip: expected null or a number > 1, got {out['dual_clip']!r}")
     return out
 
 
