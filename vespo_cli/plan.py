@@ -306,8 +306,11 @@ def _gib(b: float) -> str:
     return f"{b / GiB:.1f} GiB"
 
 
-def memory_plan(cfg: Config, shape: ModelShape | None = None) -> MemoryPlan:
-    """Bytes per GPU of `cfg`'s layout (GPU layouts only: gpus_per_node ≥ 1)."""
+def memory_plan(cfg: Config, shape: ModelShape | None = None, mode: str = "sync") -> MemoryPlan:
+    """Bytes per GPU of `cfg`'s layout (GPU layouts only: gpus_per_node ≥ 1).
+
+    mode "sync" (the default, what `presets --check` plans): one vLLM engine on the trainer's GPUs
+    (or on layout.rollout_gpus); "async": one engine per rollout worker; "replay": no engine."""
     lay, t, r = cfg.layout, cfg.trainer, cfg.rollout
     if lay.gpus_per_node < 1:
         raise UserError("layout.gpus_per_node: 0 means a CPU run; a memory plan needs GPUs")
@@ -340,6 +343,13 @@ def memory_plan(cfg: Config, shape: ModelShape | None = None) -> MemoryPlan:
     if shape.heads % tp:
         plan.problems.append(f"rollout.tensor_parallel_size: {tp} must divide the model's "
                              f"{shape.heads} attention heads")
+    if lay.nodes > 1 and lay.rollout_gpus % lay.gpus_per_node:
+        plan.problems.append(f"layout.rollout_gpus: {lay.rollout_gpus}: on several nodes give rollout whole nodes "
+                             f"(a multiple of gpus_per_node {lay.gpus_per_node})")
+    kv = shape.kv_heads
+    if (tp <= kv and kv % tp) or (tp > kv and tp % kv):
+        plan.problems.append(f"rollout.tensor_parallel_size: {tp} and the model's {kv} KV heads: one must divide "
+                             "the other (vLLM)")
     if not colocated and lay.rollout_gpus % tp:
         plan.problems.append(f"layout.rollout_gpus: {lay.rollout_gpus} is not a multiple of "
                              f"rollout.tensor_parallel_size {tp}")
@@ -390,7 +400,10 @@ def memory_plan(cfg: Config, shape: ModelShape | None = None) -> MemoryPlan:
             "it needs a CPU/meta-device load before fully_shard")
 
     # ---- vLLM engine (colocated on the trainer's GPUs, or on layout.rollout_gpus)
-    if r.engine == "vllm":
+    engines = t.async_workers if mode == "async" and colocated else 1
+    if mode == "replay":
+        pass  # no sampling: the trainer has the GPUs to itself
+    elif r.engine == "vllm":
         W = DTYPE_BYTES[r.dtype]
         reserved = int(r.gpu_memory_utilization * plan.capacity)
         weights = W * P // tp
@@ -402,6 +415,9 @@ def memory_plan(cfg: Config, shape: ModelShape | None = None) -> MemoryPlan:
             Row("KV cache", plan.kv_bytes,
                 f"{r.gpu_memory_utilization:g} × {lay.gpu_memory_gib:g} GiB − the rest"),
         ]
+        if engines > 1:  # async workers are separate processes on the same (default) GPUs
+            plan.rollout.append(Row(f"{engines - 1} more async worker engine(s)", (engines - 1) * reserved,
+                                    f"trainer.async_workers {engines} × the above"))
         need = max_seq * plan.kv_per_token
         if reserved < weights + VLLM_OVERHEAD + need:
             plan.problems.append(
@@ -446,7 +462,8 @@ def format_memory(plan: MemoryPlan) -> str:
         for row in rows:
             lines.append(f"  {row.item:<{width - 2}}{row.bytes / GiB:>8.2f}   {row.formula}")
         lines.append(f"  {total_label:<{width - 2}}{sum(r.bytes for r in rows) / GiB:>8.2f}")
-    label = "peak (trainer + vLLM)" if plan.colocated else "peak (busiest GPU)"
+    label = ("peak (trainer)" if not plan.rollout else
+             "peak (trainer + vLLM)" if plan.colocated else "peak (busiest GPU)")
     lines.append(f"{label:<{width}}{plan.per_gpu / GiB:>8.2f}   of {plan.capacity / GiB:g}")
     if plan.kv_per_token:
         lines.append("")
@@ -648,7 +665,7 @@ def describe_plan(cfg: Config, run_dir=None, replay=None, async_: bool = False) 
         lines.append("  CPU run (layout.gpus_per_node 0): no GPU memory plan")
         return "\n".join(lines)
     try:
-        plan = memory_plan(cfg)
+        plan = memory_plan(cfg, mode=mode)
         plan.warnings[:0] = _check_config(cfg)
         lines += ["  " + s if s else "" for s in format_memory(plan).splitlines()]
     except UserError as e:
