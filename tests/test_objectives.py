@@ -142,6 +142,18 @@ def test_float32_matches_float64_reference():
         torch.testing.assert_close(g32.double(), g64, rtol=1e-4, atol=1e-7)
 
 
+def test_low_precision_logp():
+    """bf16 logp (as a model may return): computed in float32, gradient returned in bf16."""
+    logp, old, adv, mask, _ = batch(scale=0.2, seed=17)
+    for name in OBJECTIVES:
+        x = logp.to(torch.bfloat16).requires_grad_()
+        loss, _ = policy_loss(name, x, old.float(), adv.float(), mask)
+        loss.backward()
+        assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad.float()).all()
+        _, g_ref, _ = grad_of(ref(name), x.detach().double(), old.float().double(), adv.float().double(), mask)
+        torch.testing.assert_close(x.grad.double(), g_ref, rtol=2e-2, atol=1e-4)
+
+
 # --------------------------------------------------------------------------- closed forms
 
 

@@ -1,6 +1,7 @@
 """Micro-benchmark of the policy objectives: forward + backward cost relative to plain REINFORCE."""
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -12,8 +13,9 @@ def bench_objectives(B: int = 256, T: int = 4096, repeats: int = 3, threads: int
                      seed: int = 0) -> dict:
     """Forward + backward (metrics included) of every objective on the same random float32 CPU
     tensors, off-policy (|Δ| ~ 0.05, random lengths). Returns {name: time / reinforce time, ...,
-    "reinforce_s": seconds}. Times are the best of `repeats` interleaved runs, in CPU time of this
-    process (robust to other load on a shared machine), with `threads` torch threads (None = as set)."""
+    "reinforce_s": seconds}: the median over `repeats` rounds of the ratio to reinforce's time in the
+    same round (rounds interleave the objectives, so machine load hits all alike), timed in CPU time
+    of this process, with `threads` torch threads (None = leave as set)."""
     g = torch.Generator().manual_seed(seed)
     logp = (-3 * torch.rand(B, T, generator=g)).requires_grad_()
     old_logp = logp.detach() + 0.05 * torch.randn(B, T, generator=g)
@@ -30,21 +32,20 @@ def bench_objectives(B: int = 256, T: int = 4096, repeats: int = 3, threads: int
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        best = dict.fromkeys(OBJECTIVES, float("inf"))
         for name in OBJECTIVES:  # warm-up
             run(name)
+        times: dict[str, list[float]] = {name: [] for name in OBJECTIVES}
         for _ in range(repeats):  # interleaved, so that machine load hits every objective alike
             for name in OBJECTIVES:
                 start = time.process_time()
                 run(name)
-                best[name] = min(best[name], time.process_time() - start)
+                times[name].append(time.process_time() - start)
     finally:
         torch.set_num_threads(saved_threads)
-    base = best["reinforce"]
-    out = {name: t / base for name, t in best.items()}
-    out["reinforce_s"] = base
+    base = times["reinforce"]
+    out = {name: statistics.median(t / b for t, b in zip(ts, base)) for name, ts in times.items()}
+    out["reinforce_s"] = statistics.median(base)
     return out
-
 
 if __name__ == "__main__":
     for key, value in bench_objectives().items():

@@ -100,7 +100,8 @@ def indicator(compare: Callable, a: Tensor, b) -> Tensor:
 
 def select(cond: Tensor, a: float, b: float, dtype: torch.dtype) -> Tensor:
     """torch.where(cond, a, b) for two python numbers, in `dtype` (not torch's default float32)."""
-    return torch.where(cond, torch.tensor(a, dtype=dtype), torch.tensor(b, dtype=dtype))
+    return torch.where(cond, torch.tensor(a, dtype=dtype, device=cond.device),
+                       torch.tensor(b, dtype=dtype, device=cond.device))
 
 
 def log_clip_bounds(adv: Tensor, low: float, high: float, neg_high: float = math.inf) -> tuple[Tensor, Tensor]:
@@ -305,10 +306,10 @@ def policy_loss(
         out = OBJECTIVES[objective](t, **p)
 
         if AGGREGATION[objective] == "token-mean":  # per-row scale of the aggregation
-            denom = m.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=work)
+            denom = m.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=work, device=m.device)
             row_scale = (1.0 / denom.clamp(min=1.0)).expand(m.shape[0], 1)
         else:
-            denom = torch.as_tensor(m.shape[0] if num_seqs is None else num_seqs, dtype=work)
+            denom = torch.as_tensor(m.shape[0] if num_seqs is None else num_seqs, dtype=work, device=m.device)
             row_scale = 1.0 / (lengths.clamp(min=1.0) * denom.clamp(min=1.0))[:, None]
         token_w = m if log_corr is None or seq_corr else m * log_corr.exp()  # TIS/MIS w_t on ℓ_{i,t}
         value = _aggregate(out.value, token_w, row_scale)
@@ -425,14 +426,16 @@ def group_advantages(rewards, group_ids) -> Tensor:
     else:
         index: dict = {}
         gid = torch.tensor([index.setdefault(g, len(index)) for g in group_ids], dtype=torch.long)
+    gid = gid.to(r.device)
     if gid.numel() != r.numel():
         raise ValueError(f"group_advantages: {r.numel()} rewards but {gid.numel()} group ids")
     n_groups = int(gid.max()) + 1 if gid.numel() else 0
-    count = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, gid, torch.ones_like(r))
-    mean = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, gid, r) / count
+    zeros = torch.zeros(n_groups, dtype=torch.float64, device=r.device)
+    count = zeros.index_add(0, gid, torch.ones_like(r))
+    mean = zeros.index_add(0, gid, r) / count
     centred = r - mean[gid]
-    var = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, gid, centred * centred) / count
-    lo = torch.full((n_groups,), math.inf, dtype=torch.float64).scatter_reduce(0, gid, r, "amin")
-    hi = torch.full((n_groups,), -math.inf, dtype=torch.float64).scatter_reduce(0, gid, r, "amax")
+    var = zeros.index_add(0, gid, centred * centred) / count
+    lo = zeros.scatter_reduce(0, gid, r, "amin", include_self=False)
+    hi = zeros.scatter_reduce(0, gid, r, "amax", include_self=False)
     adv = centred / (var.sqrt()[gid] + 1e-6)
     return torch.where((hi == lo)[gid], 0.0, adv).to(out_dtype)
