@@ -57,8 +57,10 @@ class Reshaped(NamedTuple):
     φ(W) is the coefficient on ∇log π), so `policy_loss` needs no autograd graph through the ratio
     computations: one pass builds the gradient, which is what keeps them as cheap as REINFORCE."""
 
-    coef: Tensor  # ∂ℓ/∂logp_t, [B, T] or [B, 1]
-    value: Optional[Tensor] = None  # ℓ, [B, T] or [B, 1]; None = coef·logp (REINFORCE form)
+    coef: Tensor  # ∂ℓ/∂logp_t, [B, T] or [B, 1] (times coef_row)
+    value: Optional[Tensor] = None  # ℓ, [B, T] or [B, 1] (times value_row); None = coef·logp (REINFORCE form)
+    coef_row: Optional[Tensor] = None  # [B, 1] factor of coef, applied in the aggregation pass for free
+    value_row: Optional[Tensor] = None  # [B, 1] factor of value, likewise
     log_w: Optional[Tensor] = None  # [B] sequence log-weight used (metrics; default Σ_t Δ_t)
     seq_weight: Optional[Tensor] = None  # [B] sequence weights for the ESS (default exp(Σ_t Δ_t))
     clipped: Optional[Tensor] = None  # 0-d: number of response tokens whose gradient was clipped
@@ -165,8 +167,9 @@ def grpo(t: Tokens, *, eps_low, eps_high, dual_clip) -> Reshaped:
     torch.minimum(d, hi, out=d)
     inside = indicator(torch.eq, d, t.delta)  # padding: Δ = 0, always inside
     clipped = inside.numel() - inside.sum()
-    value = exp_(d).mul_(-t.adv[:, None])  # −A·clip(r)
-    return Reshaped(coef=inside.mul_(value), value=value, clipped=clipped)
+    clip_r = exp_(d)
+    neg_adv = -t.adv[:, None]  # value −A·clip(r), coef −A·r·1[inside]
+    return Reshaped(coef=inside.mul_(clip_r), value=clip_r, coef_row=neg_adv, value_row=neg_adv, clipped=clipped)
 
 
 @register("gspo", "seq-mean-token-mean", eps_low=3e-4, eps_high=4e-4)
@@ -192,8 +195,8 @@ def sapo(t: Tokens, *, tau_pos, tau_neg) -> Reshaped:
     sig = torch.addcmul(-tau, r, tau).sigmoid_()  # σ(τ(r − 1))
     a4 = -4.0 * t.adv[:, None]
     r_sig = r.mul_(sig)
-    coef = r_sig.addcmul_(r_sig, sig, value=-1.0).mul_(a4)  # r·σ·(1 − σ)·(−4A)
-    return Reshaped(coef=coef, value=sig.mul_(a4 / tau))
+    coef = r_sig.addcmul_(r_sig, sig, value=-1.0)  # r·σ·(1 − σ)
+    return Reshaped(coef=coef, value=sig, coef_row=a4, value_row=a4 / tau)
 
 
 @register("cispo", "token-mean", eps_low=10.0, eps_high=0.2)
@@ -203,7 +206,7 @@ def cispo(t: Tokens, *, eps_low, eps_high) -> Reshaped:
     log_lo = math.log(1.0 - eps_low) if eps_low < 1.0 else -MAX_LOG
     d = t.delta.clamp(log_lo, log_hi)
     clipped = d.numel() - indicator(torch.eq, d, t.delta).sum()  # padding: Δ = 0, never clipped
-    return Reshaped(coef=exp_(d).mul_(-t.adv[:, None]), clipped=clipped)  # −clip(r)·A
+    return Reshaped(coef=exp_(d), coef_row=-t.adv[:, None], clipped=clipped)  # −clip(r)·A
 
 
 @register("topr", "token-mean")
@@ -312,8 +315,9 @@ def policy_loss(
             denom = torch.as_tensor(m.shape[0] if num_seqs is None else num_seqs, dtype=work, device=m.device)
             row_scale = 1.0 / (lengths.clamp(min=1.0) * denom.clamp(min=1.0))[:, None]
         token_w = m if log_corr is None or seq_corr else m * log_corr.exp()  # TIS/MIS w_t on ℓ_{i,t}
-        value = _aggregate(out.value, token_w, row_scale)
-        grad = _aggregate_(out.coef, token_w, row_scale)  # ∂loss/∂logp
+        value_scale = row_scale if out.value_row is None else row_scale * out.value_row
+        value = _aggregate(out.value, token_w, value_scale)
+        grad = _aggregate_(out.coef, token_w, row_scale if out.coef_row is None else row_scale * out.coef_row)
         if value is None:  # REINFORCE form ℓ = coef·logp
             value = torch.dot(grad.reshape(-1), lp.reshape(-1))
     loss = _Reshaped.apply(logp, value, grad)

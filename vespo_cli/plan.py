@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,8 +190,6 @@ def _num(conf, *names, default=0):
 @functools.lru_cache(maxsize=32)
 def model_shape(spec: str, trust_remote_code: bool = False) -> ModelShape:
     """Count `spec`'s parameters exactly by instantiating it on the meta device (no memory, no weights)."""
-    import re
-
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -381,15 +380,14 @@ def memory_plan(cfg: Config, shape: ModelShape | None = None, mode: str = "sync"
         mlp = MLP_BYTES_PER_INTERMEDIATE * I
         mlp_f = f"{MLP_BYTES_PER_INTERMEDIATE}·I"
     per_layer_token = scale * (ATTN_BYTES_PER_HIDDEN * h + mlp)
+    per_layer_f = f"({ATTN_BYTES_PER_HIDDEN}h + {mlp_f})" + ("" if low else " × 2")
     if t.gradient_checkpointing:
         plan.trainer.append(Row("checkpointed layer inputs", shape.layers * T * h * M,
                                 f"{shape.layers} layers × {T} × h {h} × {M} B"))
-        plan.trainer.append(Row("one layer recompute, fwd+bwd", 2 * T * per_layer_token,
-                                f"2 × {T} × ({ATTN_BYTES_PER_HIDDEN}h + {mlp_f})" + ("" if low else " × 2"))) 
-    else:
-        plan.trainer.append(Row("activations (no checkpointing)",
-                                shape.layers * T * per_layer_token + T * per_layer_token,
-                                f"{shape.layers + 1} × {T} × ({ATTN_BYTES_PER_HIDDEN}h + {mlp_f})" + ("" if low else " × 2")))
+        plan.trainer.append(Row("one layer recompute, fwd+bwd", 2 * T * per_layer_token, f"2 × {T} × {per_layer_f}"))
+    else:  # every layer's activations, plus the backward's working copy of one
+        plan.trainer.append(Row("activations (no checkpointing)", (shape.layers + 1) * T * per_layer_token,
+                                f"{shape.layers + 1} × {T} × {per_layer_f}"))
     plan.trainer.append(Row("response logits (fp32) + grads", LOGIT_BYTES * T * shape.vocab,
                             f"{LOGIT_BYTES} B × {T} × vocab {shape.vocab}"))
     plan.trainer.append(Row("CUDA context, NCCL, slack", CUDA_OVERHEAD, "fixed"))
@@ -442,7 +440,8 @@ def format_memory(plan: MemoryPlan) -> str:
     lines.append(f"model      {s.name} (config from {s.source})")
     lines.append(f"params     {s.params:,} = {s.params / 1e9:.2f}B{published}")
     if s.moe:
-        lines.append(f"           MoE: {s.experts} experts, top-{s.top_k}, {s.active_params / 1e9:.2f}B active per token")
+        lines.append(f"           MoE: {s.experts} experts, top-{s.top_k}, "
+                     f"{s.active_params / 1e9:.2f}B active per token")
     lines.append(f"shape      {s.layers} layers, h {s.hidden}, {s.heads}/{s.kv_heads} heads, vocab {s.vocab}"
                  f"{', tied embeddings' if s.tied else ''}")
     lines.append(f"layout     {plan.gpus} GPU{'s' if plan.gpus > 1 else ''} × {plan.capacity / GiB:g} GiB; "
@@ -591,16 +590,24 @@ def shell_wrap(cmd: str, width: int = 72) -> list[str]:
     return [line + " \\" for line in lines[:-1]] + lines[-1:]
 
 
-def _base_objective(cfg: Config) -> str | None:
-    """The objective the preset itself names (to tell whether --algo changed it)."""
+def _algo_flag(cfg: Config) -> str | None:
+    """The `--algo NAME` that reproduces `cfg.algorithm` on top of its preset (None: the preset's own).
+
+    The CLI does not pass the name it was given, so the algorithm presets are tried in turn; when
+    none matches (e.g. --set changed a parameter), the objective's name is the best guess."""
+    from .config import list_presets, load_config
+
     if not cfg.preset:
         return None
     try:
-        from .config import load_config
-
-        return load_config(cfg.preset).algorithm.objective
+        if load_config(cfg.preset).algorithm == cfg.algorithm:
+            return None
+        for name in list_presets("algorithms"):
+            if load_config(cfg.preset, name).algorithm == cfg.algorithm:
+                return name
     except UserError:
-        return None
+        pass
+    return cfg.algorithm.objective
 
 
 def describe_plan(cfg: Config, run_dir=None, replay=None, async_: bool = False) -> str:
@@ -623,12 +630,15 @@ def describe_plan(cfg: Config, run_dir=None, replay=None, async_: bool = False) 
         ("mode", modes[mode]),
         ("run dir", str(run_dir) if run_dir is not None else "-"),
         ("rollout batch", f"{mbs} prompts × N={N} = {gbs} prompts × n={n} samples = {gbs * n:,} samples"),
-        ("optimizer steps", f"{N} per rollout batch (old log-probs recomputed once per batch), {t.steps} in total"),
-        ("rollout batches", f"{batches}" + (f" (the last one uses {last} of its {N} minibatches)" if last != N else "")),
+        ("optimizer steps", f"{N} per rollout batch (old log-probs recomputed once per batch), "
+                            f"{t.steps} in total"),
+        ("rollout batches", f"{batches}" + (f" (the last one uses {last} of its {N} minibatches)"
+                                            if last != N else "")),
         ("prompts consumed", f"{batches * gbs:,}"),
         ("tokens / step", f"≤ {mbs * n * seq:,} = {mbs} prompts × {n} samples × ({cfg.data.max_prompt_tokens} + "
                           f"{r.max_tokens}), of which response ≤ {mbs * n * r.max_tokens:,}"),
-        ("optimizer", f"AdamW lr {t.lr:g} ({'constant' if not t.lr_warmup_steps else f'{t.lr_warmup_steps} warmup steps'}), "
+        ("optimizer", f"AdamW lr {t.lr:g} "
+                      f"({f'{t.lr_warmup_steps} warmup steps' if t.lr_warmup_steps else 'constant'}), "
                       f"betas {tuple(t.betas)}, weight decay {t.weight_decay:g}, grad clip {t.grad_clip:g}"),
         ("precision", f"{cfg.model.dtype} master weights" + (", bf16 autocast" if t.bf16_autocast else "")
                       + (", gradient checkpointing" if t.gradient_checkpointing else "")
@@ -638,8 +648,7 @@ def describe_plan(cfg: Config, run_dir=None, replay=None, async_: bool = False) 
         every = f"every {cfg.eval.every} steps and at the end" if cfg.eval.every else "at the end"
         rows.append(("eval", f"{', '.join(cfg.eval.benchmarks)} {every} (k per benchmark: "
                              f"{cfg.eval.k or 'the paper default'})"))
-    base = _base_objective(cfg)
-    algo = cfg.algorithm.objective if base and base != cfg.algorithm.objective else None
+    algo = _algo_flag(cfg)
     (cmd,) = launch_commands(cfg, algo=algo, replay=replay, async_=async_, run_dir=run_dir)
     lay = cfg.layout
     if lay.gpus_per_node and lay.nodes - (lay.rollout_gpus // lay.gpus_per_node if lay.nodes > 1 else 0) > 1:

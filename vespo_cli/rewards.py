@@ -259,7 +259,11 @@ class _Zygote:
             return
         if not self.conn.poll(timeout_s):
             raise RuntimeError(f"reward scorer: worker process did not start within {timeout_s:.0f} s")
-        msg = self.conn.recv()  # EOFError if it died while starting
+        try:
+            msg = self.conn.recv()
+        except (EOFError, OSError):
+            code = self.proc.wait()
+            raise RuntimeError(f"reward scorer: the worker process exited while starting (exit code {code})") from None
         if msg != "ready":  # pragma: no cover
             raise RuntimeError(f"reward scorer: unexpected message {msg!r} from the worker process")
         self.ready = True
@@ -404,6 +408,8 @@ class RewardScorer:
                         continue
                     w.task = (idx, time.monotonic() + self.timeout_s)
             busy = {w.conn: i for i, w in enumerate(self._workers) if w.task is not None}
+            if not busy:  # every worker was found dead and replaced: dispatch again
+                continue
             next_deadline = min(self._workers[i].task[1] for i in busy.values())  # type: ignore[index]
             for conn in wait(list(busy), timeout=max(0.0, next_deadline - time.monotonic())):
                 i = busy[conn]
@@ -414,6 +420,8 @@ class RewardScorer:
                 except (EOFError, OSError):  # died mid-task (OOM kill, segfault): retry once
                     w.task = None
                     self.stats["crashed"] += 1
+                    log.warning("reward worker %d died while scoring sample %d; %s", w.pid, idx,
+                                "giving it reward 0" if idx in retried else "retrying it once")
                     self._replace(i)
                     if idx in retried:
                         results[idx] = Score(0.0, False, extract_answer(tails[idx]) or "", False)

