@@ -256,6 +256,13 @@ def test_describe_plan_multi_node_async_and_replay():
     assert "--replay shards" in one_line(replay) and "peak (trainer)" in replay
 
 
+def test_describe_plan_names_the_algorithm_preset():
+    text = one_line(P.describe_plan(load_config("qwen3-8b", "dapo"), run_dir=None, replay=None, async_=False))
+    assert "train --preset qwen3-8b --algo dapo" in text  # dapo's objective is grpo: the preset name is kept
+    text = one_line(P.describe_plan(load_config("qwen3-8b"), run_dir=None, replay=None, async_=False))
+    assert "--algo" not in text
+
+
 def test_describe_plan_cpu_preset():
     text = P.describe_plan(load_config("tiny"), run_dir=Path("runs/t"), replay=None, async_=False)
     assert "vespo train --preset tiny --run-dir runs/t" in text and "no GPU memory plan" in text
