@@ -160,3 +160,19 @@ def test_length_mismatch_and_bad_args():
             sc.score(["a"], [])
     finally:
         sc.close()
+
+
+def test_dead_workers_are_replaced_without_losing_samples():
+    import os
+    import signal
+    import time
+
+    with RewardScorer(workers=2, timeout_s=5.0) as sc:
+        assert sc.score(["\\boxed{1}"], ["1"])[0].correct
+        for w in list(sc._workers):  # simulate an OOM kill of idle workers
+            os.kill(w.pid, signal.SIGKILL)
+        time.sleep(0.2)
+        got = sc.score(["\\boxed{1}", "\\boxed{2}", "Answer: 3"], ["1", "2", "3"])
+        assert [s.correct for s in got] == [True, True, True]
+        assert not any(s.timed_out for s in got)
+        assert sc.stats["restarts"] >= 2
