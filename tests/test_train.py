@@ -176,3 +176,47 @@ def test_minibatches_keep_groups_whole():
     for mb in mbs:
         assert len(mb) == 6
         assert all(sum(groups[i] == groups[j] for j in mb) == 3 for i in mb)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@pytest.mark.slow
+def test_async_run_with_a_worker_process(tmp_path):
+    from vespo_cli.config import save_config
+
+    cfg = tiny("trainer.steps=4", "trainer.staleness=2", "trainer.max_staleness=8")
+    train(cfg, tmp_path / "run", async_=True)
+    run = tmp_path / "run"
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert all(m["staleness"] >= 0 for m in metrics)
+    assert (run / "DONE").exists() and (run / "published" / "LATEST").exists()
+    shards = list_shards(run / "rollouts")
+    assert shards and all(s.name.split("-")[1] == "w0" for s in shards)
+    ledger = json.loads((run / "checkpoints" / "step-4" / "trainer_state.json").read_text())["ledger"]
+    used = [e["shard"] for e in ledger]
+    assert len(used) == len(set(used))  # no shard trained on twice
+
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_match_one(tmp_path, replay_dir):
+    """torchrun --nproc-per-node 2 (gloo, FSDP2) gives the 1-process loss trajectory (rtol 1e-4)."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["train", "--preset", "tiny", "--replay", str(replay_dir), "--set", "trainer.steps=4",
+            "--set", "trainer.minibatch_prompts=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "vespo_cli.cli", *args, "--run-dir", str(tmp_path / "one")],
+                   check=True, env=env, capture_output=True)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "vespo_cli.cli", *args,
+                           "--run-dir", str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    assert len(one) == len(two) == 4
+    for a, b in zip(one, two):
+        for key in ("loss", "grad_norm", "entropy", "reward"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key

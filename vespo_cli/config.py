@@ -250,7 +250,7 @@ def load_config(
     if preset:
         for source, layer in _layers(preset_path(preset)):
             _merge(merged, layer, origin, source)
-        merged.setdefault("preset", Path(preset).stem)
+        merged.setdefault("preset", Path(preset).stem if Path(preset).suffix in (".yaml", ".yml") else Path(preset).name)
     if algo:
         algo_layers = _layers(preset_path(algo, "algorithms"), "algorithms")
         objective_set = False

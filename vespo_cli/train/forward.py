@@ -26,18 +26,23 @@ def response_logits(model: nn.Module, mb: Microbatch, temperature: float = 1.0) 
     decoder, head = _decoder_and_head(model)
     # position p predicts token p+1: the rows that predict response tokens
     predict = mb.response_mask[:, 1:]
-    if decoder is not None:
+    if decoder is not None and not _is_sharded(model):
         hidden = decoder(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
                          position_ids=mb.position_ids, use_cache=False).last_hidden_state
         logits = head(hidden[:, :-1][predict])
-    else:
-        out = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
-                    position_ids=mb.position_ids, use_cache=False)
-        logits = out.logits[:, :-1][predict]
+    else:  # the root forward (FSDP's hooks gather parameters there); logits for the response span only
+        start = max(int(mb.response_mask.float().argmax(-1).min()) - 1, 0)
+        out = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
+                    use_cache=False, logits_to_keep=mb.input_ids.shape[1] - start)
+        logits = out.logits[:, :-1][predict[:, start:]]
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     return logits
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    return type(model).__name__.startswith("FSDP")
 
 
 def token_logprobs(model: nn.Module, mb: Microbatch, temperature: float = 1.0, with_entropy: bool = False):

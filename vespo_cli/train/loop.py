@@ -40,7 +40,7 @@ from .checkpoint import latest_checkpoint, load_optimizer, load_trainer_state, p
 from .forward import token_logprobs
 
 console = Console(stderr=True)
-SUMMED = {"loss", "n_tokens", "n_seqs"}  # objective metrics that add up over microbatches
+SUMMED = {"loss", "n_tokens", "n_seqs", "rollout_missing_tokens", "_entropy", "_tokens"}  # add up over microbatches
 
 
 @dataclass
@@ -197,14 +197,13 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
         for r, i in enumerate(mb.rows):
             old[r, : len(old_lp[i])] = old_lp[i]
         roll = padded(rows.rollout_logprobs, mb.rows, T)
-        roll = torch.where(mb.mask, roll, torch.zeros_like(roll))
+        roll = torch.where(mb.mask, roll, torch.zeros_like(roll))  # NaN (engine gave none) only on tokens
         adv = advantages[mb.rows]
         loss, metrics = policy_loss(
-            algo.objective, logp, old, adv, mb.mask,
-            rollout_logp=roll if algo.correction else None, correction=algo.correction,
+            algo.objective, logp, old, adv, mb.mask, rollout_logp=roll, correction=algo.correction,
             num_tokens=num_tokens, num_seqs=num_seqs, **params,
         )
-        (loss * dist.world_size()).backward()
+        (loss * dist.world_size()).backward()  # FSDP averages gradients over ranks; we want the sum
         n = mb.num_tokens
         for k, v in metrics.items():
             if k.endswith("_max"):
@@ -213,10 +212,9 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
                 sums[k] = sums.get(k, 0.0) + (v if k in SUMMED else v * n)
         ent_sum += float((ent * mb.mask).sum())
         tok += n
-        # mismatch between the engine that sampled and the trainer's proximal policy
-        has = mb.mask & ~torch.isnan(padded(rows.rollout_logprobs, mb.rows, T))
-        sums["_mm_sum"] = sums.get("_mm_sum", 0.0) + float(((old - roll) * has).sum())
-        sums["_mm_n"] = sums.get("_mm_n", 0.0) + float(has.sum())
+    sums["_entropy"], sums["_tokens"] = ent_sum, tok
+    sums = _all_reduce_metrics(sums)
+    tok = sums.pop("_tokens")
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     skipped = not math.isfinite(grad_norm)
@@ -229,13 +227,24 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
     out = {k: (v if k in SUMMED or k.endswith("_max") else v / max(tok, 1))
            for k, v in sums.items() if not k.startswith("_")}
     out.update(
-        entropy=ent_sum / max(tok, 1),
-        mismatch_kl=sums["_mm_sum"] / sums["_mm_n"] if sums.get("_mm_n") else 0.0,
+        entropy=sums["_entropy"] / max(tok, 1),
         grad_norm=grad_norm,
         skipped_nonfinite=int(skipped),
         train_tokens=tok,
     )
     return out
+
+
+def _all_reduce_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """Combine per-rank metric sums (maxima for *_max keys); every rank holds the same keys."""
+    if dist.world_size() == 1:
+        return sums
+    keys = sorted(sums)
+    is_max = torch.tensor([k.endswith("_max") for k in keys])
+    vals = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+    total = dist.all_reduce_sum(torch.where(is_max, 0.0, vals))
+    peak = dist.all_reduce_max(torch.where(is_max, vals, -math.inf))
+    return dict(zip(keys, torch.where(is_max, peak, total).tolist()))
 
 
 # --------------------------------------------------------------------------- the run
