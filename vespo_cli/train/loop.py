@@ -304,9 +304,10 @@ def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: boo
         torch.set_num_threads(cfg.trainer.threads)
     torch.manual_seed(cfg.trainer.seed)
     if mode != "replay":
-        from ..rollout.run import warn_biased_sampling
+        from ..rollout.run import prompt_chunk, warn_biased_sampling
 
         warn_biased_sampling(cfg)
+        prompt_chunk(cfg, 0, 1)  # a missing or bad data source fails here, before the run dir is written
 
     base_path = resolve_model(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     ckpt = latest_checkpoint(run_dir) if resume else None
