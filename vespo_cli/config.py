@@ -88,6 +88,8 @@ class TrainerConfig:
     async_workers: int = 1
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = all cores
+    old_logp: Literal["recompute", "rollout"] = "recompute"  # proximal policy: trainer recompute or engine's
+    loggers: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)  # besides metrics.jsonl
 
 
 @dataclass

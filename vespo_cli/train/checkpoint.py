@@ -8,9 +8,11 @@ Each checkpoint directory is written under a temporary name and renamed: it is c
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +123,18 @@ def load_trainer_state(ckpt: Path) -> dict:
 
 def load_optimizer(ckpt: Path, model: nn.Module, optimizer, scheduler) -> None:
     """Restore optimizer, LR schedule and RNG state (weights_only=True: tensors and plain data only)."""
-    blob = torch.load(ckpt / "optim.pt", weights_only=True, map_location="cpu")
+    path = ckpt / "optim.pt"
+    try:
+        with warnings.catch_warnings():  # "Detected pickle protocol ..." for a foreign pickle
+            warnings.simplefilter("ignore", UserWarning)
+            blob = torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        m = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(e))
+        why = (m.group(1) if m else str(e) or type(e).__name__).strip().splitlines()[0].split(". ")[0][:200]
+        raise UserError(f"{path}: refused: not a checkpoint of plain tensors and data ({why})") from None
+    need = {"rng", "scheduler"} if dist.world_size() > 1 else {"optimizer", "rng", "scheduler"}
+    if not isinstance(blob, dict) or not need <= blob.keys():
+        raise UserError(f"{path}: not a vespo optimizer state (expected keys {', '.join(sorted(need))})")
     if dist.world_size() > 1:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict

@@ -29,15 +29,16 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..config import Config, save_config
+from ..config import Config, save_config, to_dict
 from ..errors import UserError
-from ..fsio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from ..fsio import atomic_write_json, atomic_write_text, read_jsonl
 from ..objectives import group_advantages, policy_loss
 from ..shards import ShardError, follow, list_shards, read_shard, shard_name
 from . import dist
 from .batch import Rows, make_microbatch, padded, plan_microbatches, rows_from_table, split_minibatches
 from .checkpoint import latest_checkpoint, load_optimizer, load_trainer_state, publish_weights, save_checkpoint
 from .forward import token_logprobs
+from .metrics import MetricsWriter
 
 console = Console(stderr=True)
 SUMMED = {"loss", "n_tokens", "n_seqs", "rollout_missing_tokens", "_entropy", "_tokens"}  # add up over microbatches
@@ -339,6 +340,7 @@ def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: boo
     metrics_path = run_dir / "metrics.jsonl"
     if dist.is_main():
         _truncate_metrics(metrics_path, state["step"])
+    writer = MetricsWriter(run_dir, t.loggers, config=to_dict(cfg), enabled=dist.is_main())
     if state["step"] >= t.steps:
         console.print(f"{run_dir}: already complete ({state['step']}/{t.steps} steps)")
         return {}
@@ -359,14 +361,15 @@ def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: boo
                                 lambda: dist.broadcast_object(any(p.poll() is None for p in workers or [])))
 
     last: dict = {}
-    last_saved = state["step"]
+    last_saved = last_eval = state["step"]
+    sync_s = 0.0
     try:
         with _progress() as progress:
             task = progress.add_task(f"train {cfg.algorithm.objective} N={t.staleness}", total=t.steps,
                                      completed=state["step"], info="")
             for batch in batches:
-                last = _train_on_batch(cfg, run_dir, model, optimizer, scheduler, batch, state, metrics_path,
-                                       progress, task)
+                last = _train_on_batch(cfg, model, optimizer, scheduler, batch, state, writer, progress, task,
+                                       sync_s)
                 state["iteration"] += 1
                 done = state["step"] >= t.steps
                 t_sync = time.perf_counter()
@@ -374,10 +377,13 @@ def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: boo
                     holder["publish"]()
                 elif mode == "async" and not done:
                     publish_weights(model, tokenizer, run_dir, state["step"])
+                sync_s = time.perf_counter() - t_sync  # reported with the next batch, which it served
+                if cfg.eval.benchmarks and ((cfg.eval.every and state["step"] - last_eval >= cfg.eval.every) or done):
+                    _eval_during_training(cfg, run_dir, model, tokenizer, holder.get("engine"), state["step"], writer)
+                    last_eval = state["step"]
                 if done or state["step"] - last_saved >= t.save_every:
                     save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, state, t.keep_checkpoints)
                     last_saved = state["step"]
-                last["sync_s"] = time.perf_counter() - t_sync
                 if done:
                     break
     finally:
@@ -390,9 +396,43 @@ def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: boo
                     p.kill()
         if mode == "sync" and holder.get("close"):
             holder["close"]()
+        writer.close()
     if dist.is_main():
         console.print(f"run: {run_dir}  (metrics.jsonl, checkpoints/, rollouts/)")
     return last
+
+
+def _eval_during_training(cfg: Config, run_dir: Path, model, tokenizer, engine, step: int,
+                          writer: MetricsWriter) -> None:
+    """Evaluate the current weights on cfg.eval.benchmarks; one `kind: eval` metrics line each.
+
+    Sync runs use the rollout engine (it holds the current weights after publishing); otherwise an
+    HF engine shares the trainer's module. Under FSDP without an engine, eval is left to `vespo eval`."""
+    from ..evaluate import metrics_record, run_eval
+    from ..rewards import RewardScorer
+    from ..rollout.base import Sampling
+
+    if engine is None and dist.world_size() > 1:
+        if dist.is_main():
+            console.print("[yellow]eval during sharded replay/async training is skipped; run `vespo eval` on a checkpoint[/]")
+        return
+    if dist.is_main():
+        if engine is None:
+            from ..rollout.hf import HFEngine
+
+            engine = HFEngine.from_module(model, tokenizer, seed=cfg.trainer.seed)
+        e = cfg.eval
+        sampling = Sampling(temperature=e.temperature, top_p=e.top_p, top_k=-1, max_tokens=e.max_tokens,
+                            seed=cfg.trainer.seed)
+        was_training = model.training
+        model.eval()
+        with RewardScorer(workers=cfg.rollout.reward_workers, timeout_s=cfg.rollout.reward_timeout_s) as scorer:
+            results = run_eval(engine, tokenizer, e.benchmarks, e.k, e.limit, sampling, cfg.data.template,
+                               run_dir / "eval" / f"step-{step}", scorer, max_prompt_tokens=cfg.data.max_prompt_tokens)
+        model.train(was_training)
+        for summary in results.values():
+            writer.write({"kind": "eval", "step": step, "time": time.time(), **metrics_record(summary)})
+    dist.barrier()
 
 
 def _make_sampler(cfg: Config, run_dir: Path, model, tokenizer, ckpt, base_path: str, holder: dict):
@@ -423,6 +463,7 @@ def _make_sampler(cfg: Config, run_dir: Path, model, tokenizer, ckpt, base_path:
         engine.close()
 
     holder["close"] = close
+    holder["engine"] = engine
     run_id = run_dir.name
 
     def sampler(problems, version, path, seed, iteration):
@@ -436,8 +477,8 @@ def _make_sampler(cfg: Config, run_dir: Path, model, tokenizer, ckpt, base_path:
     return sampler
 
 
-def _train_on_batch(cfg: Config, run_dir: Path, model, optimizer, scheduler, batch: RolloutBatch, state: dict,
-                    metrics_path: Path, progress, task) -> dict:
+def _train_on_batch(cfg: Config, model, optimizer, scheduler, batch: RolloutBatch, state: dict,
+                    writer: MetricsWriter, progress, task, sync_s: float) -> dict:
     """old_logp once, then N optimizer steps on whole-group minibatches; log one line per step."""
     t = cfg.trainer
     rows = batch.rows
@@ -448,7 +489,12 @@ def _train_on_batch(cfg: Config, run_dir: Path, model, optimizer, scheduler, bat
     world, rank = dist.world_size(), dist.rank()
     mine = [mb[rank::world] for mb in minibatches]  # data parallel: each rank a slice of every minibatch
     owned = sorted({i for mb in mine for i in mb})
-    old_lp_owned = old_logprobs(model, rows.select(owned), cfg)
+    if t.old_logp == "rollout":  # decoupled: the engine's logprobs are the proximal policy
+        if any(rows.rollout_logprobs[i] is None for i in owned):
+            raise UserError("trainer.old_logp=rollout: a shard has no rollout_logprobs (engine gave none)")
+        old_lp_owned = [torch.tensor(rows.rollout_logprobs[i], dtype=torch.float32) for i in owned]
+    else:
+        old_lp_owned = old_logprobs(model, rows.select(owned), cfg)
     old_lp: list[torch.Tensor] = [torch.zeros(0)] * len(rows)
     for j, i in enumerate(owned):
         old_lp[i] = old_lp_owned[j]
@@ -483,6 +529,7 @@ def _train_on_batch(cfg: Config, run_dir: Path, model, optimizer, scheduler, bat
             "policy_version_min": int(rows.policy_versions[full].min()),
             "rollout_s": batch.rollout_s if j == 0 else 0.0,
             "logprob_s": logprob_s if j == 0 else 0.0,
+            "sync_s": sync_s if j == 0 else 0.0,
             "train_s": train_s,
             "tokens_per_s": m["train_tokens"] * world / max(train_s, 1e-9),
             "shards_dropped": len(batch.dropped) if j == 0 else 0,
@@ -491,8 +538,8 @@ def _train_on_batch(cfg: Config, run_dir: Path, model, optimizer, scheduler, bat
             "time": time.time(),
         }
         rec.update({k: v for k, v in m.items() if k != "train_tokens"})
+        writer.write(rec)
         if dist.is_main():
-            append_jsonl(metrics_path, rec)
             progress.update(task, completed=state["step"],
                             info=f"reward {rec['reward']:.3f}  loss {rec['loss']:+.4f}  |g| {rec['grad_norm']:.3f}")
         last = rec
