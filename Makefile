@@ -34,7 +34,10 @@ endif
 	@touch $@
 
 demo: setup
-	$(VENV)/bin/vespo train --preset smollm2-arith --run-dir runs/demo
+	@if [ -f runs/demo/config.yaml ]; then $(VENV)/bin/vespo train --resume runs/demo; \
+	 else $(VENV)/bin/vespo train --preset smollm2-arith --run-dir runs/demo; fi
+	$(VENV)/bin/vespo compare runs/demo --out runs/demo/report
+	@echo "demo run: runs/demo (metrics.jsonl, rollouts/, checkpoints/); report: runs/demo/report/report.md"
 
 test: setup
 	$(PY) -m pytest -q
