@@ -54,6 +54,15 @@ def check_layout(completions, prompts, n, max_tokens):
             assert c.finish_reason == "length" and not eos_at and len(c.response_token_ids) == max_tokens
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tiny model gains nothing from 2 threads, and OpenMP spin-waits badly on shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ref_model(tiny_model_path):
     return load_model(tiny_model_path, "float32")

@@ -127,8 +127,16 @@ class VLLMEngine:
 
     def load_state_dict(self, state_dict) -> None:
         """Push HF-named tensors (a dict or an iterable of (name, tensor) pairs) into the engine."""
+        from vespo_cli.models import torch_dtype
+
         items = state_dict.items() if hasattr(state_dict, "items") else state_dict
-        weights = [(name, t.detach().to("cpu") if not torch.cuda.is_available() else t.detach()) for name, t in items]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:  # cast here: vLLM would cast too, with a warning per tensor
+            dtype = torch_dtype(self.dtype)
+        except UserError:  # "auto" etc.: let vLLM cast
+            dtype = None
+        weights = [(name, t.detach().to(device=device, dtype=dtype if dtype and t.is_floating_point() else t.dtype))
+                   for name, t in items]
         with guard_global_state():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
             self._after_reload()
