@@ -100,6 +100,9 @@ def save_checkpoint(run_dir: Path, model: nn.Module, tokenizer, optimizer, sched
 
 
 def _prune(root: Path, keep: int) -> None:
+    for p in root.glob(".step-*"):  # temporaries of a write killed midway (one writer: this process)
+        if p.name.endswith((".tmp", ".old")):
+            shutil.rmtree(p, ignore_errors=True)
     steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)))
     for _, p in steps[:-keep] if keep > 0 else []:
         shutil.rmtree(p, ignore_errors=True)
