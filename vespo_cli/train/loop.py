@@ -109,7 +109,7 @@ def replay_batches(cfg: Config, replay: Path, state: dict) -> Iterator[RolloutBa
     if num_batches == 0:
         raise UserError(f"--replay {replay}: {len(groups)} prompt groups < one rollout batch of "
                         f"{gbs} (trainer.minibatch_prompts × trainer.staleness)")
-    first = True
+    first = state["iteration"] == 0  # counted once per run: a resumed run does not count them again
     while True:
         i = state["iteration"]
         epoch_i = i % num_batches  # replay more steps than data: another epoch over the same shards
