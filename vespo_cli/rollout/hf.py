@@ -8,6 +8,7 @@ finished rows from the batch as they stop.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 
@@ -71,24 +72,30 @@ class HFEngine:
     name = "hf"
 
     def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu", seed: int = 0,
-                 max_batch_size: int = 256, trust_remote_code: bool = False):
+                 max_batch_size: int = 256, trust_remote_code: bool = False, record_routing: bool = False):
         from vespo_cli.models import load_model, load_tokenizer
 
         model = load_model(model_path, dtype, trust_remote_code=trust_remote_code).to(device)
         tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
-        self._setup(model, tokenizer, seed=seed, max_batch_size=max_batch_size)
+        self._setup(model, tokenizer, seed=seed, max_batch_size=max_batch_size, record_routing=record_routing)
 
     @classmethod
-    def from_module(cls, model: torch.nn.Module, tokenizer, seed: int = 0, max_batch_size: int = 256) -> "HFEngine":
+    def from_module(cls, model: torch.nn.Module, tokenizer, seed: int = 0, max_batch_size: int = 256,
+                    record_routing: bool = False) -> "HFEngine":
         """Share an already-loaded model (e.g. the trainer's): no copy, weights stay live."""
         engine = cls.__new__(cls)
-        engine._setup(model, tokenizer, seed=seed, max_batch_size=max_batch_size)
+        engine._setup(model, tokenizer, seed=seed, max_batch_size=max_batch_size, record_routing=record_routing)
         return engine
 
-    def _setup(self, model, tokenizer, seed: int, max_batch_size: int) -> None:
+    def _setup(self, model, tokenizer, seed: int, max_batch_size: int, record_routing: bool = False) -> None:
         from vespo_cli.models import eos_token_ids
+        from vespo_cli.routing import moe_routers
 
         self.model = model
+        # MoE routing replay: Completion.routing[t] = experts of the position that gave logprob t (routing.py)
+        self.record_routing = bool(record_routing)
+        if self.record_routing:
+            moe_routers(model)  # a model we cannot capture fails here, not mid-rollout
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
@@ -140,15 +147,21 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(prompts), per_chunk):
-                chunk = prompts[start:start + per_chunk]
-                out.extend(self._generate_chunk(chunk, start, n, sampling, generator))
+            with self._capture() as rec:
+                for start in range(0, len(prompts), per_chunk):
+                    chunk = prompts[start:start + per_chunk]
+                    out.extend(self._generate_chunk(chunk, start, n, sampling, generator, rec))
         finally:
             self.model.train(was_training)
         return out
 
+    def _capture(self):
+        from vespo_cli.routing import capture_routing
+
+        return capture_routing(self.model) if self.record_routing else contextlib.nullcontext()
+
     @torch.inference_mode()
-    def _generate_chunk(self, prompts, offset, n, sampling, generator) -> list[Completion]:
+    def _generate_chunk(self, prompts, offset, n, sampling, generator, rec=None) -> list[Completion]:
         from transformers import DynamicCache
 
         dev = self.device
@@ -166,14 +179,17 @@ class HFEngine:
                          use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()
+        route = rec.take().view(len(prompts), width, -1)[:, -1] if rec is not None else None  # last prompt token
         if n > 1:  # prefill once per prompt, then n rows per prompt (prompt-major order)
             cache.batch_repeat_interleave(n)
             logits = logits.repeat_interleave(n, dim=0)
+            route = route.repeat_interleave(n, dim=0) if route is not None else None
             mask = mask.repeat_interleave(n, dim=0)
             pos = pos.repeat_interleave(n, dim=0)
         rows = len(prompts) * n
         tokens: list[list[int]] = [[] for _ in range(rows)]
         logps: list[list[float]] = [[] for _ in range(rows)]
+        routing: list[list[list[int]]] | None = [[] for _ in range(rows)] if rec is not None else None
         stopped = [False] * rows
         alive = torch.arange(rows)  # batch row → completion row
         next_pos = pos[:, -1:] + 1
@@ -188,6 +204,9 @@ class HFEngine:
                 tokens[r].append(t)
                 logps[r].append(lp)
                 stopped[r] = e
+            if routing is not None:  # the experts behind `logits` (this step's batch rows)
+                for r, ids in zip(alive.tolist(), route.tolist()):
+                    routing[r].append(ids)
             if step + 1 == sampling.max_tokens:
                 break
             keep = (~is_eos).nonzero().squeeze(-1)
@@ -201,6 +220,7 @@ class HFEngine:
                              past_key_values=cache, use_cache=True)
             cache = out.past_key_values
             logits = out.logits[:, -1, :].float()
+            route = rec.take() if rec is not None else None
             next_pos = next_pos + 1
 
         completions = []
@@ -214,5 +234,6 @@ class HFEngine:
                 rollout_logprobs=logps[r],
                 finish_reason="stop" if stopped[r] else "length",
                 text=self.tokenizer.decode(tokens[r], skip_special_tokens=True),
+                routing=routing[r] if routing is not None else None,
             ))
         return completions
