@@ -39,6 +39,7 @@ from .batch import Rows, make_microbatch, padded, plan_microbatches, rows_from_t
 from .checkpoint import latest_checkpoint, load_optimizer, load_trainer_state, publish_weights, save_checkpoint
 from .forward import token_logprobs
 from .metrics import MetricsWriter
+from ..routing import replay_microbatch
 
 console = Console(stderr=True)
 SUMMED = {"loss", "n_tokens", "n_seqs", "rollout_missing_tokens", "_entropy", "_tokens"}  # add up over microbatches
@@ -164,9 +165,12 @@ def compute_logprobs(model, rows: Rows, idx: list[int], cfg: Config, with_entrop
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.trainer.bf16_autocast else contextlib.nullcontext()
     for mb_idx in plan_microbatches(rows, idx, cfg.trainer.micro_token_budget):
         mb = make_microbatch(rows, mb_idx)
-        with ctx, (contextlib.nullcontext() if grad else torch.no_grad()):
-            logp, ent = token_logprobs(model, mb, cfg.rollout.temperature, with_entropy)
-        yield mb, logp, ent
+        # R2 (routing.py): response positions replay the rollout's experts, the prompt routes freely; the
+        # replay spans the yield so the caller's backward (gradient checkpointing re-runs forwards) sees it
+        with replay_microbatch(model, mb) if cfg.algorithm.routing_replay else contextlib.nullcontext():
+            with ctx, (contextlib.nullcontext() if grad else torch.no_grad()):
+                logp, ent = token_logprobs(model, mb, cfg.rollout.temperature, with_entropy)
+            yield mb, logp, ent
 
 
 def old_logprobs(model, rows: Rows, cfg: Config) -> list[torch.Tensor]:
@@ -300,6 +304,9 @@ def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: boo
         replay = Path(info["replay"]) if info.get("replay") else None
         async_ = info.get("mode") == "async"
     mode = "replay" if replay is not None else "async" if async_ else "sync"
+    if cfg.algorithm.routing_replay and mode != "replay" and cfg.rollout.engine != "hf":
+        raise UserError(f"algorithm.routing_replay: true needs rollout.engine=hf (only the HF engine records "
+                        f"MoE routing; got rollout.engine={cfg.rollout.engine})")
     device = dist.init()
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -450,7 +457,8 @@ def _make_sampler(cfg: Config, run_dir: Path, model, tokenizer, ckpt, base_path:
     if share:
         from ..rollout.hf import HFEngine
 
-        engine = HFEngine.from_module(model, tokenizer, seed=cfg.trainer.seed)
+        engine = HFEngine.from_module(model, tokenizer, seed=cfg.trainer.seed,
+                                      record_routing=cfg.algorithm.routing_replay)
         holder["publish"] = lambda: None
     else:
         engine = open_engine(cfg, str(ckpt) if ckpt else base_path)
