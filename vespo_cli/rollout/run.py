@@ -137,6 +137,8 @@ def open_engine(cfg: Config, model_path: str):
     if r.engine == "vllm":
         opts.update(max_model_len=cfg.data.max_prompt_tokens + r.max_tokens, kv_cache_bytes=int(r.kv_cache_gib * 2**30),
                     gpu_memory_utilization=r.gpu_memory_utilization, tensor_parallel_size=r.tensor_parallel_size)
+    if r.engine == "hf" and cfg.algorithm.routing_replay:  # MoE routing replay: record per-token experts
+        opts["record_routing"] = True
     return make_engine(r.engine, model_path, **opts)
 
 
