@@ -147,6 +147,8 @@ def test_bad_files(tmp_path):
         load_problems(str(nokey))
     with pytest.raises(UserError, match="expected one of"):
         load_problems("no-such-set")
+    with pytest.raises(UserError, match="directory"):
+        load_problems(str(tmp_path))
 
 
 def test_training_set_lookup(tmp_path, monkeypatch):

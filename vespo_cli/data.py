@@ -1,11 +1,12 @@
 """Prompt sources: bundled eval sets, training sets (DAPO-Math-17k, GSM8K train), any local
-.jsonl/.json/.parquet file or Hugging Face dataset id, and procedural arithmetic word problems.
+.jsonl/.json/.parquet file or Hugging Face dataset id, and procedural arithmetic problems.
 
 `load_problems(source)` accepts:
   - `aime24`, `aime25`, `amc23`, `math500`, `gsm8k` (test split): bundled in `vespo_cli/data/`;
   - `dapo-math-17k`, `gsm8k-train`: looked up in $VESPO_DATA_DIR, then `../shared/data` next to the
     repository root, then the Hugging Face Hub (BytedTsinghua-SIA/DAPO-Math-17k, openai/gsm8k);
-  - `arith`: an endless deterministic stream of arithmetic word problems (`difficulty` 1..5);
+  - `arith`: an endless deterministic stream of arithmetic problems (`difficulty` 1..5: bare sums
+    of two digits up to multi-step word problems with 3-digit numbers);
   - a path to a .jsonl/.json/.parquet file with `problem`/`question` and `answer` fields;
   - a hub id `owner/name` or `owner/name:split` (default split `train`), when the hub is reachable.
 """
@@ -271,6 +272,8 @@ def _load_other(source: str) -> list[Problem]:
         if path.suffix.lower() not in _FILE_SUFFIXES:
             raise UserError(f"{source}: expected a .jsonl, .json or .parquet file")
         return _read_file(path, _stem(path))
+    if path.is_dir():
+        raise UserError(f"{source}: is a directory; expected a .jsonl, .json or .parquet file")
     if path.suffix.lower() in _FILE_SUFFIXES or source.startswith((".", "/", "~")):
         raise UserError(f"{source}: file not found")
     if _HUB_ID.match(source):
@@ -286,6 +289,10 @@ _NAMES = ("Tom", "Anna", "Ben", "Maria", "Sam", "Lily", "Omar", "Mei", "Lucas", 
 _ITEMS = ("apples", "marbles", "stickers", "books", "coins", "pencils", "cookies", "shells", "cards", "stamps")
 
 # difficulty -> (steps, start range, add/sub operand range, ops, group count range, group size range, times range)
+# Level 1 is a bare sum of two digits ("What is 3 + 5?"): SmolLM2-135M-Instruct at temperature 1 with
+# the paper template scored 6/16 on it (0/16 on the one-step word-problem form). Level 2 mixes bare
+# and word forms; levels 3-5 are multi-step word problems.
+_PLAIN_FRACTION = {1: 1.0, 2: 0.5}
 _LEVELS = {
     1: (1, (1, 9), (1, 9), ("add",), None, None, None),
     2: (1, (10, 99), (10, 99), ("add", "sub"), None, None, None),
@@ -305,6 +312,12 @@ def _arith(seed: int, difficulty: int, index: int) -> tuple[str, str, int]:
         raise UserError(f"arith difficulty {difficulty}: expected an integer in 1..5")
     steps, start, operand, ops, groups, sizes, times = _LEVELS[difficulty]
     rng = random.Random(f"vespo-arith/{seed}/{difficulty}/{index}")  # str seeds hash deterministically
+    if rng.random() < _PLAIN_FRACTION.get(difficulty, 0.0):  # bare one-operation question
+        a, op = rng.randint(*start), rng.choice(ops)
+        b = rng.randint(*operand) if op == "add" else rng.randint(1, a)
+        sign = "+" if op == "add" else "-"
+        expr = f"{a} {sign} {b}"
+        return f"What is {expr}?", expr, a + b if op == "add" else a - b
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     total = rng.randint(*start)
     expr = str(total)
