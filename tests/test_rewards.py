@@ -176,3 +176,12 @@ def test_dead_workers_are_replaced_without_losing_samples():
         assert [s.correct for s in got] == [True, True, True]
         assert not any(s.timed_out for s in got)
         assert sc.stats["restarts"] >= 2
+
+
+def test_bundled_reference_answers_verify_against_themselves(scorer):
+    from vespo_cli.data import load_problems
+
+    problems = [p for name in ("aime24", "aime25", "amc23", "math500") for p in load_problems(name)]
+    responses = [f"Thus $\\boxed{{{p.answer}}}$." if i % 2 else f"...\nAnswer: {p.answer}" for i, p in enumerate(problems)]
+    got = scorer.score(responses, [p.answer for p in problems])
+    assert [p.id for p, s in zip(problems, got) if not s.correct] == []
