@@ -84,13 +84,14 @@ def scorer():
         yield sc
 
 
-def test_pool_matches_in_process(scorer):
+def test_pool_matches_in_process():
     responses = [c[0] for c in CASES]
     references = [c[1] for c in CASES]
-    got = scorer.score(responses, references)
+    with RewardScorer(workers=2, timeout_s=60.0) as scorer:  # generous: a loaded machine is not a timeout
+        got = scorer.score(responses, references)
     assert [s.correct for s in got] == [c[2] for c in CASES]
+        assert scorer.score([], []) == []
     assert got == [score_one(r, a) for r, a in zip(responses, references)]
-    assert scorer.score([], []) == []
 
 
 ADVERSARIAL = [
@@ -185,3 +186,13 @@ def test_bundled_reference_answers_verify_against_themselves(scorer):
     responses = [f"Thus $\\boxed{{{p.answer}}}$." if i % 2 else f"...\nAnswer: {p.answer}" for i, p in enumerate(problems)]
     got = scorer.score(responses, [p.answer for p in problems])
     assert [p.id for p, s in zip(problems, got) if not s.correct] == []
+
+
+@pytest.mark.parametrize("response, reference, correct", [
+    ("2 + 8", "10", False),  # restating the question is not an answer (no free expression extraction)
+    ("What is 2 + 8? 2 + 8", "10", False),
+    ("2 + 8 = 10", "10", True),
+    ("The answer is 1,234 apples", "1234", True),
+])
+def test_fallback_takes_the_last_number_literal(response, reference, correct):
+    assert score_one(response, reference).correct is correct

@@ -46,6 +46,7 @@ class Score:
 # --------------------------------------------------------------------------------------- extraction
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _ANSWER_RE = re.compile(r"answer\s*(?:\*\*|__)?\s*[:：]([^\n]*)", re.IGNORECASE)
 
 
@@ -151,12 +152,16 @@ def score_one(response: str, reference: str) -> Score:
     text = response[-MAX_RESPONSE_CHARS:]
     gold = list(_parse_reference(reference))
     ans = extract_answer(text)
+    if ans is None:
+        # Fallback: the last number written, as a literal. Not math-verify's free extraction, which
+        # evaluates expressions: a policy that restates "What is 2 + 8?" as "2 + 8" would score.
+        numbers = _NUMBER_RE.findall(text)
+        ans = numbers[-1].replace(",", "") if numbers else None
     if ans is not None:
         pred = mv.parse(_as_math(ans), parsing_timeout=None)
         extracted = ans
     else:
-        pred = mv.parse(text, parsing_timeout=None)
-        extracted = str(pred[-1]) if pred else ""
+        pred, extracted = [], ""
     if gold and pred:
         correct = bool(mv.verify(gold, pred, timeout_seconds=None))
     else:  # nothing parseable on one side: plain string comparison
