@@ -89,8 +89,8 @@ def test_pool_matches_in_process():
     references = [c[1] for c in CASES]
     with RewardScorer(workers=2, timeout_s=60.0) as scorer:  # generous: a loaded machine is not a timeout
         got = scorer.score(responses, references)
-    assert [s.correct for s in got] == [c[2] for c in CASES]
         assert scorer.score([], []) == []
+    assert [s.correct for s in got] == [c[2] for c in CASES]
     assert got == [score_one(r, a) for r, a in zip(responses, references)]
 
 
