@@ -19,10 +19,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from .data import PAPER_TEMPLATE
 from .errors import UserError
 
 PRESETS_DIR = Path(os.environ.get("VESPO_PRESETS", Path(__file__).resolve().parent.parent / "presets"))
-PAPER_TEMPLATE = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 
 
 @dataclass

@@ -75,6 +75,17 @@ def build_messages(problem: Problem, template: str) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
+def encode_prompt(tokenizer, problem: Problem, template: str, max_prompt_tokens: int | None = None) -> list[int]:
+    """Chat-template token ids of one problem; longer than `max_prompt_tokens` is a user error."""
+    ids = tokenizer.apply_chat_template(build_messages(problem, template), add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys"):  # transformers may return a BatchEncoding
+        ids = ids["input_ids"]
+    ids = [int(t) for t in ids]
+    if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+        raise UserError(f"prompt {problem.id}: {len(ids)} tokens > data.max_prompt_tokens={max_prompt_tokens}")
+    return ids
+
+
 def load_problems(
     source: str,
     *,

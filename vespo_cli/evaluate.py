@@ -12,7 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .data import EVAL_SETS, Problem, build_messages, canonical_source, load_problems
+from .data import EVAL_SETS, canonical_source, encode_prompt, load_problems
 from .errors import UserError
 
 CI_METHOD = "percentile bootstrap over problems, 2000 resamples, seed 0, 95%"
@@ -194,16 +194,6 @@ def default_k(source: str) -> int:
     return EVAL_SETS.get(canonical_source(source), 1)
 
 
-def _encode(tokenizer, problem: Problem, template: str, max_prompt_tokens: int | None) -> list[int]:
-    ids = tokenizer.apply_chat_template(build_messages(problem, template), add_generation_prompt=True, tokenize=True)
-    if hasattr(ids, "keys"):  # transformers may return a BatchEncoding
-        ids = ids["input_ids"]
-    ids = [int(t) for t in ids]
-    if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
-        raise UserError(f"prompt {problem.id}: {len(ids)} tokens > data.max_prompt_tokens={max_prompt_tokens}")
-    return ids
-
-
 def run_eval(
     engine,
     tokenizer,
@@ -237,7 +227,7 @@ def run_eval(
         rows: list[dict] = []
         for start in range(0, len(problems), chunk_prompts):
             chunk = problems[start:start + chunk_prompts]
-            prompts = [_encode(tokenizer, p, template, max_prompt_tokens) for p in chunk]
+            prompts = [encode_prompt(tokenizer, p, template, max_prompt_tokens) for p in chunk]
             s = sampling
             if getattr(sampling, "seed", None) is not None:
                 s = dataclasses.replace(sampling, seed=sampling.seed + 1_000_003 * (start // chunk_prompts))

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..config import Config, load_run_config, save_config
-from ..data import Problem, build_messages, load_problems
+from ..data import Problem, arith_problem, encode_prompt, load_problems
 from ..errors import UserError
 from ..shards import list_shards, shard_name, write_shard
 from .base import Sampling
@@ -49,8 +49,8 @@ def _problem_pool(source: str, seed: int, difficulty: int, shuffle: bool) -> tup
 def prompt_chunk(cfg: Config, start: int, size: int) -> list[Problem]:
     """Problems start..start+size of the run's prompt stream (a finite dataset wraps around: epochs)."""
     d = cfg.data
-    if d.train == "arith":  # procedural: an endless deterministic stream
-        return load_problems("arith", limit=start + size, seed=cfg.trainer.seed, difficulty=d.difficulty)[start:]
+    if d.train == "arith":  # procedural: an endless deterministic stream, random access by index
+        return [arith_problem(cfg.trainer.seed, d.difficulty, i) for i in range(start, start + size)]
     pool = _problem_pool(d.train, cfg.trainer.seed, d.difficulty, d.shuffle)
     if not pool:
         raise UserError(f"data.train={d.train}: no problems")
@@ -58,17 +58,7 @@ def prompt_chunk(cfg: Config, start: int, size: int) -> list[Problem]:
 
 
 def encode_prompts(tokenizer, problems: list[Problem], template: str, max_prompt_tokens: int) -> list[list[int]]:
-    """Chat-template token ids per problem; a prompt longer than max_prompt_tokens is a user error."""
-    out = []
-    for p in problems:
-        ids = tokenizer.apply_chat_template(build_messages(p, template), add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):  # transformers may return a BatchEncoding
-            ids = ids["input_ids"]
-        ids = list(ids)
-        if len(ids) > max_prompt_tokens:
-            raise UserError(f"prompt {p.id}: {len(ids)} tokens > data.max_prompt_tokens={max_prompt_tokens}")
-        out.append(ids)
-    return out
+    return [encode_prompt(tokenizer, p, template, max_prompt_tokens) for p in problems]
 
 
 def sample_to_shard(
