@@ -306,7 +306,7 @@ def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: boo
     mode = "replay" if replay is not None else "async" if async_ else "sync"
     if cfg.algorithm.routing_replay and mode != "replay" and cfg.rollout.engine != "hf":
         raise UserError(f"algorithm.routing_replay: true needs rollout.engine=hf (only the HF engine records "
-                        f"MoE routing; got rollout.engine={cfg.rollout.engine})")
+                        f"MoE routing, see vespo_cli/routing.py; got rollout.engine={cfg.rollout.engine})")
     device = dist.init()
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
