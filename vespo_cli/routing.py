@@ -20,6 +20,13 @@ the current router logits, exactly as the model does it (softmax over all expert
 the forced k, renormalise when the router's `norm_topk_prob` is set — Mixtral always does), so the
 router still gets gradients through the gate values; only the discrete top-k is frozen.
 
+vLLM. Only the HF engine records routing. vLLM 0.32 can return it (`LLM(enable_return_routed_experts=
+True)` → `CompletionOutput.routed_experts`, [tokens, layers, top_k]; `SamplingParams(
+routed_experts_prompt_start=len(prompt) - 1)` gives exactly the rows of the convention above), but only
+with its V2 model runner (`VLLM_USE_V2_MODEL_RUNNER=1`), which needs Triton, i.e. CUDA: not on the CPU
+backend, and not wired into `rollout/vllm.py`. So `train` with `algorithm.routing_replay: true` and
+`rollout.engine: vllm` stops at start with a one-line `UserError`.
+
 Supported routers: the softmax-then-top-k routers of transformers 5 (`Qwen3MoeTopKRouter`,
 `Qwen2MoeTopKRouter`, `Qwen3NextTopKRouter`, `OlmoeTopKRouter`, `MixtralTopKRouter`). They return
 `(router_logits, top_k_weights, top_k_index)` over the flattened `batch × seq` tokens; capture and
@@ -140,7 +147,8 @@ def replay_routing(model: nn.Module, forced: torch.Tensor) -> Iterator[None]:
         raise UserError(f"routing: expert id {int(ids.max())} out of range (the model has {num_experts} experts per layer)")
     if ((forced >= 0).any(-1) != (forced >= 0).all(-1)).any():
         raise UserError("routing: a token has some but not all expert ids of a layer (negative ids)")
-    per_layer = [forced[:, :, i, :].reshape(-1, k).long() for i in range(layers)]
+    device = routers[0].weight.device
+    per_layer = [forced[:, :, i, :].reshape(-1, k).to(device=device, dtype=torch.long) for i in range(layers)]
     handles = [r.register_forward_hook(_replay_hook(per_layer[i])) for i, r in enumerate(routers)]
     try:
         yield
