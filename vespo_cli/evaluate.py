@@ -272,11 +272,19 @@ def run_eval(
     return results
 
 
-def default_eval_dir(model_path: str | Path, model_spec: str) -> Path:
-    """`<run>/eval` for a checkpoint inside `<run>/checkpoints/`, else `runs/eval/<model>`."""
+def run_checkpoint(model_path: str | Path) -> tuple[Path, int] | None:
+    """(run dir, step) when `model_path` is `<run>/checkpoints/step-K`, else None."""
     p = Path(model_path)
-    if p.parent.name == "checkpoints":
-        return p.parent.parent / "eval"
+    if p.parent.name == "checkpoints" and p.name.startswith("step-") and p.name[5:].isdigit():
+        return p.parent.parent, int(p.name[5:])
+    return None
+
+
+def default_eval_dir(model_path: str | Path, model_spec: str) -> Path:
+    """`<run>/eval/step-K` for a run's checkpoint (as during training), else `runs/eval/<model>`."""
+    ckpt = run_checkpoint(model_path)
+    if ckpt is not None:
+        return ckpt[0] / "eval" / f"step-{ckpt[1]}"
     return Path("runs") / "eval" / benchmark_name(Path(model_spec).name or model_spec)
 
 
@@ -331,4 +339,12 @@ def eval_command(cfg, benchmarks: Sequence[str], *, model: str | None = None, k:
                       f"{100 * s.get('truncated_fraction', 0):.0f}%")
     Console().print(table)
     err.print(f"results: {out_dir}")
+    ckpt = run_checkpoint(model_path)
+    if ckpt is not None:  # a run's checkpoint: its eval lines join the run's metrics
+        from .fsio import append_jsonl
+
+        for s in results.values():
+            append_jsonl(ckpt[0] / "metrics.jsonl", {"kind": "eval", "step": ckpt[1], "time": time.time(),
+                                                     **metrics_record(s)})
+        err.print(f"appended to {ckpt[0] / 'metrics.jsonl'}")
     return results
