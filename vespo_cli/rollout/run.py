@@ -218,6 +218,13 @@ def latest_published(run_dir: str | os.PathLike) -> Path | None:
     return path if path.is_dir() else None
 
 
+def _trainer_gone() -> bool:
+    """A worker spawned by `vespo train --async` (VESPO_TRAINER_PID) stops once that trainer has died
+    (killed: it never writes DONE); a resumed trainer starts its own workers."""
+    pid = os.environ.get("VESPO_TRAINER_PID", "")
+    return pid.isdigit() and os.getppid() != int(pid)
+
+
 def rollout_follow(train_run: Path, *, worker: str = "w0", overrides: list[str] = (), poll_s: float = 0.5,
                    max_shards: int | None = None) -> None:
     """Async worker: sample with the newest published checkpoint of `train_run`, forever.
@@ -238,7 +245,7 @@ def rollout_follow(train_run: Path, *, worker: str = "w0", overrides: list[str] 
     out = Path(train_run) / "rollouts"
     out.mkdir(parents=True, exist_ok=True)
     while (path := latest_published(train_run)) is None:
-        if (Path(train_run) / "DONE").exists():
+        if (Path(train_run) / "DONE").exists() or _trainer_gone():
             return
         time.sleep(poll_s)
     tokenizer = load_tokenizer(str(path), trust_remote_code=cfg.model.trust_remote_code)
@@ -251,7 +258,7 @@ def rollout_follow(train_run: Path, *, worker: str = "w0", overrides: list[str] 
     written = 0
     try:
         with RewardScorer(workers=cfg.rollout.reward_workers, timeout_s=cfg.rollout.reward_timeout_s) as scorer:
-            while not (Path(train_run) / "DONE").exists():
+            while not (Path(train_run) / "DONE").exists() and not _trainer_gone():
                 newest = latest_published(train_run)
                 if newest is not None and newest != path:
                     engine.load_weights(str(newest))

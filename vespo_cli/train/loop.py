@@ -285,7 +285,8 @@ def _spawn_workers(cfg: Config, run_dir: Path) -> list[subprocess.Popen]:
     for k in range(cfg.trainer.async_workers):
         log = open(logs / f"worker-w{k}.log", "ab")
         cmd = [sys.executable, "-m", "vespo_cli.cli", "rollout", "--follow", str(run_dir), "--worker", f"w{k}"]
-        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        env = {**os.environ, "VESPO_TRAINER_PID": str(os.getpid())}  # the worker exits if this process dies
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
     return procs
 
 
