@@ -111,8 +111,10 @@ def _reap(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
-def kill_when(args: list, cwd: Path, log: Path, condition, delay: float, timeout: float = 300.0) -> None:
-    """Run `vespo *args`; once `condition()` holds wait `delay` s, then SIGKILL the process."""
+def kill_when(args: list, cwd: Path, log: Path, condition, delay: float, timeout: float = 300.0,
+              reap: bool = True) -> subprocess.Popen:
+    """Run `vespo *args`; once `condition()` holds wait `delay` s, then SIGKILL the process (only it:
+    what it started is left to fend for itself, then killed with its process group if `reap`)."""
     with open(log, "ab") as f:
         proc = subprocess.Popen(vespo_cmd(*args), cwd=cwd, env=_env(), stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -125,8 +127,12 @@ def kill_when(args: list, cwd: Path, log: Path, condition, delay: float, timeout
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL, f"finished before the kill; log:\n{_tail(log)}"
-    finally:
+    except BaseException:
         _reap(proc)
+        raise
+    if reap:
+        _reap(proc)
+    return proc
 
 
 def run_to_end(args: list, cwd: Path, log: Path, timeout: float = 300.0) -> None:
@@ -495,20 +501,58 @@ def test_replay_of_only_bad_shards_is_a_user_error(tmp_path):
     COUNTS["bad_inputs"].append("train --replay: a directory of only bad shards")
 
 
+def follow_workers(run: Path) -> list[int]:
+    """PIDs of live `vespo rollout --follow RUN` processes (the async workers of our run)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = (p / "cmdline").read_bytes().split(b"\0")
+                if b"--follow" in argv and str(run).encode() in argv:
+                    pids.append(int(p.name))
+    return pids
+
+
 @pytest.mark.slow
-def test_async_quarantines_bad_shards_and_trains_on(tmp_path):
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc to find worker processes")
+def test_async_train_survives_sigkill_and_quarantines_bad_shards(tmp_path):
+    """`vespo train --async` with bad shards planted in rollouts/: they are moved to rollouts/quarantine/
+    and counted; the trainer is SIGKILLed after its first checkpoint, its orphaned rollout worker stops
+    by itself, the resume finishes with every consumed shard in the ledger exactly once."""
     run = tmp_path / "run"
     bad = write_bad_shards(run / "rollouts")
-    train(tiny("trainer.steps=2", "trainer.staleness=2", "trainer.max_staleness=8"), run, async_=True)
+    args = ["train", "--preset", "tiny", "--async", "--run-dir", run, "--set", "trainer.steps=4",
+            "--set", "trainer.max_staleness=8"]
+    log = tmp_path / "async.log"
+    delay = random.Random(KILL_SEED + 3).uniform(0.0, 0.3)
+    proc = kill_when(args, tmp_path, log, after_checkpoint(2)(run), delay, reap=False)
+    try:
+        deadline = time.monotonic() + 90
+        while follow_workers(run) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        orphans = follow_workers(run)
+    finally:
+        _reap(proc)
+    assert not orphans, "the async worker kept sampling after its trainer was killed"
+    steps = assert_consistent(run)
+    COUNTS["kills"].append({"chain": "async", "phase": "async: after checkpoint 2", "delay_s": round(delay, 3),
+                            "metrics_lines": len(steps), "checkpoints": ckpt_steps(run),
+                            "orphaned_workers_left": len(orphans)})
+    run_to_end(["train", "--resume", run], tmp_path, log)
+    assert not follow_workers(run)
     metrics = read_jsonl(run / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == [1, 2]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert sum(m["shards_quarantined"] for m in metrics) == len(bad)
     quarantine = run / "rollouts" / "quarantine"
     assert sorted(p.name for p in quarantine.iterdir()) == sorted(p.name for p in bad.values())
-    left = {p.name for p in list_shards(run / "rollouts")}
-    assert not left & {p.name for p in bad.values()}
-    ledger = json.loads((run / "checkpoints" / "step-2" / "trainer_state.json").read_text())["ledger"]
-    assert ledger and all(e["shard"] in left for e in ledger)
+    shards = {p.name: read_shard(p).num_rows for p in list_shards(run / "rollouts")}  # none torn
+    assert not set(shards) & {p.name for p in bad.values()}
+    state = json.loads((run / "checkpoints" / "step-4" / "trainer_state.json").read_text())
+    used = [e["shard"] for e in state["ledger"]]
+    assert used and len(used) == len(set(used)) and not set(used) & set(state["dropped"])
+    assert all(e["rows"] == shards[e["shard"]] for e in state["ledger"])  # whole shards, every row once
+    COUNTS["rows_expected"] += sum(shards[u] for u in used)
+    COUNTS["rows_consumed"] += sum(e["rows"] for e in state["ledger"])
     COUNTS["bad_inputs"] += [f"train --async: {name}" for name in bad]
 
 
