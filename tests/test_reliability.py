@@ -210,6 +210,7 @@ def kill_chain(name: str, args: list, run: Path, cwd: Path, plan: list[tuple[str
         steps = assert_consistent(run)
         COUNTS["kills"].append({"chain": name, "phase": phase, "delay_s": round(delay, 3),
                                 "metrics_lines": len(steps), "checkpoints": ckpt_steps(run),
+                                "complete_shards": len(list_shards(run / "rollouts")),
                                 "checkpoint_tmp_left": sorted(tmp_ckpts(run))})
     run_to_end(["train", "--resume", run], cwd, log)
 
