@@ -2,7 +2,15 @@
 
 Logits are computed only at response positions (the decoder's hidden states go through the LM
 head for those rows alone), and log-softmax is fused with the gather: logp = z[y] − logsumexp(z).
-The entropy metric reuses the same logsumexp, so the full softmax is materialised once, not twice.
+
+The LM head, log-softmax and gather run chunk by chunk in one autograd function
+(`head_logprobs`): a chunk of rows' logits [rows, vocab] exists only while that chunk is processed,
+in the forward and again (recomputed) in the backward, so no [num_response_tokens, vocab] tensor is
+ever kept for backward. Per chunk the forward keeps only logsumexp; the backward recomputes the
+chunk's logits and forms ∂logp/∂z = onehot(y) − softmax(z) in place. That trades one extra head
+matmul (2·N·V·d FLOPs) for ~10 fewer full passes over an fp32 [N, V] tensor and a peak memory that no
+longer grows with the number of response tokens. Under autocast the matmuls run in the autocast
+dtype exactly as `nn.Linear` would; softmax statistics are always fp32.
 """
 from __future__ import annotations
 
@@ -10,6 +18,8 @@ import torch
 from torch import nn
 
 from .batch import Microbatch
+
+CHUNK_BYTES = 32 * 2**20  # fp32 logits per chunk: 32 MiB → 170 rows at vocab 49152
 
 
 def _decoder_and_head(model: nn.Module):
@@ -21,15 +31,109 @@ def _decoder_and_head(model: nn.Module):
     return None, None
 
 
+def _is_sharded(model: nn.Module) -> bool:
+    return type(model).__name__.startswith("FSDP")
+
+
+def _chunk_rows(vocab: int) -> int:
+    return max(16, CHUNK_BYTES // (4 * vocab))
+
+
+class _HeadLogprobs(torch.autograd.Function):
+    """logp[i] = s_i[y_i] − logsumexp(s_i) with s_i = (h_i · Wᵀ + b) / τ, chunked over rows i.
+
+    Outputs (logp [N] fp32, entropy [N] fp32 or empty; entropy is not differentiable)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, inv_temp: float, compute_dtype, want_entropy: bool):
+        n, vocab = hidden.shape[0], weight.shape[0]
+        step = _chunk_rows(vocab)
+        w = weight.to(compute_dtype)
+        b = bias.to(compute_dtype) if bias is not None else None
+        logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        ent = torch.empty(n if want_entropy else 0, dtype=torch.float32, device=hidden.device)
+        for s in range(0, n, step):
+            e = min(s + step, n)
+            z = _chunk_logits(hidden[s:e], w, b, inv_temp)
+            lse_c = torch.logsumexp(z, dim=-1)
+            lse[s:e] = lse_c
+            logp[s:e] = z.gather(-1, targets[s:e, None]).squeeze(-1) - lse_c
+            if want_entropy:  # H = lse − Σ p·z, with p = exp(z − lse), in place on z's storage
+                zp = torch.exp(z - lse_c[:, None]).mul_(z)
+                ent[s:e] = lse_c - zp.sum(-1)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.inv_temp, ctx.compute_dtype = inv_temp, compute_dtype
+        ctx.mark_non_differentiable(ent)
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_ent):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        dt, inv_temp = ctx.compute_dtype, ctx.inv_temp
+        n, vocab = hidden.shape[0], weight.shape[0]
+        step = _chunk_rows(vocab)
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]
+        w = weight.to(dt)
+        b = bias.to(dt) if bias is not None else None
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if need_b else None
+        g = grad_logp.float()
+        rows = torch.arange(min(step, n), device=hidden.device)
+        for s in range(0, n, step):
+            e = min(s + step, n)
+            z = _chunk_logits(hidden[s:e], w, b, inv_temp)
+            # ∂logp/∂s = onehot(y) − softmax(s); times the upstream gradient and ∂s/∂(hWᵀ+b) = 1/τ
+            gz = torch.exp_(z.sub_(lse[s:e, None])).mul_(-g[s:e, None] * inv_temp)
+            gz[rows[: e - s], targets[s:e]] += g[s:e] * inv_temp
+            gz_dt = gz.to(dt)
+            h = hidden[s:e].to(dt)
+            if need_h:
+                grad_h[s:e] = (gz_dt @ w).to(hidden.dtype)
+            if need_w:
+                grad_w += (gz_dt.t() @ h).float()
+            if need_b:
+                grad_b += gz.sum(0)
+        return (grad_h, grad_w.to(weight.dtype) if need_w else None, grad_b.to(bias.dtype) if need_b else None,
+                None, None, None, None)
+
+
+def _chunk_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, inv_temp: float) -> torch.Tensor:
+    """fp32 logits / τ of a chunk of rows (matmul in w's dtype, like nn.Linear under autocast)."""
+    z = h.to(w.dtype) @ w.t()
+    if b is not None:
+        z += b
+    z = z.float()
+    if inv_temp != 1.0:
+        z.mul_(inv_temp)
+    return z
+
+
+def head_logprobs(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, temperature: float = 1.0,
+                  with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logp [N], entropy [N] or None) of `targets` under `head(hidden) / temperature`, chunked."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        compute_dtype = torch.get_autocast_dtype(device_type)
+    else:
+        compute_dtype = torch.promote_types(hidden.dtype, head.weight.dtype)
+    with torch.autocast(device_type, enabled=False):
+        logp, ent = _HeadLogprobs.apply(hidden, head.weight, head.bias, targets, 1.0 / temperature, compute_dtype,
+                                        with_entropy)
+    return logp, (ent if with_entropy else None)
+
+
 def response_logits(model: nn.Module, mb: Microbatch, temperature: float = 1.0) -> torch.Tensor:
-    """Logits predicting each response token: [num_response_tokens, vocab] (masked rows only)."""
+    """Logits predicting each response token: [num_response_tokens, vocab] (masked rows only).
+
+    Materialises every response row's fp32 logits: the reference path (FSDP-sharded models and
+    heads that are not a plain nn.Linear); `token_logprobs` avoids it where it can."""
     decoder, head = _decoder_and_head(model)
     # position p predicts token p+1: the rows that predict response tokens
     predict = mb.response_mask[:, 1:]
     if decoder is not None and not _is_sharded(model):
-        hidden = decoder(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
-                         position_ids=mb.position_ids, use_cache=False).last_hidden_state
-        logits = head(hidden[:, :-1][predict])
+        logits = head(_response_hidden(decoder, mb))
     else:  # the root forward (FSDP's hooks gather parameters there); logits for the response span only
         start = max(int(mb.response_mask.float().argmax(-1).min()) - 1, 0)
         out = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
@@ -41,14 +145,21 @@ def response_logits(model: nn.Module, mb: Microbatch, temperature: float = 1.0) 
     return logits
 
 
-def _is_sharded(model: nn.Module) -> bool:
-    return type(model).__name__.startswith("FSDP")
+def _response_hidden(decoder: nn.Module, mb: Microbatch) -> torch.Tensor:
+    """Final hidden states at the positions that predict response tokens: [num_response_tokens, d]."""
+    hidden = decoder(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
+                     position_ids=mb.position_ids, use_cache=False).last_hidden_state
+    return hidden[:, :-1][mb.response_mask[:, 1:]]
 
 
 def token_logprobs(model: nn.Module, mb: Microbatch, temperature: float = 1.0, with_entropy: bool = False):
     """Return (logp [b, T_resp], entropy [b, T_resp] or None) aligned with mb.response_mask_packed."""
-    logits = response_logits(model, mb, temperature)
     targets = mb.input_ids[:, 1:][mb.response_mask[:, 1:]]
+    decoder, head = _decoder_and_head(model)
+    if decoder is not None and not _is_sharded(model) and type(head) is nn.Linear:
+        flat_logp, flat_ent = head_logprobs(_response_hidden(decoder, mb), head, targets, temperature, with_entropy)
+        return mb.unflatten(flat_logp), (mb.unflatten(flat_ent) if with_entropy else None)
+    logits = response_logits(model, mb, temperature)
     lse = torch.logsumexp(logits, dim=-1)
     flat_logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
     entropy = None

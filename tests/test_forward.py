@@ -1,0 +1,121 @@
+"""train/forward.py: the chunked LM-head log-softmax gather gives the same log-probs, entropies and
+gradients as a plain `log_softmax(model(...).logits)` gather, in fp32 and under bf16 autocast."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vespo_cli.train import forward
+from vespo_cli.train.batch import Rows, make_microbatch
+from vespo_cli.train.forward import head_logprobs, token_logprobs
+
+VOCAB = 300
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """Chunks of 16 rows: every test below spans several chunks and a ragged last one."""
+    monkeypatch.setattr(forward, "CHUNK_BYTES", 16 * 4 * VOCAB)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_llama(tie: bool = True):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=tie)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).float()
+
+
+def rows(seed: int = 0, n: int = 6) -> Rows:
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, VOCAB, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist()
+               for _ in range(n)]
+    responses = [torch.randint(3, VOCAB, (int(torch.randint(1, 20, (1,), generator=g)),), generator=g).tolist()
+                 for _ in range(n)]
+    return Rows(prompts, responses, [None] * n, torch.zeros(n), torch.zeros(n, dtype=torch.bool),
+                [str(i) for i in range(n)], torch.zeros(n, dtype=torch.long), ["s"] * n)
+
+
+def reference(model, mb, temperature=1.0):
+    """Plain full-vocabulary log_softmax of the model's own logits, gathered at response tokens."""
+    logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
+                   use_cache=False).logits.float() / temperature
+    logp_all = torch.log_softmax(logits[:, :-1], dim=-1)
+    predict = mb.response_mask[:, 1:]
+    targets = mb.input_ids[:, 1:][predict]
+    flat = logp_all[predict].gather(-1, targets[:, None]).squeeze(-1)
+    ent = -(logp_all[predict].exp() * logp_all[predict]).sum(-1)
+    return mb.unflatten(flat), mb.unflatten(ent.detach())
+
+
+def grads(model, loss):
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("tie", [True, False])
+def test_fp32_matches_plain_log_softmax(temperature, tie):
+    model = tiny_llama(tie)
+    r = rows()
+    mb = make_microbatch(r, list(range(len(r))))
+    assert mb.num_tokens > 3 * 16  # several chunks
+    weights = torch.randn(mb.mask.shape, generator=torch.Generator().manual_seed(1)) * mb.mask
+
+    logp, ent = token_logprobs(model, mb, temperature, with_entropy=True)
+    g = grads(model, (logp * weights).sum())
+    ref_logp, ref_ent = reference(model, mb, temperature)
+    g_ref = grads(model, (ref_logp * weights).sum())
+
+    torch.testing.assert_close(logp, ref_logp, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent, ref_ent, rtol=1e-5, atol=1e-5)
+    assert (logp[~mb.mask] == 0).all() and (ent[~mb.mask] == 0).all()
+    assert set(g) == set(g_ref)
+    for k in g_ref:
+        torch.testing.assert_close(g[k], g_ref[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_bf16_autocast_matches_plain_log_softmax():
+    """Under autocast the head matmul is bf16 like nn.Linear's; log-probs agree to bf16 precision and
+    gradients keep the parameters' fp32 dtype."""
+    model = tiny_llama()
+    r = rows(seed=3)
+    mb = make_microbatch(r, list(range(len(r))))
+    weights = torch.randn(mb.mask.shape, generator=torch.Generator().manual_seed(2)) * mb.mask
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logp, _ = token_logprobs(model, mb)
+        g = grads(model, (logp * weights).sum())
+        ref_logp, _ = reference(model, mb)
+        g_ref = grads(model, (ref_logp * weights).sum())
+    assert logp.dtype == torch.float32
+    torch.testing.assert_close(logp, ref_logp, rtol=0, atol=2e-2)
+    for k in g_ref:
+        assert g[k].dtype == torch.float32
+        rel = (g[k] - g_ref[k]).norm() / g_ref[k].norm().clamp_min(1e-12)
+        assert rel < 2e-2, k
+
+
+def test_head_logprobs_with_bias_and_no_grad():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(24, VOCAB, bias=True)
+    hidden = torch.randn(70, 24, requires_grad=True)
+    targets = torch.randint(0, VOCAB, (70,))
+    logp, ent = head_logprobs(hidden, head, targets, temperature=1.3, with_entropy=True)
+    g = torch.autograd.grad(logp.sum(), [hidden, head.weight, head.bias])
+    ref_all = torch.log_softmax(head(hidden) / 1.3, -1)
+    ref = ref_all.gather(-1, targets[:, None]).squeeze(-1)
+    g_ref = torch.autograd.grad(ref.sum(), [hidden, head.weight, head.bias])
+    torch.testing.assert_close(logp, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent, -(ref_all.exp() * ref_all).sum(-1).detach(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        again, none = head_logprobs(hidden, head, targets, temperature=1.3)
+    assert none is None and torch.equal(again, logp.detach())
