@@ -42,10 +42,35 @@ RUN_NAME = re.compile(r"^(?P<label>.+)-N(?P<n>\d+)-s(?P<seed>\d+)$")
 
 
 def train(cfg, run_dir: Path, *, replay: Optional[Path] = None, resume: bool = False) -> dict:
-    """The trainer (imported lazily: reporting needs no torch). Tests replace this name."""
+    """Run the trainer in a child process (tests replace this name).
+
+    One process per run: a long sweep does not accumulate engine and allocator memory, and a run
+    that dies (OOM, a crash in a native library) fails alone, with its exit code, and can be resumed."""
+    import subprocess
+    import sys
+
+    from .config import dump_yaml
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(dump_yaml(cfg))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vespo_cli.compare", f.name, str(run_dir),
+                               str(replay) if replay else "", "1" if resume else "0"])
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise UserError(f"{run_dir}: training exited with code {proc.returncode}; "
+                        f"rerun the same compare to resume it")
+    return {}
+
+
+def _train_child(config_path: str, run_dir: str, replay: str, resume: str) -> None:
+    """Child side of `train`: the resolved config from a YAML file, then the trainer in-process."""
+    from .config import Config, from_dict
     from .train.loop import train as run_train
 
-    return run_train(cfg, run_dir, replay=replay, resume=resume)
+    cfg = from_dict(Config, yaml.safe_load(Path(config_path).read_text()))
+    run_train(cfg, Path(run_dir), replay=Path(replay) if replay else None, resume=resume == "1")
 
 
 # --------------------------------------------------------------------------- pure metrics functions
@@ -795,3 +820,13 @@ def _plot_eval(plt, runs, groups, ns, colors, out: Path) -> dict:
     _save(fig, out / "eval.png")
     plt.close(fig)
     return {"file": "eval.png", "title": "Eval accuracy"}
+
+
+if __name__ == "__main__":  # `python -m vespo_cli.compare CONFIG RUN_DIR REPLAY RESUME` (see `train`)
+    import sys as _sys
+
+    try:
+        _train_child(*_sys.argv[1:5])
+    except UserError as e:
+        print(f"error: {e}", file=_sys.stderr)
+        _sys.exit(2)
