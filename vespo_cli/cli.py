@@ -209,7 +209,7 @@ def inspect(path: Path = typer.Argument(..., help="A shard directory (or a run d
     table.add_row("finish reasons", ", ".join(f"{k}: {c}" for k, c in s["finish_reasons"].items()))
     console.print(table)
     for b in s["bad_shards"]:
-        err_console.print(f"[yellow]bad shard:[/] {b}", highlight=False)
+        err_console.print(f"[yellow]bad shard:[/] {escape(b)}", highlight=False, soft_wrap=True)
 
 
 @app.command()

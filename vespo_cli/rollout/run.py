@@ -164,6 +164,10 @@ def rollout_once(cfg: Config, run_dir: Path, *, model: str | None, num_prompts: 
     if not todo:
         console.print(f"all {len(chunks)} shards already in {out}")
         return out
+    if cfg.trainer.threads:
+        import torch
+
+        torch.set_num_threads(cfg.trainer.threads)  # before the engine: vLLM binds threads at start
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
     engine = open_engine(cfg, model_path)
     run_id = Path(run_dir).name
