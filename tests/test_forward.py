@@ -14,8 +14,10 @@ VOCAB = 300
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
-    """Chunks of 16 rows: every test below spans several chunks and a ragged last one."""
+    """Chunks of 16 rows, ∂W blocks of 32 (fp32) / 80 (bf16) rows: every test below spans several
+    chunks and blocks, with ragged last ones."""
     monkeypatch.setattr(forward, "CHUNK_BYTES", 16 * 4 * VOCAB)
+    monkeypatch.setattr(forward, "GRAD_BLOCK_BYTES", 40 * 4 * VOCAB)  # ∂W in blocks of 32 rows (fp32)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -119,3 +121,18 @@ def test_head_logprobs_with_bias_and_no_grad():
     with torch.no_grad():
         again, none = head_logprobs(hidden, head, targets, temperature=1.3)
     assert none is None and torch.equal(again, logp.detach())
+
+
+def test_decoder_inputs_drop_the_mask_only_for_right_padding():
+    r = rows(seed=5)
+    mb = make_microbatch(r, list(range(len(r))))
+    inputs = forward.decoder_inputs(mb)
+    assert inputs["attention_mask"] is None
+    L = mb.input_ids.shape[1]
+    assert torch.equal(inputs["position_ids"][mb.attention_mask.bool()], mb.position_ids[mb.attention_mask.bool()])
+    assert torch.equal(inputs["position_ids"][0], torch.arange(L))
+    left = torch.ones_like(mb.attention_mask)
+    left[0, 0] = 0  # a left-padded row keeps the mask and the caller's positions
+    mb.attention_mask = left
+    inputs = forward.decoder_inputs(mb)
+    assert inputs["attention_mask"] is left and inputs["position_ids"] is mb.position_ids

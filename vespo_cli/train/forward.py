@@ -4,13 +4,16 @@ Logits are computed only at response positions (the decoder's hidden states go t
 head for those rows alone), and log-softmax is fused with the gather: logp = z[y] − logsumexp(z).
 
 The LM head, log-softmax and gather run chunk by chunk in one autograd function
-(`head_logprobs`): a chunk of rows' logits [rows, vocab] exists only while that chunk is processed,
-in the forward and again (recomputed) in the backward, so no [num_response_tokens, vocab] tensor is
-ever kept for backward. Per chunk the forward keeps only logsumexp; the backward recomputes the
-chunk's logits and forms ∂logp/∂z = onehot(y) − softmax(z) in place. That trades one extra head
-matmul (2·N·V·d FLOPs) for ~10 fewer full passes over an fp32 [N, V] tensor and a peak memory that no
-longer grows with the number of response tokens. Under autocast the matmuls run in the autocast
-dtype exactly as `nn.Linear` would; softmax statistics are always fp32.
+(`head_logprobs`), so the fp32 [num_response_tokens, vocab] logits are never materialised: the
+forward keeps only logsumexp per row (and the head weight cast once to the compute dtype); the
+backward recomputes each chunk's logits, forms ∂logp/∂z = onehot(y) − softmax(z) in place, and
+collects ∂z in the compute dtype (2 bytes per logit under bf16, in blocks of at most
+GRAD_BLOCK_BYTES) for one ∂W matmul per block. That trades one extra head matmul (2·N·V·d FLOPs)
+for ~10 fewer passes over an fp32 [N, V] tensor and 12 → ≤2 bytes per logit of peak memory. Under
+autocast the matmuls run in the autocast dtype exactly as `nn.Linear` would; softmax statistics
+are fp32.
+
+The decoder runs without an attention mask on right-padded microbatches (`decoder_inputs`).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from torch import nn
 from .batch import Microbatch
 
 CHUNK_BYTES = 32 * 2**20  # fp32 logits per chunk: 32 MiB → 170 rows at vocab 49152
+GRAD_BLOCK_BYTES = 256 * 2**20  # backward: ∂z rows (compute dtype) gathered for one ∂W matmul: 2730 rows in bf16
 
 
 def _decoder_and_head(model: nn.Module):
@@ -48,7 +52,7 @@ class _HeadLogprobs(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, inv_temp: float, compute_dtype, want_entropy: bool):
         n, vocab = hidden.shape[0], weight.shape[0]
         step = _chunk_rows(vocab)
-        w = weight.to(compute_dtype)
+        w = weight.to(compute_dtype)  # kept for backward: one cast of the head per forward+backward
         b = bias.to(compute_dtype) if bias is not None else None
         logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
         lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
@@ -59,44 +63,48 @@ class _HeadLogprobs(torch.autograd.Function):
             lse_c = torch.logsumexp(z, dim=-1)
             lse[s:e] = lse_c
             logp[s:e] = z.gather(-1, targets[s:e, None]).squeeze(-1) - lse_c
-            if want_entropy:  # H = lse − Σ p·z, with p = exp(z − lse), in place on z's storage
-                zp = torch.exp(z - lse_c[:, None]).mul_(z)
-                ent[s:e] = lse_c - zp.sum(-1)
-        ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        ctx.inv_temp, ctx.compute_dtype = inv_temp, compute_dtype
+            if want_entropy:  # H = lse − Σ p·z with p = exp(z − lse)
+                ent[s:e] = lse_c - torch.exp(z - lse_c[:, None]).mul_(z).sum(-1)
+        ctx.save_for_backward(hidden, w, b, targets, lse)
+        ctx.inv_temp, ctx.weight_dtype = inv_temp, weight.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.mark_non_differentiable(ent)
         return logp, ent
 
     @staticmethod
     def backward(ctx, grad_logp, _grad_ent):
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
-        dt, inv_temp = ctx.compute_dtype, ctx.inv_temp
-        n, vocab = hidden.shape[0], weight.shape[0]
+        hidden, w, b, targets, lse = ctx.saved_tensors
+        inv_temp = ctx.inv_temp
+        n, vocab = hidden.shape[0], w.shape[0]
         step = _chunk_rows(vocab)
-        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]
-        w = weight.to(dt)
-        b = bias.to(dt) if bias is not None else None
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = b is not None and ctx.needs_input_grad[2]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if need_b else None
-        g = grad_logp.float()
-        rows = torch.arange(min(step, n), device=hidden.device)
-        for s in range(0, n, step):
-            e = min(s + step, n)
-            z = _chunk_logits(hidden[s:e], w, b, inv_temp)
-            # ∂logp/∂s = onehot(y) − softmax(s); times the upstream gradient and ∂s/∂(hWᵀ+b) = 1/τ
-            gz = torch.exp_(z.sub_(lse[s:e, None])).mul_(-g[s:e, None] * inv_temp)
-            gz[rows[: e - s], targets[s:e]] += g[s:e] * inv_temp
-            gz_dt = gz.to(dt)
-            h = hidden[s:e].to(dt)
-            if need_h:
-                grad_h[s:e] = (gz_dt @ w).to(hidden.dtype)
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_w else None
+        grad_b = torch.zeros(vocab, dtype=torch.float32, device=w.device) if need_b else None
+        g = grad_logp.float() * inv_temp
+        h_all = hidden.to(w.dtype)
+        block = max(step, GRAD_BLOCK_BYTES // (w.element_size() * vocab)) // step * step
+        for bs in range(0, n, block):  # ∂W for a block of rows in one matmul, from its ∂z in the compute dtype
+            be = min(bs + block, n)
+            gz_block = torch.empty((be - bs, vocab), dtype=w.dtype, device=w.device) if need_w else None
+            for s in range(bs, be, step):
+                e = min(s + step, be)
+                z = _chunk_logits(h_all[s:e], w, b, inv_temp)
+                # ∂logp/∂s = onehot(y) − softmax(s), times the upstream gradient and ∂s/∂(hWᵀ+b) = 1/τ
+                gz = torch.exp_(z.sub_(lse[s:e, None])).mul_(-g[s:e, None])
+                gz[torch.arange(e - s, device=gz.device), targets[s:e]] += g[s:e]
+                if need_b:
+                    grad_b += gz.sum(0)
+                gz_c = gz.to(w.dtype)
+                if need_h:
+                    grad_h[s:e] = gz_c @ w
+                if need_w:
+                    gz_block[s - bs:e - bs] = gz_c
             if need_w:
-                grad_w += (gz_dt.t() @ h).float()
-            if need_b:
-                grad_b += gz.sum(0)
-        return (grad_h, grad_w.to(weight.dtype) if need_w else None, grad_b.to(bias.dtype) if need_b else None,
-                None, None, None, None)
+                grad_w += gz_block.t() @ h_all[bs:be]
+        return (grad_h, grad_w.to(ctx.weight_dtype) if need_w else None,
+                grad_b.to(ctx.bias_dtype) if need_b else None, None, None, None, None)
 
 
 def _chunk_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, inv_temp: float) -> torch.Tensor:
@@ -145,10 +153,26 @@ def response_logits(model: nn.Module, mb: Microbatch, temperature: float = 1.0) 
     return logits
 
 
+def decoder_inputs(mb: Microbatch) -> dict:
+    """input_ids / attention_mask / position_ids for the decoder.
+
+    When every row is right-padded (tokens first, padding after: `make_microbatch`'s layout) the mask
+    is dropped and positions run on through the padding: plain causal attention gives every real token
+    exactly the keys and positions the padding mask would (all earlier tokens are real), and SDPA takes
+    its mask-free causal kernel, which skips the masked half instead of reading a [b, 1, L, L] mask
+    (transformers builds one whenever a mask has a zero or positions do not step by one, as they don't
+    over padding). Padding positions then see real tokens, but nothing reads their outputs."""
+    m = mb.attention_mask
+    b, L = m.shape
+    if L > 1 and bool((m[:, 1:] <= m[:, :-1]).all()) and bool((m[:, 0] == 1).all()):
+        pos = torch.arange(L, device=m.device).expand(b, L)
+        return {"input_ids": mb.input_ids, "attention_mask": None, "position_ids": pos}
+    return {"input_ids": mb.input_ids, "attention_mask": m, "position_ids": mb.position_ids}
+
+
 def _response_hidden(decoder: nn.Module, mb: Microbatch) -> torch.Tensor:
     """Final hidden states at the positions that predict response tokens: [num_response_tokens, d]."""
-    hidden = decoder(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
-                     position_ids=mb.position_ids, use_cache=False).last_hidden_state
+    hidden = decoder(**decoder_inputs(mb), use_cache=False).last_hidden_state
     return hidden[:, :-1][mb.response_mask[:, 1:]]
 
 
