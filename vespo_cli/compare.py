@@ -754,7 +754,7 @@ def plot_all(runs: Sequence[Loaded], groups: dict, out: Path, window: int) -> li
                     ax.set_title(f"N = {n}")
                 if row == len(panels) - 1:
                     ax.set_xlabel("optimizer step")
-                if row == 0 and col == 0 and ax.get_legend_handles_labels()[0]:
+                if row == 0 and ax.get_legend_handles_labels()[0]:  # each column: its own algorithms
                     ax.legend(fontsize="small")
         fig.suptitle(f"{title} (moving average over {window} steps; faint: raw)", fontsize="medium")
         _save(fig, out / fname)
@@ -814,7 +814,7 @@ def _plot_eval(plt, runs, groups, ns, colors, out: Path) -> dict:
                 ax.set_title(f"N = {n}")
             if row == len(benches) - 1:
                 ax.set_xlabel("optimizer step")
-            if row == 0 and col == 0 and ax.get_legend_handles_labels()[0]:
+            if row == 0 and ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize="small")
     fig.suptitle("Eval accuracy (mean over seeds; bars: 95% interval)", fontsize="medium")
     _save(fig, out / "eval.png")
