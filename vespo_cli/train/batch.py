@@ -2,7 +2,7 @@
 
 A rollout batch is gbs prompt groups (n samples each). It is split into N = gbs/mbs minibatches of
 whole groups; each minibatch becomes one optimizer step. A minibatch is cut into microbatches by a
-token budget after sorting rows by length, so padding never exceeds a microbatch's longest row.
+token budget after sorting rows by length, where cutting minimises padding (`plan_microbatches`).
 """
 from __future__ import annotations
 
@@ -113,21 +113,37 @@ def make_microbatch(rows: Rows, idx: list[int], pad_id: int = 0) -> Microbatch:
     return Microbatch(idx, input_ids, attention, position_ids, response, mask, routing)
 
 
+MICROBATCH_OVERHEAD_TOKENS = 256  # fixed cost of one more microbatch (weight casts, per-op launches), in padded tokens
+MAX_ROWS_PER_MICROBATCH = 1024  # bounds the planner's search (rows per microbatch)
+
+
 def plan_microbatches(rows: Rows, idx: list[int], token_budget: int) -> list[list[int]]:
-    """Group row indices into microbatches of at most `token_budget` padded tokens (longest first)."""
+    """Group row indices into microbatches of at most `token_budget` padded tokens (longest first).
+
+    Rows are sorted longest first and cut into contiguous runs (a microbatch is padded to its first
+    row's length); the cuts minimise padded tokens + MICROBATCH_OVERHEAD_TOKENS per microbatch by
+    dynamic programming, so a few long rows no longer pad many short ones to their length. A row
+    longer than the budget is a microbatch of its own."""
     length = {i: len(rows.prompt_ids[i]) + len(rows.response_ids[i]) for i in idx}
     order = sorted(idx, key=lambda i: -length[i])
+    widths = [length[i] for i in order]
+    n = len(order)
+    cost = [0.0] + [float("inf")] * n  # cost[j]: best plan for the first j rows
+    start = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j - 1, max(j - MAX_ROWS_PER_MICROBATCH, 0) - 1, -1):  # last microbatch = order[i:j]
+            size = j - i
+            if size > 1 and size * widths[i] > token_budget:
+                break  # earlier i: wider and more rows
+            c = cost[i] + size * widths[i] + MICROBATCH_OVERHEAD_TOKENS
+            if c < cost[j]:
+                cost[j], start[j] = c, i
     out: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:
-        # rows arrive longest first: the current microbatch's padded width is its first row's length
-        if cur and (len(cur) + 1) * length[cur[0]] > token_budget:
-            out.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        out.append(cur)
-    return out
+    j = n
+    while j > 0:
+        out.append(order[start[j]:j])
+        j = start[j]
+    return out[::-1]
 
 
 def padded(values: list[list[float] | None], idx: list[int], T: int, fill: float = float("nan")) -> torch.Tensor:
