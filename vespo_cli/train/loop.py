@@ -184,8 +184,9 @@ def old_logprobs(model, rows: Rows, cfg: Config) -> list[torch.Tensor]:
 
 
 def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], advantages: torch.Tensor,
-                   old_lp: list[torch.Tensor], cfg: Config) -> dict:
-    """One optimizer step on minibatch `idx` with exact gradient accumulation over microbatches."""
+                   old_lp: list[torch.Tensor] | None, cfg: Config) -> dict:
+    """One optimizer step on minibatch `idx` with exact gradient accumulation over microbatches.
+    `old_lp` None: on-policy, the proximal log-probs are this forward's own, detached."""
     model.train()
     algo = cfg.algorithm
     params = dict(algo.params)
@@ -198,9 +199,12 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
     ent_sum = tok = 0.0
     for mb, logp, ent in compute_logprobs(model, rows, idx, cfg, with_entropy=True, grad=True):
         T = mb.mask.shape[1]
-        old = torch.zeros((len(mb.rows), T))
-        for r, i in enumerate(mb.rows):
-            old[r, : len(old_lp[i])] = old_lp[i]
+        if old_lp is None:
+            old = logp.detach()
+        else:
+            old = torch.zeros((len(mb.rows), T))
+            for r, i in enumerate(mb.rows):
+                old[r, : len(old_lp[i])] = old_lp[i]
         roll = padded(rows.rollout_logprobs, mb.rows, T)
         roll = torch.where(mb.mask, roll, torch.zeros_like(roll))  # NaN (engine gave none) only on tokens
         adv = advantages[mb.rows]
@@ -502,10 +506,12 @@ def _train_on_batch(cfg: Config, model, optimizer, scheduler, batch: RolloutBatc
         if any(rows.rollout_logprobs[i] is None for i in owned):
             raise UserError("trainer.old_logp=rollout: a shard has no rollout_logprobs (engine gave none)")
         old_lp_owned = [torch.tensor(rows.rollout_logprobs[i], dtype=torch.float32) for i in owned]
+    elif len(minibatches) == 1:  # on-policy (N = 1): the weights being trained are the proximal policy, so
+        old_lp_owned = None      # its log-probs come from the training forward itself (no second forward)
     else:
         old_lp_owned = old_logprobs(model, rows.select(owned), cfg)
-    old_lp: list[torch.Tensor] = [torch.zeros(0)] * len(rows)
-    for j, i in enumerate(owned):
+    old_lp: list[torch.Tensor] | None = None if old_lp_owned is None else [torch.zeros(0)] * len(rows)
+    for j, i in enumerate(owned if old_lp is not None else []):
         old_lp[i] = old_lp_owned[j]
     logprob_s = time.perf_counter() - t0
     counts: dict[str, int] = {}
