@@ -2,6 +2,8 @@
 so only the first run pays for building them (tiny: ~10 s; smollm2-135m conversion: ~30 s)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import os
 import tempfile
 
@@ -48,3 +50,21 @@ def chat_prompts(tokenizer) -> list[list[int]]:
                                            return_dict=True)["input_ids"])
         for q in questions
     ]
+
+
+def redraw_rewards(src: Path, out: Path, seed: int = 0) -> Path:
+    """Copy the shards of `src` to `out` with random 0/1 rewards, so advantages are non-zero (a random
+    tiny model never answers arithmetic right; tests of the trainer need a gradient, not a reward)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from vespo_cli.shards import list_shards, read_shard, write_shard
+
+    rng = np.random.default_rng(seed)
+    for f in list_shards(src):
+        t = read_shard(f)
+        reward = rng.integers(0, 2, t.num_rows).astype(np.float32)
+        t = t.set_column(t.schema.get_field_index("reward"), "reward", pa.array(reward, pa.float32()))
+        t = t.set_column(t.schema.get_field_index("correct"), "correct", pa.array(reward > 0))
+        write_shard(t, out / f.name)
+    return out

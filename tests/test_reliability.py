@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import redraw_rewards
 import torch
 from typer.testing import CliRunner
 
@@ -247,15 +248,8 @@ def sync_ref(tmp_path_factory) -> Path:
 def replay_shards(tmp_path_factory, sync_ref) -> Path:
     """The reference run's shards (one per rollout batch) with re-drawn random rewards, so gradients
     are non-zero (the random model never answers right), plus one truncated shard to be skipped."""
-    out = tmp_path_factory.mktemp("replay-shards")
-    rng = np.random.default_rng(0)
-    for f in list_shards(sync_ref / "rollouts"):
-        t = read_shard(f)
-        reward = rng.integers(0, 2, t.num_rows).astype(np.float32)
-        t = t.set_column(t.schema.get_field_index("reward"), "reward", pa.array(reward, pa.float32()))
-        t = t.set_column(t.schema.get_field_index("correct"), "correct", pa.array(reward > 0))
-        write_shard(t, out / f.name)
-    data = f.read_bytes()
+    out = redraw_rewards(sync_ref / "rollouts", tmp_path_factory.mktemp("replay-shards"))
+    data = list_shards(out)[-1].read_bytes()
     (out / "v000001-torn-000000.parquet").write_bytes(data[: len(data) // 2])
     return out
 

@@ -13,9 +13,11 @@ import torch
 from vespo_cli.config import list_presets, load_config
 from vespo_cli.errors import UserError
 from vespo_cli.fsio import read_jsonl
-from vespo_cli.shards import list_shards, read_shard, write_shard
+from vespo_cli.shards import list_shards, read_shard
 from vespo_cli.train.batch import make_microbatch, plan_microbatches, rows_from_table, split_minibatches
 from vespo_cli.train.loop import train
+
+from conftest import redraw_rewards
 
 VOLATILE = {"time", "rollout_s", "logprob_s", "train_s", "tokens_per_s", "sync_s"}
 
@@ -46,15 +48,7 @@ def replay_dir(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("sampled")
     cfg = tiny("trainer.steps=2", "trainer.minibatch_prompts=4", "trainer.staleness=2")
     train(cfg, run)
-    out = tmp_path_factory.mktemp("replay")
-    rng = np.random.default_rng(0)
-    for f in list_shards(run / "rollouts"):
-        t = read_shard(f)
-        reward = rng.integers(0, 2, t.num_rows).astype(np.float32)
-        t = t.set_column(t.schema.get_field_index("reward"), "reward", pa.array(reward, pa.float32()))
-        t = t.set_column(t.schema.get_field_index("correct"), "correct", pa.array(reward > 0))
-        write_shard(t, out / f.name)
-    return out
+    return redraw_rewards(run / "rollouts", tmp_path_factory.mktemp("replay"))
 
 
 def test_sync_run_writes_shards_metrics_and_loadable_checkpoints(tmp_path):

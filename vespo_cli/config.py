@@ -267,6 +267,11 @@ def load_config(
                     merged["algorithm"]["params"] = {}
                 objective_set = True
             _merge(merged, {"algorithm": layer}, origin, source)
+    return _finish(merged, origin, overrides)
+
+
+def _finish(merged: dict, origin: dict[str, str], overrides) -> Config:
+    """Apply `--set` overrides, then type and validate the merged mapping."""
     for item in overrides:
         key, value = parse_override(item)
         _merge(merged, _nest(key, value), origin, f"--set {item}")
@@ -283,12 +288,7 @@ def load_run_config(run_dir: str | os.PathLike, overrides: list[str] | tuple[str
     origin: dict[str, str] = {}
     merged: dict = {}
     _merge(merged, _read_yaml(path), origin, str(path))
-    for item in overrides:
-        key, value = parse_override(item)
-        _merge(merged, _nest(key, value), origin, f"--set {item}")
-    cfg = from_dict(Config, merged, origin)
-    validate(cfg, origin)
-    return cfg
+    return _finish(merged, origin, overrides)
 
 
 # --------------------------------------------------------------------------- typing
