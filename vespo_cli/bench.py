@@ -55,7 +55,7 @@ def sizes(quick: bool) -> dict:
     return dict(model="smollm2-135m", e2e_rounds=4, e2e_prompts=2, e2e_n=8, e2e_tokens=128, trl=True,
                 train_rows=2, train_prompt=128, train_response=896, train_rounds=3, matmul_n=2048, matmul_window_s=2.0,
                 rollout_prompts=8, rollout_n=8, rollout_tokens=128, rollout_rounds=2, publish_repeats=3,
-                obj_B=256, obj_T=4096, obj_repeats=9)
+                obj_B=256, obj_T=4096, obj_repeats=21)
 
 
 def vespo_overrides(sz: dict) -> list[str]:
@@ -508,8 +508,11 @@ def worker_trl(argv: list[str], quick: bool) -> None:
             send({"step_s": step_s, "reward": last["reward"], "completion_mean_length": last["completions/mean_length"],
                   "load_avg": os.getloadavg()[0]})
 
+    extra = {}
+    if os.environ.get("VESPO_BENCH_TRL_GC"):  # one-off comparisons; default: TRL's own (gradient checkpointing on)
+        extra["gradient_checkpointing"] = os.environ["VESPO_BENCH_TRL_GC"] == "1"
     args = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="vespo-bench-trl-"), per_device_train_batch_size=per_step * sz["e2e_n"],
+        **extra, output_dir=tempfile.mkdtemp(prefix="vespo-bench-trl-"), per_device_train_batch_size=per_step * sz["e2e_n"],
         num_generations=sz["e2e_n"], max_completion_length=sz["e2e_tokens"], max_steps=rounds,
         learning_rate=cfg.trainer.lr, bf16=True, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
         shuffle_dataset=False, seed=cfg.trainer.seed, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
