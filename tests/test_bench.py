@@ -12,8 +12,9 @@ from vespo_cli import bench
 
 def test_train_flops_closed_form():
     shape = {"decoder_params": 100, "head_params": 10, "layers": 2, "attn_width": 4}
-    # 6·100·(3+5) + 6·10·(1+2) + 6·2·4·(3² + 5²)
-    assert bench.train_flops(shape, [3, 5], [1, 2]) == 4800 + 180 + 1632
+    # 6·100·(3+5) + 6·10·(1+2) + 12·2·4·(3² + 5²); the causal count halves the attention term
+    assert bench.train_flops(shape, [3, 5], [1, 2]) == 4800 + 180 + 3264
+    assert bench.train_flops(shape, [3, 5], [1, 2], causal_discount=True) == 4800 + 180 + 1632
 
 
 def test_model_shape_counts_tied_embeddings_once():

@@ -666,8 +666,9 @@ def _rows(lens: list[int], rewards: list[float], group: int = 2):
 
 
 def _opt(model, cfg):
-    t = cfg.trainer
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    from vespo_cli.train.loop import make_optimizer
+
+    opt = make_optimizer(model, cfg)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 
 

@@ -10,12 +10,13 @@ from .objectives import OBJECTIVES, policy_loss
 
 
 def bench_objectives(B: int = 256, T: int = 4096, repeats: int = 3, threads: int | None = 1,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, inner: int = 5) -> dict:
     """Forward + backward (metrics included) of every objective on the same random float32 CPU
     tensors, off-policy (|Δ| ~ 0.05, random lengths). Returns {name: time / reinforce time, ...,
     "reinforce_s": seconds}: the median over `repeats` rounds of the ratio to reinforce's time in the
-    same round (rounds interleave the objectives, so machine load hits all alike), timed in CPU time
-    of this process, with `threads` torch threads (None = leave as set)."""
+    same round (rounds interleave the objectives, so machine load hits all alike), each timing
+    `inner` back-to-back calls in CPU time of this process, with `threads` torch threads (None =
+    leave as set)."""
     g = torch.Generator().manual_seed(seed)
     logp = (-3 * torch.rand(B, T, generator=g)).requires_grad_()
     old_logp = logp.detach() + 0.05 * torch.randn(B, T, generator=g)
@@ -38,8 +39,9 @@ def bench_objectives(B: int = 256, T: int = 4096, repeats: int = 3, threads: int
         for _ in range(repeats):  # interleaved, so that machine load hits every objective alike
             for name in OBJECTIVES:
                 start = time.process_time()
-                run(name)
-                times[name].append(time.process_time() - start)
+                for _ in range(inner):
+                    run(name)
+                times[name].append((time.process_time() - start) / inner)
     finally:
         torch.set_num_threads(saved_threads)
     base = times["reinforce"]

@@ -244,6 +244,17 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
     return out
 
 
+def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW over the model's parameters; torch's fused kernel where it has one for them (one pass
+    per tensor: 0.22 → 0.07 s per step for SmolLM2-135M on CPU, docs/performance.md), else foreach."""
+    t = cfg.trainer
+    kwargs = dict(lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    try:
+        return torch.optim.AdamW(model.parameters(), fused=True, **kwargs)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(model.parameters(), **kwargs)
+
+
 def _all_reduce_metrics(sums: dict[str, float]) -> dict[str, float]:
     """Combine per-rank metric sums (maxima for *_max keys); every rank holds the same keys."""
     if dist.world_size() == 1:
@@ -337,7 +348,7 @@ def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: boo
         model.gradient_checkpointing_enable()
     model = dist.shard_model(model)
     t = cfg.trainer
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     warmup = max(t.lr_warmup_steps, 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
 
