@@ -49,11 +49,11 @@ def sizes(quick: bool) -> dict:
     """Workload sizes; --quick shrinks everything to a smoke test (tiny model, TRL skipped)."""
     if quick:
         return dict(model="tiny", e2e_rounds=2, e2e_prompts=2, e2e_n=4, e2e_tokens=16, trl=False,
-                    train_rows=2, train_prompt=32, train_response=96, train_rounds=2, matmul_n=512, matmul_window_s=0.2,
+                    train_rows=4, train_micro_rows=2, train_prompt=32, train_response=96, train_rounds=2, matmul_n=512, matmul_window_s=0.2,
                     rollout_prompts=2, rollout_n=4, rollout_tokens=16, rollout_rounds=1, publish_repeats=2,
                     obj_B=16, obj_T=256, obj_repeats=2)
     return dict(model="smollm2-135m", e2e_rounds=4, e2e_prompts=2, e2e_n=8, e2e_tokens=128, trl=True,
-                train_rows=2, train_prompt=128, train_response=896, train_rounds=3, matmul_n=2048, matmul_window_s=2.0,
+                train_rows=8, train_micro_rows=2, train_prompt=128, train_response=896, train_rounds=3, matmul_n=2048, matmul_window_s=2.0,
                 rollout_prompts=8, rollout_n=8, rollout_tokens=128, rollout_rounds=2, publish_repeats=3,
                 obj_B=256, obj_T=4096, obj_repeats=21)
 
@@ -544,7 +544,8 @@ def section_train(quick: bool) -> dict:
 
     sz = sizes(quick)
     cfg = _bench_config(sz)
-    cfg.trainer.micro_token_budget = sz["train_rows"] * (sz["train_prompt"] + sz["train_response"])
+    # a step as the trainer takes it: several sequences, accumulated over microbatches of train_micro_rows
+    cfg.trainer.micro_token_budget = sz["train_micro_rows"] * (sz["train_prompt"] + sz["train_response"])
     model = load_model(resolve_model(cfg.model.path), cfg.model.dtype)
     model.config.use_cache = False
     optimizer = make_optimizer(model, cfg)
@@ -562,7 +563,6 @@ def section_train(quick: bool) -> dict:
     causal_flops = train_flops(shape, [P + R] * B, [R] * B, causal_discount=True)
     fwd_flops = flops / 3  # forward only: a third of forward+backward
     idx = list(range(B))
-    rounds = []
     window = sz["matmul_window_s"]
     rounds = []
     for i in range(sz["train_rounds"] + 1):  # round 0 warms up
@@ -582,7 +582,8 @@ def section_train(quick: bool) -> dict:
                        "load_avg": os.getloadavg()[0]})
     measured = rounds[1:]
     step_s = statistics.median(r["step_s"] for r in measured)
-    return {"rows": B, "prompt_tokens": P, "response_tokens": R, "tokens_per_step": B * (P + R),
+    return {"rows": B, "micro_rows": sz["train_micro_rows"], "prompt_tokens": P, "response_tokens": R,
+            "tokens_per_step": B * (P + R),
             "model": shape, "flops_per_step": flops, "bf16_autocast": cfg.trainer.bf16_autocast,
             "threads": torch.get_num_threads(), "matmul_n": sz["matmul_n"], "matmul_window_s": window,
             "peak_bf16_gflops": statistics.median((r["peak_flops_before"] + r["peak_flops_after"]) / 2
@@ -805,7 +806,7 @@ def render_markdown(res: dict) -> str:
               f"- TRL config: {e2e['config']['trl']}", "",
               "## Trainer throughput", "",
               f"{tr['rows']} rows × ({tr['prompt_tokens']} prompt + {tr['response_tokens']} response) tokens per "
-              f"step, fp32 master weights, bf16 autocast: {_fmt(tr['tokens_per_s'], 0)} tokens/s, MFU "
+              f"step in microbatches of {tr.get('micro_rows', tr['rows'])} rows, fp32 master weights, bf16 autocast: {_fmt(tr['tokens_per_s'], 0)} tokens/s, MFU "
               f"{_fmt(tr['mfu'], 3)} (old-logprob forward {_fmt(tr['old_logprobs_mfu'], 3)}): model FLOPs per CPU second "
               f"of the step over bf16 {tr['matmul_n']}³ matmul FLOPs per CPU second, the matmuls run for "
               f"{tr['matmul_window_s']} s right before and after each step ({tr['threads']} threads; median "
