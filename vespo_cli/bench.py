@@ -828,7 +828,9 @@ def render_markdown(res: dict) -> str:
               "## Objectives", "",
               f"B={raw['objectives']['B']}, T={raw['objectives']['T']}, forward+backward, ratio to REINFORCE "
               f"(median of paired rounds, CPU time, 1 thread): "
-              + ", ".join(f"{k} {_fmt(v)}" for k, v in raw["objectives"]["ratio_to_reinforce"].items()), "",
+              + ", ".join(f"{k} {_fmt(v)}" for k, v in raw["objectives"]["ratio_to_reinforce"].items())
+              + f" (REINFORCE: {_fmt(1e3 * raw['objectives']['reinforce_s'])} ms per forward+backward, metrics "
+              "included). docs/performance.md explains the ratios.", "",
               "## Shards", "",
               f"The GRPO step's rollout shard ({raw['shards']['rows']} rows, {raw['shards']['bytes']} bytes): "
               f"read + write {_fmt(100 * res['shard_io_share'], 3)}% of the step.", ""]
