@@ -400,7 +400,7 @@ def _metrics(t: Tokens, out: Reshaped) -> dict[str, Tensor]:
     n_tok = t.lengths.sum()
     nonempty = t.lengths > 0
     n_seq = nonempty.sum()
-    abs_delta = torch.abs(t.delta, out=torch.empty_like(t.delta))  # 3x faster than delta.abs() on CPU
+    abs_delta = t.delta.abs()
     log_w = t.delta.sum(-1) if out.log_w is None else out.log_w
     lw = torch.where(nonempty, log_w, -math.inf)
     if out.seq_weight is None:  # ESS of W = exp(log W), in log space
