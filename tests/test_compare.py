@@ -107,6 +107,22 @@ def test_collapse_noisy_but_stable():
     assert K.detect_collapse(curve(r2))["status"] == "collapsed"
 
 
+def test_collapse_drop_within_sampling_noise_is_not_collapse():
+    # 16 samples per step: a lucky first step (5/16) then 1–2/16 is a 0.2 "drop" of a 1-step
+    # window (SE 0.12) against a 3-step one (SE 0.04): < 3 SE, so not a collapse (reports/cpu-staleness)
+    r = [5 / 16] + [2 / 16, 1 / 16, 2 / 16, 1 / 16, 2 / 16] * 4
+    assert K.detect_collapse(curve(r), noise_z=0.0)["status"] == "collapsed"  # the old rule
+    assert K.detect_collapse(curve(r, n_seqs=16))["status"] == "stable"
+    # a real drop at the same sample size is still caught, at the same step as without the noise test
+    drop = [0.8] * 60 + [0.1] * 40
+    assert K.detect_collapse(curve(drop, n_seqs=16))["step"] == K.detect_collapse(curve(drop))["step"] == 63
+    # the standard error: Bhatia–Davis bound μ(1 − μ) over Σ n_seqs of the window
+    se = K.window_stderr(np.array([0.5, 0.5]), curve([0.5, 0.5], n_seqs=4), 2)
+    np.testing.assert_allclose(se, [0.25, 0.5 / math.sqrt(8)])
+    assert K.window_stderr(np.array([2.0]), curve([2.0], n_seqs=4), 1) is None  # reward outside [0, 1]
+    assert K.window_stderr(np.array([0.5]), curve([0.5]), 1) is None  # no sample counts
+
+
 def test_summarize_run_numbers():
     rows = curve([0.0] * 10 + [1.0] * 10, ess=0.5, clip_frac=0.2, train_s=1.0, rollout_s=0.5)
     rows.append({"kind": "eval", "step": 20, "benchmark": "aime24", "k": 4, "avg_at_k": 0.25, "pass_at_k": 0.5,

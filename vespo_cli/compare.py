@@ -32,6 +32,7 @@ DROP = 0.5  # collapse: smoothed reward below DROP × best-so-far ...
 PATIENCE_FRAC = 0.1  # ... for max(MIN_PATIENCE, PATIENCE_FRAC × steps) consecutive steps ...
 MIN_PATIENCE = 3
 FLOOR = 0.05  # ... counted only once the best smoothed reward exceeds FLOOR ("never learned" otherwise)
+NOISE_Z = 3.0  # ... and, for rewards in [0, 1], only where the drop exceeds NOISE_Z standard errors
 SMOOTH_FRAC = 0.05  # moving-average window: max(MIN_WINDOW, SMOOTH_FRAC × steps) steps
 MIN_WINDOW = 3
 FINAL_FRAC = 0.1  # final reward: mean over the last 10% of steps
@@ -109,28 +110,50 @@ def default_patience(steps: int) -> int:
     return max(MIN_PATIENCE, math.ceil(PATIENCE_FRAC * steps))
 
 
-def moving_average(values: Sequence[float], window: int) -> np.ndarray:
-    """Trailing mean over the last `window` values (fewer at the start); non-finite values are
-    left out of the mean, and a window holding none gives NaN."""
+def trailing_sums(values: Sequence[float], window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sum, count) of the finite values among the last `window` values at each position."""
     v = np.asarray([_num(x) for x in values], dtype=float)
     ok = np.isfinite(v)
     cs = np.concatenate([[0.0], np.cumsum(np.where(ok, v, 0.0))])
     cn = np.concatenate([[0], np.cumsum(ok)])
     i = np.arange(len(v))
     lo = np.maximum(0, i + 1 - max(int(window), 1))
-    s, n = cs[i + 1] - cs[lo], cn[i + 1] - cn[lo]
+    return cs[i + 1] - cs[lo], cn[i + 1] - cn[lo]
+
+
+def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing mean over the last `window` values (fewer at the start); non-finite values are
+    left out of the mean, and a window holding none gives NaN."""
+    s, n = trailing_sums(values, window)
     return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+
+
+def window_stderr(smoothed: np.ndarray, rows: Sequence[dict], window: int) -> Optional[np.ndarray]:
+    """Standard error of each window's mean reward from the samples behind it (Σ n_seqs), with the
+    per-sample variance bounded by μ(1 − μ), the Bhatia–Davis bound for rewards in [0, 1]. None
+    when the records do not say how many samples a step had or a reward falls outside [0, 1]."""
+    rewards = np.asarray([_num(r.get("reward")) for r in rows], dtype=float)
+    counts = [_num(r.get("n_seqs")) for r in rows]
+    finite = rewards[np.isfinite(rewards)]
+    if not all(math.isfinite(c) and c > 0 for c in counts) or ((finite < 0) | (finite > 1)).any():
+        return None
+    n = trailing_sums(np.where(np.isfinite(rewards), counts, np.nan), window)[0]
+    mu = np.clip(smoothed, 0.0, 1.0)
+    return np.sqrt(mu * (1 - mu) / np.maximum(n, 1))
 
 
 def detect_collapse(records: Sequence[dict], *, drop: float = DROP, patience: Optional[int] = None,
                     window: Optional[int] = None, floor: float = FLOOR,
-                    total_steps: Optional[int] = None) -> dict:
+                    total_steps: Optional[int] = None, noise_z: float = NOISE_Z) -> dict:
     """Where (if at all) a run collapsed, from its metrics records (pure).
 
     The run collapsed at the first step where (a) `loss` or `grad_norm` is non-finite (or the trainer
     flagged `skipped_nonfinite`), or (b) the trailing moving average of the reward (over `window`
     steps) is below `drop` × its best value so far for `patience` consecutive steps, counted only
-    once that best exceeds `floor`; for (b) the step reported is the first of those steps.
+    once that best exceeds `floor` and, when the records carry `n_seqs` and rewards lie in [0, 1],
+    only where best − average exceeds `noise_z` standard errors of the two window means (a drop that
+    the sampling noise of a few samples per step explains is not one); for (b) the step reported is
+    the first of those steps.
     Defaults: window max(3, 5%) and patience max(3, 10%) of `total_steps` (or of the steps logged).
     Returns {"status": "collapsed" | "stable" | "never learned" | "no data", "step", "reason",
     "best_reward", "best_step", "window", "patience", "drop", "floor"}."""
@@ -139,12 +162,13 @@ def detect_collapse(records: Sequence[dict], *, drop: float = DROP, patience: Op
     window = window or smooth_window(steps_ref)
     patience = patience or default_patience(steps_ref)
     out = {"status": "no data", "step": None, "reason": None, "best_reward": None, "best_step": None,
-           "window": window, "patience": patience, "drop": drop, "floor": floor}
+           "window": window, "patience": patience, "drop": drop, "floor": floor, "noise_z": noise_z}
     if not rows:
         return out
     smoothed = moving_average([r.get("reward") for r in rows], window)
-    best, best_step, streak, start = -math.inf, None, 0, None
-    for r, s in zip(rows, smoothed):
+    stderr = window_stderr(smoothed, rows, window)
+    best, best_step, best_se, streak, start = -math.inf, None, 0.0, 0, None
+    for i, (r, s) in enumerate(zip(rows, smoothed)):
         step = int(r["step"])
         bad = [k for k in NONFINITE_KEYS if k in r and not math.isfinite(_num(r[k]))]
         if bad or r.get("skipped_nonfinite"):
@@ -153,9 +177,10 @@ def detect_collapse(records: Sequence[dict], *, drop: float = DROP, patience: Op
                     "best_reward": best if best_step is not None else None, "best_step": best_step}
         if not math.isfinite(s):
             continue
+        se = 0.0 if stderr is None else float(stderr[i])
         if s > best:
-            best, best_step = float(s), step
-        if best > floor and s < drop * best:
+            best, best_step, best_se = float(s), step, se
+        if best > floor and s < drop * best and best - s > noise_z * math.hypot(best_se, se):
             streak += 1
             start = step if start is None else start
             if streak >= patience:
@@ -460,7 +485,7 @@ def write_report(specs: Sequence[RunSpec], out: Path, settings: Optional[dict] =
     summary = {
         "settings": {**(settings or {}), "smooth_window": window, "final_frac": FINAL_FRAC,
                      "collapse": {"drop": DROP, "patience_frac": PATIENCE_FRAC, "min_patience": MIN_PATIENCE,
-                                  "floor": FLOOR}},
+                                  "floor": FLOOR, "noise_z": NOISE_Z}},
         "groups": [_group_summary(key, members) for key, members in groups.items()],
         "runs": [{"label": r.spec.label, "staleness": r.spec.staleness, "seed": r.spec.seed,
                   "path": os.path.relpath(r.spec.path, out), **r.summary} for r in runs],
@@ -631,7 +656,9 @@ def render_markdown(summary: dict, runs: Sequence[Loaded], window: int, images: 
         "in %, with its 95% interval `[low, high]` as logged by `vespo eval`.",
         f"- **Collapse**: a run *collapsed* at the first step where either `loss` or `grad_norm` is non-finite "
         f"(or the trainer skipped a step for a non-finite gradient), or the smoothed reward stays below "
-        f"{c['drop']:.0%} of its best smoothed value so far for M consecutive steps, "
+        f"{c['drop']:.0%} of its best smoothed value so far, by more than {c.get('noise_z', NOISE_Z):g} standard errors "
+        f"of the two window means (samples per window from `n_seqs`; variance ≤ μ(1 − μ) for rewards in [0, 1]), "
+        f"for M consecutive steps, "
         f"M = max({c['min_patience']}, {c['patience_frac']:.0%} of the run's steps); the step given is the first "
         f"of those M. The drop rule only applies once the best smoothed reward exceeds {c['floor']}: a run that "
         "never gets there is *never learned*, not collapsed. Otherwise the run is *stable*.",
