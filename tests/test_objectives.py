@@ -572,3 +572,13 @@ def test_bench_objectives_smoke():
 
     out = bench_objectives(B=4, T=32, repeats=1)
     assert set(OBJECTIVES) <= set(out) and out["reinforce"] == 1.0 and out["reinforce_s"] >= 0
+
+
+def test_as_float_mask_bool_float_and_strided():
+    from vespo_cli.objectives import as_float_mask
+
+    mask = torch.tensor([[True, False, True], [False, False, True]])
+    for m in (mask, mask.t(), mask.float(), mask[:, ::2]):
+        out = as_float_mask(m, torch.float32)
+        assert out.dtype == torch.float32 and torch.equal(out, m.to(torch.float32))
+    assert as_float_mask(mask, torch.float64).dtype == torch.float64

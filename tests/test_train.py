@@ -215,3 +215,24 @@ def test_fsdp2_two_processes_match_one(tmp_path, replay_dir):
     for a, b in zip(one, two):
         for key in ("loss", "grad_norm", "entropy", "reward"):
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), key
+
+
+def test_make_optimizer_is_fused_adamw_and_steps_like_foreach():
+    from vespo_cli.train.loop import make_optimizer
+
+    cfg = load_config(preset="tiny")
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    fused = make_optimizer(a, cfg)
+    assert isinstance(fused, torch.optim.AdamW) and fused.defaults["fused"]
+    t = cfg.trainer
+    ref = torch.optim.AdamW(b.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, foreach=True)
+    x = torch.randn(16, 8)
+    for _ in range(3):
+        for model, opt in ((a, fused), (b, ref)):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
