@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -227,12 +228,12 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     skipped = not math.isfinite(grad_norm)
-    if skipped:  # a non-finite gradient would corrupt the weights: drop this step
-        optimizer.zero_grad(set_to_none=True)
-    else:
+    if not skipped:  # a non-finite gradient would corrupt the weights: drop this step
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():  # the schedule advances over a skipped step too, deliberately
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        scheduler.step()
     out = {k: (v if k in SUMMED or k.endswith("_max") else v / max(tok, 1))
            for k, v in sums.items() if not k.startswith("_")}
     out.update(
