@@ -236,3 +236,14 @@ def test_make_optimizer_is_fused_adamw_and_steps_like_foreach():
             opt.step()
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_microbatch_to_moves_every_tensor_and_nothing_else(replay_dir):
+    rows = rows_from_table(read_shard(list_shards(replay_dir)[0]))
+    mb = make_microbatch(rows, [0, 1])
+    assert mb.to("cpu") is mb  # already there: no copy
+    moved = mb.to(torch.device("meta"))  # a device every machine has: the tensors' placement is what is checked
+    for name in ("input_ids", "attention_mask", "position_ids", "response_mask", "mask"):
+        assert getattr(moved, name).device.type == "meta" and getattr(mb, name).device.type == "cpu"
+        assert getattr(moved, name).shape == getattr(mb, name).shape
+    assert moved.rows == mb.rows and moved.routing == mb.routing

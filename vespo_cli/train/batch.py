@@ -6,7 +6,7 @@ token budget after sorting rows by length, where cutting minimises padding (`pla
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -92,6 +92,13 @@ class Microbatch:
     @property
     def num_tokens(self) -> int:
         return int(self.mask.sum())
+
+    def to(self, device: torch.device | str) -> "Microbatch":
+        """The same microbatch with its tensors on `device` (built on the CPU, used on the model's)."""
+        if torch.device(device) == self.input_ids.device:
+            return self
+        return replace(self, **{k: getattr(self, k).to(device, non_blocking=True)
+                                for k in ("input_ids", "attention_mask", "position_ids", "response_mask", "mask")})
 
 
 def make_microbatch(rows: Rows, idx: list[int], pad_id: int = 0) -> Microbatch:

@@ -46,16 +46,25 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
+    """In-place all-reduce of `t`; a CPU tensor under NCCL (which reduces CUDA tensors only) goes
+    through a copy on this rank's GPU."""
+    if not dist.is_initialized():
+        return t
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu, op=op)
+        return t.copy_(on_gpu)
+    dist.all_reduce(t, op=op)
     return t
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    return _all_reduce(t, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
+    return _all_reduce(t, dist.ReduceOp.MAX)
 
 
 def broadcast_object(obj):

@@ -162,10 +162,12 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive) -> Ite
 
 
 def compute_logprobs(model, rows: Rows, idx: list[int], cfg: Config, with_entropy: bool, grad: bool):
-    """Yield (microbatch, logp [b,T], entropy) over `idx` in token-budget microbatches."""
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.trainer.bf16_autocast else contextlib.nullcontext()
+    """Yield (microbatch, logp [b,T], entropy) over `idx` in token-budget microbatches, on the
+    model's device."""
+    device = next(model.parameters()).device
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.trainer.bf16_autocast else contextlib.nullcontext()
     for mb_idx in plan_microbatches(rows, idx, cfg.trainer.micro_token_budget):
-        mb = make_microbatch(rows, mb_idx)
+        mb = make_microbatch(rows, mb_idx).to(device)
         # R2 (routing.py): response positions replay the rollout's experts, the prompt routes freely; the
         # replay spans the yield so the caller's backward (gradient checkpointing re-runs forwards) sees it
         with replay_microbatch(model, mb) if cfg.algorithm.routing_replay else contextlib.nullcontext():
@@ -180,7 +182,7 @@ def old_logprobs(model, rows: Rows, cfg: Config) -> list[torch.Tensor]:
     model.eval()
     for mb, logp, _ in compute_logprobs(model, rows, list(range(len(rows))), cfg, False, grad=False):
         for r, i in enumerate(mb.rows):
-            out[i] = logp[r, : len(rows.response_ids[i])].float()
+            out[i] = logp[r, : len(rows.response_ids[i])].float().cpu()
     return out
 
 
@@ -206,9 +208,10 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
             old = torch.zeros((len(mb.rows), T))
             for r, i in enumerate(mb.rows):
                 old[r, : len(old_lp[i])] = old_lp[i]
-        roll = padded(rows.rollout_logprobs, mb.rows, T)
+            old = old.to(logp.device)
+        roll = padded(rows.rollout_logprobs, mb.rows, T).to(logp.device)
         roll = torch.where(mb.mask, roll, torch.zeros_like(roll))  # NaN (engine gave none) only on tokens
-        adv = advantages[mb.rows]
+        adv = advantages[mb.rows].to(logp.device)
         loss, metrics = policy_loss(
             algo.objective, logp, old, adv, mb.mask, rollout_logp=roll, correction=algo.correction,
             num_tokens=num_tokens, num_seqs=num_seqs, **params,
