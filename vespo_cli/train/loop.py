@@ -250,7 +250,7 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
 
 def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer:
     """AdamW over the model's parameters; torch's fused kernel where it has one for them (one pass
-    per tensor: 0.22 → 0.07 s per step for SmolLM2-135M on CPU, docs/performance.md), else foreach."""
+    per tensor: 0.20 → 0.06 s per step for SmolLM2-135M on CPU, reports/bench/micro.json), else foreach."""
     t = cfg.trainer
     kwargs = dict(lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
     try:
