@@ -2,11 +2,11 @@
 
 glibc serves allocations above M_MMAP_THRESHOLD (128 KiB, adapted upwards at run time) with a
 fresh mmap and unmaps them on free, so every new multi-MiB CPU tensor page-faults on first write:
-on the objectives benchmark (B=256, T=4096 float32) that is 2/3 of the time of a loss (4.6 → 2.0
-ms for REINFORCE), and 6% of a trainer step (docs/performance.md). Raising the mmap and trim
-thresholds lets freed blocks be reused without faults, the effect jemalloc/tcmalloc give PyTorch
-on CPU, without an LD_PRELOAD. Peak memory is unchanged (the heap grows to the same peak), but
-it is not returned to the system until the process ends. Set VESPO_MALLOC_TUNING=0 to turn it off.
+on the objectives benchmark (B=256, T=4096 float32) that is most of the time of a loss (REINFORCE
+6.9 → 1.6 ms), and ~5% of a trainer step (reports/bench/micro.json, allocator_train.json).
+Raising the mmap and trim thresholds lets freed blocks be reused without faults, the effect
+jemalloc/tcmalloc give PyTorch on CPU, without an LD_PRELOAD. The price: memory is not returned
+to the system until the process ends (peak RSS +3–8% measured). VESPO_MALLOC_TUNING=0 turns it off.
 """
 from __future__ import annotations
 
