@@ -172,6 +172,33 @@ def test_missing_training_set_error(tmp_path, monkeypatch):
         load_problems("someone/nothing:test")
 
 
+def test_training_sets_from_data_dir_jsonl_and_parquet(tmp_path, monkeypatch):
+    """The lookup that finds shared/data's training sets, on files in their exact row format (first
+    rows of shared/data/*.jsonl), so it runs where shared/ is absent (CI's clean clone)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dapo = [{"id": f"dapo_math_17k-{i}", "problem": f"Find x if x - {i} = 34.", "answer": str(34 + i),
+             "source": "dapo_math_17k", "orig_index": i, "lang": "en"} for i in range(3)]
+    gsm = [{"id": "gsm8k_train-0", "problem": "Natalia sold clips to 48 of her friends in April, and then "
+            "she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?",
+            "answer": "72", "source": "gsm8k_train", "solution": "48/2 = 24\n48+24 = 72\n#### 72"}]
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    (first / "dapo_math_17k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dapo))
+    (second / "dapo_math_17k.jsonl").write_text(json.dumps({**dapo[0], "answer": "-1"}) + "\n")
+    pq.write_table(pa.Table.from_pylist(gsm), second / "gsm8k_train.parquet")
+    monkeypatch.setattr(data, "data_dirs", lambda: [first, second])
+    got = load_problems("dapo-math-17k")
+    assert [(p.id, p.answer) for p in got] == [(f"dapo_math_17k-{i}", str(34 + i)) for i in range(3)]  # first dir wins
+    (g,) = load_problems("gsm8k-train")
+    assert (g.id, g.answer) == ("gsm8k_train-0", "72") and g.problem.startswith("Natalia sold clips")
+    monkeypatch.undo()  # back to the real data_dirs: $VESPO_DATA_DIR comes first
+    monkeypatch.setenv("VESPO_DATA_DIR", str(second))
+    assert data.data_dirs()[0] == second
+    assert load_problems("dapo-math-17k")[0].answer == "-1"
+
+
 def test_shared_training_sets_when_present():
     shared = data.data_dirs()[-1]
     if not (shared / "dapo_math_17k.jsonl").is_file():
