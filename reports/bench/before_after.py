@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from vespo_cli.train.forward import logits_logprobs
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 VARIANTS = ("before", "+autocast", "after", "after-N>1")
@@ -43,15 +45,8 @@ def old_token_logprobs(model, mb, temperature=1.0, with_entropy=False):
     logits = model.lm_head(hidden[:, :-1][predict]).float()
     if temperature != 1.0:
         logits = logits / temperature
-    targets = mb.input_ids[:, 1:][predict]
-    lse = torch.logsumexp(logits, dim=-1)
-    flat_logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            probs = torch.exp(logits.detach() - lse.detach().unsqueeze(-1))
-            entropy = mb.unflatten(lse.detach() - (probs * logits.detach()).sum(-1))
-    return mb.unflatten(flat_logp), entropy
+    flat_logp, flat_ent = logits_logprobs(logits, mb.input_ids[:, 1:][predict], with_entropy)
+    return mb.unflatten(flat_logp), (mb.unflatten(flat_ent) if with_entropy else None)
 
 
 def old_plan_microbatches(rows, idx, token_budget):

@@ -183,13 +183,17 @@ def token_logprobs(model: nn.Module, mb: Microbatch, temperature: float = 1.0, w
     if decoder is not None and not _is_sharded(model) and type(head) is nn.Linear:
         flat_logp, flat_ent = head_logprobs(_response_hidden(decoder, mb), head, targets, temperature, with_entropy)
         return mb.unflatten(flat_logp), (mb.unflatten(flat_ent) if with_entropy else None)
-    logits = response_logits(model, mb, temperature)
+    flat_logp, flat_ent = logits_logprobs(response_logits(model, mb, temperature), targets, with_entropy)
+    return mb.unflatten(flat_logp), (mb.unflatten(flat_ent) if with_entropy else None)
+
+
+def logits_logprobs(logits: torch.Tensor, targets: torch.Tensor, with_entropy: bool = False):
+    """(logp [N], entropy [N] or None) of `targets` from materialised logits [N, vocab]: the
+    reference path, logp = z[y] − logsumexp(z); entropy carries no gradient."""
     lse = torch.logsumexp(logits, dim=-1)
     flat_logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            probs = torch.exp(logits.detach() - lse.detach().unsqueeze(-1))
-            flat_ent = lse.detach() - (probs * logits.detach()).sum(-1)
-        entropy = mb.unflatten(flat_ent)
-    return mb.unflatten(flat_logp), entropy
+    if not with_entropy:
+        return flat_logp, None
+    with torch.no_grad():
+        probs = torch.exp(logits.detach() - lse.detach().unsqueeze(-1))
+        return flat_logp, lse.detach() - (probs * logits.detach()).sum(-1)
