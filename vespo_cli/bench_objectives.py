@@ -9,6 +9,17 @@ import torch
 from .objectives import OBJECTIVES, policy_loss
 
 
+def objective_inputs(B: int, T: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """(logp [B,T] requiring grad, old_logp, bool mask, advantages [B]): random float32 CPU tensors,
+    off-policy by |Δ| ~ 0.05, response lengths uniform in 1..T."""
+    g = torch.Generator().manual_seed(seed)
+    logp = (-3 * torch.rand(B, T, generator=g)).requires_grad_()
+    old_logp = logp.detach() + 0.05 * torch.randn(B, T, generator=g)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    return logp, old_logp, mask, torch.randn(B, generator=g)
+
+
 def bench_objectives(B: int = 256, T: int = 4096, repeats: int = 3, threads: int | None = 1,
                      seed: int = 0, inner: int = 5) -> dict:
     """Forward + backward (metrics included) of every objective on the same random float32 CPU
@@ -17,12 +28,7 @@ def bench_objectives(B: int = 256, T: int = 4096, repeats: int = 3, threads: int
     same round (rounds interleave the objectives, so machine load hits all alike), each timing
     `inner` back-to-back calls in CPU time of this process, with `threads` torch threads (None =
     leave as set)."""
-    g = torch.Generator().manual_seed(seed)
-    logp = (-3 * torch.rand(B, T, generator=g)).requires_grad_()
-    old_logp = logp.detach() + 0.05 * torch.randn(B, T, generator=g)
-    lengths = torch.randint(1, T + 1, (B,), generator=g)
-    mask = torch.arange(T)[None, :] < lengths[:, None]
-    adv = torch.randn(B, generator=g)
+    logp, old_logp, mask, adv = objective_inputs(B, T, seed)
 
     def run(name):
         logp.grad = None

@@ -36,21 +36,13 @@ def timed(fn, n: int = 50, rounds: int = 5) -> float:
     return statistics.median(out)
 
 
-def loss_inputs(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    logp = (-3 * torch.rand(B, T, generator=g)).requires_grad_()
-    old = logp.detach() + 0.05 * torch.randn(B, T, generator=g)
-    lengths = torch.randint(1, T + 1, (B,), generator=g)
-    mask = torch.arange(T)[None, :] < lengths[:, None]
-    return logp, old, mask, torch.randn(B, generator=g)
-
-
 def loss_times() -> dict:
     """Seconds per forward+backward of vespo's REINFORCE and SAPO losses (printed as JSON: run in a
     child process so the allocator setting of its environment applies from the start)."""
+    from vespo_cli.bench_objectives import objective_inputs
     from vespo_cli.objectives import policy_loss
 
-    logp, old, mask, adv = loss_inputs()
+    logp, old, mask, adv = objective_inputs(B, T)
 
     def run(name):
         logp.grad = None
@@ -73,11 +65,12 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     import vespo_cli  # noqa: F401  (allocator thresholds, as every vespo process)
+    from vespo_cli.bench_objectives import objective_inputs
     from vespo_cli.objectives import as_float_mask, policy_loss
 
     res: dict = {"command": "python reports/bench/micro.py", "torch": torch.__version__, "threads": 1,
                  "shape": [B, T], "load_avg_at_start": list(os.getloadavg())}
-    logp, old, mask, adv = loss_inputs()
+    logp, old, mask, adv = objective_inputs(B, T)
     res["mask_to_float_s"] = {"bool.to(float32)": timed(lambda: mask.to(torch.float32)),
                               "as_float_mask (uint8 view)": timed(lambda: as_float_mask(mask, torch.float32))}
     r, tau = old.exp(), torch.rand(B, 1) + 0.5
