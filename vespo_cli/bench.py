@@ -223,8 +223,13 @@ def train_flops(shape: dict, seq_lens: list[int], resp_lens: list[int], causal_d
     backward's recomputation are not model FLOPs."""
     linear = 6 * shape["decoder_params"] * sum(seq_lens)
     head = 6 * shape["head_params"] * sum(resp_lens)
-    attn = (6 if causal_discount else 12) * shape["layers"] * shape["attn_width"] * sum(L * L for L in seq_lens)
-    return float(linear + head + attn)
+    return float(linear + head + shape["layers"] * attention_flops(shape["attn_width"], seq_lens, causal_discount))
+
+
+def attention_flops(width: int, seq_lens: list[int], causal_discount: bool = False) -> int:
+    """Forward+backward FLOPs of one attention layer of `width` (heads × head_dim) over sequences
+    of `seq_lens`: 12·width·L² each, half that with causal_discount (see `train_flops`)."""
+    return (6 if causal_discount else 12) * width * sum(L * L for L in seq_lens)
 
 
 def matmul_peak(n: int, window_s: float = 1.0, dtype=None) -> tuple[float, float]:
@@ -619,7 +624,7 @@ def attention_utilisation(model, L: int, rows: int, matmul_n: int, window_s: flo
         once()
         count += 1
     cpu_s = (time.process_time() - c0) / count
-    flops = 6 * rows * c.num_attention_heads * d * L * L  # causal: half of 4·L²·d forward, ×3 with backward
+    flops = attention_flops(c.num_attention_heads * d, [L] * rows, causal_discount=True)  # the work the kernel does
     peak = matmul_peak(matmul_n, window_s)[1]
     return {"seq_len": L, "rows": rows, "heads": c.num_attention_heads, "head_dim": d,
             "fwd_bwd_cpu_s_per_layer": cpu_s, "utilisation": flops / cpu_s / peak}
