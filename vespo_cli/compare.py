@@ -156,7 +156,7 @@ def detect_collapse(records: Sequence[dict], *, drop: float = DROP, patience: Op
     the first of those steps.
     Defaults: window max(3, 5%) and patience max(3, 10%) of `total_steps` (or of the steps logged).
     Returns {"status": "collapsed" | "stable" | "never learned" | "no data", "step", "reason",
-    "best_reward", "best_step", "window", "patience", "drop", "floor"}."""
+    "best_reward", "best_step", "window", "patience", "drop", "floor", "noise_z"}."""
     rows = train_records(records)
     steps_ref = total_steps or len(rows) or 1
     window = window or smooth_window(steps_ref)
