@@ -101,7 +101,7 @@ def indicator(compare: Callable, a: Tensor, b) -> Tensor:
 
 
 def as_float_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """A 0/1 mask as `dtype`; bool goes through a uint8 view (10x faster on CPU than bool → float)."""
+    """A 0/1 mask as `dtype`; bool goes through a uint8 view (7x faster on CPU than bool → float, reports/bench/micro.json)."""
     return (mask.view(torch.uint8) if mask.dtype == torch.bool else mask).to(dtype)
 
 
