@@ -154,6 +154,20 @@ def test_low_precision_logp():
         torch.testing.assert_close(x.grad.double(), g_ref, rtol=2e-2, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_upstream_gradient_scales_the_hand_back(name):
+    """(k·loss).backward() gives k times the gradient (the trainer scales by the world size), and
+    two losses summed give the sum of their gradients (the hand-back at k = 1 is not a shared buffer)."""
+    logp, old, adv, mask, _ = batch(scale=0.4, seed=23)
+    _, g1, _ = grad_of(lib(name), logp, old, adv, mask)
+    x = logp.detach().clone().requires_grad_()
+    (3.0 * policy_loss(name, x, old, adv, mask)[0]).backward()
+    torch.testing.assert_close(x.grad, 3.0 * g1, rtol=1e-12, atol=0)
+    x.grad = None
+    (policy_loss(name, x, old, adv, mask)[0] + policy_loss(name, x, old, adv, mask)[0]).backward()
+    torch.testing.assert_close(x.grad, 2.0 * g1, rtol=1e-12, atol=0)
+
+
 # --------------------------------------------------------------------------- closed forms
 
 

@@ -363,7 +363,8 @@ class _Reshaped(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (grad,) = ctx.saved_tensors
-        return (g * grad).to(ctx.dtype), None, None
+        scale = float(g)  # 1 on one process: hand the gradient back without a [B, T] multiply
+        return (grad if scale == 1.0 else grad * scale).to(ctx.dtype), None, None
 
 
 def _mismatch(old_logp, rollout_logp, m, correction, cap, stats) -> Optional[Tensor]:
