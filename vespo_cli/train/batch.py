@@ -153,8 +153,8 @@ def plan_microbatches(rows: Rows, idx: list[int], token_budget: int) -> list[lis
     return out[::-1]
 
 
-def padded(values: list[list[float] | None], idx: list[int], T: int, fill: float = float("nan")) -> torch.Tensor:
-    """[b, T] float32 from ragged lists (missing lists → `fill`, padding → 0)."""
+def padded(values: list[list[float] | torch.Tensor | None], idx: list[int], T: int, fill: float = float("nan")) -> torch.Tensor:
+    """[b, T] float32 from ragged lists or 1-D CPU tensors (missing → `fill`, padding → 0)."""
     out = torch.zeros((len(idx), T), dtype=torch.float32)
     for r, i in enumerate(idx):
         v = values[i]

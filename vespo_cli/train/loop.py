@@ -202,13 +202,7 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
     ent_sum = tok = 0.0
     for mb, logp, ent in compute_logprobs(model, rows, idx, cfg, with_entropy=True, grad=True):
         T = mb.mask.shape[1]
-        if old_lp is None:
-            old = logp.detach()
-        else:
-            old = torch.zeros((len(mb.rows), T))
-            for r, i in enumerate(mb.rows):
-                old[r, : len(old_lp[i])] = old_lp[i]
-            old = old.to(logp.device)
+        old = logp.detach() if old_lp is None else padded(old_lp, mb.rows, T).to(logp.device)
         roll = padded(rows.rollout_logprobs, mb.rows, T).to(logp.device)
         roll = torch.where(mb.mask, roll, torch.zeros_like(roll))  # NaN (engine gave none) only on tokens
         adv = advantages[mb.rows].to(logp.device)
