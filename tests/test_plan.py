@@ -179,6 +179,20 @@ def test_memory_arithmetic_moe_and_no_checkpointing():
                 if r.item.startswith("activations")).bytes == 2 * acts.bytes
 
 
+
+def test_memory_arithmetic_bf16_params():
+    """bf16 compute weights over fp32 masters: FSDP gathers 2-byte params (and their gradients),
+    layer inputs are bf16; on one GPU the bf16 copy of the weights is a row of its own."""
+    cfg = hand_config()
+    cfg.trainer.bf16_autocast, cfg.trainer.bf16_params = False, True
+    rows = {r.item: r.bytes for r in P.memory_plan(cfg, hand_shape()).trainer}
+    assert rows["FSDP unsharded params + grads"] == 2 * (2 * 100_000_000 + 3 * 50_000_000)
+    assert rows["checkpointed layer inputs"] == 10 * 2048 * 1000 * 2
+    assert rows["one layer recompute, fwd+bwd"] == 294_912_000  # bf16 activations, as under autocast
+    cfg.layout.fsdp_size = 1
+    rows = {r.item: r.bytes for r in P.memory_plan(cfg, hand_shape()).trainer}
+    assert rows["bf16 compute weights"] == 2 * 1_000_000_000 and "FSDP unsharded params + grads" not in rows
+
 def test_modes_and_dedicated_rollout_gpus():
     cfg = hand_config()
     assert P.memory_plan(cfg, hand_shape(), mode="replay").rollout == []

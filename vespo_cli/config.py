@@ -80,7 +80,8 @@ class TrainerConfig:
     grad_clip: float = 1.0
     lr_warmup_steps: int = 0
     micro_token_budget: int = 8192  # tokens per microbatch (gradient accumulation is exact)
-    bf16_autocast: bool = False
+    bf16_autocast: bool = False  # bf16 matmuls under torch autocast, fp32 elsewhere (train/precision.py)
+    bf16_params: bool = False  # a bf16 copy of the fp32 weights per step, fp32 gradients (train/precision.py)
     gradient_checkpointing: bool = False
     save_every: int = 10  # optimizer steps between checkpoints (and at the end)
     keep_checkpoints: int = 2

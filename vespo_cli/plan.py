@@ -365,12 +365,16 @@ def memory_plan(cfg: Config, shape: ModelShape | None = None, mode: str = "sync"
         Row(f"AdamW moments (2 × {cfg.model.dtype})", ADAM_STATES * M * P // F,
             f"{ADAM_STATES * M} B × {P / 1e9:.2f}B / fsdp {F}"),
     ]
+    bf16_params = t.bf16_params and M > 2  # train/precision.py: bf16 compute weights over fp32 masters
+    C = 2 if bf16_params else M  # bytes of a compute weight (and of its gradient before fp32 accumulation)
     if F > 1:
         root, layer = shape.root_params, shape.max_layer_params
         plan.trainer.append(Row(
-            "FSDP unsharded params + grads", M * (2 * root + 3 * layer),
-            f"{M} B × (2·{root / 1e6:.0f}M root + 3·{layer / 1e6:.0f}M layer)"))
-    low = cfg.trainer.bf16_autocast or cfg.model.dtype == "bfloat16"
+            "FSDP unsharded params + grads", C * (2 * root + 3 * layer),
+            f"{C} B × (2·{root / 1e6:.0f}M root + 3·{layer / 1e6:.0f}M layer)"))
+    elif bf16_params:
+        plan.trainer.append(Row("bf16 compute weights", C * P, f"{C} B × {P / 1e9:.2f}B"))
+    low = t.bf16_autocast or bf16_params or cfg.model.dtype == "bfloat16"
     scale = 1 if low else 2  # the per-token activation constants assume bf16 matmul outputs
     h, I = shape.hidden, shape.intermediate
     if shape.moe:
@@ -382,8 +386,8 @@ def memory_plan(cfg: Config, shape: ModelShape | None = None, mode: str = "sync"
     per_layer_token = scale * (ATTN_BYTES_PER_HIDDEN * h + mlp)
     per_layer_f = f"({ATTN_BYTES_PER_HIDDEN}h + {mlp_f})" + ("" if low else " × 2")
     if t.gradient_checkpointing:
-        plan.trainer.append(Row("checkpointed layer inputs", shape.layers * T * h * M,
-                                f"{shape.layers} layers × {T} × h {h} × {M} B"))
+        plan.trainer.append(Row("checkpointed layer inputs", shape.layers * T * h * C,
+                                f"{shape.layers} layers × {T} × h {h} × {C} B"))
         plan.trainer.append(Row("one layer recompute, fwd+bwd", 2 * T * per_layer_token, f"2 × {T} × {per_layer_f}"))
     else:  # every layer's activations, plus the backward's working copy of one
         plan.trainer.append(Row("activations (no checkpointing)", (shape.layers + 1) * T * per_layer_token,
@@ -504,8 +508,8 @@ def _check_config(cfg: Config) -> list[str]:
     lay = cfg.layout
     if lay.gpus_per_node and cfg.rollout.engine != "vllm":
         warns.append("rollout.engine is hf on a GPU layout: vLLM is the paper's engine")
-    if lay.gpus_per_node and cfg.model.dtype == "float32" and not cfg.trainer.bf16_autocast:
-        warns.append("trainer.bf16_autocast is off: fp32 matmuls on GPU are several times slower")
+    if lay.gpus_per_node and cfg.model.dtype == "float32" and not (cfg.trainer.bf16_autocast or cfg.trainer.bf16_params):
+        warns.append("trainer.bf16_params and trainer.bf16_autocast are off: fp32 matmuls on GPU are several times slower")
     return warns
 
 
@@ -640,7 +644,8 @@ def describe_plan(cfg: Config, run_dir=None, replay=None, async_: bool = False) 
         ("optimizer", f"AdamW lr {t.lr:g} "
                       f"({f'{t.lr_warmup_steps} warmup steps' if t.lr_warmup_steps else 'constant'}), "
                       f"betas {tuple(t.betas)}, weight decay {t.weight_decay:g}, grad clip {t.grad_clip:g}"),
-        ("precision", f"{cfg.model.dtype} master weights" + (", bf16 autocast" if t.bf16_autocast else "")
+        ("precision", f"{cfg.model.dtype} master weights"
+                      + (", bf16 compute weights" if t.bf16_params else ", bf16 autocast" if t.bf16_autocast else "")
                       + (", gradient checkpointing" if t.gradient_checkpointing else "")
                       + f"; rollout {r.engine} {r.dtype}; micro_token_budget {t.micro_token_budget}"),
     ]

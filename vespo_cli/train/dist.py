@@ -76,16 +76,19 @@ def broadcast_object(obj):
     return box[0]
 
 
-def shard_model(model: nn.Module) -> nn.Module:
-    """FSDP2: shard every decoder layer, then the root (parameters become DTensors)."""
+def shard_model(model: nn.Module, bf16_params: bool = False) -> nn.Module:
+    """FSDP2: shard every decoder layer, then the root (parameters become DTensors). bf16_params:
+    gather the parameters in bf16 for compute and reduce gradients in fp32 (train/precision.py)."""
     if world_size() == 1:
         return model
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_params else None
+    kwargs = {"mp_policy": policy} if policy is not None else {}
     layers = getattr(getattr(model, "model", None), "layers", None)
     for layer in layers or []:
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
     return model
 
 

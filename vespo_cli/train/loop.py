@@ -35,7 +35,7 @@ from ..errors import UserError
 from ..fsio import atomic_write_json, atomic_write_text, read_jsonl
 from ..objectives import group_advantages, policy_loss
 from ..shards import ShardError, follow, list_shards, read_shard, shard_name
-from . import dist
+from . import dist, precision
 from .batch import Rows, make_microbatch, padded, plan_microbatches, rows_from_table, split_minibatches
 from .checkpoint import latest_checkpoint, load_optimizer, load_trainer_state, publish_weights, save_checkpoint
 from .forward import token_logprobs
@@ -165,7 +165,7 @@ def compute_logprobs(model, rows: Rows, idx: list[int], cfg: Config, with_entrop
     """Yield (microbatch, logp [b,T], entropy) over `idx` in token-budget microbatches, on the
     model's device."""
     device = next(model.parameters()).device
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.trainer.bf16_autocast else contextlib.nullcontext()
+    ctx = precision.autocast(model, cfg.trainer.bf16_autocast and not cfg.trainer.bf16_params)
     for mb_idx in plan_microbatches(rows, idx, cfg.trainer.micro_token_budget):
         mb = make_microbatch(rows, mb_idx).to(device)
         # R2 (routing.py): response positions replay the rollout's experts, the prompt routes freely; the
@@ -180,9 +180,10 @@ def old_logprobs(model, rows: Rows, cfg: Config) -> list[torch.Tensor]:
     """The proximal policy's log-probs of every response token, once per rollout batch."""
     out: list[torch.Tensor] = [torch.zeros(0)] * len(rows)
     model.eval()
-    for mb, logp, _ in compute_logprobs(model, rows, list(range(len(rows))), cfg, False, grad=False):
-        for r, i in enumerate(mb.rows):
-            out[i] = logp[r, : len(rows.response_ids[i])].float().cpu()
+    with precision.compute(model, cfg):  # the training forward's numerics: Δ = 0 before the first update
+        for mb, logp, _ in compute_logprobs(model, rows, list(range(len(rows))), cfg, False, grad=False):
+            for r, i in enumerate(mb.rows):
+                out[i] = logp[r, : len(rows.response_ids[i])].float().cpu()
     return out
 
 
@@ -200,25 +201,26 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
     num_tokens, num_seqs = max(float(totals[0]), 1.0), float(totals[1])
     sums: dict[str, float] = {}
     ent_sum = tok = 0.0
-    for mb, logp, ent in compute_logprobs(model, rows, idx, cfg, with_entropy=True, grad=True):
-        T = mb.mask.shape[1]
-        old = logp.detach() if old_lp is None else padded(old_lp, mb.rows, T).to(logp.device)
-        roll = padded(rows.rollout_logprobs, mb.rows, T).to(logp.device)
-        roll = torch.where(mb.mask, roll, torch.zeros_like(roll))  # NaN (engine gave none) only on tokens
-        adv = advantages[mb.rows].to(logp.device)
-        loss, metrics = policy_loss(
-            algo.objective, logp, old, adv, mb.mask, rollout_logp=roll, correction=algo.correction,
-            num_tokens=num_tokens, num_seqs=num_seqs, **params,
-        )
-        (loss * dist.world_size()).backward()  # FSDP averages gradients over ranks; we want the sum
-        n = mb.num_tokens
-        for k, v in metrics.items():
-            if k.endswith("_max"):
-                sums[k] = max(sums.get(k, -math.inf), v)
-            else:  # loss and counts add up over microbatches; the rest are token-weighted means
-                sums[k] = sums.get(k, 0.0) + (v if k in SUMMED else v * n)
-        ent_sum += float((ent * mb.mask).sum())
-        tok += n
+    with precision.compute(model, cfg):
+        for mb, logp, ent in compute_logprobs(model, rows, idx, cfg, with_entropy=True, grad=True):
+            T = mb.mask.shape[1]
+            old = logp.detach() if old_lp is None else padded(old_lp, mb.rows, T).to(logp.device)
+            roll = padded(rows.rollout_logprobs, mb.rows, T).to(logp.device)
+            roll = torch.where(mb.mask, roll, torch.zeros_like(roll))  # NaN (engine gave none) only on tokens
+            adv = advantages[mb.rows].to(logp.device)
+            loss, metrics = policy_loss(
+                algo.objective, logp, old, adv, mb.mask, rollout_logp=roll, correction=algo.correction,
+                num_tokens=num_tokens, num_seqs=num_seqs, **params,
+            )
+            (loss * dist.world_size()).backward()  # FSDP averages gradients over ranks; we want the sum
+            n = mb.num_tokens
+            for k, v in metrics.items():
+                if k.endswith("_max"):
+                    sums[k] = max(sums.get(k, -math.inf), v)
+                else:  # loss and counts add up over microbatches; the rest are token-weighted means
+                    sums[k] = sums.get(k, 0.0) + (v if k in SUMMED else v * n)
+            ent_sum += float((ent * mb.mask).sum())
+            tok += n
     sums["_entropy"], sums["_tokens"] = ent_sum, tok
     sums = _all_reduce_metrics(sums)
     tok = sums.pop("_tokens")
@@ -344,7 +346,7 @@ def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: boo
     model.config.use_cache = False
     if cfg.trainer.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    model = dist.shard_model(model)
+    model = dist.shard_model(model, cfg.trainer.bf16_params)
     t = cfg.trainer
     optimizer = make_optimizer(model, cfg)
     warmup = max(t.lr_warmup_steps, 0)
