@@ -57,5 +57,8 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
     assert m["cores"] >= 1 and m["torch"] and m["vllm"] and len(m["load_avg_at_start"]) == 3
     e2e = data["raw"]["e2e"]["vespo"]
     assert len(e2e["step_s"]) == bench.sizes(True)["e2e_rounds"] and e2e["peak_tree_rss_gib"] > 0
+    train = data["raw"]["train"]
+    assert set(train["policies"]) == set(bench.TRAIN_POLICIES) and train["policy"] == "bf16_params"
+    assert train["mfu"] == train["policies"]["bf16_params"]["mfu"] and train["bf16_params_speedup_vs_autocast"] > 0
     md = (tmp_path / "latest.md").read_text()
     assert "vespo bench" in md and "| metric |" in md

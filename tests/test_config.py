@@ -370,6 +370,13 @@ def test_bad_values(item, expected):
     assert user_error(load_config, None, None, [item]) == f"--set {item}: {key}: {expected}"
 
 
+def test_one_dtype_policy_at_a_time():
+    items = ["trainer.bf16_autocast=true", "trainer.bf16_params=true"]
+    assert user_error(load_config, None, None, items) == (
+        "--set trainer.bf16_params=true: trainer.bf16_params: true together with trainer.bf16_autocast: true; "
+        "pick one dtype policy (set the other to false; train/precision.py)")
+
+
 def test_template_must_contain_problem(presets):
     p = presets("t.yaml", "data: {template: 'Solve: {question}'}\n")
     assert user_error(load_config, "t") == f"{p}: data.template: expected a template containing {{problem}}"

@@ -47,7 +47,7 @@ def test_paper_presets_follow_the_protocol(name):
     assert (t.staleness, t.steps) == (8, 1500)
     assert t.minibatch_prompts == (16 if name == "qwen3-0.6b" else 256)
     assert t.rollout_batch_prompts == t.minibatch_prompts * 8
-    assert cfg.model.dtype == "float32" and t.bf16_autocast and t.gradient_checkpointing
+    assert cfg.model.dtype == "float32" and t.bf16_params and not t.bf16_autocast and t.gradient_checkpointing
     assert t.micro_token_budget >= cfg.data.max_prompt_tokens + cfg.rollout.max_tokens
     assert cfg.eval.benchmarks == ["aime24", "aime25", "amc23", "math500"]
     assert cfg.eval.k is None  # the paper's k per benchmark comes from the eval module

@@ -69,7 +69,8 @@ def vespo_overrides(sz: dict) -> list[str]:
         "rollout.kv_cache_gib=0.125",  # 16 × (prompt + 128) tokens need ~80 MB of KV
         f"trainer.minibatch_prompts={sz['e2e_prompts']}",
         "trainer.staleness=1",
-        "trainer.bf16_autocast=true",
+        "trainer.bf16_autocast=true",  # TRL's dtype policy (bf16=True: fp32 masters, bf16 autocast)
+        "trainer.bf16_params=false",
         "trainer.micro_token_budget=2048",
         "trainer.steps=1000",
     ]
@@ -537,9 +538,16 @@ def worker_trl(argv: list[str], quick: bool) -> None:
 # --------------------------------------------------------------------------- in-subprocess sections
 
 
+TRAIN_POLICIES = {  # the trainer's dtype policies the train section compares (train/precision.py), fp32 masters
+    "bf16_params": {"bf16_params": True, "bf16_autocast": False},  # the presets': bf16 compute weights
+    "bf16_autocast": {"bf16_params": False, "bf16_autocast": True},  # TRL's (and the e2e section's)
+}
+
+
 def section_train(quick: bool) -> dict:
-    """Optimizer steps on long synthetic sequences (fp32 master weights, bf16 autocast), each paired
-    with a bf16 matmul peak measurement taken right before it; MFU = median of the per-round ratios."""
+    """Optimizer steps on long synthetic sequences under each of TRAIN_POLICIES, interleaved round by
+    round; each step paired with bf16 matmul peak measurements right before and after it. MFU = median
+    of the per-round ratios; the headline is the presets' policy (bf16_params)."""
     import torch
 
     from .models import load_model, resolve_model
@@ -548,9 +556,12 @@ def section_train(quick: bool) -> dict:
     from .train.loop import make_optimizer, old_logprobs, optimizer_step
 
     sz = sizes(quick)
-    cfg = _bench_config(sz)
-    # a step as the trainer takes it: several sequences, accumulated over microbatches of train_micro_rows
-    cfg.trainer.micro_token_budget = sz["train_micro_rows"] * (sz["train_prompt"] + sz["train_response"])
+    cfgs = {}
+    for name, flags in TRAIN_POLICIES.items():
+        cfgs[name] = cfg = _bench_config(sz)
+        vars(cfg.trainer).update(flags)
+        # a step as the trainer takes it: several sequences, accumulated over microbatches of train_micro_rows
+        cfg.trainer.micro_token_budget = sz["train_micro_rows"] * (sz["train_prompt"] + sz["train_response"])
     model = load_model(resolve_model(cfg.model.path), cfg.model.dtype)
     model.config.use_cache = False
     optimizer = make_optimizer(model, cfg)
@@ -569,38 +580,43 @@ def section_train(quick: bool) -> dict:
     fwd_flops = flops / 3  # forward only: a third of forward+backward
     idx = list(range(B))
     window = sz["matmul_window_s"]
-    rounds = []
+    rounds: dict[str, list[dict]] = {name: [] for name in cfgs}
     for i in range(sz["train_rounds"] + 1):  # round 0 warms up
-        before = matmul_peak(sz["matmul_n"], window)
-        t0, c0 = time.perf_counter(), time.process_time()
-        old = old_logprobs(model, rows, cfg)
-        t1, c1 = time.perf_counter(), time.process_time()
-        optimizer_step(model, optimizer, scheduler, rows, idx, adv, old, cfg)
-        t2, c2 = time.perf_counter(), time.process_time()
-        after = matmul_peak(sz["matmul_n"], window)
-        wall_peak, cpu_peak = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
-        rounds.append({"peak_flops_before": before[0], "peak_flops_after": after[0], "peak_flops_per_cpu_s": cpu_peak,
-                       "old_logprobs_s": t1 - t0, "old_logprobs_cpu_s": c1 - c0, "step_s": t2 - t1,
-                       "step_cpu_s": c2 - c1, "mfu": flops / (c2 - c1) / cpu_peak,
-                       "mfu_causal_count": causal_flops / (c2 - c1) / cpu_peak,
-                       "fwd_mfu": fwd_flops / (c1 - c0) / cpu_peak, "mfu_wall": flops / (t2 - t1) / wall_peak,
-                       "load_avg": os.getloadavg()[0]})
-    measured = rounds[1:]
-    step_s = statistics.median(r["step_s"] for r in measured)
+        for name, policy_cfg in cfgs.items():
+            before = matmul_peak(sz["matmul_n"], window)
+            t0, c0 = time.perf_counter(), time.process_time()
+            old = old_logprobs(model, rows, policy_cfg)
+            t1, c1 = time.perf_counter(), time.process_time()
+            optimizer_step(model, optimizer, scheduler, rows, idx, adv, old, policy_cfg)
+            t2, c2 = time.perf_counter(), time.process_time()
+            after = matmul_peak(sz["matmul_n"], window)
+            wall_peak, cpu_peak = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+            rounds[name].append({
+                "peak_flops_before": before[0], "peak_flops_after": after[0], "peak_flops_per_cpu_s": cpu_peak,
+                "old_logprobs_s": t1 - t0, "old_logprobs_cpu_s": c1 - c0, "step_s": t2 - t1, "step_cpu_s": c2 - c1,
+                "mfu": flops / (c2 - c1) / cpu_peak, "mfu_causal_count": causal_flops / (c2 - c1) / cpu_peak,
+                "fwd_mfu": fwd_flops / (c1 - c0) / cpu_peak, "mfu_wall": flops / (t2 - t1) / wall_peak,
+                "load_avg": os.getloadavg()[0]})
+
+    def summary(measured: list[dict]) -> dict:
+        step_s = statistics.median(r["step_s"] for r in measured)
+        med = lambda key: statistics.median(r[key] for r in measured)  # noqa: E731
+        return {"mfu": med("mfu"), "mfu_causal_count": med("mfu_causal_count"), "mfu_wall": med("mfu_wall"),
+                "old_logprobs_mfu": med("fwd_mfu"), "step_s_median": step_s, "tokens_per_s": B * (P + R) / step_s,
+                "peak_bf16_gflops": statistics.median((r["peak_flops_before"] + r["peak_flops_after"]) / 2
+                                                      for r in measured) / 1e9,
+                "peak_bf16_gflops_per_cpu_s": med("peak_flops_per_cpu_s") / 1e9}
+
+    policies = {name: {**summary(r[1:]), "rounds": r} for name, r in rounds.items()}
+    paired = [a["step_cpu_s"] / b["step_cpu_s"] for a, b in zip(rounds["bf16_autocast"][1:], rounds["bf16_params"][1:])]
+    head = policies["bf16_params"]
     return {"rows": B, "micro_rows": sz["train_micro_rows"], "prompt_tokens": P, "response_tokens": R,
-            "tokens_per_step": B * (P + R),
-            "model": shape, "flops_per_step": flops, "bf16_autocast": cfg.trainer.bf16_autocast,
+            "tokens_per_step": B * (P + R), "model": shape, "flops_per_step": flops, "policy": "bf16_params",
             "threads": torch.get_num_threads(), "matmul_n": sz["matmul_n"], "matmul_window_s": window,
-            "peak_bf16_gflops": statistics.median((r["peak_flops_before"] + r["peak_flops_after"]) / 2
-                                                  for r in measured) / 1e9,
-            "peak_bf16_gflops_per_cpu_s": statistics.median(r["peak_flops_per_cpu_s"] for r in measured) / 1e9,
             "peak_fp32_gflops_per_cpu_s": matmul_peak(sz["matmul_n"], window, dtype=torch.float32)[1] / 1e9,
-            "mfu_wall": statistics.median(r["mfu_wall"] for r in measured),
-            "step_s_median": step_s, "tokens_per_s": B * (P + R) / step_s,
-            "mfu": statistics.median(r["mfu"] for r in measured),
-            "mfu_causal_count": statistics.median(r["mfu_causal_count"] for r in measured),
-            "attention_kernel": attention_utilisation(model, P + R, B, sz["matmul_n"], window),
-            "old_logprobs_mfu": statistics.median(r["fwd_mfu"] for r in measured), "rounds": rounds}
+            **{k: v for k, v in head.items() if k != "rounds"},
+            "bf16_params_speedup_vs_autocast": statistics.median(paired), "policies": policies,
+            "attention_kernel": attention_utilisation(model, P + R, B, sz["matmul_n"], window)}
 
 
 def attention_utilisation(model, L: int, rows: int, matmul_n: int, window_s: float) -> dict:
@@ -765,6 +781,11 @@ def _fmt(x, digits: int = 2) -> str:
     return str(x)
 
 
+def _policy_words(tr: dict) -> str:
+    return {"bf16_params": "bf16 compute weights (bf16 params)", "bf16_autocast": "bf16 autocast"}.get(
+        tr.get("policy", "bf16_autocast"), tr.get("policy"))
+
+
 def render_markdown(res: dict) -> str:
     m, raw = res["machine"], res["raw"]
     e2e, tr, ro = raw["e2e"], raw["train"], raw["rollout"]
@@ -811,7 +832,7 @@ def render_markdown(res: dict) -> str:
               f"- TRL config: {e2e['config']['trl']}", "",
               "## Trainer throughput", "",
               f"{tr['rows']} rows × ({tr['prompt_tokens']} prompt + {tr['response_tokens']} response) tokens per "
-              f"step in microbatches of {tr.get('micro_rows', tr['rows'])} rows, fp32 master weights, bf16 autocast: {_fmt(tr['tokens_per_s'], 0)} tokens/s, MFU "
+              f"step in microbatches of {tr.get('micro_rows', tr['rows'])} rows, fp32 master weights, {_policy_words(tr)}: {_fmt(tr['tokens_per_s'], 0)} tokens/s, MFU "
               f"{_fmt(tr['mfu'], 3)} (old-logprob forward {_fmt(tr['old_logprobs_mfu'], 3)}): model FLOPs per CPU second "
               f"of the step over bf16 {tr['matmul_n']}³ matmul FLOPs per CPU second, the matmuls run for "
               f"{tr['matmul_window_s']} s right before and after each step ({tr['threads']} threads; median "
@@ -823,8 +844,15 @@ def render_markdown(res: dict) -> str:
               + (f"The CPU's causal SDPA kernel alone, at this shape (bf16, forward+backward), runs at "
                  f"{_fmt(tr['attention_kernel']['utilisation'], 3)} of the matmul peak (causal count): attention "
                  f"is where the rest of the gap is. " if tr.get("attention_kernel") else "")
-              + f"GRPO-step batch (e2e): {_fmt(res['e2e_train_tokens_per_s'], 0)} tokens/s.", "",
-              "## Rollout", "",
+              + f"GRPO-step batch (e2e): {_fmt(res['e2e_train_tokens_per_s'], 0)} tokens/s.", ""]
+    if "policies" in tr:
+        lines += ["Dtype policies, interleaved round by round on the same model and batch (train/precision.py):", "",
+                  "| policy | MFU | MFU (causal count) | MFU (wall clock) | step s | tokens/s |", "|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {_fmt(p['mfu'], 3)} | {_fmt(p['mfu_causal_count'], 3)} | {_fmt(p['mfu_wall'], 3)} | "
+                  f"{_fmt(p['step_s_median'])} | {_fmt(p['tokens_per_s'], 0)} |" for name, p in tr["policies"].items()]
+        lines += ["", f"bf16 params over autocast, per-round CPU-time step ratio (median): "
+                  f"{_fmt(tr['bf16_params_speedup_vs_autocast'], 3)}×.", ""]
+    lines += ["## Rollout", "",
               f"{ro['prompts']} {ro['source']} prompts × {ro['n']} samples, ≤ {ro['max_tokens']} tokens, bf16: "
               f"vLLM {_fmt(ro['vllm_tokens_per_s'], 0)} tok/s, HF engine {_fmt(ro['hf_tokens_per_s'], 0)} tok/s "
               f"(speedup {_fmt(ro['speedup'])}, median of {len(ro['rounds'])} paired rounds). Weight publish "

@@ -447,6 +447,9 @@ def validate(cfg: Config, origin: dict[str, str] | None = None) -> None:
             fail(f"trainer.{name}", f"expected a non-negative integer, got {getattr(t, name)}")
     if t.weight_decay < 0:
         fail("trainer.weight_decay", f"expected a non-negative float, got {t.weight_decay}")
+    if t.bf16_params and t.bf16_autocast:
+        fail("trainer.bf16_params", "true together with trainer.bf16_autocast: true; pick one dtype policy "
+             "(set the other to false; train/precision.py)")
     r = cfg.rollout
     for name in ("n", "max_tokens", "tensor_parallel_size", "reward_workers"):
         if getattr(r, name) < 1:
