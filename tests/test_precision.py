@@ -93,3 +93,24 @@ def test_exceptions_restore_the_fp32_weights():
     for k, v in net.state_dict().items():
         assert v.dtype == torch.float32 and torch.equal(v, before[k])
 
+
+
+def test_hf_gradient_checkpointing_gives_the_same_bf16_gradients(tiny_model_path):
+    """The paper presets combine bf16 params with HF gradient checkpointing: the recomputed
+    forwards run inside the context, so the gradients equal those of a plain backward."""
+    from vespo_cli.models import load_model
+
+    ids = torch.tensor([[5, 17, 3, 99, 42, 7, 8, 1000]])
+    grads = []
+    for checkpointing in (False, True):
+        model = load_model(tiny_model_path, "float32")
+        model.config.use_cache = False
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        with bf16_params(model):
+            model(input_ids=ids).logits.float().log_softmax(-1).mean().backward()
+        grads.append([p.grad for p in model.parameters()])
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -223,22 +223,26 @@ def test_fsdp2_two_processes_match_one(tmp_path, replay_dir, bf16):
 
 def test_trainer_with_bf16_params(tmp_path, replay_dir):
     """Replay under bf16 params: the recomputed old log-probs are the training forward's own (Δ = 0
-    on a batch's first minibatch), the checkpoint holds fp32 masters, and the losses track the
-    autocast run's."""
+    on a batch's first minibatch), the checkpoint holds fp32 masters, and gradient norms and the
+    drift |Δ| after an update track the fp32 run's, as autocast's do (the loss, a sum of terms of
+    both signs that nearly cancel, is compared on the scale of the largest one)."""
     from safetensors.torch import load_file
 
     runs = {}
-    for policy in ("bf16_params", "bf16_autocast"):
-        cfg = tiny("trainer.steps=4", "trainer.minibatch_prompts=2", "trainer.staleness=2", f"trainer.{policy}=true")
-        train(cfg, tmp_path / policy, replay=replay_dir)
+    for policy in ("bf16_params", "bf16_autocast", "fp32"):
+        flags = [] if policy == "fp32" else [f"trainer.{policy}=true"]
+        train(tiny("trainer.steps=4", "trainer.minibatch_prompts=2", "trainer.staleness=2", *flags),
+              tmp_path / policy, replay=replay_dir)
         runs[policy] = read_jsonl(tmp_path / policy / "metrics.jsonl")
-    bf16 = runs["bf16_params"]
-    assert [m["delta_abs_mean"] == 0.0 for m in bf16] == [True, False, True, False]
+    assert [m["delta_abs_mean"] == 0.0 for m in runs["bf16_params"]] == [True, False, True, False]
     sd = load_file(str(tmp_path / "bf16_params" / "checkpoints" / "step-4" / "model.safetensors"))
     assert {v.dtype for v in sd.values()} == {torch.float32}
-    for a, b in zip(bf16, runs["bf16_autocast"]):
-        assert a["loss"] == pytest.approx(b["loss"], rel=0.05, abs=1e-3)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=0.05)
+    scale = max(abs(m["loss"]) for m in runs["fp32"])
+    for policy in ("bf16_params", "bf16_autocast"):
+        for a, ref in zip(runs[policy], runs["fp32"]):
+            assert a["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-2)
+            assert a["delta_abs_mean"] == pytest.approx(ref["delta_abs_mean"], rel=1e-2, abs=1e-9)
+            assert a["loss"] == pytest.approx(ref["loss"], abs=0.1 * scale)
 
 
 def test_make_optimizer_is_fused_adamw_and_steps_like_foreach():

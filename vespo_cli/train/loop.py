@@ -165,7 +165,7 @@ def compute_logprobs(model, rows: Rows, idx: list[int], cfg: Config, with_entrop
     """Yield (microbatch, logp [b,T], entropy) over `idx` in token-budget microbatches, on the
     model's device."""
     device = next(model.parameters()).device
-    ctx = precision.autocast(model, cfg.trainer.bf16_autocast and not cfg.trainer.bf16_params)
+    ctx = precision.autocast(model, cfg.trainer.bf16_autocast)
     for mb_idx in plan_microbatches(rows, idx, cfg.trainer.micro_token_budget):
         mb = make_microbatch(rows, mb_idx).to(device)
         # R2 (routing.py): response positions replay the rollout's experts, the prompt routes freely; the

@@ -1,6 +1,7 @@
 """The trainer's dtype policy for one pass over a step's microbatches.
 
-Three policies, all with the optimizer on `model.dtype` weights (fp32 masters in the presets):
+Three policies (config: at most one of the two flags), all with the optimizer on `model.dtype`
+weights (fp32 masters in the presets); measured side by side in docs/performance.md:
 
 * plain: every op in the weights' dtype.
 * `trainer.bf16_autocast`: torch autocast; matmuls in bf16, weights cast to bf16 on every
@@ -8,7 +9,7 @@ Three policies, all with the optimizer on `model.dtype` weights (fp32 masters in
 * `trainer.bf16_params`: a bf16 copy of the weights for the whole step (Megatron's / apex O2's
   bf16 params with fp32 masters; FSDP2's `MixedPrecisionPolicy(param_dtype=bf16,
   reduce_dtype=fp32)` under torchrun, `dist.shard_model`). The forward and backward run in bf16
-  end to end, as the bf16 rollout engine does; each weight gradient is added into an fp32 gradient
+  end to end, the residual stream included; each weight gradient is added into an fp32 gradient
   as soon as autograd produces it, so accumulation over microbatches is fp32, and the optimizer,
   gradient clipping, checkpoints and weight publishing see the fp32 masters only.
 """
