@@ -61,7 +61,7 @@ def main() -> None:
         sample_to_shard(engine, tokenizer, scorer, prompt_chunk(cfg, 0, args.prompts), cfg, policy_version=0,
                         run_id="precision", path=shard, seed=0, group_prefix="precision")
     engine.close()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))  # vLLM's CPU backend set 1 thread for serving
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # all cores for the trainer, whatever the engine left
     rows = rows_from_table(read_shard(shard))
     adv = group_advantages(rows.rewards, rows.group_ids).float()
     adv = torch.where(adv == 0, torch.linspace(-1, 1, len(rows)), adv)  # a gradient even where a group ties
