@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -199,10 +200,19 @@ def test_training_sets_from_data_dir_jsonl_and_parquet(tmp_path, monkeypatch):
     assert load_problems("dapo-math-17k")[0].answer == "-1"
 
 
-def test_shared_training_sets_when_present():
-    shared = data.data_dirs()[-1]
-    if not (shared / "dapo_math_17k.jsonl").is_file():
-        pytest.skip(f"{shared} has no training sets")
-    dapo = load_problems("dapo-math-17k")
-    assert len(dapo) == 17276 and dapo[0].answer == "34"
-    assert len(load_problems("gsm8k-train")) == 7473
+def test_bundled_training_sets_are_shared_datas_rows():
+    """The training sets bundled with the package (the last lookup dir) hold shared/data's rows
+    exactly: counts, first answer, and a sha256 over every (id, problem, answer) taken from
+    shared/data/*.jsonl when they were converted."""
+    import hashlib
+
+    bundled = data.data_dirs()[-1]
+    assert bundled == Path(data.__file__).resolve().parent / "data"
+    expected = {"dapo_math_17k": (17276, "34", "2875e8700d38970d4e6559bc271ce8c5dcb80dbbc48de29a957883e5c936c6e2"),
+                "gsm8k_train": (7473, "72", "05a8cc00c083b1b4649f6e84c5555cffafb939a6f7f48c76486a382b17852528")}
+    for stem, (rows, first_answer, sha) in expected.items():
+        problems = data._read_file(bundled / f"{stem}.parquet", stem)
+        assert len(problems) == rows and problems[0].answer == first_answer
+        text = "".join(f"{p.id}\t{p.problem}\t{p.answer}\n" for p in problems)
+        assert hashlib.sha256(text.encode()).hexdigest() == sha, stem
+    assert len(load_problems("dapo-math-17k")) == 17276 and len(load_problems("gsm8k-train")) == 7473

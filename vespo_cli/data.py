@@ -219,11 +219,14 @@ def _to_problem(row: Any, index: int, *, source: str, default_prefix: str, where
 
 
 def data_dirs() -> list[Path]:
-    """Where the big training sets are looked up, in order."""
+    """Where the big training sets are looked up, in order: $VESPO_DATA_DIR, ../shared/data, and
+    the copies bundled with the package (vespo_cli/data/*.parquet, converted from shared/data's
+    jsonl with the same rows), so the paper presets find their data on any machine."""
     dirs = []
     if os.environ.get("VESPO_DATA_DIR"):
         dirs.append(Path(os.environ["VESPO_DATA_DIR"]).expanduser())
     dirs.append(Path(__file__).resolve().parents[2] / "shared" / "data")
+    dirs.append(Path(__file__).resolve().parent / "data")
     return dirs
 
 
