@@ -94,7 +94,6 @@ def test_exceptions_restore_the_fp32_weights():
         assert v.dtype == torch.float32 and torch.equal(v, before[k])
 
 
-
 def test_hf_gradient_checkpointing_gives_the_same_bf16_gradients(tiny_model_path):
     """The paper presets combine bf16 params with HF gradient checkpointing: the recomputed
     forwards run inside the context, so the gradients equal those of a plain backward."""

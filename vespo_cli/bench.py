@@ -542,6 +542,7 @@ TRAIN_POLICIES = {  # the trainer's dtype policies the train section compares (t
     "bf16_params": {"bf16_params": True, "bf16_autocast": False},  # the presets': bf16 compute weights
     "bf16_autocast": {"bf16_params": False, "bf16_autocast": True},  # TRL's (and the e2e section's)
 }
+POLICY_WORDS = {"bf16_params": "bf16 compute weights (bf16 params)", "bf16_autocast": "bf16 autocast"}
 
 
 def section_train(quick: bool) -> dict:
@@ -599,8 +600,8 @@ def section_train(quick: bool) -> dict:
                 "load_avg": os.getloadavg()[0]})
 
     def summary(measured: list[dict]) -> dict:
-        step_s = statistics.median(r["step_s"] for r in measured)
         med = lambda key: statistics.median(r[key] for r in measured)  # noqa: E731
+        step_s = med("step_s")
         return {"mfu": med("mfu"), "mfu_causal_count": med("mfu_causal_count"), "mfu_wall": med("mfu_wall"),
                 "old_logprobs_mfu": med("fwd_mfu"), "step_s_median": step_s, "tokens_per_s": B * (P + R) / step_s,
                 "peak_bf16_gflops": statistics.median((r["peak_flops_before"] + r["peak_flops_after"]) / 2
@@ -781,11 +782,6 @@ def _fmt(x, digits: int = 2) -> str:
     return str(x)
 
 
-def _policy_words(tr: dict) -> str:
-    return {"bf16_params": "bf16 compute weights (bf16 params)", "bf16_autocast": "bf16 autocast"}.get(
-        tr.get("policy", "bf16_autocast"), tr.get("policy"))
-
-
 def render_markdown(res: dict) -> str:
     m, raw = res["machine"], res["raw"]
     e2e, tr, ro = raw["e2e"], raw["train"], raw["rollout"]
@@ -832,7 +828,7 @@ def render_markdown(res: dict) -> str:
               f"- TRL config: {e2e['config']['trl']}", "",
               "## Trainer throughput", "",
               f"{tr['rows']} rows × ({tr['prompt_tokens']} prompt + {tr['response_tokens']} response) tokens per "
-              f"step in microbatches of {tr.get('micro_rows', tr['rows'])} rows, fp32 master weights, {_policy_words(tr)}: {_fmt(tr['tokens_per_s'], 0)} tokens/s, MFU "
+              f"step in microbatches of {tr.get('micro_rows', tr['rows'])} rows, fp32 master weights, {POLICY_WORDS[tr['policy']]}: {_fmt(tr['tokens_per_s'], 0)} tokens/s, MFU "
               f"{_fmt(tr['mfu'], 3)} (old-logprob forward {_fmt(tr['old_logprobs_mfu'], 3)}): model FLOPs per CPU second "
               f"of the step over bf16 {tr['matmul_n']}³ matmul FLOPs per CPU second, the matmuls run for "
               f"{tr['matmul_window_s']} s right before and after each step ({tr['threads']} threads; median "
@@ -844,15 +840,14 @@ def render_markdown(res: dict) -> str:
               + (f"The CPU's causal SDPA kernel alone, at this shape (bf16, forward+backward), runs at "
                  f"{_fmt(tr['attention_kernel']['utilisation'], 3)} of the matmul peak (causal count): attention "
                  f"is where the rest of the gap is. " if tr.get("attention_kernel") else "")
-              + f"GRPO-step batch (e2e): {_fmt(res['e2e_train_tokens_per_s'], 0)} tokens/s.", ""]
-    if "policies" in tr:
-        lines += ["Dtype policies, interleaved round by round on the same model and batch (train/precision.py):", "",
-                  "| policy | MFU | MFU (causal count) | MFU (wall clock) | step s | tokens/s |", "|---|---|---|---|---|---|"]
-        lines += [f"| {name} | {_fmt(p['mfu'], 3)} | {_fmt(p['mfu_causal_count'], 3)} | {_fmt(p['mfu_wall'], 3)} | "
-                  f"{_fmt(p['step_s_median'])} | {_fmt(p['tokens_per_s'], 0)} |" for name, p in tr["policies"].items()]
-        lines += ["", f"bf16 params over autocast, per-round CPU-time step ratio (median): "
-                  f"{_fmt(tr['bf16_params_speedup_vs_autocast'], 3)}×.", ""]
-    lines += ["## Rollout", "",
+              + f"GRPO-step batch (e2e): {_fmt(res['e2e_train_tokens_per_s'], 0)} tokens/s.", "",
+              "Dtype policies, interleaved round by round on the same model and batch (train/precision.py):", "",
+              "| policy | MFU | MFU (causal count) | MFU (wall clock) | step s | tokens/s |", "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {_fmt(p['mfu'], 3)} | {_fmt(p['mfu_causal_count'], 3)} | {_fmt(p['mfu_wall'], 3)} | "
+              f"{_fmt(p['step_s_median'])} | {_fmt(p['tokens_per_s'], 0)} |" for name, p in tr["policies"].items()]
+    lines += ["", f"bf16 params over autocast, per-round CPU-time step ratio (median): "
+              f"{_fmt(tr['bf16_params_speedup_vs_autocast'], 3)}×.", "",
+              "## Rollout", "",
               f"{ro['prompts']} {ro['source']} prompts × {ro['n']} samples, ≤ {ro['max_tokens']} tokens, bf16: "
               f"vLLM {_fmt(ro['vllm_tokens_per_s'], 0)} tok/s, HF engine {_fmt(ro['hf_tokens_per_s'], 0)} tok/s "
               f"(speedup {_fmt(ro['speedup'])}, median of {len(ro['rounds'])} paired rounds). Weight publish "

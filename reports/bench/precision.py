@@ -21,6 +21,9 @@ from pathlib import Path
 
 import torch
 
+from vespo_cli.bench import TRAIN_POLICIES, _cpu_model
+
+
 class KeepGrads(torch.optim.SGD):
     """lr 0, and the gradients stay after the step for the comparison."""
 
@@ -28,9 +31,8 @@ class KeepGrads(torch.optim.SGD):
         pass
 
 
-POLICIES = {"fp32": ["trainer.bf16_autocast=false", "trainer.bf16_params=false"],
-            "bf16_autocast": ["trainer.bf16_autocast=true", "trainer.bf16_params=false"],
-            "bf16_params": ["trainer.bf16_autocast=false", "trainer.bf16_params=true"]}
+POLICIES = {"fp32": {"bf16_params": False, "bf16_autocast": False},  # trainer.* flags (train/precision.py)
+            "bf16_autocast": TRAIN_POLICIES["bf16_autocast"], "bf16_params": TRAIN_POLICIES["bf16_params"]}
 
 
 def main() -> None:
@@ -40,7 +42,6 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-    from vespo_cli.bench import _cpu_model
     from vespo_cli.config import load_config
     from vespo_cli.models import load_model, load_tokenizer, resolve_model
     from vespo_cli.objectives import group_advantages
@@ -68,8 +69,9 @@ def main() -> None:
     engine_lp = torch.cat([torch.tensor(r, dtype=torch.float64) for r in rows.rollout_logprobs])
 
     logp, grads = {}, {}
-    for name, overrides in POLICIES.items():
-        cfg = load_config("smollm2-arith", "vespo", base + overrides)
+    for name, flags in POLICIES.items():
+        cfg = load_config("smollm2-arith", "vespo", base)
+        vars(cfg.trainer).update(flags)
         model = load_model(path, cfg.model.dtype)
         model.config.use_cache = False
         logp[name] = torch.cat(old_logprobs(model, rows, cfg)).double()
