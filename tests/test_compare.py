@@ -294,7 +294,7 @@ def fake_train(monkeypatch):
                 f.write(json.dumps(rec(step, 0.1 * step, objective=cfg.algorithm.objective)) + "\n")
         return {}
 
-    monkeypatch.setattr(K, "train", fake)
+    monkeypatch.setattr(K.sweep, "train", fake)
     fake.calls, fake.stop_at = calls, stop_at
     return fake
 
@@ -375,6 +375,6 @@ def test_compare_end_to_end_tiny(presets, tmp_path, monkeypatch):
     assert all(r["steps_done"] == 2 for r in summary["runs"])
     # a second compare reuses both runs
     calls = []
-    monkeypatch.setattr(K, "train", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(K.sweep, "train", lambda *a, **k: calls.append(a))
     K.compare_command(["vespo", "grpo"], preset="tiny", overrides=["trainer.steps=2"], out=out)
     assert calls == []

@@ -1,0 +1,12 @@
+"""`python -m vespo_cli.compare CONFIG RUN_DIR REPLAY RESUME`: the trainer child of `sweep.train`."""
+import sys
+
+from ..errors import UserError
+from .sweep import _train_child
+
+if __name__ == "__main__":
+    try:
+        _train_child(*sys.argv[1:5])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,103 @@
+"""The runs a compare covers: specs from algorithm items or run directories, and their loaded metrics."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from ..errors import UserError
+from ..fsio import read_jsonl
+from .analysis import eval_records, smooth_window, summarize_run, train_records
+
+ALGO_FIELDS = {"objective", "correction", "correction_cap", "routing_replay"}  # `algo:key=v` → algorithm.key
+RUN_NAME = re.compile(r"^(?P<label>.+)-N(?P<n>\d+)-s(?P<seed>\d+)$")
+
+
+@dataclass
+class RunSpec:
+    label: str  # algorithm (+ variant) or run-directory name: one curve per label
+    staleness: int
+    seed: int
+    path: Path
+    algo: Optional[str] = None  # None: an existing run directory (report only)
+    overrides: list[str] = field(default_factory=list)
+    cfg: Any = None
+    steps: Optional[int] = None
+
+
+def parse_algo_item(item: str) -> tuple[str, list[str], str]:
+    """`vespo:length_norm=sqrt,c1_neg=2` → ("vespo", ["algorithm.params.length_norm=sqrt", ...],
+    "vespo+length_norm=sqrt+c1_neg=2"). A key that is an algorithm field (correction, ...) sets
+    algorithm.KEY; a dotted key (trainer.lr) is used as given; any other key is a parameter."""
+    from ..config import preset_path
+
+    name, _, variant = item.partition(":")
+    if not name:
+        raise UserError(f"{item}: expected ALGO or ALGO:key=value[,key=value]")
+    if "/" in name and not name.endswith((".yaml", ".yml")):
+        raise UserError(f"{item}: no such run directory (nor an algorithm preset)")
+    preset_path(name, "algorithms")  # unknown algorithm → one-line error listing the known ones
+    overrides, parts = [], []
+    for part in re.split(r",(?=\s*[\w.]+\s*=)", variant) if variant else []:
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or not re.fullmatch(r"[\w.]+", key):
+            raise UserError(f"{item}: expected ALGO:key=value[,key=value], got {part!r}")
+        dotted = key if "." in key else f"algorithm.{key}" if key in ALGO_FIELDS else f"algorithm.params.{key}"
+        overrides.append(f"{dotted}={value.strip()}")
+        parts.append(f"{key}={value.strip()}")
+    label = Path(name).stem if name.endswith((".yaml", ".yml")) else name
+    label = "+".join([label] + parts)
+    return name, overrides, re.sub(r"[^A-Za-z0-9._=+-]", "_", label)
+
+
+def _read_run_config(run_dir: Path) -> dict:
+    try:
+        data = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{run_dir / 'config.yaml'}: cannot read ({e})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def existing_run(run_dir: Path) -> RunSpec:
+    """A run directory to report: label, N and seed from its name `<label>-N<N>-s<seed>` (as compare
+    names them) or else its directory name and its config."""
+    data = _read_run_config(run_dir)
+    trainer = data.get("trainer") or {}
+    n, seed, steps = trainer.get("staleness", 1), trainer.get("seed", 0), trainer.get("steps")
+    m = RUN_NAME.match(run_dir.name)
+    label = m["label"] if m else run_dir.name
+    return RunSpec(label=label, staleness=int(n), seed=int(seed), path=run_dir,
+                   steps=int(steps) if isinstance(steps, int) else None)
+
+
+def _run_dirs(item: str) -> list[Path]:
+    """A run directory, or a compare output directory (its runs/*)."""
+    p = Path(item)
+    if (p / "config.yaml").is_file():
+        return [p]
+    inner = sorted(d for d in (p / "runs").glob("*") if (d / "config.yaml").is_file())
+    if inner:
+        return inner
+    raise UserError(f"{item}: not a run directory (no config.yaml) nor a compare directory (no runs/*/config.yaml)")
+
+
+@dataclass
+class Loaded:
+    spec: RunSpec
+    rows: list[dict]
+    evals: list[dict]
+    summary: dict
+
+
+def load_runs(specs: Sequence[RunSpec]) -> tuple[list[Loaded], int]:
+    """Read every run's metrics; one smoothing window for all (from the longest run)."""
+    records = [read_jsonl(s.path / "metrics.jsonl") for s in specs]
+    rows = [train_records(r) for r in records]
+    window = smooth_window(max([s.steps or 0 for s in specs] + [len(r) for r in rows] + [1]))
+    loaded = [Loaded(s, tr, eval_records(rec), summarize_run(rec, total_steps=s.steps, window=window))
+              for s, rec, tr in zip(specs, records, rows)]
+    return loaded, window

@@ -1,0 +1,173 @@
+"""Running the (algorithm, N, seed) grid: one trainer child process per run, complete runs reused
+and partial ones resumed, the report rewritten as runs finish."""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from ..errors import UserError
+from ..fsio import read_jsonl
+from .analysis import train_records
+from .report import write_report
+from .runs import RunSpec, _read_run_config, _run_dirs, existing_run, parse_algo_item
+
+REFRESH_AFTER_S = 60.0  # rewrite the report after each run that trained longer than this
+
+
+def train(cfg, run_dir: Path, *, replay: Optional[Path] = None, resume: bool = False) -> dict:
+    """Run the trainer in a child process (tests replace this name).
+
+    One process per run: a long sweep does not accumulate engine and allocator memory, and a run
+    that dies (OOM, a crash in a native library) fails alone, with its exit code, and can be resumed."""
+    import subprocess
+    import sys
+
+    from ..config import dump_yaml
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(dump_yaml(cfg))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vespo_cli.compare", f.name, str(run_dir),
+                               str(replay) if replay else "", "1" if resume else "0"])
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise UserError(f"{run_dir}: training exited with code {proc.returncode}; "
+                        f"rerun the same compare to resume it")
+    return {}
+
+
+def _train_child(config_path: str, run_dir: str, replay: str, resume: str) -> None:
+    """Child side of `train`: the resolved config from a YAML file, then the trainer in-process."""
+    from ..config import Config, from_dict
+    from ..train.loop import train as run_train
+
+    cfg = from_dict(Config, yaml.safe_load(Path(config_path).read_text()))
+    run_train(cfg, Path(run_dir), replay=Path(replay) if replay else None, resume=resume == "1")
+
+
+def _is_complete(run_dir: Path, steps: int) -> bool:
+    rows = train_records(read_jsonl(run_dir / "metrics.jsonl"))
+    return bool(rows) and int(rows[-1]["step"]) >= steps
+
+
+def _config_mismatch(run_dir: Path, cfg) -> list[str]:
+    """Keys whose value in the run's config.yaml differs from the config compare would run."""
+    from ..config import dump_yaml
+
+    want, have = yaml.safe_load(dump_yaml(cfg)), _read_run_config(run_dir)
+    diffs: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str):
+                walk(a.get(k), b.get(k), f"{prefix}{k}.")
+        elif a != b:
+            diffs.append(f"{prefix[:-1]}: {b!r} there, {a!r} now")
+
+    walk(want, have, "")
+    return diffs
+
+
+def compare_command(items: Sequence[str], *, preset: Optional[str] = None, overrides: Sequence[str] = (),
+                    staleness: Sequence[int] = (), seeds: int = 1, replay: Optional[Path] = None,
+                    out: Optional[Path] = None) -> Path:
+    """Run (or reuse) every (algorithm, N, seed) and/or collect run directories; write the report.
+    Returns the report path."""
+    from ..config import load_config
+
+    if not items:
+        raise UserError("compare: expected algorithm presets or run directories")
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: expected a positive integer")
+    for n in staleness:
+        if n < 1:
+            raise UserError(f"--staleness {n}: expected a positive integer")
+    algos = [i for i in items if not Path(i).is_dir()]
+    dirs = [d for i in items if Path(i).is_dir() for d in _run_dirs(i)]
+    if not algos:
+        for flag, given in (("--staleness", staleness), ("--set", overrides), ("--replay", replay)):
+            if given:
+                raise UserError(f"{flag}: only used when running algorithms; run directories are reported as they are")
+    if replay is not None and not Path(replay).is_dir():
+        raise UserError(f"--replay {replay}: no such directory")
+
+    specs: list[RunSpec] = []
+    if algos:
+        preset = preset or "smollm2-arith"
+        if out is None:
+            out = Path("runs") / f"compare-{Path(preset).stem}"
+        parsed = [parse_algo_item(a) for a in algos]
+        labels = [p[2] for p in parsed]
+        if len(set(labels)) != len(labels):
+            raise UserError(f"compare: algorithm given twice ({', '.join(labels)})")
+        for (name, extra, label), item in zip(parsed, algos):  # every config first: a typo fails before training
+            try:
+                base = load_config(preset, name, list(overrides) + extra)
+            except UserError as e:
+                raise UserError(f"{item}: {e}" if extra else str(e)) from None
+            for n in staleness or [base.trainer.staleness]:
+                for s in range(seeds):
+                    seed = base.trainer.seed + s
+                    ov = list(overrides) + extra + [f"trainer.staleness={n}", f"trainer.seed={seed}"]
+                    cfg = load_config(preset, name, ov)
+                    specs.append(RunSpec(label, cfg.trainer.staleness, seed, Path(out) / "runs" / f"{label}-N{n}-s{seed}",
+                                         algo=name, overrides=ov, cfg=cfg, steps=cfg.trainer.steps))
+    for d in dirs:
+        specs.append(existing_run(d))
+    if out is None:
+        presets = {(_read_run_config(s.path).get("preset") or "") for s in specs}
+        out = Path("runs") / (f"compare-{presets.pop()}" if len(presets) == 1 and "" not in presets else "compare")
+    specs = _dedupe(specs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    to_run = [s for s in specs if s.algo is not None]
+    for k, spec in enumerate(to_run, 1):
+        head = f"[{k}/{len(to_run)}] {spec.label} N={spec.staleness} seed={spec.seed}"
+        t0 = time.monotonic()
+        if (spec.path / "config.yaml").is_file():
+            diffs = _config_mismatch(spec.path, spec.cfg)
+            if diffs:
+                raise UserError(f"{spec.path}: holds a run with another config ({'; '.join(diffs[:3])}); "
+                                f"pick another --out or remove it")
+            if _is_complete(spec.path, spec.steps):
+                console.print(f"{head}: complete, reused ({spec.path})", highlight=False)
+                continue
+            console.print(f"{head}: partial, resuming ({spec.path})", highlight=False)
+            train(spec.cfg, spec.path, replay=replay, resume=True)
+        else:
+            console.print(f"{head}: training ({spec.path})", highlight=False)
+            train(spec.cfg, spec.path, replay=replay, resume=False)
+        if k < len(to_run) and time.monotonic() - t0 > REFRESH_AFTER_S:  # long runs: a report to look at meanwhile
+            write_report(specs, out, settings=_settings(items, preset, overrides, staleness, seeds, replay))
+    report = write_report(specs, out, settings=_settings(items, preset, overrides, staleness, seeds, replay))
+    console.print(f"report: {report}", highlight=False)
+    return report
+
+
+def _settings(items, preset, overrides, staleness, seeds, replay) -> dict:
+    return {"items": list(items), "preset": preset, "overrides": list(overrides), "staleness": list(staleness),
+            "seeds": seeds, "replay": str(replay) if replay else None}
+
+
+def _dedupe(specs: list[RunSpec]) -> list[RunSpec]:
+    """One spec per directory; run directories with equal (label, N, seed) get their parent in the label."""
+    seen: dict[Path, RunSpec] = {}
+    for s in specs:
+        seen.setdefault(s.path.resolve(), s)
+    specs = list(seen.values())
+    keys: dict[tuple, int] = {}
+    for s in specs:
+        keys[(s.label, s.staleness, s.seed)] = keys.get((s.label, s.staleness, s.seed), 0) + 1
+    for s in specs:
+        if keys[(s.label, s.staleness, s.seed)] > 1 and s.algo is None:
+            s.label = f"{s.path.parent.name}/{s.label}"
+    return specs
