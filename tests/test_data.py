@@ -100,7 +100,8 @@ def test_arith_answers_score_correct():
     for d in range(1, 6):
         p = arith_problem(0, d, 0)
         assert score_one(f"\\boxed{{{p.answer}}}", p.answer).correct
-        assert score_one(str(p.answer), p.answer).correct
+        assert score_one(str(p.answer), p.answer, "final_number").correct  # the arith preset opts in
+        assert not score_one(str(p.answer), p.answer).correct  # a bare number is no stated answer
         assert not score_one(f"\\boxed{{{int(p.answer) + 1}}}", p.answer).correct
 
 

@@ -173,7 +173,7 @@ class FakeTokenizer:
 
 
 class FakeScorer:
-    def score(self, responses, references):
+    def score(self, responses, references, questions=None):
         from vespo_cli.rewards import extract_answer
 
         out = []

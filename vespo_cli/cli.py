@@ -200,7 +200,8 @@ def inspect(path: Path = typer.Argument(..., help="A shard directory (or a run d
     table = Table(show_header=False, show_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    for key in ("directory", "shards", "rows", "reward_mean", "accuracy", "mean_response_tokens"):
+    for key in ("directory", "shards", "rows", "reward_mean", "accuracy", "mean_response_tokens", "reward_errors",
+                "reward_timeouts"):
         v = s[key]
         table.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
     table.add_row("policy versions", ", ".join(f"v{k}: {c}" for k, c in s["policy_versions"].items()))

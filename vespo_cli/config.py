@@ -56,6 +56,7 @@ class RolloutConfig:
     tensor_parallel_size: int = 1
     reward_workers: int = 2
     reward_timeout_s: float = 5.0
+    answer_fallback: Literal["none", "final_number"] = "none"  # rewards/extract.py: the opt-in last rule
 
 
 @dataclass

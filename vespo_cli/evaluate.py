@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .data import EVAL_SETS, canonical_source, encode_prompt, load_problems
 from .errors import UserError
+from .rewards import failure_counts
 
 CI_METHOD = "percentile bootstrap over problems, 2000 resamples, seed 0, 95%"
 _REQUIRED = {  # per_sample.parquet: column -> pyarrow type name (extra row keys are kept as well)
@@ -233,7 +234,9 @@ def run_eval(
                 s = dataclasses.replace(sampling, seed=sampling.seed + 1_000_003 * (start // chunk_prompts))
             completions = engine.generate(prompts, kb, s)
             texts = [c.text or tokenizer.decode(c.response_token_ids, skip_special_tokens=True) for c in completions]
-            scores = scorer.score(texts, [chunk[c.prompt_index].answer for c in completions])
+            scores = scorer.score(texts, [chunk[c.prompt_index].answer for c in completions],
+                                  [chunk[c.prompt_index].problem for c in completions])
+            failure_counts(scores, where=f"{bench}: reward scoring")
             for c, text, sc in zip(completions, texts, scores):
                 p = chunk[c.prompt_index]
                 rows.append({
@@ -247,6 +250,7 @@ def run_eval(
                     "finish_reason": c.finish_reason,
                     "answer": p.answer,
                     "timed_out": bool(sc.timed_out),
+                    "reward_error": sc.error,
                 })
             if on_chunk is not None:
                 on_chunk(bench, min(start + chunk_prompts, len(problems)), len(problems))
@@ -295,7 +299,7 @@ def eval_command(cfg, benchmarks: Sequence[str], *, model: str | None = None, k:
     from rich.table import Table
 
     from .models import load_tokenizer, resolve_model
-    from .rewards import RewardScorer
+    from .rewards import scorer_for
     from .rollout.base import Sampling
     from .rollout.run import open_engine
 
@@ -321,7 +325,7 @@ def eval_command(cfg, benchmarks: Sequence[str], *, model: str | None = None, k:
     err = Console(stderr=True)
     engine = open_engine(ecfg, model_path)
     try:
-        with RewardScorer(workers=cfg.rollout.reward_workers, timeout_s=cfg.rollout.reward_timeout_s) as scorer:
+        with scorer_for(cfg) as scorer:
             results = run_eval(
                 engine, tokenizer, benchmarks, k, limit, sampling, cfg.data.template, out_dir, scorer,
                 max_prompt_tokens=cfg.data.max_prompt_tokens, extra_summary={"model": str(model_path)},

@@ -44,6 +44,7 @@ SCHEMA = pa.schema(
         pa.field("reward", pa.float32(), nullable=False),
         pa.field("correct", pa.bool_(), nullable=False),
         pa.field("extracted_answer", pa.string(), nullable=True),
+        pa.field("reward_error", pa.string(), nullable=True),  # null: scored; "timeout" or the exception type
         pa.field("finish_reason", pa.string(), nullable=False),  # stop | length
         pa.field("response_text", pa.string(), nullable=True),
         pa.field("created_at", pa.timestamp("ms", tz="UTC"), nullable=False),
@@ -53,7 +54,7 @@ SCHEMA = pa.schema(
 )
 _NULLABLE = pa.schema([f.with_nullable(True) for f in SCHEMA], metadata=SCHEMA.metadata)
 COLUMNS = SCHEMA.names
-OPTIONAL = {"rollout_logprobs", "extracted_answer", "response_text", "routing"}
+OPTIONAL = {"rollout_logprobs", "extracted_answer", "reward_error", "response_text", "routing"}
 SHARD_GLOB = "*.parquet"
 
 
@@ -207,6 +208,7 @@ def summarize(directory: str | os.PathLike) -> dict:
     finish: Counter = Counter()
     rows = 0
     reward_sum = correct_sum = resp_tokens = 0.0
+    reward_failures: Counter = Counter()
     bad: list[str] = []
     for f in files:
         try:
@@ -218,6 +220,7 @@ def summarize(directory: str | os.PathLike) -> dict:
         versions.update(t.column("policy_version").to_pylist())
         engines.update(f"{e}/{d}" for e, d in zip(t.column("engine").to_pylist(), t.column("engine_dtype").to_pylist()))
         finish.update(t.column("finish_reason").to_pylist())
+        reward_failures.update(e for e in t.column("reward_error").to_pylist() if e)
         reward_sum += float(pc.sum(t.column("reward")).as_py())
         correct_sum += float(pc.sum(pc.cast(t.column("correct"), pa.int64())).as_py() or 0)
         resp_tokens += float(pc.sum(pc.list_value_length(t.column("response_token_ids"))).as_py() or 0)
@@ -237,4 +240,6 @@ def summarize(directory: str | os.PathLike) -> dict:
         "mean_response_tokens": resp_tokens / rows if rows else math.nan,
         "engines": dict(engines),
         "finish_reasons": dict(finish),
+        "reward_errors": sum(n for e, n in reward_failures.items() if e != "timeout"),
+        "reward_timeouts": reward_failures.get("timeout", 0),
     }

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..config import Config, load_run_config, save_config
 from ..data import Problem, arith_problem, encode_prompt, load_problems
 from ..errors import UserError
+from ..rewards import failure_counts
 from ..shards import list_shards, shard_name, write_shard
 from .base import Sampling
 
@@ -81,7 +82,9 @@ def sample_to_shard(
     completions = engine.generate(prompt_ids, cfg.rollout.n, sampling)
     t_gen = time.perf_counter() - t0
     texts = [c.text or tokenizer.decode(c.response_token_ids, skip_special_tokens=True) for c in completions]
-    scores = scorer.score(texts, [problems[c.prompt_index].answer for c in completions])
+    scores = scorer.score(texts, [problems[c.prompt_index].answer for c in completions],
+                          [problems[c.prompt_index].problem for c in completions])
+    failures = failure_counts(scores, where=f"{path}: reward scoring")
     shard_id = Path(path).stem
     cols = {
         "run_id": [run_id] * len(completions),
@@ -101,6 +104,7 @@ def sample_to_shard(
         "reward": [s.reward for s in scores],
         "correct": [s.correct for s in scores],
         "extracted_answer": [s.extracted_answer for s in scores],
+        "reward_error": [("timeout" if s.timed_out else s.error) or None for s in scores],
         "finish_reason": [c.finish_reason for c in completions],
         "response_text": texts,
     }
@@ -112,7 +116,7 @@ def sample_to_shard(
         "rows": len(completions),
         "tokens": tokens,
         "reward_mean": sum(s.reward for s in scores) / max(len(scores), 1),
-        "timeouts": sum(s.timed_out for s in scores),
+        **failures,
         "gen_s": t_gen,
         "total_s": time.perf_counter() - t0,
     }
@@ -145,7 +149,7 @@ def rollout_once(cfg: Config, run_dir: Path, *, model: str | None, num_prompts: 
 
     Resumable: shards already in the output directory are kept and their prompts skipped."""
     from ..models import load_tokenizer, resolve_model
-    from ..rewards import RewardScorer
+    from ..rewards import scorer_for
 
     if num_prompts < 1:
         raise UserError(f"--num-prompts {num_prompts}: expected a positive integer")
@@ -173,7 +177,7 @@ def rollout_once(cfg: Config, run_dir: Path, *, model: str | None, num_prompts: 
     run_id = Path(run_dir).name
     t_start, tokens, rewards = time.perf_counter(), 0, []
     try:
-        with RewardScorer(workers=cfg.rollout.reward_workers, timeout_s=cfg.rollout.reward_timeout_s) as scorer, \
+        with scorer_for(cfg) as scorer, \
                 _progress() as progress:
             task = progress.add_task("rollout", total=len(problems), completed=(len(chunks) - len(todo)) * per_shard,
                                      info="")
@@ -236,7 +240,7 @@ def rollout_follow(train_run: Path, *, worker: str = "w0", overrides: list[str] 
     Worker `w<k>` of K = trainer.async_workers takes prompt chunks k, k+K, k+2K, ... of the data
     stream; it stops when the run writes `DONE`, and resumes after its last written shard."""
     from ..models import load_tokenizer
-    from ..rewards import RewardScorer
+    from ..rewards import scorer_for
 
     cfg = load_run_config(train_run, overrides)
     try:
@@ -261,7 +265,7 @@ def rollout_follow(train_run: Path, *, worker: str = "w0", overrides: list[str] 
     run_id = Path(train_run).name
     written = 0
     try:
-        with RewardScorer(workers=cfg.rollout.reward_workers, timeout_s=cfg.rollout.reward_timeout_s) as scorer:
+        with scorer_for(cfg) as scorer:
             while not (Path(train_run) / "DONE").exists() and not _trainer_gone():
                 newest = latest_published(train_run)
                 if newest is not None and newest != path:

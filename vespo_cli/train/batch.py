@@ -26,6 +26,7 @@ class Rows:
     policy_versions: torch.Tensor  # [B] int64
     shard_ids: list[str]
     routing: list | None = None
+    reward_errors: list[str | None] | None = None  # per row: null, "timeout" or the exception type
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -37,6 +38,7 @@ class Rows:
             pick(self.prompt_ids), pick(self.response_ids), pick(self.rollout_logprobs),
             self.rewards[idx], self.correct[idx], pick(self.group_ids), self.policy_versions[idx],
             pick(self.shard_ids), pick(self.routing) if self.routing is not None else None,
+            pick(self.reward_errors) if self.reward_errors is not None else None,
         )
 
 
@@ -52,7 +54,15 @@ def rows_from_table(table: pa.Table) -> Rows:
         policy_versions=torch.tensor(table.column("policy_version").to_numpy(zero_copy_only=False), dtype=torch.int64),
         shard_ids=table.column("shard_id").to_pylist(),
         routing=routing if any(r is not None for r in routing) else None,
+        reward_errors=table.column("reward_error").to_pylist(),
     )
+
+
+def reward_failures(rows: Rows, idx: list[int]) -> dict[str, int]:
+    """`reward_errors` (the grader raised) and `reward_timeouts` among rows `idx`."""
+    errs = [rows.reward_errors[i] for i in idx] if rows.reward_errors is not None else []
+    return {"reward_errors": sum(1 for e in errs if e and e != "timeout"),
+            "reward_timeouts": sum(1 for e in errs if e == "timeout")}
 
 
 def split_minibatches(group_ids: list[str], num_minibatches: int, generator: torch.Generator) -> list[list[int]]:

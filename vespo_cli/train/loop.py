@@ -36,7 +36,8 @@ from ..fsio import atomic_write_json, atomic_write_text, read_jsonl
 from ..objectives import group_advantages, policy_loss
 from ..shards import ShardError, follow, list_shards, read_shard, shard_name
 from . import dist, precision
-from .batch import Rows, make_microbatch, padded, plan_microbatches, rows_from_table, split_minibatches
+from .batch import (Rows, make_microbatch, padded, plan_microbatches, reward_failures, rows_from_table,
+                    split_minibatches)
 from .checkpoint import latest_checkpoint, load_optimizer, load_trainer_state, publish_weights, save_checkpoint
 from .forward import token_logprobs
 from .metrics import MetricsWriter
@@ -432,7 +433,7 @@ def _eval_during_training(cfg: Config, run_dir: Path, model, tokenizer, engine, 
     Sync runs use the rollout engine (it holds the current weights after publishing); otherwise an
     HF engine shares the trainer's module. Under FSDP without an engine, eval is left to `vespo eval`."""
     from ..evaluate import metrics_record, run_eval
-    from ..rewards import RewardScorer
+    from ..rewards import scorer_for
     from ..rollout.base import Sampling
 
     if engine is None and dist.world_size() > 1:
@@ -449,7 +450,7 @@ def _eval_during_training(cfg: Config, run_dir: Path, model, tokenizer, engine, 
                             seed=cfg.trainer.seed)
         was_training = model.training
         model.eval()
-        with RewardScorer(workers=cfg.rollout.reward_workers, timeout_s=cfg.rollout.reward_timeout_s) as scorer:
+        with scorer_for(cfg) as scorer:
             results = run_eval(engine, tokenizer, e.benchmarks, e.k, e.limit, sampling, cfg.data.template,
                                run_dir / "eval" / f"step-{step}", scorer, max_prompt_tokens=cfg.data.max_prompt_tokens)
         model.train(was_training)
@@ -463,7 +464,7 @@ def _make_sampler(cfg: Config, run_dir: Path, model, tokenizer, ckpt, base_path:
 
     HF engine in the trainer's dtype on one process shares the trainer's module (no copy, no publish);
     otherwise the engine (vLLM, or HF in another dtype) gets the weights after every rollout batch."""
-    from ..rewards import RewardScorer
+    from ..rewards import scorer_for
     from ..rollout.run import open_engine, sample_to_shard
 
     if not dist.is_main():
@@ -479,7 +480,7 @@ def _make_sampler(cfg: Config, run_dir: Path, model, tokenizer, ckpt, base_path:
     else:
         engine = open_engine(cfg, str(ckpt) if ckpt else base_path)
         holder["publish"] = lambda: engine.load_state_dict(dist.full_state_dict(model))
-    scorer = RewardScorer(workers=cfg.rollout.reward_workers, timeout_s=cfg.rollout.reward_timeout_s)
+    scorer = scorer_for(cfg)
     scorer.__enter__()
 
     def close():
@@ -550,6 +551,7 @@ def _train_on_batch(cfg: Config, model, optimizer, scheduler, batch: RolloutBatc
             "lr": scheduler.get_last_lr()[0],
             "reward": float(rows.rewards[full].mean()),
             "accuracy": float(rows.correct[full].float().mean()),
+            **reward_failures(rows, full),
             "response_length": sum(resp_len) / len(resp_len),
             "staleness": float((state["step"] - 1 - rows.policy_versions[full].float()).mean()),
             "policy_version_min": int(rows.policy_versions[full].min()),

@@ -1,21 +1,16 @@
-"""Math-verify 0/1 rewards against a reference answer: answer extraction and timeout-bounded scoring.
-
-Extraction order (on the last `MAX_RESPONSE_CHARS` characters of a response only):
-  1. the last complete, non-empty `\\boxed{...}` / `\\fbox{...}` (balanced braces);
-  2. else the last DAPO-style line `Answer: ...` (also `**Answer:** ...`, `Final answer: ...`);
-  3. else math-verify's own extraction on the text.
-The extracted answer is parsed by math-verify and compared with the parsed reference.
+"""The scoring pool: math-verify in killable worker processes, with a wall-clock limit per sample.
 
 math-verify bounds its own work with `signal.alarm`, which fails outside the main thread and cannot
 stop a long C-level sympy computation (`9^9^9^9`). So `RewardScorer` scores in worker processes with
 math-verify's timeouts disabled and enforces its own per-sample wall-clock limit by killing the worker
-that overruns and starting a replacement (reward 0, `timed_out=True`).
+that overruns and starting a replacement (reward 0, `timed_out=True`). An exception inside a worker
+is not hidden: the sample scores 0 with `error` set to the exception's type, the scorer counts it and
+logs the first of each type.
 """
 from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -23,150 +18,14 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from functools import lru_cache
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import recv_handle, send_handle
 from pathlib import Path
 
+from .extract import FALLBACKS, MAX_RESPONSE_CHARS, Fallback, extract_answer
+from .score import Score, score_one
+
 log = logging.getLogger(__name__)
-
-MAX_RESPONSE_CHARS = 4096  # only the tail of a response is considered (answers come last)
-MAX_ANSWER_CHARS = 512  # an extracted answer longer than this is not an answer
-
-
-@dataclass(frozen=True)
-class Score:
-    reward: float
-    correct: bool
-    extracted_answer: str
-    timed_out: bool
-
-
-# --------------------------------------------------------------------------------------- extraction
-
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
-_ANSWER_RE = re.compile(r"answer\s*(?:\*\*|__)?\s*[:：]([^\n]*)", re.IGNORECASE)
-
-
-def _matching_braces(text: str) -> dict[int, int]:
-    """Map index of each `{` to the index of its matching `}` (linear; `\\{`, `\\}` are literals)."""
-    match: dict[int, int] = {}
-    stack: list[int] = []
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == "{":
-            stack.append(i)
-        elif ch == "}" and stack:
-            match[stack.pop()] = i
-        i += 1
-    return match
-
-
-def _last_boxed(text: str) -> str | None:
-    starts = [m.end() - 1 for m in _BOX_RE.finditer(text)]
-    if not starts:
-        return None
-    match = _matching_braces(text)
-    for open_idx in reversed(starts):
-        close_idx = match.get(open_idx)
-        if close_idx is None:
-            continue  # truncated box
-        content = text[open_idx + 1 : close_idx].strip()
-        if content:
-            return content
-    return None
-
-
-def _clean_answer_line(s: str) -> str:
-    s = s.strip().strip("*_").strip().rstrip(".").strip()
-    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-        if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
-            s = s[len(left) : len(s) - len(right)].strip()
-            break
-    return s.rstrip(".").strip()
-
-
-def _last_answer_line(text: str) -> str | None:
-    for m in reversed(list(_ANSWER_RE.finditer(text))):
-        content = _clean_answer_line(m.group(1))
-        if content:
-            return content
-    return None
-
-
-def extract_answer(response: str) -> str | None:
-    """The final answer written in `response` (last `\\boxed{}`, else last `Answer:` line), or None.
-    Only the last `MAX_RESPONSE_CHARS` characters are read."""
-    text = response[-MAX_RESPONSE_CHARS:]
-    ans = _last_boxed(text)
-    if ans is None:
-        ans = _last_answer_line(text)
-    if ans is not None and len(ans) > MAX_ANSWER_CHARS:
-        return None
-    return ans
-
-
-# ---------------------------------------------------------------------------------------- scoring
-
-
-class _DropTimeoutDisabledWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Timeout is disabled" not in record.getMessage()
-
-
-_mv_ready = False
-
-
-def _mv():
-    """Import math-verify lazily (~2 s: sympy + the LaTeX grammar)."""
-    global _mv_ready
-    import math_verify
-
-    if not _mv_ready:
-        for name in ("math_verify.parser", "math_verify.grader"):
-            logging.getLogger(name).addFilter(_DropTimeoutDisabledWarning())
-        _mv_ready = True
-    return math_verify
-
-
-def _as_math(ans: str) -> str:
-    """Wrap an extracted answer as inline math for math-verify."""
-    ans = ans.replace("\\$", "").replace("$", "").strip()
-    return f"${ans}$"
-
-
-@lru_cache(maxsize=4096)
-def _parse_reference(reference: str) -> tuple:
-    return tuple(_mv().parse(_as_math(reference), parsing_timeout=None))
-
-
-def score_one(response: str, reference: str) -> Score:
-    """Score one response in-process, with no timeout (`RewardScorer` runs this in killable workers)."""
-    mv = _mv()
-    text = response[-MAX_RESPONSE_CHARS:]
-    gold = list(_parse_reference(reference))
-    ans = extract_answer(text)
-    if ans is None:
-        # Fallback: the last number written, as a literal. Not math-verify's free extraction, which
-        # evaluates expressions: a policy that restates "What is 2 + 8?" as "2 + 8" would score.
-        numbers = _NUMBER_RE.findall(text)
-        ans = numbers[-1].replace(",", "") if numbers else None
-    if ans is not None:
-        pred = mv.parse(_as_math(ans), parsing_timeout=None)
-        extracted = ans
-    else:
-        pred, extracted = [], ""
-    if gold and pred:
-        correct = bool(mv.verify(gold, pred, timeout_seconds=None))
-    else:  # nothing parseable on one side: plain string comparison
-        correct = bool(extracted) and extracted.strip() == reference.strip()
-    return Score(float(correct), correct, extracted, False)
 
 
 # ------------------------------------------------------------------------------------ worker pool
@@ -198,13 +57,13 @@ def _worker_loop(conn: Connection) -> None:
             return
         if msg is None:
             return
-        idx, response, reference = msg
+        idx, response, reference, fallback, question = msg
         try:
-            s = score_one(response, reference)
-        except Exception:  # RecursionError, MemoryError, sympy internals: reward 0
-            s = Score(0.0, False, "", False)
+            s = score_one(response, reference, fallback, question)
+        except Exception as e:  # RecursionError, MemoryError, sympy internals: reward 0, reported
+            s = Score(0.0, False, "", False, error=f"{type(e).__name__}: {str(e)[:200]}")
         try:
-            conn.send((idx, s.reward, s.correct, s.extracted_answer))
+            conn.send((idx, s.reward, s.correct, s.extracted_answer, s.error))
         except (EOFError, OSError):
             return
 
@@ -241,7 +100,7 @@ def _zygote_main(fd: int) -> None:
         ctl.send(pid)
 
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class _Zygote:
@@ -250,7 +109,7 @@ class _Zygote:
         fd = child_sock.fileno()
         code = (
             f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
-            f"from vespo_cli.rewards import _zygote_main; _zygote_main({fd})"
+            f"from vespo_cli.rewards.pool import _zygote_main; _zygote_main({fd})"
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code], pass_fds=[fd], stdin=subprocess.DEVNULL, close_fds=True
@@ -313,9 +172,16 @@ class RewardScorer:
     Each sample gets `timeout_s` seconds of wall-clock time in a worker; a worker that overruns is
     killed and replaced, and the sample scores 0 with `timed_out=True`. A worker that dies otherwise
     (OOM kill, segfault) is replaced and its sample retried once. Usable from any thread (calls are
-    serialized). Processes start lazily on the first `score()` (or `start()`), ~2 s."""
+    serialized). Processes start lazily on the first `score()` (or `start()`).
 
-    def __init__(self, workers: int = 2, timeout_s: float = 5.0, startup_timeout_s: float = 120.0):
+    `fallback` is the extraction policy's opt-in last rule (`extract.py`). `stats` counts over the
+    scorer's life; each `Score` says whether it timed out or raised (`error`)."""
+
+    def __init__(self, workers: int = 2, timeout_s: float = 5.0, startup_timeout_s: float = 120.0,
+                 fallback: Fallback = "none"):
+        if fallback not in FALLBACKS:
+            raise ValueError(f"RewardScorer: fallback must be one of {FALLBACKS}, got {fallback!r}")
+        self.fallback = fallback
         if workers < 1:
             raise ValueError("RewardScorer: workers must be >= 1")
         if timeout_s <= 0:
@@ -327,7 +193,8 @@ class RewardScorer:
         self._zygote: _Zygote | None = None
         self._workers: list[_Worker] = []
         self._closed = False
-        self.stats = {"scored": 0, "timed_out": 0, "crashed": 0, "restarts": 0}
+        self.stats = {"scored": 0, "timed_out": 0, "crashed": 0, "errors": 0, "restarts": 0}
+        self._logged: set[str] = set()  # exception types already logged
 
     # -- lifecycle
     def __enter__(self) -> "RewardScorer":
@@ -388,15 +255,18 @@ class RewardScorer:
             pass
 
     # -- scoring
-    def score(self, responses: list[str], references: list[str]) -> list[Score]:
-        if len(responses) != len(references):
-            raise ValueError(f"{len(responses)} responses but {len(references)} references")
+    def score(self, responses: list[str], references: list[str], questions: list[str] | None = None) -> list[Score]:
+        """Scores of `responses` against `references`; with `questions`, answers copied from the
+        question are not paid."""
+        questions = [""] * len(responses) if questions is None else questions
+        if not len(responses) == len(references) == len(questions):
+            raise ValueError(f"{len(responses)} responses, {len(references)} references, {len(questions)} questions")
         tails = [r[-MAX_RESPONSE_CHARS:] for r in responses]
         with self._lock:
             self._ensure_started()
-            return self._run(tails, [str(r) for r in references])
+            return self._run(tails, [str(r) for r in references], [str(q) for q in questions])
 
-    def _run(self, tails: list[str], refs: list[str]) -> list[Score]:
+    def _run(self, tails: list[str], refs: list[str], questions: list[str]) -> list[Score]:
         results: list[Score | None] = [None] * len(tails)
         pending = deque(range(len(tails)))
         retried: set[int] = set()
@@ -406,7 +276,7 @@ class RewardScorer:
                 if w.task is None and pending:
                     idx = pending.popleft()
                     try:
-                        w.conn.send((idx, tails[idx], refs[idx]))
+                        w.conn.send((idx, tails[idx], refs[idx], self.fallback, questions[idx]))
                     except OSError:  # died while idle
                         pending.appendleft(idx)
                         self._replace(i)
@@ -421,7 +291,7 @@ class RewardScorer:
                 w = self._workers[i]
                 idx = w.task[0]  # type: ignore[index]
                 try:
-                    _, reward, correct, extracted = conn.recv()
+                    _, reward, correct, extracted, error = conn.recv()
                 except (EOFError, OSError):  # died mid-task (OOM kill, segfault): retry once
                     w.task = None
                     self.stats["crashed"] += 1
@@ -429,23 +299,39 @@ class RewardScorer:
                                 "giving it reward 0" if idx in retried else "retrying it once")
                     self._replace(i)
                     if idx in retried:
-                        results[idx] = Score(0.0, False, extract_answer(tails[idx]) or "", False)
+                        results[idx] = Score(0.0, False, self._extract(tails[idx], questions[idx]), False, error="WorkerCrashed")
+                        self._count_error("WorkerCrashed: the scoring process died twice on this sample")
                         outstanding -= 1
                     else:
                         retried.add(idx)
                         pending.appendleft(idx)
                     continue
-                results[idx] = Score(reward, correct, extracted, False)
+                results[idx] = Score(reward, correct, extracted, False, error)
                 w.task = None
                 outstanding -= 1
                 self.stats["scored"] += 1
+                if error:
+                    self._count_error(error)
             now = time.monotonic()
             for i, w in enumerate(self._workers):
                 if w.task is not None and now >= w.task[1]:
                     idx = w.task[0]
-                    results[idx] = Score(0.0, False, extract_answer(tails[idx]) or "", True)
+                    results[idx] = Score(0.0, False, self._extract(tails[idx], questions[idx]), True)
                     outstanding -= 1
                     w.task = None
                     self.stats["timed_out"] += 1
                     self._replace(i)
         return results  # type: ignore[return-value]
+
+    def _extract(self, tail: str, question: str) -> str:
+        try:
+            return extract_answer(tail, self.fallback, question) or ""
+        except Exception:  # pragma: no cover - extraction is linear-time regex work
+            return ""
+
+    def _count_error(self, error: str) -> None:
+        self.stats["errors"] += 1
+        kind = error.split(":", 1)[0]
+        if kind not in self._logged:  # once per exception type: a broken grader is seen, not spammed
+            self._logged.add(kind)
+            log.warning("reward scoring raised %s (the sample gets reward 0; counted as reward_errors)", error)
