@@ -152,6 +152,144 @@ def test_parse_algo_item(presets):
         K.parse_algo_item("vespo:length_norm")
 
 
+# --------------------------------------------------------------------------- statistics over seeds
+
+T975 = {1: 12.706204736, 2: 4.302652730, 4: 2.776445105, 10: 2.228138852, 30: 2.042272456}  # t_{0.975, df}
+
+
+def test_t_quantiles():
+    try:
+        from scipy import stats as sps
+    except ImportError:
+        sps = None
+    for df, want in T975.items():
+        assert K.t_quantile(0.975, df) == pytest.approx(want, abs=1e-8)
+        assert K.t_quantile(0.025, df) == pytest.approx(-want, abs=1e-8)
+    if sps is not None:
+        for df in (1, 1.5, 2, 3.7, 4, 9, 60, 500):
+            for q in (0.6, 0.9, 0.975, 0.995):
+                assert K.t_quantile(q, df) == pytest.approx(sps.t.ppf(q, df), rel=1e-9)
+    # closed forms of the CDF: df = 1 (Cauchy) and df = 2, also at non-integer t
+    for t in (-7.5, -1.0, 0.0, 0.3, 2.0, 40.0):
+        assert K.stats.t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)
+        assert K.stats.t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
+    with pytest.raises(ValueError):
+        K.t_quantile(1.0, 3)
+
+
+def test_t_interval_exact():
+    out = K.t_interval([1.0, 2.0, 3.0])  # mean 2, s = 1
+    half = T975[2] / math.sqrt(3)
+    assert out["n"] == 3 and out["mean"] == pytest.approx(2.0)
+    assert (out["low"], out["high"]) == (pytest.approx(2 - half), pytest.approx(2 + half))
+    assert K.t_interval([0.4, None, float("nan")]) == {"mean": 0.4, "low": None, "high": None, "n": 1}  # one seed
+    assert K.t_interval([None]) is None
+
+
+def test_wilson_interval():
+    z2 = 1.959963984540054 ** 2
+    assert K.wilson_interval(0, 3) == {"mean": 0.0, "low": 0.0, "high": pytest.approx(z2 / (3 + z2)), "n": 3}
+    full = K.wilson_interval(5, 5)
+    assert full["high"] == 1.0 and full["low"] == pytest.approx(5 / (5 + z2))
+    mid = K.wilson_interval(3, 10)  # the textbook example
+    assert (round(mid["low"], 4), round(mid["high"], 4)) == (0.1078, 0.6032)
+    assert K.wilson_interval(0, 0) is None
+    assert K.collapse_rate(["collapsed", "stable", "never learned", "no data"]) == K.wilson_interval(1, 3)
+
+
+def test_paired_difference_exact():
+    a, b = {0: 0.5, 1: 0.7, 2: 0.6}, {0: 0.3, 1: 0.4, 2: 0.5}  # per-seed differences 0.2, 0.3, 0.1: s = 0.1
+    d = K.difference(a, b)
+    half = T975[2] * 0.1 / math.sqrt(3)
+    assert (d["method"], d["n"], d["seeds"]) == ("paired", 3, [0, 1, 2])
+    assert (d["mean"], d["low"], d["high"]) == (pytest.approx(0.2), pytest.approx(0.2 - half), pytest.approx(0.2 + half))
+    # seeds that do not pair: Welch; equal n and variances give df = 2(n − 1) = 4
+    w = K.difference({0: 1.0, 1: 2.0, 2: 3.0}, {3: 4.0, 4: 5.0, 5: 6.0})
+    half = T975[4] * math.sqrt(2 / 3)
+    assert (w["method"], w["n"]) == ("welch", [3, 3])
+    assert (w["mean"], w["low"], w["high"]) == (pytest.approx(-3.0), pytest.approx(-3 - half), pytest.approx(-3 + half))
+    assert K.difference({0: 1.0, 1: None}, {0: 0.5, 1: 0.5})["method"] == "welch"  # a seed without a value
+    assert K.difference({0: 1.0}, {0: 0.5}) == {"mean": 0.5, "low": None, "high": None, "n": 1, "method": "paired",
+                                               "seeds": [0]}
+    assert K.difference({}, {0: 0.5}) is None
+
+
+def group(label: str, n: int, finals: dict, best: dict | None = None, **algorithm) -> dict:
+    """A group summary as write_report makes it, reduced to what the differences and the verdict read."""
+    best = best or finals
+    return {"label": label, "staleness": n, "seeds": sorted(finals), "algorithm": algorithm or None,
+            "per_seed": [{"seed": s, "final_reward": finals[s], "best_reward": best[s]} for s in sorted(finals)]}
+
+
+def test_paired_differences_per_n():
+    groups = [group("vespo", 1, {0: 0.5, 1: 0.6}), group("grpo", 1, {0: 0.4, 1: 0.4}),
+              group("vespo", 8, {0: 0.5, 1: 0.7}), group("grpo", 8, {0: 0.2, 1: 0.3}), group("sapo", 4, {0: 0.1})]
+    diffs = K.paired_differences(groups)
+    got = {(d["staleness"], d["baseline"], d["metric"]): d for d in diffs}
+    assert set(got) == {(n, "grpo", m) for n in (1, 8) for m in ("final_reward", "best_reward")}  # sapo: no vespo at N=4
+    d = got[(8, "grpo", "final_reward")]  # differences 0.3, 0.4: mean 0.35, s = 0.0707
+    half = T975[1] * math.sqrt(0.005) / math.sqrt(2)
+    assert (d["reference"], d["method"], d["n"]) == ("vespo", "paired", 2)
+    assert (d["mean"], d["low"], d["high"]) == (pytest.approx(0.35), pytest.approx(0.35 - half), pytest.approx(0.35 + half))
+
+
+VESPO = {"name": "vespo", "objective": "vespo", "overrides": {},
+         "params": {"c1_pos": 2.0, "c2_pos": 3.0, "c1_neg": 3.0, "c2_neg": 2.0, "length_norm": "none"}}
+
+
+def ablation(**params) -> dict:
+    return {**VESPO, "overrides": params, "params": {**VESPO["params"], **params}}
+
+
+def seeds(*values) -> dict:
+    return dict(enumerate(values))
+
+
+def test_verdict_rule_on_synthetic_summaries():
+    groups = [
+        group("vespo", 1, seeds(0.50, 0.52, 0.48), **VESPO), group("vespo", 16, seeds(0.50, 0.51, 0.49), **VESPO),
+        group("sapo", 1, seeds(0.50, 0.52, 0.48)), group("sapo", 16, seeds(0.20, 0.23, 0.17)),
+        group("gspo", 1, seeds(0.5, 0.4, 0.6)), group("gspo", 16, seeds(0.6, 0.2, 0.45)),
+        group("vespo+length_norm=sqrt", 16, seeds(0.30, 0.31, 0.29), **ablation(length_norm="sqrt")),
+        group("vespo+c1_neg=2+c2_neg=3", 16, seeds(0.60, 0.61, 0.59), **ablation(c1_neg=2.0, c2_neg=3.0)),
+        group("vespo+c1_neg=2.5", 16, seeds(0.1, 0.1, 0.1), **ablation(c1_neg=2.5)),  # not symmetric: no claim
+    ]
+    rows = K.paper_verdict(groups)
+    got = {(r["claim"], r["comparison"]): r for r in rows}
+    assert [r["verdict"] for r in rows] == ["supported", "supported", "not resolved at this power", "supported",
+                                            "contradicted"]
+    assert got[("VESPO stays stable as N grows", "vespo N=16 − vespo N=1")]["difference"]["mean"] == pytest.approx(0)
+    assert got[("SAPO degrades as N grows", "sapo N=16 − sapo N=1")]["difference"]["high"] < -0.05
+    assert ("length normalisation hurts", "vespo − vespo+length_norm=sqrt at N=16") in got
+    assert got[("asymmetric c helps", "vespo − vespo+c1_neg=2+c2_neg=3 at N=16")]["difference"]["high"] < 0
+    # VESPO dropping by more than the margin contradicts claim 1; SAPO within the margin contradicts claim 2
+    rows = K.paper_verdict([group("vespo", 1, seeds(0.5, 0.52, 0.48), **VESPO),
+                            group("vespo", 8, seeds(0.2, 0.22, 0.18), **VESPO),
+                            group("sapo", 1, seeds(0.5, 0.52, 0.48)), group("sapo", 8, seeds(0.5, 0.51, 0.49))])
+    assert [r["verdict"] for r in rows] == ["contradicted", "contradicted", "no data", "no data", "no data"]
+    # one seed: a difference without an interval decides nothing
+    one = K.paper_verdict([group("vespo", 1, {0: 0.5}, **VESPO), group("vespo", 8, {0: 0.1}, **VESPO)])
+    assert one[0]["verdict"] == "not resolved at this power" and one[0]["difference"]["low"] is None
+    assert {r["verdict"] for r in K.paper_verdict([])} == {"no data"}
+
+
+def test_collapse_rule_quiet_on_bernoulli_noise():
+    """A stationary policy (reward ~ Binomial(32, p)/32 per step) is not a collapse: ≤ 1% false positives."""
+    rng = np.random.default_rng(0)
+
+    def rate(p: float, steps: int, runs: int) -> float:
+        rewards = rng.binomial(32, p, size=(runs, steps)) / 32
+        return np.mean([K.detect_collapse(curve(r, n_seqs=32))["status"] == "collapsed" for r in rewards])
+
+    assert rate(0.3, 60, 2000) <= 0.01
+    for p in (0.1, 0.2):
+        for steps in (24, 60):
+            assert rate(p, steps, 1000) <= 0.01, (p, steps)
+    # a real drop at the same batch size is still a collapse
+    r = np.concatenate([rng.binomial(32, 0.6, 40), rng.binomial(32, 0.1, 20)]) / 32
+    assert K.detect_collapse(curve(r, n_seqs=32))["status"] == "collapsed"
+
+
 # --------------------------------------------------------------------------- reports from run directories
 
 
@@ -209,20 +347,21 @@ def test_report_from_two_run_dirs(presets, tmp_path):
     for name in ("reward.png", "response_length.png", "entropy.png", "grad_norm.png", "weights.png", "eval.png"):
         assert name in refs
     text = report.read_text()
-    assert "| tiny-vespo |" in text and "| tiny-grpo |" in text and "Collapse" in text
+    # labelled by algorithm (from config.yaml), not by the directory names tiny-vespo / tiny-grpo
+    assert "| vespo |" in text and "| grpo |" in text and "Collapse" in text and "tiny-vespo" in text
     assert "moving average over the last **3**" in text  # window stated (40 steps → 3)
     summary = json.loads((out / "summary.json").read_text())
     groups = {g["label"]: g for g in summary["groups"]}
-    assert groups["tiny-vespo"]["collapse"][0]["status"] == "stable"
-    col = groups["tiny-grpo"]["collapse"][0]
+    assert groups["vespo"]["collapse"][0]["status"] == "stable"
+    col = groups["grpo"]["collapse"][0]
     assert col["status"] == "collapsed" and col["reason"] == "reward drop" and 25 <= col["step"] <= 27
-    assert groups["tiny-vespo"]["weight_metric"] == "suppressed_frac"
-    assert groups["tiny-grpo"]["weight_metric"] == "clip_frac"
-    assert groups["tiny-grpo"]["final_reward"]["mean"] == pytest.approx(0.02)
-    assert groups["tiny-vespo"]["eval"]["aime24"]["avg_at_k"]["mean"] == pytest.approx(
+    assert groups["vespo"]["weight_metric"] == "suppressed_frac"
+    assert groups["grpo"]["weight_metric"] == "clip_frac"
+    assert groups["grpo"]["final_reward"] == {"mean": pytest.approx(0.02), "low": None, "high": None, "n": 1}
+    assert groups["vespo"]["eval"]["aime24"]["avg_at_k"]["mean"] == pytest.approx(
         [r for r in synthetic("vespo") if r["kind"] == "eval"][-1]["avg_at_k"])
     runs = {r["label"]: r for r in summary["runs"]}
-    assert runs["tiny-vespo"]["steps_done"] == 40  # the torn last line is ignored
+    assert runs["vespo"]["steps_done"] == 40  # the torn last line is ignored
 
 
 def test_report_seeds_staleness_missing_keys(presets, tmp_path):
@@ -242,7 +381,18 @@ def test_report_seeds_staleness_missing_keys(presets, tmp_path):
     assert keys == [("grpo", 1, (0, 1)), ("grpo", 2, (0, 1)), ("vespo", 1, (0, 1)), ("vespo", 2, (0, 1))]
     g = next(g for g in summary["groups"] if g["label"] == "grpo")
     assert g["ess_mean"] is None and g["weight_metric"] is None  # missing keys: "–", not a crash
-    assert "(min–max over seeds)" in report.read_text()
+    # two seeds: mean and t interval over seeds; the collapse rate with its Wilson interval
+    finals = [r["final_reward"] for r in summary["runs"] if (r["label"], r["staleness"]) == ("grpo", 1)]
+    assert set(g["final_reward"]) == {"mean", "low", "high", "n"} and set(g["best_reward"]) == set(g["final_reward"])
+    assert g["final_reward"] == {**K.t_interval(finals), "mean": pytest.approx(np.mean(finals))}
+    assert g["collapse_rate"] == K.wilson_interval(0, 2)
+    text = report.read_text()
+    assert "(min–max over seeds)" in text and "## Differences: vespo − baseline" in text and "## Verdict" in text
+    diffs = {(d["staleness"], d["metric"]): d for d in summary["paired_differences"]}
+    assert set(diffs) == {(n, m) for n in (1, 2) for m in ("final_reward", "best_reward")}
+    assert diffs[(1, "final_reward")]["method"] == "paired" and diffs[(1, "final_reward")]["seeds"] == [0, 1]
+    verdict = {r["claim"]: r["verdict"] for r in summary["verdict"]}
+    assert verdict["SAPO degrades as N grows"] == "no data" and "| **no data** |" in text
 
 
 def test_report_of_unfinished_or_empty_run(presets, tmp_path):
@@ -269,6 +419,62 @@ def test_compare_cli_reports_and_rejects(presets, tmp_path):
     assert res.exit_code == 2 and "not a run directory" in res.output
     res = CliRunner().invoke(app, ["compare", str(a), "--staleness", "4"])
     assert res.exit_code == 2 and "--staleness" in res.output
+    res = CliRunner().invoke(app, ["compare", str(a), "--x", "samples", "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 2 and "--x samples" in res.output and "n_seqs" in res.output
+
+
+def test_labels_from_the_algorithm_section(presets, tmp_path):
+    rows = synthetic("vespo", n=5, evals=False)
+    specs = {name: K.existing_run(write_run(tmp_path / name, algo, rows, **over)) for name, algo, over in [
+        ("demo", "vespo", {}), ("ln", "vespo", {"algorithm__params__length_norm": "sqrt"}),
+        ("sym", "vespo", {"algorithm__params__c1_neg": 2, "algorithm__params__c2_neg": 3}),
+        ("d", "dapo", {}), ("g", "grpo", {"algorithm__correction": "tis"}),
+        ("vespo+length_norm=linear-N4-s1", "vespo", {})]}  # a compare-named directory keeps its label
+    assert {k: s.label for k, s in specs.items()} == {
+        "demo": "vespo", "ln": "vespo+length_norm=sqrt", "sym": "vespo+c1_neg=2+c2_neg=3", "d": "dapo",
+        "g": "grpo+correction=tis", "vespo+length_norm=linear-N4-s1": "vespo+length_norm=linear"}
+    assert specs["sym"].algorithm["params"]["c1_neg"] == 2 and specs["sym"].algorithm["name"] == "vespo"
+    # the tiny preset's own algorithm section (objective vespo, no params) is plain vespo
+    assert K.describe_algorithm({"objective": "vespo", "params": {}})["label"] == "vespo"
+    # a recorded preset name wins over the closest preset (grpo has dual_clip 3)
+    assert K.describe_algorithm({"name": "dapo", "objective": "grpo", "params": {"dual_clip": 3.0}})["label"] == (
+        "dapo+dual_clip=3")
+    assert K.describe_algorithm({"objective": "grpo", "params": {"dual_clip": 3.0}})["label"] == "grpo"
+
+
+def test_same_label_runs_are_told_apart(presets, tmp_path):
+    rows = synthetic("vespo", n=5, evals=False)
+    a = write_run(tmp_path / "a", "vespo", rows)
+    b = write_run(tmp_path / "b", "vespo", rows, trainer__lr=0.5)  # another experiment, same algorithm
+    K.compare_command([str(a), str(b)], out=tmp_path / "rep")
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert sorted(g["label"] for g in summary["groups"]) == ["vespo (a)", "vespo (b)"]
+    # two compare directories: their runs keep grouping by seed, told apart by the compare directory
+    for cmp in ("c1", "c2"):
+        for seed in (0, 1):
+            write_run(tmp_path / cmp / "runs" / f"vespo-N2-s{seed}", "vespo", rows, trainer__seed=seed,
+                      trainer__lr=0.5 if cmp == "c2" else 0.001)
+    K.compare_command([str(tmp_path / "c1"), str(tmp_path / "c2")], out=tmp_path / "rep2")
+    summary = json.loads((tmp_path / "rep2" / "summary.json").read_text())
+    assert sorted((g["label"], tuple(g["seeds"])) for g in summary["groups"]) == [
+        ("vespo (c1)", (0, 1)), ("vespo (c2)", (0, 1))]
+
+
+def test_x_axis_samples(presets, tmp_path):
+    rows = curve([0.1, 0.2, 0.3], n_seqs=32) + curve([0.4], n_seqs=64)[:0]
+    np.testing.assert_allclose(K.x_values(rows, "samples"), [32, 64, 96])
+    np.testing.assert_allclose(K.x_values(rows, "steps"), [1, 2, 3])
+    assert K.samples_consumed(curve([0.1, 0.2])) is None  # no n_seqs
+    a = write_run(tmp_path / "a", "vespo", synthetic("vespo", n=8))
+    with pytest.raises(UserError, match="--x samples: .*n_seqs"):
+        K.compare_command([str(a)], out=tmp_path / "rep", x="samples")
+    with pytest.raises(UserError, match="--x frames: expected one of steps, samples"):
+        K.compare_command([str(a)], out=tmp_path / "rep", x="frames")
+    b = write_run(tmp_path / "b", "vespo", [{**r, "n_seqs": 32} for r in synthetic("vespo", n=8)])
+    assert_pngs(K.compare_command([str(b)], out=tmp_path / "rep", x="samples"))
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert summary["settings"]["x"] == "samples"
+    assert "samples consumed" in (tmp_path / "rep" / "report.md").read_text()
 
 
 # --------------------------------------------------------------------------- running: reuse and resume

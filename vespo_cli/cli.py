@@ -159,12 +159,13 @@ def compare(
     seeds: int = typer.Option(1, "--seeds", help="Seeds per (algorithm, N)."),
     replay: Optional[Path] = typer.Option(None, "--replay", help="Same shards for every algorithm."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report directory (default: runs/compare-<preset>)."),
+    x: str = typer.Option("steps", "--x", help="Curves' x-axis: steps (optimizer steps) or samples (consumed)."),
 ):
     """Run the same experiment under several algorithms (or report existing runs) side by side."""
     from .compare import compare_command
 
     compare_command(items, preset=preset, overrides=overrides or [], staleness=staleness or [],
-                    seeds=seeds, replay=replay, out=out)
+                    seeds=seeds, replay=replay, out=out, x=x)
 
 
 @app.command()

@@ -3,36 +3,45 @@
 Given algorithm presets (`vespo grpo vespo:length_norm=sqrt`), every (algorithm, staleness N, seed)
 is trained into `OUT/runs/<label>-N<N>-s<seed>` from the same preset, data order and seed (and the
 same shards with `--replay`); complete runs are reused and partial ones resumed. Given run
-directories, it only reports. The report is `OUT/report.md` (table + definitions + plots),
-`OUT/summary.json` (the table's numbers, per run and per group) and `OUT/*.png`.
+directories, it only reports. The report is `OUT/report.md` (table, differences, verdict,
+definitions, plots), `OUT/summary.json` (the numbers, per run and per group) and `OUT/*.png`.
 
 One concept per module:
 - `sweep`: running the (algorithm, N, seed) grid (trainer child processes, reuse and resume);
-- `runs`: what a compare covers (algorithm items, run directories, labels) and the loaded metrics;
+- `runs`: what a compare covers (algorithm items, run directories) and the loaded metrics;
+- `labels`: what a run is called (its algorithm preset and overrides, from its config);
 - `analysis`: pure functions of `metrics.jsonl` records (smoothing, collapse, a run's numbers);
-- `groups`: a (label, N) group's numbers over its seeds;
-- `report`: `summary.json` and `report.md`; `plots`: the figures.
+- `stats`: t and Wilson intervals, differences paired by seed; `groups`: a (label, N) group's
+  numbers over its seeds and the paired differences; `verdict`: the paper's claims judged;
+- `report`: `summary.json` and `report.md` (sections in `markdown`); `plots`: the figures.
 """
 from __future__ import annotations
 
 from ..fsio import read_jsonl
-from . import analysis, groups, plots, report, runs, sweep
+from . import analysis, groups, labels, markdown, plots, report, runs, stats, sweep, verdict
 from .analysis import (DROP, FINAL_FRAC, FLOOR, MIN_PATIENCE, MIN_WINDOW, NOISE_Z, NONFINITE_KEYS, PATIENCE_FRAC,
                        SMOOTH_FRAC, _finite_mean, _num, _opt, _series_key, default_patience, detect_collapse,
-                       eval_records, moving_average, smooth_window, summarize_run, train_records, trailing_sums,
-                       window_stderr)
-from .groups import _group_summary, _groups, _stats
-from .plots import FIGURES, _flat_ylim, _maybe_log, _pyplot, _save, plot_all
-from .report import _collapse_cell, _eval_cell, _f, _jsonable, _table, render_markdown, write_report
-from .runs import ALGO_FIELDS, RUN_NAME, Loaded, RunSpec, existing_run, load_runs, parse_algo_item
+                       eval_records, moving_average, samples_consumed, smooth_window, summarize_run, train_records,
+                       trailing_sums, window_stderr, x_values)
+from .groups import REFERENCE, _group_summary, _groups, _stats, collapse_rate, paired_differences, seed_values
+from .labels import RUN_NAME, describe_algorithm
+from .markdown import _collapse_cell, _eval_cell, _f, _table
+from .plots import FIGURES, X_AXES, _flat_ylim, _maybe_log, _pyplot, _save, plot_all
+from .report import _jsonable, render_markdown, write_report
+from .runs import ALGO_FIELDS, Loaded, RunSpec, existing_run, load_runs, parse_algo_item
+from .stats import difference, t_interval, t_quantile, welch_interval, wilson_interval
 from .sweep import REFRESH_AFTER_S, compare_command, train
+from .verdict import MARGIN, paper_verdict
 
 __all__ = [
-    "ALGO_FIELDS", "DROP", "FIGURES", "FINAL_FRAC", "FLOOR", "Loaded", "MIN_PATIENCE", "MIN_WINDOW", "NOISE_Z",
-    "NONFINITE_KEYS", "PATIENCE_FRAC", "REFRESH_AFTER_S", "RUN_NAME", "RunSpec", "SMOOTH_FRAC", "_collapse_cell",
-    "_eval_cell", "_f", "_finite_mean", "_flat_ylim", "_group_summary", "_groups", "_jsonable", "_maybe_log", "_num",
-    "_opt", "_pyplot", "_save", "_series_key", "_stats", "_table", "analysis", "compare_command", "default_patience",
-    "detect_collapse", "eval_records", "existing_run", "groups", "load_runs", "moving_average", "parse_algo_item",
-    "plot_all", "plots", "read_jsonl", "render_markdown", "report", "runs", "smooth_window", "summarize_run", "sweep",
-    "train", "train_records", "trailing_sums", "window_stderr", "write_report",
+    "ALGO_FIELDS", "DROP", "FIGURES", "FINAL_FRAC", "FLOOR", "Loaded", "MARGIN", "MIN_PATIENCE", "MIN_WINDOW",
+    "NOISE_Z", "NONFINITE_KEYS", "PATIENCE_FRAC", "REFERENCE", "REFRESH_AFTER_S", "RUN_NAME", "RunSpec",
+    "SMOOTH_FRAC", "X_AXES", "_collapse_cell", "_eval_cell", "_f", "_finite_mean", "_flat_ylim", "_group_summary",
+    "_groups", "_jsonable", "_maybe_log", "_num", "_opt", "_pyplot", "_save", "_series_key", "_stats", "_table",
+    "analysis", "collapse_rate", "compare_command", "default_patience", "describe_algorithm", "detect_collapse",
+    "difference", "eval_records", "existing_run", "groups", "labels", "load_runs", "markdown", "moving_average",
+    "paired_differences", "paper_verdict", "parse_algo_item", "plot_all", "plots", "read_jsonl", "render_markdown",
+    "report", "runs", "samples_consumed", "seed_values", "smooth_window", "stats", "summarize_run", "sweep",
+    "t_interval", "t_quantile", "train", "train_records", "trailing_sums", "verdict", "welch_interval",
+    "wilson_interval", "window_stderr", "write_report", "x_values",
 ]

@@ -1,4 +1,5 @@
-"""Pure functions of `metrics.jsonl` records: smoothing, collapse detection, run and group summaries.
+"""Pure functions of `metrics.jsonl` records: smoothing, collapse detection, a run's summary, the
+curves' x coordinate (optimizer steps or samples consumed).
 
 Nothing here reads a file, so the report of a run can be recomputed at any time, also while it trains.
 """
@@ -13,7 +14,8 @@ DROP = 0.5  # collapse: smoothed reward below DROP × best-so-far ...
 PATIENCE_FRAC = 0.1  # ... for max(MIN_PATIENCE, PATIENCE_FRAC × steps) consecutive steps ...
 MIN_PATIENCE = 3
 FLOOR = 0.05  # ... counted only once the best smoothed reward exceeds FLOOR ("never learned" otherwise)
-NOISE_Z = 3.0  # ... and, for rewards in [0, 1], only where the drop exceeds NOISE_Z standard errors
+NOISE_Z = 3.5  # ... and, for rewards in [0, 1], only where the drop exceeds NOISE_Z standard errors (above 3:
+#                the best-so-far is a maximum over many windows; test_collapse_rule_quiet_on_bernoulli_noise)
 SMOOTH_FRAC = 0.05  # moving-average window: max(MIN_WINDOW, SMOOTH_FRAC × steps) steps
 MIN_WINDOW = 3
 FINAL_FRAC = 0.1  # final reward: mean over the last 10% of steps
@@ -187,3 +189,20 @@ def summarize_run(records: Sequence[dict], total_steps: Optional[int] = None,
 def _opt(x: Any) -> Optional[float]:
     v = _num(x)
     return v if math.isfinite(v) else None
+
+
+def samples_consumed(rows: Sequence[dict]) -> Optional[np.ndarray]:
+    """Sequences the optimizer has consumed after each training record: the cumulative sum of
+    `n_seqs`; None when a record does not carry a positive `n_seqs`."""
+    counts = np.asarray([_num(r.get("n_seqs")) for r in rows], dtype=float)
+    if not (np.isfinite(counts) & (counts > 0)).all():
+        return None
+    return np.cumsum(counts)
+
+
+def x_values(rows: Sequence[dict], x: str) -> Optional[np.ndarray]:
+    """The curves' x coordinate of each training record: its optimizer step (x = "steps") or the
+    samples consumed up to it (x = "samples", `samples_consumed`)."""
+    if x == "samples":
+        return samples_consumed(rows)
+    return np.asarray([float(r["step"]) for r in rows])

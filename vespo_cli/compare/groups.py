@@ -1,10 +1,15 @@
-"""Runs grouped by (label, staleness N): the group's numbers over its seeds (pure)."""
+"""Runs grouped by (label, staleness N): the group's numbers over its seeds, and the differences
+between the reference algorithm and every other one at the same N (pure)."""
 from __future__ import annotations
 
 import math
 from typing import Iterable, Optional, Sequence
 
 from .runs import Loaded
+from .stats import difference, t_interval, wilson_interval
+
+REFERENCE = "vespo"  # the paper's method: paired differences are REFERENCE − each other label
+SEED_METRICS = ("final_reward", "best_reward")  # per-seed numbers with a t interval over seeds
 
 
 def _groups(runs: Sequence[Loaded]) -> dict[tuple[str, int], list[Loaded]]:
@@ -21,27 +26,62 @@ def _stats(values: Iterable[Optional[float]]) -> Optional[dict]:
     return {"mean": sum(v) / len(v), "min": min(v), "max": max(v), "n": len(v)}
 
 
+def collapse_rate(statuses: Sequence[str]) -> Optional[dict]:
+    """Fraction of runs that collapsed among those with data ("no data" left out), with its Wilson
+    interval; None when no run has data."""
+    counted = [s for s in statuses if s != "no data"]
+    return wilson_interval(sum(s == "collapsed" for s in counted), len(counted))
+
+
+def seed_values(group: dict, metric: str) -> dict[int, Optional[float]]:
+    """{seed: value} of one of SEED_METRICS in a group summary."""
+    return {int(p["seed"]): p.get(metric) for p in group.get("per_seed") or []}
+
+
 def _group_summary(key: tuple[str, int], members: list[Loaded]) -> dict:
     label, n = key
     sums = [m.summary for m in members]
-    benches = sorted({b for s in sums for b in s["eval"]})
-    evals = {}
-    for b in benches:
-        es = [s["eval"][b] for s in sums if b in s["eval"]]
-        evals[b] = {"k": sorted({e["k"] for e in es if e.get("k") is not None}),
-                    "avg_at_k": _stats(e["avg_at_k"] for e in es), "pass_at_k": _stats(e["pass_at_k"] for e in es),
-                    "ci95_low": _stats(e["ci95_low"] for e in es), "ci95_high": _stats(e["ci95_high"] for e in es)}
     keys = {s["weight_metric"] for s in sums if s["weight_metric"]}
     return {
         "label": label, "staleness": n, "seeds": [m.spec.seed for m in members],
+        "algorithm": members[0].spec.algorithm,
         "steps_done": [s["steps_done"] for s in sums], "steps_total": [s["steps_total"] for s in sums],
-        "final_reward": _stats(s["final_reward"] for s in sums),
-        "best_reward": _stats(s["best_reward"] for s in sums),
+        **{k: t_interval(s[k] for s in sums) for k in SEED_METRICS},
+        "collapse_rate": collapse_rate([s["collapse"]["status"] for s in sums]),
+        "per_seed": [{"seed": m.spec.seed, **{k: s[k] for k in SEED_METRICS}} for m, s in zip(members, sums)],
         "ess_mean": _stats(s["ess_mean"] for s in sums),
         "weight_metric": "/".join(sorted(keys)) or None,
         "weight_frac_mean": _stats(s["weight_frac_mean"] for s in sums),
         "time_s": _stats(s["time_s"] for s in sums),
         "collapse": [dict(seed=m.spec.seed, **{k: s["collapse"][k] for k in ("status", "step", "reason")})
                      for m, s in zip(members, sums)],
-        "eval": evals,
+        "eval": _eval_summary(sums),
     }
+
+
+def _eval_summary(sums: Sequence[dict]) -> dict:
+    """Per benchmark: the k values and mean / min / max over seeds of the last eval's numbers."""
+    evals = {}
+    for b in sorted({b for s in sums for b in s["eval"]}):
+        es = [s["eval"][b] for s in sums if b in s["eval"]]
+        evals[b] = {"k": sorted({e["k"] for e in es if e.get("k") is not None}),
+                    "avg_at_k": _stats(e["avg_at_k"] for e in es), "pass_at_k": _stats(e["pass_at_k"] for e in es),
+                    "ci95_low": _stats(e["ci95_low"] for e in es), "ci95_high": _stats(e["ci95_high"] for e in es)}
+    return evals
+
+
+def paired_differences(groups: Sequence[dict], reference: str = REFERENCE,
+                       metrics: Sequence[str] = SEED_METRICS) -> list[dict]:
+    """reference − each other label at the same N, per metric, paired by seed (`stats.difference`):
+    [{"staleness", "reference", "baseline", "metric", "mean", "low", "high", "n", "method", "seeds"}]."""
+    out = []
+    for ref in (g for g in groups if g["label"] == reference):
+        for g in groups:
+            if g["staleness"] != ref["staleness"] or g["label"] == reference:
+                continue
+            for metric in metrics:
+                d = difference(seed_values(ref, metric), seed_values(g, metric))
+                if d is not None:
+                    out.append({"staleness": ref["staleness"], "reference": reference, "baseline": g["label"],
+                                "metric": metric, **d})
+    return out

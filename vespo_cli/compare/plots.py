@@ -6,13 +6,15 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ..fsio import atomic_path
-from .analysis import _num, _series_key, moving_average
+from .analysis import _num, _series_key, moving_average, x_values
 from .runs import Loaded
+
+X_AXES = {"steps": "optimizer step", "samples": "samples consumed (sequences)"}  # --x: the curves' x-axis
 
 FIGURES: list[tuple[str, str, list[tuple[str, tuple[str, ...]]]]] = [
     ("reward.png", "Reward and training accuracy", [("reward", ("reward",)), ("accuracy", ("accuracy",))]),
@@ -40,8 +42,10 @@ def _pyplot():
     return plt
 
 
-def _aligned(members: Sequence[Loaded], key_choices: tuple[str, ...], window: int):
-    """steps, raw mean, smoothed mean / min / max over seeds (NaN where a seed has no value)."""
+def _aligned(members: Sequence[Loaded], key_choices: tuple[str, ...], window: int, x: str = "steps"):
+    """x, raw mean, smoothed mean / min / max over seeds (NaN where a seed has no value), seeds.
+    Seeds are aligned on the optimizer step; with x = "samples" a step's x is the seeds' mean
+    number of samples consumed by then."""
     series = []
     for m in members:
         key = _series_key(m.rows, key_choices)
@@ -49,20 +53,27 @@ def _aligned(members: Sequence[Loaded], key_choices: tuple[str, ...], window: in
             continue
         steps = np.array([int(r["step"]) for r in m.rows])
         raw = np.array([_num(r.get(key)) for r in m.rows])
-        series.append((steps, raw, moving_average(raw, window)))
+        series.append((steps, x_values(m.rows, x), raw, moving_average(raw, window)))
     if not series:
         return None
     all_steps = np.unique(np.concatenate([s[0] for s in series]))
-    raw_m = np.full((len(series), len(all_steps)), np.nan)
-    sm_m = np.full_like(raw_m, np.nan)
-    for j, (steps, raw, sm) in enumerate(series):
+    x_m, raw_m, sm_m = (np.full((len(series), len(all_steps)), np.nan) for _ in range(3))
+    for j, (steps, xs, raw, sm) in enumerate(series):
         pos = np.searchsorted(all_steps, steps)
+        x_m[j, pos] = xs
         raw_m[j, pos] = np.where(np.isfinite(raw), raw, np.nan)
         sm_m[j, pos] = sm
     with warnings.catch_warnings():  # all-NaN columns (a step only some seeds have) are fine
         warnings.simplefilter("ignore", RuntimeWarning)
-        return (all_steps, np.nanmean(raw_m, 0), np.nanmean(sm_m, 0), np.nanmin(sm_m, 0), np.nanmax(sm_m, 0),
-                len(series))
+        return (np.nanmean(x_m, 0), np.nanmean(raw_m, 0), np.nanmean(sm_m, 0), np.nanmin(sm_m, 0),
+                np.nanmax(sm_m, 0), len(series))
+
+
+def _x_at(m: Loaded, step: float, x: str) -> float:
+    """The x coordinate of optimizer step `step` of run `m` (interpolated between its records)."""
+    if x == "steps" or not m.rows:
+        return float(step)
+    return float(np.interp(step, [float(r["step"]) for r in m.rows], x_values(m.rows, x)))
 
 
 def _save(fig, path: Path) -> None:
@@ -70,8 +81,8 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
-def plot_all(runs: Sequence[Loaded], groups: dict, out: Path, window: int) -> list[dict]:
-    """Write one PNG per figure with data; returns [{"file", "title"}] in order."""
+def plot_all(runs: Sequence[Loaded], groups: dict, out: Path, window: int, x: str = "steps") -> list[dict]:
+    """Write one PNG per figure with data, curves over `x` (X_AXES); returns [{"file", "title"}] in order."""
     if not any(r.rows for r in runs) and not any(r.evals for r in runs):
         return []
     plt = _pyplot()
@@ -91,41 +102,51 @@ def plot_all(runs: Sequence[Loaded], groups: dict, out: Path, window: int) -> li
             for row, (name, keys) in enumerate(panels):
                 ax = axes[row][col]
                 for (label, gn), members in groups.items():
-                    if gn != n:
-                        continue
-                    a = _aligned(members, keys, window)
-                    if a is None:
-                        continue
-                    steps, raw, mean, lo, hi, k = a
-                    color = colors[label]
-                    ax.plot(steps, raw, color=color, alpha=0.2, linewidth=0.8)
-                    ax.plot(steps, mean, color=color, linewidth=1.6, label=label + (f" ({k} seeds)" if k > 1 else ""))
-                    if k > 1:
-                        ax.fill_between(steps, lo, hi, color=color, alpha=0.15, linewidth=0)
-                    if fname == "reward.png" and row == 0:
-                        for m in members:
-                            col_ = m.summary["collapse"]
-                            if col_["status"] == "collapsed":
-                                ax.axvline(col_["step"], color=color, linestyle=":", alpha=0.7)
+                    if gn == n:
+                        _draw_group(ax, members, keys, window, x, colors[label], label,
+                                    collapses=fname == "reward.png" and row == 0)
                 if name == "grad norm":
                     _maybe_log(ax)
                 _flat_ylim(ax)
                 ax.set_ylabel(name)
                 ax.ticklabel_format(axis="y", useOffset=False)
-                ax.grid(alpha=0.3)
-                if row == 0 and len(ns) > 1:
-                    ax.set_title(f"N = {n}")
-                if row == len(panels) - 1:
-                    ax.set_xlabel("optimizer step")
-                if row == 0 and ax.get_legend_handles_labels()[0]:  # each column: its own algorithms
-                    ax.legend(fontsize="small")
+                _frame(ax, f"N = {n}" if row == 0 and len(ns) > 1 else None,
+                       X_AXES[x] if row == len(panels) - 1 else None, legend=row == 0)
         fig.suptitle(f"{title} (moving average over {window} steps; faint: raw)", fontsize="medium")
         _save(fig, out / fname)
         plt.close(fig)
         images.append({"file": fname, "title": title})
     if any(r.evals for r in runs):
-        images.append(_plot_eval(plt, runs, groups, ns, colors, out))
+        images.append(_plot_eval(plt, runs, groups, ns, colors, out, x))
     return images
+
+
+def _draw_group(ax, members: Sequence[Loaded], keys: tuple[str, ...], window: int, x: str, color, label: str,
+                collapses: bool) -> None:
+    """One (label, N) group in a panel: faint raw mean, smoothed mean, min–max band over seeds, and
+    a dotted line at each seed's collapse step when `collapses`."""
+    a = _aligned(members, keys, window, x)
+    if a is None:
+        return
+    xs, raw, mean, lo, hi, k = a
+    ax.plot(xs, raw, color=color, alpha=0.2, linewidth=0.8)
+    ax.plot(xs, mean, color=color, linewidth=1.6, label=label + (f" ({k} seeds)" if k > 1 else ""))
+    if k > 1:
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
+    for m in members if collapses else []:
+        if m.summary["collapse"]["status"] == "collapsed":
+            ax.axvline(_x_at(m, m.summary["collapse"]["step"], x), color=color, linestyle=":", alpha=0.7)
+
+
+def _frame(ax, title: Optional[str], xlabel: Optional[str], legend: bool) -> None:
+    """Grid, the column's title, the bottom row's x label, and (top row) the legend of its algorithms."""
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
 
 
 def _flat_ylim(ax) -> None:
@@ -144,7 +165,7 @@ def _maybe_log(ax) -> None:
         ax.set_yscale("log")
 
 
-def _plot_eval(plt, runs, groups, ns, colors, out: Path) -> dict:
+def _plot_eval(plt, runs, groups, ns, colors, out: Path, x: str = "steps") -> dict:
     benches = sorted({str(e["benchmark"]) for r in runs for e in r.evals})
     fig, axes = plt.subplots(len(benches), len(ns), figsize=(5.2 * len(ns), 2.8 * len(benches) + 0.6),
                              squeeze=False, layout="constrained")
@@ -152,34 +173,30 @@ def _plot_eval(plt, runs, groups, ns, colors, out: Path) -> dict:
         for row, b in enumerate(benches):
             ax = axes[row][col]
             for (label, gn), members in groups.items():
-                if gn != n:
-                    continue
-                by_step: dict[float, list[tuple[float, float, float]]] = {}
-                for m in members:
-                    for e in m.evals:
-                        if str(e["benchmark"]) == b and math.isfinite(_num(e.get("avg_at_k"))):
-                            v = _num(e["avg_at_k"])
-                            lo, hi = _num(e.get("ci95_low")), _num(e.get("ci95_high"))
-                            by_step.setdefault(_num(e.get("step")), []).append(
-                                (v, lo if math.isfinite(lo) else v, hi if math.isfinite(hi) else v))
-                if not by_step:
-                    continue
-                xs = sorted(by_step)
-                mean = np.array([np.mean([t[0] for t in by_step[x]]) for x in xs])
-                lo = np.array([np.mean([t[1] for t in by_step[x]]) for x in xs])
-                hi = np.array([np.mean([t[2] for t in by_step[x]]) for x in xs])
-                ax.errorbar(xs, mean, yerr=[np.maximum(mean - lo, 0), np.maximum(hi - mean, 0)], color=colors[label],
-                            marker="o", capsize=3, label=label)
+                points = _eval_points(members, b, x) if gn == n else None
+                if points:
+                    xs, mean, lo, hi = (np.array(v) for v in zip(*points))
+                    ax.errorbar(xs, mean, yerr=[np.maximum(mean - lo, 0), np.maximum(hi - mean, 0)],
+                                color=colors[label], marker="o", capsize=3, label=label)
             ks = sorted({e.get("k") for r in runs for e in r.evals if str(e["benchmark"]) == b and e.get("k")})
             ax.set_ylabel(f"{b} avg@{'/'.join(map(str, ks)) or 'k'}")
-            ax.grid(alpha=0.3)
-            if row == 0 and len(ns) > 1:
-                ax.set_title(f"N = {n}")
-            if row == len(benches) - 1:
-                ax.set_xlabel("optimizer step")
-            if row == 0 and ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize="small")
+            _frame(ax, f"N = {n}" if row == 0 and len(ns) > 1 else None,
+                   X_AXES[x] if row == len(benches) - 1 else None, legend=row == 0)
     fig.suptitle("Eval accuracy (mean over seeds; bars: 95% interval)", fontsize="medium")
     _save(fig, out / "eval.png")
     plt.close(fig)
     return {"file": "eval.png", "title": "Eval accuracy"}
+
+
+def _eval_points(members: Sequence[Loaded], bench: str, x: str) -> list[tuple[float, float, float, float]]:
+    """(x, avg@k, 95% low, 95% high) per eval step of one benchmark, each the mean over the seeds
+    that logged it (a missing bound counts as the value)."""
+    by_step: dict[float, list[tuple[float, float, float, float]]] = {}
+    for m in members:
+        for e in m.evals:
+            if str(e["benchmark"]) == bench and math.isfinite(_num(e.get("avg_at_k"))):
+                v, step = _num(e["avg_at_k"]), _num(e.get("step"))
+                lo, hi = _num(e.get("ci95_low")), _num(e.get("ci95_high"))
+                by_step.setdefault(step, []).append(
+                    (_x_at(m, step, x), v, lo if math.isfinite(lo) else v, hi if math.isfinite(hi) else v))
+    return [tuple(float(np.mean([t[i] for t in by_step[s]])) for i in range(4)) for s in sorted(by_step)]

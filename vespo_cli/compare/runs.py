@@ -11,14 +11,14 @@ import yaml
 from ..errors import UserError
 from ..fsio import read_jsonl
 from .analysis import eval_records, smooth_window, summarize_run, train_records
+from .labels import RUN_NAME, describe_algorithm, join_label
 
 ALGO_FIELDS = {"objective", "correction", "correction_cap", "routing_replay"}  # `algo:key=v` → algorithm.key
-RUN_NAME = re.compile(r"^(?P<label>.+)-N(?P<n>\d+)-s(?P<seed>\d+)$")
 
 
 @dataclass
 class RunSpec:
-    label: str  # algorithm (+ variant) or run-directory name: one curve per label
+    label: str  # algorithm (+ its overrides), `labels.py`: one curve per label
     staleness: int
     seed: int
     path: Path
@@ -26,6 +26,8 @@ class RunSpec:
     overrides: list[str] = field(default_factory=list)
     cfg: Any = None
     steps: Optional[int] = None
+    algorithm: Optional[dict] = None  # labels.describe_algorithm of the run's algorithm section
+    config: Optional[dict] = None  # the run's config as in its config.yaml
 
 
 def parse_algo_item(item: str) -> tuple[str, list[str], str]:
@@ -50,8 +52,7 @@ def parse_algo_item(item: str) -> tuple[str, list[str], str]:
         overrides.append(f"{dotted}={value.strip()}")
         parts.append(f"{key}={value.strip()}")
     label = Path(name).stem if name.endswith((".yaml", ".yml")) else name
-    label = "+".join([label] + parts)
-    return name, overrides, re.sub(r"[^A-Za-z0-9._=+-]", "_", label)
+    return name, overrides, join_label(label, parts)
 
 
 def _read_run_config(run_dir: Path) -> dict:
@@ -63,15 +64,16 @@ def _read_run_config(run_dir: Path) -> dict:
 
 
 def existing_run(run_dir: Path) -> RunSpec:
-    """A run directory to report: label, N and seed from its name `<label>-N<N>-s<seed>` (as compare
-    names them) or else its directory name and its config."""
+    """A run directory to report: N and seed from its config; its label from its name
+    `<label>-N<N>-s<seed>` where compare named it, else its algorithm and the algorithm fields it
+    overrides (`labels.describe_algorithm`: a run directory `demo` that trained vespo is "vespo")."""
     data = _read_run_config(run_dir)
     trainer = data.get("trainer") or {}
     n, seed, steps = trainer.get("staleness", 1), trainer.get("seed", 0), trainer.get("steps")
+    algorithm = describe_algorithm(data.get("algorithm"))
     m = RUN_NAME.match(run_dir.name)
-    label = m["label"] if m else run_dir.name
-    return RunSpec(label=label, staleness=int(n), seed=int(seed), path=run_dir,
-                   steps=int(steps) if isinstance(steps, int) else None)
+    return RunSpec(label=m["label"] if m else algorithm["label"], staleness=int(n), seed=int(seed), path=run_dir,
+                   steps=int(steps) if isinstance(steps, int) else None, algorithm=algorithm, config=data)
 
 
 def _run_dirs(item: str) -> list[Path]:

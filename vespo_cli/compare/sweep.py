@@ -13,6 +13,8 @@ from ..errors import UserError
 from ..fsio import read_jsonl
 from .analysis import train_records
 from .report import write_report
+from .labels import describe_algorithm, disambiguate
+from .plots import X_AXES
 from .runs import RunSpec, _read_run_config, _run_dirs, existing_run, parse_algo_item
 
 REFRESH_AFTER_S = 60.0  # rewrite the report after each run that trained longer than this
@@ -75,18 +77,10 @@ def _config_mismatch(run_dir: Path, cfg) -> list[str]:
 
 def compare_command(items: Sequence[str], *, preset: Optional[str] = None, overrides: Sequence[str] = (),
                     staleness: Sequence[int] = (), seeds: int = 1, replay: Optional[Path] = None,
-                    out: Optional[Path] = None) -> Path:
-    """Run (or reuse) every (algorithm, N, seed) and/or collect run directories; write the report.
-    Returns the report path."""
-    from ..config import load_config
-
-    if not items:
-        raise UserError("compare: expected algorithm presets or run directories")
-    if seeds < 1:
-        raise UserError(f"--seeds {seeds}: expected a positive integer")
-    for n in staleness:
-        if n < 1:
-            raise UserError(f"--staleness {n}: expected a positive integer")
+                    out: Optional[Path] = None, x: str = "steps") -> Path:
+    """Run (or reuse) every (algorithm, N, seed) and/or collect run directories; write the report
+    with curves over `x` ("steps" or "samples"). Returns the report path."""
+    _check_args(items, staleness, seeds, x)
     algos = [i for i in items if not Path(i).is_dir()]
     dirs = [d for i in items if Path(i).is_dir() for d in _run_dirs(i)]
     if not algos:
@@ -95,40 +89,76 @@ def compare_command(items: Sequence[str], *, preset: Optional[str] = None, overr
                 raise UserError(f"{flag}: only used when running algorithms; run directories are reported as they are")
     if replay is not None and not Path(replay).is_dir():
         raise UserError(f"--replay {replay}: no such directory")
-
     specs: list[RunSpec] = []
     if algos:
         preset = preset or "smollm2-arith"
-        if out is None:
-            out = Path("runs") / f"compare-{Path(preset).stem}"
-        parsed = [parse_algo_item(a) for a in algos]
-        labels = [p[2] for p in parsed]
-        if len(set(labels)) != len(labels):
-            raise UserError(f"compare: algorithm given twice ({', '.join(labels)})")
-        for (name, extra, label), item in zip(parsed, algos):  # every config first: a typo fails before training
-            try:
-                base = load_config(preset, name, list(overrides) + extra)
-            except UserError as e:
-                raise UserError(f"{item}: {e}" if extra else str(e)) from None
-            for n in staleness or [base.trainer.staleness]:
-                for s in range(seeds):
-                    seed = base.trainer.seed + s
-                    ov = list(overrides) + extra + [f"trainer.staleness={n}", f"trainer.seed={seed}"]
-                    cfg = load_config(preset, name, ov)
-                    specs.append(RunSpec(label, cfg.trainer.staleness, seed, Path(out) / "runs" / f"{label}-N{n}-s{seed}",
-                                         algo=name, overrides=ov, cfg=cfg, steps=cfg.trainer.steps))
-    for d in dirs:
-        specs.append(existing_run(d))
+        out = Path("runs") / f"compare-{Path(preset).stem}" if out is None else out
+        specs += grid_specs(algos, preset, overrides, staleness, seeds, Path(out))
+    specs += [existing_run(d) for d in dirs]
     if out is None:
-        presets = {(_read_run_config(s.path).get("preset") or "") for s in specs}
+        presets = {(s.config.get("preset") or "") for s in specs}
         out = Path("runs") / (f"compare-{presets.pop()}" if len(presets) == 1 and "" not in presets else "compare")
     specs = _dedupe(specs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    settings = {"items": list(items), "preset": preset, "overrides": list(overrides), "staleness": list(staleness),
+                "seeds": seeds, "replay": str(replay) if replay else None}
+    _run_grid(specs, replay, lambda: write_report(specs, out, settings=settings, x=x))
+    report = write_report(specs, out, settings=settings, x=x)
+    _console().print(f"report: {report}", highlight=False)
+    return report
 
+
+def _check_args(items: Sequence[str], staleness: Sequence[int], seeds: int, x: str) -> None:
+    if not items:
+        raise UserError("compare: expected algorithm presets or run directories")
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: expected a positive integer")
+    for n in staleness:
+        if n < 1:
+            raise UserError(f"--staleness {n}: expected a positive integer")
+    if x not in X_AXES:
+        raise UserError(f"--x {x}: expected one of {', '.join(X_AXES)}")
+
+
+def grid_specs(algos: Sequence[str], preset: str, overrides: Sequence[str], staleness: Sequence[int], seeds: int,
+               out: Path) -> list[RunSpec]:
+    """One RunSpec per (algorithm item, N, seed), trained into `out/runs/<label>-N<N>-s<seed>`; every
+    config is resolved first, so a typo fails before anything trains."""
+    from ..config import dump_yaml, load_config
+
+    parsed = [parse_algo_item(a) for a in algos]
+    labels = [p[2] for p in parsed]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"compare: algorithm given twice ({', '.join(labels)})")
+    specs = []
+    for (name, extra, label), item in zip(parsed, algos):
+        try:
+            base = load_config(preset, name, list(overrides) + extra)
+        except UserError as e:
+            raise UserError(f"{item}: {e}" if extra else str(e)) from None
+        for n in staleness or [base.trainer.staleness]:
+            for seed in range(base.trainer.seed, base.trainer.seed + seeds):
+                ov = list(overrides) + extra + [f"trainer.staleness={n}", f"trainer.seed={seed}"]
+                cfg = load_config(preset, name, ov)
+                config = yaml.safe_load(dump_yaml(cfg))
+                specs.append(RunSpec(label, cfg.trainer.staleness, seed, out / "runs" / f"{label}-N{n}-s{seed}",
+                                     algo=name, overrides=ov, cfg=cfg, steps=cfg.trainer.steps, config=config,
+                                     algorithm=describe_algorithm({**config["algorithm"], "name": name})))
+    return specs
+
+
+def _console():
     from rich.console import Console
 
-    console = Console(stderr=True)
+    return Console(stderr=True)
+
+
+def _run_grid(specs: Sequence[RunSpec], replay: Optional[Path], refresh) -> None:
+    """Train every spec compare runs: complete runs reused, partial ones resumed, a run directory
+    holding another config refused; `refresh()` after each run that trained longer than
+    REFRESH_AFTER_S (a report to look at meanwhile)."""
+    console = _console()
     to_run = [s for s in specs if s.algo is not None]
     for k, spec in enumerate(to_run, 1):
         head = f"[{k}/{len(to_run)}] {spec.label} N={spec.staleness} seed={spec.seed}"
@@ -146,28 +176,16 @@ def compare_command(items: Sequence[str], *, preset: Optional[str] = None, overr
         else:
             console.print(f"{head}: training ({spec.path})", highlight=False)
             train(spec.cfg, spec.path, replay=replay, resume=False)
-        if k < len(to_run) and time.monotonic() - t0 > REFRESH_AFTER_S:  # long runs: a report to look at meanwhile
-            write_report(specs, out, settings=_settings(items, preset, overrides, staleness, seeds, replay))
-    report = write_report(specs, out, settings=_settings(items, preset, overrides, staleness, seeds, replay))
-    console.print(f"report: {report}", highlight=False)
-    return report
-
-
-def _settings(items, preset, overrides, staleness, seeds, replay) -> dict:
-    return {"items": list(items), "preset": preset, "overrides": list(overrides), "staleness": list(staleness),
-            "seeds": seeds, "replay": str(replay) if replay else None}
+        if k < len(to_run) and time.monotonic() - t0 > REFRESH_AFTER_S:
+            refresh()
 
 
 def _dedupe(specs: list[RunSpec]) -> list[RunSpec]:
-    """One spec per directory; run directories with equal (label, N, seed) get their parent in the label."""
+    """One spec per directory; runs that would share a curve without being seeds of one experiment
+    are told apart (`labels.disambiguate`)."""
     seen: dict[Path, RunSpec] = {}
     for s in specs:
         seen.setdefault(s.path.resolve(), s)
     specs = list(seen.values())
-    keys: dict[tuple, int] = {}
-    for s in specs:
-        keys[(s.label, s.staleness, s.seed)] = keys.get((s.label, s.staleness, s.seed), 0) + 1
-    for s in specs:
-        if keys[(s.label, s.staleness, s.seed)] > 1 and s.algo is None:
-            s.label = f"{s.path.parent.name}/{s.label}"
+    disambiguate(specs)
     return specs

@@ -1,0 +1,202 @@
+"""The sections of report.md, each a list of lines from the summary's numbers (pure)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .analysis import FINAL_FRAC, MIN_WINDOW, NOISE_Z, SMOOTH_FRAC
+from .groups import REFERENCE, _stats
+from .plots import X_AXES
+from .runs import Loaded
+from .stats import LEVEL
+from .verdict import MARGIN
+
+
+def _f(st: Optional[dict], digits: int = 3, pct: bool = False) -> str:
+    """mean, plus its interval [low, high] where it has one, else (min–max) over seeds when there are several."""
+    if not st:
+        return "–"
+    scale, unit = (100.0, "%") if pct else (1.0, "")
+    fmt = lambda v: f"{v * scale:.{digits}f}{unit}"  # noqa: E731
+    if st.get("low") is not None and st.get("high") is not None:
+        return f"{fmt(st['mean'])} [{fmt(st['low'])}, {fmt(st['high'])}]"
+    if "min" in st and st["n"] > 1 and fmt(st["min"]) != fmt(st["max"]):
+        return f"{fmt(st['mean'])} ({fmt(st['min'])}–{fmt(st['max'])})"
+    return fmt(st["mean"])
+
+
+def _collapse_cell(entries: list[dict]) -> str:
+    if len(entries) == 1:
+        e = entries[0]
+        return f"step {e['step']} ({e['reason']})" if e["status"] == "collapsed" else e["status"]
+    statuses = [e["status"] for e in entries]
+    if len(set(statuses)) == 1 and statuses[0] != "collapsed":
+        return statuses[0]
+    parts = []
+    col = [e for e in entries if e["status"] == "collapsed"]
+    if col:
+        parts.append(f"{len(col)}/{len(entries)} collapsed (step {', '.join(str(e['step']) for e in col)})")
+    for st in ("never learned", "no data"):
+        c = statuses.count(st)
+        if c:
+            parts.append(f"{c}/{len(entries)} {st}")
+    if not parts:
+        return "stable"
+    return "; ".join(parts)
+
+
+def _eval_cell(ev: Optional[dict], show_k: bool) -> str:
+    if not ev or not ev["avg_at_k"]:
+        return "–"
+    avg, lo, hi = ev["avg_at_k"], ev["ci95_low"], ev["ci95_high"]
+    cell = f"{avg['mean'] * 100:.1f}"
+    if avg["n"] == 1 and lo and hi:
+        cell += f" [{lo['mean'] * 100:.1f}, {hi['mean'] * 100:.1f}]"
+    elif avg["n"] > 1 and avg["min"] != avg["max"]:
+        cell += f" (seeds {avg['min'] * 100:.1f}–{avg['max'] * 100:.1f})"
+    if show_k and ev["k"]:
+        cell += f" @{'/'.join(str(k) for k in ev['k'])}"
+    return cell
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def setup_lines(settings: dict, n_runs: int, n_groups: int) -> list[str]:
+    setup = []
+    if settings.get("preset"):
+        setup.append(f"preset `{settings['preset']}`")
+    if settings.get("items"):
+        setup.append("items " + ", ".join(f"`{i}`" for i in settings["items"]))
+    if settings.get("overrides"):
+        setup.append("overrides " + ", ".join(f"`--set {o}`" for o in settings["overrides"]))
+    if settings.get("replay"):
+        setup.append(f"replayed shards `{settings['replay']}` (identical data for every algorithm)")
+    setup.append(f"{n_runs} run(s), {n_groups} (algorithm, N) group(s)")
+    return ["Setup: " + "; ".join(setup) + ".", ""]
+
+
+def results_lines(groups: Sequence[dict]) -> list[str]:
+    """The table of groups: one row per (algorithm, N)."""
+    benches = sorted({b for g in groups for b in g["eval"]})
+    ks = {b: {k for g in groups for k in g["eval"].get(b, {}).get("k", [])} for b in benches}
+    header = ["algorithm", "N", "seeds", "steps", "final reward", "best reward (MA)"]
+    header += [f"{b} avg@{next(iter(ks[b]))} % [95% CI]" if len(ks[b]) == 1 else f"{b} avg@k % [95% CI]"
+               for b in benches]
+    header += ["collapse", "mean ESS/n", "suppressed / clip frac", "time (s)"]
+    rows = []
+    for g in groups:
+        done, total = g["steps_done"], g["steps_total"]
+        steps = f"{min(done)}" + (f"/{total[0]}" if total and total[0] and min(done) < total[0] else "")
+        wm = g["weight_metric"]
+        short = {"suppressed_frac": "supp.", "clip_frac": "clip"}.get(wm, wm)
+        weight = _f(g["weight_frac_mean"]) + (f" ({short})" if wm and g["weight_frac_mean"] else "")
+        collapse = _collapse_cell(g["collapse"])
+        if len(g["seeds"]) > 1 and g.get("collapse_rate"):
+            collapse += f"; rate {_f(g['collapse_rate'], 2)}"
+        rows.append([g["label"], str(g["staleness"]), str(len(g["seeds"])), steps, _f(g["final_reward"]),
+                     _f(g["best_reward"])]
+                    + [_eval_cell(g["eval"].get(b), len(ks[b]) > 1) for b in benches]
+                    + [collapse, _f(g["ess_mean"]), weight, _f(g["time_s"], 0)])
+    lines = ["## Results", ""] + _table(header, rows) + [""]
+    if any(len(g["seeds"]) > 1 for g in groups):
+        lines += [f"Several seeds: final and best reward are the mean over seeds with its {LEVEL:.0%} interval "
+                  "[low, high] (t over seeds), the collapse rate has a Wilson interval; the other cells are the "
+                  "mean over seeds, with (min–max over seeds).", ""]
+    return lines
+
+
+def _diff_cell(d: Optional[dict]) -> str:
+    if not d:
+        return "–"
+    n = d["n"] if d["method"] == "paired" else "/".join(str(k) for k in d["n"])
+    return f"{_f(d)} ({d['method']}, n={n})"
+
+
+def differences_lines(diffs: Sequence[dict]) -> list[str]:
+    """VESPO − each other algorithm per N: one row per (N, baseline), a column per metric."""
+    if not diffs:
+        return []
+    cells: dict[tuple, dict] = {}
+    for d in diffs:
+        cells.setdefault((d["staleness"], d["baseline"]), {})[d["metric"]] = d
+    rows = [[str(n), base, _diff_cell(m.get("final_reward")), _diff_cell(m.get("best_reward"))]
+            for (n, base), m in cells.items()]
+    header = ["N", "baseline", f"Δ final reward [{LEVEL:.0%} CI]", f"Δ best reward [{LEVEL:.0%} CI]"]
+    return [f"## Differences: {REFERENCE} − baseline", "", *_table(header, rows), "",
+            f"Each cell: mean of {REFERENCE} − baseline with its {LEVEL:.0%} interval; *paired*: the t interval of "
+            "the per-seed differences (runs of one seed share data order and initialisation), *welch*: the seeds "
+            "do not pair, Welch's interval of the two means.", ""]
+
+
+def verdict_lines(rows: Sequence[dict]) -> list[str]:
+    """The paper's claims (verdict.paper_verdict) as a table with the interval that decides each."""
+    table = [[r["claim"], r["comparison"], _diff_cell(r["difference"]), f"**{r['verdict']}**"] for r in rows]
+    return ["## Verdict", "", *_table(["paper claim", "comparison", f"Δ final reward [{LEVEL:.0%} CI]", "verdict"],
+                                      table), "",
+            f"Rules: *stable* means any drop of the final reward from the lowest to the highest N is smaller than "
+            f"{MARGIN:g} (supported when the interval lies above −{MARGIN:g}, contradicted when it lies below); "
+            f"*degrades* is the mirror (supported below −{MARGIN:g}, contradicted above); *hurts* / *helps* means "
+            f"{REFERENCE} − ablation > 0 (supported when the interval lies above 0, contradicted below). An interval "
+            "across the threshold, or none (one seed), is *not resolved at this power*; *no data*: the runs are "
+            "absent.", ""]
+
+
+def definitions_lines(settings: dict, window: int) -> list[str]:
+    c = settings["collapse"]
+    x = settings.get("x", "steps")
+    return [
+        "## Definitions", "",
+        f"- **Smoothing**: trailing moving average over the last **{window}** optimizer steps "
+        f"(max({MIN_WINDOW}, {SMOOTH_FRAC:.0%} of the longest run's steps)); plots show it as the solid line "
+        "over the faint raw curve. With several seeds a curve is the mean over seeds and the band spans min–max.",
+        f"- **x-axis**: {X_AXES[x]}" + (" (the cumulative sum of the records' `n_seqs`; seeds are aligned on the "
+                                        "step and a step's x is their mean)" if x == "samples" else "") + ".",
+        f"- **Final reward**: mean training reward over the last {FINAL_FRAC:.0%} of logged steps (at least one).",
+        "- **Best reward (MA)**: the highest value of the smoothed training reward.",
+        f"- **Intervals over seeds**: mean ± t_{{{(1 + LEVEL) / 2:g}, n−1}} · s/√n with s the seeds' sample "
+        "standard deviation (a t interval: with 3–5 seeds a bootstrap interval is too narrow); one seed gives "
+        "none. Collapse rate: collapsed runs / runs with data, with the Wilson score interval.",
+        "- **Eval**: the last eval line of each benchmark: avg@k (mean accuracy over k samples per problem), "
+        "in %, with its 95% interval `[low, high]` as logged by `vespo eval`.",
+        f"- **Collapse**: a run *collapsed* at the first step where either `loss` or `grad_norm` is non-finite "
+        f"(or the trainer skipped a step for a non-finite gradient), or the smoothed reward stays below "
+        f"{c['drop']:.0%} of its best smoothed value so far, by more than {c.get('noise_z', NOISE_Z):g} standard "
+        "errors of the two window means (samples per window from `n_seqs`; variance ≤ μ(1 − μ) for rewards in "
+        f"[0, 1]), for M consecutive steps, M = max({c['min_patience']}, {c['patience_frac']:.0%} of the run's "
+        f"steps); the step given is the first of those M. The drop rule only applies once the best smoothed reward "
+        f"exceeds {c['floor']}: a run that never gets there is *never learned*, not collapsed. Otherwise the run "
+        "is *stable*.",
+        "- **ESS/n**: effective sample size of the sequence weights, (Σw)²/(Σw²)/n, averaged over steps.",
+        "- **Suppressed / clip frac**: for VESPO the fraction of sequences with φ(W) < 1e-3 (`suppressed_frac`); "
+        "for clipped objectives the fraction of tokens whose gradient was clipped (`clip_frac`); mean over steps.",
+        "- **Time**: rollout + old-logprob + training seconds summed over steps (no checkpointing or model "
+        "loading; a resumed run's pause is not counted).",
+        "",
+    ]
+
+
+def curves_lines(images: Sequence[dict]) -> list[str]:
+    if not images:
+        return []
+    lines = ["## Curves", ""]
+    for im in images:
+        lines += [f"### {im['title']}", "", f"![{im['title']}]({im['file']})", ""]
+    return lines
+
+
+def runs_lines(runs: Sequence[Loaded], out: Path) -> list[str]:
+    rows = []
+    for r in runs:
+        s = r.summary
+        rows.append([r.spec.label, str(r.spec.staleness), str(r.spec.seed),
+                     f"{s['steps_done']}" + (f"/{s['steps_total']}" if s["steps_total"] else ""),
+                     _f(_stats([s["final_reward"]])), _collapse_cell([s["collapse"]]), str(s["nonfinite_steps"]),
+                     f"`{os.path.relpath(r.spec.path, out)}`"])
+    header = ["algorithm", "N", "seed", "steps", "final reward", "collapse", "non-finite steps", "run"]
+    return ["## Runs", "", *_table(header, rows), ""]

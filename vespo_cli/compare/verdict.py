@@ -1,0 +1,97 @@
+"""The paper's claims judged from a compare's group summaries (pure).
+
+Every claim is decided by one 95% interval of a difference of final rewards, paired by seed
+(`stats.difference`):
+- "VESPO stays stable as N grows": d = VESPO at the highest N − VESPO at the lowest N. Supported
+  when d's interval lies above −MARGIN (any drop is smaller than MARGIN), contradicted when it lies
+  below −MARGIN (a drop larger than MARGIN), otherwise not resolved at this power.
+- "SAPO (GSPO) degrades as N grows": the same d for SAPO (GSPO), the mirror rule: supported below
+  −MARGIN, contradicted above −MARGIN.
+- "length normalisation hurts" / "asymmetric c helps": d = VESPO − the ablation at the highest N
+  both ran. Supported when the interval lies above 0, contradicted when it lies below 0.
+A difference without an interval (one seed) is not resolved; a claim whose runs are absent has no data.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from .groups import REFERENCE, seed_values
+from .stats import difference
+
+MARGIN = 0.05  # a change of the final reward (rewards in [0, 1]) smaller than this counts as none
+METRIC = "final_reward"
+C_KEYS = ("c1_pos", "c2_pos", "c1_neg", "c2_neg")
+SUPPORTED, CONTRADICTED, UNRESOLVED, NO_DATA = "supported", "contradicted", "not resolved at this power", "no data"
+
+
+def _by_label(groups: Sequence[dict], label: str) -> dict[int, dict]:
+    return {int(g["staleness"]): g for g in groups if g["label"] == label}
+
+
+def _decide(d: Optional[dict], above: float, supported_above: bool) -> str:
+    """SUPPORTED / CONTRADICTED by where d's interval lies against `above`; UNRESOLVED when it
+    straddles it or there is no interval; NO_DATA without d."""
+    if d is None:
+        return NO_DATA
+    if d.get("low") is None or d.get("high") is None:
+        return UNRESOLVED
+    if d["low"] > above:
+        return SUPPORTED if supported_above else CONTRADICTED
+    if d["high"] < above:
+        return CONTRADICTED if supported_above else SUPPORTED
+    return UNRESOLVED
+
+
+def _row(claim: str, comparison: str, d: Optional[dict], verdict: str, rule: str) -> dict:
+    return {"claim": claim, "comparison": comparison, "metric": METRIC, "difference": d, "verdict": verdict,
+            "rule": rule}
+
+
+def _across_n(groups: Sequence[dict], label: str, claim: str, stable: bool, margin: float) -> dict:
+    """Claims 1 and 2: `label` at its highest N − at its lowest N."""
+    by_n = _by_label(groups, label)
+    if len(by_n) < 2:
+        return _row(claim, f"{label}: runs at two N or more", None, NO_DATA, "")
+    lo_n, hi_n = min(by_n), max(by_n)
+    d = difference(seed_values(by_n[hi_n], METRIC), seed_values(by_n[lo_n], METRIC))
+    rule = f"supported if the interval lies {'above' if stable else 'below'} −{margin:g}"
+    return _row(claim, f"{label} N={hi_n} − {label} N={lo_n}", d, _decide(d, -margin, stable), rule)
+
+
+def _is_length_norm(g: dict) -> bool:
+    alg = g.get("algorithm") or {}
+    ov = alg.get("overrides") or {}
+    return alg.get("name") == REFERENCE and set(ov) == {"length_norm"} and ov["length_norm"] != "none"
+
+
+def _is_symmetric_c(g: dict) -> bool:
+    alg = g.get("algorithm") or {}
+    ov, p = alg.get("overrides") or {}, alg.get("params") or {}
+    return (alg.get("name") == REFERENCE and bool(ov) and set(ov) <= set(C_KEYS)
+            and p.get("c1_neg") == p.get("c1_pos") and p.get("c2_neg") == p.get("c2_pos"))
+
+
+def _ablations(groups: Sequence[dict], pick, claim: str) -> list[dict]:
+    """Claims 3 and 4: VESPO − each ablation `pick` selects, at the highest N both ran."""
+    ref = _by_label(groups, REFERENCE)
+    rows = []
+    for label in dict.fromkeys(g["label"] for g in groups if pick(g)):
+        common = set(ref) & set(_by_label(groups, label))
+        if not common:
+            rows.append(_row(claim, f"{REFERENCE} − {label}: at the same N", None, NO_DATA, ""))
+            continue
+        n = max(common)
+        d = difference(seed_values(ref[n], METRIC), seed_values(_by_label(groups, label)[n], METRIC))
+        rows.append(_row(claim, f"{REFERENCE} − {label} at N={n}", d, _decide(d, 0.0, True),
+                         "supported if the interval lies above 0"))
+    return rows or [_row(claim, f"{REFERENCE} and its ablation", None, NO_DATA, "")]
+
+
+def paper_verdict(groups: Sequence[dict], margin: float = MARGIN) -> list[dict]:
+    """One row per claim and comparison: {"claim", "comparison", "metric", "difference" (stats.difference
+    or None), "verdict" (supported / contradicted / not resolved at this power / no data), "rule"}."""
+    rows = [_across_n(groups, REFERENCE, "VESPO stays stable as N grows", True, margin)]
+    rows += [_across_n(groups, a, f"{a.upper()} degrades as N grows", False, margin) for a in ("sapo", "gspo")]
+    rows += _ablations(groups, _is_length_norm, "length normalisation hurts")
+    rows += _ablations(groups, _is_symmetric_c, "asymmetric c helps")
+    return rows
