@@ -487,9 +487,9 @@ def fake_train(monkeypatch):
     calls: list[dict] = []
     stop_at: dict[str, int] = {}
 
-    def fake(cfg, run_dir, *, replay=None, resume=False):
+    def fake(cfg, run_dir, *, replay=None, resume=False, async_=False):
         run_dir = Path(run_dir)
-        calls.append({"dir": run_dir.name, "resume": resume, "replay": replay, "cfg": cfg})
+        calls.append({"dir": run_dir.name, "resume": resume, "replay": replay, "cfg": cfg, "async": async_})
         if not resume:
             assert not (run_dir / "metrics.jsonl").exists()
             save_config(cfg, run_dir)
@@ -584,3 +584,16 @@ def test_compare_end_to_end_tiny(presets, tmp_path, monkeypatch):
     monkeypatch.setattr(K.sweep, "train", lambda *a, **k: calls.append(a))
     K.compare_command(["vespo", "grpo"], preset="tiny", overrides=["trainer.steps=2"], out=out)
     assert calls == []
+
+
+def test_compare_async_grid(presets, tmp_path, fake_train):
+    """`--async`: every run trains with async workers and is labelled <algo>+async; not with --replay."""
+    out = tmp_path / "cmp"
+    K.compare_command(["grpo", "vespo"], preset="tiny", overrides=["trainer.steps=2"], staleness=[1], seeds=2,
+                      out=out, async_=True)
+    assert sorted((c["dir"], c["async"]) for c in fake_train.calls) == sorted(
+        (f"{a}+async-N1-s{s}", True) for a in ("grpo", "vespo") for s in (0, 1))
+    summary = json.loads((out / "summary.json").read_text())
+    assert {g["label"] for g in summary["groups"]} == {"grpo+async", "vespo+async"}
+    with pytest.raises(UserError, match="--replay and --async"):
+        K.compare_command(["grpo"], preset="tiny", replay=tmp_path, out=out, async_=True)

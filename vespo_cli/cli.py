@@ -160,12 +160,13 @@ def compare(
     replay: Optional[Path] = typer.Option(None, "--replay", help="Same shards for every algorithm."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report directory (default: runs/compare-<preset>)."),
     x: str = typer.Option("steps", "--x", help="Curves' x-axis: steps (optimizer steps) or samples (consumed)."),
+    async_: bool = typer.Option(False, "--async", help="Train every run with async rollout workers (labelled +async)."),
 ):
     """Run the same experiment under several algorithms (or report existing runs) side by side."""
     from .compare import compare_command
 
     compare_command(items, preset=preset, overrides=overrides or [], staleness=staleness or [],
-                    seeds=seeds, replay=replay, out=out, x=x)
+                    seeds=seeds, replay=replay, out=out, x=x, async_=async_)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""`python -m vespo_cli.compare CONFIG RUN_DIR REPLAY RESUME`: the trainer child of `sweep.train`."""
+"""`python -m vespo_cli.compare CONFIG RUN_DIR REPLAY RESUME ASYNC`: the trainer child of `sweep.train`."""
 import sys
 
 from ..errors import UserError
@@ -6,7 +6,7 @@ from .sweep import _train_child
 
 if __name__ == "__main__":
     try:
-        _train_child(*sys.argv[1:5])
+        _train_child(*sys.argv[1:6])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -28,6 +28,7 @@ class RunSpec:
     steps: Optional[int] = None
     algorithm: Optional[dict] = None  # labels.describe_algorithm of the run's algorithm section
     config: Optional[dict] = None  # the run's config as in its config.yaml
+    async_: bool = False  # trained with async rollout workers (`vespo train --async`)
 
 
 def parse_algo_item(item: str) -> tuple[str, list[str], str]:

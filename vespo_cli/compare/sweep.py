@@ -13,14 +13,14 @@ from ..errors import UserError
 from ..fsio import read_jsonl
 from .analysis import train_records
 from .report import write_report
-from .labels import describe_algorithm, disambiguate
+from .labels import describe_algorithm, disambiguate, join_label
 from .plots import X_AXES
 from .runs import RunSpec, _read_run_config, _run_dirs, existing_run, parse_algo_item
 
 REFRESH_AFTER_S = 60.0  # rewrite the report after each run that trained longer than this
 
 
-def train(cfg, run_dir: Path, *, replay: Optional[Path] = None, resume: bool = False) -> dict:
+def train(cfg, run_dir: Path, *, replay: Optional[Path] = None, resume: bool = False, async_: bool = False) -> dict:
     """Run the trainer in a child process (tests replace this name).
 
     One process per run: a long sweep does not accumulate engine and allocator memory, and a run
@@ -34,7 +34,7 @@ def train(cfg, run_dir: Path, *, replay: Optional[Path] = None, resume: bool = F
         f.write(dump_yaml(cfg))
     try:
         proc = subprocess.run([sys.executable, "-m", "vespo_cli.compare", f.name, str(run_dir),
-                               str(replay) if replay else "", "1" if resume else "0"])
+                               str(replay) if replay else "", "1" if resume else "0", "1" if async_ else "0"])
     finally:
         Path(f.name).unlink(missing_ok=True)
     if proc.returncode != 0:
@@ -43,13 +43,13 @@ def train(cfg, run_dir: Path, *, replay: Optional[Path] = None, resume: bool = F
     return {}
 
 
-def _train_child(config_path: str, run_dir: str, replay: str, resume: str) -> None:
+def _train_child(config_path: str, run_dir: str, replay: str, resume: str, async_: str = "0") -> None:
     """Child side of `train`: the resolved config from a YAML file, then the trainer in-process."""
     from ..config import Config, from_dict
     from ..train.loop import train as run_train
 
     cfg = from_dict(Config, yaml.safe_load(Path(config_path).read_text()))
-    run_train(cfg, Path(run_dir), replay=Path(replay) if replay else None, resume=resume == "1")
+    run_train(cfg, Path(run_dir), replay=Path(replay) if replay else None, resume=resume == "1", async_=async_ == "1")
 
 
 def _is_complete(run_dir: Path, steps: int) -> bool:
@@ -77,23 +77,26 @@ def _config_mismatch(run_dir: Path, cfg) -> list[str]:
 
 def compare_command(items: Sequence[str], *, preset: Optional[str] = None, overrides: Sequence[str] = (),
                     staleness: Sequence[int] = (), seeds: int = 1, replay: Optional[Path] = None,
-                    out: Optional[Path] = None, x: str = "steps") -> Path:
+                    out: Optional[Path] = None, x: str = "steps", async_: bool = False) -> Path:
     """Run (or reuse) every (algorithm, N, seed) and/or collect run directories; write the report
-    with curves over `x` ("steps" or "samples"). Returns the report path."""
+    with curves over `x` ("steps" or "samples"). `async_`: every run trains with async rollout
+    workers (`vespo train --async`), labelled `<algo>+async`. Returns the report path."""
     _check_args(items, staleness, seeds, x)
     algos = [i for i in items if not Path(i).is_dir()]
     dirs = [d for i in items if Path(i).is_dir() for d in _run_dirs(i)]
     if not algos:
-        for flag, given in (("--staleness", staleness), ("--set", overrides), ("--replay", replay)):
+        for flag, given in (("--staleness", staleness), ("--set", overrides), ("--replay", replay), ("--async", async_)):
             if given:
                 raise UserError(f"{flag}: only used when running algorithms; run directories are reported as they are")
+    if replay is not None and async_:
+        raise UserError("--replay and --async: pick one (replayed shards are not sampled by workers)")
     if replay is not None and not Path(replay).is_dir():
         raise UserError(f"--replay {replay}: no such directory")
     specs: list[RunSpec] = []
     if algos:
         preset = preset or "smollm2-arith"
         out = Path("runs") / f"compare-{Path(preset).stem}" if out is None else out
-        specs += grid_specs(algos, preset, overrides, staleness, seeds, Path(out))
+        specs += grid_specs(algos, preset, overrides, staleness, seeds, Path(out), async_=async_)
     specs += [existing_run(d) for d in dirs]
     if out is None:
         presets = {(s.config.get("preset") or "") for s in specs}
@@ -102,7 +105,7 @@ def compare_command(items: Sequence[str], *, preset: Optional[str] = None, overr
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"items": list(items), "preset": preset, "overrides": list(overrides), "staleness": list(staleness),
-                "seeds": seeds, "replay": str(replay) if replay else None}
+                "seeds": seeds, "replay": str(replay) if replay else None, "async": async_}
     _run_grid(specs, replay, lambda: write_report(specs, out, settings=settings, x=x))
     report = write_report(specs, out, settings=settings, x=x)
     _console().print(f"report: {report}", highlight=False)
@@ -122,12 +125,14 @@ def _check_args(items: Sequence[str], staleness: Sequence[int], seeds: int, x: s
 
 
 def grid_specs(algos: Sequence[str], preset: str, overrides: Sequence[str], staleness: Sequence[int], seeds: int,
-               out: Path) -> list[RunSpec]:
+               out: Path, async_: bool = False) -> list[RunSpec]:
     """One RunSpec per (algorithm item, N, seed), trained into `out/runs/<label>-N<N>-s<seed>`; every
     config is resolved first, so a typo fails before anything trains."""
     from ..config import dump_yaml, load_config
 
     parsed = [parse_algo_item(a) for a in algos]
+    if async_:
+        parsed = [(name, extra, join_label(label, ["async"])) for name, extra, label in parsed]
     labels = [p[2] for p in parsed]
     if len(set(labels)) != len(labels):
         raise UserError(f"compare: algorithm given twice ({', '.join(labels)})")
@@ -144,6 +149,7 @@ def grid_specs(algos: Sequence[str], preset: str, overrides: Sequence[str], stal
                 config = yaml.safe_load(dump_yaml(cfg))
                 specs.append(RunSpec(label, cfg.trainer.staleness, seed, out / "runs" / f"{label}-N{n}-s{seed}",
                                      algo=name, overrides=ov, cfg=cfg, steps=cfg.trainer.steps, config=config,
+                                     async_=async_,
                                      algorithm=describe_algorithm({**config["algorithm"], "name": name})))
     return specs
 
@@ -172,10 +178,10 @@ def _run_grid(specs: Sequence[RunSpec], replay: Optional[Path], refresh) -> None
                 console.print(f"{head}: complete, reused ({spec.path})", highlight=False)
                 continue
             console.print(f"{head}: partial, resuming ({spec.path})", highlight=False)
-            train(spec.cfg, spec.path, replay=replay, resume=True)
+            train(spec.cfg, spec.path, replay=replay, resume=True, async_=spec.async_)
         else:
             console.print(f"{head}: training ({spec.path})", highlight=False)
-            train(spec.cfg, spec.path, replay=replay, resume=False)
+            train(spec.cfg, spec.path, replay=replay, resume=False, async_=spec.async_)
         if k < len(to_run) and time.monotonic() - t0 > REFRESH_AFTER_S:
             refresh()
 
