@@ -171,6 +171,31 @@ def compare(
 
 @app.command()
 @user_errors
+def probe(
+    preset: Optional[str] = PresetOpt,
+    algos: Optional[List[str]] = typer.Option(None, "--algo", "-a", help="Objectives to probe (repeatable; ALGO[:key=value]; default grpo gspo sapo cispo vespo)."),
+    overrides: Optional[List[str]] = SetOpt,
+    staleness: Optional[List[int]] = typer.Option(None, "--staleness", "-K", help="Optimizer steps K since the behaviour policy (repeatable; default 0 1 4 16 64)."),
+    prompts: Optional[int] = typer.Option(None, "--prompts", help="Prompt groups of behaviour data (default 16; --quick 4)."),
+    shards: Optional[Path] = typer.Option(None, "--shards", help="Behaviour data from these shards instead of sampling at θ₀."),
+    run: Optional[Path] = typer.Option(None, "--run", help="θ_K from this run's checkpoints/step-K instead of K on-policy steps."),
+    blocks: int = typer.Option(2, "--blocks", help="Gradients of the last N decoder blocks + final norm."),
+    bootstrap: Optional[int] = typer.Option(None, "--bootstrap", help="Bootstrap resamples of prompt groups (default 1000)."),
+    reward: str = typer.Option("grader", "--reward", help="grader (the preset's) or even-tokens (synthetic)."),
+    quick: bool = typer.Option(False, "--quick", help="Small sizes: 4 prompts, K in 0 1 2 4, 200 resamples."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: runs/probe-<preset>)."),
+):
+    """Measure how well each objective's gradient on stale data matches the on-policy gradient."""
+    from .probe import probe_command
+
+    path = probe_command(preset=preset, overrides=overrides or [], algos=algos or [], staleness=staleness or [],
+                         prompts=prompts, shards=shards, run=run, blocks=blocks, bootstrap=bootstrap, reward=reward,
+                         quick=quick, out=out)
+    console.print(f"probe: {path / 'report.md'}  (probe.json, *.png)")
+
+
+@app.command()
+@user_errors
 def presets(check: Optional[str] = typer.Option(None, "--check", help="Validate a preset and print its memory plan.")):
     """List run presets and algorithm presets with one-line descriptions."""
     from .config import PRESETS_DIR, list_presets, load_config, preset_description, preset_path
