@@ -206,10 +206,17 @@ def test_reading_names_where_an_objective_falls_below_the_noise_floor():
                 "noise_floor": 0.5, "noise_floor_low": 0.4, "noise_floor_high": 0.6, "cosine_pg": 0.3,
                 "norm_ratio": 1.0, "ess": 0.5}
     lines = reading([rec("x", 0, 0.5, 0.4, 0.6), rec("x", 4, 0.2, 0.1, 0.3), rec("x", 16, 0.0, -0.1, 0.1),
-                     rec("y", 0, 0.5, 0.4, 0.6), rec("y", 16, 0.45, 0.3, 0.55)])
-    assert lines[0].startswith("- **x**: as close as a fresh estimate up to K = 0; below the noise floor from K = 4")
-    assert "direction lost (interval reaches 0) from K = 16" in lines[0]
-    assert lines[1].startswith("- **y**: as close as a fresh estimate up to K = 16 (never significantly below")
+                     rec("y", 0, 0.5, 0.4, 0.6), rec("y", 16, 0.45, 0.3, 0.55),
+                     {**rec("z", 0, 0.1, -0.2, 0.3), "noise_floor_low": -0.1}])
+    assert lines[0] == ("- **x**: at the noise floor at K = 0; below it at K = 4, 16 (first: K = 4, cosine 0.200 "
+                        "[0.100, 0.300] against a floor of 0.500 [0.400, 0.600]); no significant agreement left while "
+                        "fresh estimates agree at K = 16. At K = 16: cosine 0.000, to the reference 0.300, norm ratio "
+                        "1.000, ESS/n 0.500.")
+    assert lines[1].startswith("- **y**: at the noise floor at K = 0, 16; no significant agreement left while fresh "
+                               "estimates agree at K = none.")
+    assert lines[2].startswith("- **z**: at the noise floor at K = 0; no significant agreement left while fresh "
+                               "estimates agree at K = none.")
+    assert lines[3].startswith("- Where two fresh estimates do not agree significantly") and "at K = 0:" in lines[3]
 
 
 # --------------------------------------------------------------------------- command

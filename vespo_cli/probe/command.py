@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -297,13 +298,18 @@ def _figures(gram: Gram, counts, o: str) -> dict:
     def mean(x, y):
         return (x + y) / 2
 
-    samples = {
-        "cosine": mean(gram.cosine(f"stale/{o}", f"a/{o}", counts), gram.cosine(f"stale/{o}", f"b/{o}", counts)),
-        "cosine_pg": mean(gram.cosine(f"stale/{o}", f"a/{PG}", counts), gram.cosine(f"stale/{o}", f"b/{PG}", counts)),
-        "noise_floor": gram.cosine(f"a/{o}", f"b/{o}", counts),
-        "noise_floor_pg": mean(gram.cosine(f"a/{o}", f"b/{PG}", counts), gram.cosine(f"b/{o}", f"a/{PG}", counts)),
-        "norm_ratio": gram.norm(f"stale/{o}", counts) / mean(gram.norm(f"a/{o}", counts), gram.norm(f"b/{o}", counts)),
-    }
+    def cos(a, b):
+        return gram.cosine(a, b, counts)
+
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample of zero-advantage groups only: sum 0
+        samples = {
+            "cosine": mean(cos(f"stale/{o}", f"a/{o}"), cos(f"stale/{o}", f"b/{o}")),
+            "cosine_pg": mean(cos(f"stale/{o}", f"a/{PG}"), cos(f"stale/{o}", f"b/{PG}")),
+            "noise_floor": cos(f"a/{o}", f"b/{o}"),
+            "noise_floor_pg": mean(cos(f"a/{o}", f"b/{PG}"), cos(f"b/{o}", f"a/{PG}")),
+            "norm_ratio": gram.norm(f"stale/{o}", counts) / mean(gram.norm(f"a/{o}", counts),
+                                                                  gram.norm(f"b/{o}", counts)),
+        }
     rec = {}
     for key, s in samples.items():
         point, lo, hi = summarize(s)

@@ -35,35 +35,44 @@ def write_report(records: list[dict], settings: dict, out: Path) -> Path:
 
 
 def reading(records: Sequence[dict]) -> list[str]:
-    """Per objective, from the intervals: up to which K the stale gradient is as close to the
-    on-policy one as a fresh estimate is (intervals of cosine and noise floor overlap), the first K
-    where it is significantly below the noise floor, and the first K where its direction is lost
-    (cosine interval reaches 0)."""
+    """Per objective, from the 95% intervals: the K where its stale gradient is as close to the
+    on-policy one as an independent fresh estimate is (its cosine interval reaches the noise floor's),
+    the K where it is significantly below the noise floor, and the K where it has no significant
+    agreement left (cosine interval includes 0) although fresh estimates do agree (noise floor > 0)."""
     lines = []
     for o in dict.fromkeys(r["objective"] for r in records):
         rows = sorted((r for r in records if r["objective"] == o), key=lambda r: r["staleness"])
-        below = next((r for r in rows if _lt(r.get("cosine_high"), r.get("noise_floor_low"))), None)
-        lost = next((r for r in rows if _lt(r.get("cosine_low"), 0.0, strict=False)), None)
-        held = [r["staleness"] for r in rows if below is None or r["staleness"] < below["staleness"]]
-        text = f"- **{o}**: "
-        text += (f"as close as a fresh estimate up to K = {held[-1]}" if held else "below the noise floor from K = 0")
-        if below is not None:
-            text += (f"; below the noise floor from K = {below['staleness']} (cosine {_fmt(below['cosine'])} "
-                     f"[{_fmt(below['cosine_low'])}, {_fmt(below['cosine_high'])}] against {_fmt(below['noise_floor'])} "
-                     f"[{_fmt(below.get('noise_floor_low'))}, {_fmt(below.get('noise_floor_high'))}])")
-        else:
-            text += " (never significantly below the noise floor here)"
-        text += (f"; direction lost (interval reaches 0) from K = {lost['staleness']}" if lost is not None
-                 else "; the interval never reaches 0")
+        below = [r for r in rows if _lt(r.get("cosine_high"), r.get("noise_floor_low"))]
+        at = [r["staleness"] for r in rows if r not in below and _finite(r.get("cosine"))]
+        lost = [r["staleness"] for r in rows
+                if _lt(r.get("cosine_low"), 0.0, strict=False) and _lt(0.0, r.get("noise_floor_low"))]
+        text = f"- **{o}**: at the noise floor at K = {_ks(at)}"
+        if below:
+            b = below[0]
+            text += (f"; below it at K = {_ks([r['staleness'] for r in below])} (first: K = {b['staleness']}, cosine "
+                     f"{_ci(b, 'cosine')} against a floor of {_ci(b, 'noise_floor')})")
+        text += f"; no significant agreement left while fresh estimates agree at K = {_ks(lost)}"
         last = rows[-1]
         text += (f". At K = {last['staleness']}: cosine {_fmt(last['cosine'])}, to the reference "
                  f"{_fmt(last['cosine_pg'])}, norm ratio {_fmt(last['norm_ratio'])}, ESS/n {_fmt(last['ess'])}.")
         lines.append(text)
+    unresolved = sorted({r["staleness"] for r in records if not _lt(0.0, r.get("noise_floor_low"))})
+    if unresolved:
+        lines.append(f"- Where two fresh estimates do not agree significantly (noise floor interval includes 0), "
+                     f"for some objective, at K = {_ks(unresolved)}: there the batch is too small to resolve a direction.")
     return lines
 
 
+def _ks(ks: Sequence[int]) -> str:
+    return ", ".join(str(k) for k in ks) if ks else "none"
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
 def _lt(a: Optional[float], b: Optional[float], strict: bool = True) -> bool:
-    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+    if not (_finite(a) and _finite(b)):
         return False
     return a < b if strict else a <= b
 
