@@ -113,3 +113,40 @@ def test_hf_gradient_checkpointing_gives_the_same_bf16_gradients(tiny_model_path
         assert all(p.dtype == torch.float32 for p in model.parameters())
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_old_logprobs_equal_the_first_minibatch_training_forward_bit_for_bit(tiny_model_path):
+    """Old log-probs are planned minibatch by minibatch as the optimizer steps plan them, so under bf16
+    params the first minibatch's Δ is exactly 0 (planning them over the whole rollout batch gave other
+    microbatch shapes and |Δ| ~ 0.01 per token before any update)."""
+    import numpy as np
+
+    from vespo_cli.config import load_config
+    from vespo_cli.models import load_model
+    from vespo_cli.shards import to_table
+    from vespo_cli.train import precision
+    from vespo_cli.train.batch import rows_from_table
+    from vespo_cli.train.loop import compute_logprobs, old_logprobs
+
+    cfg = load_config("tiny", None, ["trainer.bf16_params=true", "trainer.micro_token_budget=64"])
+    model = load_model(tiny_model_path, "float32")
+    rng = np.random.default_rng(0)
+    lens = [3, 9, 5, 12, 7, 4, 11, 6]
+    n = len(lens)
+    rows = rows_from_table(to_table({
+        "run_id": ["r"] * n, "shard_id": ["s"] * n, "policy_version": [0] * n, "engine": ["hf"] * n,
+        "engine_dtype": ["float32"] * n, "temperature": [1.0] * n, "top_p": [1.0] * n, "top_k": [-1] * n,
+        "prompt_id": [f"p{i // 2}" for i in range(n)], "group_id": [f"g{i // 2}" for i in range(n)],
+        "sample_idx": [i % 2 for i in range(n)], "prompt_token_ids": [rng.integers(5, 200, 6).tolist()] * n,
+        "response_token_ids": [rng.integers(5, 200, k).tolist() for k in lens],
+        "rollout_logprobs": [[-1.0] * k for k in lens], "reward": [1.0, 0.0] * (n // 2),
+        "correct": [True, False] * (n // 2), "finish_reason": ["stop"] * n,
+    }))
+    minibatches = [[0, 1, 4, 5], [2, 3, 6, 7]]
+    old = old_logprobs(model, rows, cfg, minibatches=minibatches)
+    model.train()
+    with precision.compute(model, cfg):
+        for mb, logp, _ in compute_logprobs(model, rows, minibatches[0], cfg, False, grad=True):
+            for r, i in enumerate(mb.rows):
+                assert torch.equal(logp[r, : lens[i]].detach().float(), old[i])
+    assert all(old[i].numel() == lens[i] for i in range(n))

@@ -177,14 +177,20 @@ def compute_logprobs(model, rows: Rows, idx: list[int], cfg: Config, with_entrop
             yield mb, logp, ent
 
 
-def old_logprobs(model, rows: Rows, cfg: Config) -> list[torch.Tensor]:
-    """The proximal policy's log-probs of every response token, once per rollout batch."""
+def old_logprobs(model, rows: Rows, cfg: Config, minibatches: list[list[int]] | None = None) -> list[torch.Tensor]:
+    """The proximal policy's log-probs of every response token, once per rollout batch.
+
+    With the rollout batch's `minibatches`, each is planned into microbatches as its optimizer step
+    will plan it: the same shapes give the same bf16 numerics, so Δ is exactly 0 on the first
+    minibatch and the drift later minibatches show is the policy's, not the batch layout's. Rows in
+    no minibatch get an empty tensor."""
     out: list[torch.Tensor] = [torch.zeros(0)] * len(rows)
     model.eval()
-    with precision.compute(model, cfg):  # the training forward's numerics: Δ = 0 before the first update
-        for mb, logp, _ in compute_logprobs(model, rows, list(range(len(rows))), cfg, False, grad=False):
-            for r, i in enumerate(mb.rows):
-                out[i] = logp[r, : len(rows.response_ids[i])].float().cpu()
+    with precision.compute(model, cfg):  # the training forward's numerics
+        for idx in minibatches if minibatches is not None else [list(range(len(rows)))]:
+            for mb, logp, _ in compute_logprobs(model, rows, idx, cfg, False, grad=False):
+                for r, i in enumerate(mb.rows):
+                    out[i] = logp[r, : len(rows.response_ids[i])].float().cpu()
     return out
 
 
@@ -521,7 +527,8 @@ def _train_on_batch(cfg: Config, model, optimizer, scheduler, batch: RolloutBatc
     elif len(minibatches) == 1:  # on-policy (N = 1): the weights being trained are the proximal policy, so
         old_lp_owned = None      # its log-probs come from the training forward itself (no second forward)
     else:
-        old_lp_owned = old_logprobs(model, rows.select(owned), cfg)
+        old_lp_all = old_logprobs(model, rows, cfg, minibatches=mine)
+        old_lp_owned = [old_lp_all[i] for i in owned]
     old_lp: list[torch.Tensor] | None = None if old_lp_owned is None else [torch.zeros(0)] * len(rows)
     for j, i in enumerate(owned if old_lp is not None else []):
         old_lp[i] = old_lp_owned[j]
