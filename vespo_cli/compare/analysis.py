@@ -151,6 +151,23 @@ def _series_key(rows: Sequence[dict], keys: Sequence[str]) -> Optional[str]:
     return None
 
 
+DRIFT_KEYS = ("delta_abs_mean", "log_w_std", "w_ess")
+
+
+def last_minibatch_drift(rows: Sequence[dict]) -> dict[str, Optional[float]]:
+    """How off-policy a run's most stale data was: mean |Δ| per token, the spread of log W and ESS/n of
+    the raw sequence ratios at the last minibatch of each rollout batch, averaged over rollout batches;
+    `w_ess_min` is the lowest ESS/n of any batch's last minibatch (pure)."""
+    last: dict[Any, dict] = {}
+    for r in rows:
+        it = r.get("iteration")
+        if it is not None and (it not in last or _num(r.get("minibatch")) >= _num(last[it].get("minibatch"))):
+            last[it] = r
+    picked = list(last.values())
+    ess = [v for v in (_num(r.get("w_ess")) for r in picked) if math.isfinite(v)]
+    return {**{k: _finite_mean(r.get(k) for r in picked) for k in DRIFT_KEYS}, "w_ess_min": min(ess) if ess else None}
+
+
 def summarize_run(records: Sequence[dict], total_steps: Optional[int] = None,
                   window: Optional[int] = None) -> dict:
     """The report's numbers for one run (pure)."""
@@ -182,6 +199,7 @@ def summarize_run(records: Sequence[dict], total_steps: Optional[int] = None,
                                or any(k in r and not math.isfinite(_num(r[k])) for k in NONFINITE_KEYS)),
         "time_s": sum(times) if rows else None,
         "collapse": detect_collapse(rows, window=window, total_steps=total_steps),
+        "drift_last_minibatch": last_minibatch_drift(rows),
         "eval": evals,
     }
 

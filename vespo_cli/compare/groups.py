@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional, Sequence
 
+from .analysis import DRIFT_KEYS
 from .runs import Loaded
 from .stats import difference, t_interval, wilson_interval
 
@@ -55,6 +56,8 @@ def _group_summary(key: tuple[str, int], members: list[Loaded]) -> dict:
         "time_s": _stats(s["time_s"] for s in sums),
         "collapse": [dict(seed=m.spec.seed, **{k: s["collapse"][k] for k in ("status", "step", "reason")})
                      for m, s in zip(members, sums)],
+        "drift_last_minibatch": {k: _stats(s["drift_last_minibatch"][k] for s in sums)
+                                 for k in (*DRIFT_KEYS, "w_ess_min")},
         "eval": _eval_summary(sums),
     }
 

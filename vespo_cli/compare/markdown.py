@@ -111,6 +111,21 @@ def results_lines(groups: Sequence[dict]) -> list[str]:
     return lines
 
 
+def drift_lines(groups: Sequence[dict]) -> list[str]:
+    """How off-policy each group's most stale minibatches were (analysis.last_minibatch_drift)."""
+    rows = [[g["label"], str(g["staleness"]), *(_f(g["drift_last_minibatch"][k]) for k in
+                                                 ("delta_abs_mean", "log_w_std", "w_ess", "w_ess_min"))]
+            for g in groups if g.get("drift_last_minibatch")]
+    if not rows:
+        return []
+    header = ["algorithm", "N", "mean |Δ| per token", "std of log W", "ESS/n of W", "lowest ESS/n of W"]
+    return ["## Drift at the last minibatch of each rollout batch", "", *_table(header, rows), "",
+            "The most off-policy data each group trained on: the last of the N minibatches of every rollout batch "
+            "(N = 1: the only one, Δ = 0 unless the behaviour log-probs are the engine's), averaged over rollout "
+            "batches, then over seeds (min–max over seeds). W = exp(Σ_t Δ_t) is the raw sequence ratio whatever "
+            "the objective does with it; ESS/n = (Σ W)² / (Σ W²) / n.", ""]
+
+
 def _diff_cell(d: Optional[dict]) -> str:
     if not d:
         return "–"

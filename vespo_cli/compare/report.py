@@ -13,8 +13,8 @@ from ..errors import UserError
 from ..fsio import atomic_write_json, atomic_write_text
 from .analysis import DROP, FINAL_FRAC, FLOOR, MIN_PATIENCE, NOISE_Z, PATIENCE_FRAC, samples_consumed
 from .groups import _group_summary, _groups, paired_differences
-from .markdown import (curves_lines, definitions_lines, differences_lines, results_lines, runs_lines, setup_lines,
-                       verdict_lines)
+from .markdown import (curves_lines, definitions_lines, differences_lines, drift_lines, results_lines, runs_lines,
+                       setup_lines, verdict_lines)
 from .plots import X_AXES, plot_all
 from .runs import Loaded, RunSpec, load_runs
 from .stats import LEVEL
@@ -79,6 +79,7 @@ def render_markdown(summary: dict, runs: Sequence[Loaded], window: int, images: 
     lines = ["# vespo compare", ""]
     lines += setup_lines(summary["settings"], len(runs), len(groups))
     lines += results_lines(groups)
+    lines += drift_lines(groups)
     lines += differences_lines(summary["paired_differences"])
     lines += verdict_lines(summary["verdict"])
     lines += definitions_lines(summary["settings"], window)
