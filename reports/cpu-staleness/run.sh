@@ -1,17 +1,79 @@
 #!/usr/bin/env bash
-# The CPU staleness experiment of reports/cpu-staleness/README.md (issue 7), as it was run.
-# Code: commit 2f04048a (its data.py: arith difficulty 1 = one-step word problems; later commits made
-# difficulty 1 bare sums, so reproduce from that commit: `git worktree add /tmp/v 2f04048a`).
-# Every run is single-threaded (two or three ran side by side on the 2 cores).
+# The staleness study of reports/cpu-staleness (issue 18), at the current code.
+#
+#   bash reports/cpu-staleness/run.sh           # the full study: 48 runs, about 6 CPU-hours, two at a time
+#   bash reports/cpu-staleness/run.sh --quick   # the pipeline end to end: 8 short runs, one seed (< 30 min)
+#   bash reports/cpu-staleness/run.sh --report  # only rebuild the report from the committed runs
+#
+# Cells (presets/cpu-staleness.yaml: SmolLM2-135M on arith difficulty 1, 32 sequences per optimizer step,
+# 32 steps, AdamW lr 2e-5, vLLM bf16 sampling, bf16-param trainer, one thread per run):
+#   lane a: GRPO, GSPO   × N ∈ {1, 4, 16} × seeds {0, 1, 2}, then GRPO and VESPO fully async: one vLLM bf16
+#           worker process samples ahead with published weights (max_staleness 4) and the objectives take
+#           the engine's log-probs as the behaviour policy (trainer.old_logp: rollout), so their weights see
+#           both the policy lag and the bf16-engine vs trainer mismatch
+#   lane b: SAPO, VESPO  × N ∈ {1, 4, 16} × seeds {0, 1, 2}, then VESPO's ablations at N = 16
+#           (length_norm = sqrt; symmetric c: c1_neg = c1_pos = 2, c2_neg = c2_pos = 3)
+# Equal sample budget: every run takes 32 steps of 32 sequences; N only sets how many steps one rollout
+# batch feeds. Seeds run in the outer loop, so a partial study has whole seeds.
+#
+# Resumable: re-running continues unfinished runs (`vespo train --resume` inside `vespo compare`) and
+# reuses finished ones. Runs live in $STUDY_DIR (default runs/cpu-staleness); each finished run's
+# config.yaml, run.json and metrics.jsonl are copied to reports/cpu-staleness/runs/ (committed), and
+# copied back into $STUDY_DIR first, so a fresh checkout skips what is already done. The report is
+# built from reports/cpu-staleness/runs/ alone.
 set -euo pipefail
-export OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=2
-V=${V:-.venv/bin/vespo}
-COMMON=(--preset smollm2-arith --out runs/cpu-staleness
-        --set trainer.steps=24 --set trainer.lr=3e-5 --set trainer.minibatch_prompts=2
-        --set rollout.max_tokens=64 --set trainer.save_every=8 --set trainer.keep_checkpoints=1
-        --set trainer.threads=1)
-for N in 8 1; do
-  $V compare grpo gspo sapo vespo --staleness $N "${COMMON[@]}"
-done
-$V compare vespo:length_norm=sqrt vespo:length_norm=linear --staleness 8 "${COMMON[@]}"
-$V compare runs/cpu-staleness --out reports/cpu-staleness
+cd "$(dirname "$0")/../.."
+export OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=2 VLLM_ENABLE_V1_MULTIPROCESSING=0 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+PY=${PY:-.venv/bin/python}
+V=${V:-$PY -m vespo_cli.cli}
+MODE=${1:-full}
+SEEDS=(0 1 2); NS=(-N 1 -N 4 -N 16); HIGH=16; STEPS=(); ASYNC_ALGOS=(grpo vespo)
+STUDY=${STUDY_DIR:-runs/cpu-staleness}
+KEEP=reports/cpu-staleness/runs
+REPORT=reports/cpu-staleness
+if [[ "$MODE" == "--quick" ]]; then
+  SEEDS=(0); NS=(-N 1 -N 16); STEPS=(--set trainer.steps=16)
+  STUDY=${STUDY_DIR:-runs/cpu-staleness-quick}; KEEP=$STUDY/kept; REPORT=$STUDY/report
+fi
+COMMON=(--preset cpu-staleness "${STEPS[@]}")
+
+collect() { $PY reports/cpu-staleness/study.py collect "$STUDY" "$KEEP"; }
+restore() { $PY reports/cpu-staleness/study.py restore "$KEEP" "$STUDY"; }
+
+lane_a() {
+  for s in "${SEEDS[@]}"; do
+    $V compare grpo gspo "${NS[@]}" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/a"; collect
+  done
+  for s in "${SEEDS[@]}"; do
+    $V compare "${ASYNC_ALGOS[@]}" --async -N 1 "${COMMON[@]}" --set trainer.seed="$s" --set trainer.max_staleness=4 \
+      --set trainer.old_logp=rollout --out "$STUDY/async"; collect
+  done
+}
+
+lane_b() {
+  for s in "${SEEDS[@]}"; do
+    $V compare sapo vespo "${NS[@]}" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/b"; collect
+  done
+  for s in "${SEEDS[@]}"; do
+    $V compare vespo:length_norm=sqrt vespo:c1_neg=2,c2_neg=3 -N "$HIGH" "${COMMON[@]}" --set trainer.seed="$s" \
+      --out "$STUDY/ablations"; collect
+  done
+}
+
+report() {
+  collect
+  local dirs=("$KEEP"/*/)
+  [[ -e "${dirs[0]}" ]] || { echo "no finished runs in $KEEP yet"; return 0; }
+  $V compare "${dirs[@]}" --out "$REPORT"
+}
+
+mkdir -p "$STUDY"
+if [[ "$MODE" != "--report" ]]; then
+  restore
+  lane_a > "$STUDY/lane-a.log" 2>&1 &
+  A=$!
+  lane_b > "$STUDY/lane-b.log" 2>&1 &
+  B=$!
+  wait $A; wait $B
+fi
+report

@@ -1,0 +1,62 @@
+"""Keep the staleness study's finished runs in the repository, and put them back before a sweep.
+
+    python reports/cpu-staleness/study.py collect STUDY_DIR KEEP_DIR   # finished runs → KEEP_DIR
+    python reports/cpu-staleness/study.py restore KEEP_DIR STUDY_DIR   # KEEP_DIR → missing runs
+
+A run is `STUDY_DIR/<lane>/runs/<run>/`; it is finished when its metrics reach `trainer.steps`. Only
+config.yaml, run.json and metrics.jsonl are kept (what `vespo compare` reports from, and what its
+sweep checks to reuse a run); checkpoints and shards stay behind.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+KEPT = ("config.yaml", "run.json", "metrics.jsonl")
+
+
+def finished(run: Path) -> bool:
+    try:
+        steps = int(yaml.safe_load((run / "config.yaml").read_text())["trainer"]["steps"])
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return False
+    done = [json.loads(ln)["step"] for ln in lines if ln.strip() and '"train"' in ln]
+    return bool(done) and max(done) >= steps
+
+
+def copy_run(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in KEPT:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def collect(study: Path, keep: Path) -> int:
+    n = 0
+    for run in sorted(study.glob("*/runs/*")):
+        dst = keep / run.parent.parent.name / "runs" / run.name
+        if finished(run) and not finished(dst):
+            copy_run(run, dst)
+            n += 1
+    return n
+
+
+def restore(keep: Path, study: Path) -> int:
+    n = 0
+    for run in sorted(keep.glob("*/runs/*")):
+        dst = study / run.parent.parent.name / "runs" / run.name
+        if finished(run) and not (dst / "metrics.jsonl").exists():
+            copy_run(run, dst)
+            n += 1
+    return n
+
+
+if __name__ == "__main__":
+    cmd, a, b = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    n = {"collect": collect, "restore": restore}[cmd](a, b)
+    print(f"{cmd}: {n} run(s)")
