@@ -43,6 +43,7 @@ from vespo_cli.cli import app
 from vespo_cli.config import load_config
 from vespo_cli.errors import UserError
 from vespo_cli.fsio import read_jsonl
+from vespo_cli.lock import LOCK_NAME
 from vespo_cli.shards import ShardError, list_shards, read_shard, to_table, write_shard
 from vespo_cli.train.loop import train
 
@@ -326,7 +327,7 @@ def test_rollout_survives_sigkill_without_torn_or_duplicate_shards(tmp_path):
             read_shard(p)
         COUNTS["kills"].append({"chain": "rollout", "phase": phase, "delay_s": round(delay, 3),
                                 "complete_shards": len(done),
-                                "tmp_left": sorted(p.name for p in out.iterdir() if p.name.startswith("."))})
+                                "tmp_left": sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp"))})
     run_to_end(args, tmp_path, log)
     tables = [read_shard(p) for p in list_shards(out)]
     assert len(tables) == num_prompts // per_shard
@@ -600,8 +601,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, 
 
 
 def _tree(root: Path) -> dict:
+    """Every file's bytes and mtime, but the writer lock's (it names the last holder, not run data)."""
     return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
-            for p in sorted(root.rglob("*"))}
+            for p in sorted(root.rglob("*")) if p.name != LOCK_NAME}
 
 
 def test_bad_resume_input_leaves_the_run_untouched(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..config import Config, load_run_config, save_config
 from ..data import Problem, arith_problem, encode_prompt, load_problems
 from ..errors import UserError
+from ..lock import hold
 from ..rewards import failure_counts
 from ..shards import list_shards, shard_name, write_shard
 from .base import Sampling
@@ -148,8 +149,7 @@ def rollout_once(cfg: Config, run_dir: Path, *, model: str | None, num_prompts: 
     """`vespo rollout`: sample `num_prompts` prompts in shards of trainer.minibatch_prompts prompts.
 
     Resumable: shards already in the output directory are kept and their prompts skipped."""
-    from ..models import load_tokenizer, resolve_model
-    from ..rewards import scorer_for
+    from ..models import resolve_model
 
     if num_prompts < 1:
         raise UserError(f"--num-prompts {num_prompts}: expected a positive integer")
@@ -159,7 +159,15 @@ def rollout_once(cfg: Config, run_dir: Path, *, model: str | None, num_prompts: 
     problems = load_problems(cfg.data.train, limit=num_prompts, seed=cfg.trainer.seed,
                              difficulty=cfg.data.difficulty, shuffle=cfg.data.shuffle)
     out = Path(out) if out else Path(run_dir) / "rollouts"
-    out.mkdir(parents=True, exist_ok=True)
+    with hold(run_dir, "vespo rollout"), hold(out, "vespo rollout"):  # config.yaml; shard names
+        return _rollout_locked(cfg, run_dir, model_path, policy_version, problems, out, worker)
+
+
+def _rollout_locked(cfg: Config, run_dir: Path, model_path: str, policy_version: int, problems: list[Problem],
+                    out: Path, worker: str) -> Path:
+    from ..models import load_tokenizer
+    from ..rewards import scorer_for
+
     save_config(cfg, run_dir)
     per_shard = cfg.trainer.minibatch_prompts
     chunks = [problems[i:i + per_shard] for i in range(0, len(problems), per_shard)]

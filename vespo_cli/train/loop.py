@@ -33,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..config import Config, save_config, to_dict
 from ..errors import UserError
 from ..fsio import atomic_write_json, atomic_write_text, read_jsonl
+from ..lock import hold
 from ..objectives import group_advantages, policy_loss
 from ..shards import ShardError, follow, list_shards, read_shard, shard_name
 from . import dist, precision
@@ -314,7 +315,15 @@ def _spawn_workers(cfg: Config, run_dir: Path) -> list[subprocess.Popen]:
 
 def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: bool = False,
           resume: bool = False) -> dict:
-    """Run (or resume) a training run in `run_dir`. Returns the last metrics record."""
+    """Run (or resume) a training run in `run_dir`. Returns the last metrics record.
+
+    Rank 0 locks `run_dir` (vespo_cli/lock.py) from its first write until the run returns."""
+    with contextlib.ExitStack() as lock:
+        return _train(cfg, run_dir, lock, replay=replay, async_=async_, resume=resume)
+
+
+def _train(cfg: Config, run_dir: Path, lock: contextlib.ExitStack, *, replay: Path | None, async_: bool,
+           resume: bool) -> dict:
     from ..models import load_model, load_tokenizer, resolve_model
 
     run_dir = Path(run_dir)
@@ -341,6 +350,9 @@ def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: boo
         prompt_chunk(cfg, 0, 1)  # a missing or bad data source fails here, before the run dir is written
 
     base_path = resolve_model(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    if dist.is_main():
+        lock.enter_context(hold(run_dir, "vespo train"))
+        _check_run_dir(run_dir, resume)  # again, now under the lock: a run may have started meanwhile
     ckpt = latest_checkpoint(run_dir) if resume else None
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
