@@ -537,7 +537,7 @@ def test_user_errors():
         policy_loss("grpo", logp, old, adv, mask, correction="ratio")
     with pytest.raises(UserError, match="length_norm.*sqrt"):
         policy_loss("vespo", logp, old, adv, mask, length_norm="log")
-    with pytest.raises(UserError, match="eps_low.*number.*'3e-4'"):
+    with pytest.raises(UserError, match="eps_low.*float.*'3e-4'"):
         resolve_params("gspo", {"eps_low": "3e-4"})  # YAML 1.1 reads 3e-4 as a string
     with pytest.raises(UserError, match="dual_clip"):
         resolve_params("grpo", {"dual_clip": 0.5})

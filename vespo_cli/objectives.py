@@ -3,10 +3,13 @@
     loss, metrics = policy_loss("vespo", logp, old_logp, advantages, mask,
                                 rollout_logp=None, correction=None, num_tokens=None, num_seqs=None,
                                 **params)
+    loss, metrics = policy_loss(cfg.algorithm.params, logp, ...)  # params validated at config load
 
 Every objective is a reshaped REINFORCE: its gradient is coef_{i,t}·∇logp_t. An objective function
-(registered in OBJECTIVES, defaults in OBJECTIVE_DEFAULTS) maps the detached tensors of a microbatch
-to its per-token loss value and that coefficient (`Reshaped`); `policy_loss` does what is shared:
+(registered in OBJECTIVES with its params model, a pydantic model defined right above it; the config's
+`algorithm.params` is the union of these models, keyed on `algorithm.objective`) maps the detached
+tensors of a microbatch to its per-token loss value and that coefficient (`Reshaped`); `policy_loss`
+does what is shared:
 masking, the train-inference mismatch correction (TIS/MIS), aggregation with global denominators
 (so gradient accumulation gives the one-big-batch gradient), the autograd hook-up and metrics.
 
@@ -18,12 +21,14 @@ With gradient accumulation pass the minibatch totals (tokens, sequences) to ever
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional
+from typing import Annotated, Callable, Literal, Mapping, NamedTuple, Optional, Union
 
 import torch
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from torch import Tensor
 
 from .errors import UserError
+from .schema import Section, describe_type, user_error
 
 LN_EPS = math.log(1e-8)  # lower clamp of VESPO's log W and of per-token log correction weights
 LOG2E = 1.0 / math.log(2.0)
@@ -31,9 +36,12 @@ MAX_LOG = 20.0  # clamp of per-token log-ratios before exp (exp(20) ≈ 4.9e8: f
 
 CORRECTIONS = (None, "tis", "mis")
 LENGTH_NORMS = ("none", "sqrt", "linear")
-COMMON_DEFAULTS = {"correction_cap": 2.0}  # C of TIS/MIS; accepted by every objective
+CORRECTION_CAP = 2.0  # C of TIS/MIS, the default of algorithm.correction_cap
+CorrectionCap = Annotated[float, Field(gt=1.0, le=1e6)]  # its range, for the config and `policy_loss`
+PARAM_MAX = 1e3  # upper bound of the free positive hyperparameters (clip widths, temperatures)
 
 OBJECTIVES: dict[str, Callable] = {}  # name -> fn(Tokens, **params) -> Reshaped
+PARAMS: dict[str, type["ObjectiveParams"]] = {}  # name -> its params model
 OBJECTIVE_DEFAULTS: dict[str, dict] = {}  # name -> {param: paper default}
 AGGREGATION: dict[str, str] = {}  # name -> "token-mean" | "seq-mean-token-mean"
 SEQUENCE_CORRECTION: set[str] = set()  # objectives taking the correction inside their sequence weight
@@ -67,12 +75,35 @@ class Reshaped(NamedTuple):
     extra: Optional[dict] = None  # name -> 0-d tensor, objective-specific metrics
 
 
-def register(name: str, aggregation: str, sequence_correction: bool = False, **defaults):
-    """Register an objective under `name` with its aggregation and paper-default parameters."""
+class ObjectiveParams(Section):
+    """An objective's hyperparameters (defaults: the paper's), validated once when the config loads.
+
+    A read-only mapping of the objective function's keyword arguments: `fn(tokens, **params)`.
+    `objective` is the tag of the config's union (set from `algorithm.objective`, never written)."""
+
+    model_config = ConfigDict(frozen=True)
+    objective: str = Field(exclude=True)
+
+    def keys(self) -> list[str]:
+        return [k for k in type(self).model_fields if k != "objective"]
+
+    def __getitem__(self, key: str):
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default=None):
+        return getattr(self, key) if key in self.keys() else default
+
+
+def register(name: str, aggregation: str, params: type[ObjectiveParams], sequence_correction: bool = False):
+    """Register an objective under `name` with its aggregation and its params model."""
+    assert params.model_fields["objective"].default == name, (name, params)
 
     def deco(fn: Callable) -> Callable:
         OBJECTIVES[name] = fn
-        OBJECTIVE_DEFAULTS[name] = defaults
+        PARAMS[name] = params
+        OBJECTIVE_DEFAULTS[name] = dict(params())
         AGGREGATION[name] = aggregation
         if sequence_correction:
             SEQUENCE_CORRECTION.add(name)
@@ -138,8 +169,18 @@ def _per_sign(adv: Tensor, pos, neg) -> Tensor:
 # temporaries: on CPU, every new [B, T] tensor costs more than the arithmetic done in it.
 
 
-@register("vespo", "token-mean", sequence_correction=True,
-          c1_pos=2.0, c2_pos=3.0, c1_neg=3.0, c2_neg=2.0, length_norm="none")
+class VespoParams(ObjectiveParams):
+    """Kernel exponents (c1, c2) for A ≥ 0 and A < 0, and the length-normalisation ablation of log W."""
+
+    objective: Literal["vespo"] = Field("vespo", exclude=True)
+    c1_pos: float = Field(2.0, ge=0, le=100)
+    c2_pos: float = Field(3.0, ge=0, le=100)
+    c1_neg: float = Field(3.0, ge=0, le=100)
+    c2_neg: float = Field(2.0, ge=0, le=100)
+    length_norm: Literal["none", "sqrt", "linear"] = "none"
+
+
+@register("vespo", "token-mean", VespoParams, sequence_correction=True)
 def vespo(t: Tokens, *, c1_pos, c2_pos, c1_neg, c2_neg, length_norm) -> Reshaped:
     """VESPO (ALGORITHMS.md "VESPO"): ℓ_i = clamp(Σ_t m·clamp(Δ_t, ±20) [+ Σ_t m·clamp(ln w_t, ln 1e-8, 20)],
     ln 1e-8, 20), divided first by √T_i or T_i for the length_norm ablation; W_i = exp(ℓ_i);
@@ -162,7 +203,16 @@ def vespo(t: Tokens, *, c1_pos, c2_pos, c1_neg, c2_neg, length_norm) -> Reshaped
     return Reshaped(coef=-(phi * t.adv)[:, None], log_w=log_w, seq_weight=phi, extra=extra)
 
 
-@register("grpo", "token-mean", eps_low=0.2, eps_high=0.28, dual_clip=3.0)
+class GrpoParams(ObjectiveParams):
+    """Clip range [1 − eps_low, 1 + eps_high] of the token ratio; dual clip c for A < 0 (null: none)."""
+
+    objective: Literal["grpo"] = Field("grpo", exclude=True)
+    eps_low: float = Field(0.2, ge=0, le=1)
+    eps_high: float = Field(0.28, ge=0, le=PARAM_MAX)
+    dual_clip: Optional[float] = Field(3.0, gt=1, le=1e6)
+
+
+@register("grpo", "token-mean", GrpoParams)
 def grpo(t: Tokens, *, eps_low, eps_high, dual_clip) -> Reshaped:
     """GRPO/DAPO (ALGORITHMS.md "GRPO / DAPO"): r_t = exp(Δ_t), loss = −min(r·A, clip(r, 1−ε_low, 1+ε_high)·A);
     dual clip for A < 0: loss = min(loss, −c·A), c = dual_clip (null: none). Computed as
@@ -177,7 +227,15 @@ def grpo(t: Tokens, *, eps_low, eps_high, dual_clip) -> Reshaped:
     return Reshaped(coef=inside.mul_(clip_r), value=clip_r, coef_row=neg_adv, value_row=neg_adv, clipped=clipped)
 
 
-@register("gspo", "seq-mean-token-mean", eps_low=3e-4, eps_high=4e-4)
+class GspoParams(ObjectiveParams):
+    """Clip range [1 − eps_low, 1 + eps_high] of the length-normalised sequence ratio."""
+
+    objective: Literal["gspo"] = Field("gspo", exclude=True)
+    eps_low: float = Field(3e-4, ge=0, le=1)
+    eps_high: float = Field(4e-4, ge=0, le=PARAM_MAX)
+
+
+@register("gspo", "seq-mean-token-mean", GspoParams)
 def gspo(t: Tokens, *, eps_low, eps_high) -> Reshaped:
     """GSPO (ALGORITHMS.md "GSPO"): s_i = exp(min(Σ_t m Δ_t / T_i, 10)); token form
     s_{i,t} = sg[s_i]·exp(logp_t − sg[logp_t]) (value s_i, gradient s_i·∇logp_t);
@@ -191,7 +249,15 @@ def gspo(t: Tokens, *, eps_low, eps_high) -> Reshaped:
     return Reshaped(coef=value * inside, value=value, seq_weight=log_s[:, 0].exp(), clipped=clipped)
 
 
-@register("sapo", "seq-mean-token-mean", tau_pos=1.0, tau_neg=1.05)
+class SapoParams(ObjectiveParams):
+    """Gate temperatures τ for A > 0 and A ≤ 0."""
+
+    objective: Literal["sapo"] = Field("sapo", exclude=True)
+    tau_pos: float = Field(1.0, gt=0, le=PARAM_MAX)
+    tau_neg: float = Field(1.05, gt=0, le=PARAM_MAX)
+
+
+@register("sapo", "seq-mean-token-mean", SapoParams)
 def sapo(t: Tokens, *, tau_pos, tau_neg) -> Reshaped:
     """SAPO (ALGORITHMS.md "SAPO"): τ = τ_pos if A > 0 else τ_neg, gate_t = σ(τ(r_t − 1))·4/τ,
     loss = −gate_t·A; gradient −A·4σ'(τ(r−1))·r_t·∇logp_t (= −A·∇logp_t at r = 1)."""
@@ -204,7 +270,15 @@ def sapo(t: Tokens, *, tau_pos, tau_neg) -> Reshaped:
     return Reshaped(coef=coef, value=sig, coef_row=a4, value_row=a4 / tau)
 
 
-@register("cispo", "token-mean", eps_low=10.0, eps_high=0.2)
+class CispoParams(ObjectiveParams):
+    """Clip range [1 − eps_low, 1 + eps_high] of the detached token weight (eps_low ≥ 1: no lower clip)."""
+
+    objective: Literal["cispo"] = Field("cispo", exclude=True)
+    eps_low: float = Field(10.0, ge=0, le=PARAM_MAX)
+    eps_high: float = Field(0.2, ge=0, le=PARAM_MAX)
+
+
+@register("cispo", "token-mean", CispoParams)
 def cispo(t: Tokens, *, eps_low, eps_high) -> Reshaped:
     """CISPO (ALGORITHMS.md "CISPO"): loss = −sg[clip(r_t, 1−ε_low, 1+ε_high)]·A·logp_t."""
     log_hi = min(math.log1p(eps_high), MAX_LOG)
@@ -214,7 +288,13 @@ def cispo(t: Tokens, *, eps_low, eps_high) -> Reshaped:
     return Reshaped(coef=exp_(d), coef_row=-t.adv[:, None], clipped=clipped)  # −clip(r)·A
 
 
-@register("topr", "token-mean")
+class ToprParams(ObjectiveParams):
+    """TOPR has no hyperparameters."""
+
+    objective: Literal["topr"] = Field("topr", exclude=True)
+
+
+@register("topr", "token-mean", ToprParams)
 def topr(t: Tokens) -> Reshaped:
     """TOPR (ALGORITHMS.md "TOPR"): weight_i = 1 if A_i ≥ 0 else sg[clip(R_i, 0, 1)], R_i = exp(Σ_t m Δ_t);
     loss = −weight_i·A_i·logp_t."""
@@ -224,7 +304,13 @@ def topr(t: Tokens) -> Reshaped:
     return Reshaped(coef=-(weight * t.adv)[:, None], clipped=(tapered * t.lengths).sum())
 
 
-@register("reinforce", "token-mean")
+class ReinforceParams(ObjectiveParams):
+    """REINFORCE has no hyperparameters."""
+
+    objective: Literal["reinforce"] = Field("reinforce", exclude=True)
+
+
+@register("reinforce", "token-mean", ReinforceParams)
 def reinforce(t: Tokens) -> Reshaped:
     """Plain REINFORCE, the baseline: loss = −A_i·logp_t (token-mean)."""
     return Reshaped(coef=-t.adv[:, None])
@@ -233,30 +319,35 @@ def reinforce(t: Tokens) -> Reshaped:
 # --------------------------------------------------------------------------- validation
 
 
-def resolve_params(objective: str, params: dict | None = None) -> dict:
-    """The objective's paper defaults updated with `params` (plus correction_cap); UserError on
-    an unknown objective, an unknown parameter or a value of the wrong type."""
+# every objective's params, keyed on the objective's name (the config's `algorithm.params`)
+AnyObjectiveParams = Annotated[Union[tuple(PARAMS.values())], Field(discriminator="objective")]
+_CAP = TypeAdapter(CorrectionCap, config={"strict": True, "allow_inf_nan": False})
+
+
+def objective_params(objective: str, params: Mapping | None = None) -> ObjectiveParams:
+    """The params model of `objective`: its paper defaults updated with `params`; UserError on an
+    unknown objective, an unknown parameter or a bad value."""
     if objective not in OBJECTIVES:
         raise UserError(f"objective: unknown {objective!r} (known: {', '.join(sorted(OBJECTIVES))})")
-    defaults = {**OBJECTIVE_DEFAULTS[objective], **COMMON_DEFAULTS}
-    out = dict(defaults)
-    for key, value in (params or {}).items():
-        if key not in defaults:
-            known = ", ".join(sorted(defaults))
-            raise UserError(f"params.{key}: unknown parameter of {objective} (known: {known})")
-        default = defaults[key]
-        if isinstance(default, str):
-            if value not in LENGTH_NORMS:
-                raise UserError(f"params.{key}: expected one of {', '.join(LENGTH_NORMS)}, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            if not (key == "dual_clip" and value is None):
-                raise UserError(f"params.{key}: expected a number, got {value!r}")
-        out[key] = value
-    if out["correction_cap"] <= 1:
-        raise UserError(f"correction_cap: expected a number > 1, got {out['correction_cap']!r}")
-    if out.get("dual_clip") is not None and out["dual_clip"] <= 1:
-        raise UserError(f"params.dual_clip: expected null or a number > 1, got {out['dual_clip']!r}")
-    return out
+    try:
+        return PARAMS[objective].model_validate({**(params or {}), "objective": objective})
+    except ValidationError as e:
+        raise user_error(e, PARAMS[objective], prefix="params.") from None
+
+
+def check_correction_cap(value) -> float:
+    """`value` as C of TIS/MIS (`CorrectionCap`); UserError otherwise."""
+    try:
+        return _CAP.validate_python(value)
+    except ValidationError:
+        raise UserError(f"correction_cap: expected {describe_type(CorrectionCap)}, got {value!r}") from None
+
+
+def resolve_params(objective: str, params: dict | None = None) -> dict:
+    """The objective's validated keyword arguments, plus correction_cap (default CORRECTION_CAP)."""
+    params = dict(params or {})
+    cap = check_correction_cap(params.pop("correction_cap", CORRECTION_CAP))
+    return {**objective_params(objective, params), "correction_cap": cap}
 
 
 def _check_correction(correction):
@@ -271,7 +362,7 @@ def _check_correction(correction):
 
 
 def policy_loss(
-    objective: str,
+    objective: str | ObjectiveParams,
     logp: Tensor,
     old_logp: Tensor,
     advantages: Tensor,
@@ -280,9 +371,13 @@ def policy_loss(
     correction: Optional[str] = None,
     num_tokens: Optional[float | Tensor] = None,
     num_seqs: Optional[float | Tensor] = None,
+    correction_cap: float = CORRECTION_CAP,
     **params,
 ) -> tuple[Tensor, dict[str, float]]:
     """Loss of one microbatch under `objective`, and its metrics (python floats).
+
+    objective: a name, with its hyperparameters as keyword arguments (`params`, validated here), or
+    an `ObjectiveParams` model (e.g. cfg.algorithm.params, validated when the config loaded).
 
     logp [B,T] current policy (with grad), old_logp [B,T] proximal behaviour policy, advantages [B],
     mask [B,T] (bool or 0/1: response tokens; values at padding may be anything finite).
@@ -292,12 +387,18 @@ def policy_loss(
     num_tokens / num_seqs: the global denominators of token-mean / seq-mean-token-mean when a minibatch
     is split into microbatches (pass the minibatch's token count and sequence count to every one);
     None = this microbatch's mask.sum() / B (all rows, empty ones included).
-    params: the objective's hyperparameters (OBJECTIVE_DEFAULTS[objective]) and correction_cap (C).
+    correction_cap: C of TIS/MIS (read only with a correction).
     Returns a scalar whose gradient w.r.t. logp is Σ weight·coef (see `Reshaped`).
     """
-    p = resolve_params(objective, params)
     correction = _check_correction(correction)
-    cap = float(p.pop("correction_cap"))
+    if isinstance(objective, ObjectiveParams):  # validated with the config: nothing to check per microbatch
+        if params:
+            raise TypeError(f"policy_loss: params {sorted(params)} given with a params model")
+        p, cap = objective, correction_cap
+    else:
+        p = objective_params(objective, params)
+        cap = correction_cap if correction is None else check_correction_cap(correction_cap)
+    objective = p.objective
     work = torch.promote_types(logp.dtype, torch.float32)
     with torch.no_grad():
         lp = logp.detach().to(work)
