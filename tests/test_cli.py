@@ -96,7 +96,7 @@ def test_inspect_reports_bad_shard_and_goes_on(runner, shard_dir):
 @pytest.mark.parametrize("args, message", [
     (["train", "--preset", "nope"], "error: nope: unknown preset (known: "),
     (["train", "-p", "tiny", "--set", "trainer.lr=fast"],
-     "error: --set trainer.lr=fast: trainer.lr: expected a float, got 'fast'"),
+     "error: --set trainer.lr=fast: trainer.lr: expected a float in (0, 1], got 'fast'"),
     (["train", "-p", "tiny", "--set", "trainer.foo=1"],
      "error: --set trainer.foo=1: trainer.foo: unknown key (expected one of: "),
 ])
@@ -117,6 +117,11 @@ def test_user_errors_subprocess(tmp_path, args, message):
     (["train", "-p", "tiny", "--set", "trainer.lr"], "error: --set trainer.lr: expected KEY=VALUE"),
     (["train", "--resume", "nowhere"], "error: nowhere: not a vespo run directory (no config.yaml)"),
     (["train", "--resume", "nowhere", "-p", "tiny"], "error: --resume: the run's own config.yaml is used"),
+    (["rollout", "-p", "tiny", "--n", "0"],
+     "error: --set rollout.n=0: rollout.n: expected an integer in [1, 1024], got 0"),
+    (["eval", "aime24", "--engine", "tpu"], "error: --engine tpu: expected one of vllm, hf"),
+    (["train", "-p", "tiny", "--set", "trainer.seed=99999999999"],
+     "error: --set trainer.seed=99999999999: trainer.seed: expected an integer in [0, 2147483647], got 99999999999"),
     (["inspect", "missing-dir"], "error: missing-dir: no such directory"),
 ])
 def test_user_errors_in_process(runner, tmp_path, monkeypatch, args, message):
@@ -134,5 +139,5 @@ def test_bad_preset_file_error_names_the_file(runner, tmp_path, monkeypatch):
     (tmp_path / "mine.yaml").write_text("extends: tiny\ntrainer:\n  lr: fast\n")
     result = runner.invoke(app, ["train", "--preset", "mine.yaml"], env={"COLUMNS": "300"})
     assert result.exit_code == 2
-    assert result.stderr.strip() == "error: mine.yaml: trainer.lr: expected a float, got 'fast'"
+    assert result.stderr.strip() == "error: mine.yaml: trainer.lr: expected a float in (0, 1], got 'fast'"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml"]

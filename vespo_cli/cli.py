@@ -58,7 +58,7 @@ def _config(preset: Optional[str], algo: Optional[str], overrides: Optional[List
 def _default_run_dir(cfg, run_dir: Optional[Path], suffix: str = "") -> Path:
     if run_dir is not None:
         return run_dir
-    name = f"{cfg.preset or 'run'}-{cfg.algorithm.objective}{suffix}"
+    name = f"{cfg.preset or 'run'}-{cfg.algorithm.name or cfg.algorithm.objective}{suffix}"
     return Path("runs") / name
 
 
@@ -83,11 +83,8 @@ def rollout(
     if follow is not None:
         rollout_follow(follow, worker=worker, overrides=overrides or [])
         return
-    cfg = _config(preset, algo, overrides, "smollm2-arith")
-    if prompts:
-        cfg.data.train = prompts
-    if n:
-        cfg.rollout.n = n
+    extra = ([f"data.train={prompts}"] if prompts else []) + ([f"rollout.n={n}"] if n is not None else [])
+    cfg = _config(preset, algo, [*(overrides or []), *extra], "smollm2-arith")
     rd = _default_run_dir(cfg, run_dir, "-rollout")
     rollout_once(cfg, rd, model=model, num_prompts=num_prompts, out=out, worker=worker)
 
@@ -140,12 +137,12 @@ def eval_(
 ):
     """Evaluate a model on math benchmarks: avg@k, pass@k with 95% intervals."""
     from .evaluate import eval_command
+    from .rollout import ENGINES
 
-    cfg = _config(preset, None, overrides, "smollm2-arith")
-    if engine:
-        if engine not in ("vllm", "hf"):
-            raise UserError(f"--engine {engine}: expected vllm or hf")
-        cfg.rollout.engine = engine
+    if engine and engine not in ENGINES:
+        raise UserError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")
+    cfg = _config(preset, None, [*(overrides or []), *([f"rollout.engine={engine}"] if engine else [])],
+                  "smollm2-arith")
     eval_command(cfg, benchmarks, model=model, k=k, limit=limit, out=out)
 
 

@@ -2,130 +2,189 @@
 
 A preset is a YAML file under `presets/` (or any path). Loading resolves the `extends:` chain,
 merges the algorithm preset (`presets/algorithms/<name>.yaml`) into `algorithm`, applies `--set`
-overrides, and converts the result into the dataclasses below. Every unknown key, wrong type or
-bad value is a `UserError` naming where it came from, e.g.
-`presets/x.yaml: trainer.lr: expected a float, got 'fast'`.
+overrides, and validates the result with the pydantic models below (one per section; ranges are
+field constraints, `schema.Section`). Every unknown key, wrong type or bad value is a `UserError`
+naming where it came from, e.g. `presets/x.yaml: trainer.lr: expected a float in (0, 1], got 'fast'`.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from .data import PAPER_TEMPLATE
+from .data import PAPER_TEMPLATE, check_source
 from .errors import UserError
+from .objectives import CORRECTION_CAP, OBJECTIVES, AnyObjectiveParams, CorrectionCap, VespoParams
+from .rollout import ENGINES
+from .schema import Section, fail, locate, user_error
 
 PRESETS_DIR = Path(os.environ.get("VESPO_PRESETS", Path(__file__).resolve().parent.parent / "presets"))
 
+MAX_TOKENS = 2**20  # prompt and response lengths
+MAX_COUNT = 10**9  # steps and step intervals
+SEED_MAX = 2**31 - 1  # engines and numpy take 32-bit seeds
+STALENESS_MAX = 2**12
 
-@dataclass
-class ModelConfig:
+
+class ModelConfig(Section):
     path: str = "smollm2-135m"  # `smollm2-135m` | `tiny` | local HF checkpoint dir | hub id
     dtype: Literal["float32", "bfloat16"] = "float32"  # trainer's master weights
     trust_remote_code: bool = False
     moe: bool = False  # Mixture-of-Experts: enables routing capture for replay (R2)
 
 
-@dataclass
-class DataConfig:
+class DataConfig(Section):
     train: str = "arith"  # data source name (see `vespo_cli.data`) or a .jsonl/.parquet path
     template: str = PAPER_TEMPLATE  # user message; `{problem}` is replaced
-    difficulty: int = 1  # procedural arithmetic only
-    max_prompt_tokens: int = 1024
+    difficulty: int = Field(1, ge=1, le=5)  # procedural arithmetic only
+    max_prompt_tokens: int = Field(1024, ge=1, le=MAX_TOKENS)
     shuffle: bool = True
 
+    @field_validator("template")
+    @classmethod
+    def _has_problem(cls, v: str) -> str:
+        if "{problem}" not in v:
+            raise fail("expected a template containing {problem}")
+        return v
 
-@dataclass
-class RolloutConfig:
-    engine: Literal["vllm", "hf"] = "vllm"
+
+class RolloutConfig(Section):
+    engine: Literal[ENGINES] = "vllm"  # rollout.ENGINES
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    n: int = 8  # samples per prompt (group size)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    max_tokens: int = 256
-    kv_cache_gib: float = 0.5  # vLLM CPU backend KV cache
-    gpu_memory_utilization: float = 0.5  # vLLM CUDA
-    tensor_parallel_size: int = 1
-    reward_workers: int = 2
-    reward_timeout_s: float = 5.0
+    n: int = Field(8, ge=1, le=1024)  # samples per prompt (group size)
+    temperature: float = Field(1.0, gt=0, le=10)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(-1, ge=-1, le=MAX_TOKENS)  # -1 = off
+    max_tokens: int = Field(256, ge=1, le=MAX_TOKENS)
+    kv_cache_gib: float = Field(0.5, gt=0, le=2**16)  # vLLM CPU backend KV cache
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # vLLM CUDA
+    tensor_parallel_size: int = Field(1, ge=1, le=1024)
+    reward_workers: int = Field(2, ge=1, le=1024)
+    reward_timeout_s: float = Field(5.0, gt=0, le=86400)
     answer_fallback: Literal["none", "final_number"] = "none"  # rewards/extract.py: the opt-in last rule
 
 
-@dataclass
-class AlgorithmConfig:
+class AlgorithmConfig(Section):
     description: str = ""
-    objective: str = "vespo"
-    params: dict[str, Any] = field(default_factory=dict)
+    name: str = ""  # the algorithm preset (`--algo NAME`); names the default run directory
+    objective: str = "vespo"  # a name in objectives.OBJECTIVES
+    params: AnyObjectiveParams = Field(default_factory=VespoParams)  # the objective's params model
     correction: Optional[Literal["tis", "mis"]] = None
-    correction_cap: float = 2.0
+    correction_cap: CorrectionCap = CORRECTION_CAP  # C of TIS/MIS
     routing_replay: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tag_params(cls, data: Any) -> Any:
+        """The params are those of `objective`: it is the union's tag."""
+        if isinstance(data, dict) and isinstance(data.get("params", {}), dict):
+            data = {**data, "params": {**data.get("params", {}), "objective": data.get("objective", "vespo")}}
+        return data
 
-@dataclass
-class TrainerConfig:
-    steps: int = 20  # optimizer steps in total
-    minibatch_prompts: int = 4  # mbs: prompts per optimizer step
-    staleness: int = 1  # N = gbs / mbs optimizer steps per rollout batch; 1 = on-policy
-    rollout_batch_prompts: Optional[int] = None  # gbs; default mbs * N (if given, N = gbs / mbs)
-    lr: float = 1e-6
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    lr_warmup_steps: int = 0
-    micro_token_budget: int = 8192  # tokens per microbatch (gradient accumulation is exact)
+    @field_validator("objective")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in OBJECTIVES:
+            raise fail(f"unknown objective {v!r} (known: {', '.join(sorted(OBJECTIVES))})")
+        return v
+
+    @model_validator(mode="after")
+    def _params_match(self) -> AlgorithmConfig:
+        if self.params.objective != self.objective:
+            raise fail(f"parameters of {self.params.objective}, but algorithm.objective is {self.objective}",
+                       "params")
+        return self
+
+
+class TrainerConfig(Section):
+    steps: int = Field(20, ge=1, le=MAX_COUNT)  # optimizer steps in total
+    minibatch_prompts: int = Field(4, ge=1, le=2**20)  # mbs: prompts per optimizer step
+    staleness: int = Field(1, ge=1, le=STALENESS_MAX)  # N = gbs / mbs optimizer steps per rollout batch; 1 = on-policy
+    rollout_batch_prompts: Optional[int] = Field(None, ge=1, le=2**32)  # gbs; default mbs * N (if given, N = gbs / mbs)
+    lr: float = Field(1e-6, gt=0, le=1)
+    betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(default_factory=lambda: [0.9, 0.999],
+                                                             min_length=2, max_length=2)
+    weight_decay: float = Field(0.01, ge=0, le=10)
+    grad_clip: float = Field(1.0, gt=0, le=1e6)
+    lr_warmup_steps: int = Field(0, ge=0, le=MAX_COUNT)
+    micro_token_budget: int = Field(8192, ge=1, le=2**24)  # tokens per microbatch (gradient accumulation is exact)
     bf16_autocast: bool = False  # bf16 matmuls under torch autocast, fp32 elsewhere (train/precision.py)
     bf16_params: bool = False  # a bf16 copy of the fp32 weights per step, fp32 gradients (train/precision.py)
     gradient_checkpointing: bool = False
-    save_every: int = 10  # optimizer steps between checkpoints (and at the end)
-    keep_checkpoints: int = 2
-    max_staleness: int = 4  # async: drop shards more than this many policy versions old
-    async_workers: int = 1
-    seed: int = 0
-    threads: int = 0  # torch intra-op threads; 0 = all cores
+    save_every: int = Field(10, ge=1, le=MAX_COUNT)  # optimizer steps between checkpoints (and at the end)
+    keep_checkpoints: int = Field(2, ge=0, le=10**6)  # 0 = keep all
+    max_staleness: int = Field(4, ge=0, le=MAX_COUNT)  # async: drop shards more than this many policy versions old
+    async_workers: int = Field(1, ge=1, le=1024)
+    max_nonfinite_steps: int = Field(3, ge=1, le=MAX_COUNT)  # stop after this many skipped steps in a row
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+    threads: int = Field(0, ge=0, le=2**16)  # torch intra-op threads; 0 = all cores
     old_logp: Literal["recompute", "rollout"] = "recompute"  # proximal policy: trainer recompute or engine's
-    loggers: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)  # besides metrics.jsonl
+    loggers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)  # besides metrics.jsonl
+
+    @model_validator(mode="after")
+    def _batch_sizes(self) -> TrainerConfig:
+        """N from gbs / mbs when gbs is given (both given: they must agree); gbs = mbs · N after."""
+        mbs, gbs = self.minibatch_prompts, self.rollout_batch_prompts
+        if gbs is not None:
+            if gbs % mbs:
+                raise fail(f"{gbs} is not divisible by trainer.minibatch_prompts={mbs} (staleness N = gbs/mbs)",
+                           "rollout_batch_prompts")
+            if "staleness" in self.model_fields_set and self.staleness != gbs // mbs:
+                raise fail(f"{self.staleness} contradicts rollout_batch_prompts/minibatch_prompts = {gbs}/{mbs}",
+                           "staleness")
+            if gbs // mbs > STALENESS_MAX:
+                raise fail(f"{gbs}/{mbs} = staleness {gbs // mbs}, expected at most {STALENESS_MAX}",
+                           "rollout_batch_prompts")
+            self.staleness = gbs // mbs
+        self.rollout_batch_prompts = mbs * self.staleness
+        if self.bf16_params and self.bf16_autocast:
+            raise fail("true together with trainer.bf16_autocast: true; pick one dtype policy "
+                       "(set the other to false; train/precision.py)", "bf16_params")
+        return self
 
 
-@dataclass
-class EvalConfig:
-    benchmarks: list[str] = field(default_factory=list)
-    k: Optional[int] = None  # samples per problem; default = the paper's k per benchmark
-    limit: Optional[int] = None  # first N problems only
-    every: int = 0  # eval every N optimizer steps during training (0 = only at the end if benchmarks)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 1024
+class EvalConfig(Section):
+    benchmarks: list[str] = Field(default_factory=list)  # names in data.EVAL_SETS, or any data source
+    k: Optional[int] = Field(None, ge=1, le=2**16)  # samples per problem; default = the paper's k per benchmark
+    limit: Optional[int] = Field(None, ge=1, le=MAX_COUNT)  # first N problems only
+    every: int = Field(0, ge=0, le=MAX_COUNT)  # eval every N optimizer steps during training (0 = only at the end)
+    temperature: float = Field(1.0, ge=0, le=10)  # 0 = greedy
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=1, le=MAX_TOKENS)
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for name in v:  # an unknown benchmark fails here, not after training
+            problem = check_source(name)
+            if problem:
+                raise fail(problem)
+        return v
 
 
-@dataclass
-class LayoutConfig:
+class LayoutConfig(Section):
     """Hardware layout for paper-scale runs (checked by `vespo presets --check`)."""
 
-    nodes: int = 1
-    gpus_per_node: int = 0  # 0 = CPU
-    gpu_memory_gib: float = 80.0
-    fsdp_size: int = 1
-    rollout_gpus: int = 0  # GPUs given to vLLM (colocated when 0)
+    nodes: int = Field(1, ge=1, le=2**16)
+    gpus_per_node: int = Field(0, ge=0, le=1024)  # 0 = CPU
+    gpu_memory_gib: float = Field(80.0, gt=0, le=2**16)
+    fsdp_size: int = Field(1, ge=1, le=2**24)
+    rollout_gpus: int = Field(0, ge=0, le=2**24)  # GPUs given to vLLM (colocated when 0)
 
 
-@dataclass
-class Config:
+class Config(Section):
     description: str = ""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    layout: LayoutConfig = field(default_factory=LayoutConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    layout: LayoutConfig = Field(default_factory=LayoutConfig)
     preset: str = ""  # name of the preset this came from (informational)
 
     @property
@@ -155,9 +214,24 @@ def list_presets(kind: str = "") -> list[str]:
     return sorted(p.stem for p in (PRESETS_DIR / kind).glob("*.yaml"))
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader (YAML 1.1) with YAML 1.2's exponent floats: `1e-6` is a float, not a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"""),
+    list("-+0123456789"),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no python tags
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _yaml(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -227,7 +301,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"--set {item}: expected a dotted key like trainer.lr")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -254,7 +328,7 @@ def load_config(
     if preset:
         for source, layer in _layers(preset_path(preset)):
             _merge(merged, layer, origin, source)
-        merged.setdefault("preset", Path(preset).stem if Path(preset).suffix in (".yaml", ".yml") else Path(preset).name)
+        merged.setdefault("preset", _name(preset))
     if algo:
         algo_layers = _layers(preset_path(algo, "algorithms"), "algorithms")
         objective_set = False
@@ -269,7 +343,13 @@ def load_config(
                     merged["algorithm"]["params"] = {}
                 objective_set = True
             _merge(merged, {"algorithm": layer}, origin, source)
+        _merge(merged, {"algorithm": {"name": _name(algo)}}, origin, f"--algo {algo}")
     return _finish(merged, origin, overrides)
+
+
+def _name(preset: str) -> str:
+    """`tiny` → tiny, `presets/mine.yaml` → mine."""
+    return Path(preset).stem if Path(preset).suffix in (".yaml", ".yml") else Path(preset).name
 
 
 def _finish(merged: dict, origin: dict[str, str], overrides) -> Config:
@@ -277,9 +357,9 @@ def _finish(merged: dict, origin: dict[str, str], overrides) -> Config:
     for item in overrides:
         key, value = parse_override(item)
         _merge(merged, _nest(key, value), origin, f"--set {item}")
-    cfg = from_dict(Config, merged, origin)
-    validate(cfg, origin)
-    return cfg
+    _later_batch_size_wins(merged, origin)
+    _raw_strings(merged, origin)
+    return from_dict(Config, merged, origin)
 
 
 def load_run_config(run_dir: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -305,211 +385,60 @@ def _where(origin: dict[str, str], dotted: str) -> str:
     return "config"
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (list, tuple):
-        return "a list"
-    if origin is dict or dataclasses.is_dataclass(tp):
-        return "a mapping"
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " (or null)"
-    return {int: "an integer", float: "a float", bool: "true or false", str: "a string"}.get(tp, str(tp))
+def _group(src: str | None) -> str | None:
+    """The source of a value, all `--set` items counting as one: the command line."""
+    return "--set" if src and src.startswith("--set ") else src
 
 
-def _coerce(tp: Any, value: Any, dotted: str, origin: dict) -> Any:
-    def bad() -> UserError:
-        return UserError(f"{_where(origin, dotted)}: {dotted}: expected {_type_name(tp)}, got {value!r}")
-
-    org = typing.get_origin(tp)
-    if org in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(arg, value, dotted, origin)
-            except UserError:
-                continue
-        raise bad()
-    if org is Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise bad()
-    if org is list:
-        if not isinstance(value, (list, tuple)):
-            raise bad()
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        return [_coerce(item_tp, v, f"{dotted}[{i}]", origin) for i, v in enumerate(value)]
-    if org is dict:
-        if not isinstance(value, dict):
-            raise bad()
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise bad()
-        return from_dict(tp, value, origin, dotted + ".")
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad()
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise bad()
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-6` as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise bad() from None
-        raise bad()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raw = _raw_override(origin, dotted)  # `--set data.template={problem}` is a string, not YAML
-        if raw is not None and value is not None:
-            return raw
-        raise bad()
-    return value
-
-
-def _raw_override(origin: dict, dotted: str) -> str | None:
-    """The unparsed VALUE of the `--set KEY=VALUE` that set `dotted`, if that is where it came from."""
-    src = origin.get(dotted, "")
-    if src.startswith("--set ") and "=" in src:
-        key, raw = src[len("--set "):].split("=", 1)
-        if key.strip() == dotted:
-            return raw
-    return None
-
-
-def from_dict(cls: type, data: dict, origin: dict | None = None, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by name."""
-    origin = origin or {}
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            raise UserError(
-                f"{_where(origin, dotted)}: {dotted}: unknown key (expected one of: {', '.join(sorted(names))})"
-            )
-        kwargs[key] = _coerce(hints[key], value, dotted, origin)
-    return cls(**kwargs)
-
-
-def validate(cfg: Config, origin: dict[str, str] | None = None) -> None:
-    """Value checks the types cannot express: positive sizes, divisibility, known objective."""
-    origin = origin or {}
-
-    def fail(dotted: str, msg: str) -> None:
-        raise UserError(f"{_where(origin, dotted)}: {dotted}: {msg}")
-
-    t = cfg.trainer
-    for name in ("steps", "minibatch_prompts", "staleness", "micro_token_budget", "save_every",
-                 "async_workers"):
-        if getattr(t, name) < 1:
-            fail(f"trainer.{name}", f"expected a positive integer, got {getattr(t, name)}")
+def _later_batch_size_wins(merged: dict, origin: dict[str, str]) -> None:
+    """`trainer.staleness` (N) and `trainer.rollout_batch_prompts` (gbs = mbs · N) set in different
+    places (a preset and its child, a run's config.yaml and --set): the one set last wins, the other
+    is dropped and derived from it. Set in one place, both are kept and must agree (TrainerConfig)."""
     n_key, gbs_key = "trainer.staleness", "trainer.rollout_batch_prompts"
-
-    def group(src: str | None) -> str | None:  # all --set items are one source: the command line
-        return "--set" if src and src.startswith("--set ") else src
-
-    order = list(origin)
-    same_source = n_key in origin and group(origin.get(n_key)) == group(origin.get(gbs_key))
-    staleness_later = n_key in origin and gbs_key in origin and order.index(n_key) > order.index(gbs_key)
-    if t.rollout_batch_prompts is not None and not (staleness_later and not same_source):
-        # gbs given (and not overridden by a later staleness): N = gbs / mbs
-        gbs = t.rollout_batch_prompts
-        if gbs < 1:
-            fail(gbs_key, f"expected a positive integer, got {gbs}")
-        if gbs % t.minibatch_prompts:
-            fail(gbs_key,
-                 f"{gbs} is not divisible by trainer.minibatch_prompts={t.minibatch_prompts} (staleness N = gbs/mbs)")
-        if n_key in origin and t.staleness != gbs // t.minibatch_prompts and same_source:
-            fail(n_key, f"{t.staleness} contradicts rollout_batch_prompts/minibatch_prompts = "
-                 f"{gbs}/{t.minibatch_prompts}")
-        t.staleness = gbs // t.minibatch_prompts
-    t.rollout_batch_prompts = t.minibatch_prompts * t.staleness
-    if not t.lr > 0:
-        fail("trainer.lr", f"expected a positive float, got {t.lr}")
-    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
-        fail("trainer.betas", f"expected two floats in [0, 1), got {t.betas}")
-    for name in ("max_staleness", "lr_warmup_steps", "threads"):
-        if getattr(t, name) < 0:
-            fail(f"trainer.{name}", f"expected a non-negative integer, got {getattr(t, name)}")
-    if t.weight_decay < 0:
-        fail("trainer.weight_decay", f"expected a non-negative float, got {t.weight_decay}")
-    if t.bf16_params and t.bf16_autocast:
-        fail("trainer.bf16_params", "true together with trainer.bf16_autocast: true; pick one dtype policy "
-             "(set the other to false; train/precision.py)")
-    r = cfg.rollout
-    for name in ("n", "max_tokens", "tensor_parallel_size", "reward_workers"):
-        if getattr(r, name) < 1:
-            fail(f"rollout.{name}", f"expected a positive integer, got {getattr(r, name)}")
-    if not r.temperature > 0:
-        fail("rollout.temperature", f"expected a positive float, got {r.temperature}")
-    if not 0 < r.top_p <= 1:
-        fail("rollout.top_p", f"expected a float in (0, 1], got {r.top_p}")
-    if not r.kv_cache_gib > 0:
-        fail("rollout.kv_cache_gib", f"expected a positive float, got {r.kv_cache_gib}")
-    if not 0 < r.gpu_memory_utilization <= 1:
-        fail("rollout.gpu_memory_utilization", f"expected a float in (0, 1], got {r.gpu_memory_utilization}")
-    if not r.reward_timeout_s > 0:
-        fail("rollout.reward_timeout_s", f"expected a positive float, got {r.reward_timeout_s}")
-    e = cfg.eval
-    for name in ("k", "limit", "max_tokens"):
-        if getattr(e, name) is not None and getattr(e, name) < 1:
-            fail(f"eval.{name}", f"expected a positive integer, got {getattr(e, name)}")
-    if e.every < 0:
-        fail("eval.every", f"expected a non-negative integer, got {e.every}")
-    if not 0 < e.top_p <= 1:
-        fail("eval.top_p", f"expected a float in (0, 1], got {e.top_p}")
-    lay = cfg.layout
-    for name in ("nodes", "fsdp_size"):
-        if getattr(lay, name) < 1:
-            fail(f"layout.{name}", f"expected a positive integer, got {getattr(lay, name)}")
-    for name in ("gpus_per_node", "rollout_gpus"):
-        if getattr(lay, name) < 0:
-            fail(f"layout.{name}", f"expected a non-negative integer, got {getattr(lay, name)}")
-    if cfg.data.max_prompt_tokens < 1:
-        fail("data.max_prompt_tokens", f"expected a positive integer, got {cfg.data.max_prompt_tokens}")
-    if "{problem}" not in cfg.data.template:
-        fail("data.template", "expected a template containing {problem}")
-    if not 1 <= cfg.data.difficulty <= 5:
-        fail("data.difficulty", f"expected an integer in 1..5, got {cfg.data.difficulty}")
-    if cfg.algorithm.correction_cap <= 1:
-        fail("algorithm.correction_cap", f"expected a float > 1, got {cfg.algorithm.correction_cap}")
-    _validate_objective(cfg.algorithm, fail)
-
-
-def _validate_objective(algo: AlgorithmConfig, fail) -> None:
-    try:
-        from .objectives import OBJECTIVES, OBJECTIVE_DEFAULTS
-    except ImportError:  # objectives library not importable: checked again when training starts
+    trainer = merged.get("trainer")
+    if not (isinstance(trainer, dict) and n_key in origin and gbs_key in origin):
         return
-    if algo.objective not in OBJECTIVES:
-        fail("algorithm.objective", f"unknown objective {algo.objective!r} (known: {', '.join(sorted(OBJECTIVES))})")
-    known = OBJECTIVE_DEFAULTS.get(algo.objective, {})
-    for key in algo.params:
-        if key not in known:
-            fail(f"algorithm.params.{key}",
-                 f"unknown parameter of {algo.objective} (known: {', '.join(sorted(known)) or 'none'})")
+    if _group(origin[n_key]) == _group(origin[gbs_key]):
+        return
+    order = list(origin)
+    later, earlier = (n_key, gbs_key) if order.index(n_key) > order.index(gbs_key) else (gbs_key, n_key)
+    if trainer.get(later.split(".")[1]) is not None:
+        trainer.pop(earlier.split(".")[1], None)
+
+
+def _raw_strings(merged: dict, origin: dict[str, str]) -> None:
+    """A string key set by `--set KEY=VALUE` takes VALUE as written: `--set data.template={problem}`
+    is that text, not the YAML mapping {problem: null}."""
+    for dotted, src in origin.items():
+        if not src.startswith("--set ") or "=" not in src:
+            continue
+        key, raw = src[len("--set "):].split("=", 1)
+        if key.strip() != dotted or locate(Config, tuple(dotted.split("."))).tp is not str:
+            continue
+        *parents, last = dotted.split(".")
+        node = merged
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(last) is not None and not isinstance(node.get(last), str):
+            node[last] = raw
+
+
+def from_dict(cls: type[BaseModel], data: dict, origin: dict | None = None, prefix: str = "") -> Any:
+    """Validate a mapping as `cls`; the first unknown key, wrong type or bad value is a one-line
+    UserError naming the source that set it (`origin`: dotted key → file or `--set` item)."""
+    origin = origin or {}
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise user_error(e, cls, lambda key: _where(origin, key), prefix) from None
 
 
 # --------------------------------------------------------------------------- saving
 
 
-def to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+def to_dict(cfg: BaseModel) -> dict:
+    """The config (or a section) as plain data: what config.yaml holds."""
+    return cfg.model_dump(mode="python")
 
 
 def dump_yaml(cfg: Config) -> str:

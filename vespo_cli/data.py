@@ -115,6 +115,24 @@ def load_problems(
     return problems if limit is None else problems[:limit]
 
 
+def check_source(source: str) -> str | None:
+    """Why `source` cannot be a prompt source (None: it can), decided without reading it: a known
+    name, an existing .jsonl/.json/.parquet file, or a hub id owner/name[:split]."""
+    if canonical_source(source) in (*_BUNDLED, *_TRAIN_SETS, "arith"):
+        return None
+    path = Path(source).expanduser()
+    if path.is_file():
+        return None if path.suffix.lower() in _FILE_SUFFIXES else f"{source}: expected a .jsonl, .json or .parquet file"
+    if path.is_dir():
+        return f"{source}: is a directory; expected a .jsonl, .json or .parquet file"
+    if path.suffix.lower() in _FILE_SUFFIXES or source.startswith((".", "/", "~")):
+        return f"{source}: file not found"
+    if _HUB_ID.match(source):
+        return None
+    return (f"unknown data source {source!r} (expected one of {', '.join(source_names())}, "
+            "a .jsonl/.json/.parquet path, or a Hugging Face dataset id owner/name[:split])")
+
+
 def canonical_source(source: str) -> str:
     """The canonical name of a known source (`GSM8K_train` -> `gsm8k-train`), else `source` unchanged."""
     key = source.strip().lower().replace("_", "-")

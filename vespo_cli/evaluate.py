@@ -319,8 +319,8 @@ def eval_command(cfg, benchmarks: Sequence[str], *, model: str | None = None, k:
     out_dir = Path(out) if out is not None else default_eval_dir(model_path, model_spec)
     sampling = Sampling(temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, top_k=-1,
                         max_tokens=cfg.eval.max_tokens, seed=cfg.trainer.seed)
-    ecfg = dataclasses.replace(cfg, rollout=dataclasses.replace(
-        cfg.rollout, max_tokens=max(cfg.rollout.max_tokens, cfg.eval.max_tokens)))
+    ecfg = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(
+        update={"max_tokens": max(cfg.rollout.max_tokens, cfg.eval.max_tokens)})})
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
     err = Console(stderr=True)
     engine = open_engine(ecfg, model_path)

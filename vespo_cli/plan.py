@@ -595,23 +595,8 @@ def shell_wrap(cmd: str, width: int = 72) -> list[str]:
 
 
 def _algo_flag(cfg: Config) -> str | None:
-    """The `--algo NAME` that reproduces `cfg.algorithm` on top of its preset (None: the preset's own).
-
-    The CLI does not pass the name it was given, so the algorithm presets are tried in turn; when
-    none matches (e.g. --set changed a parameter), the objective's name is the best guess."""
-    from .config import list_presets, load_config
-
-    if not cfg.preset:
-        return None
-    try:
-        if load_config(cfg.preset).algorithm == cfg.algorithm:
-            return None
-        for name in list_presets("algorithms"):
-            if load_config(cfg.preset, name).algorithm == cfg.algorithm:
-                return name
-    except UserError:
-        pass
-    return cfg.algorithm.objective
+    """The `--algo NAME` the config was made with (None: the run preset's own algorithm)."""
+    return cfg.algorithm.name or None
 
 
 def describe_plan(cfg: Config, run_dir=None, replay=None, async_: bool = False) -> str:

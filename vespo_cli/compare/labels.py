@@ -40,15 +40,13 @@ def algorithm_presets() -> dict[str, dict]:
 
 @lru_cache(maxsize=4)
 def _presets_in(root: str) -> dict[str, dict]:
-    import dataclasses
-
-    from ..config import list_presets, load_config
+    from ..config import list_presets, load_config, to_dict
     from ..errors import UserError
 
     out = {}
     for name in list_presets("algorithms"):
         try:
-            out[name] = dataclasses.asdict(load_config(None, name).algorithm)
+            out[name] = to_dict(load_config(None, name).algorithm)
         except UserError:  # a broken preset describes no run; `vespo presets` reports it
             continue
     return out
