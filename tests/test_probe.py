@@ -275,3 +275,28 @@ def test_grader_without_reward_variance_is_a_one_line_error(tmp_path):
     err = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # after the model-loading bar
     assert len(err) == 1 and err[0].startswith("error: --reward grader: no prompt group"), result.stderr
     assert result.stderr.rstrip().endswith(err[0]) and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_probe_takes_theta_k_from_a_run_and_behaviour_data_from_shards(tmp_path, monkeypatch):
+    """`--run RUN`: θ_K = RUN/checkpoints/step-K; `--shards DIR`: D₀ = the first prompt groups of DIR
+    (here the run's own first rollout batch, sampled at θ₀), fresh samples graded against the same
+    problems; a K without a checkpoint is a one-line error."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", "--preset", "tiny", "--run-dir", "run", "--set", "trainer.steps=2",
+                                  "--set", "trainer.save_every=1", "--set", "trainer.keep_checkpoints=3"])
+    assert trained.exit_code == 0, trained.output
+    missing = runner.invoke(app, ["probe", "--run", "run", "--staleness", "3"], env={"COLUMNS": "300"})
+    assert missing.exit_code == 2
+    assert missing.stderr.strip() == "error: --staleness 3: run has no checkpoints/step-3 (steps saved: 2)"
+    result = runner.invoke(app, ["probe", "--run", "run", "--shards", "run/rollouts", "--staleness", "0",
+                                 "--staleness", "2", "--reward", "even-tokens", "--quick", "--algo", "vespo",
+                                 "--out", "probe"])
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert [(r["objective"], r["staleness"]) for r in records] == [("vespo", 0), ("vespo", 2)]
+    assert all(finite_record(r) for r in records)
+    assert records[0]["delta_abs_mean"] == 0.0 and records[1]["delta_abs_mean"] > 0
+    settings = json.loads((tmp_path / "probe" / "settings.json").read_text())
+    assert settings["run"] == "run" and settings["shards"] == "run/rollouts" and settings["prompts"] == 4
