@@ -117,6 +117,8 @@ def test_user_errors_subprocess(tmp_path, args, message):
     (["train", "-p", "tiny", "--set", "trainer.lr"], "error: --set trainer.lr: expected KEY=VALUE"),
     (["train", "--resume", "nowhere"], "error: nowhere: not a vespo run directory (no config.yaml)"),
     (["train", "--resume", "nowhere", "-p", "tiny"], "error: --resume: the run's own config.yaml is used"),
+    (["train", "--resume", "nowhere", "--set", "trainer.steps=9"],
+     "error: --resume: --set trainer.steps=9 is refused; a run resumes with its own config.yaml"),
     (["rollout", "-p", "tiny", "--n", "0"],
      "error: --set rollout.n=0: rollout.n: expected an integer in [1, 1024], got 0"),
     (["eval", "aime24", "--engine", "tpu"], "error: --engine tpu: expected one of vllm, hf"),
@@ -141,3 +143,17 @@ def test_bad_preset_file_error_names_the_file(runner, tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: mine.yaml: trainer.lr: expected a float in (0, 1], got 'fast'"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml"]
+
+
+def test_set_on_resume_is_refused(runner, tmp_path, monkeypatch):
+    """docs/decisions.md: a resumed run is what its config.yaml says; --set there is refused, not ignored."""
+    from vespo_cli.config import load_config, save_config
+
+    monkeypatch.chdir(tmp_path)
+    path = save_config(load_config("tiny"), tmp_path / "run")
+    before = path.read_text()
+    result = runner.invoke(app, ["train", "--resume", "run", "--set", "trainer.steps=9"], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == ("error: --resume: --set trainer.steps=9 is refused; a run resumes with its own "
+                                     "config.yaml (edit run/config.yaml to change a setting)")
+    assert path.read_text() == before and sorted(p.name for p in path.parent.iterdir()) == ["config.yaml"]

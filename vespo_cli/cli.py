@@ -107,7 +107,10 @@ def train(
     if resume is not None:
         if preset or algo:
             raise UserError("--resume: the run's own config.yaml is used; drop --preset/--algo")
-        cfg = load_run_config(resume, overrides or [])
+        if overrides:  # docs/decisions.md: a resumed run is what its config.yaml says
+            raise UserError(f"--resume: --set {overrides[0]} is refused; a run resumes with its own config.yaml "
+                            f"(edit {Path(resume) / 'config.yaml'} to change a setting)")
+        cfg = load_run_config(resume)
         rd = resume
     else:
         cfg = _config(preset, algo, overrides, "smollm2-arith")
