@@ -24,6 +24,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=2 VLLM_ENABLE_V1_MULTIPROCESSING=0 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+# glibc tuning off (vespo_cli/malloc.py): with it a run's RSS grew to 8.4 GB by step 13 and two lanes
+# beside other work were OOM-killed; without it the RSS stays at 6.2-6.9 GB (measured 2026-12-01).
+export VESPO_MALLOC_TUNING=0
 PY=${PY:-.venv/bin/python}
 V=${V:-$PY -m vespo_cli.cli}
 MODE=${1:-full}
@@ -69,6 +72,7 @@ report() {
 
 mkdir -p "$STUDY"
 if [[ "$MODE" != "--report" ]]; then
+  git rev-parse HEAD > "$STUDY/commit"  # the code the runs trained with (compare refuses a changed config)
   restore
   lane_a > "$STUDY/lane-a.log" 2>&1 &
   A=$!
