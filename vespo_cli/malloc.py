@@ -6,7 +6,8 @@ on the objectives benchmark (B=256, T=4096 float32) that is most of the time of 
 6.9 → 1.6 ms), and ~5% of a trainer step (reports/bench/micro.json, allocator_train.json).
 Raising the mmap and trim thresholds lets freed blocks be reused without faults, the effect
 jemalloc/tcmalloc give PyTorch on CPU, without an LD_PRELOAD. The price: memory is not returned
-to the system until the process ends (peak RSS +3–8% measured). VESPO_MALLOC_TUNING=0 turns it off.
+to the system until the process ends, and over a long run with varying shapes the retained heap grows
+(docs/performance.md has the measurements). VESPO_MALLOC_TUNING=0 turns it off.
 """
 from __future__ import annotations
 
