@@ -178,8 +178,12 @@ def plot_all(records: Sequence[dict], out: Path) -> list[dict]:
             _plot_offpolicy(plt, records, objectives, colors, out)]
 
 
-def _symlog_k(ax) -> None:
+def _symlog_k(ax, ks: Sequence[float]) -> None:
+    """x axis: K on a symlog scale (linear below 1, so K = 0 shows), ticks at the measured K."""
     ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(-0.3, max(ks) * 1.3 if max(ks) > 0 else 1)
+    ax.set_xticks(list(ks), [f"{k:g}" for k in ks])
+    ax.minorticks_off()
     ax.set_xlabel("staleness K (optimizer steps since θ₀)")
     ax.grid(alpha=0.3)
 
@@ -202,7 +206,7 @@ def _plot_fidelity(plt, records, objectives, colors, out: Path) -> dict:
         ax.axhline(0.0, color="black", linewidth=0.6)
         ax.set_title(o)
         ax.set_ylabel("cosine")
-        _symlog_k(ax)
+        _symlog_k(ax, k)
     for ax in list(axes.flat)[len(objectives):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize="small")
@@ -252,7 +256,7 @@ def _plot_offpolicy(plt, records, objectives, colors, out: Path) -> dict:
     c.set_ylabel("suppressed (seq) / clipped (token) fraction")
     d.set_ylabel("norm ratio |stale| / |fresh|")
     for ax in (a, b, c, d):
-        _symlog_k(ax)
+        _symlog_k(ax, k)
     b.legend(fontsize="small")
     c.legend(fontsize="small")
     fig.suptitle("Off-policyness of the behaviour data at θ_K", fontsize="medium")
