@@ -102,6 +102,31 @@ def test_replay_under_every_objective(tmp_path, replay_dir, algo):
     assert sorted(e["shard"] for e in ledger) == sorted(p.stem for p in list_shards(replay_dir)) or ledger
 
 
+def test_nonfinite_steps_are_skipped_and_stop_the_run_in_a_row(tmp_path, replay_dir, monkeypatch):
+    """A non-finite gradient norm after clipping: the step is skipped and counted; at
+    trainer.max_nonfinite_steps of them in a row the run stops with one line."""
+    real = torch.nn.utils.clip_grad_norm_
+    calls = []
+
+    def clip(params, max_norm, nan_at):
+        calls.append(1)
+        norm = real(params, max_norm)
+        return torch.tensor(float("nan")) if len(calls) in nan_at else norm
+
+    base = ["trainer.steps=4", "trainer.minibatch_prompts=2", "trainer.staleness=2", "trainer.max_nonfinite_steps=2"]
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, m: clip(p, m, {1, 3}))
+    train(tiny(*base), tmp_path / "apart", replay=replay_dir)  # never two in a row: the run completes
+    assert [m["skipped_nonfinite"] for m in read_jsonl(tmp_path / "apart" / "metrics.jsonl")] == [1, 0, 1, 0]
+
+    calls.clear()
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, m: clip(p, m, {2, 3}))
+    with pytest.raises(UserError) as e:
+        train(tiny(*base), tmp_path / "row", replay=replay_dir)
+    assert str(e.value).startswith("step 3: 2 optimizer steps in a row had a non-finite gradient")
+    assert "\n" not in str(e.value) and "trainer.max_nonfinite_steps=2" in str(e.value)
+    assert [m["skipped_nonfinite"] for m in read_jsonl(tmp_path / "row" / "metrics.jsonl")] == [0, 1, 1]
+
+
 def test_replay_resume_equals_uninterrupted(tmp_path, replay_dir):
     base = ["trainer.steps=4", "trainer.minibatch_prompts=2", "trainer.staleness=2", "trainer.save_every=2"]
     train(tiny(*base), tmp_path / "full", replay=replay_dir)

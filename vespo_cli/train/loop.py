@@ -201,9 +201,6 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
     `old_lp` None: on-policy, the proximal log-probs are this forward's own, detached."""
     model.train()
     algo = cfg.algorithm
-    params = dict(algo.params)
-    if algo.correction:
-        params["correction_cap"] = algo.correction_cap
     totals = torch.tensor([sum(len(rows.response_ids[i]) for i in idx), len(idx)], dtype=torch.float64)
     dist.all_reduce_sum(totals)
     num_tokens, num_seqs = max(float(totals[0]), 1.0), float(totals[1])
@@ -217,8 +214,8 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
             roll = torch.where(mb.mask, roll, torch.zeros_like(roll))  # NaN (engine gave none) only on tokens
             adv = advantages[mb.rows].to(logp.device)
             loss, metrics = policy_loss(
-                algo.objective, logp, old, adv, mb.mask, rollout_logp=roll, correction=algo.correction,
-                num_tokens=num_tokens, num_seqs=num_seqs, **params,
+                algo.params, logp, old, adv, mb.mask, rollout_logp=roll, correction=algo.correction,
+                num_tokens=num_tokens, num_seqs=num_seqs, correction_cap=algo.correction_cap,
             )
             (loss * dist.world_size()).backward()  # FSDP averages gradients over ranks; we want the sum
             n = mb.num_tokens
@@ -250,6 +247,15 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
         train_tokens=tok,
     )
     return out
+
+
+def _count_nonfinite(state: dict, rec: dict, limit: int) -> None:
+    """Count skipped (non-finite) steps in a row in `state`; stop the run at `limit` of them."""
+    state["nonfinite_in_a_row"] = state.get("nonfinite_in_a_row", 0) + 1 if rec["skipped_nonfinite"] else 0
+    if state["nonfinite_in_a_row"] >= limit:
+        raise UserError(f"step {rec['step']}: {limit} optimizer steps in a row had a non-finite gradient (loss "
+                        f"{rec['loss']}), none applied (trainer.max_nonfinite_steps={limit}); lower trainer.lr "
+                        f"or check the data")
 
 
 def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer:
@@ -586,6 +592,7 @@ def _train_on_batch(cfg: Config, model, optimizer, scheduler, batch: RolloutBatc
         }
         rec.update({k: v for k, v in m.items() if k != "train_tokens"})
         writer.write(rec)
+        _count_nonfinite(state, rec, t.max_nonfinite_steps)
         if dist.is_main():
             progress.update(task, completed=state["step"],
                             info=f"reward {rec['reward']:.3f}  loss {rec['loss']:+.4f}  |g| {rec['grad_norm']:.3f}")
