@@ -6,7 +6,7 @@
 #   bash reports/cpu-staleness/run.sh --report  # only rebuild the report from the committed runs
 #
 # Cells (presets/cpu-staleness.yaml: SmolLM2-135M on arith difficulty 1, 32 sequences per optimizer step,
-# 32 steps, AdamW lr 2e-5, vLLM bf16 sampling, bf16-param trainer, one thread per run):
+# 32 steps, AdamW lr 1e-5, vLLM bf16 sampling, bf16-param trainer, one thread per run):
 #   lane a: GRPO, GSPO   × N ∈ {1, 4, 16} × seeds {0, 1, 2}, then GRPO and VESPO fully async: one vLLM bf16
 #           worker process samples ahead with published weights (max_staleness 4) and the objectives take
 #           the engine's log-probs as the behaviour policy (trainer.old_logp: rollout), so their weights see
