@@ -7,14 +7,15 @@
 #
 # Cells (presets/cpu-staleness.yaml: SmolLM2-135M on arith difficulty 1, 32 sequences per optimizer step,
 # 32 steps, AdamW lr 1e-5, vLLM bf16 sampling, bf16-param trainer, one thread per run):
-#   lane a: GRPO, GSPO   × N ∈ {1, 4, 16} × seeds {0, 1, 2}, then GRPO and VESPO fully async: one vLLM bf16
+#   lane a: VESPO, GSPO  × N ∈ {16, 1, 4} × seeds {0, 1, 2}, then GRPO and VESPO fully async: one vLLM bf16
 #           worker process samples ahead with published weights (max_staleness 4) and the objectives take
 #           the engine's log-probs as the behaviour policy (trainer.old_logp: rollout), so their weights see
 #           both the policy lag and the bf16-engine vs trainer mismatch
-#   lane b: SAPO, VESPO  × N ∈ {1, 4, 16} × seeds {0, 1, 2}, then VESPO's ablations at N = 16
+#   lane b: GRPO, SAPO   × N ∈ {16, 1, 4} × seeds {0, 1, 2}, then VESPO's ablations at N = 16
 #           (length_norm = sqrt; symmetric c: c1_neg = c1_pos = 2, c2_neg = c2_pos = 3)
 # Equal sample budget: every run takes 32 steps of 32 sequences; N only sets how many steps one rollout
-# batch feeds. Seeds run in the outer loop, so a partial study has whole seeds.
+# batch feeds. Seeds run in the outer loop, so a partial study has whole seeds; within a seed VESPO and
+# GRPO at the highest N come first (the comparison the study exists for).
 #
 # Resumable: re-running continues unfinished runs (`vespo train --resume` inside `vespo compare`) and
 # reuses finished ones. Runs live in $STUDY_DIR (default runs/cpu-staleness); each finished run's
@@ -30,12 +31,12 @@ export VESPO_MALLOC_TUNING=0
 PY=${PY:-.venv/bin/python}
 V=${V:-$PY -m vespo_cli.cli}
 MODE=${1:-full}
-SEEDS=(0 1 2); NS=(-N 1 -N 4 -N 16); HIGH=16; STEPS=(); ASYNC_ALGOS=(grpo vespo)
+SEEDS=(0 1 2); NS=(-N 16 -N 1 -N 4); HIGH=16; STEPS=(); ASYNC_ALGOS=(grpo vespo)
 STUDY=${STUDY_DIR:-runs/cpu-staleness}
 KEEP=reports/cpu-staleness/runs
 REPORT=reports/cpu-staleness
 if [[ "$MODE" == "--quick" ]]; then
-  SEEDS=(0); NS=(-N 1 -N 16); STEPS=(--set trainer.steps=16)
+  SEEDS=(0); NS=(-N 16 -N 1); STEPS=(--set trainer.steps=16)
   STUDY=${STUDY_DIR:-runs/cpu-staleness-quick}; KEEP=$STUDY/kept; REPORT=$STUDY/report
 fi
 COMMON=(--preset cpu-staleness "${STEPS[@]}")
@@ -45,7 +46,7 @@ restore() { $PY reports/cpu-staleness/study.py restore "$KEEP" "$STUDY"; }
 
 lane_a() {
   for s in "${SEEDS[@]}"; do
-    $V compare grpo gspo "${NS[@]}" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/a"; collect
+    $V compare vespo gspo "${NS[@]}" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/a"; collect
   done
   for s in "${SEEDS[@]}"; do
     $V compare "${ASYNC_ALGOS[@]}" --async -N 1 "${COMMON[@]}" --set trainer.seed="$s" --set trainer.max_staleness=4 \
@@ -55,7 +56,7 @@ lane_a() {
 
 lane_b() {
   for s in "${SEEDS[@]}"; do
-    $V compare sapo vespo "${NS[@]}" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/b"; collect
+    $V compare grpo sapo "${NS[@]}" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/b"; collect
   done
   for s in "${SEEDS[@]}"; do
     $V compare vespo:length_norm=sqrt vespo:c1_neg=2,c2_neg=3 -N "$HIGH" "${COMMON[@]}" --set trainer.seed="$s" \
