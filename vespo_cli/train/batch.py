@@ -54,7 +54,7 @@ def rows_from_table(table: pa.Table) -> Rows:
         policy_versions=torch.tensor(table.column("policy_version").to_numpy(zero_copy_only=False), dtype=torch.int64),
         shard_ids=table.column("shard_id").to_pylist(),
         routing=routing if any(r is not None for r in routing) else None,
-        reward_errors=table.column("reward_error").to_pylist(),
+        reward_errors=table.column("reward_error").to_pylist() if "reward_error" in table.column_names else None,
     )
 
 
