@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import copy
+import itertools
 import json
 import math
 import os
@@ -45,6 +46,7 @@ from vespo_cli.errors import UserError
 from vespo_cli.fsio import read_jsonl
 from vespo_cli.lock import LOCK_NAME
 from vespo_cli.shards import ShardError, list_shards, read_shard, to_table, write_shard
+from vespo_cli.train.checkpoint import write_manifest
 from vespo_cli.train.loop import train
 
 VOLATILE = {"time", "rollout_s", "logprob_s", "train_s", "tokens_per_s", "sync_s"}
@@ -945,7 +947,9 @@ class _Payload:
 
 def test_malicious_optimizer_state_is_refused(tmp_path, monkeypatch, request):
     """optim.pt replaced by a pickle with a __reduce__ payload (plain pickle and torch.save's zip format):
-    `--resume` refuses it with one line naming the file, runs nothing and changes nothing."""
+    `--resume` refuses it with one line naming the file, runs nothing and changes nothing; first because
+    its sha256 no longer matches the checkpoint's manifest, then (manifest re-signed by the attacker)
+    because it is not plain tensors and data."""
     d = tmp_path / "shards"
     write_shard(shard_columns(seed=1), d / S.shard_name(0, "w0", 0))
     run = tmp_path / "run"
@@ -960,15 +964,18 @@ def test_malicious_optimizer_state_is_refused(tmp_path, monkeypatch, request):
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # as `vespo` (cli.main) does through HF_HUB_DISABLE_PROGRESS_BARS
     request.addfinalizer(hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)
-    for fmt in ("pickle", "torch.save"):
+    for fmt, signed in itertools.product(("pickle", "torch.save"), (False, True)):
         if fmt == "pickle":
             optim.write_bytes(pickle.dumps({"optimizer": _Payload(marker)}))
         else:
             torch.save({"optimizer": _Payload(marker)}, optim)
+        if signed:
+            write_manifest(optim.parent)
         before = _tree(run)
         result = CliRunner().invoke(app, ["train", "--resume", str(run)], env=QUIET)
         assert result.exit_code == 2, result.output
         err = result.stderr.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(f"error: {optim}: refused"), result.stderr
+        expected = f"error: {optim}: refused" if signed else f"error: {optim.parent}: optim.pt: sha256 differs"
+        assert len(err) == 1 and err[0].startswith(expected), result.stderr
         assert not marker.exists() and _tree(run) == before
-        COUNTS["bad_inputs"].append(f"malicious optim.pt ({fmt})")
+        COUNTS["bad_inputs"].append(f"malicious optim.pt ({fmt}{', manifest re-signed' if signed else ''})")

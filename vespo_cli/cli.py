@@ -224,6 +224,8 @@ def inspect(path: Path = typer.Argument(..., help="A shard directory (or a run d
     if (path / "rollouts").is_dir():
         path = path / "rollouts"
     s = summarize(path)
+    if s["bad_shards"] and not s["rows"]:
+        raise UserError(f"{path}: no readable shard ({len(s['bad_shards'])} bad, e.g. {s['bad_shards'][0]})")
     table = Table(show_header=False, show_edge=False)
     table.add_column(style="bold")
     table.add_column()

@@ -4,9 +4,17 @@ One file = one slice of a rollout batch, one row per sampled response. Files are
 hidden temporary name and renamed, so a reader never sees a half shard. The reader validates the
 schema, list lengths and value ranges and names the bad file. Plain parquet: pandas, polars,
 duckdb and `datasets` read it without vespo.
+
+Integrity: the parquet key-value metadata carries `vespo.file_sha256`, the sha256 of the whole file
+with that value's own 64 bytes read as "0" (written into the finished file), so any flipped bit is
+caught; `vespo.content_sha256`, a sha256 of the rows (`content_hash`), which is also the shard's
+identity (a renamed copy has the same one); and parquet page checksums (CRC32 per page), which other
+readers can check. Shards without the two hashes (older vespo, other producers) are read as before and
+get their content hash computed on read.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -24,6 +32,9 @@ from .fsio import atomic_path
 
 SCHEMA_VERSION = 1
 SCHEMA_KEY = b"vespo.schema_version"
+HASH_KEY = b"vespo.content_sha256"
+FILE_KEY = b"vespo.file_sha256"
+_UNSTAMPED = b"0" * 64
 
 SCHEMA = pa.schema(
     [
@@ -83,28 +94,98 @@ def to_table(columns: dict[str, list]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
+def _hash_array(h, arr: pa.Array) -> None:
+    t = arr.type
+    is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
+    h.update(f"{'list' if is_list else t}\0{len(arr)}\0{arr.null_count}\0".encode())  # not the list item's name
+    if arr.null_count:
+        h.update(np.packbits(arr.is_null().to_numpy(zero_copy_only=False)).tobytes())
+    if is_list:
+        h.update(pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False).astype("<i8").tobytes())
+        _hash_array(h, pc.list_flatten(arr))
+        return
+    values = arr.drop_null()
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t):
+        blobs = values.cast(pa.large_binary()).to_pylist()
+        h.update(np.array([len(b) for b in blobs], "<i8").tobytes())
+        h.update(b"".join(blobs))
+    elif pa.types.is_timestamp(t):
+        h.update(values.cast(pa.int64()).to_numpy().astype("<i8").tobytes())
+    else:
+        a = values.to_numpy(zero_copy_only=False)
+        h.update(a.astype(a.dtype.newbyteorder("<")).tobytes())
+
+
+def content_hash(table: pa.Table) -> str:
+    """sha256 of a table's rows: column names, types, null masks and values, whatever the file layout."""
+    h = hashlib.sha256()
+    for name, col in zip(table.column_names, table.columns):
+        h.update(f"{name}\0".encode())
+        _hash_array(h, col.combine_chunks())
+    return h.hexdigest()
+
+
+def shard_hash(table: pa.Table) -> str:
+    """The content hash `read_shard` attached to a table it returned."""
+    return table.schema.metadata[HASH_KEY].decode()
+
+
 def write_shard(table: pa.Table | dict, path: str | os.PathLike) -> Path:
-    """Validate and write atomically (temp file + fsync + rename). Returns the final path."""
+    """Validate and write atomically (temp file + fsync + rename), with page checksums and the
+    content hash. Returns the final path."""
     if isinstance(table, dict):
         table = to_table(table)
     path = Path(path)
     validate(table, path)
+    meta = {**SCHEMA.metadata, HASH_KEY: content_hash(table).encode(), FILE_KEY: _UNSTAMPED}
     with atomic_path(path) as tmp:
-        pq.write_table(table.replace_schema_metadata(SCHEMA.metadata), tmp, compression="zstd")
+        pq.write_table(table.replace_schema_metadata(meta), tmp, compression="zstd", write_page_checksum=True)
+        with open(tmp, "r+b") as f:  # the file's sha256 into its placeholder
+            data = f.read()
+            at = _stamp_offset(data, _UNSTAMPED)
+            if at is None:  # pragma: no cover - a pyarrow that encodes the footer differently
+                raise RuntimeError(f"{path}: could not place {FILE_KEY.decode()} in the parquet footer")
+            f.seek(at)
+            f.write(hashlib.sha256(data).hexdigest().encode())
     return path
 
 
-def read_shard(path: str | os.PathLike) -> pa.Table:
-    """Read and validate one shard; raises ShardError naming the file and the problem."""
+def _stamp_offset(data: bytes | bytearray, value: bytes) -> int | None:
+    """Where `value` of the file_sha256 entry starts in the footer (thrift compact: key, field header
+    0x18, length 64), or None."""
+    footer = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    i = data.find(FILE_KEY + b"\x18\x40" + value, max(footer, 0))
+    return None if i < 0 else i + len(FILE_KEY) + 2
+
+
+def _check_stamp(data: bytes, raw: dict, path: Path) -> None:
+    """The whole-file sha256 (and, written with it, the content hash) must be there and match."""
+    stamp = raw.get(FILE_KEY)
+    if stamp is None and HASH_KEY not in raw:
+        return  # written without integrity hashes (older vespo, another producer)
+    at = None if stamp is None or HASH_KEY not in raw else _stamp_offset(data, stamp)
+    if at is None or hashlib.sha256(data[:at] + _UNSTAMPED + data[at + 64:]).hexdigest().encode() != stamp:
+        raise ShardError(f"{path}: corrupt: the file's bytes do not match the sha256 written into it")
+
+
+def read_shard(path: str | os.PathLike, vocab_size: int | None = None) -> pa.Table:
+    """Read, verify and validate one shard; raises ShardError naming the file and the problem.
+
+    With `vocab_size`, token ids must be below it (the model that will train on them)."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a directory, or a FIFO that would block the read
+        raise ShardError(f"{path}: not a readable parquet file (not a regular file)")
     try:
-        with pq.ParquetFile(path) as pf:
+        data = path.read_bytes()
+        with pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True) as pf:
             meta = pf.schema_arrow.metadata or {}
+            raw = pf.metadata.metadata or {}
             table = pf.read()
     except FileNotFoundError:
         raise ShardError(f"{path}: no such shard") from None
-    except (pa.ArrowException, OSError) as e:
-        raise ShardError(f"{path}: not a readable parquet file ({str(e).splitlines()[0][:200]})") from None
+    except (pa.ArrowException, OSError, ValueError) as e:  # ValueError: e.g. a flipped bit in a column name's UTF-8
+        raise ShardError(f"{path}: not a readable parquet file ({(str(e) or type(e).__name__).splitlines()[0][:200]})") from None
+    _check_stamp(data, raw, path)
     version = meta.get(SCHEMA_KEY)
     if version is None:
         raise ShardError(f"{path}: not a vespo shard (no {SCHEMA_KEY.decode()} in the parquet metadata)")
@@ -114,6 +195,11 @@ def read_shard(path: str | os.PathLike) -> pa.Table:
         raise ShardError(f"{path}: bad schema version {version!r}") from None
     if version > SCHEMA_VERSION:
         raise ShardError(f"{path}: written by a newer vespo (schema version {version} > {SCHEMA_VERSION}); upgrade vespo")
+    digest = content_hash(table)
+    stored = meta.get(HASH_KEY)
+    if stored is not None and stored != digest.encode():
+        raise ShardError(f"{path}: corrupt: its rows do not match the content hash written with them "
+                         f"(sha256 {digest[:16]}…, expected {stored[:16].decode(errors='replace')}…)")
     for f in SCHEMA:
         if f.name not in table.column_names:
             if f.name in OPTIONAL:
@@ -124,12 +210,13 @@ def read_shard(path: str | os.PathLike) -> pa.Table:
         table = table.select(COLUMNS).cast(_NULLABLE)
     except (pa.ArrowException, TypeError, ValueError) as e:
         raise ShardError(f"{path}: wrong column types ({str(e).splitlines()[0][:200]})") from None
-    validate(table, path)
-    return table.cast(SCHEMA)
+    validate(table, path, vocab_size)
+    return table.cast(SCHEMA).replace_schema_metadata({**SCHEMA.metadata, HASH_KEY: digest.encode()})
 
 
-def validate(table: pa.Table, path: str | os.PathLike) -> None:
-    """Contract checks: non-empty, no nulls where required, list lengths, finite values, ranges."""
+def validate(table: pa.Table, path: str | os.PathLike, vocab_size: int | None = None) -> None:
+    """Contract checks: non-empty, no nulls where required, list lengths, finite values, ranges
+    (token ids below `vocab_size` when given)."""
 
     def bad(msg: str) -> ShardError:
         return ShardError(f"{path}: {msg}")
@@ -158,6 +245,9 @@ def validate(table: pa.Table, path: str | os.PathLike) -> None:
         ids = pc.list_flatten(table.column(name)).to_numpy(zero_copy_only=False)
         if ids.size and ids.min() < 0:
             raise bad(f"{name} contain negative token ids")
+        if ids.size and vocab_size is not None and ids.max() >= vocab_size:
+            raise bad(f"{name} contain token id {int(ids.max())}, outside the model's vocabulary of {vocab_size} "
+                      f"(shard from another tokenizer?)")
     if pc.min(pc.list_value_length(table.column("prompt_token_ids"))).as_py() == 0:
         raise bad("a row has an empty prompt_token_ids")
     if pc.min(table.column("policy_version")).as_py() < 0:

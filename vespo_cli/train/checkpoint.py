@@ -4,26 +4,74 @@
 (step, policy version), `trainer_state.json` (step, rollout iteration, consumed-shard ledger) and
 the optimizer + RNG state (`optim.pt` loaded with `weights_only=True`; a DCP directory under FSDP).
 Each checkpoint directory is written under a temporary name and renamed: it is complete or absent.
+Its last file, `manifest.json`, holds the sha256 of every other file; a resume verifies it and falls
+back to the newest checkpoint that passes (checkpoints without a manifest, from older vespo, are
+trusted as they are).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pickle
 import random
 import re
 import shutil
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import UserError
-from ..fsio import atomic_dir, atomic_write_text
+from ..fsio import atomic_dir, atomic_write_json, atomic_write_text
 from . import dist
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_files(directory: Path, files: list[str]) -> list[str]:
+    """sha256 of each file, several at a time (hashlib releases the GIL on large blocks)."""
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        return list(pool.map(lambda rel: _sha256(directory / rel), files))
+
+
+def write_manifest(directory: Path) -> None:
+    """Record the sha256 of every file under `directory` in `manifest.json`, written last and atomically."""
+    files = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    atomic_write_json(directory / MANIFEST, {"sha256": dict(zip(files, _hash_files(directory, files)))})
+
+
+def verify_checkpoint(ckpt: Path) -> str | None:
+    """None when every file listed in the manifest is there with its sha256 (or there is no manifest);
+    otherwise the first problem, naming the file."""
+    try:
+        listed = json.loads((ckpt / MANIFEST).read_text())["sha256"]
+        if not isinstance(listed, dict):
+            raise TypeError
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{MANIFEST}: unreadable"
+    missing = [rel for rel in listed if not (ckpt / rel).is_file()]
+    if missing:
+        return f"{missing[0]}: missing"
+    for rel, got in zip(listed, _hash_files(ckpt, list(listed))):
+        if got != listed[rel]:
+            return f"{rel}: sha256 differs from {MANIFEST} (corrupt)"
+    return None
 
 
 def save_weights(model: nn.Module, tokenizer, out: Path, step: int, state_dict=None) -> None:
@@ -94,6 +142,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, tokenizer, optimizer, sched
                 torch.save({"optimizer": optimizer.state_dict(), "rng": _rng_state(),
                             "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+            write_manifest(tmp)
         _prune(root, keep)
     dist.barrier()
     return target
@@ -108,13 +157,26 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
+def latest_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None) -> Path | None:
+    """The newest checkpoint that passes `verify_checkpoint` (None if there is none yet); each newer
+    one that fails is passed to `warn` (default: warnings.warn). UserError when every one fails."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return None
     steps = sorted((int(m.group(1)), p) for p in root.iterdir()
                    if (m := STEP_DIR.match(p.name)) and (p / "trainer_state.json").is_file())
-    return steps[-1][1] if steps else None
+    problems = []
+    for _, p in reversed(steps):
+        problem = verify_checkpoint(p)
+        if problem is None:
+            for m in problems:
+                (warn or (lambda m: warnings.warn(m, stacklevel=4)))(f"{m}; resuming from {p.name} instead")
+            return p
+        problems.append(f"{p}: {problem}")
+    if problems:
+        raise UserError(f"{problems[0]}; no checkpoint of the run passes verification (move the corrupt ones "
+                        f"away to start over)")
+    return None
 
 
 def load_trainer_state(ckpt: Path) -> dict:

@@ -35,7 +35,7 @@ from ..errors import UserError
 from ..fsio import atomic_write_json, atomic_write_text, read_jsonl
 from ..lock import hold
 from ..objectives import group_advantages, policy_loss
-from ..shards import ShardError, follow, list_shards, read_shard, shard_name
+from ..shards import ShardError, follow, list_shards, read_shard, shard_hash, shard_name
 from . import dist, precision
 from .batch import (Rows, make_microbatch, padded, plan_microbatches, reward_failures, rows_from_table,
                     split_minibatches)
@@ -56,6 +56,8 @@ class RolloutBatch:
     rollout_s: float = 0.0
     dropped: list[str] = field(default_factory=list)  # async: shards older than max_staleness
     quarantined: list[str] = field(default_factory=list)  # shards that failed validation
+    duplicates: list[str] = field(default_factory=list)  # shards whose rows were already used (a renamed copy)
+    digests: dict[str, str] = field(default_factory=dict)  # shard → content hash (its identity in the ledger)
 
 
 # --------------------------------------------------------------------------- batch sources
@@ -65,7 +67,7 @@ def _concat(tables: list[pa.Table]) -> Rows:
     return rows_from_table(pa.concat_tables(tables))
 
 
-def sync_batches(cfg: Config, run_dir: Path, state: dict, sampler) -> Iterator[RolloutBatch]:
+def sync_batches(cfg: Config, run_dir: Path, state: dict, sampler, vocab_size: int) -> Iterator[RolloutBatch]:
     """Sample rollout batch i with the current weights (or reuse its shard after a resume)."""
     from ..rollout.run import prompt_chunk
 
@@ -79,7 +81,9 @@ def sync_batches(cfg: Config, run_dir: Path, state: dict, sampler) -> Iterator[R
         if dist.is_main() and not path.exists():
             sampler(prompt_chunk(cfg, i * gbs, gbs), version, path, cfg.trainer.seed * 100003 + i, i)
         dist.barrier()
-        yield RolloutBatch(i, rows_from_table(read_shard(path)), [path.name], time.perf_counter() - t0)
+        table = read_shard(path, vocab_size)
+        yield RolloutBatch(i, rows_from_table(table), [path.name], time.perf_counter() - t0,
+                           digests={path.name: shard_hash(table)})
 
 
 def _groups_in_order(rows: Rows) -> list[str]:
@@ -89,18 +93,28 @@ def _groups_in_order(rows: Rows) -> list[str]:
     return list(seen)
 
 
-def replay_batches(cfg: Config, replay: Path, state: dict) -> Iterator[RolloutBatch]:
-    """Existing shards, in name order, cut into rollout batches of gbs whole prompt groups."""
+def replay_batches(cfg: Config, replay: Path, state: dict, vocab_size: int) -> Iterator[RolloutBatch]:
+    """Existing shards, in name order, cut into rollout batches of gbs whole prompt groups; a shard
+    with the same rows as an earlier one (a renamed copy) is skipped."""
     files = list_shards(replay)
     if not files:
         raise UserError(f"--replay {replay}: no shards (*.parquet) found")
-    tables, bad = [], []
+    tables, bad, dup, digests, first = [], [], [], {}, {}
     for f in files:
         try:
-            tables.append(read_shard(f))
+            table = read_shard(f, vocab_size)
         except ShardError as e:
             bad.append(f.name)
             console.print(f"[yellow]skipping bad shard[/] {e}", highlight=False)
+            continue
+        d = shard_hash(table)
+        if d in first:
+            dup.append(f.name)
+            console.print(f"[yellow]skipping duplicate shard[/] {f}: the same rows as {first[d]}", highlight=False)
+            continue
+        first[d] = f.name
+        digests.update(dict.fromkeys(table.column("shard_id").unique().to_pylist(), d))
+        tables.append(table)
     if not tables:
         raise UserError(f"--replay {replay}: every shard is invalid")
     rows = _concat(tables)
@@ -113,27 +127,30 @@ def replay_batches(cfg: Config, replay: Path, state: dict) -> Iterator[RolloutBa
     if num_batches == 0:
         raise UserError(f"--replay {replay}: {len(groups)} prompt groups < one rollout batch of "
                         f"{gbs} (trainer.minibatch_prompts × trainer.staleness)")
-    first = state["iteration"] == 0  # counted once per run: a resumed run does not count them again
+    once = state["iteration"] == 0  # counted once per run: a resumed run does not count them again
     while True:
         i = state["iteration"]
         epoch_i = i % num_batches  # replay more steps than data: another epoch over the same shards
         chosen = [r for g in groups[epoch_i * gbs:(epoch_i + 1) * gbs] for r in index[g]]
         batch_rows = rows.select(chosen)
         shards = sorted(set(batch_rows.shard_ids))
-        yield RolloutBatch(i, batch_rows, shards, quarantined=bad if first else [])
-        first = False
+        yield RolloutBatch(i, batch_rows, shards, quarantined=bad if once else [], duplicates=dup if once else [],
+                           digests={s: digests[s] for s in shards})
+        once = False
 
 
-def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive) -> Iterator[RolloutBatch]:
-    """Complete shards from async workers; too-stale shards are dropped, bad ones quarantined."""
+def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_size: int) -> Iterator[RolloutBatch]:
+    """Complete shards from async workers; too-stale shards are dropped, bad ones quarantined, and one
+    whose rows were already used (a renamed copy) skipped."""
     out = run_dir / "rollouts"
     out.mkdir(parents=True, exist_ok=True)
     quarantine = out / "quarantine"
-    seen = {e["shard"] for e in state["ledger"]} | {e for e in state.get("dropped", [])}
+    seen = {e["shard"] for e in state["ledger"]} | set(state.get("dropped", [])) | set(state.get("duplicates", []))
+    used = {e["sha256"] for e in state["ledger"] if e.get("sha256")}
     gbs = cfg.trainer.rollout_batch_prompts
     stream = follow(out, seen=seen, poll_s=0.2, stop=lambda: not workers_alive())
     while True:
-        tables, names, dropped, bad = [], [], [], []
+        tables, names, dropped, bad, dup, digests = [], [], [], [], [], {}
         groups: set[str] = set()
         t0 = time.perf_counter()
         while len(groups) < gbs:
@@ -141,7 +158,7 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive) -> Ite
             if path is None:
                 raise UserError(f"{run_dir}: every async rollout worker exited; see {run_dir / 'logs'}/worker-*.log")
             try:
-                t = read_shard(path)
+                t = read_shard(path, vocab_size)
             except ShardError as e:
                 console.print(f"[yellow]quarantined[/] {e}", highlight=False)
                 quarantine.mkdir(exist_ok=True)
@@ -153,11 +170,17 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive) -> Ite
             if state["step"] - version > cfg.trainer.max_staleness:
                 dropped.append(path.name)
                 continue
+            if shard_hash(t) in used:
+                dup.append(path.name)
+                console.print(f"[yellow]skipping duplicate shard[/] {path}: its rows were already used", highlight=False)
+                continue
+            used.add(shard_hash(t))
+            digests[path.name] = shard_hash(t)
             tables.append(t)
             names.append(path.name)
             groups.update(t.column("group_id").to_pylist())
         rows = _concat(tables)
-        yield RolloutBatch(state["iteration"], rows, names, time.perf_counter() - t0, dropped, bad)
+        yield RolloutBatch(state["iteration"], rows, names, time.perf_counter() - t0, dropped, bad, dup, digests)
 
 
 # --------------------------------------------------------------------------- optimisation
@@ -359,7 +382,10 @@ def _train(cfg: Config, run_dir: Path, lock: contextlib.ExitStack, *, replay: Pa
     if dist.is_main():
         lock.enter_context(hold(run_dir, "vespo train"))
         _check_run_dir(run_dir, resume)  # again, now under the lock: a run may have started meanwhile
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    ckpt = None
+    if resume:  # rank 0 verifies the checkpoints' manifests; a corrupt one is named, an older one used
+        ckpt = dist.broadcast_object(latest_checkpoint(run_dir, warn=lambda m: console.print(
+            f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True)) if dist.is_main() else None)
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
@@ -369,6 +395,7 @@ def _train(cfg: Config, run_dir: Path, lock: contextlib.ExitStack, *, replay: Pa
     tokenizer = load_tokenizer(base_path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_model(str(ckpt) if ckpt else base_path, cfg.model.dtype, cfg.model.trust_remote_code).to(device)
     model.config.use_cache = False
+    vocab_size = model.get_input_embeddings().num_embeddings  # shards' token ids must index it
     if cfg.trainer.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model = dist.shard_model(model, cfg.trainer.bf16_params)
@@ -397,16 +424,16 @@ def _train(cfg: Config, run_dir: Path, lock: contextlib.ExitStack, *, replay: Pa
     holder: dict = {}  # sync: the engine's publish/close callbacks
     if mode == "sync":
         batches = sync_batches(cfg, run_dir, state, _make_sampler(cfg, run_dir, model, tokenizer, ckpt, base_path,
-                                                                  holder))
+                                                                  holder), vocab_size)
     elif mode == "replay":
-        batches = replay_batches(cfg, Path(replay), state)
+        batches = replay_batches(cfg, Path(replay), state, vocab_size)
     else:
         if dist.is_main():
             publish_weights(model, tokenizer, run_dir, state["step"])
             (run_dir / "DONE").unlink(missing_ok=True)
             workers = _spawn_workers(cfg, run_dir)
         batches = async_batches(cfg, run_dir, state,
-                                lambda: dist.broadcast_object(any(p.poll() is None for p in workers or [])))
+                                lambda: dist.broadcast_object(any(p.poll() is None for p in workers or [])), vocab_size)
 
     last: dict = {}
     last_saved = last_eval = state["step"]
@@ -556,8 +583,9 @@ def _train_on_batch(cfg: Config, model, optimizer, scheduler, batch: RolloutBatc
         counts[name] = counts.get(name, 0) + 1
     for name in batch.shards:  # the consumed-shard ledger: every row used once, at these steps
         state["ledger"].append({"shard": name, "iteration": batch.iteration, "rows": counts.get(Path(name).stem, 0),
-                                "first_step": state["step"] + 1})
+                                "first_step": state["step"] + 1, "sha256": batch.digests.get(name)})
     state.setdefault("dropped", []).extend(batch.dropped)
+    state.setdefault("duplicates", []).extend(batch.duplicates)
     last: dict = {}
     for j, idx in enumerate(mine):
         if state["step"] >= t.steps:
@@ -587,6 +615,7 @@ def _train_on_batch(cfg: Config, model, optimizer, scheduler, batch: RolloutBatc
             "tokens_per_s": m["train_tokens"] * world / max(train_s, 1e-9),
             "shards_dropped": len(batch.dropped) if j == 0 else 0,
             "shards_quarantined": len(batch.quarantined) if j == 0 else 0,
+            "shards_duplicate": len(batch.duplicates) if j == 0 else 0,
             "objective": cfg.algorithm.objective,
             "time": time.time(),
         }

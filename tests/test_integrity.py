@@ -1,0 +1,203 @@
+"""Integrity (issue 19, item 2): shards carry page checksums and a content hash, verified on read; the
+hash is the shard's identity, so a renamed copy is used once; token ids are checked against the
+model's vocabulary; checkpoints carry a sha256 manifest and a resume skips a corrupt one."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_reliability import QUIET, assert_same_weights, raw_write, shard_columns, stable, tiny
+from typer.testing import CliRunner
+
+from vespo_cli import shards as S
+from vespo_cli.cli import app
+from vespo_cli.errors import UserError
+from vespo_cli.fsio import read_jsonl
+from vespo_cli.shards import ShardError, content_hash, read_shard, shard_hash, to_table, write_shard
+from vespo_cli.train.checkpoint import MANIFEST, latest_checkpoint, verify_checkpoint
+from vespo_cli.train.loop import async_batches, train
+
+REPLAY = ("trainer.staleness=1", "trainer.minibatch_prompts=2", "trainer.save_every=1")
+
+
+# --------------------------------------------------------------------------- shards
+
+
+FLIPS = sorted({0, 1, 2, 3, 21, 22, 23} | set(range(5, 100_000, 5)))  # 0-3, 21-23: outside every page checksum
+
+
+def test_a_flipped_bit_anywhere_in_a_shard_is_named(tmp_path):
+    """One flipped bit (bit k mod 8 of byte k) at every 5th byte of a shard, and in the leading magic and
+    the first page header, which no page checksum covers: each read fails with one line naming the file.
+    (Every bit of every byte of this shard, 8 × 7587 flips, was checked the same way once.)"""
+    path = write_shard(shard_columns(), tmp_path / "v000000-w0-000000.parquet")
+    data = path.read_bytes()
+    bad = tmp_path / "flipped.parquet"
+    for k in (k for k in FLIPS if k < len(data)):
+        b = bytearray(data)
+        b[k] ^= 1 << (k % 8)
+        bad.write_bytes(bytes(b))
+        with pytest.raises(ShardError) as e:
+            read_shard(bad)
+        assert str(e.value).startswith(f"{bad}: ") and "\n" not in str(e.value), k
+
+
+def test_changed_rows_under_the_old_metadata_are_named_corrupt(tmp_path, monkeypatch):
+    """Rows rewritten under the old metadata (a page with a valid checksum): the file's sha256 differs.
+    Rows that differ from the content hash under a valid file sha256 are caught too."""
+    path = write_shard(shard_columns(), tmp_path / "a.parquet")
+    meta = pq.ParquetFile(path).schema_arrow.metadata
+    t = read_shard(path)
+    t = t.set_column(t.schema.get_field_index("reward"), "reward",
+                     pa.array(1.0 - t.column("reward").to_numpy(), pa.float32()))
+    pq.write_table(t.replace_schema_metadata(meta), path, write_page_checksum=True)
+    with pytest.raises(ShardError) as e:
+        read_shard(path)
+    assert str(e.value) == f"{path}: corrupt: the file's bytes do not match the sha256 written into it"
+    monkeypatch.setattr(S, "content_hash", lambda table: "f" * 64)
+    write_shard(t, path)
+    monkeypatch.undo()
+    with pytest.raises(ShardError) as e:
+        read_shard(path)
+    assert str(e.value).startswith(f"{path}: corrupt: its rows do not match the content hash written with them")
+
+
+def test_shards_without_a_hash_stay_readable_and_get_one(tmp_path):
+    raw_write(to_table(shard_columns()), tmp_path / "old.parquet")  # an older vespo, another producer
+    assert S.HASH_KEY not in pq.ParquetFile(tmp_path / "old.parquet").schema_arrow.metadata
+    new = write_shard(shard_columns(), tmp_path / "new.parquet")
+    assert shard_hash(read_shard(tmp_path / "old.parquet")) == shard_hash(read_shard(new))
+    assert pq.ParquetFile(new).schema_arrow.metadata[S.HASH_KEY] == shard_hash(read_shard(new)).encode()
+    data = new.read_bytes()
+    stamp = pq.ParquetFile(new).metadata.metadata[S.FILE_KEY]
+    assert hashlib.sha256(data.replace(stamp, b"0" * 64)).hexdigest().encode() == stamp
+    # the hash is of the rows, not of the file: chunking and the list item's field name do not count
+    t = read_shard(new)
+    assert content_hash(pa.concat_tables([t.slice(0, 3), t.slice(3)])) == content_hash(pq.read_table(new))
+    assert pq.ParquetFile(new).metadata.row_group(0).column(0).statistics is not None  # plain parquet still
+
+
+def test_token_ids_outside_the_vocabulary_are_named(tmp_path):
+    cols = shard_columns()
+    cols["response_token_ids"][5] = [7, 49152, 9]
+    cols["rollout_logprobs"][5] = [-0.5, -0.5, -0.5]
+    path = write_shard(cols, tmp_path / "v000000-w0-000000.parquet")
+    assert read_shard(path).num_rows == 8  # no model, no vocabulary: `inspect` accepts it
+    with pytest.raises(ShardError) as e:
+        read_shard(path, vocab_size=49152)
+    assert str(e.value) == (f"{path}: response_token_ids contain token id 49152, outside the model's vocabulary "
+                            f"of 49152 (shard from another tokenizer?)")
+    with pytest.raises(UserError, match="every shard is invalid"):  # replay: skipped like any bad shard
+        train(tiny("trainer.steps=1", *REPLAY), tmp_path / "run", replay=tmp_path)
+
+
+def test_inspect_of_a_directory_whose_only_shard_is_torn_fails(tmp_path):
+    path = write_shard(shard_columns(), tmp_path / "d" / "v000000-w0-000000.parquet")
+    path.write_bytes(path.read_bytes()[:-100])
+    result = CliRunner().invoke(app, ["inspect", str(path.parent)], env=QUIET)
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path.parent}: no readable shard (1 bad, e.g. {path}: "), err
+
+
+def test_replay_uses_a_renamed_copy_once(tmp_path):
+    """A shard copied under another name into the replay directory: skipped and counted; the run trains
+    exactly as without the copy (metrics and weights), and the ledger holds every shard once."""
+    d = tmp_path / "shards"
+    for i, tag in enumerate("abc"):
+        write_shard(shard_columns(seed=i, tag=tag), d / S.shard_name(0, "w0", i))
+    ref = tmp_path / "ref"
+    train(tiny("trainer.steps=4", *REPLAY), ref, replay=d)
+    copy = d / S.shard_name(0, "w0", 1).replace(".parquet", "x.parquet")  # sorts between b and c
+    shutil.copy(d / S.shard_name(0, "w0", 1), copy)
+    run = tmp_path / "run"
+    train(tiny("trainer.steps=4", *REPLAY), run, replay=d)
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [m["shards_duplicate"] for m in metrics] == [1, 0, 0, 0]
+    assert stable([{k: v for k, v in m.items() if k != "shards_duplicate"} for m in metrics]) == \
+        stable([{k: v for k, v in m.items() if k != "shards_duplicate"} for m in read_jsonl(ref / "metrics.jsonl")])
+    assert_same_weights(run / "checkpoints" / "step-4", ref / "checkpoints" / "step-4")
+    ledger = json.loads((run / "checkpoints" / "step-4" / "trainer_state.json").read_text())["ledger"]
+    digests = [e["sha256"] for e in ledger]
+    assert len(digests) == 4 and len(set(digests)) == 2 and all(digests)  # batches 1-2 from a, 3-4 from b
+
+
+def test_async_skips_a_renamed_copy_of_a_consumed_shard(tmp_path):
+    """The trainer's async source: a copy of an already consumed shard under a new name is skipped,
+    counted as a duplicate and remembered, so a resumed trainer does not count it again."""
+    out = tmp_path / "run" / "rollouts"
+    a = write_shard(shard_columns(seed=1, tag="a"), out / S.shard_name(0, "w0", 0))
+    write_shard(shard_columns(seed=2, tag="b"), out / S.shard_name(0, "w0", 1))
+    copy = out / a.name.replace(".parquet", "x.parquet")  # a renamed copy of the consumed one, read before b
+    shutil.copy(a, copy)
+    state = {"step": 1, "iteration": 1, "dropped": [],
+             "ledger": [{"shard": a.name, "sha256": shard_hash(read_shard(a)), "rows": 8, "iteration": 0}]}
+    cfg = tiny("trainer.staleness=2", "trainer.minibatch_prompts=2")  # 4 prompt groups per batch: one shard
+    batch = next(async_batches(cfg, tmp_path / "run", state, lambda: False, vocab_size=49152))
+    assert batch.shards == [S.shard_name(0, "w0", 1)] and batch.duplicates == [copy.name]
+    assert batch.digests == {S.shard_name(0, "w0", 1): shard_hash(read_shard(out / S.shard_name(0, "w0", 1)))}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _flip(path: Path, offset: int) -> None:
+    b = bytearray(path.read_bytes())
+    b[offset] ^= 0x10
+    path.write_bytes(bytes(b))
+
+
+def test_resume_skips_a_checkpoint_with_a_flipped_byte(tmp_path, monkeypatch):
+    """A byte flipped in step-2's model.safetensors: `train --resume` names it in a warning, resumes from
+    step-1 and ends exactly where an uninterrupted run ends."""
+    d = tmp_path / "shards"
+    for i, tag in enumerate("ab"):
+        write_shard(shard_columns(seed=i, tag=tag), d / S.shard_name(0, "w0", i))
+    ref = tmp_path / "ref"
+    train(tiny("trainer.steps=3", *REPLAY), ref, replay=d)
+    run = tmp_path / "run"
+    train(tiny("trainer.steps=2", *REPLAY), run, replay=d)
+    ckpts = run / "checkpoints"
+    assert verify_checkpoint(ckpts / "step-2") is None
+    listed = json.loads((ckpts / "step-2" / MANIFEST).read_text())["sha256"]
+    assert {"model.safetensors", "optim.pt", "trainer_state.json", "config.json", "vespo.json"} <= set(listed)
+    weights = ckpts / "step-2" / "model.safetensors"
+    _flip(weights, weights.stat().st_size // 2)
+    assert verify_checkpoint(ckpts / "step-2") == "model.safetensors: sha256 differs from manifest.json (corrupt)"
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("steps: 2\n", "steps: 3\n", 1))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", "--resume", str(run)], env=QUIET)
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warning == [f"warning: {ckpts / 'step-2'}: model.safetensors: sha256 differs from manifest.json "
+                       f"(corrupt); resuming from step-1 instead"], result.stderr
+    assert "from step-1 (step 1)" in result.stderr
+    assert stable(read_jsonl(run / "metrics.jsonl")) == stable(read_jsonl(ref / "metrics.jsonl"))
+    assert_same_weights(ckpts / "step-3", ref / "checkpoints" / "step-3")
+    assert all(verify_checkpoint(p) is None for p in ckpts.glob("step-*"))  # step-2 was written again
+
+
+def test_checkpoints_without_a_manifest_and_a_missing_file(tmp_path):
+    d = tmp_path / "shards"
+    write_shard(shard_columns(seed=1), d / S.shard_name(0, "w0", 0))
+    run = tmp_path / "run"
+    train(tiny("trainer.steps=2", *REPLAY), run, replay=d)
+    ckpts = run / "checkpoints"
+    (ckpts / "step-2" / MANIFEST).unlink()  # written by an older vespo: trusted as it is
+    assert latest_checkpoint(run) == ckpts / "step-2"
+    (ckpts / "step-1" / "model.safetensors").unlink()
+    assert verify_checkpoint(ckpts / "step-1") == "model.safetensors: missing"
+    shutil.rmtree(ckpts / "step-2")
+    with pytest.raises(UserError) as e:
+        latest_checkpoint(run)
+    assert str(e.value) == (f"{ckpts / 'step-1'}: model.safetensors: missing; no checkpoint of the run passes "
+                            f"verification (move the corrupt ones away to start over)")
+    (ckpts / "step-1" / MANIFEST).write_text("{not json")
+    with pytest.raises(UserError, match="manifest.json: unreadable"):
+        latest_checkpoint(run)
