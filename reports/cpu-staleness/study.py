@@ -4,7 +4,7 @@
     python reports/cpu-staleness/study.py restore KEEP_DIR STUDY_DIR   # KEEP_DIR → missing runs
 
 A run is `STUDY_DIR/<lane>/runs/<run>/`; it is finished when its metrics reach `trainer.steps`. Only
-config.yaml, run.json and metrics.jsonl are kept (what `vespo compare` reports from, and what its
+config.yaml, run.json and metrics.jsonl are kept (and STUDY_DIR/commit, the code they trained with) (what `vespo compare` reports from, and what its
 sweep checks to reuse a run); checkpoints and shards stay behind.
 """
 from __future__ import annotations
@@ -38,6 +38,9 @@ def copy_run(src: Path, dst: Path) -> None:
 
 def collect(study: Path, keep: Path) -> int:
     n = 0
+    if (study / "commit").is_file():  # the code the runs trained with
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(study / "commit", keep / "commit")
     for run in sorted(study.glob("*/runs/*")):
         dst = keep / run.parent.parent.name / "runs" / run.name
         if finished(run) and not finished(dst):
