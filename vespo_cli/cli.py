@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import UserError
+from .errors import UserError, describe_os_error
 
 app = typer.Typer(
     name="vespo",
@@ -33,20 +33,30 @@ RunDirOpt = typer.Option(None, "--run-dir", help="Run directory (default: runs/<
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn UserError into one line on stderr and exit code 2 (no traceback)."""
+    """Turn UserError (bad input: exit 2) and OSError (a fault of the machine: exit 1) into one line on
+    stderr, naming the file and the cause; the traceback only with --debug or VESPO_DEBUG=1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
+        except (UserError, OSError) as e:
+            if os.environ.get("VESPO_DEBUG") == "1":
+                raise
+            msg = describe_os_error(e) if isinstance(e, OSError) else str(e)
+            err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1 if isinstance(e, OSError) else e.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (also VESPO_DEBUG=1).")):
+    if debug:
+        os.environ["VESPO_DEBUG"] = "1"
 
 
 def _config(preset: Optional[str], algo: Optional[str], overrides: Optional[List[str]], default_preset: str):

@@ -1,4 +1,30 @@
-"""The one error type a user can cause: the CLI prints its message on one line and exits 2."""
+"""Errors the CLI reports on one line: bad input (exit 2) and faults of the machine (exit 1)."""
+from __future__ import annotations
+
+import errno
+import os
+
+CAUSES = {  # errno → the words of the one-line error
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EEXIST: "exists, and is not a directory",
+    errno.EISDIR: "is a directory, expected a file",
+    errno.ENOENT: "no such file or directory",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """'<path>: <cause>' (or '<path> → <path2>: <cause>') for an OSError; a strerror that is not the
+    system's own (a message vespo wrote) is kept as it is."""
+    own = e.errno is not None and e.strerror == os.strerror(e.errno)
+    cause = CAUSES.get(e.errno, (e.strerror or "").lower()) if own else e.strerror
+    cause = cause or str(e) or type(e).__name__
+    where = " → ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    return f"{where}: {cause}" if where else cause
 
 
 class UserError(Exception):

@@ -1,4 +1,7 @@
-"""Atomic file-system writes: a reader never sees a half-written file or directory."""
+"""Atomic file-system writes: a reader never sees a half-written file or directory.
+
+An OSError inside these helpers that has an errno but names no file (a write or fsync failing for
+space) is given the path being written, so the CLI's one-line error can name it."""
 from __future__ import annotations
 
 import contextlib
@@ -29,9 +32,28 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """Give an OSError raised inside with an errno but no file name (a write or fsync that fails for
+    space) the name `path`."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            e.filename = str(path)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success fsync it and rename it into place."""
     path = Path(path)
+    with naming(path):
+        with _atomic_path(path) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -60,6 +82,13 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory; on success rename it to `path` (replacing an old one)."""
     path = Path(path)
+    with naming(path):
+        with _atomic_dir(path) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _atomic_dir(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
@@ -85,7 +114,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line and fsync: metrics survive a kill -9 up to the last full line."""
     line = (json.dumps(record, sort_keys=True, default=float) + "\n").encode()
-    with open(path, "ab+") as f:
+    with naming(path), open(path, "ab+") as f:
         if f.seek(0, os.SEEK_END) > 0:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":  # a torn last line (kill mid-write): don't glue this record to it
@@ -96,13 +125,14 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file, ignoring a torn last line (from a kill mid-write)."""
+    """Read a JSONL file, ignoring a torn last line (from a kill mid-write) and any line that is not
+    a JSON object (garbage, bytes that are not UTF-8)."""
     out = []
     p = Path(path)
     if not p.exists():
         return out
-    for line in p.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
+    for line in p.read_bytes().splitlines():
+        with contextlib.suppress(ValueError):  # JSONDecodeError, UnicodeDecodeError
             obj = json.loads(line)
             if isinstance(obj, dict):  # a torn line can still parse (e.g. `12` of `123.4}`)
                 out.append(obj)

@@ -43,7 +43,10 @@ def hold(directory: str | os.PathLike, command: str) -> Iterator[Path]:
     if key in _HELD:
         yield path
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:  # read-only, permissions: say which directory cannot be written
+        raise OSError(e.errno, e.strerror, str(d)) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -10,6 +10,8 @@ trusted as they are).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -20,7 +22,7 @@ import shutil
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -133,7 +135,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, tokenizer, optimizer, sched
         dcp.save({"optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(staging))
         dist.barrier()
     if dist.is_main():
-        with atomic_dir(target) as tmp:
+        with _space_needed(target, sd), atomic_dir(target) as tmp:
             save_weights(model, tokenizer, tmp, step, state_dict=sd)
             if dist.world_size() > 1:
                 shutil.move(str(root / f".step-{step}.optim"), tmp / "optim.dcp")
@@ -146,6 +148,29 @@ def save_checkpoint(run_dir: Path, model: nn.Module, tokenizer, optimizer, sched
         _prune(root, keep)
     dist.barrier()
     return target
+
+
+@contextlib.contextmanager
+def _space_needed(target: Path, state_dict: dict) -> Iterator[None]:
+    """A checkpoint write that fails for space (ENOSPC, or torch's and safetensors' own errors while
+    less than a checkpoint is free) becomes an OSError saying how much a checkpoint takes (the last
+    one's size, else weights + AdamW moments) and that the last good checkpoint is intact."""
+    try:
+        yield
+    except Exception as e:
+        try:
+            steps = sorted((int(m.group(1)), p) for p in target.parent.iterdir() if (m := STEP_DIR.match(p.name)))
+            last = steps[-1][1] if steps else None
+            need = sum(f.stat().st_size for f in last.rglob("*") if f.is_file()) if last else \
+                3 * sum(t.numel() * t.element_size() for t in state_dict.values())
+            free = shutil.disk_usage(target.parent).free
+        except OSError:
+            raise e from None
+        if not (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) and free >= need:
+            raise
+        keep = f"the last good checkpoint, {last.name}, is intact" if last else "no checkpoint was written yet"
+        raise OSError(errno.ENOSPC, f"no space left on device for a checkpoint (one takes about "
+                                    f"{need / 2**20:,.0f} MiB; {keep})", str(target)) from e
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -180,10 +205,15 @@ def latest_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None) 
 
 
 def load_trainer_state(ckpt: Path) -> dict:
+    path = ckpt / "trainer_state.json"
     try:
-        return json.loads((ckpt / "trainer_state.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{ckpt}/trainer_state.json: unreadable checkpoint state ({e})") from None
+        state = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable checkpoint state ({str(e).splitlines()[0][:120]})") from None
+    types = {"step": int, "iteration": int, "ledger": list}
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), t) for k, t in types.items()):
+        raise UserError(f"{path}: not a vespo trainer state (expected step, iteration and ledger)")
+    return state
 
 
 def load_optimizer(ckpt: Path, model: nn.Module, optimizer, scheduler) -> None:

@@ -316,6 +316,18 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
         raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir}, or pick another --run-dir")
 
 
+def _read_run_info(path: Path) -> dict:
+    """run.json: the run's mode and replay directory, as `train` wrote it."""
+    try:
+        info = json.loads(path.read_bytes())
+    except ValueError as e:  # not JSON, not UTF-8
+        raise UserError(f"{path}: unreadable run file ({str(e).splitlines()[0][:120]})") from None
+    if not (isinstance(info, dict) and info.get("mode") in ("sync", "replay", "async")
+            and isinstance(info.get("replay"), (str, type(None)))):
+        raise UserError(f"{path}: not a vespo run file (expected mode sync, replay or async and a replay path)")
+    return info
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """After a resume from step K, drop metric lines of steps > K (they are recomputed)."""
     if not path.exists():
@@ -361,7 +373,7 @@ def _train(cfg: Config, run_dir: Path, lock: contextlib.ExitStack, *, replay: Pa
         raise UserError(f"--replay {replay}: no such directory")
     info_path = run_dir / "run.json"
     if resume and info_path.is_file():
-        info = json.loads(info_path.read_text())
+        info = _read_run_info(info_path)
         replay = Path(info["replay"]) if info.get("replay") else None
         async_ = info.get("mode") == "async"
     mode = "replay" if replay is not None else "async" if async_ else "sync"
