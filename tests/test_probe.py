@@ -77,7 +77,7 @@ def test_k0_stale_gradient_equals_on_policy_gradient_for_every_objective(model, 
         fresh, _ = batch_sketches(model, batch, algos(), None, params, exact, 1.0)
     assert all(torch.equal(a, b) for a, b in zip(logp, old))  # the same forward: Δ = 0 exactly
     for name in OBJECTIVES:
-        s, f = stale[name].sum(0), fresh[name].sum(0)
+        s, f = stale[name].double().sum(0), fresh[name].double().sum(0)
         assert s.norm() > 0
         assert float(s @ f / (s.norm() * f.norm())) == pytest.approx(1.0, abs=1e-12)
         torch.testing.assert_close(s, f, rtol=1e-12, atol=0)
@@ -110,7 +110,7 @@ def test_group_gradients_sum_to_the_trainer_autograd_gradient(model, batch):
                 for p, s in zip(params, saved):
                     p.copy_(s)
     assert metrics["clip_frac"] > 0 and metrics["delta_abs_mean"] > 0
-    torch.testing.assert_close(probe["grpo"].sum(0), want, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(probe["grpo"].double().sum(0), want, rtol=1e-4, atol=1e-7)
 
 
 # --------------------------------------------------------------------------- sketch

@@ -136,7 +136,7 @@ def batch_sketches(model: nn.Module, batch: Batch, recipes: dict[str, Optional[A
     group-mean baseline: c_{i,t} = −(r_i − mean_g r) / n). `old_logp` None: on-policy (old = this
     forward's own log-probs, Δ = 0); else the behaviour policy's log-probs per row, and every row's
     logp is returned (the drift statistics need them), else only those of informative groups."""
-    out = {name: torch.zeros(len(batch.groups), sketch.dim, dtype=torch.float64) for name in recipes}
+    out = {name: torch.zeros(len(batch.groups), sketch.dim) for name in recipes}  # float32 storage; Gram in float64
     logp_rows: list[Optional[torch.Tensor]] = [None] * len(batch.rows)
     for g, idx in enumerate(batch.groups):
         grad = batch.informative[g]
