@@ -91,8 +91,9 @@ def test_lock_is_released_after_the_block_and_the_file_stays(tmp_path):
 
 
 def test_train_and_rollout_refuse_a_held_run_directory(tmp_path, monkeypatch):
-    """While another process holds the run: `train --resume`, a fresh `train` and `rollout` on it exit 2
-    with one line naming the run and the PID and change nothing; after kill -9 the resume trains."""
+    """While another process holds the directory: `train --resume`, a fresh `train`, `rollout` and
+    `compare --out` on it exit 2 with one line naming it and the PID and change nothing; after kill -9
+    the resume trains."""
     run, shards = tiny_replay_run(tmp_path)
     fresh = tmp_path / "fresh"
     monkeypatch.chdir(tmp_path)
@@ -108,6 +109,7 @@ def test_train_and_rollout_refuse_a_held_run_directory(tmp_path, monkeypatch):
 
     with held_elsewhere(fresh) as proc:
         refused(["train", "-p", "tiny", "--run-dir", str(fresh), "--replay", str(shards)], fresh, proc.pid)
+        refused(["compare", str(run), "--out", str(fresh)], fresh, proc.pid)  # compare's report directory
     with held_elsewhere(run) as proc:
         refused(["train", "--resume", str(run)], run, proc.pid)
         refused(["rollout", "-p", "tiny", "--run-dir", str(run), "--num-prompts", "2"], run, proc.pid)

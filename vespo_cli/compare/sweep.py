@@ -11,6 +11,7 @@ import yaml
 
 from ..errors import UserError
 from ..fsio import read_jsonl
+from ..lock import hold
 from .analysis import train_records
 from .report import write_report
 from .labels import describe_algorithm, disambiguate, join_label
@@ -103,11 +104,11 @@ def compare_command(items: Sequence[str], *, preset: Optional[str] = None, overr
         out = Path("runs") / (f"compare-{presets.pop()}" if len(presets) == 1 and "" not in presets else "compare")
     specs = _dedupe(specs)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {"items": list(items), "preset": preset, "overrides": list(overrides), "staleness": list(staleness),
                 "seeds": seeds, "replay": str(replay) if replay else None, "async": async_}
-    _run_grid(specs, replay, lambda: write_report(specs, out, settings=settings, x=x))
-    report = write_report(specs, out, settings=settings, x=x)
+    with hold(out, "vespo compare"):  # one compare per report directory; each run locks its own directory
+        _run_grid(specs, replay, lambda: write_report(specs, out, settings=settings, x=x))
+        report = write_report(specs, out, settings=settings, x=x)
     _console().print(f"report: {report}", highlight=False)
     return report
 
