@@ -99,7 +99,10 @@ def test_replay_under_every_objective(tmp_path, replay_dir, algo):
     assert len(metrics) == 2
     assert all(np.isfinite(m["loss"]) and m["grad_norm"] > 0 for m in metrics)
     ledger = json.loads((tmp_path / "run" / "checkpoints" / "step-2" / "trainer_state.json").read_text())["ledger"]
-    assert sorted(e["shard"] for e in ledger) == sorted(p.stem for p in list_shards(replay_dir)) or ledger
+    shards = [e["shard"] for e in ledger]  # the one rollout batch: its shards, each once, all its rows
+    assert shards and len(shards) == len(set(shards))
+    assert set(shards) <= {p.stem for p in list_shards(replay_dir)}
+    assert sum(e["rows"] for e in ledger) == cfg.trainer.minibatch_prompts * cfg.trainer.staleness * cfg.rollout.n
 
 
 def test_nonfinite_steps_are_skipped_and_stop_the_run_in_a_row(tmp_path, replay_dir, monkeypatch):
