@@ -272,3 +272,22 @@ def test_vllm_engine(vllm_engine, ref_model, eos_heavy, chat_prompts, tokenizer)
 def test_vllm_rejects_too_long_prompt(vllm_engine):
     with pytest.raises(UserError, match="max_model_len"):
         vllm_engine.generate([[5] * 600], 1, Sampling(max_tokens=4))
+
+
+def test_engine_registry_is_the_one_list_of_engines():
+    """A new engine is one file and one registry line: every registered class implements the whole
+    `base.Engine` interface, and an unknown name is one line listing the registered ones."""
+    import importlib
+
+    from vespo_cli.rollout import ENGINES, REGISTRY, make_engine
+    from vespo_cli.rollout.base import Engine
+
+    assert ENGINES == tuple(REGISTRY) == ("vllm", "hf")
+    wanted = {n for n in vars(Engine) if not n.startswith("_")} - {"name", "dtype"}
+    assert wanted == {"generate", "load_weights", "load_state_dict", "close"}
+    for target in REGISTRY.values():
+        module, _, cls = target.partition(":")
+        engine_cls = getattr(importlib.import_module(module), cls)
+        assert all(callable(getattr(engine_cls, m, None)) for m in wanted), target
+    with pytest.raises(UserError, match=r"rollout.engine='sglang': expected one of vllm, hf"):
+        make_engine("sglang", "unused")

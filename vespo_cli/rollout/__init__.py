@@ -1,14 +1,21 @@
 """Rollout engines behind one interface (`base.Engine`): vLLM (default) or plain HF transformers."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 
 from vespo_cli.errors import UserError
 from vespo_cli.rollout.base import Completion, Engine, Sampling
 
-ENGINES = ("vllm", "hf")
+# name → "module:class". A new engine (e.g. SGLang) is one file implementing `base.Engine` and one line
+# here; the config, the CLI and the plan take the names from this table.
+REGISTRY = {
+    "vllm": "vespo_cli.rollout.vllm:VLLMEngine",
+    "hf": "vespo_cli.rollout.hf:HFEngine",
+}
+ENGINES = tuple(REGISTRY)
 
-__all__ = ["ENGINES", "Completion", "Engine", "Sampling", "make_engine", "vllm_available"]
+__all__ = ["ENGINES", "REGISTRY", "Completion", "Engine", "Sampling", "make_engine", "vllm_available"]
 
 
 def vllm_available() -> bool:
@@ -19,18 +26,15 @@ def vllm_available() -> bool:
 
 
 def make_engine(kind: str, model_path: str, **opts) -> Engine:
-    """`kind` is "vllm" or "hf"; `opts` go to `VLLMEngine` / `HFEngine` (dtype, seed, ...)."""
-    if kind == "hf":
-        from vespo_cli.rollout.hf import HFEngine
-
-        return HFEngine(model_path, **opts)
-    if kind == "vllm":
-        if not vllm_available():
-            raise UserError("rollout.engine=vllm: vllm is not installed; use --set rollout.engine=hf "
-                            "(or install the cpu/gpu extra: `make setup`)")
-        try:
-            from vespo_cli.rollout.vllm import VLLMEngine
-        except ImportError as exc:
-            raise UserError(f"rollout.engine=vllm: vllm failed to import ({exc}); use --set rollout.engine=hf") from None
-        return VLLMEngine(model_path, **opts)
-    raise UserError(f"rollout.engine={kind!r}: expected one of {', '.join(ENGINES)}")
+    """The engine registered as `kind`, opened on `model_path`; `opts` go to its constructor (dtype, seed, ...)."""
+    if kind not in REGISTRY:
+        raise UserError(f"rollout.engine={kind!r}: expected one of {', '.join(ENGINES)}")
+    if kind == "vllm" and not vllm_available():
+        raise UserError("rollout.engine=vllm: vllm is not installed; use --set rollout.engine=hf "
+                        "(or install the cpu/gpu extra: `make setup`)")
+    module, _, cls = REGISTRY[kind].partition(":")
+    try:
+        engine_cls = getattr(importlib.import_module(module), cls)
+    except ImportError as exc:
+        raise UserError(f"rollout.engine={kind}: {module} failed to import ({exc}); use --set rollout.engine=hf") from None
+    return engine_cls(model_path, **opts)

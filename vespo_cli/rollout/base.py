@@ -32,7 +32,7 @@ class Completion:
 
 
 class Engine(Protocol):
-    name: str  # "vllm" | "hf"
+    name: str  # its key in rollout.REGISTRY
     dtype: str  # "bfloat16" | "float32" | ...
 
     def generate(self, prompts: list[list[int]], n: int, sampling: Sampling) -> list[Completion]:
@@ -42,6 +42,11 @@ class Engine(Protocol):
 
     def load_weights(self, checkpoint_dir: str) -> None:
         """Take new weights from an HF checkpoint directory without restarting the engine."""
+        ...
+
+    def load_state_dict(self, state_dict) -> None:
+        """Take new weights from an in-memory HF state dict (the trainer's full weights after a
+        rollout batch) without restarting the engine."""
         ...
 
     def close(self) -> None: ...
