@@ -84,6 +84,17 @@ def test_inspect(runner, shard_dir, which):
     assert table["engines"] == "hf/float32: 8"
 
 
+def test_inspect_one_shard_file(runner, shard_dir):
+    from vespo_cli.shards import list_shards, read_shard
+
+    first = list_shards(shard_dir)[0]
+    result = runner.invoke(app, ["inspect", str(first)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    table = dict((cell.strip() for cell in line.split("\u2502", 1))
+                 for line in result.stdout.splitlines() if "\u2502" in line)
+    assert table["shards"] == "1" and int(table["rows"]) == read_shard(first).num_rows
+
+
 def test_inspect_reports_bad_shard_and_goes_on(runner, shard_dir):
     bad = shard_dir / shard_name(4, "w0", 0)
     bad.write_bytes(b"PAR1 torn")
@@ -124,7 +135,7 @@ def test_user_errors_subprocess(tmp_path, args, message):
     (["eval", "aime24", "--engine", "tpu"], "error: --engine tpu: expected one of vllm, hf"),
     (["train", "-p", "tiny", "--set", "trainer.seed=99999999999"],
      "error: --set trainer.seed=99999999999: trainer.seed: expected an integer in [0, 2147483647], got 99999999999"),
-    (["inspect", "missing-dir"], "error: missing-dir: no such directory"),
+    (["inspect", "missing-dir"], "error: missing-dir: no such shard file or directory"),
 ])
 def test_user_errors_in_process(runner, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)

@@ -227,8 +227,9 @@ def presets(check: Optional[str] = typer.Option(None, "--check", help="Validate 
 
 @app.command()
 @user_errors
-def inspect(path: Path = typer.Argument(..., help="A shard directory (or a run directory).")):
-    """Summarise a shard directory: rows, policy versions, staleness, reward, engines."""
+def inspect(path: Path = typer.Argument(..., help="A shard file, a shard directory or a run directory.")):
+    """Summarise shards (one file, a directory, or a run's rollouts/): rows, policy versions, staleness,
+    reward, engines, scoring failures."""
     from .shards import summarize
 
     if (path / "rollouts").is_dir():

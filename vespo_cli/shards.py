@@ -289,10 +289,14 @@ def follow(
 
 
 def summarize(directory: str | os.PathLike) -> dict:
-    """Rows, policy versions, staleness histogram, reward mean and engines of a shard directory."""
-    files = list_shards(directory)
-    if not Path(directory).is_dir():
-        raise UserError(f"{directory}: no such directory")
+    """Rows, policy versions, staleness histogram, reward mean and engines of a shard directory (or of
+    one shard file)."""
+    if Path(directory).is_file():
+        files = [Path(directory)]
+    elif Path(directory).is_dir():
+        files = list_shards(directory)
+    else:
+        raise UserError(f"{directory}: no such shard file or directory")
     versions: Counter = Counter()
     engines: Counter = Counter()
     finish: Counter = Counter()
