@@ -608,3 +608,15 @@ def test_last_minibatch_drift_takes_each_rollout_batch_s_last_minibatch():
     assert got == pytest.approx({"delta_abs_mean": 0.3, "log_w_std": 1.5, "w_ess": 0.3, "w_ess_min": 0.2})
     assert K.analysis.last_minibatch_drift([]) == {"delta_abs_mean": None, "log_w_std": None, "w_ess": None,
                                                    "w_ess_min": None}
+
+
+def test_final_eval_is_the_verdict_metric_when_every_run_has_one():
+    from vespo_cli.compare.analysis import final_eval
+    from vespo_cli.compare.verdict import metric_for
+
+    assert final_eval({"arith": {"avg_at_k": 86.25}}) == pytest.approx(0.8625)
+    assert final_eval({}) is None and final_eval({"a": {"avg_at_k": 1.0}, "b": {"avg_at_k": 2.0}}) is None
+    with_eval = [{"per_seed": [{"seed": 0, "final_eval": 0.8}, {"seed": 1, "final_eval": 0.7}]}]
+    without = with_eval + [{"per_seed": [{"seed": 0, "final_eval": None}]}]
+    assert metric_for(with_eval) == "final_eval" and metric_for(without) == "final_reward"
+    assert metric_for([]) == "final_reward"

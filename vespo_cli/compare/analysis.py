@@ -168,6 +168,16 @@ def last_minibatch_drift(rows: Sequence[dict]) -> dict[str, Optional[float]]:
     return {**{k: _finite_mean(r.get(k) for r in picked) for k in DRIFT_KEYS}, "w_ess_min": min(ess) if ess else None}
 
 
+def final_eval(evals: dict[str, dict]) -> Optional[float]:
+    """The run's last eval as a fraction in [0, 1] (avg@k / 100), when it has exactly one benchmark:
+    the final policy's own accuracy. The training reward of a stale run's last steps is that of data
+    sampled up to N − 1 steps earlier, so across N this is the comparable number."""
+    if len(evals) != 1:
+        return None
+    v = next(iter(evals.values())).get("avg_at_k")
+    return None if v is None else v / 100.0
+
+
 def summarize_run(records: Sequence[dict], total_steps: Optional[int] = None,
                   window: Optional[int] = None) -> dict:
     """The report's numbers for one run (pure)."""
@@ -200,6 +210,7 @@ def summarize_run(records: Sequence[dict], total_steps: Optional[int] = None,
         "time_s": sum(times) if rows else None,
         "collapse": detect_collapse(rows, window=window, total_steps=total_steps),
         "drift_last_minibatch": last_minibatch_drift(rows),
+        "final_eval": final_eval(evals),
         "eval": evals,
     }
 

@@ -10,7 +10,7 @@ from .runs import Loaded
 from .stats import difference, t_interval, wilson_interval
 
 REFERENCE = "vespo"  # the paper's method: paired differences are REFERENCE − each other label
-SEED_METRICS = ("final_reward", "best_reward")  # per-seed numbers with a t interval over seeds
+SEED_METRICS = ("final_reward", "best_reward", "final_eval")  # per-seed numbers with a t interval over seeds
 
 
 def _groups(runs: Sequence[Loaded]) -> dict[tuple[str, int], list[Loaded]]:

@@ -140,9 +140,11 @@ def differences_lines(diffs: Sequence[dict]) -> list[str]:
     cells: dict[tuple, dict] = {}
     for d in diffs:
         cells.setdefault((d["staleness"], d["baseline"]), {})[d["metric"]] = d
+    evals = any("final_eval" in m for m in cells.values())
     rows = [[str(n), base, _diff_cell(m.get("final_reward")), _diff_cell(m.get("best_reward"))]
-            for (n, base), m in cells.items()]
+            + ([_diff_cell(m.get("final_eval"))] if evals else []) for (n, base), m in cells.items()]
     header = ["N", "baseline", f"Δ final reward [{LEVEL:.0%} CI]", f"Δ best reward [{LEVEL:.0%} CI]"]
+    header += [f"Δ final eval [{LEVEL:.0%} CI]"] if evals else []
     return [f"## Differences: {REFERENCE} − baseline", "", *_table(header, rows), "",
             f"Each cell: mean of {REFERENCE} − baseline with its {LEVEL:.0%} interval; *paired*: the t interval of "
             "the per-seed differences (runs of one seed share data order and initialisation), *welch*: the seeds "
@@ -152,8 +154,12 @@ def differences_lines(diffs: Sequence[dict]) -> list[str]:
 def verdict_lines(rows: Sequence[dict]) -> list[str]:
     """The paper's claims (verdict.paper_verdict) as a table with the interval that decides each."""
     table = [[r["claim"], r["comparison"], _diff_cell(r["difference"]), f"**{r['verdict']}**"] for r in rows]
-    return ["## Verdict", "", *_table(["paper claim", "comparison", f"Δ final reward [{LEVEL:.0%} CI]", "verdict"],
+    metric = rows[0]["metric"].replace("_", " ") if rows else "final reward"
+    return ["## Verdict", "", *_table(["paper claim", "comparison", f"Δ {metric} [{LEVEL:.0%} CI]", "verdict"],
                                       table), "",
+            f"Measured on the **{metric}**: the final eval (the last checkpoint's accuracy, one benchmark) where "
+            "every run has one; else the final training reward, which for N > 1 is the reward of data sampled "
+            "up to N − 1 steps before the end.", "",
             f"Rules: *stable* means any drop of the final reward from the lowest to the highest N is smaller than "
             f"{MARGIN:g} (supported when the interval lies above −{MARGIN:g}, contradicted when it lies below); "
             f"*degrades* is the mirror (supported below −{MARGIN:g}, contradicted above); *hurts* / *helps* means "

@@ -19,7 +19,7 @@ from .groups import REFERENCE, seed_values
 from .stats import difference
 
 MARGIN = 0.05  # a change of the final reward (rewards in [0, 1]) smaller than this counts as none
-METRIC = "final_reward"
+METRICS = ("final_eval", "final_reward")  # the final policy's eval where every group has one
 C_KEYS = ("c1_pos", "c2_pos", "c1_neg", "c2_neg")
 SUPPORTED, CONTRADICTED, UNRESOLVED, NO_DATA = "supported", "contradicted", "not resolved at this power", "no data"
 
@@ -42,20 +42,26 @@ def _decide(d: Optional[dict], above: float, supported_above: bool) -> str:
     return UNRESOLVED
 
 
-def _row(claim: str, comparison: str, d: Optional[dict], verdict: str, rule: str) -> dict:
-    return {"claim": claim, "comparison": comparison, "metric": METRIC, "difference": d, "verdict": verdict,
+def metric_for(groups: Sequence[dict]) -> str:
+    """`final_eval` when every group has it for every seed, else `final_reward`."""
+    have = all(p.get("final_eval") is not None for g in groups for p in g.get("per_seed") or [])
+    return METRICS[0] if groups and have else METRICS[1]
+
+
+def _row(claim: str, comparison: str, d: Optional[dict], verdict: str, rule: str, metric: str) -> dict:
+    return {"claim": claim, "comparison": comparison, "metric": metric, "difference": d, "verdict": verdict,
             "rule": rule}
 
 
-def _across_n(groups: Sequence[dict], label: str, claim: str, stable: bool, margin: float) -> dict:
+def _across_n(groups: Sequence[dict], label: str, claim: str, stable: bool, margin: float, metric: str) -> dict:
     """Claims 1 and 2: `label` at its highest N − at its lowest N."""
     by_n = _by_label(groups, label)
     if len(by_n) < 2:
-        return _row(claim, f"{label}: runs at two N or more", None, NO_DATA, "")
+        return _row(claim, f"{label}: runs at two N or more", None, NO_DATA, "", metric)
     lo_n, hi_n = min(by_n), max(by_n)
-    d = difference(seed_values(by_n[hi_n], METRIC), seed_values(by_n[lo_n], METRIC))
+    d = difference(seed_values(by_n[hi_n], metric), seed_values(by_n[lo_n], metric))
     rule = f"supported if the interval lies {'above' if stable else 'below'} −{margin:g}"
-    return _row(claim, f"{label} N={hi_n} − {label} N={lo_n}", d, _decide(d, -margin, stable), rule)
+    return _row(claim, f"{label} N={hi_n} − {label} N={lo_n}", d, _decide(d, -margin, stable), rule, metric)
 
 
 def _is_length_norm(g: dict) -> bool:
@@ -71,27 +77,29 @@ def _is_symmetric_c(g: dict) -> bool:
             and p.get("c1_neg") == p.get("c1_pos") and p.get("c2_neg") == p.get("c2_pos"))
 
 
-def _ablations(groups: Sequence[dict], pick, claim: str) -> list[dict]:
+def _ablations(groups: Sequence[dict], pick, claim: str, metric: str) -> list[dict]:
     """Claims 3 and 4: VESPO − each ablation `pick` selects, at the highest N both ran."""
     ref = _by_label(groups, REFERENCE)
     rows = []
     for label in dict.fromkeys(g["label"] for g in groups if pick(g)):
         common = set(ref) & set(_by_label(groups, label))
         if not common:
-            rows.append(_row(claim, f"{REFERENCE} − {label}: at the same N", None, NO_DATA, ""))
+            rows.append(_row(claim, f"{REFERENCE} − {label}: at the same N", None, NO_DATA, "", metric))
             continue
         n = max(common)
-        d = difference(seed_values(ref[n], METRIC), seed_values(_by_label(groups, label)[n], METRIC))
+        d = difference(seed_values(ref[n], metric), seed_values(_by_label(groups, label)[n], metric))
         rows.append(_row(claim, f"{REFERENCE} − {label} at N={n}", d, _decide(d, 0.0, True),
-                         "supported if the interval lies above 0"))
-    return rows or [_row(claim, f"{REFERENCE} and its ablation", None, NO_DATA, "")]
+                         "supported if the interval lies above 0", metric))
+    return rows or [_row(claim, f"{REFERENCE} and its ablation", None, NO_DATA, "", metric)]
 
 
 def paper_verdict(groups: Sequence[dict], margin: float = MARGIN) -> list[dict]:
     """One row per claim and comparison: {"claim", "comparison", "metric", "difference" (stats.difference
-    or None), "verdict" (supported / contradicted / not resolved at this power / no data), "rule"}."""
-    rows = [_across_n(groups, REFERENCE, "VESPO stays stable as N grows", True, margin)]
-    rows += [_across_n(groups, a, f"{a.upper()} degrades as N grows", False, margin) for a in ("sapo", "gspo")]
-    rows += _ablations(groups, _is_length_norm, "length normalisation hurts")
-    rows += _ablations(groups, _is_symmetric_c, "asymmetric c helps")
+    or None), "verdict" (supported / contradicted / not resolved at this power / no data), "rule"}, on
+    the final eval where every run has one (`metric_for`), else the final training reward."""
+    metric = metric_for(groups)
+    rows = [_across_n(groups, REFERENCE, "VESPO stays stable as N grows", True, margin, metric)]
+    rows += [_across_n(groups, a, f"{a.upper()} degrades as N grows", False, margin, metric) for a in ("sapo", "gspo")]
+    rows += _ablations(groups, _is_length_norm, "length normalisation hurts", metric)
+    rows += _ablations(groups, _is_symmetric_c, "asymmetric c helps", metric)
     return rows
