@@ -13,6 +13,9 @@
 #           both the policy lag and the bf16-engine vs trainer mismatch
 #   lane b: GRPO, SAPO   × N ∈ {16, 1, 4} × seeds {0, 1, 2}, then VESPO's ablations at N = 16
 #           (length_norm = sqrt; symmetric c: c1_neg = c1_pos = 2, c2_neg = c2_pos = 3)
+# Each finished run's last checkpoint is evaluated on 64 arith problems × 4 samples (`vespo eval`, an eval
+# line in its metrics): the final policy's accuracy, which the verdict uses, since a stale run's last
+# training rewards are those of data sampled up to N − 1 steps earlier.
 # Equal sample budget: every run takes 32 steps of 32 sequences; N only sets how many steps one rollout
 # batch feeds. Seeds run in the outer loop, so a partial study has whole seeds; within a seed VESPO and
 # GRPO at the highest N come first (the comparison the study exists for).
@@ -31,17 +34,24 @@ export VESPO_MALLOC_TUNING=0
 PY=${PY:-.venv/bin/python}
 V=${V:-$PY -m vespo_cli.cli}
 MODE=${1:-full}
-SEEDS=(0 1 2); NS=(-N 16 -N 1 -N 4); HIGH=16; STEPS=(); ASYNC_ALGOS=(grpo vespo)
+SEEDS=(0 1 2); NS=(-N 16 -N 1 -N 4); HIGH=16; STEPS=(); ASYNC_ALGOS=(grpo vespo); LAST_STEP=32
 STUDY=${STUDY_DIR:-runs/cpu-staleness}
 KEEP=reports/cpu-staleness/runs
 REPORT=reports/cpu-staleness
 if [[ "$MODE" == "--quick" ]]; then
-  SEEDS=(0); NS=(-N 16 -N 1); STEPS=(--set trainer.steps=16)
+  SEEDS=(0); NS=(-N 16 -N 1); STEPS=(--set trainer.steps=16); LAST_STEP=16
   STUDY=${STUDY_DIR:-runs/cpu-staleness-quick}; KEEP=$STUDY/kept; REPORT=$STUDY/report
 fi
 COMMON=(--preset cpu-staleness "${STEPS[@]}")
 
-collect() { $PY reports/cpu-staleness/study.py collect "$STUDY" "$KEEP"; }
+evaluate() {  # the final policy of each finished run: 64 arith problems × 4 samples (one eval line in its metrics)
+  local run
+  for run in $($PY reports/cpu-staleness/study.py unevaluated "$STUDY"); do
+    $V eval arith --model "$run/checkpoints/step-${LAST_STEP}" --preset cpu-staleness --limit 64 --k 4 \
+      --set eval.max_tokens=48 || echo "eval of $run failed; the next run of this script retries it"
+  done
+}
+collect() { evaluate; $PY reports/cpu-staleness/study.py collect "$STUDY" "$KEEP"; }
 restore() { $PY reports/cpu-staleness/study.py restore "$KEEP" "$STUDY"; }
 
 lane_a() {

@@ -2,6 +2,7 @@
 
     python reports/cpu-staleness/study.py collect STUDY_DIR KEEP_DIR   # finished runs → KEEP_DIR
     python reports/cpu-staleness/study.py restore KEEP_DIR STUDY_DIR   # KEEP_DIR → missing runs
+    python reports/cpu-staleness/study.py unevaluated STUDY_DIR        # finished runs without an eval
 
 A run is `STUDY_DIR/<lane>/runs/<run>/`; it is finished when its metrics reach `trainer.steps`. Only
 config.yaml, run.json and metrics.jsonl are kept (and STUDY_DIR/commit, the code they trained with) (what `vespo compare` reports from, and what its
@@ -59,7 +60,20 @@ def restore(keep: Path, study: Path) -> int:
     return n
 
 
+def unevaluated(study: Path) -> list[Path]:
+    """Finished runs with a last checkpoint and no eval line in their metrics yet."""
+    out = []
+    for run in sorted(study.glob("*/runs/*")):
+        if finished(run) and any((run / "checkpoints").glob("step-*")) and \
+                '"kind": "eval"' not in (run / "metrics.jsonl").read_text():
+            out.append(run)
+    return out
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "unevaluated":
+        print("\n".join(str(p) for p in unevaluated(Path(sys.argv[2]))))
+        sys.exit(0)
     cmd, a, b = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     n = {"collect": collect, "restore": restore}[cmd](a, b)
     print(f"{cmd}: {n} run(s)")
