@@ -614,7 +614,7 @@ def test_final_eval_is_the_verdict_metric_when_every_run_has_one():
     from vespo_cli.compare.analysis import final_eval
     from vespo_cli.compare.verdict import metric_for
 
-    assert final_eval({"arith": {"avg_at_k": 86.25}}) == pytest.approx(0.8625)
+    assert final_eval({"arith": {"avg_at_k": 0.8625}}) == 0.8625  # as logged by `vespo eval`: a fraction
     assert final_eval({}) is None and final_eval({"a": {"avg_at_k": 1.0}, "b": {"avg_at_k": 2.0}}) is None
     with_eval = [{"per_seed": [{"seed": 0, "final_eval": 0.8}, {"seed": 1, "final_eval": 0.7}]}]
     without = with_eval + [{"per_seed": [{"seed": 0, "final_eval": None}]}]

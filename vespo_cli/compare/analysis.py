@@ -169,13 +169,12 @@ def last_minibatch_drift(rows: Sequence[dict]) -> dict[str, Optional[float]]:
 
 
 def final_eval(evals: dict[str, dict]) -> Optional[float]:
-    """The run's last eval as a fraction in [0, 1] (avg@k / 100), when it has exactly one benchmark:
+    """The run's last eval accuracy (avg@k, a fraction in [0, 1]), when it has exactly one benchmark:
     the final policy's own accuracy. The training reward of a stale run's last steps is that of data
     sampled up to N − 1 steps earlier, so across N this is the comparable number."""
     if len(evals) != 1:
         return None
-    v = next(iter(evals.values())).get("avg_at_k")
-    return None if v is None else v / 100.0
+    return next(iter(evals.values())).get("avg_at_k")
 
 
 def summarize_run(records: Sequence[dict], total_steps: Optional[int] = None,

@@ -157,9 +157,9 @@ def verdict_lines(rows: Sequence[dict]) -> list[str]:
     metric = rows[0]["metric"].replace("_", " ") if rows else "final reward"
     return ["## Verdict", "", *_table(["paper claim", "comparison", f"Δ {metric} [{LEVEL:.0%} CI]", "verdict"],
                                       table), "",
-            f"Measured on the **{metric}**: the final eval (the last checkpoint's accuracy, one benchmark) where "
-            "every run has one; else the final training reward, which for N > 1 is the reward of data sampled "
-            "up to N − 1 steps before the end.", "",
+            f"Measured on the **{metric}**. The final eval (the last checkpoint's accuracy on one benchmark) is "
+            "used where every run has one; otherwise the final training reward, which for N > 1 is the reward of "
+            "data sampled up to N − 1 steps before the end.", "",
             f"Rules: *stable* means any drop of the final reward from the lowest to the highest N is smaller than "
             f"{MARGIN:g} (supported when the interval lies above −{MARGIN:g}, contradicted when it lies below); "
             f"*degrades* is the mirror (supported below −{MARGIN:g}, contradicted above); *hurts* / *helps* means "
