@@ -565,10 +565,10 @@ CLI_ERRORS = [  # (label, args, files to create first, fragment of the one-line 
     ("wrong type", ["train", "-p", "tiny", "--set", "trainer.steps=many"], {}, "trainer.steps: expected an integer"),
     ("wrong type (list)", ["train", "-p", "tiny", "--set", "trainer.betas=0.9"], {}, "trainer.betas: expected a list"),
     ("negative size", ["train", "-p", "tiny", "--set", "trainer.minibatch_prompts=-2"], {},
-     "trainer.minibatch_prompts: expected a positive integer, got -2"),
-    ("zero size", ["train", "-p", "tiny", "--set", "rollout.n=0"], {}, "rollout.n: expected a positive integer, got 0"),
-    ("zero steps", ["train", "-p", "tiny", "--set", "trainer.steps=0"], {}, "trainer.steps: expected a positive integer"),
-    ("negative lr", ["train", "-p", "tiny", "--set", "trainer.lr=-1e-3"], {}, "trainer.lr: expected a positive float"),
+     "trainer.minibatch_prompts: expected an integer in [1, 1048576], got -2"),
+    ("zero size", ["train", "-p", "tiny", "--set", "rollout.n=0"], {}, "rollout.n: expected an integer in [1, 1024], got 0"),
+    ("zero steps", ["train", "-p", "tiny", "--set", "trainer.steps=0"], {}, "trainer.steps: expected an integer in [1, "),
+    ("negative lr", ["train", "-p", "tiny", "--set", "trainer.lr=-1e-3"], {}, "trainer.lr: expected a float in (0, 1], got -0.001"),
     ("gbs not divisible by mbs", ["train", "-p", "tiny", "--set", "trainer.rollout_batch_prompts=5"], {},
      "5 is not divisible by trainer.minibatch_prompts=2"),
     ("unknown objective", ["train", "-p", "tiny", "--set", "algorithm.objective=magic"], {}, "unknown objective 'magic'"),
@@ -584,7 +584,7 @@ CLI_ERRORS = [  # (label, args, files to create first, fragment of the one-line 
     ("preset file: python object tag", ["train", "-p", "evil.yaml"], {"evil.yaml": MALICIOUS_YAML}, "evil.yaml: line"),
     ("--set: python object tag", ["train", "-p", "tiny", "--set", 'trainer.lr=!!python/object/apply:os.system ["touch PWNED"]'],
      {}, "trainer.lr: expected a float"),
-    ("inspect: missing dir", ["inspect", "no-such-dir"], {}, "no-such-dir: no such directory"),
+    ("inspect: missing dir", ["inspect", "no-such-dir"], {}, "no-such-dir: no such shard file or directory"),
 ]
 
 

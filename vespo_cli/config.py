@@ -226,7 +226,13 @@ _Loader.add_implicit_resolver(
 
 
 def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no python tags
+    """One YAML document through `_Loader`, a SafeLoader: no python tags (what yaml.safe_load does,
+    with the loader above)."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _read_yaml(path: Path) -> dict:
