@@ -248,9 +248,10 @@ def _plot_offpolicy(plt, records, objectives, colors, out: Path) -> dict:
     b.plot(k, _series(records, objectives[0], "ess_w")[1], color="black", linestyle="--", label="W (all)")
     for o in objectives:
         b.plot(*_series(records, o, "ess"), marker="o", color=colors[o], label=o)
-        frac = "suppressed_frac" if any(r.get("suppressed_frac") is not None for r in records if r["objective"] == o) \
-            else "clip_frac"
-        c.plot(*_series(records, o, frac), marker="o", color=colors[o], label=f"{o} ({frac.split('_')[0]})")
+        frac = next((key for key in ("suppressed_frac", "clip_frac")
+                     if any(r.get(key) is not None for r in records if r["objective"] == o)), None)
+        if frac is not None:  # SAPO neither clips nor suppresses
+            c.plot(*_series(records, o, frac), marker="o", color=colors[o], label=f"{o} ({frac.split('_')[0]})")
         d.plot(*_series(records, o, "norm_ratio"), marker="o", color=colors[o], label=o)
     b.set_ylabel("ESS / n of sequence weights")
     c.set_ylabel("suppressed (seq) / clipped (token) fraction")
