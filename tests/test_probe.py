@@ -227,7 +227,7 @@ def test_reading_names_where_an_objective_falls_below_the_noise_floor():
     (["--prompts", "1"], "error: --prompts 1: expected at least 2 prompt groups"),
     (["--blocks", "0"], "error: --blocks 0: expected at least 1"),
     (["--bootstrap", "10"], "error: --bootstrap 10: expected at least 100"),
-    (["--reward", "length"], "error: --reward length: expected one of grader, even-tokens"),
+    (["--reward", "length"], "error: --reward length: expected one of auto, grader, even-tokens"),
     (["--shards", "nowhere"], "error: --shards nowhere: no such directory"),
     (["--run", "nowhere"], "error: --run nowhere: not a run directory"),
     (["--algo", "nosuch"], "error: "),
@@ -245,9 +245,10 @@ def test_bad_inputs_give_one_line_errors(tmp_path, monkeypatch, args, message):
 @pytest.mark.slow
 def test_quick_probe_on_tiny_end_to_end(tmp_path):
     """`vespo probe --preset tiny --quick`: every objective at every K with finite figures; at K = 0
-    no drift and every objective's stale gradient is the same one (all reduce to REINFORCE)."""
+    no drift and every objective's stale gradient is the same one (all reduce to REINFORCE). The
+    random tiny model earns no reward from the grader, so `--reward auto` probes with even-tokens."""
     out = tmp_path / "probe"
-    result = CliRunner().invoke(app, ["probe", "--preset", "tiny", "--quick", "--reward", "even-tokens",
+    result = CliRunner().invoke(app, ["probe", "--preset", "tiny", "--quick",
                                       "--algo", "grpo", "--algo", "gspo", "--algo", "sapo", "--algo", "cispo",
                                       "--algo", "vespo", "--algo", "topr", "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -264,13 +265,14 @@ def test_quick_probe_on_tiny_end_to_end(tmp_path):
     for name in ("report.md", "settings.json", "fidelity.png", "drift.png", "offpolicy.png"):
         assert (out / name).stat().st_size > 0
     assert "## Reading" in (out / "report.md").read_text()
+    assert json.loads((out / "settings.json").read_text())["reward"] == "even-tokens"
 
 
 @pytest.mark.slow
 def test_grader_without_reward_variance_is_a_one_line_error(tmp_path):
     """The tiny preset's random model never solves a problem: with the grader every gradient is 0."""
-    result = CliRunner().invoke(app, ["probe", "--preset", "tiny", "--quick", "--out", str(tmp_path / "p")],
-                                env={"COLUMNS": "300"})
+    result = CliRunner().invoke(app, ["probe", "--preset", "tiny", "--quick", "--reward", "grader", "--out",
+                                      str(tmp_path / "p")], env={"COLUMNS": "300"})
     assert result.exit_code == 2, result.output
     err = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # after the model-loading bar
     assert len(err) == 1 and err[0].startswith("error: --reward grader: no prompt group"), result.stderr

@@ -191,7 +191,7 @@ def probe(
     run: Optional[Path] = typer.Option(None, "--run", help="θ_K from this run's checkpoints/step-K instead of K on-policy steps."),
     blocks: int = typer.Option(2, "--blocks", help="Gradients of the last N decoder blocks + final norm."),
     bootstrap: Optional[int] = typer.Option(None, "--bootstrap", help="Bootstrap resamples of prompt groups (default 1000)."),
-    reward: str = typer.Option("grader", "--reward", help="grader (the preset's) or even-tokens (synthetic)."),
+    reward: str = typer.Option("auto", "--reward", help="auto (the preset's grader, else even-tokens where it gives every sample the same reward), grader, or even-tokens (synthetic)."),
     quick: bool = typer.Option(False, "--quick", help="Small sizes: 4 prompts, K in 0 1 2 4, 200 resamples."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: runs/probe-<preset>)."),
 ):

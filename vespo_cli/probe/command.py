@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -31,7 +32,7 @@ DEFAULT_STALENESS = (0, 1, 4, 16, 64)
 QUICK_STALENESS = (0, 1, 2, 4)
 DEFAULTS = {"prompts": 16, "bootstrap": 1000}
 QUICK = {"prompts": 4, "bootstrap": 200}
-REWARDS = ("grader", "even-tokens")
+REWARDS = ("auto", "grader", "even-tokens")  # auto: the grader, else even-tokens where it gives no signal
 SKETCH_DELTA = 0.05  # the stated sketch error is the bound at this failure probability, per pair
 PG = "pg"
 
@@ -199,6 +200,8 @@ def _measure(cfg, objectives: dict, ks: list[int], prompts: int, shards: Optiona
     model = load_model(base_path, cfg.model.dtype, cfg.model.trust_remote_code)
     model.config.use_cache = False
     out.mkdir(parents=True, exist_ok=True)
+    auto = reward == "auto"
+    reward = settings["reward"] = "grader" if auto else reward
     holder: dict = {}
     sampler = _make_sampler(cfg, out, model, tokenizer, None, base_path, holder)
     seed, tau = cfg.trainer.seed * 1_000_003, cfg.rollout.temperature
@@ -209,6 +212,16 @@ def _measure(cfg, objectives: dict, ks: list[int], prompts: int, shards: Optiona
         else:
             problems = prompt_chunk(cfg, 0, prompts)
             stale = _sample(sampler, problems, out / "behaviour" / shard_name(0, "behaviour", 0), 0, seed, reward)
+        if not any(stale.informative) and auto:  # e.g. the tiny random model: no gradient signal to probe
+            reward = settings["reward"] = "even-tokens"
+            settings["reward_note"] = "auto: the grader gave no prompt group differing rewards"
+            print("note: the grader gives every sample the same reward (every gradient 0); "
+                  "probing with the synthetic --reward even-tokens instead", file=sys.stderr)
+            if shards is not None:
+                stale, problems = _shard_batch(cfg, tokenizer, Path(shards), prompts, reward)
+            else:
+                even_token_reward(out / "behaviour" / shard_name(0, "behaviour", 0))
+                stale = batch_of(rows_from_table(read_shard(out / "behaviour" / shard_name(0, "behaviour", 0))))
         if not any(stale.informative):
             raise UserError(f"--reward {reward}: no prompt group of the behaviour data has differing rewards, so every "
                             f"gradient is 0 (a model that never solves a problem); try --reward even-tokens")
