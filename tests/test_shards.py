@@ -411,7 +411,7 @@ def test_summarize_empty_and_missing(tmp_path):
     s = summarize(tmp_path)
     assert s["rows"] == 0 and s["shards"] == 0 and math.isnan(s["reward_mean"])
     assert s["staleness_vs_newest"] == {}
-    with pytest.raises(UserError, match="no such directory"):
+    with pytest.raises(UserError, match="nope: no such shard file or directory"):
         summarize(tmp_path / "nope")
 
 

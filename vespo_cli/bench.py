@@ -431,8 +431,8 @@ def worker_vespo(argv: list[str], quick: bool) -> None:
     inner = loop.sync_batches
     t_start = time.perf_counter()
 
-    def paced(cfg_, run_dir_, state, sampler):
-        batches = inner(cfg_, run_dir_, state, sampler)
+    def paced(cfg_, run_dir_, state, sampler, *rest):  # rest: sync_batches' other arguments, passed through
+        batches = inner(cfg_, run_dir_, state, sampler, *rest)
         send({"setup_s": time.perf_counter() - t_start, "threads": _threads()})
         prev = None
         while True:
