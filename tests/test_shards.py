@@ -457,3 +457,11 @@ def test_jsonl_survives_a_torn_line(tmp_path):
     with open(p, "a") as f:
         f.write("12")  # a torn line that still parses as JSON
     assert fsio.read_jsonl(p) == [{"step": 1}, {"step": 2}]
+
+
+def test_reward_failure_counts():
+    from vespo_cli.shards import reward_failure_counts
+
+    assert reward_failure_counts([None, "timeout", "TypeError", None, "timeout", "WorkerCrashed"]) == \
+        {"reward_errors": 2, "reward_timeouts": 2}
+    assert reward_failure_counts([]) == {"reward_errors": 0, "reward_timeouts": 0}

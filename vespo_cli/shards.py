@@ -260,6 +260,13 @@ def validate(table: pa.Table, path: str | os.PathLike, vocab_size: int | None = 
         raise bad("temperature must be > 0 and top_p in (0, 1]")
 
 
+def reward_failure_counts(reward_errors) -> dict[str, int]:
+    """`reward_errors` (the grader raised) and `reward_timeouts` among values of the `reward_error`
+    column (null: scored; "timeout"; else the exception type)."""
+    errs = [e for e in reward_errors if e]
+    return {"reward_errors": sum(1 for e in errs if e != "timeout"), "reward_timeouts": errs.count("timeout")}
+
+
 def list_shards(directory: str | os.PathLike) -> list[Path]:
     """Complete shards in `directory`, oldest first (temporary and hidden files are ignored)."""
     d = Path(directory)
@@ -302,7 +309,7 @@ def summarize(directory: str | os.PathLike) -> dict:
     finish: Counter = Counter()
     rows = 0
     reward_sum = correct_sum = resp_tokens = 0.0
-    reward_failures: Counter = Counter()
+    reward_errors: list = []
     bad: list[str] = []
     for f in files:
         try:
@@ -314,7 +321,7 @@ def summarize(directory: str | os.PathLike) -> dict:
         versions.update(t.column("policy_version").to_pylist())
         engines.update(f"{e}/{d}" for e, d in zip(t.column("engine").to_pylist(), t.column("engine_dtype").to_pylist()))
         finish.update(t.column("finish_reason").to_pylist())
-        reward_failures.update(e for e in t.column("reward_error").to_pylist() if e)
+        reward_errors += t.column("reward_error").to_pylist()
         reward_sum += float(pc.sum(t.column("reward")).as_py())
         correct_sum += float(pc.sum(pc.cast(t.column("correct"), pa.int64())).as_py() or 0)
         resp_tokens += float(pc.sum(pc.list_value_length(t.column("response_token_ids"))).as_py() or 0)
@@ -334,6 +341,5 @@ def summarize(directory: str | os.PathLike) -> dict:
         "mean_response_tokens": resp_tokens / rows if rows else math.nan,
         "engines": dict(engines),
         "finish_reasons": dict(finish),
-        "reward_errors": sum(n for e, n in reward_failures.items() if e != "timeout"),
-        "reward_timeouts": reward_failures.get("timeout", 0),
+        **reward_failure_counts(reward_errors),
     }

@@ -12,6 +12,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..shards import reward_failure_counts
+
 
 @dataclass
 class Rows:
@@ -60,9 +62,7 @@ def rows_from_table(table: pa.Table) -> Rows:
 
 def reward_failures(rows: Rows, idx: list[int]) -> dict[str, int]:
     """`reward_errors` (the grader raised) and `reward_timeouts` among rows `idx`."""
-    errs = [rows.reward_errors[i] for i in idx] if rows.reward_errors is not None else []
-    return {"reward_errors": sum(1 for e in errs if e and e != "timeout"),
-            "reward_timeouts": sum(1 for e in errs if e == "timeout")}
+    return reward_failure_counts([rows.reward_errors[i] for i in idx] if rows.reward_errors is not None else [])
 
 
 def split_minibatches(group_ids: list[str], num_minibatches: int, generator: torch.Generator) -> list[list[int]]:
