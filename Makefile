@@ -17,7 +17,7 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -39,8 +39,12 @@ demo: setup
 	$(VENV)/bin/vespo compare runs/demo --out runs/demo/report
 	@echo "demo run: runs/demo (metrics.jsonl, rollouts/, checkpoints/); report: runs/demo/report/report.md"
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

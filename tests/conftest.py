@@ -1,11 +1,11 @@
 """Shared fixtures. Built models are cached under $VESPO_CACHE/models (default ~/.cache/vespo/models),
 so only the first run pays for building them (tiny: ~10 s; smollm2-135m conversion: ~30 s)."""
-from __future__ import annotations
 
-from pathlib import Path
+from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -46,8 +46,11 @@ def chat_prompts(tokenizer) -> list[list[int]]:
     """Three chat-templated prompts of different lengths, as token ids."""
     questions = ["What is 2 + 3?", "hi", "Tom has 7 apples and eats 2. How many are left? Think step by step."]
     return [
-        list(tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                           return_dict=True)["input_ids"])
+        list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": q}], add_generation_prompt=True, return_dict=True
+            )["input_ids"]
+        )
         for q in questions
     ]
 

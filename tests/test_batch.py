@@ -1,5 +1,6 @@
 """train/batch.py: the microbatch planner covers every row once, keeps the token budget, and pads
 no more than any other contiguous cut of the length-sorted rows (brute force on small cases)."""
+
 from __future__ import annotations
 
 import itertools
@@ -13,8 +14,16 @@ from vespo_cli.train.batch import MICROBATCH_OVERHEAD_TOKENS, Rows, plan_microba
 
 def rows_of(lengths: list[int]) -> Rows:
     n = len(lengths)
-    return Rows([[1]] * n, [[2] * (L - 1) for L in lengths], [None] * n, torch.zeros(n),
-                torch.zeros(n, dtype=torch.bool), [str(i) for i in range(n)], torch.zeros(n, dtype=torch.long), ["s"] * n)
+    return Rows(
+        [[1]] * n,
+        [[2] * (L - 1) for L in lengths],
+        [None] * n,
+        torch.zeros(n),
+        torch.zeros(n, dtype=torch.bool),
+        [str(i) for i in range(n)],
+        torch.zeros(n, dtype=torch.long),
+        ["s"] * n,
+    )
 
 
 def cost(plan, lengths):

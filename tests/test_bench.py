@@ -1,4 +1,5 @@
 """`vespo bench`: FLOP accounting, the RSS sampler, and a smoke run of the whole suite (--quick)."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,15 @@ def test_model_shape_counts_tied_embeddings_once():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     for tie in (True, False):
-        cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie)
+        cfg = LlamaConfig(
+            vocab_size=50,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=tie,
+        )
         torch.manual_seed(0)
         model = LlamaForCausalLM(cfg)
         shape = bench.model_shape(model)

@@ -1,4 +1,5 @@
 """The `vespo` command frame: help, presets, inspect, and user errors (exit 2, one line, nothing written)."""
+
 from __future__ import annotations
 
 import os
@@ -18,13 +19,24 @@ T0 = 1_700_000_000_000
 def shard(rows: int, version: int, rewards: list[float]) -> dict:
     """A valid shard as column lists (see tests/test_shards.py for the full contract)."""
     return {
-        "run_id": ["run"] * rows, "shard_id": [f"s{version}"] * rows, "policy_version": [version] * rows,
-        "engine": ["hf"] * rows, "engine_dtype": ["float32"] * rows, "temperature": [1.0] * rows,
-        "top_p": [1.0] * rows, "top_k": [-1] * rows, "prompt_id": [f"p{i // 2}" for i in range(rows)],
-        "group_id": [f"g{i // 2}" for i in range(rows)], "sample_idx": [i % 2 for i in range(rows)],
-        "prompt_token_ids": [[1, 2]] * rows, "response_token_ids": [[5, 6, 7]] * rows,
-        "rollout_logprobs": [[-0.5, -0.1, -2.0]] * rows, "reward": rewards, "correct": [r > 0 for r in rewards],
-        "finish_reason": ["stop"] * rows, "created_at": [T0] * rows,
+        "run_id": ["run"] * rows,
+        "shard_id": [f"s{version}"] * rows,
+        "policy_version": [version] * rows,
+        "engine": ["hf"] * rows,
+        "engine_dtype": ["float32"] * rows,
+        "temperature": [1.0] * rows,
+        "top_p": [1.0] * rows,
+        "top_k": [-1] * rows,
+        "prompt_id": [f"p{i // 2}" for i in range(rows)],
+        "group_id": [f"g{i // 2}" for i in range(rows)],
+        "sample_idx": [i % 2 for i in range(rows)],
+        "prompt_token_ids": [[1, 2]] * rows,
+        "response_token_ids": [[5, 6, 7]] * rows,
+        "rollout_logprobs": [[-0.5, -0.1, -2.0]] * rows,
+        "reward": rewards,
+        "correct": [r > 0 for r in rewards],
+        "finish_reason": ["stop"] * rows,
+        "created_at": [T0] * rows,
     }
 
 
@@ -74,7 +86,8 @@ def test_inspect(runner, shard_dir, which):
     assert result.exit_code == 0, result.output
     table = dict(
         (cell.strip() for cell in line.split("\u2502", 1))  # rich's column separator
-        for line in result.stdout.splitlines() if "\u2502" in line
+        for line in result.stdout.splitlines()
+        if "\u2502" in line
     )
     assert table["shards"] == "3"
     assert table["rows"] == "8"
@@ -90,8 +103,9 @@ def test_inspect_one_shard_file(runner, shard_dir):
     first = list_shards(shard_dir)[0]
     result = runner.invoke(app, ["inspect", str(first)], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
-    table = dict((cell.strip() for cell in line.split("\u2502", 1))
-                 for line in result.stdout.splitlines() if "\u2502" in line)
+    table = dict(
+        (cell.strip() for cell in line.split("\u2502", 1)) for line in result.stdout.splitlines() if "\u2502" in line
+    )
     assert table["shards"] == "1" and int(table["rows"]) == read_shard(first).num_rows
 
 
@@ -104,13 +118,20 @@ def test_inspect_reports_bad_shard_and_goes_on(runner, shard_dir):
     assert "rows" in result.stdout and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--preset", "nope"], "error: nope: unknown preset (known: "),
-    (["train", "-p", "tiny", "--set", "trainer.lr=fast"],
-     "error: --set trainer.lr=fast: trainer.lr: expected a float in (0, 1], got 'fast'"),
-    (["train", "-p", "tiny", "--set", "trainer.foo=1"],
-     "error: --set trainer.foo=1: trainer.foo: unknown key (expected one of: "),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--preset", "nope"], "error: nope: unknown preset (known: "),
+        (
+            ["train", "-p", "tiny", "--set", "trainer.lr=fast"],
+            "error: --set trainer.lr=fast: trainer.lr: expected a float in (0, 1], got 'fast'",
+        ),
+        (
+            ["train", "-p", "tiny", "--set", "trainer.foo=1"],
+            "error: --set trainer.foo=1: trainer.foo: unknown key (expected one of: ",
+        ),
+    ],
+)
 def test_user_errors_subprocess(tmp_path, args, message):
     result = vespo(*args, cwd=tmp_path)
     assert result.returncode == 2, (result.stdout, result.stderr)
@@ -121,22 +142,34 @@ def test_user_errors_subprocess(tmp_path, args, message):
     assert list(tmp_path.iterdir()) == []  # no runs/ (or anything else) written
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--set", "trainer.rollout_batch_prompts=3", "--set", "trainer.minibatch_prompts=2"],
-     "error: --set trainer.rollout_batch_prompts=3: trainer.rollout_batch_prompts: 3 is not divisible"),
-    (["train", "-p", "tiny", "--algo", "nope"], "error: nope: unknown algorithm preset"),
-    (["train", "-p", "tiny", "--set", "trainer.lr"], "error: --set trainer.lr: expected KEY=VALUE"),
-    (["train", "--resume", "nowhere"], "error: nowhere: not a vespo run directory (no config.yaml)"),
-    (["train", "--resume", "nowhere", "-p", "tiny"], "error: --resume: the run's own config.yaml is used"),
-    (["train", "--resume", "nowhere", "--set", "trainer.steps=9"],
-     "error: --resume: --set trainer.steps=9 is refused; a run resumes with its own config.yaml"),
-    (["rollout", "-p", "tiny", "--n", "0"],
-     "error: --set rollout.n=0: rollout.n: expected an integer in [1, 1024], got 0"),
-    (["eval", "aime24", "--engine", "tpu"], "error: --engine tpu: expected one of vllm, hf"),
-    (["train", "-p", "tiny", "--set", "trainer.seed=99999999999"],
-     "error: --set trainer.seed=99999999999: trainer.seed: expected an integer in [0, 2147483647], got 99999999999"),
-    (["inspect", "missing-dir"], "error: missing-dir: no such shard file or directory"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["train", "--set", "trainer.rollout_batch_prompts=3", "--set", "trainer.minibatch_prompts=2"],
+            "error: --set trainer.rollout_batch_prompts=3: trainer.rollout_batch_prompts: 3 is not divisible",
+        ),
+        (["train", "-p", "tiny", "--algo", "nope"], "error: nope: unknown algorithm preset"),
+        (["train", "-p", "tiny", "--set", "trainer.lr"], "error: --set trainer.lr: expected KEY=VALUE"),
+        (["train", "--resume", "nowhere"], "error: nowhere: not a vespo run directory (no config.yaml)"),
+        (["train", "--resume", "nowhere", "-p", "tiny"], "error: --resume: the run's own config.yaml is used"),
+        (
+            ["train", "--resume", "nowhere", "--set", "trainer.steps=9"],
+            "error: --resume: --set trainer.steps=9 is refused; a run resumes with its own config.yaml",
+        ),
+        (
+            ["rollout", "-p", "tiny", "--n", "0"],
+            "error: --set rollout.n=0: rollout.n: expected an integer in [1, 1024], got 0",
+        ),
+        (["eval", "aime24", "--engine", "tpu"], "error: --engine tpu: expected one of vllm, hf"),
+        (
+            ["train", "-p", "tiny", "--set", "trainer.seed=99999999999"],
+            "error: --set trainer.seed=99999999999: trainer.seed: "
+            "expected an integer in [0, 2147483647], got 99999999999",
+        ),
+        (["inspect", "missing-dir"], "error: missing-dir: no such shard file or directory"),
+    ],
+)
 def test_user_errors_in_process(runner, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, args, env={"COLUMNS": "300"})
@@ -165,6 +198,8 @@ def test_set_on_resume_is_refused(runner, tmp_path, monkeypatch):
     before = path.read_text()
     result = runner.invoke(app, ["train", "--resume", "run", "--set", "trainer.steps=9"], env={"COLUMNS": "300"})
     assert result.exit_code == 2, result.output
-    assert result.stderr.strip() == ("error: --resume: --set trainer.steps=9 is refused; a run resumes with its own "
-                                     "config.yaml (edit run/config.yaml to change a setting)")
+    assert result.stderr.strip() == (
+        "error: --resume: --set trainer.steps=9 is refused; a run resumes with its own "
+        "config.yaml (edit run/config.yaml to change a setting)"
+    )
     assert path.read_text() == before and sorted(p.name for p in path.parent.iterdir()) == ["config.yaml"]

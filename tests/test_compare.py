@@ -1,4 +1,5 @@
 """`vespo compare`: collapse detection, report generation, reuse/resume of runs, end to end on `tiny`."""
+
 from __future__ import annotations
 
 import json
@@ -125,8 +126,18 @@ def test_collapse_drop_within_sampling_noise_is_not_collapse():
 
 def test_summarize_run_numbers():
     rows = curve([0.0] * 10 + [1.0] * 10, ess=0.5, clip_frac=0.2, train_s=1.0, rollout_s=0.5)
-    rows.append({"kind": "eval", "step": 20, "benchmark": "aime24", "k": 4, "avg_at_k": 0.25, "pass_at_k": 0.5,
-                 "ci95_low": 0.1, "ci95_high": 0.4})
+    rows.append(
+        {
+            "kind": "eval",
+            "step": 20,
+            "benchmark": "aime24",
+            "k": 4,
+            "avg_at_k": 0.25,
+            "pass_at_k": 0.5,
+            "ci95_low": 0.1,
+            "ci95_high": 0.4,
+        }
+    )
     s = K.summarize_run(rows, total_steps=20)
     assert s["final_reward"] == 1.0 and s["best_reward"] == 1.0 and s["steps_done"] == 20
     assert s["ess_mean"] == 0.5 and s["weight_metric"] == "clip_frac" and s["weight_frac_mean"] == pytest.approx(0.2)
@@ -142,7 +153,10 @@ def test_summarize_run_numbers():
 def test_parse_algo_item(presets):
     assert K.parse_algo_item("vespo") == ("vespo", [], "vespo")
     assert K.parse_algo_item("vespo:length_norm=sqrt") == (
-        "vespo", ["algorithm.params.length_norm=sqrt"], "vespo+length_norm=sqrt")
+        "vespo",
+        ["algorithm.params.length_norm=sqrt"],
+        "vespo+length_norm=sqrt",
+    )
     name, ov, label = K.parse_algo_item("vespo:length_norm=linear,correction=tis,trainer.lr=1e-5")
     assert ov == ["algorithm.params.length_norm=linear", "algorithm.correction=tis", "trainer.lr=1e-5"]
     assert label == "vespo+length_norm=linear+correction=tis+trainer.lr=1e-5"
@@ -187,7 +201,7 @@ def test_t_interval_exact():
 
 
 def test_wilson_interval():
-    z2 = 1.959963984540054 ** 2
+    z2 = 1.959963984540054**2
     assert K.wilson_interval(0, 3) == {"mean": 0.0, "low": 0.0, "high": pytest.approx(z2 / (3 + z2)), "n": 3}
     full = K.wilson_interval(5, 5)
     assert full["high"] == 1.0 and full["low"] == pytest.approx(5 / (5 + z2))
@@ -202,39 +216,69 @@ def test_paired_difference_exact():
     d = K.difference(a, b)
     half = T975[2] * 0.1 / math.sqrt(3)
     assert (d["method"], d["n"], d["seeds"]) == ("paired", 3, [0, 1, 2])
-    assert (d["mean"], d["low"], d["high"]) == (pytest.approx(0.2), pytest.approx(0.2 - half), pytest.approx(0.2 + half))
+    assert (d["mean"], d["low"], d["high"]) == (
+        pytest.approx(0.2),
+        pytest.approx(0.2 - half),
+        pytest.approx(0.2 + half),
+    )
     # seeds that do not pair: Welch; equal n and variances give df = 2(n − 1) = 4
     w = K.difference({0: 1.0, 1: 2.0, 2: 3.0}, {3: 4.0, 4: 5.0, 5: 6.0})
     half = T975[4] * math.sqrt(2 / 3)
     assert (w["method"], w["n"]) == ("welch", [3, 3])
     assert (w["mean"], w["low"], w["high"]) == (pytest.approx(-3.0), pytest.approx(-3 - half), pytest.approx(-3 + half))
     assert K.difference({0: 1.0, 1: None}, {0: 0.5, 1: 0.5})["method"] == "welch"  # a seed without a value
-    assert K.difference({0: 1.0}, {0: 0.5}) == {"mean": 0.5, "low": None, "high": None, "n": 1, "method": "paired",
-                                               "seeds": [0]}
+    assert K.difference({0: 1.0}, {0: 0.5}) == {
+        "mean": 0.5,
+        "low": None,
+        "high": None,
+        "n": 1,
+        "method": "paired",
+        "seeds": [0],
+    }
     assert K.difference({}, {0: 0.5}) is None
 
 
 def group(label: str, n: int, finals: dict, best: dict | None = None, **algorithm) -> dict:
     """A group summary as write_report makes it, reduced to what the differences and the verdict read."""
     best = best or finals
-    return {"label": label, "staleness": n, "seeds": sorted(finals), "algorithm": algorithm or None,
-            "per_seed": [{"seed": s, "final_reward": finals[s], "best_reward": best[s]} for s in sorted(finals)]}
+    return {
+        "label": label,
+        "staleness": n,
+        "seeds": sorted(finals),
+        "algorithm": algorithm or None,
+        "per_seed": [{"seed": s, "final_reward": finals[s], "best_reward": best[s]} for s in sorted(finals)],
+    }
 
 
 def test_paired_differences_per_n():
-    groups = [group("vespo", 1, {0: 0.5, 1: 0.6}), group("grpo", 1, {0: 0.4, 1: 0.4}),
-              group("vespo", 8, {0: 0.5, 1: 0.7}), group("grpo", 8, {0: 0.2, 1: 0.3}), group("sapo", 4, {0: 0.1})]
+    groups = [
+        group("vespo", 1, {0: 0.5, 1: 0.6}),
+        group("grpo", 1, {0: 0.4, 1: 0.4}),
+        group("vespo", 8, {0: 0.5, 1: 0.7}),
+        group("grpo", 8, {0: 0.2, 1: 0.3}),
+        group("sapo", 4, {0: 0.1}),
+    ]
     diffs = K.paired_differences(groups)
     got = {(d["staleness"], d["baseline"], d["metric"]): d for d in diffs}
-    assert set(got) == {(n, "grpo", m) for n in (1, 8) for m in ("final_reward", "best_reward")}  # sapo: no vespo at N=4
+    assert set(got) == {
+        (n, "grpo", m) for n in (1, 8) for m in ("final_reward", "best_reward")
+    }  # sapo: no vespo at N=4
     d = got[(8, "grpo", "final_reward")]  # differences 0.3, 0.4: mean 0.35, s = 0.0707
     half = T975[1] * math.sqrt(0.005) / math.sqrt(2)
     assert (d["reference"], d["method"], d["n"]) == ("vespo", "paired", 2)
-    assert (d["mean"], d["low"], d["high"]) == (pytest.approx(0.35), pytest.approx(0.35 - half), pytest.approx(0.35 + half))
+    assert (d["mean"], d["low"], d["high"]) == (
+        pytest.approx(0.35),
+        pytest.approx(0.35 - half),
+        pytest.approx(0.35 + half),
+    )
 
 
-VESPO = {"name": "vespo", "objective": "vespo", "overrides": {},
-         "params": {"c1_pos": 2.0, "c2_pos": 3.0, "c1_neg": 3.0, "c2_neg": 2.0, "length_norm": "none"}}
+VESPO = {
+    "name": "vespo",
+    "objective": "vespo",
+    "overrides": {},
+    "params": {"c1_pos": 2.0, "c2_pos": 3.0, "c1_neg": 3.0, "c2_neg": 2.0, "length_norm": "none"},
+}
 
 
 def ablation(**params) -> dict:
@@ -247,25 +291,38 @@ def seeds(*values) -> dict:
 
 def test_verdict_rule_on_synthetic_summaries():
     groups = [
-        group("vespo", 1, seeds(0.50, 0.52, 0.48), **VESPO), group("vespo", 16, seeds(0.50, 0.51, 0.49), **VESPO),
-        group("sapo", 1, seeds(0.50, 0.52, 0.48)), group("sapo", 16, seeds(0.20, 0.23, 0.17)),
-        group("gspo", 1, seeds(0.5, 0.4, 0.6)), group("gspo", 16, seeds(0.6, 0.2, 0.45)),
+        group("vespo", 1, seeds(0.50, 0.52, 0.48), **VESPO),
+        group("vespo", 16, seeds(0.50, 0.51, 0.49), **VESPO),
+        group("sapo", 1, seeds(0.50, 0.52, 0.48)),
+        group("sapo", 16, seeds(0.20, 0.23, 0.17)),
+        group("gspo", 1, seeds(0.5, 0.4, 0.6)),
+        group("gspo", 16, seeds(0.6, 0.2, 0.45)),
         group("vespo+length_norm=sqrt", 16, seeds(0.30, 0.31, 0.29), **ablation(length_norm="sqrt")),
         group("vespo+c1_neg=2+c2_neg=3", 16, seeds(0.60, 0.61, 0.59), **ablation(c1_neg=2.0, c2_neg=3.0)),
         group("vespo+c1_neg=2.5", 16, seeds(0.1, 0.1, 0.1), **ablation(c1_neg=2.5)),  # not symmetric: no claim
     ]
     rows = K.paper_verdict(groups)
     got = {(r["claim"], r["comparison"]): r for r in rows}
-    assert [r["verdict"] for r in rows] == ["supported", "supported", "not resolved at this power", "supported",
-                                            "contradicted"]
+    assert [r["verdict"] for r in rows] == [
+        "supported",
+        "supported",
+        "not resolved at this power",
+        "supported",
+        "contradicted",
+    ]
     assert got[("VESPO stays stable as N grows", "vespo N=16 − vespo N=1")]["difference"]["mean"] == pytest.approx(0)
     assert got[("SAPO degrades as N grows", "sapo N=16 − sapo N=1")]["difference"]["high"] < -0.05
     assert ("length normalisation hurts", "vespo − vespo+length_norm=sqrt at N=16") in got
     assert got[("asymmetric c helps", "vespo − vespo+c1_neg=2+c2_neg=3 at N=16")]["difference"]["high"] < 0
     # VESPO dropping by more than the margin contradicts claim 1; SAPO within the margin contradicts claim 2
-    rows = K.paper_verdict([group("vespo", 1, seeds(0.5, 0.52, 0.48), **VESPO),
-                            group("vespo", 8, seeds(0.2, 0.22, 0.18), **VESPO),
-                            group("sapo", 1, seeds(0.5, 0.52, 0.48)), group("sapo", 8, seeds(0.5, 0.51, 0.49))])
+    rows = K.paper_verdict(
+        [
+            group("vespo", 1, seeds(0.5, 0.52, 0.48), **VESPO),
+            group("vespo", 8, seeds(0.2, 0.22, 0.18), **VESPO),
+            group("sapo", 1, seeds(0.5, 0.52, 0.48)),
+            group("sapo", 8, seeds(0.5, 0.51, 0.49)),
+        ]
+    )
     assert [r["verdict"] for r in rows] == ["contradicted", "contradicted", "no data", "no data", "no data"]
     # one seed: a difference without an interval decides nothing
     one = K.paper_verdict([group("vespo", 1, {0: 0.5}, **VESPO), group("vespo", 8, {0: 0.1}, **VESPO)])
@@ -303,8 +360,9 @@ def write_run(run_dir: Path, algo: str, rows: list[dict], *, torn: bool = False,
     return run_dir
 
 
-def synthetic(algo: str, n: int = 40, collapse_at: int | None = None, seed: int = 0, evals: bool = True,
-              full: bool = True) -> list[dict]:
+def synthetic(
+    algo: str, n: int = 40, collapse_at: int | None = None, seed: int = 0, evals: bool = True, full: bool = True
+) -> list[dict]:
     rng = np.random.default_rng(seed)
     rows = []
     for step in range(1, n + 1):
@@ -313,13 +371,31 @@ def synthetic(algo: str, n: int = 40, collapse_at: int | None = None, seed: int 
             r = 0.02
         row = rec(step, r, response_length=20 + step, objective=algo, train_s=0.1, rollout_s=0.2)
         if full:
-            row.update(entropy=1.0 - step / 100, lr=1e-3, staleness=0.5, log_w_mean=-0.01 * step,
-                       log_w_max=0.02 * step, ess=0.9, delta_abs_mean=0.01, mismatch_kl=0.001)
+            row.update(
+                entropy=1.0 - step / 100,
+                lr=1e-3,
+                staleness=0.5,
+                log_w_mean=-0.01 * step,
+                log_w_max=0.02 * step,
+                ess=0.9,
+                delta_abs_mean=0.01,
+                mismatch_kl=0.001,
+            )
             row.update({"suppressed_frac": 0.05} if algo == "vespo" else {"clip_frac": 0.1})
         rows.append(row)
         if evals and step % 20 == 0:
-            rows.append({"kind": "eval", "step": step, "benchmark": "aime24", "k": 4, "avg_at_k": r / 2,
-                         "pass_at_k": r, "ci95_low": r / 2 - 0.05, "ci95_high": r / 2 + 0.05})
+            rows.append(
+                {
+                    "kind": "eval",
+                    "step": step,
+                    "benchmark": "aime24",
+                    "k": 4,
+                    "avg_at_k": r / 2,
+                    "pass_at_k": r,
+                    "ci95_low": r / 2 - 0.05,
+                    "ci95_high": r / 2 + 0.05,
+                }
+            )
     return rows
 
 
@@ -359,7 +435,8 @@ def test_report_from_two_run_dirs(presets, tmp_path):
     assert groups["grpo"]["weight_metric"] == "clip_frac"
     assert groups["grpo"]["final_reward"] == {"mean": pytest.approx(0.02), "low": None, "high": None, "n": 1}
     assert groups["vespo"]["eval"]["aime24"]["avg_at_k"]["mean"] == pytest.approx(
-        [r for r in synthetic("vespo") if r["kind"] == "eval"][-1]["avg_at_k"])
+        [r for r in synthetic("vespo") if r["kind"] == "eval"][-1]["avg_at_k"]
+    )
     runs = {r["label"]: r for r in summary["runs"]}
     assert runs["vespo"]["steps_done"] == 40  # the torn last line is ignored
 
@@ -369,9 +446,14 @@ def test_report_seeds_staleness_missing_keys(presets, tmp_path):
     for algo in ("vespo", "grpo"):
         for n in (1, 2):
             for seed in (0, 1):
-                write_run(root / "runs" / f"{algo}-N{n}-s{seed}", algo,
-                          synthetic(algo, n=30, seed=seed, evals=False, full=(algo == "vespo")),
-                          trainer__staleness=n, trainer__seed=seed, trainer__steps=30)
+                write_run(
+                    root / "runs" / f"{algo}-N{n}-s{seed}",
+                    algo,
+                    synthetic(algo, n=30, seed=seed, evals=False, full=(algo == "vespo")),
+                    trainer__staleness=n,
+                    trainer__seed=seed,
+                    trainer__steps=30,
+                )
     # a compare output directory stands for all of its runs
     report = K.compare_command([str(root)], out=tmp_path / "rep")
     refs = assert_pngs(report)
@@ -425,20 +507,32 @@ def test_compare_cli_reports_and_rejects(presets, tmp_path):
 
 def test_labels_from_the_algorithm_section(presets, tmp_path):
     rows = synthetic("vespo", n=5, evals=False)
-    specs = {name: K.existing_run(write_run(tmp_path / name, algo, rows, **over)) for name, algo, over in [
-        ("demo", "vespo", {}), ("ln", "vespo", {"algorithm__params__length_norm": "sqrt"}),
-        ("sym", "vespo", {"algorithm__params__c1_neg": 2, "algorithm__params__c2_neg": 3}),
-        ("d", "dapo", {}), ("g", "grpo", {"algorithm__correction": "tis"}),
-        ("vespo+length_norm=linear-N4-s1", "vespo", {})]}  # a compare-named directory keeps its label
+    specs = {
+        name: K.existing_run(write_run(tmp_path / name, algo, rows, **over))
+        for name, algo, over in [
+            ("demo", "vespo", {}),
+            ("ln", "vespo", {"algorithm__params__length_norm": "sqrt"}),
+            ("sym", "vespo", {"algorithm__params__c1_neg": 2, "algorithm__params__c2_neg": 3}),
+            ("d", "dapo", {}),
+            ("g", "grpo", {"algorithm__correction": "tis"}),
+            ("vespo+length_norm=linear-N4-s1", "vespo", {}),
+        ]
+    }  # a compare-named directory keeps its label
     assert {k: s.label for k, s in specs.items()} == {
-        "demo": "vespo", "ln": "vespo+length_norm=sqrt", "sym": "vespo+c1_neg=2+c2_neg=3", "d": "dapo",
-        "g": "grpo+correction=tis", "vespo+length_norm=linear-N4-s1": "vespo+length_norm=linear"}
+        "demo": "vespo",
+        "ln": "vespo+length_norm=sqrt",
+        "sym": "vespo+c1_neg=2+c2_neg=3",
+        "d": "dapo",
+        "g": "grpo+correction=tis",
+        "vespo+length_norm=linear-N4-s1": "vespo+length_norm=linear",
+    }
     assert specs["sym"].algorithm["params"]["c1_neg"] == 2 and specs["sym"].algorithm["name"] == "vespo"
     # the tiny preset's own algorithm section (objective vespo, no params) is plain vespo
     assert K.describe_algorithm({"objective": "vespo", "params": {}})["label"] == "vespo"
     # a recorded preset name wins over the closest preset (grpo has dual_clip 3)
     assert K.describe_algorithm({"name": "dapo", "objective": "grpo", "params": {"dual_clip": 3.0}})["label"] == (
-        "dapo+dual_clip=3")
+        "dapo+dual_clip=3"
+    )
     assert K.describe_algorithm({"objective": "grpo", "params": {"dual_clip": 3.0}})["label"] == "grpo"
 
 
@@ -452,12 +546,19 @@ def test_same_label_runs_are_told_apart(presets, tmp_path):
     # two compare directories: their runs keep grouping by seed, told apart by the compare directory
     for cmp in ("c1", "c2"):
         for seed in (0, 1):
-            write_run(tmp_path / cmp / "runs" / f"vespo-N2-s{seed}", "vespo", rows, trainer__seed=seed,
-                      trainer__lr=0.5 if cmp == "c2" else 0.001)
+            write_run(
+                tmp_path / cmp / "runs" / f"vespo-N2-s{seed}",
+                "vespo",
+                rows,
+                trainer__seed=seed,
+                trainer__lr=0.5 if cmp == "c2" else 0.001,
+            )
     K.compare_command([str(tmp_path / "c1"), str(tmp_path / "c2")], out=tmp_path / "rep2")
     summary = json.loads((tmp_path / "rep2" / "summary.json").read_text())
     assert sorted((g["label"], tuple(g["seeds"])) for g in summary["groups"]) == [
-        ("vespo (c1)", (0, 1)), ("vespo (c2)", (0, 1))]
+        ("vespo (c1)", (0, 1)),
+        ("vespo (c2)", (0, 1)),
+    ]
 
 
 def test_x_axis_samples(presets, tmp_path):
@@ -529,11 +630,19 @@ def test_compare_grid_variants_and_replay(presets, tmp_path, fake_train):
     out = tmp_path / "cmp"
     replay = tmp_path / "shards"
     replay.mkdir()
-    K.compare_command(["vespo", "vespo:length_norm=sqrt"], preset="tiny", overrides=["trainer.steps=2"],
-                      staleness=[1, 4], seeds=2, replay=replay, out=out)
+    K.compare_command(
+        ["vespo", "vespo:length_norm=sqrt"],
+        preset="tiny",
+        overrides=["trainer.steps=2"],
+        staleness=[1, 4],
+        seeds=2,
+        replay=replay,
+        out=out,
+    )
     got = {c["dir"]: c["cfg"] for c in fake_train.calls}
-    assert sorted(got) == sorted(f"{a}-N{n}-s{s}" for a in ("vespo", "vespo+length_norm=sqrt")
-                                 for n in (1, 4) for s in (0, 1))
+    assert sorted(got) == sorted(
+        f"{a}-N{n}-s{s}" for a in ("vespo", "vespo+length_norm=sqrt") for n in (1, 4) for s in (0, 1)
+    )
     for name, cfg in got.items():
         n, s = re.search(r"-N(\d+)-s(\d+)$", name).groups()
         assert (cfg.trainer.staleness, cfg.trainer.seed, cfg.trainer.steps) == (int(n), int(s), 2)
@@ -589,10 +698,12 @@ def test_compare_end_to_end_tiny(presets, tmp_path, monkeypatch):
 def test_compare_async_grid(presets, tmp_path, fake_train):
     """`--async`: every run trains with async workers and is labelled <algo>+async; not with --replay."""
     out = tmp_path / "cmp"
-    K.compare_command(["grpo", "vespo"], preset="tiny", overrides=["trainer.steps=2"], staleness=[1], seeds=2,
-                      out=out, async_=True)
+    K.compare_command(
+        ["grpo", "vespo"], preset="tiny", overrides=["trainer.steps=2"], staleness=[1], seeds=2, out=out, async_=True
+    )
     assert sorted((c["dir"], c["async"]) for c in fake_train.calls) == sorted(
-        (f"{a}+async-N1-s{s}", True) for a in ("grpo", "vespo") for s in (0, 1))
+        (f"{a}+async-N1-s{s}", True) for a in ("grpo", "vespo") for s in (0, 1)
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert {g["label"] for g in summary["groups"]} == {"grpo+async", "vespo+async"}
     with pytest.raises(UserError, match="--replay and --async"):
@@ -600,14 +711,20 @@ def test_compare_async_grid(presets, tmp_path, fake_train):
 
 
 def test_last_minibatch_drift_takes_each_rollout_batch_s_last_minibatch():
-    rows = [rec(1, 0.1, iteration=0, minibatch=0, delta_abs_mean=0.0, log_w_std=0.0, w_ess=1.0),
-            rec(2, 0.1, iteration=0, minibatch=1, delta_abs_mean=0.2, log_w_std=1.0, w_ess=0.4),
-            rec(3, 0.1, iteration=1, minibatch=0, delta_abs_mean=0.0, log_w_std=0.0, w_ess=1.0),
-            rec(4, 0.1, iteration=1, minibatch=1, delta_abs_mean=0.4, log_w_std=2.0, w_ess=0.2)]
+    rows = [
+        rec(1, 0.1, iteration=0, minibatch=0, delta_abs_mean=0.0, log_w_std=0.0, w_ess=1.0),
+        rec(2, 0.1, iteration=0, minibatch=1, delta_abs_mean=0.2, log_w_std=1.0, w_ess=0.4),
+        rec(3, 0.1, iteration=1, minibatch=0, delta_abs_mean=0.0, log_w_std=0.0, w_ess=1.0),
+        rec(4, 0.1, iteration=1, minibatch=1, delta_abs_mean=0.4, log_w_std=2.0, w_ess=0.2),
+    ]
     got = K.analysis.last_minibatch_drift(rows)
     assert got == pytest.approx({"delta_abs_mean": 0.3, "log_w_std": 1.5, "w_ess": 0.3, "w_ess_min": 0.2})
-    assert K.analysis.last_minibatch_drift([]) == {"delta_abs_mean": None, "log_w_std": None, "w_ess": None,
-                                                   "w_ess_min": None}
+    assert K.analysis.last_minibatch_drift([]) == {
+        "delta_abs_mean": None,
+        "log_w_std": None,
+        "w_ess": None,
+        "w_ess_min": None,
+    }
 
 
 def test_final_eval_is_the_verdict_metric_when_every_run_has_one():

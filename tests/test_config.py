@@ -1,4 +1,5 @@
 """Typed config: `extends:` chains, algorithm presets, `--set` overrides, one-line UserErrors, ranges, saving."""
+
 from __future__ import annotations
 
 import textwrap
@@ -50,21 +51,30 @@ def user_error(fn, *args, **kwargs) -> str:
 
 
 def test_extends_multi_level_by_name_and_relative_path(presets):
-    presets("base.yaml", """
+    presets(
+        "base.yaml",
+        """
         description: the base
         trainer: {lr: 1.0e-3, steps: 9, weight_decay: 0.5}
         rollout: {n: 2, temperature: 0.7}
-    """)
-    presets("mid.yaml", """
+    """,
+    )
+    presets(
+        "mid.yaml",
+        """
         extends: base
         rollout: {n: 3}
         trainer: {steps: 5}
-    """)
-    leaf = presets("sub/leaf.yaml", """
+    """,
+    )
+    leaf = presets(
+        "sub/leaf.yaml",
+        """
         extends: ../mid.yaml
         description: the leaf
         trainer: {lr: 2.0e-3}
-    """)
+    """,
+    )
     cfg = load_config(str(leaf))
     assert cfg.description == "the leaf"
     assert cfg.trainer.lr == 2e-3  # leaf
@@ -179,24 +189,28 @@ def test_unknown_objective_and_param(presets):
 
 
 def test_set_overrides_types():
-    cfg = load_config(None, None, [
-        "trainer.lr=1e-6",  # YAML 1.1 reads this as a string
-        "trainer.weight_decay=3",  # int where a float is expected is fine
-        "trainer.betas=[0.8, 0.95]",
-        "trainer.steps=7",
-        "data.shuffle=false",
-        "model.trust_remote_code=true",
-        "rollout.engine=hf",
-        "algorithm.correction=tis",
-        "eval.k=4",
-        "eval.k=null",
-        "eval.limit=5",
-        "eval.benchmarks=[aime24, math500]",
-        "data.train=gsm8k",
-        "data.template={problem}",  # a string, not the YAML mapping {problem: null}
-        "description=",
-        "algorithm.params={c1_pos: 1.5}",
-    ])
+    cfg = load_config(
+        None,
+        None,
+        [
+            "trainer.lr=1e-6",  # YAML 1.1 reads this as a string
+            "trainer.weight_decay=3",  # int where a float is expected is fine
+            "trainer.betas=[0.8, 0.95]",
+            "trainer.steps=7",
+            "data.shuffle=false",
+            "model.trust_remote_code=true",
+            "rollout.engine=hf",
+            "algorithm.correction=tis",
+            "eval.k=4",
+            "eval.k=null",
+            "eval.limit=5",
+            "eval.benchmarks=[aime24, math500]",
+            "data.train=gsm8k",
+            "data.template={problem}",  # a string, not the YAML mapping {problem: null}
+            "description=",
+            "algorithm.params={c1_pos: 1.5}",
+        ],
+    )
     assert cfg.trainer.lr == 1e-6 and isinstance(cfg.trainer.lr, float)
     assert cfg.trainer.weight_decay == 3.0 and isinstance(cfg.trainer.weight_decay, float)
     assert cfg.trainer.betas == [0.8, 0.95]
@@ -226,23 +240,33 @@ LR = "a float in (0, 1]"
 STEPS = "an integer in [1, 1000000000]"
 
 
-@pytest.mark.parametrize("item, expected", [
-    ("trainer.lr=fast", f"--set trainer.lr=fast: trainer.lr: expected {LR}, got 'fast'"),
-    ("trainer.lr=true", f"--set trainer.lr=true: trainer.lr: expected {LR}, got True"),
-    ("trainer.steps=1.5", f"--set trainer.steps=1.5: trainer.steps: expected {STEPS}, got 1.5"),
-    ("trainer.steps=true", f"--set trainer.steps=true: trainer.steps: expected {STEPS}, got True"),
-    ("trainer.steps=ten", f"--set trainer.steps=ten: trainer.steps: expected {STEPS}, got 'ten'"),
-    ("data.shuffle=1", "--set data.shuffle=1: data.shuffle: expected true or false, got 1"),
-    ("rollout.engine=tpu", "--set rollout.engine=tpu: rollout.engine: expected one of 'vllm', 'hf', got 'tpu'"),
-    ("algorithm.correction=x", "--set algorithm.correction=x: algorithm.correction: "
-                               "expected one of 'tis', 'mis' (or null), got 'x'"),
-    ("trainer.betas=0.9",
-     "--set trainer.betas=0.9: trainer.betas: expected a list of 2 items, each a float in [0, 1), got 0.9"),
-    ("trainer.betas=[0.9, x]", "--set trainer.betas=[0.9, x]: trainer.betas[1]: expected a float in [0, 1), got 'x'"),
-    ("eval.k=many", "--set eval.k=many: eval.k: expected an integer in [1, 65536] (or null), got 'many'"),
-    ("trainer=3", "--set trainer=3: trainer: expected a mapping, got 3"),
-    ("algorithm.params=3", "--set algorithm.params=3: algorithm.params: expected a mapping, got 3"),
-])
+@pytest.mark.parametrize(
+    "item, expected",
+    [
+        ("trainer.lr=fast", f"--set trainer.lr=fast: trainer.lr: expected {LR}, got 'fast'"),
+        ("trainer.lr=true", f"--set trainer.lr=true: trainer.lr: expected {LR}, got True"),
+        ("trainer.steps=1.5", f"--set trainer.steps=1.5: trainer.steps: expected {STEPS}, got 1.5"),
+        ("trainer.steps=true", f"--set trainer.steps=true: trainer.steps: expected {STEPS}, got True"),
+        ("trainer.steps=ten", f"--set trainer.steps=ten: trainer.steps: expected {STEPS}, got 'ten'"),
+        ("data.shuffle=1", "--set data.shuffle=1: data.shuffle: expected true or false, got 1"),
+        ("rollout.engine=tpu", "--set rollout.engine=tpu: rollout.engine: expected one of 'vllm', 'hf', got 'tpu'"),
+        (
+            "algorithm.correction=x",
+            "--set algorithm.correction=x: algorithm.correction: expected one of 'tis', 'mis' (or null), got 'x'",
+        ),
+        (
+            "trainer.betas=0.9",
+            "--set trainer.betas=0.9: trainer.betas: expected a list of 2 items, each a float in [0, 1), got 0.9",
+        ),
+        (
+            "trainer.betas=[0.9, x]",
+            "--set trainer.betas=[0.9, x]: trainer.betas[1]: expected a float in [0, 1), got 'x'",
+        ),
+        ("eval.k=many", "--set eval.k=many: eval.k: expected an integer in [1, 65536] (or null), got 'many'"),
+        ("trainer=3", "--set trainer=3: trainer: expected a mapping, got 3"),
+        ("algorithm.params=3", "--set algorithm.params=3: algorithm.params: expected a mapping, got 3"),
+    ],
+)
 def test_set_wrong_type(item, expected):
     assert user_error(load_config, None, None, [item]) == expected
 
@@ -252,10 +276,14 @@ def test_set_unknown_key_and_syntax():
     assert msg.startswith("--set trainer.foo=1: trainer.foo: unknown key (expected one of: ")
     assert "lr" in msg and "staleness" in msg
     assert user_error(load_config, None, None, ["bogus=1"]).startswith("--set bogus=1: bogus: unknown key")
-    assert user_error(load_config, None, None, ["trainer.lr"]) == \
-        "--set trainer.lr: expected KEY=VALUE, e.g. trainer.lr=1e-6"
-    assert user_error(load_config, None, None, ["trainer..lr=1"]) == \
-        "--set trainer..lr=1: expected a dotted key like trainer.lr"
+    assert (
+        user_error(load_config, None, None, ["trainer.lr"])
+        == "--set trainer.lr: expected KEY=VALUE, e.g. trainer.lr=1e-6"
+    )
+    assert (
+        user_error(load_config, None, None, ["trainer..lr=1"])
+        == "--set trainer..lr=1: expected a dotted key like trainer.lr"
+    )
     assert user_error(load_config, None, None, ["=1"]).startswith("--set =1: expected a dotted key")
 
 
@@ -277,26 +305,32 @@ def test_exact_message_format_relative_path(tmp_path, monkeypatch):
     assert user_error(load_config, "presets/x.yaml") == f"presets/x.yaml: trainer.lr: expected {LR}, got 'fast'"
 
 
-@pytest.mark.parametrize("text, tail", [
-    ("trainer: {foo: 1}\n", "trainer.foo: unknown key (expected one of: "),
-    ("trainr: {lr: 1.0e-3}\n", "trainr: unknown key (expected one of: algorithm, data, description, eval, "),
-    ("trainer: {steps: 2.5}\n", f"trainer.steps: expected {STEPS}, got 2.5"),
-    ("trainer: {steps: '3'}\n", f"trainer.steps: expected {STEPS}, got '3'"),
-    ("trainer: {bf16_autocast: 'yes'}\n", "trainer.bf16_autocast: expected true or false, got 'yes'"),
-    ("model: {dtype: float64}\n", "model.dtype: expected one of 'float32', 'bfloat16', got 'float64'"),
-    ("model: {path: 5}\n", "model.path: expected a string, got 5"),
-    ("eval:\n", "eval: expected a mapping, got None"),
-    ("trainer: 5\n", "trainer: expected a mapping, got 5"),
-    ("eval: {benchmarks: aime24}\n", "eval.benchmarks: expected a list, got 'aime24'"),
-    ("algorithm: {params: [1]}\n", "algorithm.params: expected a mapping, got [1]"),
-    ("algorithm: {params: {eps_low: 0.1}}\n", "algorithm.params.eps_low: unknown parameter of vespo (known: c1_neg, "),
-    ("algorithm: {objective: 3}\n", "algorithm.objective: expected a string, got 3"),
-    ("trainer: {lr: .inf}\n", f"trainer.lr: expected {LR}, got inf"),
-    ("trainer: {seed: 1e40}\n", "trainer.seed: expected an integer in [0, 2147483647], got 1e+40"),
-])
+@pytest.mark.parametrize(
+    "text, tail",
+    [
+        ("trainer: {foo: 1}\n", "trainer.foo: unknown key (expected one of: "),
+        ("trainr: {lr: 1.0e-3}\n", "trainr: unknown key (expected one of: algorithm, data, description, eval, "),
+        ("trainer: {steps: 2.5}\n", f"trainer.steps: expected {STEPS}, got 2.5"),
+        ("trainer: {steps: '3'}\n", f"trainer.steps: expected {STEPS}, got '3'"),
+        ("trainer: {bf16_autocast: 'yes'}\n", "trainer.bf16_autocast: expected true or false, got 'yes'"),
+        ("model: {dtype: float64}\n", "model.dtype: expected one of 'float32', 'bfloat16', got 'float64'"),
+        ("model: {path: 5}\n", "model.path: expected a string, got 5"),
+        ("eval:\n", "eval: expected a mapping, got None"),
+        ("trainer: 5\n", "trainer: expected a mapping, got 5"),
+        ("eval: {benchmarks: aime24}\n", "eval.benchmarks: expected a list, got 'aime24'"),
+        ("algorithm: {params: [1]}\n", "algorithm.params: expected a mapping, got [1]"),
+        (
+            "algorithm: {params: {eps_low: 0.1}}\n",
+            "algorithm.params.eps_low: unknown parameter of vespo (known: c1_neg, ",
+        ),
+        ("algorithm: {objective: 3}\n", "algorithm.objective: expected a string, got 3"),
+        ("trainer: {lr: .inf}\n", f"trainer.lr: expected {LR}, got inf"),
+        ("trainer: {seed: 1e40}\n", "trainer.seed: expected an integer in [0, 2147483647], got 1e+40"),
+    ],
+)
 def test_file_type_errors(presets, text, tail):
     p = presets("x.yaml", text)
-    assert user_error(load_config, str(p)) .startswith(f"{p}: {tail}")
+    assert user_error(load_config, str(p)).startswith(f"{p}: {tail}")
 
 
 def test_missing_file_and_unknown_preset(presets, tmp_path):
@@ -320,68 +354,74 @@ def test_top_level_not_a_mapping(presets, text, kind):
 # --------------------------------------------------------------------------- value checks
 
 
-@pytest.mark.parametrize("item, expected", [
-    ("trainer.steps=0", f"expected {STEPS}, got 0"),
-    ("trainer.minibatch_prompts=0", "expected an integer in [1, 1048576], got 0"),
-    ("trainer.staleness=-1", "expected an integer in [1, 4096], got -1"),
-    ("trainer.micro_token_budget=0", "expected an integer in [1, 16777216], got 0"),
-    ("trainer.save_every=0", f"expected {STEPS}, got 0"),
-    ("trainer.async_workers=0", "expected an integer in [1, 1024], got 0"),
-    ("trainer.rollout_batch_prompts=0", "expected an integer in [1, 4294967296] (or null), got 0"),
-    ("trainer.rollout_batch_prompts=-4", "expected an integer in [1, 4294967296] (or null), got -4"),
-    ("trainer.max_staleness=-1", "expected an integer in [0, 1000000000], got -1"),
-    ("trainer.lr_warmup_steps=-1", "expected an integer in [0, 1000000000], got -1"),
-    ("trainer.threads=-2", "expected an integer in [0, 65536], got -2"),
-    ("trainer.weight_decay=-0.1", "expected a float in [0, 10], got -0.1"),
-    ("trainer.lr=0", f"expected {LR}, got 0"),
-    ("trainer.lr=-1e-6", f"expected {LR}, got -1e-06"),
-    ("trainer.lr=.nan", f"expected {LR}, got nan"),
-    ("trainer.lr=nan", f"expected {LR}, got 'nan'"),  # YAML's NaN is .nan: 'nan' is a string
-    ("trainer.grad_clip=.inf", "expected a float in (0, 1000000], got inf"),
-    ("trainer.seed=-1", "expected an integer in [0, 2147483647], got -1"),
-    ("trainer.seed=4294967296", "expected an integer in [0, 2147483647], got 4294967296"),
-    ("trainer.max_nonfinite_steps=0", f"expected {STEPS}, got 0"),
-    ("trainer.betas=[0.9]", "expected a list of 2 items, each a float in [0, 1), got [0.9]"),
-    ("rollout.n=0", "expected an integer in [1, 1024], got 0"),
-    ("rollout.max_tokens=-5", "expected an integer in [1, 1048576], got -5"),
-    ("rollout.tensor_parallel_size=0", "expected an integer in [1, 1024], got 0"),
-    ("rollout.reward_workers=0", "expected an integer in [1, 1024], got 0"),
-    ("rollout.temperature=0", "expected a float in (0, 10], got 0"),
-    ("rollout.top_p=0", "expected a float in (0, 1], got 0"),
-    ("rollout.top_p=1.5", "expected a float in (0, 1], got 1.5"),
-    ("rollout.top_k=-2", "expected an integer in [-1, 1048576], got -2"),
-    ("rollout.kv_cache_gib=0", "expected a float in (0, 65536], got 0"),
-    ("rollout.gpu_memory_utilization=1.2", "expected a float in (0, 1], got 1.2"),
-    ("rollout.reward_timeout_s=0", "expected a float in (0, 86400], got 0"),
-    ("data.max_prompt_tokens=0", "expected an integer in [1, 1048576], got 0"),
-    ("data.difficulty=9", "expected an integer in [1, 5], got 9"),
-    ("eval.k=0", "expected an integer in [1, 65536] (or null), got 0"),
-    ("eval.limit=0", "expected an integer in [1, 1000000000] (or null), got 0"),
-    ("eval.max_tokens=0", "expected an integer in [1, 1048576], got 0"),
-    ("eval.every=-1", "expected an integer in [0, 1000000000], got -1"),
-    ("eval.top_p=2", "expected a float in (0, 1], got 2"),
-    ("algorithm.correction_cap=1", "expected a float in (1, 1000000], got 1"),
-    ("algorithm.params.c1_pos=-1", "expected a float in [0, 100], got -1"),
-    ("algorithm.params.length_norm=log", "expected one of 'none', 'sqrt', 'linear', got 'log'"),
-    ("layout.nodes=0", "expected an integer in [1, 65536], got 0"),
-    ("layout.fsdp_size=0", "expected an integer in [1, 16777216], got 0"),
-    ("layout.gpus_per_node=-1", "expected an integer in [0, 1024], got -1"),
-])
+@pytest.mark.parametrize(
+    "item, expected",
+    [
+        ("trainer.steps=0", f"expected {STEPS}, got 0"),
+        ("trainer.minibatch_prompts=0", "expected an integer in [1, 1048576], got 0"),
+        ("trainer.staleness=-1", "expected an integer in [1, 4096], got -1"),
+        ("trainer.micro_token_budget=0", "expected an integer in [1, 16777216], got 0"),
+        ("trainer.save_every=0", f"expected {STEPS}, got 0"),
+        ("trainer.async_workers=0", "expected an integer in [1, 1024], got 0"),
+        ("trainer.rollout_batch_prompts=0", "expected an integer in [1, 4294967296] (or null), got 0"),
+        ("trainer.rollout_batch_prompts=-4", "expected an integer in [1, 4294967296] (or null), got -4"),
+        ("trainer.max_staleness=-1", "expected an integer in [0, 1000000000], got -1"),
+        ("trainer.lr_warmup_steps=-1", "expected an integer in [0, 1000000000], got -1"),
+        ("trainer.threads=-2", "expected an integer in [0, 65536], got -2"),
+        ("trainer.weight_decay=-0.1", "expected a float in [0, 10], got -0.1"),
+        ("trainer.lr=0", f"expected {LR}, got 0"),
+        ("trainer.lr=-1e-6", f"expected {LR}, got -1e-06"),
+        ("trainer.lr=.nan", f"expected {LR}, got nan"),
+        ("trainer.lr=nan", f"expected {LR}, got 'nan'"),  # YAML's NaN is .nan: 'nan' is a string
+        ("trainer.grad_clip=.inf", "expected a float in (0, 1000000], got inf"),
+        ("trainer.seed=-1", "expected an integer in [0, 2147483647], got -1"),
+        ("trainer.seed=4294967296", "expected an integer in [0, 2147483647], got 4294967296"),
+        ("trainer.max_nonfinite_steps=0", f"expected {STEPS}, got 0"),
+        ("trainer.betas=[0.9]", "expected a list of 2 items, each a float in [0, 1), got [0.9]"),
+        ("rollout.n=0", "expected an integer in [1, 1024], got 0"),
+        ("rollout.max_tokens=-5", "expected an integer in [1, 1048576], got -5"),
+        ("rollout.tensor_parallel_size=0", "expected an integer in [1, 1024], got 0"),
+        ("rollout.reward_workers=0", "expected an integer in [1, 1024], got 0"),
+        ("rollout.temperature=0", "expected a float in (0, 10], got 0"),
+        ("rollout.top_p=0", "expected a float in (0, 1], got 0"),
+        ("rollout.top_p=1.5", "expected a float in (0, 1], got 1.5"),
+        ("rollout.top_k=-2", "expected an integer in [-1, 1048576], got -2"),
+        ("rollout.kv_cache_gib=0", "expected a float in (0, 65536], got 0"),
+        ("rollout.gpu_memory_utilization=1.2", "expected a float in (0, 1], got 1.2"),
+        ("rollout.reward_timeout_s=0", "expected a float in (0, 86400], got 0"),
+        ("data.max_prompt_tokens=0", "expected an integer in [1, 1048576], got 0"),
+        ("data.difficulty=9", "expected an integer in [1, 5], got 9"),
+        ("eval.k=0", "expected an integer in [1, 65536] (or null), got 0"),
+        ("eval.limit=0", "expected an integer in [1, 1000000000] (or null), got 0"),
+        ("eval.max_tokens=0", "expected an integer in [1, 1048576], got 0"),
+        ("eval.every=-1", "expected an integer in [0, 1000000000], got -1"),
+        ("eval.top_p=2", "expected a float in (0, 1], got 2"),
+        ("algorithm.correction_cap=1", "expected a float in (1, 1000000], got 1"),
+        ("algorithm.params.c1_pos=-1", "expected a float in [0, 100], got -1"),
+        ("algorithm.params.length_norm=log", "expected one of 'none', 'sqrt', 'linear', got 'log'"),
+        ("layout.nodes=0", "expected an integer in [1, 65536], got 0"),
+        ("layout.fsdp_size=0", "expected an integer in [1, 16777216], got 0"),
+        ("layout.gpus_per_node=-1", "expected an integer in [0, 1024], got -1"),
+    ],
+)
 def test_bad_values(item, expected):
     key = item.split("=")[0]
     assert user_error(load_config, None, None, [item]) == f"--set {item}: {key}: {expected}"
 
 
 def test_list_item_out_of_range_names_the_item():
-    assert user_error(load_config, None, None, ["trainer.betas=[0.9, 1.0]"]) == \
-        "--set trainer.betas=[0.9, 1.0]: trainer.betas[1]: expected a float in [0, 1), got 1.0"
+    assert (
+        user_error(load_config, None, None, ["trainer.betas=[0.9, 1.0]"])
+        == "--set trainer.betas=[0.9, 1.0]: trainer.betas[1]: expected a float in [0, 1), got 1.0"
+    )
 
 
 def test_one_dtype_policy_at_a_time():
     items = ["trainer.bf16_autocast=true", "trainer.bf16_params=true"]
     assert user_error(load_config, None, None, items) == (
         "--set trainer.bf16_params=true: trainer.bf16_params: true together with trainer.bf16_autocast: true; "
-        "pick one dtype policy (set the other to false; train/precision.py)")
+        "pick one dtype policy (set the other to false; train/precision.py)"
+    )
 
 
 def test_template_must_contain_problem(presets):
@@ -401,16 +441,22 @@ def test_staleness_from_gbs():
 
 def test_gbs_not_divisible():
     msg = user_error(load_config, None, None, ["trainer.minibatch_prompts=4", "trainer.rollout_batch_prompts=6"])
-    assert msg.startswith("--set trainer.rollout_batch_prompts=6: trainer.rollout_batch_prompts: "
-                          "6 is not divisible by trainer.minibatch_prompts=4")
+    assert msg.startswith(
+        "--set trainer.rollout_batch_prompts=6: trainer.rollout_batch_prompts: "
+        "6 is not divisible by trainer.minibatch_prompts=4"
+    )
 
 
 def test_contradictory_staleness_in_one_source(presets):
     p = presets("s.yaml", "trainer: {minibatch_prompts: 4, staleness: 3, rollout_batch_prompts: 8}\n")
     msg = user_error(load_config, "s")
     assert msg == f"{p}: trainer.staleness: 3 contradicts rollout_batch_prompts/minibatch_prompts = 8/4"
-    msg = user_error(load_config, None, None, ["trainer.staleness=3", "trainer.rollout_batch_prompts=8",
-                                               "trainer.minibatch_prompts=4"])
+    msg = user_error(
+        load_config,
+        None,
+        None,
+        ["trainer.staleness=3", "trainer.rollout_batch_prompts=8", "trainer.minibatch_prompts=4"],
+    )
     assert msg.startswith("--set trainer.staleness=3: trainer.staleness: 3 contradicts")
     # consistent values in one place are fine
     presets("ok.yaml", "trainer: {minibatch_prompts: 4, staleness: 2, rollout_batch_prompts: 8}\n")
@@ -432,14 +478,17 @@ def test_later_layer_wins_between_staleness_and_gbs(presets):
 
 
 def test_save_and_load_round_trip(presets, tmp_path):
-    presets("run.yaml", """
+    presets(
+        "run.yaml",
+        """
         description: "round trip: colons, 'quotes' and unicode \u00e9"
         model: {path: tiny, moe: true}
         data: {template: "Q: {problem}\\n\\nA: \\\\boxed{{}}", difficulty: 3}
         algorithm: {objective: vespo, params: {c1_pos: 2.5, length_norm: none}, correction: mis}
         trainer: {lr: 3e-6, minibatch_prompts: 2, rollout_batch_prompts: 6, betas: [0.9, 0.95]}
         eval: {benchmarks: [aime24], k: 4}
-    """)
+    """,
+    )
     cfg = load_config("run", None, ["eval.limit=3"])
     path = save_config(cfg, tmp_path / "runs" / "r1")
     assert path == tmp_path / "runs" / "r1" / "config.yaml"
@@ -456,8 +505,7 @@ def test_save_and_load_round_trip(presets, tmp_path):
 def test_load_run_config_errors(tmp_path):
     assert user_error(load_run_config, tmp_path) == f"{tmp_path}: not a vespo run directory (no config.yaml)"
     (tmp_path / "config.yaml").write_text("trainer: {lr: fast}\n")
-    assert user_error(load_run_config, tmp_path) == \
-        f"{tmp_path / 'config.yaml'}: trainer.lr: expected {LR}, got 'fast'"
+    assert user_error(load_run_config, tmp_path) == f"{tmp_path / 'config.yaml'}: trainer.lr: expected {LR}, got 'fast'"
 
 
 # --------------------------------------------------------------------------- shipped presets
@@ -498,8 +546,10 @@ def numeric_keys() -> list[tuple[str, type, list, list[str]]]:
     every objective's params included: a key added to a model is covered here without listing it."""
     keys = [(key, tp, meta, []) for key, tp, meta in numeric_fields(Config)]
     for name, model in O.PARAMS.items():
-        keys += [(key, tp, meta, [f"algorithm.objective={name}"])
-                 for key, tp, meta in numeric_fields(model, "algorithm.params.")]
+        keys += [
+            (key, tp, meta, [f"algorithm.objective={name}"])
+            for key, tp, meta in numeric_fields(model, "algorithm.params.")
+        ]
     return keys
 
 
@@ -509,8 +559,17 @@ LISTS = {"trainer.betas"}  # numbers inside a list: the bad value goes in as the
 
 def test_numeric_keys_found():
     names = {key for key, *_ in NUMERIC}
-    assert {"trainer.lr", "trainer.seed", "trainer.betas", "rollout.top_p", "eval.k", "layout.nodes",
-            "algorithm.correction_cap", "algorithm.params.c1_pos", "algorithm.params.dual_clip"} <= names
+    assert {
+        "trainer.lr",
+        "trainer.seed",
+        "trainer.betas",
+        "rollout.top_p",
+        "eval.k",
+        "layout.nodes",
+        "algorithm.correction_cap",
+        "algorithm.params.c1_pos",
+        "algorithm.params.dual_clip",
+    } <= names
     assert LISTS <= names
 
 
@@ -569,8 +628,10 @@ def test_params_follow_the_objective_on_load(tmp_path):
     save_config(cfg, tmp_path)
     assert load_run_config(tmp_path).algorithm.params == cfg.algorithm.params
     msg = user_error(load_config, "tiny", "dapo", ["algorithm.objective=sapo"])  # grpo's params, sapo's model
-    assert msg.startswith(f"{C.preset_path('dapo', 'algorithms')}: algorithm.params.eps_low: unknown parameter of "
-                          "sapo (known: tau_neg, tau_pos)")
+    assert msg.startswith(
+        f"{C.preset_path('dapo', 'algorithms')}: algorithm.params.eps_low: unknown parameter of "
+        "sapo (known: tau_neg, tau_pos)"
+    )
 
 
 def test_params_model_is_the_objectives_keyword_arguments():
@@ -580,10 +641,12 @@ def test_params_model_is_the_objectives_keyword_arguments():
     g = torch.Generator().manual_seed(0)
     logp, old = -torch.rand(3, 5, generator=g, dtype=torch.float64), -torch.rand(3, 5, generator=g, dtype=torch.float64)
     mask, adv = torch.ones(3, 5, dtype=torch.bool), torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)
-    by_model = O.policy_loss(algo.params, logp, old, adv, mask, rollout_logp=old - 0.5, correction="tis",
-                             correction_cap=algo.correction_cap)
-    by_name = O.policy_loss("grpo", logp, old, adv, mask, rollout_logp=old - 0.5, correction="tis",
-                            correction_cap=3.0, **algo.params)
+    by_model = O.policy_loss(
+        algo.params, logp, old, adv, mask, rollout_logp=old - 0.5, correction="tis", correction_cap=algo.correction_cap
+    )
+    by_name = O.policy_loss(
+        "grpo", logp, old, adv, mask, rollout_logp=old - 0.5, correction="tis", correction_cap=3.0, **algo.params
+    )
     assert by_model[1] == by_name[1] and torch.equal(by_model[0], by_name[0])
     with pytest.raises(TypeError):
         O.policy_loss(algo.params, logp, old, adv, mask, eps_low=0.1)
@@ -601,8 +664,10 @@ def test_algorithm_section_built_in_code():
 def test_correction_cap_has_one_default_and_range():
     assert C.AlgorithmConfig().correction_cap == O.CORRECTION_CAP
     assert O.resolve_params("reinforce")["correction_cap"] == O.CORRECTION_CAP
-    assert user_error(O.resolve_params, "reinforce", {"correction_cap": 1.0}) == \
-        "correction_cap: expected a float in (1, 1000000], got 1.0"
+    assert (
+        user_error(O.resolve_params, "reinforce", {"correction_cap": 1.0})
+        == "correction_cap: expected a float in (1, 1000000], got 1.0"
+    )
 
 
 # --------------------------------------------------------------------------- algorithm name, run directory

@@ -1,4 +1,5 @@
 """Prompt sources: bundled sets, training-set lookup, local files, procedural arithmetic, messages."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,9 @@ from vespo_cli.data import (
 from vespo_cli.errors import UserError
 
 
-@pytest.mark.parametrize("name,rows", [("aime24", 30), ("aime25", 30), ("amc23", 40), ("math500", 500), ("gsm8k", 1319)])
+@pytest.mark.parametrize(
+    "name,rows", [("aime24", 30), ("aime25", 30), ("amc23", 40), ("math500", 500), ("gsm8k", 1319)]
+)
 def test_bundled_sets(name, rows):
     problems = load_problems(name)
     assert len(problems) == rows
@@ -49,8 +52,12 @@ def test_shuffle_is_seeded():
 def test_paper_template_and_messages():
     p = Problem("x-0", "What is {a} + 1?", "2", "x")  # braces in the problem are not format fields
     msgs = build_messages(p, PAPER_TEMPLATE)
-    assert msgs == [{"role": "user", "content": "What is {a} + 1?\n\nPlease reason step by step, "
-                                                "and put your final answer within \\boxed{}."}]
+    assert msgs == [
+        {
+            "role": "user",
+            "content": "What is {a} + 1?\n\nPlease reason step by step, and put your final answer within \\boxed{}.",
+        }
+    ]
     with pytest.raises(UserError, match="problem"):
         build_messages(p, "no placeholder")
 
@@ -117,20 +124,28 @@ def test_local_jsonl_and_parquet(tmp_path):
     f = tmp_path / "mine.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     got = load_problems(str(f))
-    assert [(p.id, p.problem, p.answer) for p in got] == [("mine-0", "1+1?", "2"), ("mine-1", "2+2?", "4"), ("custom", "3+3?", "6")]
+    assert [(p.id, p.problem, p.answer) for p in got] == [
+        ("mine-0", "1+1?", "2"),
+        ("mine-1", "2+2?", "4"),
+        ("custom", "3+3?", "6"),
+    ]
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pylist([{"problem": "a", "answer": 1}, {"problem": "b", "answer": 2}]), tmp_path / "t.parquet")
+    pq.write_table(
+        pa.Table.from_pylist([{"problem": "a", "answer": 1}, {"problem": "b", "answer": 2}]), tmp_path / "t.parquet"
+    )
     got = load_problems(str(tmp_path / "t.parquet"))
     assert [(p.id, p.answer, p.source) for p in got] == [("t-0", "1", "t"), ("t-1", "2", "t")]
 
 
 def test_dapo_wrapper_is_stripped(tmp_path):
-    text = ("Solve the following math problem step by step. The last line of your response should be of the form "
-            "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\nWhat is 6*7?\n\n"
-            "Remember to put your answer on its own line after \"Answer:\".")
+    text = (
+        "Solve the following math problem step by step. The last line of your response should be of the form "
+        "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\nWhat is 6*7?\n\n"
+        "Remember to put your answer on its own line after \"Answer:\"."
+    )
     f = tmp_path / "dapo.jsonl"
     f.write_text(json.dumps({"prompt": [{"role": "user", "content": text}], "reward_model": {"ground_truth": "42"}}))
     assert load_problems(str(f))[0].problem == "What is 6*7?"
@@ -180,11 +195,27 @@ def test_training_sets_from_data_dir_jsonl_and_parquet(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    dapo = [{"id": f"dapo_math_17k-{i}", "problem": f"Find x if x - {i} = 34.", "answer": str(34 + i),
-             "source": "dapo_math_17k", "orig_index": i, "lang": "en"} for i in range(3)]
-    gsm = [{"id": "gsm8k_train-0", "problem": "Natalia sold clips to 48 of her friends in April, and then "
+    dapo = [
+        {
+            "id": f"dapo_math_17k-{i}",
+            "problem": f"Find x if x - {i} = 34.",
+            "answer": str(34 + i),
+            "source": "dapo_math_17k",
+            "orig_index": i,
+            "lang": "en",
+        }
+        for i in range(3)
+    ]
+    gsm = [
+        {
+            "id": "gsm8k_train-0",
+            "problem": "Natalia sold clips to 48 of her friends in April, and then "
             "she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?",
-            "answer": "72", "source": "gsm8k_train", "solution": "48/2 = 24\n48+24 = 72\n#### 72"}]
+            "answer": "72",
+            "source": "gsm8k_train",
+            "solution": "48/2 = 24\n48+24 = 72\n#### 72",
+        }
+    ]
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir(), second.mkdir()
     (first / "dapo_math_17k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dapo))
@@ -209,8 +240,10 @@ def test_bundled_training_sets_are_shared_datas_rows():
 
     bundled = data.data_dirs()[-1]
     assert bundled == Path(data.__file__).resolve().parent / "data"
-    expected = {"dapo_math_17k": (17276, "34", "2875e8700d38970d4e6559bc271ce8c5dcb80dbbc48de29a957883e5c936c6e2"),
-                "gsm8k_train": (7473, "72", "05a8cc00c083b1b4649f6e84c5555cffafb939a6f7f48c76486a382b17852528")}
+    expected = {
+        "dapo_math_17k": (17276, "34", "2875e8700d38970d4e6559bc271ce8c5dcb80dbbc48de29a957883e5c936c6e2"),
+        "gsm8k_train": (7473, "72", "05a8cc00c083b1b4649f6e84c5555cffafb939a6f7f48c76486a382b17852528"),
+    }
     for stem, (rows, first_answer, sha) in expected.items():
         problems = data._read_file(bundled / f"{stem}.parquet", stem)
         assert len(problems) == rows and problems[0].answer == first_answer

@@ -6,6 +6,7 @@ Measured on the tiny model (fp32 HF reference, teacher-forced):
   vLLM bf16:      mean |gap| ~0.002, max ~0.01 nats (0.015 / 0.07 with the EOS-heavy weights)
                                                 → asserted mean < 0.05, max < 0.25
 """
+
 from __future__ import annotations
 
 import shutil
@@ -31,7 +32,7 @@ def teacher_forced(model, completion) -> torch.Tensor:
     with torch.no_grad():
         logp = model(ids).logits[0].float().log_softmax(-1)
     start = len(completion.prompt_token_ids)
-    return logp[start - 1:-1].gather(-1, ids[0, start:, None]).squeeze(-1)
+    return logp[start - 1 : -1].gather(-1, ids[0, start:, None]).squeeze(-1)
 
 
 def logprob_gaps(model, completions) -> torch.Tensor:
@@ -43,7 +44,9 @@ def logprob_gaps(model, completions) -> torch.Tensor:
 
 
 def check_layout(completions, prompts, n, max_tokens):
-    assert [(c.prompt_index, c.sample_idx) for c in completions] == [(p, i) for p in range(len(prompts)) for i in range(n)]
+    assert [(c.prompt_index, c.sample_idx) for c in completions] == [
+        (p, i) for p in range(len(prompts)) for i in range(n)
+    ]
     for c in completions:
         assert c.prompt_token_ids == prompts[c.prompt_index]
         assert 1 <= len(c.response_token_ids) <= max_tokens
@@ -101,7 +104,10 @@ def hf_engine(tiny_model_path):
 
 def test_hf_logprobs_are_raw_model_logprobs(hf_engine, ref_model, chat_prompts):
     # processed sampling (temperature, top-p, top-k) must not leak into the reported logprobs
-    for sampling in (Sampling(max_tokens=12, seed=3), Sampling(temperature=0.7, top_p=0.8, top_k=20, max_tokens=12, seed=4)):
+    for sampling in (
+        Sampling(max_tokens=12, seed=3),
+        Sampling(temperature=0.7, top_p=0.8, top_k=20, max_tokens=12, seed=4),
+    ):
         out = hf_engine.generate(chat_prompts, 2, sampling)
         check_layout(out, chat_prompts, 2, 12)
         assert logprob_gaps(ref_model, out).max().item() < HF_TOL
@@ -131,8 +137,8 @@ def test_hf_batching_does_not_change_samples(tiny_model_path, chat_prompts):
     small = HFEngine(tiny_model_path, max_batch_size=1)
     for p, prompt in enumerate(chat_prompts):
         single = small.generate([prompt], 2, s)
-        assert [c.response_token_ids for c in single] == [c.response_token_ids for c in big[2 * p:2 * p + 2]]
-        for c, d in zip(single, big[2 * p:2 * p + 2]):
+        assert [c.response_token_ids for c in single] == [c.response_token_ids for c in big[2 * p : 2 * p + 2]]
+        for c, d in zip(single, big[2 * p : 2 * p + 2]):
             assert max(abs(u - v) for u, v in zip(c.rollout_logprobs, d.rollout_logprobs)) < HF_TOL
 
 
@@ -145,7 +151,7 @@ def test_hf_greedy_and_top_k_1_agree(hf_engine, ref_model, chat_prompts):
         with torch.no_grad():
             logits = ref_model(ids).logits[0]
         start = len(c.prompt_token_ids)
-        assert logits[start - 1:-1].argmax(-1).tolist() == c.response_token_ids
+        assert logits[start - 1 : -1].argmax(-1).tolist() == c.response_token_ids
 
 
 def test_process_logits_top_k_top_p():
@@ -232,8 +238,9 @@ def test_vllm_engine(vllm_engine, ref_model, eos_heavy, chat_prompts, tokenizer)
     nats; without the prefix-cache reset the long prompt (> one KV block, so its prefix is cached)
     is off by up to ~1.2 nats."""
     engine = vllm_engine
-    long = tokenizer.apply_chat_template([{"role": "user", "content": " ".join(["count the sheep"] * 100)}],
-                                         add_generation_prompt=True, return_dict=True)["input_ids"]
+    long = tokenizer.apply_chat_template(
+        [{"role": "user", "content": " ".join(["count the sheep"] * 100)}], add_generation_prompt=True, return_dict=True
+    )["input_ids"]
     chat_prompts = chat_prompts + [list(long)]
     s = Sampling(temperature=0.9, top_p=0.95, max_tokens=16, seed=7)
 

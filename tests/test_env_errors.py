@@ -1,6 +1,7 @@
 """Faults of the machine and corrupt run files (issue 19, item 5): one line naming the path and the
 cause, exit 1 for the environment (disk full, read-only, permissions, a file where a directory
 belongs), exit 2 for bad input, and the traceback only with --debug or VESPO_DEBUG=1."""
+
 from __future__ import annotations
 
 import errno
@@ -20,9 +21,13 @@ from vespo_cli.cli import app
 from vespo_cli.fsio import read_jsonl
 from vespo_cli.train.checkpoint import verify_checkpoint
 
-CAUSES = [(errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only file system"),
-          (errno.EACCES, "permission denied"), (errno.ENOTDIR, "a part of the path is a file, not a directory"),
-          (errno.EEXIST, "exists, and is not a directory")]
+CAUSES = [
+    (errno.ENOSPC, "no space left on device"),
+    (errno.EROFS, "read-only file system"),
+    (errno.EACCES, "permission denied"),
+    (errno.ENOTDIR, "a part of the path is a file, not a directory"),
+    (errno.EEXIST, "exists, and is not a directory"),
+]
 
 
 def one_line(result, code: int) -> str:
@@ -39,8 +44,10 @@ def test_an_os_error_is_one_line_exit_1_and_a_traceback_only_when_asked(monkeypa
 
     monkeypatch.setattr("vespo_cli.train.loop.train", fail)
     monkeypatch.setenv("VESPO_DEBUG", "0")  # restored after the test: --debug sets it for this process
-    assert one_line(CliRunner().invoke(app, ["train", "-p", "tiny"], env=QUIET), 1) == \
-        f"error: runs/x/metrics.jsonl: {cause}"
+    assert (
+        one_line(CliRunner().invoke(app, ["train", "-p", "tiny"], env=QUIET), 1)
+        == f"error: runs/x/metrics.jsonl: {cause}"
+    )
     for args, env in ((["--debug", "train", "-p", "tiny"], {}), (["train", "-p", "tiny"], {"VESPO_DEBUG": "1"})):
         result = CliRunner().invoke(app, args, env={**QUIET, **env})
         assert isinstance(result.exception, OSError) and result.exception.errno == code
@@ -49,18 +56,27 @@ def test_an_os_error_is_one_line_exit_1_and_a_traceback_only_when_asked(monkeypa
 
 def test_a_file_where_the_run_directory_belongs(tmp_path, monkeypatch):
     from test_reliability import shard_columns
+
     from vespo_cli.shards import shard_name, write_shard
 
     write_shard(shard_columns(), tmp_path / "shards" / shard_name(0, "w0", 0))
     (tmp_path / "afile").write_text("not a directory\n")
     monkeypatch.chdir(tmp_path)
     replay = ["train", "-p", "tiny", "--replay", "shards", "--set", "trainer.steps=1"]
-    assert one_line(CliRunner().invoke(app, [*replay, "--run-dir", "afile"], env=QUIET), 1) == \
-        "error: afile: exists, and is not a directory"
-    assert one_line(CliRunner().invoke(app, [*replay, "--run-dir", "afile/run"], env=QUIET), 1) == \
-        "error: afile/run: a part of the path is a file, not a directory"
-    assert one_line(CliRunner().invoke(app, ["rollout", "-p", "tiny", "--run-dir", "afile", "--num-prompts", "1"],
-                                       env=QUIET), 1) == "error: afile: exists, and is not a directory"
+    assert (
+        one_line(CliRunner().invoke(app, [*replay, "--run-dir", "afile"], env=QUIET), 1)
+        == "error: afile: exists, and is not a directory"
+    )
+    assert (
+        one_line(CliRunner().invoke(app, [*replay, "--run-dir", "afile/run"], env=QUIET), 1)
+        == "error: afile/run: a part of the path is a file, not a directory"
+    )
+    assert (
+        one_line(
+            CliRunner().invoke(app, ["rollout", "-p", "tiny", "--run-dir", "afile", "--num-prompts", "1"], env=QUIET), 1
+        )
+        == "error: afile: exists, and is not a directory"
+    )
     assert (tmp_path / "afile").read_text() == "not a directory\n"
 
 
@@ -75,10 +91,16 @@ def test_corrupt_run_files_on_resume(tmp_path, monkeypatch, request):
     run, _ = tiny_replay_run(tmp_path)
     monkeypatch.chdir(tmp_path)
     cases = {
-        "run.json": [(b"{not json", "unreadable run file"), (b"\xff\xfe\x00", "unreadable run file"),
-                     (b'{"mode": "magic"}', "not a vespo run file"), (b"[1, 2]", "not a vespo run file")],
-        "checkpoints/step-1/trainer_state.json": [(b"", "unreadable checkpoint state"),
-                                                  (b'{"step": "one"}', "not a vespo trainer state")],
+        "run.json": [
+            (b"{not json", "unreadable run file"),
+            (b"\xff\xfe\x00", "unreadable run file"),
+            (b'{"mode": "magic"}', "not a vespo run file"),
+            (b"[1, 2]", "not a vespo run file"),
+        ],
+        "checkpoints/step-1/trainer_state.json": [
+            (b"", "unreadable checkpoint state"),
+            (b'{"step": "one"}', "not a vespo trainer state"),
+        ],
     }
     for name, variants in cases.items():
         for i, (data, fragment) in enumerate(variants):
@@ -110,8 +132,9 @@ needs_unshare = pytest.mark.skipif(not _can_unshare(), reason="needs unshare -rm
 
 def in_namespace(script: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run a shell script as root of a new user + mount namespace (its mounts vanish with it)."""
-    return subprocess.run(["unshare", "-rm", "bash", "-c", script], cwd=cwd, capture_output=True, text=True,
-                          env=_env(), timeout=600)
+    return subprocess.run(
+        ["unshare", "-rm", "bash", "-c", script], cwd=cwd, capture_output=True, text=True, env=_env(), timeout=600
+    )
 
 
 def vespo(*args) -> str:
@@ -125,12 +148,16 @@ def test_read_only_run_directory(tmp_path):
     one line naming the path and the cause."""
     run, shards = tiny_replay_run(tmp_path)
     (tmp_path / "ro").mkdir()
-    p = in_namespace(f"mount -t tmpfs -o ro none ro && {vespo('train', '-p', 'tiny', '--replay', shards, '--run-dir', 'ro/run')}"
-                     f"; echo rc=$? >&2; mount --bind {run} {run} && mount -o remount,bind,ro {run} && "
-                     f"{vespo('train', '--resume', run)}; echo rc=$? >&2", tmp_path)
+    p = in_namespace(
+        f"mount -t tmpfs -o ro none ro && {vespo('train', '-p', 'tiny', '--replay', shards, '--run-dir', 'ro/run')}"
+        f"; echo rc=$? >&2; mount --bind {run} {run} && mount -o remount,bind,ro {run} && "
+        f"{vespo('train', '--resume', run)}; echo rc=$? >&2",
+        tmp_path,
+    )
     err = [line for line in p.stderr.splitlines() if line.strip()]
-    assert err == ["error: ro/run: read-only file system", "rc=1",
-                   f"error: {run}: read-only file system", "rc=1"], p.stderr
+    assert err == ["error: ro/run: read-only file system", "rc=1", f"error: {run}: read-only file system", "rc=1"], (
+        p.stderr
+    )
 
 
 @pytest.mark.slow
@@ -140,12 +167,32 @@ def test_disk_full_at_a_checkpoint_keeps_the_last_good_one(tmp_path):
     line saying what a checkpoint takes, exit 1, and step-1 is intact."""
     _, shards = tiny_replay_run(tmp_path)
     (tmp_path / "full").mkdir()
-    p = in_namespace(f"mount -t tmpfs -o size=120m none full && "
-                     f"{vespo('train', '-p', 'tiny', '--replay', shards, '--run-dir', 'full/run', '--set', 'trainer.steps=3', '--set', 'trainer.save_every=1', '--set', 'trainer.staleness=1', '--set', 'trainer.minibatch_prompts=2')}"
-                     f"; echo rc=$? >&2; ls full/run/checkpoints >&2; cp -r full/run/checkpoints/step-1 step-1", tmp_path)
+    p = in_namespace(
+        "mount -t tmpfs -o size=120m none full && "
+        + vespo(
+            'train',
+            '-p',
+            'tiny',
+            '--replay',
+            shards,
+            '--run-dir',
+            'full/run',
+            '--set',
+            'trainer.steps=3',
+            '--set',
+            'trainer.save_every=1',
+            '--set',
+            'trainer.staleness=1',
+            '--set',
+            'trainer.minibatch_prompts=2',
+        )
+        + "; echo rc=$? >&2; ls full/run/checkpoints >&2; cp -r full/run/checkpoints/step-1 step-1",
+        tmp_path,
+    )
     err = [line for line in p.stderr.splitlines() if line.startswith(("error", "rc=", "step-"))]
     assert len(err) == 3 and err[1:] == ["rc=1", "step-1"], p.stderr
-    assert err[0].startswith("error: full/run/checkpoints/step-2: no space left on device for a checkpoint (one "
-                             "takes about 7") and err[0].endswith(" MiB; the last good checkpoint, step-1, is intact)")
+    assert err[0].startswith(
+        "error: full/run/checkpoints/step-2: no space left on device for a checkpoint (one takes about 7"
+    ) and err[0].endswith(" MiB; the last good checkpoint, step-1, is intact)")
     assert verify_checkpoint(tmp_path / "step-1") is None
     assert json.loads((tmp_path / "step-1" / "trainer_state.json").read_text())["step"] == 1

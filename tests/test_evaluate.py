@@ -1,4 +1,5 @@
 """Eval estimators (pass@k, avg@k, bootstrap CI), summaries, atomic result files, the eval driver."""
+
 from __future__ import annotations
 
 import itertools
@@ -86,9 +87,18 @@ def _rows(correct_by_problem):
     rows = []
     for p, cs in enumerate(correct_by_problem):
         for i, c in enumerate(cs):
-            rows.append({"problem_id": f"p{p}", "sample_idx": i, "response": f"\\boxed{{{int(c)}}}",
-                         "extracted_answer": str(int(c)), "correct": bool(c), "reward": float(c),
-                         "num_tokens": 10 + i, "finish_reason": "length" if i == 0 else "stop"})
+            rows.append(
+                {
+                    "problem_id": f"p{p}",
+                    "sample_idx": i,
+                    "response": f"\\boxed{{{int(c)}}}",
+                    "extracted_answer": str(int(c)),
+                    "correct": bool(c),
+                    "reward": float(c),
+                    "num_tokens": 10 + i,
+                    "finish_reason": "length" if i == 0 else "stop",
+                }
+            )
     return rows
 
 
@@ -127,8 +137,16 @@ def test_write_and_read_eval(tmp_path):
     out = write_eval(tmp_path / "toy", rows, s)
     assert sorted(p.name for p in out.iterdir()) == ["per_sample.parquet", "summary.json"]  # no temp files
     t = pq.read_table(out / "per_sample.parquet")
-    assert t.column_names[:8] == ["problem_id", "sample_idx", "response", "extracted_answer", "correct", "reward",
-                                  "num_tokens", "finish_reason"]
+    assert t.column_names[:8] == [
+        "problem_id",
+        "sample_idx",
+        "response",
+        "extracted_answer",
+        "correct",
+        "reward",
+        "num_tokens",
+        "finish_reason",
+    ]
     assert str(t.schema.field("reward").type) == "float" and str(t.schema.field("sample_idx").type) == "int32"
     back, summary = read_eval(out)
     assert summary == json.loads(json.dumps(s))
@@ -192,8 +210,9 @@ def test_run_eval_with_fake_engine(tmp_path):
         ids = tok.apply_chat_template(build_messages(p, PAPER_TEMPLATE))["input_ids"]
         answers[tuple(ids)] = p.answer
     engine = FakeEngine(answers)
-    res = run_eval(engine, tok, ["amc23"], 4, 5, Sampling(seed=3), PAPER_TEMPLATE, tmp_path, FakeScorer(),
-                   chunk_prompts=2)
+    res = run_eval(
+        engine, tok, ["amc23"], 4, 5, Sampling(seed=3), PAPER_TEMPLATE, tmp_path, FakeScorer(), chunk_prompts=2
+    )
     s = res["amc23"]
     assert s["k"] == 4 and s["num_problems"] == 5 and s["avg_at_k"] == pytest.approx(0.5)
     assert s["pass_at_k"] == 1.0

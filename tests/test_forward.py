@@ -1,5 +1,6 @@
 """train/forward.py: the chunked LM-head log-softmax gather gives the same log-probs, entropies and
 gradients as a plain `log_softmax(model(...).logits)` gather, in fp32 and under bf16 autocast."""
+
 from __future__ import annotations
 
 import pytest
@@ -27,27 +28,48 @@ def small_chunks(monkeypatch):
 def tiny_llama(tie: bool = True):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=tie)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=tie,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg).float()
 
 
 def rows(seed: int = 0, n: int = 6) -> Rows:
     g = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(3, VOCAB, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist()
-               for _ in range(n)]
-    responses = [torch.randint(3, VOCAB, (int(torch.randint(1, 20, (1,), generator=g)),), generator=g).tolist()
-                 for _ in range(n)]
-    return Rows(prompts, responses, [None] * n, torch.zeros(n), torch.zeros(n, dtype=torch.bool),
-                [str(i) for i in range(n)], torch.zeros(n, dtype=torch.long), ["s"] * n)
+    prompts = [
+        torch.randint(3, VOCAB, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(n)
+    ]
+    responses = [
+        torch.randint(3, VOCAB, (int(torch.randint(1, 20, (1,), generator=g)),), generator=g).tolist() for _ in range(n)
+    ]
+    return Rows(
+        prompts,
+        responses,
+        [None] * n,
+        torch.zeros(n),
+        torch.zeros(n, dtype=torch.bool),
+        [str(i) for i in range(n)],
+        torch.zeros(n, dtype=torch.long),
+        ["s"] * n,
+    )
 
 
 def reference(model, mb, temperature=1.0):
     """Plain full-vocabulary log_softmax of the model's own logits, gathered at response tokens."""
-    logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
-                   use_cache=False).logits.float() / temperature
+    logits = (
+        model(
+            input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids, use_cache=False
+        ).logits.float()
+        / temperature
+    )
     logp_all = torch.log_softmax(logits[:, :-1], dim=-1)
     predict = mb.response_mask[:, 1:]
     targets = mb.input_ids[:, 1:][predict]

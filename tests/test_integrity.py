@@ -1,6 +1,7 @@
 """Integrity (issue 19, item 2): shards carry page checksums and a content hash, verified on read; the
 hash is the shard's identity, so a renamed copy is used once; token ids are checked against the
 model's vocabulary; checkpoints carry a sha256 manifest and a resume skips a corrupt one."""
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +54,9 @@ def test_changed_rows_under_the_old_metadata_are_named_corrupt(tmp_path, monkeyp
     path = write_shard(shard_columns(), tmp_path / "a.parquet")
     meta = pq.ParquetFile(path).schema_arrow.metadata
     t = read_shard(path)
-    t = t.set_column(t.schema.get_field_index("reward"), "reward",
-                     pa.array(1.0 - t.column("reward").to_numpy(), pa.float32()))
+    t = t.set_column(
+        t.schema.get_field_index("reward"), "reward", pa.array(1.0 - t.column("reward").to_numpy(), pa.float32())
+    )
     pq.write_table(t.replace_schema_metadata(meta), path, write_page_checksum=True)
     with pytest.raises(ShardError) as e:
         read_shard(path)
@@ -90,8 +92,10 @@ def test_token_ids_outside_the_vocabulary_are_named(tmp_path):
     assert read_shard(path).num_rows == 8  # no model, no vocabulary: `inspect` accepts it
     with pytest.raises(ShardError) as e:
         read_shard(path, vocab_size=49152)
-    assert str(e.value) == (f"{path}: response_token_ids contain token id 49152, outside the model's vocabulary "
-                            f"of 49152 (shard from another tokenizer?)")
+    assert str(e.value) == (
+        f"{path}: response_token_ids contain token id 49152, outside the model's vocabulary "
+        f"of 49152 (shard from another tokenizer?)"
+    )
     with pytest.raises(UserError, match="every shard is invalid"):  # replay: skipped like any bad shard
         train(tiny("trainer.steps=1", *REPLAY), tmp_path / "run", replay=tmp_path)
 
@@ -119,8 +123,9 @@ def test_replay_uses_a_renamed_copy_once(tmp_path):
     train(tiny("trainer.steps=4", *REPLAY), run, replay=d)
     metrics = read_jsonl(run / "metrics.jsonl")
     assert [m["shards_duplicate"] for m in metrics] == [1, 0, 0, 0]
-    assert stable([{k: v for k, v in m.items() if k != "shards_duplicate"} for m in metrics]) == \
-        stable([{k: v for k, v in m.items() if k != "shards_duplicate"} for m in read_jsonl(ref / "metrics.jsonl")])
+    assert stable([{k: v for k, v in m.items() if k != "shards_duplicate"} for m in metrics]) == stable(
+        [{k: v for k, v in m.items() if k != "shards_duplicate"} for m in read_jsonl(ref / "metrics.jsonl")]
+    )
     assert_same_weights(run / "checkpoints" / "step-4", ref / "checkpoints" / "step-4")
     ledger = json.loads((run / "checkpoints" / "step-4" / "trainer_state.json").read_text())["ledger"]
     digests = [e["sha256"] for e in ledger]
@@ -135,8 +140,12 @@ def test_async_skips_a_renamed_copy_of_a_consumed_shard(tmp_path):
     write_shard(shard_columns(seed=2, tag="b"), out / S.shard_name(0, "w0", 1))
     copy = out / a.name.replace(".parquet", "x.parquet")  # a renamed copy of the consumed one, read before b
     shutil.copy(a, copy)
-    state = {"step": 1, "iteration": 1, "dropped": [],
-             "ledger": [{"shard": a.name, "sha256": shard_hash(read_shard(a)), "rows": 8, "iteration": 0}]}
+    state = {
+        "step": 1,
+        "iteration": 1,
+        "dropped": [],
+        "ledger": [{"shard": a.name, "sha256": shard_hash(read_shard(a)), "rows": 8, "iteration": 0}],
+    }
     cfg = tiny("trainer.staleness=2", "trainer.minibatch_prompts=2")  # 4 prompt groups per batch: one shard
     batch = next(async_batches(cfg, tmp_path / "run", state, lambda: False, vocab_size=49152))
     assert batch.shards == [S.shard_name(0, "w0", 1)] and batch.duplicates == [copy.name]
@@ -175,8 +184,10 @@ def test_resume_skips_a_checkpoint_with_a_flipped_byte(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["train", "--resume", str(run)], env=QUIET)
     assert result.exit_code == 0, result.output
     warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert warning == [f"warning: {ckpts / 'step-2'}: model.safetensors: sha256 differs from manifest.json "
-                       f"(corrupt); resuming from step-1 instead"], result.stderr
+    assert warning == [
+        f"warning: {ckpts / 'step-2'}: model.safetensors: sha256 differs from manifest.json "
+        f"(corrupt); resuming from step-1 instead"
+    ], result.stderr
     assert "from step-1 (step 1)" in result.stderr
     assert stable(read_jsonl(run / "metrics.jsonl")) == stable(read_jsonl(ref / "metrics.jsonl"))
     assert_same_weights(ckpts / "step-3", ref / "checkpoints" / "step-3")
@@ -196,8 +207,10 @@ def test_checkpoints_without_a_manifest_and_a_missing_file(tmp_path):
     shutil.rmtree(ckpts / "step-2")
     with pytest.raises(UserError) as e:
         latest_checkpoint(run)
-    assert str(e.value) == (f"{ckpts / 'step-1'}: model.safetensors: missing; no checkpoint of the run passes "
-                            f"verification (move the corrupt ones away to start over)")
+    assert str(e.value) == (
+        f"{ckpts / 'step-1'}: model.safetensors: missing; no checkpoint of the run passes "
+        f"verification (move the corrupt ones away to start over)"
+    )
     (ckpts / "step-1" / MANIFEST).write_text("{not json")
     with pytest.raises(UserError, match="manifest.json: unreadable"):
         latest_checkpoint(run)

@@ -4,6 +4,7 @@ prime-rl keeps a "reward goes up" test; this is ours. Real model, real vLLM engi
 (the preset's stated policy, which pays no echo of the question), real optimizer: nothing here is a
 stand-in. Seeded, but vLLM's CPU kernels are not bit-reproducible across machines, so the bound is a
 margin the measured run clears several times over, not an exact value."""
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,26 @@ STEPS = 12
 @pytest.mark.slow
 def test_embedded_default_reward_rises(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "2", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    proc = subprocess.run([sys.executable, "-m", "vespo_cli.cli", "train", "--preset", "smollm2-arith", "--run-dir",
-                           "run", "--set", f"trainer.steps={STEPS}", "--set", "trainer.save_every=100"],
-                          cwd=tmp_path, capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vespo_cli.cli",
+            "train",
+            "--preset",
+            "smollm2-arith",
+            "--run-dir",
+            "run",
+            "--set",
+            f"trainer.steps={STEPS}",
+            "--set",
+            "trainer.save_every=100",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r.get("kind") == "train"]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))

@@ -1,5 +1,6 @@
 """One writer per directory (issue 19, item 3): `train`, `rollout` and `compare` lock what they write;
 a second writer is refused with one line naming the directory and the holder's PID; SIGKILL frees it."""
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,10 @@ def _env() -> dict:
 @contextlib.contextmanager
 def held_elsewhere(directory: Path):
     """Another process holding `directory`'s lock (as a live `vespo train` would); yields its PID."""
-    code = (f"from vespo_cli.lock import hold\nwith hold({str(directory)!r}, 'vespo train'):\n"
-            "    print('held', flush=True)\n    import time; time.sleep(600)\n")
+    code = (
+        f"from vespo_cli.lock import hold\nwith hold({str(directory)!r}, 'vespo train'):\n"
+        "    print('held', flush=True)\n    import time; time.sleep(600)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=_env(), text=True)
     try:
         assert proc.stdout.readline().strip() == "held"
@@ -55,8 +58,11 @@ def tiny_replay_run(tmp_path: Path) -> tuple[Path, Path]:
     write_shard(shard_columns(seed=1, tag="a"), d / S.shard_name(0, "w0", 0))
     write_shard(shard_columns(seed=2, tag="b"), d / S.shard_name(0, "w0", 1))
     run = tmp_path / "run"
-    train(load_config("tiny", None, ["trainer.steps=1", "trainer.staleness=1", "trainer.minibatch_prompts=2"]),
-          run, replay=d)
+    train(
+        load_config("tiny", None, ["trainer.steps=1", "trainer.staleness=1", "trainer.minibatch_prompts=2"]),
+        run,
+        replay=d,
+    )
     cfg = run / "config.yaml"
     cfg.write_text(cfg.read_text().replace("steps: 1\n", "steps: 2\n", 1))
     return run, d
@@ -103,8 +109,9 @@ def test_train_and_rollout_refuse_a_held_run_directory(tmp_path, monkeypatch):
         result = CliRunner().invoke(app, args, env=QUIET)
         err = result.stderr.strip().splitlines()
         assert result.exit_code == 2, result.output
-        assert len(err) == 1 and err[0].startswith(f"error: {d}: in use by another vespo process "
-                                                   f"(pid {pid} (vespo train))"), result.stderr
+        assert len(err) == 1 and err[0].startswith(
+            f"error: {d}: in use by another vespo process (pid {pid} (vespo train))"
+        ), result.stderr
         assert sorted((p.name, p.stat().st_mtime_ns) for p in d.rglob("*")) == before
 
     with held_elsewhere(fresh) as proc:
@@ -125,8 +132,20 @@ def test_a_live_vespo_train_refuses_a_second_one_and_resumes_after_sigkill(tmp_p
     """Two real processes: `vespo train` on the tiny preset, then a second `vespo train --resume` on
     its run while it trains: refused, naming the first one's PID; SIGKILL the first, resume finishes."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "vespo_cli.cli", "train", "-p", "tiny", "--run-dir", str(run),
-           "--set", "trainer.steps=100000", "--set", "trainer.save_every=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vespo_cli.cli",
+        "train",
+        "-p",
+        "tiny",
+        "--run-dir",
+        str(run),
+        "--set",
+        "trainer.steps=100000",
+        "--set",
+        "trainer.save_every=1",
+    ]
     log = open(tmp_path / "first.log", "wb")
     first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
     try:
@@ -134,8 +153,13 @@ def test_a_live_vespo_train_refuses_a_second_one_and_resumes_after_sigkill(tmp_p
         while not list(run.glob("checkpoints/step-*")):
             assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
             time.sleep(0.05)
-        second = subprocess.run([sys.executable, "-m", "vespo_cli.cli", "train", "--resume", str(run)],
-                                capture_output=True, text=True, env=_env(), timeout=300)
+        second = subprocess.run(
+            [sys.executable, "-m", "vespo_cli.cli", "train", "--resume", str(run)],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=300,
+        )
         assert first.poll() is None, "the first run ended before the second was refused"
         err = second.stderr.strip().splitlines()
         assert second.returncode == 2 and len(err) == 1, second.stderr
@@ -149,8 +173,13 @@ def test_a_live_vespo_train_refuses_a_second_one_and_resumes_after_sigkill(tmp_p
     done = max(m["step"] for m in read_jsonl(run / "metrics.jsonl"))
     cfg = run / "config.yaml"
     cfg.write_text(cfg.read_text().replace("steps: 100000\n", f"steps: {done + 2}\n", 1))
-    third = subprocess.run([sys.executable, "-m", "vespo_cli.cli", "train", "--resume", str(run)],
-                           capture_output=True, text=True, env=_env(), timeout=300)
+    third = subprocess.run(
+        [sys.executable, "-m", "vespo_cli.cli", "train", "--resume", str(run)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert third.returncode == 0, third.stderr[-3000:]
     steps = [m["step"] for m in read_jsonl(run / "metrics.jsonl")]
     assert steps == list(range(1, done + 3)), steps

@@ -1,4 +1,5 @@
 """vespo_cli/malloc.py: the glibc thresholds are applied at import, and can be turned off."""
+
 from __future__ import annotations
 
 import subprocess

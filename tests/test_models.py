@@ -1,4 +1,5 @@
 """Model specs → checkpoints: deterministic tiny build, atomic cache, errors, the real SmolLM2 conversion."""
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,8 @@ def test_tiny_checkpoint_contents(tiny_model_path, tokenizer):
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     assert tokenizer.eos_token_id == 2 and tokenizer.pad_token_id == 2
     assert "<|im_start|>assistant" in tokenizer.apply_chat_template(
-        [{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False)
+        [{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False
+    )
     assert models.eos_token_ids(tiny_model_path) == [2]
 
 

@@ -4,6 +4,7 @@ on-policy equivalence, gradient accumulation, mismatch correction, ablations, nu
 Expected values are computed here from the spec's formulas, never pasted. The library computes each
 objective as (value, ∂ℓ/∂logp) without an autograd graph; the reference below is the spec written
 naively with autograd, so the two are independent implementations of the same equations."""
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,13 @@ from hypothesis import strategies as st
 
 from vespo_cli.errors import UserError
 from vespo_cli.objectives import (
-    AGGREGATION, OBJECTIVE_DEFAULTS, OBJECTIVES, group_advantages, policy_loss, resolve_params, vespo_kernel,
+    AGGREGATION,
+    OBJECTIVE_DEFAULTS,
+    OBJECTIVES,
+    group_advantages,
+    policy_loss,
+    resolve_params,
+    vespo_kernel,
 )
 
 F64 = torch.float64
@@ -29,8 +36,9 @@ PRESETS = Path(__file__).resolve().parents[1] / "presets" / "algorithms"
 # --------------------------------------------------------------------------- reference (spec, autograd)
 
 
-def ref_loss(name, logp, old, adv, mask, rollout=None, correction=None, cap=2.0, num_tokens=None,
-             num_seqs=None, **params):
+def ref_loss(
+    name, logp, old, adv, mask, rollout=None, correction=None, cap=2.0, num_tokens=None, num_seqs=None, **params
+):
     """ALGORITHMS.md, line by line, with autograd."""
     p = {**OBJECTIVE_DEFAULTS[name], **params}
     m = mask.to(logp.dtype)
@@ -235,8 +243,9 @@ def grpo_token_grad(r, A, eps_low=0.2, eps_high=0.28, c=3.0):
 def test_grpo_clip_boundaries(r, A, dual_clip):
     logp = torch.zeros(1, 1, dtype=F64)
     old = logp - math.log(r)
-    loss, g, metrics = grad_of(lib("grpo", dual_clip=dual_clip), logp, old, torch.tensor([A], dtype=F64),
-                               torch.ones(1, 1))
+    loss, g, metrics = grad_of(
+        lib("grpo", dual_clip=dual_clip), logp, old, torch.tensor([A], dtype=F64), torch.ones(1, 1)
+    )
     expected = -min(r * A, min(max(r, 0.8), 1.28) * A)
     if dual_clip and A < 0:
         expected = min(expected, -dual_clip * A)
@@ -330,8 +339,17 @@ def test_gradient_accumulation(name, correction):
     num_tokens, num_seqs = mask.sum(), mask.shape[0]
     total = 0.0
     for rows in ([0, 1], [2, 3, 4], [5], [6]):
-        loss, _ = policy_loss(name, x[rows], old[rows], adv[rows], mask[rows], rollout_logp=rollout[rows],
-                              correction=correction, num_tokens=num_tokens, num_seqs=num_seqs)
+        loss, _ = policy_loss(
+            name,
+            x[rows],
+            old[rows],
+            adv[rows],
+            mask[rows],
+            rollout_logp=rollout[rows],
+            correction=correction,
+            num_tokens=num_tokens,
+            num_seqs=num_seqs,
+        )
         loss.backward()
         total += loss.item()
     torch.testing.assert_close(x.grad, g_full, rtol=1e-12, atol=1e-15)
@@ -348,8 +366,9 @@ def test_token_level_correction_multiplies_token_loss(name, correction):
     logp, old, adv, mask, rollout = batch(scale=0.8, seed=9)
     cap = 1.5
     _, g_none, _ = grad_of(lib(name), logp, old, adv, mask)
-    _, g_corr, metrics = grad_of(lib(name, correction_cap=cap), logp, old, adv, mask, rollout_logp=rollout,
-                                 correction=correction)
+    _, g_corr, metrics = grad_of(
+        lib(name, correction_cap=cap), logp, old, adv, mask, rollout_logp=rollout, correction=correction
+    )
     rho = torch.exp(old - rollout)
     w = rho.clamp(max=cap) if correction == "tis" else torch.where((rho >= 1 / cap) & (rho <= cap), rho, 0.0)
     torch.testing.assert_close(g_corr, g_none * w, rtol=1e-12, atol=1e-15)
@@ -366,10 +385,14 @@ def test_vespo_correction_enters_log_weight(correction):
     logp, old, adv, mask, rollout = batch(scale=0.3, seed=10)
     cap = 1.3
     ln_rho = old - rollout
-    ln_w = ln_rho.clamp(max=math.log(cap)) if correction == "tis" else \
-        torch.where(ln_rho.abs() <= math.log(cap), ln_rho, torch.tensor(LN_EPS, dtype=F64))
-    _, g_corr, _ = grad_of(lib("vespo", correction_cap=cap), logp, old, adv, mask, rollout_logp=rollout,
-                           correction=correction)
+    ln_w = (
+        ln_rho.clamp(max=math.log(cap))
+        if correction == "tis"
+        else torch.where(ln_rho.abs() <= math.log(cap), ln_rho, torch.tensor(LN_EPS, dtype=F64))
+    )
+    _, g_corr, _ = grad_of(
+        lib("vespo", correction_cap=cap), logp, old, adv, mask, rollout_logp=rollout, correction=correction
+    )
     _, g_shift, _ = grad_of(lib("vespo"), logp, old - ln_w, adv, mask)  # Δ' = Δ + ln w
     torch.testing.assert_close(g_corr, g_shift, rtol=1e-12, atol=1e-15)
     _, g_none, _ = grad_of(lib("vespo"), logp, old, adv, mask)
@@ -506,7 +529,7 @@ def test_metrics():
     logp, old, adv, mask, _ = batch(scale=0.5, seed=16)
     m = mask.to(F64)
     _, metrics = policy_loss("grpo", logp, old, adv, mask)
-    d = ((logp - old) * m)
+    d = (logp - old) * m
     lw = d.sum(-1)
     W = lw.exp()
     assert metrics["delta_abs_mean"] == pytest.approx((d.abs().sum() / m.sum()).item())
@@ -559,8 +582,16 @@ def test_algorithm_presets(preset):
     if preset == cfg["objective"]:  # the objective's own preset is the paper's setting = the defaults
         assert {k: params[k] for k in defaults} == defaults
     logp, old, adv, mask, rollout = batch()
-    loss, _ = policy_loss(cfg["objective"], logp.requires_grad_(), old, adv, mask, rollout_logp=rollout,
-                          correction=cfg["correction"], **params)
+    loss, _ = policy_loss(
+        cfg["objective"],
+        logp.requires_grad_(),
+        old,
+        adv,
+        mask,
+        rollout_logp=rollout,
+        correction=cfg["correction"],
+        **params,
+    )
     loss.backward()
     assert torch.isfinite(logp.grad).all()
 

@@ -1,4 +1,5 @@
 """Paper presets and the planner: protocol, exact parameter counts, memory arithmetic, launch lines."""
+
 from __future__ import annotations
 
 import os
@@ -110,8 +111,16 @@ def test_known_model_aliases_and_case():
 def test_local_config_json_is_counted(tmp_path):
     from transformers import LlamaConfig
 
-    LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                intermediate_size=128, vocab_size=1000, tie_word_embeddings=True).save_pretrained(tmp_path)
+    LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        vocab_size=1000,
+        tie_word_embeddings=True,
+    ).save_pretrained(tmp_path)
     shape = P.model_shape(str(tmp_path))
     per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128 + 2 * 64
     assert shape.params == 1000 * 64 + 64 + 2 * per_layer == 138_048
@@ -129,9 +138,23 @@ def test_unknown_model_without_config_is_a_user_error(tmp_path):
 
 
 def hand_shape(**kw) -> P.ModelShape:
-    base = dict(name="hand", source="test", params=1_000_000_000, active_params=1_000_000_000,
-                root_params=100_000_000, max_layer_params=50_000_000, layers=10, hidden=1000, heads=8, kv_heads=4,
-                head_dim=128, intermediate=4000, vocab=10_000, tied=False, max_positions=4096)
+    base = dict(
+        name="hand",
+        source="test",
+        params=1_000_000_000,
+        active_params=1_000_000_000,
+        root_params=100_000_000,
+        max_layer_params=50_000_000,
+        layers=10,
+        hidden=1000,
+        heads=8,
+        kv_heads=4,
+        head_dim=128,
+        intermediate=4000,
+        vocab=10_000,
+        tied=False,
+        max_positions=4096,
+    )
     return P.ModelShape(**{**base, **kw})
 
 
@@ -154,8 +177,15 @@ def test_memory_arithmetic_by_hand():
     # microbatch T = max(2048, 24 + 1000) = 2048 tokens
     # checkpoints 10 × 2048 × 1000 × 4; one layer 2 × 2048 × (40·1000 + 8·4000); logits 12 × 2048 × 10000
     assert [r.bytes for r in plan.trainer] == [
-        1_000_000_000, 1_000_000_000, 2_000_000_000, 1_400_000_000,
-        81_920_000, 294_912_000, 245_760_000, 3 * GiB]
+        1_000_000_000,
+        1_000_000_000,
+        2_000_000_000,
+        1_400_000_000,
+        81_920_000,
+        294_912_000,
+        245_760_000,
+        3 * GiB,
+    ]
     assert plan.trainer_total == 9_243_817_472
     # vLLM: 0.5 × 80 GiB = 40 GiB; bf16 weights 2 × 1e9 / tp 2; 3 GiB overhead; KV is the rest
     assert [r.bytes for r in plan.rollout] == [1_000_000_000, 3 * GiB, 40 * GiB - 1_000_000_000 - 3 * GiB]
@@ -175,9 +205,10 @@ def test_memory_arithmetic_moe_and_no_checkpointing():
     acts = next(r for r in dense.trainer if r.item.startswith("activations"))
     assert acts.bytes == 11 * 2048 * (40 * 1000 + 8 * 4000)
     cfg.trainer.bf16_autocast = False  # fp32 matmul outputs: twice the bytes
-    assert next(r for r in P.memory_plan(cfg, hand_shape()).trainer
-                if r.item.startswith("activations")).bytes == 2 * acts.bytes
-
+    assert (
+        next(r for r in P.memory_plan(cfg, hand_shape()).trainer if r.item.startswith("activations")).bytes
+        == 2 * acts.bytes
+    )
 
 
 def test_memory_arithmetic_bf16_params():
@@ -193,6 +224,7 @@ def test_memory_arithmetic_bf16_params():
     rows = {r.item: r.bytes for r in P.memory_plan(cfg, hand_shape()).trainer}
     assert rows["bf16 compute weights"] == 2 * 1_000_000_000 and "FSDP unsharded params + grads" not in rows
 
+
 def test_modes_and_dedicated_rollout_gpus():
     cfg = hand_config()
     assert P.memory_plan(cfg, hand_shape(), mode="replay").rollout == []
@@ -206,13 +238,16 @@ def test_modes_and_dedicated_rollout_gpus():
     assert P.launch_commands(cfg)[0].startswith("torchrun --nproc-per-node 6 ")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("layout.fsdp_size=3", "layout.fsdp_size: 3 must divide"),
-    ("rollout.tensor_parallel_size=3", "tensor_parallel_size: 3"),
-    ("layout.gpu_memory_gib=80", "more than layout.gpu_memory_gib 80"),
-    ("rollout.gpu_memory_utilization=0.02", "less than weights"),
-    ("rollout.max_tokens=40000", "exceeds the model's 32768 positions"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("layout.fsdp_size=3", "layout.fsdp_size: 3 must divide"),
+        ("rollout.tensor_parallel_size=3", "tensor_parallel_size: 3"),
+        ("layout.gpu_memory_gib=80", "more than layout.gpu_memory_gib 80"),
+        ("rollout.gpu_memory_utilization=0.02", "less than weights"),
+        ("rollout.max_tokens=40000", "exceeds the model's 32768 positions"),
+    ],
+)
 def test_a_preset_that_cannot_fit_raises(override, message):
     cfg = load_config("qwen3-8b", overrides=[override])
     with pytest.raises(UserError, match="does not fit") as e:
@@ -263,8 +298,10 @@ def test_describe_plan_single_node():
 def test_describe_plan_multi_node_async_and_replay():
     cfg = load_config("qwen3-30b-a3b")
     text = one_line(P.describe_plan(cfg, run_dir=None, replay=None, async_=True))
-    assert ("torchrun --nnodes 2 --node-rank $NODE_RANK --nproc-per-node 8 --rdzv-backend c10d "
-            "--rdzv-endpoint $MASTER_ADDR:29500 -m vespo_cli.cli train --preset qwen3-30b-a3b --async") in text
+    assert (
+        "torchrun --nnodes 2 --node-rank $NODE_RANK --nproc-per-node 8 --rdzv-backend c10d "
+        "--rdzv-endpoint $MASTER_ADDR:29500 -m vespo_cli.cli train --preset qwen3-30b-a3b --async"
+    ) in text
     assert "async" in text
     replay = P.describe_plan(cfg, run_dir=None, replay=Path("shards"), async_=False)
     assert "--replay shards" in one_line(replay) and "peak (trainer)" in replay
@@ -287,8 +324,26 @@ def test_docs_carry_the_launch_lines():
     for name in PAPER_PRESETS:
         assert P.launch_commands(load_config(name))[0] in doc, name
     assert "vespo compare grpo gspo sapo vespo --preset qwen3-30b-a3b --staleness 4 --staleness 8" in doc
-    for number in ("57.0", "59.1", "51.7", "70.0", "54.6", "56.4", "60.9", "26.8", "26.7", "24.5", "28.3",
-                   "67.3", "64.5", "61.8", "48.6", "47.6", "20.9", "16.5"):
+    for number in (
+        "57.0",
+        "59.1",
+        "51.7",
+        "70.0",
+        "54.6",
+        "56.4",
+        "60.9",
+        "26.8",
+        "26.7",
+        "24.5",
+        "28.3",
+        "67.3",
+        "64.5",
+        "61.8",
+        "48.6",
+        "47.6",
+        "20.9",
+        "16.5",
+    ):
         assert number in doc
 
 
@@ -305,8 +360,9 @@ def test_shell_wrap_keeps_flags_with_values():
 
 def _vespo(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "vespo_cli.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "vespo_cli.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
 
 
 @pytest.mark.slow

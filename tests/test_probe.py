@@ -1,5 +1,6 @@
 """`vespo probe`: the per-group gradients (K = 0 identity, agreement with the trainer's autograd), the
 sketch's error bound, the bootstrap's coverage, one-line errors, and the `--quick` run end to end."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from vespo_cli.cli import app
 from vespo_cli.config import load_config
 from vespo_cli.objectives import policy_loss
 from vespo_cli.probe.bootstrap import Gram, resample_counts, summarize
-from vespo_cli.probe.gradients import REFERENCE, Batch, batch_sketches, drift_stats, gradient_subset, objective_params
+from vespo_cli.probe.gradients import Batch, batch_sketches, drift_stats, gradient_subset, objective_params
 from vespo_cli.probe.report import REQUIRED, finite_record, reading
 from vespo_cli.probe.sketch import CountSketch, cosine_error_bound
 from vespo_cli.train.batch import Rows, make_microbatch
@@ -51,8 +52,9 @@ def batch(chat_prompts) -> Batch:
             responses.append(torch.randint(3, 4000, (3 + (5 * g + s) % 7,), generator=gen).tolist())
             groups.append(f"g{g}")
     rewards = torch.tensor([1, 0, 0, 1, 1, 1, 1, 1, 0, 0, 1, 0], dtype=torch.float32)
-    rows = Rows(prompts, responses, [None] * 12, rewards, rewards > 0, groups, torch.zeros(12, dtype=torch.long),
-                ["s"] * 12)
+    rows = Rows(
+        prompts, responses, [None] * 12, rewards, rewards > 0, groups, torch.zeros(12, dtype=torch.long), ["s"] * 12
+    )
     return Batch(rows, [list(range(4 * g, 4 * g + 4)) for g in range(3)])
 
 
@@ -82,8 +84,13 @@ def test_k0_stale_gradient_equals_on_policy_gradient_for_every_objective(model, 
         assert float(s @ f / (s.norm() * f.norm())) == pytest.approx(1.0, abs=1e-12)
         torch.testing.assert_close(s, f, rtol=1e-12, atol=0)
         assert stale[name][1].abs().max() == 0  # the group without reward variance: exactly 0
-    assert drift_stats(logp, old, batch) == {"delta_abs_mean": 0.0, "kl": 0.0, "log_w_std": 0.0,
-                                             "log_w_max_abs": 0.0, "ess_w": 1.0}
+    assert drift_stats(logp, old, batch) == {
+        "delta_abs_mean": 0.0,
+        "kl": 0.0,
+        "log_w_std": 0.0,
+        "log_w_max_abs": 0.0,
+        "ess_w": 1.0,
+    }
 
 
 def test_group_gradients_sum_to_the_trainer_autograd_gradient(model, batch):
@@ -134,7 +141,9 @@ def test_sketch_inner_product_variance_is_the_closed_form():
     x, y = torch.randn(400, generator=gen, dtype=torch.float64), torch.randn(400, generator=gen, dtype=torch.float64)
     y = y + 0.7 * x
     k, seeds = 64, 600
-    vals = np.array([float(CountSketch([400], k, seed=s)([x]) @ CountSketch([400], k, seed=s)([y])) for s in range(seeds)])
+    vals = np.array(
+        [float(CountSketch([400], k, seed=s)([x]) @ CountSketch([400], k, seed=s)([y])) for s in range(seeds)]
+    )
     var = float((x @ x) * (y @ y) + (x @ y) ** 2 - 2 * (x * x * y * y).sum()) / k
     assert abs(vals.mean() - float(x @ y)) < 4 * math.sqrt(var / seeds)
     assert abs(vals.var() / var - 1) < 4 * math.sqrt(2 / seeds)
@@ -202,36 +211,62 @@ def test_bootstrap_interval_covers_the_true_cosine():
 
 def test_reading_names_where_an_objective_falls_below_the_noise_floor():
     def rec(o, k, cos, lo, hi):
-        return {"objective": o, "staleness": k, "cosine": cos, "cosine_low": lo, "cosine_high": hi,
-                "noise_floor": 0.5, "noise_floor_low": 0.4, "noise_floor_high": 0.6, "cosine_pg": 0.3,
-                "norm_ratio": 1.0, "ess": 0.5}
-    lines = reading([rec("x", 0, 0.5, 0.4, 0.6), rec("x", 4, 0.2, 0.1, 0.3), rec("x", 16, 0.0, -0.1, 0.1),
-                     rec("y", 0, 0.5, 0.4, 0.6), rec("y", 16, 0.45, 0.3, 0.55),
-                     {**rec("z", 0, 0.1, -0.2, 0.3), "noise_floor_low": -0.1}])
-    assert lines[0] == ("- **x**: at the noise floor at K = 0; below it at K = 4, 16 (first: K = 4, cosine 0.200 "
-                        "[0.100, 0.300] against a floor of 0.500 [0.400, 0.600]); no significant agreement left while "
-                        "fresh estimates agree at K = 16. At K = 16: cosine 0.000, to the reference 0.300, norm ratio "
-                        "1.000, ESS/n 0.500.")
-    assert lines[1].startswith("- **y**: at the noise floor at K = 0, 16; no significant agreement left while fresh "
-                               "estimates agree at K = none.")
-    assert lines[2].startswith("- **z**: at the noise floor at K = 0; no significant agreement left while fresh "
-                               "estimates agree at K = none.")
+        return {
+            "objective": o,
+            "staleness": k,
+            "cosine": cos,
+            "cosine_low": lo,
+            "cosine_high": hi,
+            "noise_floor": 0.5,
+            "noise_floor_low": 0.4,
+            "noise_floor_high": 0.6,
+            "cosine_pg": 0.3,
+            "norm_ratio": 1.0,
+            "ess": 0.5,
+        }
+
+    lines = reading(
+        [
+            rec("x", 0, 0.5, 0.4, 0.6),
+            rec("x", 4, 0.2, 0.1, 0.3),
+            rec("x", 16, 0.0, -0.1, 0.1),
+            rec("y", 0, 0.5, 0.4, 0.6),
+            rec("y", 16, 0.45, 0.3, 0.55),
+            {**rec("z", 0, 0.1, -0.2, 0.3), "noise_floor_low": -0.1},
+        ]
+    )
+    assert lines[0] == (
+        "- **x**: at the noise floor at K = 0; below it at K = 4, 16 (first: K = 4, cosine 0.200 "
+        "[0.100, 0.300] against a floor of 0.500 [0.400, 0.600]); no significant agreement left while "
+        "fresh estimates agree at K = 16. At K = 16: cosine 0.000, to the reference 0.300, norm ratio "
+        "1.000, ESS/n 0.500."
+    )
+    assert lines[1].startswith(
+        "- **y**: at the noise floor at K = 0, 16; no significant agreement left while fresh "
+        "estimates agree at K = none."
+    )
+    assert lines[2].startswith(
+        "- **z**: at the noise floor at K = 0; no significant agreement left while fresh estimates agree at K = none."
+    )
     assert lines[3].startswith("- Where two fresh estimates do not agree significantly") and "at K = 0:" in lines[3]
 
 
 # --------------------------------------------------------------------------- command
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--staleness", "-1"], "error: --staleness -1: expected a non-negative"),
-    (["--prompts", "1"], "error: --prompts 1: expected at least 2 prompt groups"),
-    (["--blocks", "0"], "error: --blocks 0: expected at least 1"),
-    (["--bootstrap", "10"], "error: --bootstrap 10: expected at least 100"),
-    (["--reward", "length"], "error: --reward length: expected one of auto, grader, even-tokens"),
-    (["--shards", "nowhere"], "error: --shards nowhere: no such directory"),
-    (["--run", "nowhere"], "error: --run nowhere: not a run directory"),
-    (["--algo", "nosuch"], "error: "),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--staleness", "-1"], "error: --staleness -1: expected a non-negative"),
+        (["--prompts", "1"], "error: --prompts 1: expected at least 2 prompt groups"),
+        (["--blocks", "0"], "error: --blocks 0: expected at least 1"),
+        (["--bootstrap", "10"], "error: --bootstrap 10: expected at least 100"),
+        (["--reward", "length"], "error: --reward length: expected one of auto, grader, even-tokens"),
+        (["--shards", "nowhere"], "error: --shards nowhere: no such directory"),
+        (["--run", "nowhere"], "error: --run nowhere: not a run directory"),
+        (["--algo", "nosuch"], "error: "),
+    ],
+)
 def test_bad_inputs_give_one_line_errors(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["probe", "--preset", "tiny", *args], env={"COLUMNS": "300"})
@@ -248,13 +283,34 @@ def test_quick_probe_on_tiny_end_to_end(tmp_path):
     no drift and every objective's stale gradient is the same one (all reduce to REINFORCE). The
     random tiny model earns no reward from the grader, so `--reward auto` probes with even-tokens."""
     out = tmp_path / "probe"
-    result = CliRunner().invoke(app, ["probe", "--preset", "tiny", "--quick",
-                                      "--algo", "grpo", "--algo", "gspo", "--algo", "sapo", "--algo", "cispo",
-                                      "--algo", "vespo", "--algo", "topr", "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "probe",
+            "--preset",
+            "tiny",
+            "--quick",
+            "--algo",
+            "grpo",
+            "--algo",
+            "gspo",
+            "--algo",
+            "sapo",
+            "--algo",
+            "cispo",
+            "--algo",
+            "vespo",
+            "--algo",
+            "topr",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     records = json.loads((out / "probe.json").read_text())
-    assert sorted({(r["objective"], r["staleness"]) for r in records}) == \
-        sorted((o, k) for o in ("cispo", "grpo", "gspo", "sapo", "topr", "vespo") for k in (0, 1, 2, 4))
+    assert sorted({(r["objective"], r["staleness"]) for r in records}) == sorted(
+        (o, k) for o in ("cispo", "grpo", "gspo", "sapo", "topr", "vespo") for k in (0, 1, 2, 4)
+    )
     for r in records:
         assert set(REQUIRED) <= set(r) and finite_record(r), r
         assert -1 <= r["cosine_low"] <= r["cosine"] <= r["cosine_high"] <= 1
@@ -271,8 +327,11 @@ def test_quick_probe_on_tiny_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_grader_without_reward_variance_is_a_one_line_error(tmp_path):
     """The tiny preset's random model never solves a problem: with the grader every gradient is 0."""
-    result = CliRunner().invoke(app, ["probe", "--preset", "tiny", "--quick", "--reward", "grader", "--out",
-                                      str(tmp_path / "p")], env={"COLUMNS": "300"})
+    result = CliRunner().invoke(
+        app,
+        ["probe", "--preset", "tiny", "--quick", "--reward", "grader", "--out", str(tmp_path / "p")],
+        env={"COLUMNS": "300"},
+    )
     assert result.exit_code == 2, result.output
     err = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # after the model-loading bar
     assert len(err) == 1 and err[0].startswith("error: --reward grader: no prompt group"), result.stderr
@@ -286,15 +345,47 @@ def test_probe_takes_theta_k_from_a_run_and_behaviour_data_from_shards(tmp_path,
     problems; a K without a checkpoint is a one-line error."""
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
-    trained = runner.invoke(app, ["train", "--preset", "tiny", "--run-dir", "run", "--set", "trainer.steps=2",
-                                  "--set", "trainer.save_every=1", "--set", "trainer.keep_checkpoints=3"])
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--run-dir",
+            "run",
+            "--set",
+            "trainer.steps=2",
+            "--set",
+            "trainer.save_every=1",
+            "--set",
+            "trainer.keep_checkpoints=3",
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     missing = runner.invoke(app, ["probe", "--run", "run", "--staleness", "3"], env={"COLUMNS": "300"})
     assert missing.exit_code == 2
     assert missing.stderr.strip() == "error: --staleness 3: run has no checkpoints/step-3 (steps saved: 2)"
-    result = runner.invoke(app, ["probe", "--run", "run", "--shards", "run/rollouts", "--staleness", "0",
-                                 "--staleness", "2", "--reward", "even-tokens", "--quick", "--algo", "vespo",
-                                 "--out", "probe"])
+    result = runner.invoke(
+        app,
+        [
+            "probe",
+            "--run",
+            "run",
+            "--shards",
+            "run/rollouts",
+            "--staleness",
+            "0",
+            "--staleness",
+            "2",
+            "--reward",
+            "even-tokens",
+            "--quick",
+            "--algo",
+            "vespo",
+            "--out",
+            "probe",
+        ],
+    )
     assert result.exit_code == 0, result.output
     records = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert [(r["objective"], r["staleness"]) for r in records] == [("vespo", 0), ("vespo", 2)]

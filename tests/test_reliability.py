@@ -12,6 +12,7 @@
 Figures for reports/reliability.md: the tests add what they tried to COUNTS; with
 VESPO_RELIABILITY_JSON=path they are written there as JSON when the module finishes.
 """
+
 from __future__ import annotations
 
 import ast
@@ -24,7 +25,6 @@ import os
 import pickle
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,8 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import redraw_rewards
 import torch
+from conftest import redraw_rewards
 from typer.testing import CliRunner
 
 from vespo_cli import shards as S
@@ -52,8 +52,16 @@ from vespo_cli.train.loop import train
 VOLATILE = {"time", "rollout_s", "logprob_s", "train_s", "tokens_per_s", "sync_s"}
 PACKAGE = Path(__file__).resolve().parents[1] / "vespo_cli"
 KILL_SEED = int(os.environ.get("VESPO_KILL_SEED", "6"))
-COUNTS: dict = {"kills": [], "bad_inputs": [], "rows_expected": 0, "rows_consumed": 0, "rows_lost": 0,
-                "rows_duplicated": 0, "rollout_prompts_expected": 0, "rollout_prompts_found": 0}
+COUNTS: dict = {
+    "kills": [],
+    "bad_inputs": [],
+    "rows_expected": 0,
+    "rows_consumed": 0,
+    "rows_lost": 0,
+    "rows_duplicated": 0,
+    "rollout_prompts_expected": 0,
+    "rollout_prompts_found": 0,
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -115,13 +123,15 @@ def _reap(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
-def kill_when(args: list, cwd: Path, log: Path, condition, delay: float, timeout: float = 300.0,
-              reap: bool = True) -> subprocess.Popen:
+def kill_when(
+    args: list, cwd: Path, log: Path, condition, delay: float, timeout: float = 300.0, reap: bool = True
+) -> subprocess.Popen:
     """Run `vespo *args`; once `condition()` holds wait `delay` s, then SIGKILL the process (only it:
     what it started is left to fend for itself, then killed with its process group if `reap`)."""
     with open(log, "ab") as f:
-        proc = subprocess.Popen(vespo_cmd(*args), cwd=cwd, env=_env(), stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            vespo_cmd(*args), cwd=cwd, env=_env(), stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + timeout
         while proc.poll() is None and not condition():
@@ -141,8 +151,9 @@ def kill_when(args: list, cwd: Path, log: Path, condition, delay: float, timeout
 
 def run_to_end(args: list, cwd: Path, log: Path, timeout: float = 300.0) -> None:
     with open(log, "ab") as f:
-        proc = subprocess.Popen(vespo_cmd(*args), cwd=cwd, env=_env(), stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            vespo_cmd(*args), cwd=cwd, env=_env(), stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         assert proc.wait(timeout=timeout) == 0, _tail(log)
     finally:
@@ -186,7 +197,9 @@ def assert_ledger_exact(run: Path, steps: int, shard_dir: Path, iterations: int)
     state = json.loads((run / "checkpoints" / f"step-{steps}" / "trainer_state.json").read_text())
     assert state["step"] == steps and state["iteration"] == iterations
     ledger = state["ledger"]
-    assert sorted(e["iteration"] for e in ledger) == sorted({e["iteration"] for e in ledger})  # one shard per batch here
+    assert sorted(e["iteration"] for e in ledger) == sorted(
+        {e["iteration"] for e in ledger}
+    )  # one shard per batch here
     assert sorted(e["iteration"] for e in ledger) == list(range(iterations))
     used: dict[str, int] = {}
     for e in ledger:
@@ -203,8 +216,9 @@ def assert_ledger_exact(run: Path, steps: int, shard_dir: Path, iterations: int)
     COUNTS["rows_duplicated"] += sum(max(0, u - good.get(s, 0)) for s, u in used.items())
 
 
-def kill_chain(name: str, args: list, run: Path, cwd: Path, plan: list[tuple[str, object, tuple[float, float]]],
-               rng: random.Random) -> None:
+def kill_chain(
+    name: str, args: list, run: Path, cwd: Path, plan: list[tuple[str, object, tuple[float, float]]], rng: random.Random
+) -> None:
     """SIGKILL the run at each point of `plan` (resuming in between), then let it finish."""
     log = cwd / f"{name}.log"
     for i, (phase, make_condition, (lo, hi)) in enumerate(plan):
@@ -212,15 +226,22 @@ def kill_chain(name: str, args: list, run: Path, cwd: Path, plan: list[tuple[str
         delay = rng.uniform(lo, hi)
         kill_when(args if i == 0 else ["train", "--resume", run], cwd, log, condition, delay)
         steps = assert_consistent(run)
-        COUNTS["kills"].append({"chain": name, "phase": phase, "delay_s": round(delay, 3),
-                                "metrics_lines": len(steps), "checkpoints": ckpt_steps(run),
-                                "complete_shards": len(list_shards(run / "rollouts")),
-                                "checkpoint_tmp_left": sorted(tmp_ckpts(run))})
+        COUNTS["kills"].append(
+            {
+                "chain": name,
+                "phase": phase,
+                "delay_s": round(delay, 3),
+                "metrics_lines": len(steps),
+                "checkpoints": ckpt_steps(run),
+                "complete_shards": len(list_shards(run / "rollouts")),
+                "checkpoint_tmp_left": sorted(tmp_ckpts(run)),
+            }
+        )
     run_to_end(["train", "--resume", run], cwd, log)
 
 
 def after_checkpoint(step: int):
-    return lambda run: (lambda: step in ckpt_steps(run))
+    return lambda run: lambda: step in ckpt_steps(run)
 
 
 def during_checkpoint_write(run: Path):
@@ -234,7 +255,7 @@ def at_next_checkpoint(run: Path):
 
 
 def after_metric_lines(k: int):
-    return lambda run: (lambda: metric_lines(run) >= k)
+    return lambda run: lambda: metric_lines(run) >= k
 
 
 SYNC = ["trainer.steps=8", "trainer.save_every=2"]  # tiny: mbs 2, N 2 → 4 rollout batches, 4 checkpoints
@@ -267,8 +288,14 @@ def test_sync_train_survives_repeated_sigkill(tmp_path, sync_ref):
         ("sync: rollout of batch 2", after_checkpoint(2), (0.0, 0.4)),
         ("sync: checkpoint boundary", at_next_checkpoint, (0.0, 0.0)),
     ]
-    kill_chain("sync", ["train", "--preset", "tiny", "--run-dir", run, *sum((["--set", s] for s in SYNC), [])],
-               run, tmp_path, plan, rng)
+    kill_chain(
+        "sync",
+        ["train", "--preset", "tiny", "--run-dir", run, *sum((["--set", s] for s in SYNC), [])],
+        run,
+        tmp_path,
+        plan,
+        rng,
+    )
     assert stable(read_jsonl(run / "metrics.jsonl")) == stable(read_jsonl(sync_ref / "metrics.jsonl"))
     assert_same_weights(run / "checkpoints" / "step-8", sync_ref / "checkpoints" / "step-8")
     assert_ledger_exact(run, 8, run / "rollouts", iterations=4)
@@ -292,8 +319,16 @@ def test_replay_train_survives_repeated_sigkill(tmp_path, replay_shards):
         ("replay: checkpoint write", during_checkpoint_write, (0.0, 0.05)),
         ("replay: checkpoint boundary", at_next_checkpoint, (0.0, 0.0)),
     ]
-    args = ["train", "--preset", "tiny", "--run-dir", run, "--replay", replay_shards,
-            *sum((["--set", s] for s in SYNC), [])]
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--run-dir",
+        run,
+        "--replay",
+        replay_shards,
+        *sum((["--set", s] for s in SYNC), []),
+    ]
     kill_chain("replay", args, run, tmp_path, plan, rng)
     assert stable(read_jsonl(run / "metrics.jsonl")) == stable(ref_metrics)
     assert_same_weights(run / "checkpoints" / "step-8", ref / "checkpoints" / "step-8")
@@ -309,15 +344,27 @@ def test_rollout_survives_sigkill_without_torn_or_duplicate_shards(tmp_path):
     run = tmp_path / "run"
     out = run / "rollouts"
     num_prompts, n, per_shard = 8, 4, 2
-    args = ["rollout", "--preset", "tiny", "--num-prompts", num_prompts, "--run-dir", run,
-            "--set", f"trainer.minibatch_prompts={per_shard}"]
+    args = [
+        "rollout",
+        "--preset",
+        "tiny",
+        "--num-prompts",
+        num_prompts,
+        "--run-dir",
+        run,
+        "--set",
+        f"trainer.minibatch_prompts={per_shard}",
+    ]
     log = tmp_path / "rollout.log"
 
     def shards_or_tmp(k: int):
         def cond():
             names = [p.name for p in out.iterdir()] if out.is_dir() else []
-            return any(x.startswith(".") and x.endswith(".tmp") for x in names) or \
-                sum(x.endswith(".parquet") and not x.startswith(".") for x in names) >= k
+            return (
+                any(x.startswith(".") and x.endswith(".tmp") for x in names)
+                or sum(x.endswith(".parquet") and not x.startswith(".") for x in names) >= k
+            )
+
         return cond
 
     for phase, (lo, hi) in (("rollout: sampling", (0.0, 0.5)), ("rollout: shard write", (0.0, 0.0))):
@@ -327,9 +374,15 @@ def test_rollout_survives_sigkill_without_torn_or_duplicate_shards(tmp_path):
         assert len(done) < num_prompts // per_shard
         for p in done:
             read_shard(p)
-        COUNTS["kills"].append({"chain": "rollout", "phase": phase, "delay_s": round(delay, 3),
-                                "complete_shards": len(done),
-                                "tmp_left": sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp"))})
+        COUNTS["kills"].append(
+            {
+                "chain": "rollout",
+                "phase": phase,
+                "delay_s": round(delay, 3),
+                "complete_shards": len(done),
+                "tmp_left": sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")),
+            }
+        )
     run_to_end(args, tmp_path, log)
     tables = [read_shard(p) for p in list_shards(out)]
     assert len(tables) == num_prompts // per_shard
@@ -342,8 +395,9 @@ def test_rollout_survives_sigkill_without_torn_or_duplicate_shards(tmp_path):
         for pid in t.column("prompt_id").to_pylist():
             owner.setdefault(pid, set()).add(t.column("shard_id")[0].as_py())
     assert all(len(s) == 1 for s in owner.values())  # no prompt sampled in two shards
-    assert sorted(zip(prompt_ids, rows.column("sample_idx").to_pylist())) == \
-        sorted((p, i) for p in set(prompt_ids) for i in range(n))
+    assert sorted(zip(prompt_ids, rows.column("sample_idx").to_pylist())) == sorted(
+        (p, i) for p in set(prompt_ids) for i in range(n)
+    )
     COUNTS["rollout_prompts_expected"] += num_prompts
     COUNTS["rollout_prompts_found"] += len(set(prompt_ids))
 
@@ -360,14 +414,23 @@ def shard_columns(rows: int = 8, version: int = 0, seed: int = 0, tag: str = "s"
     lens = rng.integers(1, 6, rows).tolist()
     reward = rng.integers(0, 2, rows).astype(float).tolist()
     return {
-        "run_id": ["run"] * rows, "shard_id": [f"{tag}{version}"] * rows, "policy_version": [version] * rows,
-        "engine": ["hf"] * rows, "engine_dtype": ["float32"] * rows, "temperature": [1.0] * rows,
-        "top_p": [1.0] * rows, "top_k": [-1] * rows, "prompt_id": [f"{tag}p{i // 2}" for i in range(rows)],
-        "group_id": [f"{tag}{version}-g{i // 2}" for i in range(rows)], "sample_idx": [i % 2 for i in range(rows)],
+        "run_id": ["run"] * rows,
+        "shard_id": [f"{tag}{version}"] * rows,
+        "policy_version": [version] * rows,
+        "engine": ["hf"] * rows,
+        "engine_dtype": ["float32"] * rows,
+        "temperature": [1.0] * rows,
+        "top_p": [1.0] * rows,
+        "top_k": [-1] * rows,
+        "prompt_id": [f"{tag}p{i // 2}" for i in range(rows)],
+        "group_id": [f"{tag}{version}-g{i // 2}" for i in range(rows)],
+        "sample_idx": [i % 2 for i in range(rows)],
         "prompt_token_ids": [[1, 2, 3 + i] for i in range(rows)],
         "response_token_ids": [rng.integers(5, 200, n).tolist() for n in lens],
         "rollout_logprobs": [(-rng.uniform(0.1, 3.0, n)).tolist() for n in lens],
-        "reward": reward, "correct": [r > 0 for r in reward], "finish_reason": ["stop"] * rows,
+        "reward": reward,
+        "correct": [r > 0 for r in reward],
+        "finish_reason": ["stop"] * rows,
         "created_at": [T0] * rows,
     }
 
@@ -405,6 +468,7 @@ def _bad_logprob(value: float):
         cols = shard_columns()
         cols["rollout_logprobs"] = [[value] + lp[1:] for lp in cols["rollout_logprobs"]]
         raw_write(pa.table({k: pa.array(v, S.SCHEMA.field(k).type) for k, v in cols.items()}), path)
+
     return write
 
 
@@ -486,8 +550,9 @@ def test_replay_skips_bad_shards_and_counts_them(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2]
     assert metrics[0]["shards_quarantined"] == len(bad) and metrics[1]["shards_quarantined"] == 0
     assert all(np.isfinite(m["loss"]) for m in metrics)
-    assert sorted(p.name for p in d.iterdir()) == sorted([p.name for p in bad.values()] +
-                                                         [S.shard_name(0, "w0", 0), S.shard_name(0, "w0", 1)])
+    assert sorted(p.name for p in d.iterdir()) == sorted(
+        [p.name for p in bad.values()] + [S.shard_name(0, "w0", 0), S.shard_name(0, "w0", 1)]
+    )
     COUNTS["bad_inputs"] += [f"train --replay: {name}" for name in bad]
 
 
@@ -519,8 +584,18 @@ def test_async_train_survives_sigkill_and_quarantines_bad_shards(tmp_path):
     by itself, the resume finishes with every consumed shard in the ledger exactly once."""
     run = tmp_path / "run"
     bad = write_bad_shards(run / "rollouts")
-    args = ["train", "--preset", "tiny", "--async", "--run-dir", run, "--set", "trainer.steps=4",
-            "--set", "trainer.max_staleness=8"]
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--async",
+        "--run-dir",
+        run,
+        "--set",
+        "trainer.steps=4",
+        "--set",
+        "trainer.max_staleness=8",
+    ]
     log = tmp_path / "async.log"
     delay = random.Random(KILL_SEED + 3).uniform(0.0, 0.3)
     proc = kill_when(args, tmp_path, log, after_checkpoint(2)(run), delay, reap=False)
@@ -533,9 +608,16 @@ def test_async_train_survives_sigkill_and_quarantines_bad_shards(tmp_path):
         _reap(proc)
     assert not orphans, "the async worker kept sampling after its trainer was killed"
     steps = assert_consistent(run)
-    COUNTS["kills"].append({"chain": "async", "phase": "async: after checkpoint 2", "delay_s": round(delay, 3),
-                            "metrics_lines": len(steps), "checkpoints": ckpt_steps(run),
-                            "orphaned_workers_left": len(orphans)})
+    COUNTS["kills"].append(
+        {
+            "chain": "async",
+            "phase": "async: after checkpoint 2",
+            "delay_s": round(delay, 3),
+            "metrics_lines": len(steps),
+            "checkpoints": ckpt_steps(run),
+            "orphaned_workers_left": len(orphans),
+        }
+    )
     run_to_end(["train", "--resume", run], tmp_path, log)
     assert not follow_workers(run)
     metrics = read_jsonl(run / "metrics.jsonl")
@@ -564,26 +646,78 @@ CLI_ERRORS = [  # (label, args, files to create first, fragment of the one-line 
     ("unknown section", ["train", "-p", "tiny", "--set", "nope.x=1"], {}, "nope: unknown key"),
     ("wrong type", ["train", "-p", "tiny", "--set", "trainer.steps=many"], {}, "trainer.steps: expected an integer"),
     ("wrong type (list)", ["train", "-p", "tiny", "--set", "trainer.betas=0.9"], {}, "trainer.betas: expected a list"),
-    ("negative size", ["train", "-p", "tiny", "--set", "trainer.minibatch_prompts=-2"], {},
-     "trainer.minibatch_prompts: expected an integer in [1, 1048576], got -2"),
-    ("zero size", ["train", "-p", "tiny", "--set", "rollout.n=0"], {}, "rollout.n: expected an integer in [1, 1024], got 0"),
-    ("zero steps", ["train", "-p", "tiny", "--set", "trainer.steps=0"], {}, "trainer.steps: expected an integer in [1, "),
-    ("negative lr", ["train", "-p", "tiny", "--set", "trainer.lr=-1e-3"], {}, "trainer.lr: expected a float in (0, 1], got -0.001"),
-    ("gbs not divisible by mbs", ["train", "-p", "tiny", "--set", "trainer.rollout_batch_prompts=5"], {},
-     "5 is not divisible by trainer.minibatch_prompts=2"),
-    ("unknown objective", ["train", "-p", "tiny", "--set", "algorithm.objective=magic"], {}, "unknown objective 'magic'"),
+    (
+        "negative size",
+        ["train", "-p", "tiny", "--set", "trainer.minibatch_prompts=-2"],
+        {},
+        "trainer.minibatch_prompts: expected an integer in [1, 1048576], got -2",
+    ),
+    (
+        "zero size",
+        ["train", "-p", "tiny", "--set", "rollout.n=0"],
+        {},
+        "rollout.n: expected an integer in [1, 1024], got 0",
+    ),
+    (
+        "zero steps",
+        ["train", "-p", "tiny", "--set", "trainer.steps=0"],
+        {},
+        "trainer.steps: expected an integer in [1, ",
+    ),
+    (
+        "negative lr",
+        ["train", "-p", "tiny", "--set", "trainer.lr=-1e-3"],
+        {},
+        "trainer.lr: expected a float in (0, 1], got -0.001",
+    ),
+    (
+        "gbs not divisible by mbs",
+        ["train", "-p", "tiny", "--set", "trainer.rollout_batch_prompts=5"],
+        {},
+        "5 is not divisible by trainer.minibatch_prompts=2",
+    ),
+    (
+        "unknown objective",
+        ["train", "-p", "tiny", "--set", "algorithm.objective=magic"],
+        {},
+        "unknown objective 'magic'",
+    ),
     ("unknown algorithm preset", ["train", "-p", "tiny", "--algo", "magic"], {}, "magic: unknown algorithm preset"),
-    ("missing dataset", ["train", "-p", "tiny", "--set", "data.train=missing.jsonl"], {}, "missing.jsonl: file not found"),
+    (
+        "missing dataset",
+        ["train", "-p", "tiny", "--set", "data.train=missing.jsonl"],
+        {},
+        "missing.jsonl: file not found",
+    ),
     ("missing model path", ["train", "-p", "tiny", "--set", "model.path=./no/such/model"], {}, "not found"),
-    ("--replay of a missing dir", ["train", "-p", "tiny", "--replay", "no-such-dir"], {}, "--replay no-such-dir: no such directory"),
+    (
+        "--replay of a missing dir",
+        ["train", "-p", "tiny", "--replay", "no-such-dir"],
+        {},
+        "--replay no-such-dir: no such directory",
+    ),
     ("--resume of a missing dir", ["train", "--resume", "no-such-run"], {}, "no-such-run: not a vespo run directory"),
-    ("rollout: missing dataset", ["rollout", "-p", "tiny", "--prompts", "missing.jsonl"], {}, "missing.jsonl: file not found"),
-    ("rollout: zero prompts", ["rollout", "-p", "tiny", "--num-prompts", "0"], {}, "--num-prompts 0: expected a positive integer"),
+    (
+        "rollout: missing dataset",
+        ["rollout", "-p", "tiny", "--prompts", "missing.jsonl"],
+        {},
+        "missing.jsonl: file not found",
+    ),
+    (
+        "rollout: zero prompts",
+        ["rollout", "-p", "tiny", "--num-prompts", "0"],
+        {},
+        "--num-prompts 0: expected a positive integer",
+    ),
     ("preset file: invalid YAML", ["train", "-p", "bad.yaml"], {"bad.yaml": "trainer: [1, 2\n"}, "bad.yaml: line"),
     ("preset file: not a mapping", ["train", "-p", "list.yaml"], {"list.yaml": "- 1\n- 2\n"}, "expected a mapping"),
     ("preset file: python object tag", ["train", "-p", "evil.yaml"], {"evil.yaml": MALICIOUS_YAML}, "evil.yaml: line"),
-    ("--set: python object tag", ["train", "-p", "tiny", "--set", 'trainer.lr=!!python/object/apply:os.system ["touch PWNED"]'],
-     {}, "trainer.lr: expected a float"),
+    (
+        "--set: python object tag",
+        ["train", "-p", "tiny", "--set", 'trainer.lr=!!python/object/apply:os.system ["touch PWNED"]'],
+        {},
+        "trainer.lr: expected a float",
+    ),
     ("inspect: missing dir", ["inspect", "no-such-dir"], {}, "no-such-dir: no such shard file or directory"),
 ]
 
@@ -604,8 +738,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, 
 
 def _tree(root: Path) -> dict:
     """Every file's bytes and mtime, but the writer lock's (it names the last holder, not run data)."""
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
-            for p in sorted(root.rglob("*")) if p.name != LOCK_NAME}
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+        if p.name != LOCK_NAME
+    }
 
 
 def test_bad_resume_input_leaves_the_run_untouched(tmp_path, monkeypatch):
@@ -617,8 +754,10 @@ def test_bad_resume_input_leaves_the_run_untouched(tmp_path, monkeypatch):
     save_config(tiny(), run)
     (run / "metrics.jsonl").write_text('{"step": 1}\n')
     before = _tree(run)
-    for label, args in (("--resume with a wrong type", ["train", "--resume", "run", "--set", "trainer.steps=x"]),
-                        ("--resume with --preset", ["train", "--resume", "run", "-p", "tiny"])):
+    for label, args in (
+        ("--resume with a wrong type", ["train", "--resume", "run", "--set", "trainer.steps=x"]),
+        ("--resume with --preset", ["train", "--resume", "run", "-p", "tiny"]),
+    ):
         result = CliRunner().invoke(app, args, env=QUIET)
         assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
         assert _tree(run) == before
@@ -636,8 +775,9 @@ def test_bad_input_in_a_real_process(tmp_path):
     """The same contract through the installed script: a YAML payload is rejected and never runs."""
     (tmp_path / "evil.yaml").write_text(MALICIOUS_YAML)
     env = {**_env(), "COLUMNS": "1000"}
-    p = subprocess.run(vespo_cmd("train", "-p", "evil.yaml"), cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=120)
+    p = subprocess.run(
+        vespo_cmd("train", "-p", "evil.yaml"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 2, p.stderr
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: evil.yaml: line") and "Traceback" not in p.stderr
@@ -855,8 +995,14 @@ def _calls(tree: ast.AST):
         if isinstance(node, ast.Call):
             f = node.func
             name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
-            owner = ("" if isinstance(f, ast.Name) else  # a builtin, e.g. eval(...)
-                     f.value.id if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else "<expr>")
+            owner = (
+                ""
+                if isinstance(f, ast.Name)
+                # a builtin, e.g. eval(...)
+                else f.value.id
+                if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                else "<expr>"
+            )
             yield node, owner, name
 
 
@@ -889,7 +1035,12 @@ def test_package_source_has_no_unsafe_loading_or_shell():
             if _kw(node, "trust_remote_code") is True:
                 problems.append(f"{at}: trust_remote_code=True hard-coded")
         # and the plain-text patterns, in case of aliases the AST walk cannot see through
-        for pattern in (r"yaml\.(unsafe_)?load\(", r"os\.system\(", r"shell\s*=\s*True", r"trust_remote_code\s*=\s*True"):
+        for pattern in (
+            r"yaml\.(unsafe_)?load\(",
+            r"os\.system\(",
+            r"shell\s*=\s*True",
+            r"trust_remote_code\s*=\s*True",
+        ):
             for m in re.finditer(pattern, src):
                 problems.append(f"{where}:{src.count(chr(10), 0, m.start()) + 1}: {m.group(0)}")
     assert not problems, "\n".join(problems)

@@ -1,4 +1,5 @@
 """Rewards: the extraction policy, the grader table, the echo probe and the timeout-bounded pool."""
+
 from __future__ import annotations
 
 import random
@@ -11,14 +12,46 @@ import pytest
 import yaml
 
 from vespo_cli.errors import UserError
-from vespo_cli.rewards import (MAX_RESPONSE_CHARS, NORMALISERS, RewardScorer, Score, extract_answer, failure_counts,
-                               normalise, score_one)
+from vespo_cli.rewards import (
+    MAX_RESPONSE_CHARS,
+    NORMALISERS,
+    RewardScorer,
+    Score,
+    extract_answer,
+    failure_counts,
+    normalise,
+    score_one,
+)
 
 TABLE = yaml.safe_load((Path(__file__).parent / "data" / "grader_table.yaml").read_text(encoding="utf-8"))["cases"]
 CASES = [(c["response"], c["gold"], c["expected"]) for c in TABLE if "fallback" not in c]
-CATEGORIES = {"fraction", "mixed", "decimal", "separator", "unit", "currency", "degree", "percent", "pi", "sqrt",
-              "interval", "set", "tuple", "inequality", "matrix", "symbolic", "boxes", "truncated", "phrase",
-              "no-answer", "final-number", "chain", "negative", "scientific", "unicode"}
+CATEGORIES = {
+    "fraction",
+    "mixed",
+    "decimal",
+    "separator",
+    "unit",
+    "currency",
+    "degree",
+    "percent",
+    "pi",
+    "sqrt",
+    "interval",
+    "set",
+    "tuple",
+    "inequality",
+    "matrix",
+    "symbolic",
+    "boxes",
+    "truncated",
+    "phrase",
+    "no-answer",
+    "final-number",
+    "chain",
+    "negative",
+    "scientific",
+    "unicode",
+}
 
 
 def test_the_table_covers_what_it_should():
@@ -80,18 +113,38 @@ def test_normaliser_table_is_documented_and_idempotent():
         assert normalise(n) == n, c["gold"]
 
 
-@pytest.mark.parametrize("raw, want", [
-    ("1\\,000", "1000"), ("1{,}000", "1000"), ("2\u2009500", "2500"), ("1,000,000", "1000000"), ("1,2", "1,2"),
-    ("\\$18", "18"), ("18 dollars", "18"), ("5 \\text{ cm}^2", "5"), ("12 km/h", "12"), ("90^\\circ", "90"),
-    ("10\\%", "10"), ("\uff12\uff15", "25"), ("\u22125", "-5"), ("2.5e3", "2.5\\times10^{3}"),
-    ("x > 2", "(2,\\infty)"), ("x \\le -1", "(-\\infty,-1]"), ("\\text{Monday}", "\\text{Monday}"),
-    ("3x", "3x"), ("2 pi", "2 pi"), ("$\\frac{1}{2}$.", "\\frac{1}{2}"), ("4\x002", "42"),
-])
+@pytest.mark.parametrize(
+    "raw, want",
+    [
+        ("1\\,000", "1000"),
+        ("1{,}000", "1000"),
+        ("2\u2009500", "2500"),
+        ("1,000,000", "1000000"),
+        ("1,2", "1,2"),
+        ("\\$18", "18"),
+        ("18 dollars", "18"),
+        ("5 \\text{ cm}^2", "5"),
+        ("12 km/h", "12"),
+        ("90^\\circ", "90"),
+        ("10\\%", "10"),
+        ("\uff12\uff15", "25"),
+        ("\u22125", "-5"),
+        ("2.5e3", "2.5\\times10^{3}"),
+        ("x > 2", "(2,\\infty)"),
+        ("x \\le -1", "(-\\infty,-1]"),
+        ("\\text{Monday}", "\\text{Monday}"),
+        ("3x", "3x"),
+        ("2 pi", "2 pi"),
+        ("$\\frac{1}{2}$.", "\\frac{1}{2}"),
+        ("4\x002", "42"),
+    ],
+)
 def test_normalise(raw, want):
     assert normalise(raw) == want
 
 
 # ------------------------------------------------------------------------------------- echo probe
+
 
 def _echo_problems() -> list:
     from vespo_cli.data import load_problems
@@ -215,22 +268,28 @@ def test_dead_workers_are_replaced_without_losing_samples():
         assert sc.stats["restarts"] >= 2
 
 
-def test_bundled_reference_answers_verify_against_themselves(scorer):
+def test_bundled_reference_answers_verify_against_themselves():
     from vespo_cli.data import load_problems
 
     problems = [p for name in ("aime24", "aime25", "amc23", "math500") for p in load_problems(name)]
-    responses = [f"Thus $\\boxed{{{p.answer}}}$." if i % 2 else f"...\nAnswer: {p.answer}" for i, p in enumerate(problems)]
-    got = scorer.score(responses, [p.answer for p in problems])
-    assert [p.id for p, s in zip(problems, got) if not s.correct] == []
+    responses = [
+        f"Thus $\\boxed{{{p.answer}}}$." if i % 2 else f"...\nAnswer: {p.answer}" for i, p in enumerate(problems)
+    ]
+    with RewardScorer(workers=2, timeout_s=60.0) as scorer:  # generous: a loaded machine is not a timeout
+        got = scorer.score(responses, [p.answer for p in problems])
+    assert [(p.id, s) for p, s in zip(problems, got) if not s.correct] == []
 
 
-@pytest.mark.parametrize("response, reference, correct", [
-    ("2 + 8", "10", False),  # restating the question is not an answer (no free expression extraction)
-    ("What is 2 + 8? 2 + 8", "10", False),
-    ("2 + 8 = 10", "10", True),
-    ("The answer is 1,234 apples", "1234", True),
-    ("The answer is 1,234 apples", "1,234", True),
-])
+@pytest.mark.parametrize(
+    "response, reference, correct",
+    [
+        ("2 + 8", "10", False),  # restating the question is not an answer (no free expression extraction)
+        ("What is 2 + 8? 2 + 8", "10", False),
+        ("2 + 8 = 10", "10", True),
+        ("The answer is 1,234 apples", "1234", True),
+        ("The answer is 1,234 apples", "1,234", True),
+    ],
+)
 def test_final_number_policy(response, reference, correct):
     assert score_one(response, reference, "final_number").correct is correct
 
@@ -262,6 +321,7 @@ def test_adversarial_table_is_bounded_and_unpaid():
 
 # ------------------------------------------------------------------------------- scoring failures
 
+
 def test_worker_reports_exceptions_instead_of_hiding_them():
     from vespo_cli.rewards.pool import _worker_loop
 
@@ -278,11 +338,18 @@ def test_worker_reports_exceptions_instead_of_hiding_them():
 
 
 def test_failure_counts():
-    ok, err, late = Score(1.0, True, "1", False), Score(0.0, False, "", False, "TypeError: x"), Score(0.0, False, "", True)
+    ok, err, late = (
+        Score(1.0, True, "1", False),
+        Score(0.0, False, "", False, "TypeError: x"),
+        Score(0.0, False, "", True),
+    )
     assert failure_counts([ok, ok, err, late]) == {"reward_errors": 1, "reward_timeouts": 1}
     assert failure_counts([]) == {"reward_errors": 0, "reward_timeouts": 0}
-    with pytest.raises(UserError, match=r"shard.parquet: reward scoring: 3 of 4 samples failed to score "
-                                        r"\(TypeError: 2, timeout: 1\)"):
+    with pytest.raises(
+        UserError,
+        match=r"shard.parquet: reward scoring: 3 of 4 samples failed to score "
+        r"\(TypeError: 2, timeout: 1\)",
+    ):
         failure_counts([ok, err, err, late], where="shard.parquet: reward scoring")
 
 

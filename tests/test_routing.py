@@ -1,6 +1,7 @@
 """MoE routing capture and replay (R2) on a tiny random Qwen3-MoE: the HF engine records the experts
 behind every rollout logprob, the routing survives a shard and the trainer's batching, and the
 trainer's recompute forces those experts even after the router has drifted."""
+
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +13,14 @@ from vespo_cli.config import Config, load_config
 from vespo_cli.errors import UserError
 from vespo_cli.rollout.base import Sampling
 from vespo_cli.rollout.hf import HFEngine
-from vespo_cli.routing import (capture_routing, forced_routing, moe_routers, replay_microbatch, replay_routing,
-                               routing_width)
+from vespo_cli.routing import (
+    capture_routing,
+    forced_routing,
+    moe_routers,
+    replay_microbatch,
+    replay_routing,
+    routing_width,
+)
 from vespo_cli.shards import read_shard, write_shard
 from vespo_cli.train.batch import make_microbatch, rows_from_table
 from vespo_cli.train.forward import token_logprobs
@@ -35,10 +42,23 @@ def moe_model(vocab: int, top_k: int = 2, seed: int = 0, router_std: float = 1.0
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
     cfg = Qwen3MoeConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
-        num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        num_experts=EXPERTS, num_experts_per_tok=top_k, norm_topk_prob=True, max_position_embeddings=256,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.1,
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_experts=EXPERTS,
+        num_experts_per_tok=top_k,
+        norm_topk_prob=True,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        initializer_range=0.1,
     )
     torch.manual_seed(seed)
     model = Qwen3MoeForCausalLM(cfg).float().eval()
@@ -64,15 +84,23 @@ def shard_rows(completions, tmp_path):
     """Completions → shard file → trainer Rows (the real round trip)."""
     k = len(completions)
     cols = {
-        "run_id": ["r"] * k, "shard_id": ["s"] * k, "policy_version": [0] * k, "engine": ["hf"] * k,
-        "engine_dtype": ["float32"] * k, "temperature": [1.0] * k, "top_p": [1.0] * k, "top_k": [-1] * k,
+        "run_id": ["r"] * k,
+        "shard_id": ["s"] * k,
+        "policy_version": [0] * k,
+        "engine": ["hf"] * k,
+        "engine_dtype": ["float32"] * k,
+        "temperature": [1.0] * k,
+        "top_p": [1.0] * k,
+        "top_k": [-1] * k,
         "prompt_id": [f"p{c.prompt_index}" for c in completions],
         "group_id": [f"g{c.prompt_index}" for c in completions],
         "sample_idx": [c.sample_idx for c in completions],
         "prompt_token_ids": [c.prompt_token_ids for c in completions],
         "response_token_ids": [c.response_token_ids for c in completions],
         "rollout_logprobs": [c.rollout_logprobs for c in completions],
-        "reward": [0.0] * k, "correct": [False] * k, "finish_reason": [c.finish_reason for c in completions],
+        "reward": [0.0] * k,
+        "correct": [False] * k,
+        "finish_reason": [c.finish_reason for c in completions],
         "routing": [c.routing for c in completions],
     }
     path = write_shard(cols, tmp_path / "v000000-test-000000.parquet")
@@ -147,8 +175,10 @@ def test_replay_forces_recorded_experts_after_router_drift(tokenizer, chat_promp
     forced, recorded = trainer_choices(model, rows, replay=True)
     assert torch.equal(forced, recorded)
     gap_free, gap_replay = logprob_gap(model, rows, False), logprob_gap(model, rows, True)
-    print(f"top-2: {changed:.1%} of replayed positions rerouted without replay; max |old_logp - rollout_logp| "
-          f"free {gap_free:.3g}, replay {gap_replay:.3g}")
+    print(
+        f"top-2: {changed:.1%} of replayed positions rerouted without replay; max |old_logp - rollout_logp| "
+        f"free {gap_free:.3g}, replay {gap_replay:.3g}"
+    )
     assert gap_free > 0.05
     assert gap_replay < gap_free / 3
 
@@ -213,8 +243,16 @@ def test_dense_model_and_vllm_engine_are_refused(tokenizer, tmp_path):
 
     from vespo_cli.train.loop import train
 
-    dense = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    dense = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     with pytest.raises(UserError, match="no MoE router"):
         HFEngine.from_module(dense, tokenizer, record_routing=True)
     HFEngine.from_module(dense, tokenizer)  # recording off: fine

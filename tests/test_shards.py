@@ -1,4 +1,5 @@
 """Rollout shards: the parquet contract (round trip, atomic writes, validation, follow, summarize)."""
+
 from __future__ import annotations
 
 import math
@@ -144,8 +145,9 @@ def test_shard_names_sort_by_version():
     reward=st.floats(-10.0, 10.0, allow_nan=False, width=32),
 )
 def test_round_trip_property(tmp_path, lens, lp, reward):
-    cols = shard_columns(len(lens), resp_lens=lens, rewards=[reward] * len(lens),
-                         rollout_logprobs=[[lp] * n for n in lens])
+    cols = shard_columns(
+        len(lens), resp_lens=lens, rewards=[reward] * len(lens), rollout_logprobs=[[lp] * n for n in lens]
+    )
     t = read_shard(write_shard(cols, tmp_path / "h.parquet"))
     assert [len(x) for x in t.column("response_token_ids").to_pylist()] == lens
     assert t.column("rollout_logprobs").to_pylist() == [[lp] * n for n in lens]
@@ -227,13 +229,16 @@ def test_missing_required_column(tmp_path):
     assert shard_error(p) == f"{p}: missing column reward (float)"
 
 
-@pytest.mark.parametrize("name, values", [
-    ("policy_version", ["abc"] * 4),
-    ("policy_version", [1.5] * 4),
-    ("prompt_token_ids", ["1 2 3"] * 4),
-    ("response_token_ids", [1] * 4),
-    ("correct", [[True]] * 4),
-])
+@pytest.mark.parametrize(
+    "name, values",
+    [
+        ("policy_version", ["abc"] * 4),
+        ("policy_version", [1.5] * 4),
+        ("prompt_token_ids", ["1 2 3"] * 4),
+        ("response_token_ids", [1] * 4),
+        ("correct", [[True]] * 4),
+    ],
+)
 def test_wrong_column_type(tmp_path, name, values):
     t = to_table(shard_columns())
     t = t.set_column(t.schema.get_field_index(name), name, pa.array(values))
@@ -244,7 +249,9 @@ def test_wrong_column_type(tmp_path, name, values):
 def test_compatible_types_are_cast(tmp_path):
     t = to_table(shard_columns())
     for name in ("response_token_ids", "prompt_token_ids"):
-        t = t.set_column(t.schema.get_field_index(name), name, pa.array(t.column(name).to_pylist(), pa.list_(pa.int64())))
+        t = t.set_column(
+            t.schema.get_field_index(name), name, pa.array(t.column(name).to_pylist(), pa.list_(pa.int64()))
+        )
     t = t.set_column(t.schema.get_field_index("reward"), "reward", pa.array([0.5] * 4, pa.float64()))
     got = read_shard(raw_write(t, tmp_path / "c.parquet"))
     assert got.schema.equals(S.SCHEMA) and got.column("reward").to_pylist() == [0.5] * 4
@@ -259,9 +266,15 @@ def test_mismatched_logprob_lengths(tmp_path):
     assert read_shard(raw_write(to_table(cols), tmp_path / "ok.parquet")).num_rows == 3
 
 
-@pytest.mark.parametrize("bad, kind", [
-    (float("nan"), "NaN"), (float("inf"), "infinite"), (float("-inf"), "infinite"), (0.5, "positive"),
-])
+@pytest.mark.parametrize(
+    "bad, kind",
+    [
+        (float("nan"), "NaN"),
+        (float("inf"), "infinite"),
+        (float("-inf"), "infinite"),
+        (0.5, "positive"),
+    ],
+)
 def test_bad_logprob_values(tmp_path, bad, kind):
     cols = shard_columns(2, resp_lens=[2, 2], rollout_logprobs=[[-0.1, -0.2], [-0.3, bad]])
     p = raw_write(to_table(cols), tmp_path / "v.parquet")
@@ -276,17 +289,20 @@ def test_logprob_zero_and_rounding_are_accepted(tmp_path):
     assert read_shard(write_shard(cols, tmp_path / "z.parquet")).num_rows == 1
 
 
-@pytest.mark.parametrize("columns, fragment", [
-    ({"reward": [float("nan"), 0.0]}, "reward contains NaN or infinite values"),
-    ({"reward": [None, 0.0]}, "column reward has 1 null values"),
-    ({"run_id": [None, "r"]}, "column run_id has 1 null values"),
-    ({"prompt_token_ids": [[1], []]}, "a row has an empty prompt_token_ids"),
-    ({"prompt_token_ids": [[1], [-3]]}, "prompt_token_ids contain negative token ids"),
-    ({"policy_version": [-1, 0]}, "policy_version must be >= 0"),
-    ({"sample_idx": [0, -1]}, "sample_idx must be >= 0"),
-    ({"temperature": [0.0, 1.0]}, "temperature must be > 0 and top_p in (0, 1]"),
-    ({"top_p": [1.0, 1.5]}, "temperature must be > 0 and top_p in (0, 1]"),
-])
+@pytest.mark.parametrize(
+    "columns, fragment",
+    [
+        ({"reward": [float("nan"), 0.0]}, "reward contains NaN or infinite values"),
+        ({"reward": [None, 0.0]}, "column reward has 1 null values"),
+        ({"run_id": [None, "r"]}, "column run_id has 1 null values"),
+        ({"prompt_token_ids": [[1], []]}, "a row has an empty prompt_token_ids"),
+        ({"prompt_token_ids": [[1], [-3]]}, "prompt_token_ids contain negative token ids"),
+        ({"policy_version": [-1, 0]}, "policy_version must be >= 0"),
+        ({"sample_idx": [0, -1]}, "sample_idx must be >= 0"),
+        ({"temperature": [0.0, 1.0]}, "temperature must be > 0 and top_p in (0, 1]"),
+        ({"top_p": [1.0, 1.5]}, "temperature must be > 0 and top_p in (0, 1]"),
+    ],
+)
 def test_bad_values(tmp_path, columns, fragment):
     p = raw_write(to_table(shard_columns(2, **columns)), tmp_path / "b.parquet")
     assert shard_error(p) == f"{p}: {fragment}"
@@ -377,13 +393,23 @@ def test_follow_waits_then_stops(tmp_path):
 
 
 def test_summarize_numbers(tmp_path):
-    write_shard(shard_columns(4, version=0, resp_lens=[1, 2, 3, 4], rewards=[1.0, 0.0, 1.0, 0.0]),
-                tmp_path / S.shard_name(0, "w0", 0))
-    write_shard(shard_columns(2, version=2, resp_lens=[5, 5], rewards=[1.0, 0.5], engine=["vllm"] * 2,
-                              engine_dtype=["bfloat16"] * 2, correct=[True, False]),
-                tmp_path / S.shard_name(2, "w0", 0))
-    write_shard(shard_columns(2, version=2, resp_lens=[6, 6], rewards=[0.0, 0.0]),
-                tmp_path / S.shard_name(2, "w1", 0))
+    write_shard(
+        shard_columns(4, version=0, resp_lens=[1, 2, 3, 4], rewards=[1.0, 0.0, 1.0, 0.0]),
+        tmp_path / S.shard_name(0, "w0", 0),
+    )
+    write_shard(
+        shard_columns(
+            2,
+            version=2,
+            resp_lens=[5, 5],
+            rewards=[1.0, 0.5],
+            engine=["vllm"] * 2,
+            engine_dtype=["bfloat16"] * 2,
+            correct=[True, False],
+        ),
+        tmp_path / S.shard_name(2, "w0", 0),
+    )
+    write_shard(shard_columns(2, version=2, resp_lens=[6, 6], rewards=[0.0, 0.0]), tmp_path / S.shard_name(2, "w1", 0))
     (tmp_path / ".v000003-w0-000000.parquet.x.tmp").write_bytes(b"partial")
     s = summarize(tmp_path)
     assert s["shards"] == 3 and s["bad_shards"] == []
@@ -462,6 +488,8 @@ def test_jsonl_survives_a_torn_line(tmp_path):
 def test_reward_failure_counts():
     from vespo_cli.shards import reward_failure_counts
 
-    assert reward_failure_counts([None, "timeout", "TypeError", None, "timeout", "WorkerCrashed"]) == \
-        {"reward_errors": 2, "reward_timeouts": 2}
+    assert reward_failure_counts([None, "timeout", "TypeError", None, "timeout", "WorkerCrashed"]) == {
+        "reward_errors": 2,
+        "reward_timeouts": 2,
+    }
     assert reward_failure_counts([]) == {"reward_errors": 0, "reward_timeouts": 0}

@@ -1,4 +1,5 @@
 """The data-producing stages through the real CLI on the tiny preset: rollout → shards, eval."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,13 @@ from vespo_cli.shards import list_shards, read_shard, summarize
 
 
 def vespo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vespo_cli.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "vespo_cli.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.mark.slow
@@ -33,8 +39,21 @@ def test_rollout_writes_valid_shards_then_eval_of_a_checkpoint_joins_the_run(tmp
 
     proc = vespo("train", "--preset", "tiny", "--run-dir", "run", "--set", "trainer.steps=2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = vespo("eval", "gsm8k", "--model", "run/checkpoints/step-2", "--preset", "tiny", "--limit", "2", "--k", "3",
-                 "--set", "eval.max_tokens=6", cwd=tmp_path)
+    proc = vespo(
+        "eval",
+        "gsm8k",
+        "--model",
+        "run/checkpoints/step-2",
+        "--preset",
+        "tiny",
+        "--limit",
+        "2",
+        "--k",
+        "3",
+        "--set",
+        "eval.max_tokens=6",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "eval" / "step-2" / "gsm8k" / "summary.json").read_text())
     assert summary["k"] == 3 and summary["num_problems"] == 2 and summary["num_samples"] == 6

@@ -1,4 +1,5 @@
 """Trainer end to end on the tiny preset: sync, staleness, replay under every objective, resume."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from conftest import redraw_rewards
 
 from vespo_cli.config import list_presets, load_config
 from vespo_cli.errors import UserError
@@ -16,8 +18,6 @@ from vespo_cli.fsio import read_jsonl
 from vespo_cli.shards import list_shards, read_shard
 from vespo_cli.train.batch import make_microbatch, plan_microbatches, rows_from_table, split_minibatches
 from vespo_cli.train.loop import train
-
-from conftest import redraw_rewards
 
 VOLATILE = {"time", "rollout_s", "logprob_s", "train_s", "tokens_per_s", "sync_s"}
 
@@ -140,9 +140,12 @@ def test_replay_resume_equals_uninterrupted(tmp_path, replay_dir):
     from vespo_cli.config import load_run_config
 
     train(load_run_config(tmp_path / "cut"), tmp_path / "cut", resume=True)
-    assert stable(read_jsonl(tmp_path / "cut" / "metrics.jsonl")) == stable(read_jsonl(tmp_path / "full" / "metrics.jsonl"))
-    assert weights_hash(tmp_path / "cut" / "checkpoints" / "step-4") == \
-        weights_hash(tmp_path / "full" / "checkpoints" / "step-4")
+    assert stable(read_jsonl(tmp_path / "cut" / "metrics.jsonl")) == stable(
+        read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    )
+    assert weights_hash(tmp_path / "cut" / "checkpoints" / "step-4") == weights_hash(
+        tmp_path / "full" / "checkpoints" / "step-4"
+    )
 
 
 def test_resume_of_complete_run_trains_nothing(tmp_path):
@@ -205,7 +208,6 @@ def test_minibatches_keep_groups_whole():
 
 @pytest.mark.slow
 def test_async_run_with_a_worker_process(tmp_path):
-    from vespo_cli.config import save_config
 
     cfg = tiny("trainer.steps=4", "trainer.staleness=2", "trainer.max_staleness=8")
     train(cfg, tmp_path / "run", async_=True)
@@ -235,22 +237,45 @@ def test_fsdp2_two_processes_match_one(tmp_path, replay_dir, bf16):
     import subprocess
     import sys
 
-    args = ["train", "--preset", "tiny", "--replay", str(replay_dir), "--set", "trainer.steps=4",
-            "--set", "trainer.minibatch_prompts=2", "--set", f"trainer.bf16_params={str(bf16).lower()}"]
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--replay",
+        str(replay_dir),
+        "--set",
+        "trainer.steps=4",
+        "--set",
+        "trainer.minibatch_prompts=2",
+        "--set",
+        f"trainer.bf16_params={str(bf16).lower()}",
+    ]
     rel, abs_ = (5e-2, 5e-3) if bf16 else (1e-3, 1e-4)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "vespo_cli.cli", *args, "--run-dir", str(tmp_path / "one")],
-                   check=True, env=env, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "vespo_cli.cli", *args, "--run-dir", str(tmp_path / "one")],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     torchrun = Path(sys.executable).parent / "torchrun"
-    proc = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "vespo_cli.cli", *args,
-                           "--run-dir", str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(torchrun), "--nproc-per-node", "2", "-m", "vespo_cli.cli", *args, "--run-dir", str(tmp_path / "two")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
     assert len(one) == len(two) == 4
     loss_scale = max(abs(r["loss"]) for r in one)  # the loss nearly cancels at some steps: its own scale
     tol = {"loss": dict(rel=rel, abs=max(abs_, rel * loss_scale))}
-    off = [(a["step"], key, a[key], b[key]) for a, b in zip(one, two) for key in ("loss", "grad_norm", "entropy", "reward")
-           if b[key] != pytest.approx(a[key], **tol.get(key, dict(rel=rel, abs=abs_)))]
+    off = [
+        (a["step"], key, a[key], b[key])
+        for a, b in zip(one, two)
+        for key in ("loss", "grad_norm", "entropy", "reward")
+        if b[key] != pytest.approx(a[key], **tol.get(key, dict(rel=rel, abs=abs_)))
+    ]
     assert off == []
 
 
@@ -264,8 +289,11 @@ def test_trainer_with_bf16_params(tmp_path, replay_dir):
     runs = {}
     for policy in ("bf16_params", "bf16_autocast", "fp32"):
         flags = [] if policy == "fp32" else [f"trainer.{policy}=true"]
-        train(tiny("trainer.steps=4", "trainer.minibatch_prompts=2", "trainer.staleness=2", *flags),
-              tmp_path / policy, replay=replay_dir)
+        train(
+            tiny("trainer.steps=4", "trainer.minibatch_prompts=2", "trainer.staleness=2", *flags),
+            tmp_path / policy,
+            replay=replay_dir,
+        )
         runs[policy] = read_jsonl(tmp_path / policy / "metrics.jsonl")
     assert [m["delta_abs_mean"] == 0.0 for m in runs["bf16_params"]] == [True, False, True, False]
     sd = load_file(str(tmp_path / "bf16_params" / "checkpoints" / "step-4" / "model.safetensors"))

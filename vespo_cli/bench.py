@@ -16,6 +16,7 @@ Sections (each in its own subprocess, so threads, vLLM's process state and peak 
 * objectives: forward+backward of every objective relative to REINFORCE (`bench_objectives`).
 * shards: write + read of the e2e step's rollout shard as a share of that step.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,14 +49,52 @@ HEADLINE = list(TARGETS)
 def sizes(quick: bool) -> dict:
     """Workload sizes; --quick shrinks everything to a smoke test (tiny model, TRL skipped)."""
     if quick:
-        return dict(model="tiny", e2e_rounds=2, e2e_prompts=2, e2e_n=4, e2e_tokens=16, trl=False,
-                    train_rows=4, train_micro_rows=2, train_prompt=32, train_response=96, train_rounds=2, matmul_n=512, matmul_window_s=0.2,
-                    rollout_prompts=2, rollout_n=4, rollout_tokens=16, rollout_rounds=1, publish_repeats=2,
-                    obj_B=16, obj_T=256, obj_repeats=2)
-    return dict(model="smollm2-135m", e2e_rounds=4, e2e_prompts=2, e2e_n=8, e2e_tokens=128, trl=True,
-                train_rows=8, train_micro_rows=2, train_prompt=128, train_response=896, train_rounds=3, matmul_n=2048, matmul_window_s=2.0,
-                rollout_prompts=8, rollout_n=8, rollout_tokens=128, rollout_rounds=2, publish_repeats=3,
-                obj_B=256, obj_T=4096, obj_repeats=21)
+        return dict(
+            model="tiny",
+            e2e_rounds=2,
+            e2e_prompts=2,
+            e2e_n=4,
+            e2e_tokens=16,
+            trl=False,
+            train_rows=4,
+            train_micro_rows=2,
+            train_prompt=32,
+            train_response=96,
+            train_rounds=2,
+            matmul_n=512,
+            matmul_window_s=0.2,
+            rollout_prompts=2,
+            rollout_n=4,
+            rollout_tokens=16,
+            rollout_rounds=1,
+            publish_repeats=2,
+            obj_B=16,
+            obj_T=256,
+            obj_repeats=2,
+        )
+    return dict(
+        model="smollm2-135m",
+        e2e_rounds=4,
+        e2e_prompts=2,
+        e2e_n=8,
+        e2e_tokens=128,
+        trl=True,
+        train_rows=8,
+        train_micro_rows=2,
+        train_prompt=128,
+        train_response=896,
+        train_rounds=3,
+        matmul_n=2048,
+        matmul_window_s=2.0,
+        rollout_prompts=8,
+        rollout_n=8,
+        rollout_tokens=128,
+        rollout_rounds=2,
+        publish_repeats=3,
+        obj_B=256,
+        obj_T=4096,
+        obj_repeats=21,
+    )
 
 
 def vespo_overrides(sz: dict) -> list[str]:
@@ -197,8 +236,10 @@ class PeakRSS:
         import resource
 
         self.peak = max(self.peak, tree_rss())
-        return {"peak_tree_rss_gib": self.peak / GiB,
-                "peak_main_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB}
+        return {
+            "peak_tree_rss_gib": self.peak / GiB,
+            "peak_main_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB,
+        }
 
 
 # --------------------------------------------------------------------------- FLOPs
@@ -211,8 +252,13 @@ def model_shape(model) -> dict:
     head = model.get_output_embeddings().weight.numel()
     heads = c.num_attention_heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
-    return {"params": total, "decoder_params": total - embed - (0 if c.tie_word_embeddings else head),
-            "head_params": head, "layers": c.num_hidden_layers, "attn_width": heads * head_dim}
+    return {
+        "params": total,
+        "decoder_params": total - embed - (0 if c.tie_word_embeddings else head),
+        "head_params": head,
+        "layers": c.num_hidden_layers,
+        "attn_width": heads * head_dim,
+    }
 
 
 def train_flops(shape: dict, seq_lens: list[int], resp_lens: list[int], causal_discount: bool = False) -> float:
@@ -288,10 +334,13 @@ class Worker:
         self._res_r, res_w = os.pipe()
         self.kind = kind
         self.log = logdir / f"{kind}.log"
-        argv = [sys.executable, "-m", "vespo_cli.bench", "worker", kind, str(cmd_r), str(res_w)] + (["--quick"] if quick else [])
+        argv = [sys.executable, "-m", "vespo_cli.bench", "worker", kind, str(cmd_r), str(res_w)] + (
+            ["--quick"] if quick else []
+        )
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, pass_fds=(cmd_r, res_w),
-                                         env=_env(), cwd=str(logdir))
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, pass_fds=(cmd_r, res_w), env=_env(), cwd=str(logdir)
+            )
         os.close(cmd_r)
         os.close(res_w)
         self._out = os.fdopen(self._cmd_w, "w", buffering=1)
@@ -301,8 +350,9 @@ class Worker:
         line = self._in.readline()
         if not line:
             self.proc.wait()
-            raise RuntimeError(f"bench worker {self.kind} exited ({self.proc.returncode}); log {self.log}:\n"
-                               + _log_tail(self.log))
+            raise RuntimeError(
+                f"bench worker {self.kind} exited ({self.proc.returncode}); log {self.log}:\n" + _log_tail(self.log)
+            )
         return json.loads(line)
 
     def send(self, cmd: str) -> None:
@@ -344,12 +394,18 @@ def e2e(quick: bool, logdir: Path) -> dict:
     sz = sizes(quick)
     kinds = ["vespo"] + (["trl"] if sz["trl"] and _version("trl") else [])
     paired = len(kinds) == 2 and _meminfo("MemAvailable") > 14 * GiB
-    out: dict = {"rounds": sz["e2e_rounds"], "warmup_rounds": 1, "pairing": "interleaved" if paired else "sequential",
-                 "config": {"vespo_overrides": ["preset smollm2-arith"] + vespo_overrides(sz),
-                            "trl": "GRPOConfig(per_device_train_batch_size=16, num_generations=8, "
-                                   "max_completion_length=128, bf16=True (fp32 master weights + bf16 autocast), "
-                                   "learning_rate=1e-5, otherwise TRL defaults: beta=0, gradient_checkpointing=True, "
-                                   "HF generate)"}}
+    out: dict = {
+        "rounds": sz["e2e_rounds"],
+        "warmup_rounds": 1,
+        "pairing": "interleaved" if paired else "sequential",
+        "config": {
+            "vespo_overrides": ["preset smollm2-arith"] + vespo_overrides(sz),
+            "trl": "GRPOConfig(per_device_train_batch_size=16, num_generations=8, "
+            "max_completion_length=128, bf16=True (fp32 master weights + bf16 autocast), "
+            "learning_rate=1e-5, otherwise TRL defaults: beta=0, gradient_checkpointing=True, "
+            "HF generate)",
+        },
+    }
     if len(kinds) == 1 and sz["trl"]:
         out["trl_skipped"] = "trl is not installed (`make bench` installs the bench extra)"
     steps: dict[str, list[dict]] = {k: [] for k in kinds}
@@ -379,8 +435,12 @@ def e2e(quick: bool, logdir: Path) -> dict:
     warm = 1
     for k in kinds:
         measured = steps[k][warm:]
-        out[k] = {"step_s": [s["step_s"] for s in steps[k]], "step_s_median": statistics.median(s["step_s"] for s in measured),
-                  **setup[k], "steps": steps[k]}
+        out[k] = {
+            "step_s": [s["step_s"] for s in steps[k]],
+            "step_s_median": statistics.median(s["step_s"] for s in measured),
+            **setup[k],
+            "steps": steps[k],
+        }
     out["load_avg_per_round"] = loads
     if "trl" in kinds:
         ratios = [t["step_s"] / v["step_s"] for v, t in zip(steps["vespo"][warm:], steps["trl"][warm:])]
@@ -449,12 +509,23 @@ def worker_vespo(argv: list[str], quick: bool) -> None:
                 seq = [len(p) + len(r) for p, r in zip(rows.prompt_ids, rows.response_ids)]
                 resp = [len(r) for r in rows.response_ids]
                 parts = {k: rec[k] for k in ("rollout_s", "logprob_s", "train_s")}
-                send({"step_s": step_s, **parts, "publish_and_other_s": step_s - sum(parts.values()),
-                      "prev_publish_s": rec.get("sync_s"),  # the loop reports a publish with the next batch
-                      "shard_read_s": r1 - r0, "shard_write_s": w1 - r1, "shard_bytes": path.stat().st_size,
-                      "rows": len(rows), "response_tokens": sum(resp), "tokens": sum(seq),
-                      "completion_mean_length": sum(resp) / len(resp), "reward": rec["reward"],
-                      "load_avg": os.getloadavg()[0]})
+                send(
+                    {
+                        "step_s": step_s,
+                        **parts,
+                        "publish_and_other_s": step_s - sum(parts.values()),
+                        "prev_publish_s": rec.get("sync_s"),  # the loop reports a publish with the next batch
+                        "shard_read_s": r1 - r0,
+                        "shard_write_s": w1 - r1,
+                        "shard_bytes": path.stat().st_size,
+                        "rows": len(rows),
+                        "response_tokens": sum(resp),
+                        "tokens": sum(seq),
+                        "completion_mean_length": sum(resp) / len(resp),
+                        "reward": rec["reward"],
+                        "load_avg": os.getloadavg()[0],
+                    }
+                )
             if cmds.readline().strip() != "step":
                 return
             t0 = time.perf_counter()
@@ -492,7 +563,9 @@ def worker_trl(argv: list[str], quick: bool) -> None:
     t0 = time.perf_counter()
     rounds, per_step = sz["e2e_rounds"], sz["e2e_prompts"]
     problems = prompt_chunk(cfg, 0, per_step * rounds)  # vespo's rollout batch i = prompts 2i, 2i+1
-    dataset = Dataset.from_list([{"prompt": build_messages(p, cfg.data.template), "answer": p.answer} for p in problems])
+    dataset = Dataset.from_list(
+        [{"prompt": build_messages(p, cfg.data.template), "answer": p.answer} for p in problems]
+    )
 
     def math_verify_reward(completions, answer, **_):
         return [score_one(c[0]["content"], a).reward for c, a in zip(completions, answer)]
@@ -513,23 +586,54 @@ def worker_trl(argv: list[str], quick: bool) -> None:
             step_s = time.perf_counter() - record["t"]
             metrics = getattr(trainer, "_metrics", {}).get("train", {})  # TRL's per-step logs, best effort
             last = {k: (metrics.get(k) or [None])[-1] for k in ("reward", "completions/mean_length")}
-            send({"step_s": step_s, "reward": last["reward"], "completion_mean_length": last["completions/mean_length"],
-                  "load_avg": os.getloadavg()[0]})
+            send(
+                {
+                    "step_s": step_s,
+                    "reward": last["reward"],
+                    "completion_mean_length": last["completions/mean_length"],
+                    "load_avg": os.getloadavg()[0],
+                }
+            )
 
     extra = {}
     if os.environ.get("VESPO_BENCH_TRL_GC"):  # one-off comparisons; default: TRL's own (gradient checkpointing on)
         extra["gradient_checkpointing"] = os.environ["VESPO_BENCH_TRL_GC"] == "1"
     args = GRPOConfig(
-        **extra, output_dir=tempfile.mkdtemp(prefix="vespo-bench-trl-"), per_device_train_batch_size=per_step * sz["e2e_n"],
-        num_generations=sz["e2e_n"], max_completion_length=sz["e2e_tokens"], max_steps=rounds,
-        learning_rate=cfg.trainer.lr, bf16=True, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
-        shuffle_dataset=False, seed=cfg.trainer.seed, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-        dataloader_num_workers=0, disable_tqdm=True,
+        **extra,
+        output_dir=tempfile.mkdtemp(prefix="vespo-bench-trl-"),
+        per_device_train_batch_size=per_step * sz["e2e_n"],
+        num_generations=sz["e2e_n"],
+        max_completion_length=sz["e2e_tokens"],
+        max_steps=rounds,
+        learning_rate=cfg.trainer.lr,
+        bf16=True,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        shuffle_dataset=False,
+        seed=cfg.trainer.seed,
+        temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
     )
-    trainer = GRPOTrainer(model=model, reward_funcs=math_verify_reward, args=args, train_dataset=dataset,
-                          processing_class=load_tokenizer(base), callbacks=[Turns()])
-    send({"setup_s": time.perf_counter() - t0, "threads": torch.get_num_threads(),
-          "gradient_checkpointing": bool(args.gradient_checkpointing), "params": shape["params"]})
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=math_verify_reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=load_tokenizer(base),
+        callbacks=[Turns()],
+    )
+    send(
+        {
+            "setup_s": time.perf_counter() - t0,
+            "threads": torch.get_num_threads(),
+            "gradient_checkpointing": bool(args.gradient_checkpointing),
+            "params": shape["params"],
+        }
+    )
     trainer.train()
     cmds.readline()  # "stop"
     send(rss.report())
@@ -570,10 +674,16 @@ def section_train(quick: bool) -> dict:
     g = torch.Generator().manual_seed(0)
     B, P, R = sz["train_rows"], sz["train_prompt"], sz["train_response"]
     V = model.config.vocab_size
-    rows = Rows([torch.randint(3, V, (P,), generator=g).tolist() for _ in range(B)],
-                [torch.randint(3, V, (R,), generator=g).tolist() for _ in range(B)],
-                [None] * B, torch.rand(B, generator=g), torch.zeros(B, dtype=torch.bool),
-                [str(i // 2) for i in range(B)], torch.zeros(B, dtype=torch.long), ["bench"] * B)
+    rows = Rows(
+        [torch.randint(3, V, (P,), generator=g).tolist() for _ in range(B)],
+        [torch.randint(3, V, (R,), generator=g).tolist() for _ in range(B)],
+        [None] * B,
+        torch.rand(B, generator=g),
+        torch.zeros(B, dtype=torch.bool),
+        [str(i // 2) for i in range(B)],
+        torch.zeros(B, dtype=torch.long),
+        ["bench"] * B,
+    )
     adv = group_advantages(rows.rewards, rows.group_ids).float()
     shape = model_shape(model)
     flops = train_flops(shape, [P + R] * B, [R] * B)
@@ -592,32 +702,61 @@ def section_train(quick: bool) -> dict:
             t2, c2 = time.perf_counter(), time.process_time()
             after = matmul_peak(sz["matmul_n"], window)
             wall_peak, cpu_peak = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
-            rounds[name].append({
-                "peak_flops_before": before[0], "peak_flops_after": after[0], "peak_flops_per_cpu_s": cpu_peak,
-                "old_logprobs_s": t1 - t0, "old_logprobs_cpu_s": c1 - c0, "step_s": t2 - t1, "step_cpu_s": c2 - c1,
-                "mfu": flops / (c2 - c1) / cpu_peak, "mfu_causal_count": causal_flops / (c2 - c1) / cpu_peak,
-                "fwd_mfu": fwd_flops / (c1 - c0) / cpu_peak, "mfu_wall": flops / (t2 - t1) / wall_peak,
-                "load_avg": os.getloadavg()[0]})
+            rounds[name].append(
+                {
+                    "peak_flops_before": before[0],
+                    "peak_flops_after": after[0],
+                    "peak_flops_per_cpu_s": cpu_peak,
+                    "old_logprobs_s": t1 - t0,
+                    "old_logprobs_cpu_s": c1 - c0,
+                    "step_s": t2 - t1,
+                    "step_cpu_s": c2 - c1,
+                    "mfu": flops / (c2 - c1) / cpu_peak,
+                    "mfu_causal_count": causal_flops / (c2 - c1) / cpu_peak,
+                    "fwd_mfu": fwd_flops / (c1 - c0) / cpu_peak,
+                    "mfu_wall": flops / (t2 - t1) / wall_peak,
+                    "load_avg": os.getloadavg()[0],
+                }
+            )
 
     def summary(measured: list[dict]) -> dict:
         med = lambda key: statistics.median(r[key] for r in measured)  # noqa: E731
         step_s = med("step_s")
-        return {"mfu": med("mfu"), "mfu_causal_count": med("mfu_causal_count"), "mfu_wall": med("mfu_wall"),
-                "old_logprobs_mfu": med("fwd_mfu"), "step_s_median": step_s, "tokens_per_s": B * (P + R) / step_s,
-                "peak_bf16_gflops": statistics.median((r["peak_flops_before"] + r["peak_flops_after"]) / 2
-                                                      for r in measured) / 1e9,
-                "peak_bf16_gflops_per_cpu_s": med("peak_flops_per_cpu_s") / 1e9}
+        return {
+            "mfu": med("mfu"),
+            "mfu_causal_count": med("mfu_causal_count"),
+            "mfu_wall": med("mfu_wall"),
+            "old_logprobs_mfu": med("fwd_mfu"),
+            "step_s_median": step_s,
+            "tokens_per_s": B * (P + R) / step_s,
+            "peak_bf16_gflops": statistics.median(
+                (r["peak_flops_before"] + r["peak_flops_after"]) / 2 for r in measured
+            )
+            / 1e9,
+            "peak_bf16_gflops_per_cpu_s": med("peak_flops_per_cpu_s") / 1e9,
+        }
 
     policies = {name: {**summary(r[1:]), "rounds": r} for name, r in rounds.items()}
     paired = [a["step_cpu_s"] / b["step_cpu_s"] for a, b in zip(rounds["bf16_autocast"][1:], rounds["bf16_params"][1:])]
     head = policies["bf16_params"]
-    return {"rows": B, "micro_rows": sz["train_micro_rows"], "prompt_tokens": P, "response_tokens": R,
-            "tokens_per_step": B * (P + R), "model": shape, "flops_per_step": flops, "policy": "bf16_params",
-            "threads": torch.get_num_threads(), "matmul_n": sz["matmul_n"], "matmul_window_s": window,
-            "peak_fp32_gflops_per_cpu_s": matmul_peak(sz["matmul_n"], window, dtype=torch.float32)[1] / 1e9,
-            **{k: v for k, v in head.items() if k != "rounds"},
-            "bf16_params_speedup_vs_autocast": statistics.median(paired), "policies": policies,
-            "attention_kernel": attention_utilisation(model, P + R, B, sz["matmul_n"], window)}
+    return {
+        "rows": B,
+        "micro_rows": sz["train_micro_rows"],
+        "prompt_tokens": P,
+        "response_tokens": R,
+        "tokens_per_step": B * (P + R),
+        "model": shape,
+        "flops_per_step": flops,
+        "policy": "bf16_params",
+        "threads": torch.get_num_threads(),
+        "matmul_n": sz["matmul_n"],
+        "matmul_window_s": window,
+        "peak_fp32_gflops_per_cpu_s": matmul_peak(sz["matmul_n"], window, dtype=torch.float32)[1] / 1e9,
+        **{k: v for k, v in head.items() if k != "rounds"},
+        "bf16_params_speedup_vs_autocast": statistics.median(paired),
+        "policies": policies,
+        "attention_kernel": attention_utilisation(model, P + R, B, sz["matmul_n"], window),
+    }
 
 
 def attention_utilisation(model, L: int, rows: int, matmul_n: int, window_s: float) -> dict:
@@ -629,8 +768,9 @@ def attention_utilisation(model, L: int, rows: int, matmul_n: int, window_s: flo
 
     c = model.config
     d = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    q, k, v = (torch.randn(rows, c.num_attention_heads, L, d, dtype=torch.bfloat16, requires_grad=True)
-               for _ in range(3))
+    q, k, v = (
+        torch.randn(rows, c.num_attention_heads, L, d, dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
+    )
 
     def once():
         F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
@@ -643,8 +783,14 @@ def attention_utilisation(model, L: int, rows: int, matmul_n: int, window_s: flo
     cpu_s = (time.process_time() - c0) / count
     flops = attention_flops(c.num_attention_heads * d, [L] * rows, causal_discount=True)  # the work the kernel does
     peak = matmul_peak(matmul_n, window_s)[1]
-    return {"seq_len": L, "rows": rows, "heads": c.num_attention_heads, "head_dim": d,
-            "fwd_bwd_cpu_s_per_layer": cpu_s, "utilisation": flops / cpu_s / peak}
+    return {
+        "seq_len": L,
+        "rows": rows,
+        "heads": c.num_attention_heads,
+        "head_dim": d,
+        "fwd_bwd_cpu_s_per_layer": cpu_s,
+        "utilisation": flops / cpu_s / peak,
+    }
 
 
 def section_rollout(quick: bool) -> dict:
@@ -667,9 +813,17 @@ def section_rollout(quick: bool) -> dict:
     prompts = encode_prompts(tok, problems, PAPER_TEMPLATE, 1024)
     n, max_tokens = sz["rollout_n"], sz["rollout_tokens"]
     kv = max(n * len(prompts) * (max(map(len, prompts)) + max_tokens) * 64 * 1024, 256 * 2**20)  # generous
-    engines = {"vllm": make_engine("vllm", path, dtype="bfloat16", seed=0, kv_cache_bytes=min(kv, 2 * GiB),
-                                   max_model_len=max(map(len, prompts)) + max_tokens + 16),
-               "hf": make_engine("hf", path, dtype="bfloat16", seed=0)}
+    engines = {
+        "vllm": make_engine(
+            "vllm",
+            path,
+            dtype="bfloat16",
+            seed=0,
+            kv_cache_bytes=min(kv, 2 * GiB),
+            max_model_len=max(map(len, prompts)) + max_tokens + 16,
+        ),
+        "hf": make_engine("hf", path, dtype="bfloat16", seed=0),
+    }
     warm = Sampling(max_tokens=4, seed=1)
     for e in engines.values():
         e.generate(prompts[:1], 2, warm)
@@ -692,12 +846,19 @@ def section_rollout(quick: bool) -> dict:
         engines["vllm"].load_state_dict(dist.full_state_dict(trainer))
         publish.append(time.perf_counter() - t)
     engines["vllm"].close()
-    return {"prompts": len(prompts), "n": n, "max_tokens": max_tokens, "source": "gsm8k (paper template)",
-            "threads": torch.get_num_threads(), "rounds": rounds,
-            "vllm_tokens_per_s": statistics.median(r["vllm"]["tokens_per_s"] for r in rounds),
-            "hf_tokens_per_s": statistics.median(r["hf"]["tokens_per_s"] for r in rounds),
-            "speedup": statistics.median(r["speedup"] for r in rounds),
-            "publish_s": publish, "publish_s_median": statistics.median(publish[1:])}
+    return {
+        "prompts": len(prompts),
+        "n": n,
+        "max_tokens": max_tokens,
+        "source": "gsm8k (paper template)",
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "vllm_tokens_per_s": statistics.median(r["vllm"]["tokens_per_s"] for r in rounds),
+        "hf_tokens_per_s": statistics.median(r["hf"]["tokens_per_s"] for r in rounds),
+        "speedup": statistics.median(r["speedup"] for r in rounds),
+        "publish_s": publish,
+        "publish_s_median": statistics.median(publish[1:]),
+    }
 
 
 SECTIONS = {"train": section_train, "rollout": section_rollout}
@@ -716,9 +877,14 @@ def run_bench(out: Path, quick: bool = False) -> dict:
     started = time.time()
     t0 = time.perf_counter()
     sz = sizes(quick)
-    res: dict = {"command": "vespo bench" + (" --quick" if quick else "") + f" --out {shlex.quote(str(out))}",
-                 "quick": quick, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
-                 "machine": machine_info(), "sizes": sz, "targets": {k: f"{c} {v}" for k, (c, v) in TARGETS.items()}}
+    res: dict = {
+        "command": "vespo bench" + (" --quick" if quick else "") + f" --out {shlex.quote(str(out))}",
+        "quick": quick,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
+        "machine": machine_info(),
+        "sizes": sz,
+        "targets": {k: f"{c} {v}" for k, (c, v) in TARGETS.items()},
+    }
     raw: dict = {}
     with tempfile.TemporaryDirectory(prefix="vespo-bench-") as tmp:
         logdir = Path(tmp)
@@ -730,33 +896,49 @@ def run_bench(out: Path, quick: bool = False) -> dict:
         raw["rollout"] = run_section("rollout", quick, logdir)
     _say("objectives: forward+backward vs REINFORCE")
     obj = bench_objectives(B=sz["obj_B"], T=sz["obj_T"], repeats=sz["obj_repeats"])
-    raw["objectives"] = {"B": sz["obj_B"], "T": sz["obj_T"], "threads": 1, "timing": "process CPU time",
-                         "ratio_to_reinforce": {k: v for k, v in obj.items() if k != "reinforce_s"},
-                         "reinforce_s": obj["reinforce_s"]}
+    raw["objectives"] = {
+        "B": sz["obj_B"],
+        "T": sz["obj_T"],
+        "threads": 1,
+        "timing": "process CPU time",
+        "ratio_to_reinforce": {k: v for k, v in obj.items() if k != "reinforce_s"},
+        "reinforce_s": obj["reinforce_s"],
+    }
     v = raw["e2e"]["vespo"]
     measured = v["steps"][1:]
     shares = [(s["shard_read_s"] + s["shard_write_s"]) / s["step_s"] for s in measured]
-    raw["shards"] = {"rows": measured[0]["rows"], "bytes": measured[0]["shard_bytes"],
-                     "read_s": [s["shard_read_s"] for s in measured], "write_s": [s["shard_write_s"] for s in measured],
-                     "share_per_step": shares}
+    raw["shards"] = {
+        "rows": measured[0]["rows"],
+        "bytes": measured[0]["shard_bytes"],
+        "read_s": [s["shard_read_s"] for s in measured],
+        "write_s": [s["shard_write_s"] for s in measured],
+        "share_per_step": shares,
+    }
     # the publish after step k is reported with step k+1; the one after the warm-up step is the first reload
-    pub = [s["prev_publish_s"] for s in v["steps"][2:] if s.get("prev_publish_s") is not None] or \
-        [s["prev_publish_s"] for s in measured if s.get("prev_publish_s") is not None] or [0.0]
+    pub = (
+        [s["prev_publish_s"] for s in v["steps"][2:] if s.get("prev_publish_s") is not None]
+        or [s["prev_publish_s"] for s in measured if s.get("prev_publish_s") is not None]
+        or [0.0]
+    )
     publish_s = statistics.median(pub)
-    res.update({
-        "e2e_speedup_vs_trl": raw["e2e"].get("speedup"),
-        "peak_rss_ratio_vs_trl": raw["e2e"].get("peak_rss_ratio"),
-        "train_mfu": raw["train"]["mfu"],
-        "rollout_speedup_vllm_vs_hf": raw["rollout"]["speedup"],
-        "objective_overhead_max": max(v for k, v in raw["objectives"]["ratio_to_reinforce"].items() if k != "reinforce"),
-        "shard_io_share": statistics.median(shares),
-        "publish_s_per_step": publish_s,
-        "publish_share_of_step": publish_s / v["step_s_median"],
-        "train_tokens_per_s": raw["train"]["tokens_per_s"],
-        "e2e_train_tokens_per_s": statistics.median(s["tokens"] / s["train_s"] for s in measured),
-        "duration_s": time.perf_counter() - t0,
-        "raw": raw,
-    })
+    res.update(
+        {
+            "e2e_speedup_vs_trl": raw["e2e"].get("speedup"),
+            "peak_rss_ratio_vs_trl": raw["e2e"].get("peak_rss_ratio"),
+            "train_mfu": raw["train"]["mfu"],
+            "rollout_speedup_vllm_vs_hf": raw["rollout"]["speedup"],
+            "objective_overhead_max": max(
+                v for k, v in raw["objectives"]["ratio_to_reinforce"].items() if k != "reinforce"
+            ),
+            "shard_io_share": statistics.median(shares),
+            "publish_s_per_step": publish_s,
+            "publish_share_of_step": publish_s / v["step_s_median"],
+            "train_tokens_per_s": raw["train"]["tokens_per_s"],
+            "e2e_train_tokens_per_s": statistics.median(s["tokens"] / s["train_s"] for s in measured),
+            "duration_s": time.perf_counter() - t0,
+            "raw": raw,
+        }
+    )
     res["pass"] = {k: _passes(res[k], *TARGETS[k]) for k in HEADLINE}
     atomic_write_json(out / "latest.json", res)
     atomic_write_text(out / "latest.md", render_markdown(res))
@@ -786,15 +968,19 @@ def render_markdown(res: dict) -> str:
     m, raw = res["machine"], res["raw"]
     e2e, tr, ro = raw["e2e"], raw["train"], raw["rollout"]
     lines = [
-        "# vespo bench", "",
-        f"`{res['command']}` — {res['started']}, {res['duration_s']:.0f} s" + (" (quick: smoke-test sizes)" if res["quick"] else ""),
+        "# vespo bench",
+        "",
+        f"`{res['command']}` — {res['started']}, {res['duration_s']:.0f} s"
+        + (" (quick: smoke-test sizes)" if res["quick"] else ""),
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['cpu_flags'])}), {m['memory_gib']} GiB; "
         f"load average at start {m['load_avg_at_start']}; torch {m['torch']}, vLLM {m['vllm']}, "
         f"transformers {m['transformers']}, TRL {m['trl']}.",
         "Every figure is a ratio of timings taken in this run on this machine (it is shared: absolute "
-        "seconds below are raw data, not claims).", "",
-        "| metric | value | target | |", "|---|---|---|---|",
+        "seconds below are raw data, not claims).",
+        "",
+        "| metric | value | target | |",
+        "|---|---|---|---|",
     ]
     names = {
         "e2e_speedup_vs_trl": "GRPO step speedup vs TRL (TRL s / vespo s)",
@@ -806,62 +992,100 @@ def render_markdown(res: dict) -> str:
     }
     for k in HEADLINE:
         ok = res["pass"][k]
-        lines.append(f"| {names[k]} | {_fmt(res[k], 3)} | {res['targets'][k]} | "
-                     f"{'—' if ok is None else 'ok' if ok else 'MISSED'} |")
-    lines += ["", "## End-to-end GRPO step", "",
-              f"{e2e['rounds']} rounds (first is warm-up), workers {e2e['pairing']}; load average per round "
-              f"{e2e['load_avg_per_round']}.", ""]
+        lines.append(
+            f"| {names[k]} | {_fmt(res[k], 3)} | {res['targets'][k]} | "
+            f"{'—' if ok is None else 'ok' if ok else 'MISSED'} |"
+        )
+    lines += [
+        "",
+        "## End-to-end GRPO step",
+        "",
+        f"{e2e['rounds']} rounds (first is warm-up), workers {e2e['pairing']}; load average per round "
+        f"{e2e['load_avg_per_round']}.",
+        "",
+    ]
     for k in ("vespo", "trl"):
         if k in e2e:
             d = e2e[k]
-            lines.append(f"- {k}: step {_fmt(d['step_s_median'])} s (median of measured; all: "
-                         f"{', '.join(_fmt(s) for s in d['step_s'])}), peak RSS {_fmt(d['peak_tree_rss_gib'])} GiB "
-                         f"(process tree; main process {_fmt(d['peak_main_rss_gib'])} GiB), setup {_fmt(d['setup_s'], 1)} s")
+            lines.append(
+                f"- {k}: step {_fmt(d['step_s_median'])} s (median of measured; all: "
+                f"{', '.join(_fmt(s) for s in d['step_s'])}), peak RSS {_fmt(d['peak_tree_rss_gib'])} GiB "
+                f"(process tree; main process {_fmt(d['peak_main_rss_gib'])} GiB), setup {_fmt(d['setup_s'], 1)} s"
+            )
     if "speedup_per_round" in e2e:
         lines.append(f"- speedup per round: {', '.join(_fmt(r) for r in e2e['speedup_per_round'])}")
     if "trl_skipped" in e2e:
         lines.append(f"- TRL skipped: {e2e['trl_skipped']}")
     vs = e2e["vespo"]["steps"][1:]
-    parts = {p: statistics.median(s[p] for s in vs) for p in ("rollout_s", "logprob_s", "train_s", "publish_and_other_s")}
-    lines += [f"- vespo step parts (median s): " + ", ".join(f"{p[:-2]} {_fmt(v)}" for p, v in parts.items()),
-              f"- vespo config: {' '.join(e2e['config']['vespo_overrides'])}",
-              f"- TRL config: {e2e['config']['trl']}", "",
-              "## Trainer throughput", "",
-              f"{tr['rows']} rows × ({tr['prompt_tokens']} prompt + {tr['response_tokens']} response) tokens per "
-              f"step in microbatches of {tr.get('micro_rows', tr['rows'])} rows, fp32 master weights, {POLICY_WORDS[tr['policy']]}: {_fmt(tr['tokens_per_s'], 0)} tokens/s, MFU "
-              f"{_fmt(tr['mfu'], 3)} (old-logprob forward {_fmt(tr['old_logprobs_mfu'], 3)}): model FLOPs per CPU second "
-              f"of the step over bf16 {tr['matmul_n']}³ matmul FLOPs per CPU second, the matmuls run for "
-              f"{tr['matmul_window_s']} s right before and after each step ({tr['threads']} threads; median "
-              f"{_fmt(tr['peak_bf16_gflops_per_cpu_s'], 0)} GFLOP per CPU s, fp32 "
-              f"{_fmt(tr['peak_fp32_gflops_per_cpu_s'], 0)}). CPU seconds, because the cores are shared: the same "
-              f"ratio in wall-clock time is {_fmt(tr['mfu_wall'], 3)} (matmul rate {_fmt(tr['peak_bf16_gflops'], 0)} GFLOP/s). FLOPs: 6·decoder params·tokens + "
-              f"6·vocab·d·response tokens + attention 12·layers·width·L² (PaLM / Megatron / torchtitan; with "
-              f"the causal half only, 6·layers·width·L², MFU is {_fmt(tr.get('mfu_causal_count'), 3)}). "
-              + (f"The CPU's causal SDPA kernel alone, at this shape (bf16, forward+backward), runs at "
-                 f"{_fmt(tr['attention_kernel']['utilisation'], 3)} of the matmul peak (causal count): attention "
-                 f"is where the rest of the gap is. " if tr.get("attention_kernel") else "")
-              + f"GRPO-step batch (e2e): {_fmt(res['e2e_train_tokens_per_s'], 0)} tokens/s.", "",
-              "Dtype policies, interleaved round by round on the same model and batch (train/precision.py):", "",
-              "| policy | MFU | MFU (causal count) | MFU (wall clock) | step s | tokens/s |", "|---|---|---|---|---|---|"]
-    lines += [f"| {name} | {_fmt(p['mfu'], 3)} | {_fmt(p['mfu_causal_count'], 3)} | {_fmt(p['mfu_wall'], 3)} | "
-              f"{_fmt(p['step_s_median'])} | {_fmt(p['tokens_per_s'], 0)} |" for name, p in tr["policies"].items()]
-    lines += ["", f"bf16 params over autocast, per-round CPU-time step ratio (median): "
-              f"{_fmt(tr['bf16_params_speedup_vs_autocast'], 3)}×.", "",
-              "## Rollout", "",
-              f"{ro['prompts']} {ro['source']} prompts × {ro['n']} samples, ≤ {ro['max_tokens']} tokens, bf16: "
-              f"vLLM {_fmt(ro['vllm_tokens_per_s'], 0)} tok/s, HF engine {_fmt(ro['hf_tokens_per_s'], 0)} tok/s "
-              f"(speedup {_fmt(ro['speedup'])}, median of {len(ro['rounds'])} paired rounds). Weight publish "
-              f"(fp32 trainer → vLLM `load_state_dict`): {_fmt(ro['publish_s_median'])} s; in the GRPO step "
-              f"{_fmt(res['publish_s_per_step'])} s = {_fmt(100 * res['publish_share_of_step'], 1)}% of the step.", "",
-              "## Objectives", "",
-              f"B={raw['objectives']['B']}, T={raw['objectives']['T']}, forward+backward, ratio to REINFORCE "
-              f"(median of paired rounds, CPU time, 1 thread): "
-              + ", ".join(f"{k} {_fmt(v)}" for k, v in raw["objectives"]["ratio_to_reinforce"].items())
-              + f" (REINFORCE: {_fmt(1e3 * raw['objectives']['reinforce_s'])} ms per forward+backward, metrics "
-              "included). docs/performance.md explains the ratios.", "",
-              "## Shards", "",
-              f"The GRPO step's rollout shard ({raw['shards']['rows']} rows, {raw['shards']['bytes']} bytes): "
-              f"read + write {_fmt(100 * res['shard_io_share'], 3)}% of the step.", ""]
+    parts = {
+        p: statistics.median(s[p] for s in vs) for p in ("rollout_s", "logprob_s", "train_s", "publish_and_other_s")
+    }
+    lines += [
+        "- vespo step parts (median s): " + ", ".join(f"{p[:-2]} {_fmt(v)}" for p, v in parts.items()),
+        f"- vespo config: {' '.join(e2e['config']['vespo_overrides'])}",
+        f"- TRL config: {e2e['config']['trl']}",
+        "",
+        "## Trainer throughput",
+        "",
+        f"{tr['rows']} rows × ({tr['prompt_tokens']} prompt + {tr['response_tokens']} response) tokens per "
+        f"step in microbatches of {tr.get('micro_rows', tr['rows'])} rows, fp32 master weights, "
+        f"{POLICY_WORDS[tr['policy']]}: {_fmt(tr['tokens_per_s'], 0)} tokens/s, MFU "
+        f"{_fmt(tr['mfu'], 3)} (old-logprob forward {_fmt(tr['old_logprobs_mfu'], 3)}): model FLOPs per CPU second "
+        f"of the step over bf16 {tr['matmul_n']}³ matmul FLOPs per CPU second, the matmuls run for "
+        f"{tr['matmul_window_s']} s right before and after each step ({tr['threads']} threads; median "
+        f"{_fmt(tr['peak_bf16_gflops_per_cpu_s'], 0)} GFLOP per CPU s, fp32 "
+        f"{_fmt(tr['peak_fp32_gflops_per_cpu_s'], 0)}). CPU seconds, because the cores are shared: the same "
+        f"ratio in wall-clock time is {_fmt(tr['mfu_wall'], 3)} (matmul rate "
+        f"{_fmt(tr['peak_bf16_gflops'], 0)} GFLOP/s). "
+        f"FLOPs: 6·decoder params·tokens + "
+        f"6·vocab·d·response tokens + attention 12·layers·width·L² (PaLM / Megatron / torchtitan; with "
+        f"the causal half only, 6·layers·width·L², MFU is {_fmt(tr.get('mfu_causal_count'), 3)}). "
+        + (
+            f"The CPU's causal SDPA kernel alone, at this shape (bf16, forward+backward), runs at "
+            f"{_fmt(tr['attention_kernel']['utilisation'], 3)} of the matmul peak (causal count): attention "
+            f"is where the rest of the gap is. "
+            if tr.get("attention_kernel")
+            else ""
+        )
+        + f"GRPO-step batch (e2e): {_fmt(res['e2e_train_tokens_per_s'], 0)} tokens/s.",
+        "",
+        "Dtype policies, interleaved round by round on the same model and batch (train/precision.py):",
+        "",
+        "| policy | MFU | MFU (causal count) | MFU (wall clock) | step s | tokens/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {_fmt(p['mfu'], 3)} | {_fmt(p['mfu_causal_count'], 3)} | {_fmt(p['mfu_wall'], 3)} | "
+        f"{_fmt(p['step_s_median'])} | {_fmt(p['tokens_per_s'], 0)} |"
+        for name, p in tr["policies"].items()
+    ]
+    lines += [
+        "",
+        f"bf16 params over autocast, per-round CPU-time step ratio (median): "
+        f"{_fmt(tr['bf16_params_speedup_vs_autocast'], 3)}×.",
+        "",
+        "## Rollout",
+        "",
+        f"{ro['prompts']} {ro['source']} prompts × {ro['n']} samples, ≤ {ro['max_tokens']} tokens, bf16: "
+        f"vLLM {_fmt(ro['vllm_tokens_per_s'], 0)} tok/s, HF engine {_fmt(ro['hf_tokens_per_s'], 0)} tok/s "
+        f"(speedup {_fmt(ro['speedup'])}, median of {len(ro['rounds'])} paired rounds). Weight publish "
+        f"(fp32 trainer → vLLM `load_state_dict`): {_fmt(ro['publish_s_median'])} s; in the GRPO step "
+        f"{_fmt(res['publish_s_per_step'])} s = {_fmt(100 * res['publish_share_of_step'], 1)}% of the step.",
+        "",
+        "## Objectives",
+        "",
+        f"B={raw['objectives']['B']}, T={raw['objectives']['T']}, forward+backward, ratio to REINFORCE "
+        f"(median of paired rounds, CPU time, 1 thread): "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in raw["objectives"]["ratio_to_reinforce"].items())
+        + f" (REINFORCE: {_fmt(1e3 * raw['objectives']['reinforce_s'])} ms per forward+backward, metrics "
+        "included). docs/performance.md explains the ratios.",
+        "",
+        "## Shards",
+        "",
+        f"The GRPO step's rollout shard ({raw['shards']['rows']} rows, {raw['shards']['bytes']} bytes): "
+        f"read + write {_fmt(100 * res['shard_io_share'], 3)}% of the step.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
 """Micro-benchmark of the policy objectives: forward + backward cost relative to plain REINFORCE."""
+
 from __future__ import annotations
 
 import statistics
@@ -20,8 +21,9 @@ def objective_inputs(B: int, T: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     return logp, old_logp, mask, torch.randn(B, generator=g)
 
 
-def bench_objectives(B: int = 256, T: int = 4096, repeats: int = 3, threads: int | None = 1,
-                     seed: int = 0, inner: int = 5) -> dict:
+def bench_objectives(
+    B: int = 256, T: int = 4096, repeats: int = 3, threads: int | None = 1, seed: int = 0, inner: int = 5
+) -> dict:
     """Forward + backward (metrics included) of every objective on the same random float32 CPU
     tensors, off-policy (|Δ| ~ 0.05, random lengths). Returns {name: time / reinforce time, ...,
     "reinforce_s": seconds}: the median over `repeats` rounds of the ratio to reinforce's time in the
@@ -54,6 +56,7 @@ def bench_objectives(B: int = 256, T: int = 4096, repeats: int = 3, threads: int
     out = {name: statistics.median(t / b for t, b in zip(ts, base)) for name, ts in times.items()}
     out["reinforce_s"] = statistics.median(base)
     return out
+
 
 if __name__ == "__main__":
     for key, value in bench_objectives().items():

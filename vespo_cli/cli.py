@@ -1,11 +1,12 @@
 """The `vespo` command: rollout, train, eval, compare (+ presets, inspect, bench)."""
+
 from __future__ import annotations
 
 import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -59,13 +60,13 @@ def _options(debug: bool = typer.Option(False, "--debug", help="Show the traceba
         os.environ["VESPO_DEBUG"] = "1"
 
 
-def _config(preset: Optional[str], algo: Optional[str], overrides: Optional[List[str]], default_preset: str):
+def _config(preset: str | None, algo: str | None, overrides: list[str] | None, default_preset: str):
     from .config import load_config
 
     return load_config(preset or default_preset, algo, overrides or [])
 
 
-def _default_run_dir(cfg, run_dir: Optional[Path], suffix: str = "") -> Path:
+def _default_run_dir(cfg, run_dir: Path | None, suffix: str = "") -> Path:
     if run_dir is not None:
         return run_dir
     name = f"{cfg.preset or 'run'}-{cfg.algorithm.name or cfg.algorithm.objective}{suffix}"
@@ -75,17 +76,23 @@ def _default_run_dir(cfg, run_dir: Optional[Path], suffix: str = "") -> Path:
 @app.command()
 @user_errors
 def rollout(
-    preset: Optional[str] = PresetOpt,
-    algo: Optional[str] = AlgoOpt,
-    overrides: Optional[List[str]] = SetOpt,
-    run_dir: Optional[Path] = RunDirOpt,
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint dir or model spec (default: the preset's)."),
-    prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt source (arith, gsm8k, dapo-math-17k, a .jsonl path, ...)."),
-    n: Optional[int] = typer.Option(None, "--n", help="Samples per prompt."),
+    preset: str | None = PresetOpt,
+    algo: str | None = AlgoOpt,
+    overrides: list[str] | None = SetOpt,
+    run_dir: Path | None = RunDirOpt,
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Checkpoint dir or model spec (default: the preset's)."
+    ),
+    prompts: str | None = typer.Option(
+        None, "--prompts", help="Prompt source (arith, gsm8k, dapo-math-17k, a .jsonl path, ...)."
+    ),
+    n: int | None = typer.Option(None, "--n", help="Samples per prompt."),
     num_prompts: int = typer.Option(16, "--num-prompts", help="Prompts to sample."),
-    follow: Optional[Path] = typer.Option(None, "--follow", help="Async worker: keep sampling with the newest checkpoint of this training run."),
+    follow: Path | None = typer.Option(
+        None, "--follow", help="Async worker: keep sampling with the newest checkpoint of this training run."
+    ),
     worker: str = typer.Option("w0", "--worker", help="Worker name (async: one per process)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Shard directory (default: RUN_DIR/rollouts)."),
+    out: Path | None = typer.Option(None, "--out", help="Shard directory (default: RUN_DIR/rollouts)."),
 ):
     """Sample responses, score them with math-verify and write parquet shards."""
     from .rollout.run import rollout_follow, rollout_once
@@ -102,13 +109,17 @@ def rollout(
 @app.command()
 @user_errors
 def train(
-    preset: Optional[str] = PresetOpt,
-    algo: Optional[str] = AlgoOpt,
-    overrides: Optional[List[str]] = SetOpt,
-    run_dir: Optional[Path] = RunDirOpt,
-    replay: Optional[Path] = typer.Option(None, "--replay", help="Train from existing shards in this directory (no sampling)."),
-    async_: bool = typer.Option(False, "--async", help="Rollout workers in separate processes; trainer consumes shards."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a killed run from its last checkpoint."),
+    preset: str | None = PresetOpt,
+    algo: str | None = AlgoOpt,
+    overrides: list[str] | None = SetOpt,
+    run_dir: Path | None = RunDirOpt,
+    replay: Path | None = typer.Option(
+        None, "--replay", help="Train from existing shards in this directory (no sampling)."
+    ),
+    async_: bool = typer.Option(
+        False, "--async", help="Rollout workers in separate processes; trainer consumes shards."
+    ),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue a killed run from its last checkpoint."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and plan; train nothing."),
 ):
     """Train a policy with an algorithm preset: synchronous, replay or async."""
@@ -118,8 +129,10 @@ def train(
         if preset or algo:
             raise UserError("--resume: the run's own config.yaml is used; drop --preset/--algo")
         if overrides:  # docs/decisions.md: a resumed run is what its config.yaml says
-            raise UserError(f"--resume: --set {overrides[0]} is refused; a run resumes with its own config.yaml "
-                            f"(edit {Path(resume) / 'config.yaml'} to change a setting)")
+            raise UserError(
+                f"--resume: --set {overrides[0]} is refused; a run resumes with its own config.yaml "
+                f"(edit {Path(resume) / 'config.yaml'} to change a setting)"
+            )
         cfg = load_run_config(resume)
         rd = resume
     else:
@@ -139,14 +152,14 @@ def train(
 @app.command("eval")
 @user_errors
 def eval_(
-    benchmarks: List[str] = typer.Argument(..., help="aime24 aime25 amc23 math500 gsm8k (or a .jsonl path)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint dir or model spec."),
-    preset: Optional[str] = PresetOpt,
-    overrides: Optional[List[str]] = SetOpt,
-    k: Optional[int] = typer.Option(None, "--k", help="Samples per problem (default: the paper's k per benchmark)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N problems."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="vllm or hf."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output dir (default: <run>/eval or runs/eval)."),
+    benchmarks: list[str] = typer.Argument(..., help="aime24 aime25 amc23 math500 gsm8k (or a .jsonl path)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Checkpoint dir or model spec."),
+    preset: str | None = PresetOpt,
+    overrides: list[str] | None = SetOpt,
+    k: int | None = typer.Option(None, "--k", help="Samples per problem (default: the paper's k per benchmark)."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N problems."),
+    engine: str | None = typer.Option(None, "--engine", help="vllm or hf."),
+    out: Path | None = typer.Option(None, "--out", help="Output dir (default: <run>/eval or runs/eval)."),
 ):
     """Evaluate a model on math benchmarks: avg@k, pass@k with 95% intervals."""
     from .evaluate import eval_command
@@ -154,59 +167,103 @@ def eval_(
 
     if engine and engine not in ENGINES:
         raise UserError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")
-    cfg = _config(preset, None, [*(overrides or []), *([f"rollout.engine={engine}"] if engine else [])],
-                  "smollm2-arith")
+    cfg = _config(
+        preset, None, [*(overrides or []), *([f"rollout.engine={engine}"] if engine else [])], "smollm2-arith"
+    )
     eval_command(cfg, benchmarks, model=model, k=k, limit=limit, out=out)
 
 
 @app.command()
 @user_errors
 def compare(
-    items: List[str] = typer.Argument(..., help="Algorithm presets to run, or existing run directories to report."),
-    preset: Optional[str] = PresetOpt,
-    overrides: Optional[List[str]] = SetOpt,
-    staleness: Optional[List[int]] = typer.Option(None, "--staleness", "-N", help="Staleness values N (repeatable)."),
+    items: list[str] = typer.Argument(..., help="Algorithm presets to run, or existing run directories to report."),
+    preset: str | None = PresetOpt,
+    overrides: list[str] | None = SetOpt,
+    staleness: list[int] | None = typer.Option(None, "--staleness", "-N", help="Staleness values N (repeatable)."),
     seeds: int = typer.Option(1, "--seeds", help="Seeds per (algorithm, N)."),
-    replay: Optional[Path] = typer.Option(None, "--replay", help="Same shards for every algorithm."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Report directory (default: runs/compare-<preset>)."),
+    replay: Path | None = typer.Option(None, "--replay", help="Same shards for every algorithm."),
+    out: Path | None = typer.Option(None, "--out", help="Report directory (default: runs/compare-<preset>)."),
     x: str = typer.Option("steps", "--x", help="Curves' x-axis: steps (optimizer steps) or samples (consumed)."),
     async_: bool = typer.Option(False, "--async", help="Train every run with async rollout workers (labelled +async)."),
 ):
     """Run the same experiment under several algorithms (or report existing runs) side by side."""
     from .compare import compare_command
 
-    compare_command(items, preset=preset, overrides=overrides or [], staleness=staleness or [],
-                    seeds=seeds, replay=replay, out=out, x=x, async_=async_)
+    compare_command(
+        items,
+        preset=preset,
+        overrides=overrides or [],
+        staleness=staleness or [],
+        seeds=seeds,
+        replay=replay,
+        out=out,
+        x=x,
+        async_=async_,
+    )
 
 
 @app.command()
 @user_errors
 def probe(
-    preset: Optional[str] = PresetOpt,
-    algos: Optional[List[str]] = typer.Option(None, "--algo", "-a", help="Objectives to probe (repeatable; ALGO[:key=value]; default grpo gspo sapo cispo vespo)."),
-    overrides: Optional[List[str]] = SetOpt,
-    staleness: Optional[List[int]] = typer.Option(None, "--staleness", "-K", help="Optimizer steps K since the behaviour policy (repeatable; default 0 1 4 16 64)."),
-    prompts: Optional[int] = typer.Option(None, "--prompts", help="Prompt groups of behaviour data (default 16; --quick 4)."),
-    shards: Optional[Path] = typer.Option(None, "--shards", help="Behaviour data from these shards instead of sampling at θ₀."),
-    run: Optional[Path] = typer.Option(None, "--run", help="θ_K from this run's checkpoints/step-K instead of K on-policy steps."),
+    preset: str | None = PresetOpt,
+    algos: list[str] | None = typer.Option(
+        None,
+        "--algo",
+        "-a",
+        help="Objectives to probe (repeatable; ALGO[:key=value]; default grpo gspo sapo cispo vespo).",
+    ),
+    overrides: list[str] | None = SetOpt,
+    staleness: list[int] | None = typer.Option(
+        None,
+        "--staleness",
+        "-K",
+        help="Optimizer steps K since the behaviour policy (repeatable; default 0 1 4 16 64).",
+    ),
+    prompts: int | None = typer.Option(
+        None, "--prompts", help="Prompt groups of behaviour data (default 16; --quick 4)."
+    ),
+    shards: Path | None = typer.Option(
+        None, "--shards", help="Behaviour data from these shards instead of sampling at θ₀."
+    ),
+    run: Path | None = typer.Option(
+        None, "--run", help="θ_K from this run's checkpoints/step-K instead of K on-policy steps."
+    ),
     blocks: int = typer.Option(2, "--blocks", help="Gradients of the last N decoder blocks + final norm."),
-    bootstrap: Optional[int] = typer.Option(None, "--bootstrap", help="Bootstrap resamples of prompt groups (default 1000)."),
-    reward: str = typer.Option("auto", "--reward", help="auto (the preset's grader, else even-tokens where it gives every sample the same reward), grader, or even-tokens (synthetic)."),
+    bootstrap: int | None = typer.Option(
+        None, "--bootstrap", help="Bootstrap resamples of prompt groups (default 1000)."
+    ),
+    reward: str = typer.Option(
+        "auto",
+        "--reward",
+        help="auto (the preset's grader, else even-tokens where it gives every sample the same reward), "
+        "grader, or even-tokens (synthetic).",
+    ),
     quick: bool = typer.Option(False, "--quick", help="Small sizes: 4 prompts, K in 0 1 2 4, 200 resamples."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: runs/probe-<preset>)."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default: runs/probe-<preset>)."),
 ):
     """Measure how well each objective's gradient on stale data matches the on-policy gradient."""
     from .probe import probe_command
 
-    path = probe_command(preset=preset, overrides=overrides or [], algos=algos or [], staleness=staleness or [],
-                         prompts=prompts, shards=shards, run=run, blocks=blocks, bootstrap=bootstrap, reward=reward,
-                         quick=quick, out=out)
+    path = probe_command(
+        preset=preset,
+        overrides=overrides or [],
+        algos=algos or [],
+        staleness=staleness or [],
+        prompts=prompts,
+        shards=shards,
+        run=run,
+        blocks=blocks,
+        bootstrap=bootstrap,
+        reward=reward,
+        quick=quick,
+        out=out,
+    )
     console.print(f"probe: {path / 'report.md'}  (probe.json, *.png)")
 
 
 @app.command()
 @user_errors
-def presets(check: Optional[str] = typer.Option(None, "--check", help="Validate a preset and print its memory plan.")):
+def presets(check: str | None = typer.Option(None, "--check", help="Validate a preset and print its memory plan.")):
     """List run presets and algorithm presets with one-line descriptions."""
     from .config import PRESETS_DIR, list_presets, load_config, preset_description, preset_path
 
@@ -240,8 +297,16 @@ def inspect(path: Path = typer.Argument(..., help="A shard file, a shard directo
     table = Table(show_header=False, show_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    for key in ("directory", "shards", "rows", "reward_mean", "accuracy", "mean_response_tokens", "reward_errors",
-                "reward_timeouts"):
+    for key in (
+        "directory",
+        "shards",
+        "rows",
+        "reward_mean",
+        "accuracy",
+        "mean_response_tokens",
+        "reward_errors",
+        "reward_timeouts",
+    ):
         v = s[key]
         table.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
     table.add_row("policy versions", ", ".join(f"v{k}: {c}" for k, c in s["policy_versions"].items()))
@@ -255,8 +320,10 @@ def inspect(path: Path = typer.Argument(..., help="A shard file, a shard directo
 
 @app.command()
 @user_errors
-def bench(out: Path = typer.Option(Path("reports/bench"), "--out", help="Where latest.json and latest.md go."),
-          quick: bool = typer.Option(False, "--quick", help="Smaller sizes (smoke test).")):
+def bench(
+    out: Path = typer.Option(Path("reports/bench"), "--out", help="Where latest.json and latest.md go."),
+    quick: bool = typer.Option(False, "--quick", help="Smaller sizes (smoke test)."),
+):
     """Benchmark suite: end-to-end vs TRL, trainer MFU, rollout, objectives, shard I/O."""
     from .bench import run_bench
 

@@ -6,12 +6,13 @@ overrides, and validates the result with the pydantic models below (one per sect
 field constraints, `schema.Section`). Every unknown key, wrong type or bad value is a `UserError`
 naming where it came from, e.g. `presets/x.yaml: trainer.lr: expected a float in (0, 1], got 'fast'`.
 """
+
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -73,7 +74,7 @@ class AlgorithmConfig(Section):
     name: str = ""  # the algorithm preset (`--algo NAME`); names the default run directory
     objective: str = "vespo"  # a name in objectives.OBJECTIVES
     params: AnyObjectiveParams = Field(default_factory=VespoParams)  # the objective's params model
-    correction: Optional[Literal["tis", "mis"]] = None
+    correction: Literal["tis", "mis"] | None = None
     correction_cap: CorrectionCap = CORRECTION_CAP  # C of TIS/MIS
     routing_replay: bool = False
 
@@ -95,8 +96,7 @@ class AlgorithmConfig(Section):
     @model_validator(mode="after")
     def _params_match(self) -> AlgorithmConfig:
         if self.params.objective != self.objective:
-            raise fail(f"parameters of {self.params.objective}, but algorithm.objective is {self.objective}",
-                       "params")
+            raise fail(f"parameters of {self.params.objective}, but algorithm.objective is {self.objective}", "params")
         return self
 
 
@@ -104,10 +104,11 @@ class TrainerConfig(Section):
     steps: int = Field(20, ge=1, le=MAX_COUNT)  # optimizer steps in total
     minibatch_prompts: int = Field(4, ge=1, le=2**20)  # mbs: prompts per optimizer step
     staleness: int = Field(1, ge=1, le=STALENESS_MAX)  # N = gbs / mbs optimizer steps per rollout batch; 1 = on-policy
-    rollout_batch_prompts: Optional[int] = Field(None, ge=1, le=2**32)  # gbs; default mbs * N (if given, N = gbs / mbs)
+    rollout_batch_prompts: int | None = Field(None, ge=1, le=2**32)  # gbs; default mbs * N (if given, N = gbs / mbs)
     lr: float = Field(1e-6, gt=0, le=1)
-    betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(default_factory=lambda: [0.9, 0.999],
-                                                             min_length=2, max_length=2)
+    betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2
+    )
     weight_decay: float = Field(0.01, ge=0, le=10)
     grad_clip: float = Field(1.0, gt=0, le=1e6)
     lr_warmup_steps: int = Field(0, ge=0, le=MAX_COUNT)
@@ -131,26 +132,33 @@ class TrainerConfig(Section):
         mbs, gbs = self.minibatch_prompts, self.rollout_batch_prompts
         if gbs is not None:
             if gbs % mbs:
-                raise fail(f"{gbs} is not divisible by trainer.minibatch_prompts={mbs} (staleness N = gbs/mbs)",
-                           "rollout_batch_prompts")
+                raise fail(
+                    f"{gbs} is not divisible by trainer.minibatch_prompts={mbs} (staleness N = gbs/mbs)",
+                    "rollout_batch_prompts",
+                )
             if "staleness" in self.model_fields_set and self.staleness != gbs // mbs:
-                raise fail(f"{self.staleness} contradicts rollout_batch_prompts/minibatch_prompts = {gbs}/{mbs}",
-                           "staleness")
+                raise fail(
+                    f"{self.staleness} contradicts rollout_batch_prompts/minibatch_prompts = {gbs}/{mbs}", "staleness"
+                )
             if gbs // mbs > STALENESS_MAX:
-                raise fail(f"{gbs}/{mbs} = staleness {gbs // mbs}, expected at most {STALENESS_MAX}",
-                           "rollout_batch_prompts")
+                raise fail(
+                    f"{gbs}/{mbs} = staleness {gbs // mbs}, expected at most {STALENESS_MAX}", "rollout_batch_prompts"
+                )
             self.staleness = gbs // mbs
         self.rollout_batch_prompts = mbs * self.staleness
         if self.bf16_params and self.bf16_autocast:
-            raise fail("true together with trainer.bf16_autocast: true; pick one dtype policy "
-                       "(set the other to false; train/precision.py)", "bf16_params")
+            raise fail(
+                "true together with trainer.bf16_autocast: true; pick one dtype policy "
+                "(set the other to false; train/precision.py)",
+                "bf16_params",
+            )
         return self
 
 
 class EvalConfig(Section):
     benchmarks: list[str] = Field(default_factory=list)  # names in data.EVAL_SETS, or any data source
-    k: Optional[int] = Field(None, ge=1, le=2**16)  # samples per problem; default = the paper's k per benchmark
-    limit: Optional[int] = Field(None, ge=1, le=MAX_COUNT)  # first N problems only
+    k: int | None = Field(None, ge=1, le=2**16)  # samples per problem; default = the paper's k per benchmark
+    limit: int | None = Field(None, ge=1, le=MAX_COUNT)  # first N problems only
     every: int = Field(0, ge=0, le=MAX_COUNT)  # eval every N optimizer steps during training (0 = only at the end)
     temperature: float = Field(1.0, ge=0, le=10)  # 0 = greedy
     top_p: float = Field(1.0, gt=0, le=1)
@@ -418,7 +426,7 @@ def _raw_strings(merged: dict, origin: dict[str, str]) -> None:
     for dotted, src in origin.items():
         if not src.startswith("--set ") or "=" not in src:
             continue
-        key, raw = src[len("--set "):].split("=", 1)
+        key, raw = src[len("--set ") :].split("=", 1)
         if key.strip() != dotted or locate(Config, tuple(dotted.split("."))).tp is not str:
             continue
         *parents, last = dotted.split(".")

@@ -10,6 +10,7 @@
   - a path to a .jsonl/.json/.parquet file with `problem`/`question` and `answer` fields;
   - a hub id `owner/name` or `owner/name:split` (default split `train`), when the hub is reachable.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,10 @@ import os
 import random
 import re
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 from .errors import UserError
@@ -129,8 +131,10 @@ def check_source(source: str) -> str | None:
         return f"{source}: file not found"
     if _HUB_ID.match(source):
         return None
-    return (f"unknown data source {source!r} (expected one of {', '.join(source_names())}, "
-            "a .jsonl/.json/.parquet path, or a Hugging Face dataset id owner/name[:split])")
+    return (
+        f"unknown data source {source!r} (expected one of {', '.join(source_names())}, "
+        "a .jsonl/.json/.parquet path, or a Hugging Face dataset id owner/name[:split])"
+    )
 
 
 def canonical_source(source: str) -> str:
@@ -173,7 +177,9 @@ def _read_file(path: Path, source: str) -> list[Problem]:
     except Exception as e:  # malformed parquet/json
         raise UserError(f"{path}: cannot read as {suffix[1:]} ({type(e).__name__}: {e})") from None
     stem = _stem(path)
-    return [_to_problem(row, i, source=source, default_prefix=stem, where=f"{path}:{i + 1}") for i, row in enumerate(rows)]
+    return [
+        _to_problem(row, i, source=source, default_prefix=stem, where=f"{path}:{i + 1}") for i, row in enumerate(rows)
+    ]
 
 
 def _stem(path: Path) -> str:
@@ -262,7 +268,9 @@ def _load_train_set(name: str) -> list[Problem]:
         seen: dict[str, Problem] = {}
         for p in problems:
             seen.setdefault(p.problem, p)
-        problems = [Problem(f"dapo_math_17k-{i}", p.problem, p.answer, "dapo_math_17k") for i, p in enumerate(seen.values())]
+        problems = [
+            Problem(f"dapo_math_17k-{i}", p.problem, p.answer, "dapo_math_17k") for i, p in enumerate(seen.values())
+        ]
     return problems
 
 
@@ -277,7 +285,9 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
 
 
 def _offline_mode() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def _load_hub(hub_id: str, config: str | None, split: str, source: str, where: str = "") -> list[Problem]:
@@ -285,8 +295,10 @@ def _load_hub(hub_id: str, config: str | None, split: str, source: str, where: s
     # Offline mode reads the local datasets cache; otherwise fail fast when the hub is unreachable
     # (datasets would retry for ~25 s).
     if not _offline_mode() and not _hub_reachable():
-        raise UserError(f"{prefix}the Hugging Face Hub is unreachable, so {hub_id} cannot be downloaded "
-                        "(give a local .jsonl/.parquet path or set VESPO_DATA_DIR)")
+        raise UserError(
+            f"{prefix}the Hugging Face Hub is unreachable, so {hub_id} cannot be downloaded "
+            "(give a local .jsonl/.parquet path or set VESPO_DATA_DIR)"
+        )
     try:
         import datasets
 
@@ -311,8 +323,10 @@ def _load_other(source: str) -> list[Problem]:
     if _HUB_ID.match(source):
         hub_id, _, split = source.partition(":")
         return _load_hub(hub_id, None, split or "train", source)
-    raise UserError(f"data source {source!r}: expected one of {', '.join(source_names())}, "
-                    "a .jsonl/.json/.parquet path, or a Hugging Face dataset id owner/name[:split]")
+    raise UserError(
+        f"data source {source!r}: expected one of {', '.join(source_names())}, "
+        "a .jsonl/.json/.parquet path, or a Hugging Face dataset id owner/name[:split]"
+    )
 
 
 # ---------------------------------------------------------------------------- procedural arithmetic
@@ -363,12 +377,16 @@ def _arith(seed: int, difficulty: int, index: int) -> tuple[str, str, int]:
             b = rng.randint(*operand)
             total, expr = total + b, f"{expr} + {b}"
             things = _count_noun(b, item)
-            sentences.append(rng.choice((f"{then}{name} gets {b} more {things}.", f"{then}{name} finds {b} more {things}.")))
+            sentences.append(
+                rng.choice((f"{then}{name} gets {b} more {things}.", f"{then}{name} finds {b} more {things}."))
+            )
         elif op == "sub":
             b = rng.randint(1, min(total, operand[1]))
             total, expr = total - b, f"{expr} - {b}"
             things = _count_noun(b, item)
-            sentences.append(rng.choice((f"{then}{name} gives {b} {things} to a friend.", f"{then}{name} loses {b} {things}.")))
+            sentences.append(
+                rng.choice((f"{then}{name} gives {b} {things} to a friend.", f"{then}{name} loses {b} {things}."))
+            )
         elif op == "groups":
             k, b = rng.randint(*groups), rng.randint(*sizes)
             total, expr = total + k * b, f"{expr} + {k} * {b}"

@@ -1,4 +1,5 @@
 """Errors the CLI reports on one line: bad input (exit 2) and faults of the machine (exit 1)."""
+
 from __future__ import annotations
 
 import errno

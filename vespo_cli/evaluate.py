@@ -3,14 +3,16 @@
 Output per benchmark (`<out>/<benchmark>/`): `per_sample.parquet` (one row per sampled response) and
 `summary.json`, each written atomically (temporary file + rename; the summary is written last).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from .data import EVAL_SETS, canonical_source, encode_prompt, load_problems
 from .errors import UserError
@@ -51,7 +53,9 @@ def avg_at_k(per_problem: Iterable[Sequence[float]]) -> float:
     return _mean(means)
 
 
-def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval for the mean of `values` (resampled with replacement, fixed seed)."""
     import numpy as np
 
@@ -133,8 +137,21 @@ def summarize(per_sample_rows: Sequence[Mapping[str, Any]], *, benchmark: str | 
 
 def metrics_record(summary: Mapping[str, Any]) -> dict:
     """The flat numbers of a summary, for one `metrics.jsonl` eval line (no per-problem lists)."""
-    keys = ("benchmark", "k", "metric", "avg_at_k", "ci95_low", "ci95_high", "pass_at_k", "num_problems",
-            "num_samples", "mean_reward", "mean_response_tokens", "truncated_fraction", "reward_timeout_fraction")
+    keys = (
+        "benchmark",
+        "k",
+        "metric",
+        "avg_at_k",
+        "ci95_low",
+        "ci95_high",
+        "pass_at_k",
+        "num_problems",
+        "num_samples",
+        "mean_reward",
+        "mean_response_tokens",
+        "truncated_fraction",
+        "reward_timeout_fraction",
+    )
     return {key: summary[key] for key in keys if key in summary}
 
 
@@ -175,7 +192,9 @@ def read_eval(out_dir: str | Path) -> tuple[list[dict], dict]:
         summary = json.loads((out / "summary.json").read_text())
         rows = pq.read_table(out / "per_sample.parquet").to_pylist()
     except (OSError, ValueError) as e:
-        raise UserError(f"{out}: not a readable eval directory (expected per_sample.parquet + summary.json: {e})") from None
+        raise UserError(
+            f"{out}: not a readable eval directory (expected per_sample.parquet + summary.json: {e})"
+        ) from None
     return rows, summary
 
 
@@ -227,47 +246,54 @@ def run_eval(
         t0 = time.perf_counter()
         rows: list[dict] = []
         for start in range(0, len(problems), chunk_prompts):
-            chunk = problems[start:start + chunk_prompts]
+            chunk = problems[start : start + chunk_prompts]
             prompts = [encode_prompt(tokenizer, p, template, max_prompt_tokens) for p in chunk]
             s = sampling
             if getattr(sampling, "seed", None) is not None:
                 s = dataclasses.replace(sampling, seed=sampling.seed + 1_000_003 * (start // chunk_prompts))
             completions = engine.generate(prompts, kb, s)
             texts = [c.text or tokenizer.decode(c.response_token_ids, skip_special_tokens=True) for c in completions]
-            scores = scorer.score(texts, [chunk[c.prompt_index].answer for c in completions],
-                                  [chunk[c.prompt_index].problem for c in completions])
+            scores = scorer.score(
+                texts,
+                [chunk[c.prompt_index].answer for c in completions],
+                [chunk[c.prompt_index].problem for c in completions],
+            )
             failure_counts(scores, where=f"{bench}: reward scoring")
             for c, text, sc in zip(completions, texts, scores):
                 p = chunk[c.prompt_index]
-                rows.append({
-                    "problem_id": p.id,
-                    "sample_idx": int(c.sample_idx),
-                    "response": text,
-                    "extracted_answer": sc.extracted_answer,
-                    "correct": bool(sc.correct),
-                    "reward": float(sc.reward),
-                    "num_tokens": len(c.response_token_ids),
-                    "finish_reason": c.finish_reason,
-                    "answer": p.answer,
-                    "timed_out": bool(sc.timed_out),
-                    "reward_error": sc.error,
-                })
+                rows.append(
+                    {
+                        "problem_id": p.id,
+                        "sample_idx": int(c.sample_idx),
+                        "response": text,
+                        "extracted_answer": sc.extracted_answer,
+                        "correct": bool(sc.correct),
+                        "reward": float(sc.reward),
+                        "num_tokens": len(c.response_token_ids),
+                        "finish_reason": c.finish_reason,
+                        "answer": p.answer,
+                        "timed_out": bool(sc.timed_out),
+                        "reward_error": sc.error,
+                    }
+                )
             if on_chunk is not None:
                 on_chunk(bench, min(start + chunk_prompts, len(problems)), len(problems))
         name = benchmark_name(bench)
         summary = summarize(rows, benchmark=name)
-        summary.update({
-            "engine": getattr(engine, "name", None),
-            "engine_dtype": getattr(engine, "dtype", None),
-            "temperature": getattr(sampling, "temperature", None),
-            "top_p": getattr(sampling, "top_p", None),
-            "top_k": getattr(sampling, "top_k", None),
-            "max_tokens": getattr(sampling, "max_tokens", None),
-            "seed": getattr(sampling, "seed", None),
-            "template": template,
-            "limit": limit,
-            "elapsed_s": round(time.perf_counter() - t0, 3),
-        })
+        summary.update(
+            {
+                "engine": getattr(engine, "name", None),
+                "engine_dtype": getattr(engine, "dtype", None),
+                "temperature": getattr(sampling, "temperature", None),
+                "top_p": getattr(sampling, "top_p", None),
+                "top_k": getattr(sampling, "top_k", None),
+                "max_tokens": getattr(sampling, "max_tokens", None),
+                "seed": getattr(sampling, "seed", None),
+                "template": template,
+                "limit": limit,
+                "elapsed_s": round(time.perf_counter() - t0, 3),
+            }
+        )
         if extra_summary:
             summary.update(extra_summary)
         if out_dir is not None:
@@ -292,8 +318,15 @@ def default_eval_dir(model_path: str | Path, model_spec: str) -> Path:
     return Path("runs") / "eval" / benchmark_name(Path(model_spec).name or model_spec)
 
 
-def eval_command(cfg, benchmarks: Sequence[str], *, model: str | None = None, k: int | None = None,
-                 limit: int | None = None, out: str | Path | None = None) -> dict[str, dict]:
+def eval_command(
+    cfg,
+    benchmarks: Sequence[str],
+    *,
+    model: str | None = None,
+    k: int | None = None,
+    limit: int | None = None,
+    out: str | Path | None = None,
+) -> dict[str, dict]:
     """`vespo eval`: open the configured engine on `model` (default cfg.model.path) and run `run_eval`."""
     from rich.console import Console
     from rich.table import Table
@@ -317,18 +350,35 @@ def eval_command(cfg, benchmarks: Sequence[str], *, model: str | None = None, k:
     model_spec = model or cfg.model.path
     model_path = resolve_model(model_spec, trust_remote_code=cfg.model.trust_remote_code)
     out_dir = Path(out) if out is not None else default_eval_dir(model_path, model_spec)
-    sampling = Sampling(temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, top_k=-1,
-                        max_tokens=cfg.eval.max_tokens, seed=cfg.trainer.seed)
-    ecfg = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(
-        update={"max_tokens": max(cfg.rollout.max_tokens, cfg.eval.max_tokens)})})
+    sampling = Sampling(
+        temperature=cfg.eval.temperature,
+        top_p=cfg.eval.top_p,
+        top_k=-1,
+        max_tokens=cfg.eval.max_tokens,
+        seed=cfg.trainer.seed,
+    )
+    ecfg = cfg.model_copy(
+        update={
+            "rollout": cfg.rollout.model_copy(update={"max_tokens": max(cfg.rollout.max_tokens, cfg.eval.max_tokens)})
+        }
+    )
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
     err = Console(stderr=True)
     engine = open_engine(ecfg, model_path)
     try:
         with scorer_for(cfg) as scorer:
             results = run_eval(
-                engine, tokenizer, benchmarks, k, limit, sampling, cfg.data.template, out_dir, scorer,
-                max_prompt_tokens=cfg.data.max_prompt_tokens, extra_summary={"model": str(model_path)},
+                engine,
+                tokenizer,
+                benchmarks,
+                k,
+                limit,
+                sampling,
+                cfg.data.template,
+                out_dir,
+                scorer,
+                max_prompt_tokens=cfg.data.max_prompt_tokens,
+                extra_summary={"model": str(model_path)},
                 on_chunk=lambda b, done, total: err.print(f"[dim]{b}: {done}/{total} problems[/]"),
             )
     finally:
@@ -338,9 +388,15 @@ def eval_command(cfg, benchmarks: Sequence[str], *, model: str | None = None, k:
         table.add_column(col)
     for name, s in results.items():
         lo, hi = s["ci95_low"], s["ci95_high"]
-        table.add_row(name, s["metric"], f"{100 * s['avg_at_k']:.1f}", f"[{100 * lo:.1f}, {100 * hi:.1f}]",
-                      f"{100 * s['pass_at_k']:.1f}", f"{s.get('mean_response_tokens', 0):.0f}",
-                      f"{100 * s.get('truncated_fraction', 0):.0f}%")
+        table.add_row(
+            name,
+            s["metric"],
+            f"{100 * s['avg_at_k']:.1f}",
+            f"[{100 * lo:.1f}, {100 * hi:.1f}]",
+            f"{100 * s['pass_at_k']:.1f}",
+            f"{s.get('mean_response_tokens', 0):.0f}",
+            f"{100 * s.get('truncated_fraction', 0):.0f}%",
+        )
     Console().print(table)
     err.print(f"results: {out_dir}")
     ckpt = run_checkpoint(model_path)
@@ -348,7 +404,8 @@ def eval_command(cfg, benchmarks: Sequence[str], *, model: str | None = None, k:
         from .fsio import append_jsonl
 
         for s in results.values():
-            append_jsonl(ckpt[0] / "metrics.jsonl", {"kind": "eval", "step": ckpt[1], "time": time.time(),
-                                                     **metrics_record(s)})
+            append_jsonl(
+                ckpt[0] / "metrics.jsonl", {"kind": "eval", "step": ckpt[1], "time": time.time(), **metrics_record(s)}
+            )
         err.print(f"appended to {ckpt[0] / 'metrics.jsonl'}")
     return results

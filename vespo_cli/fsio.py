@@ -2,6 +2,7 @@
 
 An OSError inside these helpers that has an errno but names no file (a write or fsync failing for
 space) is given the path being written, so the CLI's one-line error can name it."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,8 +10,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def _umask() -> int:

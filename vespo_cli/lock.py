@@ -10,13 +10,14 @@ Async rollout workers (`vespo rollout --follow RUN`) take no lock: they write ne
 The lock file stays after release (unlinking it would let two processes lock different inodes).
 The descriptor is close-on-exec, so processes the holder starts do not keep the lock.
 """
+
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import UserError
 
@@ -52,8 +53,9 @@ def hold(directory: str | os.PathLike, command: str) -> Iterator[Path]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             who = os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
-            raise UserError(f"{d}: in use by another vespo process ({who}); wait for it to finish "
-                            f"or stop it, then retry") from None
+            raise UserError(
+                f"{d}: in use by another vespo process ({who}); wait for it to finish or stop it, then retry"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} ({command})\n".encode(), 0)
         _HELD.add(key)
@@ -63,4 +65,3 @@ def hold(directory: str | os.PathLike, command: str) -> Iterator[Path]:
             _HELD.discard(key)
     finally:
         os.close(fd)  # releases the flock
-

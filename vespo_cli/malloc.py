@@ -9,6 +9,7 @@ jemalloc/tcmalloc give PyTorch on CPU, without an LD_PRELOAD. The price: memory 
 to the system until the process ends, and over a long run with varying shapes the retained heap grows
 (docs/performance.md has the measurements). VESPO_MALLOC_TUNING=0 turns it off.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -11,6 +11,7 @@ Built checkpoints live under ``$VESPO_CACHE/models`` (default ``~/.cache/vespo/m
 directory per ``<spec>-v<FORMAT_VERSION>-<config hash>``; they are written to a temporary directory
 and renamed, under a file lock, so a killed build never leaves a half checkpoint behind.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -234,8 +235,14 @@ def torch_dtype(dtype):
 
     if isinstance(dtype, torch.dtype):
         return dtype
-    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
-             "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise UserError(f"dtype {dtype!r}: expected one of bfloat16, float32, float16")
     return table[dtype]
@@ -292,4 +299,3 @@ def state_dict_hash(model_or_state) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-

@@ -18,10 +18,12 @@ Aggregation (each objective declares one, AGGREGATION[name]):
   seq-mean-token-mean  Σ_i (Σ_t m ℓ / T_i) / num_seqs      (num_seqs:   None = B, all rows)
 With gradient accumulation pass the minibatch totals (tokens, sequences) to every microbatch.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Annotated, Callable, Literal, Mapping, NamedTuple, Optional, Union
+from collections.abc import Callable, Mapping
+from typing import Annotated, Literal, NamedTuple, Union
 
 import torch
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
@@ -41,7 +43,7 @@ CorrectionCap = Annotated[float, Field(gt=1.0, le=1e6)]  # its range, for the co
 PARAM_MAX = 1e3  # upper bound of the free positive hyperparameters (clip widths, temperatures)
 
 OBJECTIVES: dict[str, Callable] = {}  # name -> fn(Tokens, **params) -> Reshaped
-PARAMS: dict[str, type["ObjectiveParams"]] = {}  # name -> its params model
+PARAMS: dict[str, type[ObjectiveParams]] = {}  # name -> its params model
 OBJECTIVE_DEFAULTS: dict[str, dict] = {}  # name -> {param: paper default}
 AGGREGATION: dict[str, str] = {}  # name -> "token-mean" | "seq-mean-token-mean"
 SEQUENCE_CORRECTION: set[str] = set()  # objectives taking the correction inside their sequence weight
@@ -55,7 +57,7 @@ class Tokens(NamedTuple):
     adv: Tensor  # [B] advantages
     mask: Tensor  # [B, T] float 0/1
     lengths: Tensor  # [B] response lengths T_i (float)
-    log_corr: Optional[Tensor]  # [B, T] ln w_t of TIS/MIS (−inf = MIS-masked, 0 at padding), or None
+    log_corr: Tensor | None  # [B, T] ln w_t of TIS/MIS (−inf = MIS-masked, 0 at padding), or None
 
 
 class Reshaped(NamedTuple):
@@ -66,13 +68,13 @@ class Reshaped(NamedTuple):
     computations: one pass builds the gradient, which is what keeps them as cheap as REINFORCE."""
 
     coef: Tensor  # ∂ℓ/∂logp_t, [B, T] or [B, 1] (times coef_row)
-    value: Optional[Tensor] = None  # ℓ, [B, T] or [B, 1] (times value_row); None = coef·logp (REINFORCE form)
-    coef_row: Optional[Tensor] = None  # [B, 1] factor of coef, applied in the aggregation pass for free
-    value_row: Optional[Tensor] = None  # [B, 1] factor of value, likewise
-    log_w: Optional[Tensor] = None  # [B] sequence log-weight used (metrics; default Σ_t Δ_t)
-    seq_weight: Optional[Tensor] = None  # [B] sequence weights for the ESS (default exp(Σ_t Δ_t))
-    clipped: Optional[Tensor] = None  # 0-d: number of response tokens whose gradient was clipped
-    extra: Optional[dict] = None  # name -> 0-d tensor, objective-specific metrics
+    value: Tensor | None = None  # ℓ, [B, T] or [B, 1] (times value_row); None = coef·logp (REINFORCE form)
+    coef_row: Tensor | None = None  # [B, 1] factor of coef, applied in the aggregation pass for free
+    value_row: Tensor | None = None  # [B, 1] factor of value, likewise
+    log_w: Tensor | None = None  # [B] sequence log-weight used (metrics; default Σ_t Δ_t)
+    seq_weight: Tensor | None = None  # [B] sequence weights for the ESS (default exp(Σ_t Δ_t))
+    clipped: Tensor | None = None  # 0-d: number of response tokens whose gradient was clipped
+    extra: dict | None = None  # name -> 0-d tensor, objective-specific metrics
 
 
 class ObjectiveParams(Section):
@@ -132,14 +134,15 @@ def indicator(compare: Callable, a: Tensor, b) -> Tensor:
 
 
 def as_float_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """A 0/1 mask as `dtype`; bool goes through a uint8 view (7x faster on CPU than bool → float, reports/bench/micro.json)."""
+    """A 0/1 mask as `dtype`; bool goes through a uint8 view (faster on CPU: reports/bench/micro.json)."""
     return (mask.view(torch.uint8) if mask.dtype == torch.bool else mask).to(dtype)
 
 
 def select(cond: Tensor, a: float, b: float, dtype: torch.dtype) -> Tensor:
     """torch.where(cond, a, b) for two python numbers, in `dtype` (not torch's default float32)."""
-    return torch.where(cond, torch.tensor(a, dtype=dtype, device=cond.device),
-                       torch.tensor(b, dtype=dtype, device=cond.device))
+    return torch.where(
+        cond, torch.tensor(a, dtype=dtype, device=cond.device), torch.tensor(b, dtype=dtype, device=cond.device)
+    )
 
 
 def log_clip_bounds(adv: Tensor, low: float, high: float, neg_high: float = math.inf) -> tuple[Tensor, Tensor]:
@@ -209,7 +212,7 @@ class GrpoParams(ObjectiveParams):
     objective: Literal["grpo"] = Field("grpo", exclude=True)
     eps_low: float = Field(0.2, ge=0, le=1)
     eps_high: float = Field(0.28, ge=0, le=PARAM_MAX)
-    dual_clip: Optional[float] = Field(3.0, gt=1, le=1e6)
+    dual_clip: float | None = Field(3.0, gt=1, le=1e6)
 
 
 @register("grpo", "token-mean", GrpoParams)
@@ -320,7 +323,7 @@ def reinforce(t: Tokens) -> Reshaped:
 
 
 # every objective's params, keyed on the objective's name (the config's `algorithm.params`)
-AnyObjectiveParams = Annotated[Union[tuple(PARAMS.values())], Field(discriminator="objective")]
+AnyObjectiveParams = Annotated[Union[tuple(PARAMS.values())], Field(discriminator="objective")]  # noqa: UP007
 _CAP = TypeAdapter(CorrectionCap, config={"strict": True, "allow_inf_nan": False})
 
 
@@ -367,10 +370,10 @@ def policy_loss(
     old_logp: Tensor,
     advantages: Tensor,
     mask: Tensor,
-    rollout_logp: Optional[Tensor] = None,
-    correction: Optional[str] = None,
-    num_tokens: Optional[float | Tensor] = None,
-    num_seqs: Optional[float | Tensor] = None,
+    rollout_logp: Tensor | None = None,
+    correction: str | None = None,
+    num_tokens: float | Tensor | None = None,
+    num_seqs: float | Tensor | None = None,
     correction_cap: float = CORRECTION_CAP,
     **params,
 ) -> tuple[Tensor, dict[str, float]]:
@@ -436,7 +439,7 @@ def policy_loss(
     return loss, dict(zip(keys, values))
 
 
-def _aggregate(value: Optional[Tensor], token_w: Tensor, row_scale: Tensor) -> Optional[Tensor]:
+def _aggregate(value: Tensor | None, token_w: Tensor, row_scale: Tensor) -> Tensor | None:
     """Σ_i row_scale_i Σ_t token_w_{i,t}·value_{i,t} (value [B, T], consumed in place, or [B, 1])."""
     if value is None:
         return None
@@ -468,7 +471,7 @@ class _Reshaped(torch.autograd.Function):
         return (grad if scale == 1.0 else grad * scale).to(ctx.dtype), None, None
 
 
-def _mismatch(old_logp, rollout_logp, m, correction, cap, stats) -> Optional[Tensor]:
+def _mismatch(old_logp, rollout_logp, m, correction, cap, stats) -> Tensor | None:
     """ln w_t of the TIS/MIS correction (0 at padding and where rollout_logp is missing), or None
     when correction is None; adds mismatch_kl = mean(old_logp − rollout_logp), rollout_missing_tokens
     and correction_frac (tokens truncated by TIS / masked by MIS) to `stats`."""

@@ -14,6 +14,7 @@ batches in total, tokens per step, and the `torchrun` launch lines.
 The activation terms are estimates of what `vespo_cli/train` does (documented next to each
 constant below); the state terms are exact byte counts.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,31 +34,89 @@ GiB = 2**30
 # (billions): parameter counts are checked against it in the tests.
 KNOWN_MODELS: dict[str, dict] = {
     "Qwen/Qwen3-8B-Base": dict(
-        arch="qwen3", published=8.2, hidden_size=4096, num_hidden_layers=36, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=128, intermediate_size=12288, vocab_size=151936,
-        tie_word_embeddings=False, max_position_embeddings=32768),
+        arch="qwen3",
+        published=8.2,
+        hidden_size=4096,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=12288,
+        vocab_size=151936,
+        tie_word_embeddings=False,
+        max_position_embeddings=32768,
+    ),
     "Qwen/Qwen3-30B-A3B-Base": dict(
-        arch="qwen3_moe", published=30.5, hidden_size=2048, num_hidden_layers=48, num_attention_heads=32,
-        num_key_value_heads=4, head_dim=128, intermediate_size=6144, moe_intermediate_size=768,
-        num_experts=128, num_experts_per_tok=8, decoder_sparse_step=1, mlp_only_layers=[],
-        vocab_size=151936, tie_word_embeddings=False, max_position_embeddings=32768),
+        arch="qwen3_moe",
+        published=30.5,
+        hidden_size=2048,
+        num_hidden_layers=48,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        head_dim=128,
+        intermediate_size=6144,
+        moe_intermediate_size=768,
+        num_experts=128,
+        num_experts_per_tok=8,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        vocab_size=151936,
+        tie_word_embeddings=False,
+        max_position_embeddings=32768,
+    ),
     "meta-llama/Llama-3.2-3B-Instruct": dict(
-        arch="llama", published=3.21, hidden_size=3072, num_hidden_layers=28, num_attention_heads=24,
-        num_key_value_heads=8, head_dim=128, intermediate_size=8192, vocab_size=128256,
-        tie_word_embeddings=True, max_position_embeddings=131072),
+        arch="llama",
+        published=3.21,
+        hidden_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=8192,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+        max_position_embeddings=131072,
+    ),
     "Qwen/Qwen3-0.6B-Base": dict(
-        arch="qwen3", published=0.6, hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
-        num_key_value_heads=8, head_dim=128, intermediate_size=3072, vocab_size=151936,
-        tie_word_embeddings=True, max_position_embeddings=32768),
+        arch="qwen3",
+        published=0.6,
+        hidden_size=1024,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=3072,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        max_position_embeddings=32768,
+    ),
     # the built-in CPU models (vespo_cli.models): SmolLM2-135M-Instruct and the tiny test model
     "smollm2-135m": dict(
-        arch="llama", published=0.135, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
-        num_key_value_heads=3, head_dim=64, intermediate_size=1536, vocab_size=49152,
-        tie_word_embeddings=True, max_position_embeddings=8192),
+        arch="llama",
+        published=0.135,
+        hidden_size=576,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        intermediate_size=1536,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        max_position_embeddings=8192,
+    ),
     "tiny": dict(
-        arch="llama", published=None, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=32, intermediate_size=256, vocab_size=49152,
-        tie_word_embeddings=True, max_position_embeddings=1024),
+        arch="llama",
+        published=None,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        intermediate_size=256,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        max_position_embeddings=1024,
+    ),
 }
 # the instruct / base twins share their architecture numbers
 _ALIASES = {
@@ -198,8 +257,9 @@ def model_shape(spec: str, trust_remote_code: bool = False) -> ModelShape:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(conf, trust_remote_code=trust_remote_code)
     except Exception as e:
-        raise UserError(f"model.path {spec!r}: cannot build the model from its config "
-                        f"({type(e).__name__}: {e})") from None
+        raise UserError(
+            f"model.path {spec!r}: cannot build the model from its config ({type(e).__name__}: {e})"
+        ) from None
     text = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
     experts = int(_num(text, "num_experts", "num_local_experts", "n_routed_experts"))
     top_k = int(_num(text, "num_experts_per_tok", "moe_topk")) if experts else 0
@@ -232,7 +292,8 @@ def model_shape(spec: str, trust_remote_code: bool = False) -> ModelShape:
         heads=heads,
         kv_heads=int(_num(text, "num_key_value_heads", default=heads)),
         head_dim=int(_num(text, "head_dim", default=hidden // max(heads, 1))),
-        intermediate=int(_num(text, "moe_intermediate_size", "intermediate_size")) if experts
+        intermediate=int(_num(text, "moe_intermediate_size", "intermediate_size"))
+        if experts
         else int(_num(text, "intermediate_size")),
         vocab=int(_num(text, "vocab_size")),
         tied=bool(getattr(conf, "tie_word_embeddings", False)),
@@ -322,39 +383,61 @@ def memory_plan(cfg: Config, shape: ModelShape | None = None, mode: str = "sync"
     max_seq = cfg.data.max_prompt_tokens + r.max_tokens
     # train/batch.py packs rows up to the budget; a row longer than the budget is a microbatch alone
     T = max(t.micro_token_budget, max_seq)
-    plan = MemoryPlan(shape=shape, gpus=gpus, trainer_gpus=trainer_gpus, gpus_per_node=lay.gpus_per_node, fsdp=F, tp=tp,
-                      capacity=int(lay.gpu_memory_gib * GiB), max_seq=max_seq, micro_tokens=T,
-                      colocated=colocated)
+    plan = MemoryPlan(
+        shape=shape,
+        gpus=gpus,
+        trainer_gpus=trainer_gpus,
+        gpus_per_node=lay.gpus_per_node,
+        fsdp=F,
+        tp=tp,
+        capacity=int(lay.gpu_memory_gib * GiB),
+        max_seq=max_seq,
+        micro_tokens=T,
+        colocated=colocated,
+    )
 
     # ---- layout validity
     if trainer_gpus < 1:
-        plan.problems.append(f"layout.rollout_gpus: {lay.rollout_gpus} leaves no GPU for the trainer "
-                             f"({lay.nodes} × {lay.gpus_per_node} GPUs)")
+        plan.problems.append(
+            f"layout.rollout_gpus: {lay.rollout_gpus} leaves no GPU for the trainer "
+            f"({lay.nodes} × {lay.gpus_per_node} GPUs)"
+        )
         trainer_gpus = plan.trainer_gpus = 1
     if F > trainer_gpus or trainer_gpus % F:
         plan.problems.append(f"layout.fsdp_size: {F} must divide the {trainer_gpus} trainer GPUs")
     elif F < trainer_gpus:
-        plan.warnings.append(f"layout.fsdp_size {F} < {trainer_gpus} trainer GPUs: the trainer shards over all "
-                             "ranks (train/dist.py), so this plan is conservative")
+        plan.warnings.append(
+            f"layout.fsdp_size {F} < {trainer_gpus} trainer GPUs: the trainer shards over all "
+            "ranks (train/dist.py), so this plan is conservative"
+        )
     if tp > lay.gpus_per_node or lay.gpus_per_node % tp:
-        plan.problems.append(f"rollout.tensor_parallel_size: {tp} must divide layout.gpus_per_node "
-                             f"({lay.gpus_per_node}): vLLM tensor parallelism stays inside a node")
+        plan.problems.append(
+            f"rollout.tensor_parallel_size: {tp} must divide layout.gpus_per_node "
+            f"({lay.gpus_per_node}): vLLM tensor parallelism stays inside a node"
+        )
     if shape.heads % tp:
-        plan.problems.append(f"rollout.tensor_parallel_size: {tp} must divide the model's "
-                             f"{shape.heads} attention heads")
+        plan.problems.append(
+            f"rollout.tensor_parallel_size: {tp} must divide the model's {shape.heads} attention heads"
+        )
     if lay.nodes > 1 and lay.rollout_gpus % lay.gpus_per_node:
-        plan.problems.append(f"layout.rollout_gpus: {lay.rollout_gpus}: on several nodes give rollout whole nodes "
-                             f"(a multiple of gpus_per_node {lay.gpus_per_node})")
+        plan.problems.append(
+            f"layout.rollout_gpus: {lay.rollout_gpus}: on several nodes give rollout whole nodes "
+            f"(a multiple of gpus_per_node {lay.gpus_per_node})"
+        )
     kv = shape.kv_heads
     if (tp <= kv and kv % tp) or (tp > kv and tp % kv):
-        plan.problems.append(f"rollout.tensor_parallel_size: {tp} and the model's {kv} KV heads: one must divide "
-                             "the other (vLLM)")
+        plan.problems.append(
+            f"rollout.tensor_parallel_size: {tp} and the model's {kv} KV heads: one must divide the other (vLLM)"
+        )
     if not colocated and lay.rollout_gpus % tp:
-        plan.problems.append(f"layout.rollout_gpus: {lay.rollout_gpus} is not a multiple of "
-                             f"rollout.tensor_parallel_size {tp}")
+        plan.problems.append(
+            f"layout.rollout_gpus: {lay.rollout_gpus} is not a multiple of rollout.tensor_parallel_size {tp}"
+        )
     if shape.max_positions and max_seq > shape.max_positions:
-        plan.problems.append(f"data.max_prompt_tokens + rollout.max_tokens = {max_seq} exceeds the model's "
-                             f"{shape.max_positions} positions")
+        plan.problems.append(
+            f"data.max_prompt_tokens + rollout.max_tokens = {max_seq} exceeds the model's "
+            f"{shape.max_positions} positions"
+        )
 
     # ---- trainer, per GPU
     M = DTYPE_BYTES[cfg.model.dtype]  # master weights, gradients and AdamW moments share this dtype
@@ -362,16 +445,23 @@ def memory_plan(cfg: Config, shape: ModelShape | None = None, mode: str = "sync"
     plan.trainer += [
         Row(f"master weights ({cfg.model.dtype})", M * P // F, f"{M} B × {P / 1e9:.2f}B / fsdp {F}"),
         Row(f"gradients ({cfg.model.dtype})", M * P // F, f"{M} B × {P / 1e9:.2f}B / fsdp {F}"),
-        Row(f"AdamW moments (2 × {cfg.model.dtype})", ADAM_STATES * M * P // F,
-            f"{ADAM_STATES * M} B × {P / 1e9:.2f}B / fsdp {F}"),
+        Row(
+            f"AdamW moments (2 × {cfg.model.dtype})",
+            ADAM_STATES * M * P // F,
+            f"{ADAM_STATES * M} B × {P / 1e9:.2f}B / fsdp {F}",
+        ),
     ]
     bf16_params = t.bf16_params and M > 2  # train/precision.py: bf16 compute weights over fp32 masters
     C = 2 if bf16_params else M  # bytes of a compute weight (and of its gradient before fp32 accumulation)
     if F > 1:
         root, layer = shape.root_params, shape.max_layer_params
-        plan.trainer.append(Row(
-            "FSDP unsharded params + grads", C * (2 * root + 3 * layer),
-            f"{C} B × (2·{root / 1e6:.0f}M root + 3·{layer / 1e6:.0f}M layer)"))
+        plan.trainer.append(
+            Row(
+                "FSDP unsharded params + grads",
+                C * (2 * root + 3 * layer),
+                f"{C} B × (2·{root / 1e6:.0f}M root + 3·{layer / 1e6:.0f}M layer)",
+            )
+        )
     elif bf16_params:
         plan.trainer.append(Row("bf16 compute weights", C * P, f"{C} B × {P / 1e9:.2f}B"))
     low = t.bf16_autocast or bf16_params or cfg.model.dtype == "bfloat16"
@@ -386,20 +476,32 @@ def memory_plan(cfg: Config, shape: ModelShape | None = None, mode: str = "sync"
     per_layer_token = scale * (ATTN_BYTES_PER_HIDDEN * h + mlp)
     per_layer_f = f"({ATTN_BYTES_PER_HIDDEN}h + {mlp_f})" + ("" if low else " × 2")
     if t.gradient_checkpointing:
-        plan.trainer.append(Row("checkpointed layer inputs", shape.layers * T * h * C,
-                                f"{shape.layers} layers × {T} × h {h} × {C} B"))
+        plan.trainer.append(
+            Row("checkpointed layer inputs", shape.layers * T * h * C, f"{shape.layers} layers × {T} × h {h} × {C} B")
+        )
         plan.trainer.append(Row("one layer recompute, fwd+bwd", 2 * T * per_layer_token, f"2 × {T} × {per_layer_f}"))
     else:  # every layer's activations, plus the backward's working copy of one
-        plan.trainer.append(Row("activations (no checkpointing)", (shape.layers + 1) * T * per_layer_token,
-                                f"{shape.layers + 1} × {T} × {per_layer_f}"))
-    plan.trainer.append(Row("response logits (fp32) + grads", LOGIT_BYTES * T * shape.vocab,
-                            f"{LOGIT_BYTES} B × {T} × vocab {shape.vocab}"))
+        plan.trainer.append(
+            Row(
+                "activations (no checkpointing)",
+                (shape.layers + 1) * T * per_layer_token,
+                f"{shape.layers + 1} × {T} × {per_layer_f}",
+            )
+        )
+    plan.trainer.append(
+        Row(
+            "response logits (fp32) + grads",
+            LOGIT_BYTES * T * shape.vocab,
+            f"{LOGIT_BYTES} B × {T} × vocab {shape.vocab}",
+        )
+    )
     plan.trainer.append(Row("CUDA context, NCCL, slack", CUDA_OVERHEAD, "fixed"))
     if M * P > plan.capacity:
         plan.warnings.append(
             f"loading: the trainer materialises the full {cfg.model.dtype} model on each GPU before sharding "
             f"(load_model(...).to(device) in train/loop.py): {_gib(M * P)} > {_gib(plan.capacity)}; "
-            "it needs a CPU/meta-device load before fully_shard")
+            "it needs a CPU/meta-device load before fully_shard"
+        )
 
     # ---- vLLM engine (colocated on the trainer's GPUs, or on layout.rollout_gpus)
     engines = t.async_workers if mode == "async" and colocated else 1
@@ -414,25 +516,31 @@ def memory_plan(cfg: Config, shape: ModelShape | None = None, mode: str = "sync"
         plan.rollout += [
             Row(f"weights ({r.dtype})", weights, f"{W} B × {P / 1e9:.2f}B / tp {tp}"),
             Row("activations, CUDA graphs", VLLM_OVERHEAD, "fixed"),
-            Row("KV cache", plan.kv_bytes,
-                f"{r.gpu_memory_utilization:g} × {lay.gpu_memory_gib:g} GiB − the rest"),
+            Row("KV cache", plan.kv_bytes, f"{r.gpu_memory_utilization:g} × {lay.gpu_memory_gib:g} GiB − the rest"),
         ]
         if engines > 1:  # async workers are separate processes on the same (default) GPUs
-            plan.rollout.append(Row(f"{engines - 1} more async worker engine(s)", (engines - 1) * reserved,
-                                    f"trainer.async_workers {engines} × the above"))
+            plan.rollout.append(
+                Row(
+                    f"{engines - 1} more async worker engine(s)",
+                    (engines - 1) * reserved,
+                    f"trainer.async_workers {engines} × the above",
+                )
+            )
         need = max_seq * plan.kv_per_token
         if reserved < weights + VLLM_OVERHEAD + need:
             plan.problems.append(
                 f"rollout.gpu_memory_utilization: {r.gpu_memory_utilization} gives vLLM {_gib(reserved)}, less than "
                 f"weights {_gib(weights)} + overhead {_gib(VLLM_OVERHEAD)} + KV for one {max_seq}-token "
-                f"sequence {_gib(need)}")
+                f"sequence {_gib(need)}"
+            )
     else:
         plan.warnings.append("rollout.engine hf: no vLLM budget planned (the HF engine shares the trainer's memory)")
     if plan.per_gpu > plan.capacity:
         where = "trainer + colocated vLLM" if colocated else "busiest GPU"
         plan.problems.append(
             f"{where} needs {_gib(plan.per_gpu)} per GPU, {_gib(-plan.margin)} more than "
-            f"layout.gpu_memory_gib {lay.gpu_memory_gib:g}")
+            f"layout.gpu_memory_gib {lay.gpu_memory_gib:g}"
+        )
     return plan
 
 
@@ -444,16 +552,23 @@ def format_memory(plan: MemoryPlan) -> str:
     lines.append(f"model      {s.name} (config from {s.source})")
     lines.append(f"params     {s.params:,} = {s.params / 1e9:.2f}B{published}")
     if s.moe:
-        lines.append(f"           MoE: {s.experts} experts, top-{s.top_k}, "
-                     f"{s.active_params / 1e9:.2f}B active per token")
-    lines.append(f"shape      {s.layers} layers, h {s.hidden}, {s.heads}/{s.kv_heads} heads, vocab {s.vocab}"
-                 f"{', tied embeddings' if s.tied else ''}")
-    lines.append(f"layout     {plan.gpus} GPU{'s' if plan.gpus > 1 else ''} × {plan.capacity / GiB:g} GiB; "
-                 f"trainer on {plan.trainer_gpus}, FSDP {plan.fsdp}; vLLM tp {plan.tp}, "
-                 + ("colocated" if plan.colocated else f"{plan.gpus - plan.trainer_gpus} dedicated GPUs"))
+        lines.append(
+            f"           MoE: {s.experts} experts, top-{s.top_k}, {s.active_params / 1e9:.2f}B active per token"
+        )
+    lines.append(
+        f"shape      {s.layers} layers, h {s.hidden}, {s.heads}/{s.kv_heads} heads, vocab {s.vocab}"
+        f"{', tied embeddings' if s.tied else ''}"
+    )
+    lines.append(
+        f"layout     {plan.gpus} GPU{'s' if plan.gpus > 1 else ''} × {plan.capacity / GiB:g} GiB; "
+        f"trainer on {plan.trainer_gpus}, FSDP {plan.fsdp}; vLLM tp {plan.tp}, "
+        + ("colocated" if plan.colocated else f"{plan.gpus - plan.trainer_gpus} dedicated GPUs")
+    )
     lines.append(f"microbatch ≤ {plan.micro_tokens} padded tokens (longest sequence {plan.max_seq})")
-    lines.append(f"loading    each rank reads the full model ({_gib(plan.load_bytes)}): "
-                 f"{_gib(plan.load_bytes * min(plan.gpus, plan.gpus_per_node))} RAM per node")
+    lines.append(
+        f"loading    each rank reads the full model ({_gib(plan.load_bytes)}): "
+        f"{_gib(plan.load_bytes * min(plan.gpus, plan.gpus_per_node))} RAM per node"
+    )
     lines.append("")
     width = 32
     lines.append(f"{'per GPU':<{width}}{'GiB':>8}   how")
@@ -465,13 +580,16 @@ def format_memory(plan: MemoryPlan) -> str:
         for row in rows:
             lines.append(f"  {row.item:<{width - 2}}{row.bytes / GiB:>8.2f}   {row.formula}")
         lines.append(f"  {total_label:<{width - 2}}{sum(r.bytes for r in rows) / GiB:>8.2f}")
-    label = ("peak (trainer)" if not plan.rollout else
-             "peak (trainer + vLLM)" if plan.colocated else "peak (busiest GPU)")
+    label = (
+        "peak (trainer)" if not plan.rollout else "peak (trainer + vLLM)" if plan.colocated else "peak (busiest GPU)"
+    )
     lines.append(f"{label:<{width}}{plan.per_gpu / GiB:>8.2f}   of {plan.capacity / GiB:g}")
     if plan.kv_per_token:
         lines.append("")
-        lines.append(f"KV cache   {plan.kv_per_token / 1024:.1f} KiB/token/GPU: {plan.kv_tokens:,} tokens = "
-                     f"{plan.kv_tokens / plan.max_seq:.1f} full {plan.max_seq}-token sequences")
+        lines.append(
+            f"KV cache   {plan.kv_per_token / 1024:.1f} KiB/token/GPU: {plan.kv_tokens:,} tokens = "
+            f"{plan.kv_tokens / plan.max_seq:.1f} full {plan.max_seq}-token sequences"
+        )
     for w in plan.warnings:
         lines.append(f"note: {w}")
     if plan.fits:
@@ -492,9 +610,13 @@ def protocol_deviations(cfg: Config) -> list[str]:
     for dotted, want in PAPER_PROTOCOL.items():
         section, key = dotted.split(".")
         got = getattr(getattr(cfg, section), key)
-        same = (math.isclose(got, want) if isinstance(want, float) and isinstance(got, (int, float))
-                else [float(x) for x in got] == [float(x) for x in want] if dotted == "trainer.betas"
-                else got == want)
+        same = (
+            math.isclose(got, want)
+            if isinstance(want, float) and isinstance(got, (int, float))
+            else [float(x) for x in got] == [float(x) for x in want]
+            if dotted == "trainer.betas"
+            else got == want
+        )
         if not same:
             out.append(f"{dotted} = {got!r} (paper: {want!r})")
     return out
@@ -508,8 +630,14 @@ def _check_config(cfg: Config) -> list[str]:
     lay = cfg.layout
     if lay.gpus_per_node and cfg.rollout.engine != "vllm":
         warns.append("rollout.engine is hf on a GPU layout: vLLM is the paper's engine")
-    if lay.gpus_per_node and cfg.model.dtype == "float32" and not (cfg.trainer.bf16_autocast or cfg.trainer.bf16_params):
-        warns.append("trainer.bf16_params and trainer.bf16_autocast are off: fp32 matmuls on GPU are several times slower")
+    if (
+        lay.gpus_per_node
+        and cfg.model.dtype == "float32"
+        and not (cfg.trainer.bf16_autocast or cfg.trainer.bf16_params)
+    ):
+        warns.append(
+            "trainer.bf16_params and trainer.bf16_autocast are off: fp32 matmuls on GPU are several times slower"
+        )
     return warns
 
 
@@ -518,8 +646,11 @@ def _protocol_summary(cfg: Config) -> list[str]:
     if cfg.data.train != PAPER_PROTOCOL["data.train"]:
         return []
     dev = protocol_deviations(cfg)
-    return ["the paper's (ALGORITHMS.md, Paper protocol), no deviation"] if not dev else \
-        ["deviates from the paper's:"] + [f"  - {d}" for d in dev]
+    return (
+        ["the paper's (ALGORITHMS.md, Paper protocol), no deviation"]
+        if not dev
+        else ["deviates from the paper's:"] + [f"  - {d}" for d in dev]
+    )
 
 
 def check_preset(cfg: Config) -> str:
@@ -538,16 +669,16 @@ def check_preset(cfg: Config) -> str:
     plan.warnings[:0] = warns
     text = "\n".join(head + [format_memory(plan)])
     if not plan.fits:
-        raise UserError(f"{cfg.preset or 'preset'}: the layout does not fit: " + "; ".join(plan.problems)
-                        + "\n" + text)
+        raise UserError(f"{cfg.preset or 'preset'}: the layout does not fit: " + "; ".join(plan.problems) + "\n" + text)
     return text
 
 
 # --------------------------------------------------------------------------- run plan
 
 
-def launch_commands(cfg: Config, *, algo: str | None = None, replay=None, async_: bool = False,
-                    run_dir=None) -> list[str]:
+def launch_commands(
+    cfg: Config, *, algo: str | None = None, replay=None, async_: bool = False, run_dir=None
+) -> list[str]:
     """How to start this run: plain `vespo` on CPU, `torchrun` on one node, or on every node
     (with `$NODE_RANK` and `$MASTER_ADDR` placeholders)."""
     preset = cfg.preset or "PRESET"
@@ -572,8 +703,10 @@ def launch_commands(cfg: Config, *, algo: str | None = None, replay=None, async_
     nproc = lay.gpus_per_node - (lay.rollout_gpus if lay.nodes == 1 else 0)
     if nodes == 1:
         return [f"torchrun --nproc-per-node {nproc} -m vespo_cli.cli {args}"]
-    return [f"torchrun --nnodes {nodes} --node-rank $NODE_RANK --nproc-per-node {nproc} "
-            f"--rdzv-backend c10d --rdzv-endpoint $MASTER_ADDR:29500 -m vespo_cli.cli {args}"]
+    return [
+        f"torchrun --nnodes {nodes} --node-rank $NODE_RANK --nproc-per-node {nproc} "
+        f"--rdzv-backend c10d --rdzv-endpoint $MASTER_ADDR:29500 -m vespo_cli.cli {args}"
+    ]
 
 
 def shell_wrap(cmd: str, width: int = 72) -> list[str]:
@@ -607,7 +740,7 @@ def describe_plan(cfg: Config, run_dir=None, replay=None, async_: bool = False) 
         "sync": "sync: sample a rollout batch with the current weights, then train N steps on it",
         "replay": f"replay: train on existing shards in {replay} (no sampling)",
         "async": f"async: {t.async_workers} rollout worker(s) follow published weights; shards older than "
-                 f"{t.max_staleness} policy versions are dropped",
+        f"{t.max_staleness} policy versions are dropped",
     }
     mbs, N, n = t.minibatch_prompts, t.staleness, r.n
     gbs = mbs * N
@@ -619,25 +752,36 @@ def describe_plan(cfg: Config, run_dir=None, replay=None, async_: bool = False) 
         ("mode", modes[mode]),
         ("run dir", str(run_dir) if run_dir is not None else "-"),
         ("rollout batch", f"{mbs} prompts × N={N} = {gbs} prompts × n={n} samples = {gbs * n:,} samples"),
-        ("optimizer steps", f"{N} per rollout batch (old log-probs recomputed once per batch), "
-                            f"{t.steps} in total"),
-        ("rollout batches", f"{batches}" + (f" (the last one uses {last} of its {N} minibatches)"
-                                            if last != N else "")),
+        ("optimizer steps", f"{N} per rollout batch (old log-probs recomputed once per batch), {t.steps} in total"),
+        (
+            "rollout batches",
+            f"{batches}" + (f" (the last one uses {last} of its {N} minibatches)" if last != N else ""),
+        ),
         ("prompts consumed", f"{batches * gbs:,}"),
-        ("tokens / step", f"≤ {mbs * n * seq:,} = {mbs} prompts × {n} samples × ({cfg.data.max_prompt_tokens} + "
-                          f"{r.max_tokens}), of which response ≤ {mbs * n * r.max_tokens:,}"),
-        ("optimizer", f"AdamW lr {t.lr:g} "
-                      f"({f'{t.lr_warmup_steps} warmup steps' if t.lr_warmup_steps else 'constant'}), "
-                      f"betas {tuple(t.betas)}, weight decay {t.weight_decay:g}, grad clip {t.grad_clip:g}"),
-        ("precision", f"{cfg.model.dtype} master weights"
-                      + (", bf16 compute weights" if t.bf16_params else ", bf16 autocast" if t.bf16_autocast else "")
-                      + (", gradient checkpointing" if t.gradient_checkpointing else "")
-                      + f"; rollout {r.engine} {r.dtype}; micro_token_budget {t.micro_token_budget}"),
+        (
+            "tokens / step",
+            f"≤ {mbs * n * seq:,} = {mbs} prompts × {n} samples × ({cfg.data.max_prompt_tokens} + "
+            f"{r.max_tokens}), of which response ≤ {mbs * n * r.max_tokens:,}",
+        ),
+        (
+            "optimizer",
+            f"AdamW lr {t.lr:g} "
+            f"({f'{t.lr_warmup_steps} warmup steps' if t.lr_warmup_steps else 'constant'}), "
+            f"betas {tuple(t.betas)}, weight decay {t.weight_decay:g}, grad clip {t.grad_clip:g}",
+        ),
+        (
+            "precision",
+            f"{cfg.model.dtype} master weights"
+            + (", bf16 compute weights" if t.bf16_params else ", bf16 autocast" if t.bf16_autocast else "")
+            + (", gradient checkpointing" if t.gradient_checkpointing else "")
+            + f"; rollout {r.engine} {r.dtype}; micro_token_budget {t.micro_token_budget}",
+        ),
     ]
     if cfg.eval.benchmarks:
         every = f"every {cfg.eval.every} steps and at the end" if cfg.eval.every else "at the end"
-        rows.append(("eval", f"{', '.join(cfg.eval.benchmarks)} {every} (k per benchmark: "
-                             f"{cfg.eval.k or 'the paper default'})"))
+        rows.append(
+            ("eval", f"{', '.join(cfg.eval.benchmarks)} {every} (k per benchmark: {cfg.eval.k or 'the paper default'})")
+        )
     algo = _algo_flag(cfg)
     (cmd,) = launch_commands(cfg, algo=algo, replay=replay, async_=async_, run_dir=run_dir)
     lay = cfg.layout
@@ -646,8 +790,13 @@ def describe_plan(cfg: Config, run_dir=None, replay=None, async_: bool = False) 
     else:
         where = "launch"
     if mode == "async" and lay.rollout_gpus:
-        rows.append(("rollout GPUs", f"{lay.rollout_gpus} dedicated; on each worker GPU: CUDA_VISIBLE_DEVICES=K "
-                     f"vespo rollout --follow {run_dir or 'RUN_DIR'} --worker wK"))
+        rows.append(
+            (
+                "rollout GPUs",
+                f"{lay.rollout_gpus} dedicated; on each worker GPU: CUDA_VISIBLE_DEVICES=K "
+                f"vespo rollout --follow {run_dir or 'RUN_DIR'} --worker wK",
+            )
+        )
     proto = _protocol_summary(cfg)
     rows += [("protocol" if i == 0 else "", line) for i, line in enumerate(proto)]
     width = max(len(k) for k, _ in rows) + 4

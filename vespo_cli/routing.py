@@ -32,10 +32,11 @@ Supported routers: the softmax-then-top-k routers of transformers 5 (`Qwen3MoeTo
 `(router_logits, top_k_weights, top_k_index)` over the flattened `batch × seq` tokens; capture and
 replay are forward hooks on them. Other MoE families raise a `UserError`.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -54,8 +55,10 @@ def moe_routers(model: nn.Module) -> list[nn.Module]:
     if not routers:
         other = sorted({type(m).__name__ for m in model.modules() if "router" in type(m).__name__.lower()})
         what = f"its routers ({', '.join(other)}) are not supported" if other else "it has no MoE router"
-        raise UserError(f"model.moe / algorithm.routing_replay: cannot capture routing of "
-                        f"{type(model).__name__}: {what} (supported: {', '.join(sorted(SOFTMAX_TOPK_ROUTERS))})")
+        raise UserError(
+            f"model.moe / algorithm.routing_replay: cannot capture routing of "
+            f"{type(model).__name__}: {what} (supported: {', '.join(sorted(SOFTMAX_TOPK_ROUTERS))})"
+        )
     if len({int(r.top_k) for r in routers}) != 1:
         raise UserError(f"{type(model).__name__}: MoE layers with different top_k are not supported by routing replay")
     if max(int(r.num_experts) for r in routers) > 2**15:
@@ -114,8 +117,10 @@ def _replay_hook(forced: torch.Tensor):
     def hook(module, args, output):
         logits, scores, idx = output[0], output[1], output[2]
         if forced.shape != idx.shape:
-            raise RuntimeError(f"routing replay: forced routing for {tuple(forced.shape)} (tokens, k), "
-                               f"the router saw {tuple(idx.shape)}")
+            raise RuntimeError(
+                f"routing replay: forced routing for {tuple(forced.shape)} (tokens, k), "
+                f"the router saw {tuple(idx.shape)}"
+            )
         want = forced.to(device=idx.device, dtype=idx.dtype)
         pinned = (want >= 0).all(-1, keepdim=True)
         new_idx = torch.where(pinned, want, idx)
@@ -144,7 +149,9 @@ def replay_routing(model: nn.Module, forced: torch.Tensor) -> Iterator[None]:
     ids = forced[forced >= 0]
     num_experts = min(int(r.num_experts) for r in routers)
     if ids.numel() and int(ids.max()) >= num_experts:
-        raise UserError(f"routing: expert id {int(ids.max())} out of range (the model has {num_experts} experts per layer)")
+        raise UserError(
+            f"routing: expert id {int(ids.max())} out of range (the model has {num_experts} experts per layer)"
+        )
     if ((forced >= 0).any(-1) != (forced >= 0).all(-1)).any():
         raise UserError("routing: a token has some but not all expert ids of a layer (negative ids)")
     device = routers[0].weight.device
@@ -165,22 +172,28 @@ def forced_routing(mb, num_layers: int, top_k: int) -> torch.Tensor:
     width = num_layers * top_k
     out = torch.full((b, L, width), FREE, dtype=torch.int32)
     if mb.routing is None or any(r is None for r in mb.routing):
-        raise UserError("algorithm.routing_replay: true, but rollout rows carry no routing (shard column "
-                        "`routing` is empty); record it with rollout.engine=hf and algorithm.routing_replay=true")
+        raise UserError(
+            "algorithm.routing_replay: true, but rollout rows carry no routing (shard column "
+            "`routing` is empty); record it with rollout.engine=hf and algorithm.routing_replay=true"
+        )
     for r, route in enumerate(mb.routing):
         resp = mb.response_mask[r].nonzero().squeeze(-1)
         if len(route) != len(resp):
-            raise UserError(f"routing: row {mb.rows[r]} has routing for {len(route)} tokens, "
-                            f"expected one per response token ({len(resp)})")
+            raise UserError(
+                f"routing: row {mb.rows[r]} has routing for {len(route)} tokens, "
+                f"expected one per response token ({len(resp)})"
+            )
         if not len(route):
             continue
         ids = torch.tensor(route, dtype=torch.int32)
         if ids.ndim != 2 or ids.shape[1] != width:
             got = ids.shape[1] if ids.ndim == 2 else "ragged"
-            raise UserError(f"routing: row {mb.rows[r]} has {got} expert ids per token, expected "
-                            f"{num_layers} MoE layers x top-{top_k} = {width} for this model")
+            raise UserError(
+                f"routing: row {mb.rows[r]} has {got} expert ids per token, expected "
+                f"{num_layers} MoE layers x top-{top_k} = {width} for this model"
+            )
         start = int(resp[0]) - 1
-        out[r, start:start + len(route)] = ids
+        out[r, start : start + len(route)] = ids
     return out
 
 

@@ -8,12 +8,14 @@ and never accepts NaN or ±inf; ranges are field constraints. `user_error` turns
 `ValidationError` into the project's one-line `UserError`: `<source>: <dotted.key>: expected <what>,
 got <value>`, where <what> is read off the field's type and bounds (`an integer in [1, 4096]`).
 """
+
 from __future__ import annotations
 
 import re
 import types
 import typing
-from typing import Any, Callable, Iterator, Literal, Union
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, Union
 
 import annotated_types as at
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -50,7 +52,7 @@ def _strip(tp: Any) -> tuple[Any, list, bool]:
             args = [a for a in typing.get_args(tp) if a is not type(None)]
             nullable = True
             if len(args) != 1:
-                return Union[tuple(args)], meta, nullable
+                return Union[tuple(args)], meta, nullable  # noqa: UP007 (a runtime union of computed args)
             tp = args[0]
         else:
             return tp, meta, nullable
@@ -206,8 +208,9 @@ def message(model: type[BaseModel], err: dict) -> tuple[str, str]:
         return locate(model, loc).key, ctx["message"]
     where = locate(model, loc)
     if err["type"] == "extra_forbidden":
-        known = sorted(k for k in (where.owner.model_fields if where.owner else {})
-                       if not where.owner.model_fields[k].exclude)
+        known = sorted(
+            k for k in (where.owner.model_fields if where.owner else {}) if not where.owner.model_fields[k].exclude
+        )
         tag = _tag(where.owner) if where.owner else None
         if tag:
             return where.key, f"unknown parameter of {tag} (known: {', '.join(known) or 'none'})"
@@ -217,8 +220,9 @@ def message(model: type[BaseModel], err: dict) -> tuple[str, str]:
     return where.key, f"expected {describe(where.tp, where.meta, where.nullable)}, got {_show(err['input'])}"
 
 
-def user_error(exc: ValidationError, model: type[BaseModel], source: Callable[[str], str] | None = None,
-               prefix: str = "") -> UserError:
+def user_error(
+    exc: ValidationError, model: type[BaseModel], source: Callable[[str], str] | None = None, prefix: str = ""
+) -> UserError:
     """The first error of `exc` as one line: `<source(key)>: <prefix><key>: expected …, got …`."""
     key, text = message(model, exc.errors(include_url=False)[0])
     key = prefix + key

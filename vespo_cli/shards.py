@@ -12,6 +12,7 @@ identity (a renamed copy has the same one); and parquet page checksums (CRC32 pe
 readers can check. Shards without the two hashes (older vespo, other producers) are read as before and
 get their content hash computed on read.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,8 @@ import math
 import os
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -164,7 +165,7 @@ def _check_stamp(data: bytes, raw: dict, path: Path) -> None:
     if stamp is None and HASH_KEY not in raw:
         return  # written without integrity hashes (older vespo, another producer)
     at = None if stamp is None or HASH_KEY not in raw else _stamp_offset(data, stamp)
-    if at is None or hashlib.sha256(data[:at] + _UNSTAMPED + data[at + 64:]).hexdigest().encode() != stamp:
+    if at is None or hashlib.sha256(data[:at] + _UNSTAMPED + data[at + 64 :]).hexdigest().encode() != stamp:
         raise ShardError(f"{path}: corrupt: the file's bytes do not match the sha256 written into it")
 
 
@@ -184,7 +185,9 @@ def read_shard(path: str | os.PathLike, vocab_size: int | None = None) -> pa.Tab
     except FileNotFoundError:
         raise ShardError(f"{path}: no such shard") from None
     except (pa.ArrowException, OSError, ValueError) as e:  # ValueError: e.g. a flipped bit in a column name's UTF-8
-        raise ShardError(f"{path}: not a readable parquet file ({(str(e) or type(e).__name__).splitlines()[0][:200]})") from None
+        raise ShardError(
+            f"{path}: not a readable parquet file ({(str(e) or type(e).__name__).splitlines()[0][:200]})"
+        ) from None
     _check_stamp(data, raw, path)
     version = meta.get(SCHEMA_KEY)
     if version is None:
@@ -194,12 +197,16 @@ def read_shard(path: str | os.PathLike, vocab_size: int | None = None) -> pa.Tab
     except ValueError:
         raise ShardError(f"{path}: bad schema version {version!r}") from None
     if version > SCHEMA_VERSION:
-        raise ShardError(f"{path}: written by a newer vespo (schema version {version} > {SCHEMA_VERSION}); upgrade vespo")
+        raise ShardError(
+            f"{path}: written by a newer vespo (schema version {version} > {SCHEMA_VERSION}); upgrade vespo"
+        )
     digest = content_hash(table)
     stored = meta.get(HASH_KEY)
     if stored is not None and stored != digest.encode():
-        raise ShardError(f"{path}: corrupt: its rows do not match the content hash written with them "
-                         f"(sha256 {digest[:16]}…, expected {stored[:16].decode(errors='replace')}…)")
+        raise ShardError(
+            f"{path}: corrupt: its rows do not match the content hash written with them "
+            f"(sha256 {digest[:16]}…, expected {stored[:16].decode(errors='replace')}…)"
+        )
     for f in SCHEMA:
         if f.name not in table.column_names:
             if f.name in OPTIONAL:
@@ -246,8 +253,10 @@ def validate(table: pa.Table, path: str | os.PathLike, vocab_size: int | None = 
         if ids.size and ids.min() < 0:
             raise bad(f"{name} contain negative token ids")
         if ids.size and vocab_size is not None and ids.max() >= vocab_size:
-            raise bad(f"{name} contain token id {int(ids.max())}, outside the model's vocabulary of {vocab_size} "
-                      f"(shard from another tokenizer?)")
+            raise bad(
+                f"{name} contain token id {int(ids.max())}, outside the model's vocabulary of {vocab_size} "
+                f"(shard from another tokenizer?)"
+            )
     if pc.min(pc.list_value_length(table.column("prompt_token_ids"))).as_py() == 0:
         raise bad("a row has an empty prompt_token_ids")
     if pc.min(table.column("policy_version")).as_py() < 0:

@@ -14,6 +14,7 @@ Batches: `grpo` = the bench's GRPO step (16 rows: prompt 47, three responses at 
 rest 15–70 tokens; micro_token_budget 2048); `long` = 2 × (128 + 896) tokens. Peak memory: each
 variant's second step in a fresh subprocess, RSS above the level before that step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,9 @@ VARIANTS = ("before", "+autocast", "after", "after-N>1")
 
 def old_token_logprobs(model, mb, temperature=1.0, with_entropy=False):
     predict = mb.response_mask[:, 1:]
-    hidden = model.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
-                         use_cache=False).last_hidden_state
+    hidden = model.model(
+        input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids, use_cache=False
+    ).last_hidden_state
     logits = model.lm_head(hidden[:, :-1][predict]).float()
     if temperature != 1.0:
         logits = logits / temperature
@@ -75,10 +77,16 @@ def batch(kind: str):
     else:
         P, R = 128, [896, 896]
     B = len(R)
-    return Rows([torch.randint(3, 49152, (P,), generator=g).tolist() for _ in range(B)],
-                [torch.randint(3, 49152, (r,), generator=g).tolist() for r in R], [None] * B,
-                torch.rand(B, generator=g), torch.zeros(B, dtype=torch.bool), [str(i // 8) for i in range(B)],
-                torch.zeros(B, dtype=torch.long), ["s"] * B)
+    return Rows(
+        [torch.randint(3, 49152, (P,), generator=g).tolist() for _ in range(B)],
+        [torch.randint(3, 49152, (r,), generator=g).tolist() for r in R],
+        [None] * B,
+        torch.rand(B, generator=g),
+        torch.zeros(B, dtype=torch.bool),
+        [str(i // 8) for i in range(B)],
+        torch.zeros(B, dtype=torch.long),
+        ["s"] * B,
+    )
 
 
 @contextlib.contextmanager
@@ -101,8 +109,11 @@ class Setup:
         from vespo_cli.models import load_model, resolve_model
         from vespo_cli.objectives import group_advantages
 
-        self.cfg = load_config("smollm2-arith", None, ["trainer.minibatch_prompts=2", "trainer.staleness=1",
-                                                       "trainer.micro_token_budget=2048"])
+        self.cfg = load_config(
+            "smollm2-arith",
+            None,
+            ["trainer.minibatch_prompts=2", "trainer.staleness=1", "trainer.micro_token_budget=2048"],
+        )
         if kind == "long":
             self.cfg.trainer.micro_token_budget = 2048
         self.model = load_model(resolve_model("smollm2-135m"), "float32")
@@ -138,8 +149,10 @@ def timings(kind: str, rounds: int) -> dict:
 
 def peak_memory(kind: str, name: str) -> float:
     """GiB of RSS above the pre-step level during a second step, in a fresh process."""
-    code = ("import sys; sys.path.insert(0, %r); import before_after as m; print(m._mem(%r, %r))"
-            % (str(Path(__file__).parent), kind, name))
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        f"import before_after as m; print(m._mem({kind!r}, {name!r}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -160,8 +173,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = ap.parse_args()
-    res = {"command": "python reports/bench/before_after.py " + " ".join(sys.argv[1:]),
-           "load_avg_at_start": os.getloadavg(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    res = {
+        "command": "python reports/bench/before_after.py " + " ".join(sys.argv[1:]),
+        "load_avg_at_start": os.getloadavg(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     for kind in ("grpo", "long"):
         res[kind] = timings(kind, args.rounds)
         res[kind]["step_memory_gib"] = {n: peak_memory(kind, n) for n in VARIANTS}

@@ -16,6 +16,7 @@ process (or, for the allocator, two child processes run back to back), on the sa
    with the mask as uint8; plus a masked multiply compiled with a bool vs a uint8 mask, and the cost
    of exp / of SAPO's gate math per [B, T] fused pass.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,8 +83,11 @@ def sapo_closed_form(lp, old, m, adv, tau_pos: float = 1.0, tau_neg: float = 1.0
     r = torch.exp(delta.clamp(-20, 20))
     sig = torch.sigmoid(tau * (r - 1))
     row = -4 * adv[:, None] / (mf.sum(-1, keepdim=True).clamp(min=1.0) * lp.shape[0])
-    return (sig * mf).sum(-1, keepdim=True).mul(row / tau).sum(), r * sig * (1 - sig) * mf * row, \
-        delta.abs().sum(-1).sum()
+    return (
+        (sig * mf).sum(-1, keepdim=True).mul(row / tau).sum(),
+        r * sig * (1 - sig) * mf * row,
+        delta.abs().sum(-1).sum(),
+    )
 
 
 def main() -> None:
@@ -95,14 +99,23 @@ def main() -> None:
     from vespo_cli.bench_objectives import objective_inputs
     from vespo_cli.objectives import as_float_mask, policy_loss
 
-    res: dict = {"command": "python reports/bench/micro.py", "torch": torch.__version__, "threads": 1,
-                 "shape": [B, T], "load_avg_at_start": list(os.getloadavg())}
+    res: dict = {
+        "command": "python reports/bench/micro.py",
+        "torch": torch.__version__,
+        "threads": 1,
+        "shape": [B, T],
+        "load_avg_at_start": list(os.getloadavg()),
+    }
     logp, old, mask, adv = objective_inputs(B, T)
-    res["mask_to_float_s"] = {"bool.to(float32)": timed(lambda: mask.to(torch.float32)),
-                              "as_float_mask (uint8 view)": timed(lambda: as_float_mask(mask, torch.float32))}
+    res["mask_to_float_s"] = {
+        "bool.to(float32)": timed(lambda: mask.to(torch.float32)),
+        "as_float_mask (uint8 view)": timed(lambda: as_float_mask(mask, torch.float32)),
+    }
     r, tau = old.exp(), torch.rand(B, 1) + 0.5
-    res["scaled_shift_s"] = {"addcmul(-tau, r, tau)": timed(lambda: torch.addcmul(-tau, r, tau)),
-                             "sub(r, 1).mul_(tau)": timed(lambda: torch.sub(r, 1.0).mul_(tau))}
+    res["scaled_shift_s"] = {
+        "addcmul(-tau, r, tau)": timed(lambda: torch.addcmul(-tau, r, tau)),
+        "sub(r, 1).mul_(tau)": timed(lambda: torch.sub(r, 1.0).mul_(tau)),
+    }
 
     torch.set_num_threads(int(os.environ.get("MICRO_ADAM_THREADS", "2")))
     sizes = [49152 * 576] + [576 * 1536] * 90 + [576 * 576] * 60 + [576 * 192] * 60 + [576] * 61
@@ -120,8 +133,13 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res["allocator_loss_s"] = {}
     for setting in ("0", "1"):
-        out = subprocess.run([sys.executable, __file__, "--loss-times"], capture_output=True, text=True, check=True,
-                             env={**env, "VESPO_MALLOC_TUNING": setting})
+        out = subprocess.run(
+            [sys.executable, __file__, "--loss-times"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**env, "VESPO_MALLOC_TUNING": setting},
+        )
         res["allocator_loss_s"]["tuned" if setting == "1" else "glibc default"] = json.loads(out.stdout)
 
     lp = logp.detach().requires_grad_()
@@ -131,6 +149,7 @@ def main() -> None:
         def run():
             lp.grad = None
             fn(lp, old, m, adv).backward()
+
         return run
 
     start = time.perf_counter()
@@ -142,9 +161,11 @@ def main() -> None:
         lp.grad = None
         policy_loss(name, lp, old, adv, mask)[0].backward()
 
-    res["sapo_fwd_bwd_s"] = {"plain eager": timed(backward_of(sapo_plain), n=20),
-                             "plain torch.compile (static shape)": timed(backward_of(compiled), n=20),
-                             "vespo policy_loss (eager, metrics included)": timed(lambda: run_loss("sapo"), n=20)}
+    res["sapo_fwd_bwd_s"] = {
+        "plain eager": timed(backward_of(sapo_plain), n=20),
+        "plain torch.compile (static shape)": timed(backward_of(compiled), n=20),
+        "vespo policy_loss (eager, metrics included)": timed(lambda: run_loss("sapo"), n=20),
+    }
 
     from vespo_cli import objectives
 
@@ -176,12 +197,16 @@ def main() -> None:
         "exp(x)": timed(lambda: exp_pass(delta)),
         "exp(x) * sigmoid(exp(x) - 1)": timed(lambda: gate_pass(delta)),
     }
-    fused = {name: torch.compile(fn, dynamic=True)
-             for name, fn in (("reinforce", reinforce_closed_form), ("sapo", sapo_closed_form))}
-    res["fused_closed_form_s"] = {name: timed(lambda fn=fn: fn(logp.detach(), old, mask_u8, adv), n=20)
-                                  for name, fn in fused.items()}
-    res["fused_closed_form_s"]["sapo / reinforce"] = (res["fused_closed_form_s"]["sapo"]
-                                                      / res["fused_closed_form_s"]["reinforce"])
+    fused = {
+        name: torch.compile(fn, dynamic=True)
+        for name, fn in (("reinforce", reinforce_closed_form), ("sapo", sapo_closed_form))
+    }
+    res["fused_closed_form_s"] = {
+        name: timed(lambda fn=fn: fn(logp.detach(), old, mask_u8, adv), n=20) for name, fn in fused.items()
+    }
+    res["fused_closed_form_s"]["sapo / reinforce"] = (
+        res["fused_closed_form_s"]["sapo"] / res["fused_closed_form_s"]["reinforce"]
+    )
     out = Path(__file__).with_name("micro.json")
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))

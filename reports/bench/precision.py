@@ -11,6 +11,7 @@ the trainer's log-probs of those tokens and the gradient of one VESPO step on th
   vs_fp32     mean |Δ logp| against the fp32 policy, and the gradient's cosine similarity and
               relative L2 error against the fp32 gradient.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,11 @@ class KeepGrads(torch.optim.SGD):
         pass
 
 
-POLICIES = {"fp32": {"bf16_params": False, "bf16_autocast": False},  # trainer.* flags (train/precision.py)
-            "bf16_autocast": TRAIN_POLICIES["bf16_autocast"], "bf16_params": TRAIN_POLICIES["bf16_params"]}
+POLICIES = {
+    "fp32": {"bf16_params": False, "bf16_autocast": False},  # trainer.* flags (train/precision.py)
+    "bf16_autocast": TRAIN_POLICIES["bf16_autocast"],
+    "bf16_params": TRAIN_POLICIES["bf16_params"],
+}
 
 
 def main() -> None:
@@ -51,16 +55,30 @@ def main() -> None:
     from vespo_cli.train.batch import rows_from_table
     from vespo_cli.train.loop import old_logprobs, optimizer_step
 
-    base = ["data.train=gsm8k", "rollout.max_tokens=256", "trainer.micro_token_budget=4096",
-            "trainer.grad_clip=1e9"]  # unclipped gradients are compared
+    base = [
+        "data.train=gsm8k",
+        "rollout.max_tokens=256",
+        "trainer.micro_token_budget=4096",
+        "trainer.grad_clip=1e9",
+    ]  # unclipped gradients are compared
     cfg = load_config("smollm2-arith", "vespo", base)
     path = resolve_model(cfg.model.path)
     tokenizer = load_tokenizer(path)
     shard = Path(tempfile.mkdtemp(prefix="vespo-precision-")) / "rollout.parquet"
     engine = open_engine(cfg, path)
     with RewardScorer(workers=1, timeout_s=5.0) as scorer:
-        sample_to_shard(engine, tokenizer, scorer, prompt_chunk(cfg, 0, args.prompts), cfg, policy_version=0,
-                        run_id="precision", path=shard, seed=0, group_prefix="precision")
+        sample_to_shard(
+            engine,
+            tokenizer,
+            scorer,
+            prompt_chunk(cfg, 0, args.prompts),
+            cfg,
+            policy_version=0,
+            run_id="precision",
+            path=shard,
+            seed=0,
+            group_prefix="precision",
+        )
     engine.close()
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # all cores for the trainer, whatever the engine left
     rows = rows_from_table(read_shard(shard))
@@ -81,19 +99,32 @@ def main() -> None:
         grads[name] = torch.cat([p.grad.reshape(-1).double() for p in model.parameters()])
         print(name, "done", flush=True)
 
-    out = {"model": "SmolLM2-135M-Instruct", "engine": "vLLM (bf16)", "rows": len(rows),
-           "response_tokens": int(engine_lp.numel()), "torch": torch.__version__, "machine": _cpu_model(),
-           "command": "python reports/bench/precision.py --prompts %d" % args.prompts, "policies": {}}
+    out = {
+        "model": "SmolLM2-135M-Instruct",
+        "engine": "vLLM (bf16)",
+        "rows": len(rows),
+        "response_tokens": int(engine_lp.numel()),
+        "torch": torch.__version__,
+        "machine": _cpu_model(),
+        "command": f"python reports/bench/precision.py --prompts {args.prompts}",
+        "policies": {},
+    }
     for name in POLICIES:
         gap = logp[name] - engine_lp
         d32 = (logp[name] - logp["fp32"]).abs()
         g, g32 = grads[name], grads["fp32"]
         out["policies"][name] = {
-            "vs_engine": {"logp_abs_diff_mean": float(gap.abs().mean()), "logp_abs_diff_max": float(gap.abs().max()),
-                          "mismatch_kl": float(gap.mean())},
-            "vs_fp32": {"logp_abs_diff_mean": float(d32.mean()), "logp_abs_diff_max": float(d32.max()),
-                        "grad_cosine": float(torch.nn.functional.cosine_similarity(g, g32, dim=0)),
-                        "grad_rel_l2_error": float((g - g32).norm() / g32.norm())},
+            "vs_engine": {
+                "logp_abs_diff_mean": float(gap.abs().mean()),
+                "logp_abs_diff_max": float(gap.abs().max()),
+                "mismatch_kl": float(gap.mean()),
+            },
+            "vs_fp32": {
+                "logp_abs_diff_mean": float(d32.mean()),
+                "logp_abs_diff_max": float(d32.max()),
+                "grad_cosine": float(torch.nn.functional.cosine_similarity(g, g32, dim=0)),
+                "grad_rel_l2_error": float((g - g32).norm() / g32.norm()),
+            },
         }
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out["policies"], indent=2))

@@ -5,9 +5,10 @@
     python reports/cpu-staleness/study.py unevaluated STUDY_DIR        # finished runs without an eval
 
 A run is `STUDY_DIR/<lane>/runs/<run>/`; it is finished when its metrics reach `trainer.steps`. Only
-config.yaml, run.json and metrics.jsonl are kept (and STUDY_DIR/commit, the code they trained with) (what `vespo compare` reports from, and what its
-sweep checks to reuse a run); checkpoints and shards stay behind.
+config.yaml, run.json and metrics.jsonl are kept (and STUDY_DIR/commit, the code they trained with): what
+`vespo compare` reports from, and what its sweep checks to reuse a run); checkpoints and shards stay behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,11 @@ def unevaluated(study: Path) -> list[Path]:
     """Finished runs with a last checkpoint and no eval line in their metrics yet."""
     out = []
     for run in sorted(study.glob("*/runs/*")):
-        if finished(run) and any((run / "checkpoints").glob("step-*")) and \
-                '"kind": "eval"' not in (run / "metrics.jsonl").read_text():
+        if (
+            finished(run)
+            and any((run / "checkpoints").glob("step-*"))
+            and '"kind": "eval"' not in (run / "metrics.jsonl").read_text()
+        ):
             out.append(run)
     return out
 

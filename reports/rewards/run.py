@@ -11,6 +11,7 @@
   loaded from git as a standalone module) and for today's grader, both policies.
 Writes reports/rewards.md and reports/rewards/results.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,9 @@ SUFFIX = " I am not sure."
 
 def old_grader(rev: str):
     """`score_one(response, reference)` of vespo_cli/rewards.py at `rev` (stdlib + math-verify only)."""
-    src = subprocess.run(["git", "show", f"{rev}:vespo_cli/rewards.py"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
+    src = subprocess.run(
+        ["git", "show", f"{rev}:vespo_cli/rewards.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     path = Path(tempfile.mkdtemp()) / "rewards_before.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("rewards_before", path)
@@ -69,9 +71,14 @@ def agreement(cases: list[dict]) -> dict:
         by_cat.setdefault(c["cat"], {"vespo": [], "math-verify alone": []})
         by_cat[c["cat"]]["vespo"].append(v)
         by_cat[c["cat"]]["math-verify alone"].append(m)
-    return {"overall": {k: sum(v) / len(v) for k, v in rows.items()}, "n": len(cases),
-            "by_category": {cat: {"n": len(d["vespo"]), **{k: sum(v) / len(v) for k, v in d.items()}}
-                            for cat, d in sorted(by_cat.items())}}
+    return {
+        "overall": {k: sum(v) / len(v) for k, v in rows.items()},
+        "n": len(cases),
+        "by_category": {
+            cat: {"n": len(d["vespo"]), **{k: sum(v) / len(v) for k, v in d.items()}}
+            for cat, d in sorted(by_cat.items())
+        },
+    }
 
 
 def echo_problems() -> dict[str, list]:
@@ -114,23 +121,33 @@ def render(agree: dict, echo: dict, rev: str) -> str:
     for cat, d in agree["by_category"].items():
         lines.append(f"| {cat} | {d['n']} | {pct(d['vespo'])} | {pct(d['math-verify alone'])} |")
     o = agree["overall"]
-    lines += [f"| **all** | {agree['n']} | **{pct(o['vespo'])}** | **{pct(o['math-verify alone'])}** |", "",
-              "The table was written together with the grader, so vespo's figure is in-sample: it shows the",
-              "stated conventions hold, not how the grader fares on answers nobody anticipated.", "",
-              "math-verify alone: its default extraction over the whole response (it also reads numbers out of",
-              "prose, which is how it pays unboxed intermediate numbers and echoes).", "",
-              "## Echo rate: a response that only restates the question, paid", "",
-              "A problem counts when the question, or the question + \" I am not sure.\", is paid. `before` is",
-              f"the grader at `{rev}` (a last-number fallback); `after` is today's, given the question as the",
-              "rollout and eval stages give it.", "",
-              "The last column scores without the question (what a caller that does not pass it gets): the phrase",
-              "rule alone then pays a few DAPO problems whose text says \"then the answer is 0\".", "",
-              "| problems | n | before | after (default policy) | after (final_number) | after, no question given |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        f"| **all** | {agree['n']} | **{pct(o['vespo'])}** | **{pct(o['math-verify alone'])}** |",
+        "",
+        "The table was written together with the grader, so vespo's figure is in-sample: it shows the",
+        "stated conventions hold, not how the grader fares on answers nobody anticipated.",
+        "",
+        "math-verify alone: its default extraction over the whole response (it also reads numbers out of",
+        "prose, which is how it pays unboxed intermediate numbers and echoes).",
+        "",
+        "## Echo rate: a response that only restates the question, paid",
+        "",
+        "A problem counts when the question, or the question + \" I am not sure.\", is paid. `before` is",
+        f"the grader at `{rev}` (a last-number fallback); `after` is today's, given the question as the",
+        "rollout and eval stages give it.",
+        "",
+        "The last column scores without the question (what a caller that does not pass it gets): the phrase",
+        "rule alone then pays a few DAPO problems whose text says \"then the answer is 0\".",
+        "",
+        "| problems | n | before | after (default policy) | after (final_number) | after, no question given |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, d in echo.items():
         sample = f" (seeded sample of {SAMPLE})" if name in TRAIN_SETS else ""
-        lines.append(f"| {name}{sample} | {d['n']} | {pct(d['before'])} | {pct(d['after (default policy)'])} | "
-                     f"{pct(d['after (final_number)'])} | {pct(d['after, no question given'])} |")
+        lines.append(
+            f"| {name}{sample} | {d['n']} | {pct(d['before'])} | {pct(d['after (default policy)'])} | "
+            f"{pct(d['after (final_number)'])} | {pct(d['after, no question given'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -144,8 +161,9 @@ def main() -> None:
     echo = echo_rates(echo_problems(), old_grader(args.before))
     out = ROOT / "reports"
     (out / "rewards").mkdir(exist_ok=True)
-    (out / "rewards" / "results.json").write_text(json.dumps({"agreement": agree, "echo": echo,
-                                                               "before": args.before}, indent=2) + "\n")
+    (out / "rewards" / "results.json").write_text(
+        json.dumps({"agreement": agree, "echo": echo, "before": args.before}, indent=2) + "\n"
+    )
     (out / "rewards.md").write_text(render(agree, echo, args.before))
     print((out / "rewards.md").read_text())
 

@@ -1,4 +1,5 @@
 """`python -m vespo_cli.compare CONFIG RUN_DIR REPLAY RESUME ASYNC`: the trainer child of `sweep.train`."""
+
 import sys
 
 from ..errors import UserError

@@ -3,10 +3,12 @@ curves' x coordinate (optimizer steps or samples consumed).
 
 Nothing here reads a file, so the report of a run can be recomputed at any time, also while it trains.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,8 +44,10 @@ def train_records(records: Iterable[dict]) -> list[dict]:
 
 
 def eval_records(records: Iterable[dict]) -> list[dict]:
-    return sorted((r for r in records if r.get("kind") == "eval" and "benchmark" in r),
-                  key=lambda r: (str(r["benchmark"]), _num(r.get("step"))))
+    return sorted(
+        (r for r in records if r.get("kind") == "eval" and "benchmark" in r),
+        key=lambda r: (str(r["benchmark"]), _num(r.get("step"))),
+    )
 
 
 def smooth_window(steps: int) -> int:
@@ -73,7 +77,7 @@ def moving_average(values: Sequence[float], window: int) -> np.ndarray:
     return np.where(n > 0, s / np.maximum(n, 1), np.nan)
 
 
-def window_stderr(smoothed: np.ndarray, rows: Sequence[dict], window: int) -> Optional[np.ndarray]:
+def window_stderr(smoothed: np.ndarray, rows: Sequence[dict], window: int) -> np.ndarray | None:
     """Standard error of each window's mean reward from the samples behind it (Σ n_seqs), with the
     per-sample variance bounded by μ(1 − μ), the Bhatia–Davis bound for rewards in [0, 1]. None
     when the records do not say how many samples a step had or a reward falls outside [0, 1]."""
@@ -87,9 +91,16 @@ def window_stderr(smoothed: np.ndarray, rows: Sequence[dict], window: int) -> Op
     return np.sqrt(mu * (1 - mu) / np.maximum(n, 1))
 
 
-def detect_collapse(records: Sequence[dict], *, drop: float = DROP, patience: Optional[int] = None,
-                    window: Optional[int] = None, floor: float = FLOOR,
-                    total_steps: Optional[int] = None, noise_z: float = NOISE_Z) -> dict:
+def detect_collapse(
+    records: Sequence[dict],
+    *,
+    drop: float = DROP,
+    patience: int | None = None,
+    window: int | None = None,
+    floor: float = FLOOR,
+    total_steps: int | None = None,
+    noise_z: float = NOISE_Z,
+) -> dict:
     """Where (if at all) a run collapsed, from its metrics records (pure).
 
     The run collapsed at the first step where (a) `loss` or `grad_norm` is non-finite (or the trainer
@@ -106,8 +117,18 @@ def detect_collapse(records: Sequence[dict], *, drop: float = DROP, patience: Op
     steps_ref = total_steps or len(rows) or 1
     window = window or smooth_window(steps_ref)
     patience = patience or default_patience(steps_ref)
-    out = {"status": "no data", "step": None, "reason": None, "best_reward": None, "best_step": None,
-           "window": window, "patience": patience, "drop": drop, "floor": floor, "noise_z": noise_z}
+    out = {
+        "status": "no data",
+        "step": None,
+        "reason": None,
+        "best_reward": None,
+        "best_step": None,
+        "window": window,
+        "patience": patience,
+        "drop": drop,
+        "floor": floor,
+        "noise_z": noise_z,
+    }
     if not rows:
         return out
     smoothed = moving_average([r.get("reward") for r in rows], window)
@@ -118,8 +139,14 @@ def detect_collapse(records: Sequence[dict], *, drop: float = DROP, patience: Op
         bad = [k for k in NONFINITE_KEYS if k in r and not math.isfinite(_num(r[k]))]
         if bad or r.get("skipped_nonfinite"):
             reason = f"non-finite {bad[0]}" if bad else "non-finite gradient (step skipped)"
-            return {**out, "status": "collapsed", "step": step, "reason": reason,
-                    "best_reward": best if best_step is not None else None, "best_step": best_step}
+            return {
+                **out,
+                "status": "collapsed",
+                "step": step,
+                "reason": reason,
+                "best_reward": best if best_step is not None else None,
+                "best_step": best_step,
+            }
         if not math.isfinite(s):
             continue
         se = 0.0 if stderr is None else float(stderr[i])
@@ -129,21 +156,26 @@ def detect_collapse(records: Sequence[dict], *, drop: float = DROP, patience: Op
             streak += 1
             start = step if start is None else start
             if streak >= patience:
-                return {**out, "status": "collapsed", "step": start, "reason": "reward drop",
-                        "best_reward": best, "best_step": best_step}
+                return {
+                    **out,
+                    "status": "collapsed",
+                    "step": start,
+                    "reason": "reward drop",
+                    "best_reward": best,
+                    "best_step": best_step,
+                }
         else:
             streak, start = 0, None
     status = "stable" if best > floor else "never learned"
-    return {**out, "status": status, "best_reward": best if best_step is not None else None,
-            "best_step": best_step}
+    return {**out, "status": status, "best_reward": best if best_step is not None else None, "best_step": best_step}
 
 
-def _finite_mean(values: Iterable[Any]) -> Optional[float]:
+def _finite_mean(values: Iterable[Any]) -> float | None:
     v = [x for x in (_num(y) for y in values) if math.isfinite(x)]
     return sum(v) / len(v) if v else None
 
 
-def _series_key(rows: Sequence[dict], keys: Sequence[str]) -> Optional[str]:
+def _series_key(rows: Sequence[dict], keys: Sequence[str]) -> str | None:
     """The first of `keys` that has a finite value in some row."""
     for k in keys:
         if any(math.isfinite(_num(r.get(k))) for r in rows):
@@ -154,7 +186,7 @@ def _series_key(rows: Sequence[dict], keys: Sequence[str]) -> Optional[str]:
 DRIFT_KEYS = ("delta_abs_mean", "log_w_std", "w_ess")
 
 
-def last_minibatch_drift(rows: Sequence[dict]) -> dict[str, Optional[float]]:
+def last_minibatch_drift(rows: Sequence[dict]) -> dict[str, float | None]:
     """How off-policy a run's most stale data was: mean |Δ| per token, the spread of log W and ESS/n of
     the raw sequence ratios at the last minibatch of each rollout batch, averaged over rollout batches;
     `w_ess_min` is the lowest ESS/n of any batch's last minibatch (pure)."""
@@ -168,7 +200,7 @@ def last_minibatch_drift(rows: Sequence[dict]) -> dict[str, Optional[float]]:
     return {**{k: _finite_mean(r.get(k) for r in picked) for k in DRIFT_KEYS}, "w_ess_min": min(ess) if ess else None}
 
 
-def final_eval(evals: dict[str, dict]) -> Optional[float]:
+def final_eval(evals: dict[str, dict]) -> float | None:
     """The run's last eval accuracy (avg@k, a fraction in [0, 1]), when it has exactly one benchmark:
     the final policy's own accuracy. The training reward of a stale run's last steps is that of data
     sampled up to N − 1 steps earlier, so across N this is the comparable number."""
@@ -177,25 +209,29 @@ def final_eval(evals: dict[str, dict]) -> Optional[float]:
     return next(iter(evals.values())).get("avg_at_k")
 
 
-def summarize_run(records: Sequence[dict], total_steps: Optional[int] = None,
-                  window: Optional[int] = None) -> dict:
+def summarize_run(records: Sequence[dict], total_steps: int | None = None, window: int | None = None) -> dict:
     """The report's numbers for one run (pure)."""
     rows = train_records(records)
     n = len(rows)
     window = window or smooth_window(total_steps or n or 1)
-    tail = rows[-max(1, math.ceil(FINAL_FRAC * n)):] if rows else []
+    tail = rows[-max(1, math.ceil(FINAL_FRAC * n)) :] if rows else []
     smoothed = moving_average([r.get("reward") for r in rows], window)
     best = float(np.nanmax(smoothed)) if np.isfinite(smoothed).any() else None
     weight_key = _series_key(rows, ("suppressed_frac", "clip_frac"))
     evals: dict[str, dict] = {}
     for e in eval_records(records):  # the last eval of each benchmark
         evals[str(e["benchmark"])] = {
-            "step": e.get("step"), "k": e.get("k"), "avg_at_k": _opt(e.get("avg_at_k")),
-            "pass_at_k": _opt(e.get("pass_at_k")), "ci95_low": _opt(e.get("ci95_low")),
+            "step": e.get("step"),
+            "k": e.get("k"),
+            "avg_at_k": _opt(e.get("avg_at_k")),
+            "pass_at_k": _opt(e.get("pass_at_k")),
+            "ci95_low": _opt(e.get("ci95_low")),
             "ci95_high": _opt(e.get("ci95_high")),
         }
-    times = [sum(_num(r.get(k)) for k in ("rollout_s", "logprob_s", "train_s") if math.isfinite(_num(r.get(k))))
-             for r in rows]
+    times = [
+        sum(_num(r.get(k)) for k in ("rollout_s", "logprob_s", "train_s") if math.isfinite(_num(r.get(k))))
+        for r in rows
+    ]
     return {
         "steps_done": int(rows[-1]["step"]) if rows else 0,
         "steps_total": total_steps,
@@ -204,8 +240,11 @@ def summarize_run(records: Sequence[dict], total_steps: Optional[int] = None,
         "ess_mean": _finite_mean(r.get("ess") for r in rows),
         "weight_metric": weight_key,  # suppressed_frac (vespo) or clip_frac (clipped objectives)
         "weight_frac_mean": _finite_mean(r.get(weight_key) for r in rows) if weight_key else None,
-        "nonfinite_steps": sum(1 for r in rows if r.get("skipped_nonfinite")
-                               or any(k in r and not math.isfinite(_num(r[k])) for k in NONFINITE_KEYS)),
+        "nonfinite_steps": sum(
+            1
+            for r in rows
+            if r.get("skipped_nonfinite") or any(k in r and not math.isfinite(_num(r[k])) for k in NONFINITE_KEYS)
+        ),
         "time_s": sum(times) if rows else None,
         "collapse": detect_collapse(rows, window=window, total_steps=total_steps),
         "drift_last_minibatch": last_minibatch_drift(rows),
@@ -214,12 +253,12 @@ def summarize_run(records: Sequence[dict], total_steps: Optional[int] = None,
     }
 
 
-def _opt(x: Any) -> Optional[float]:
+def _opt(x: Any) -> float | None:
     v = _num(x)
     return v if math.isfinite(v) else None
 
 
-def samples_consumed(rows: Sequence[dict]) -> Optional[np.ndarray]:
+def samples_consumed(rows: Sequence[dict]) -> np.ndarray | None:
     """Sequences the optimizer has consumed after each training record: the cumulative sum of
     `n_seqs`; None when a record does not carry a positive `n_seqs`."""
     counts = np.asarray([_num(r.get("n_seqs")) for r in rows], dtype=float)
@@ -228,7 +267,7 @@ def samples_consumed(rows: Sequence[dict]) -> Optional[np.ndarray]:
     return np.cumsum(counts)
 
 
-def x_values(rows: Sequence[dict], x: str) -> Optional[np.ndarray]:
+def x_values(rows: Sequence[dict], x: str) -> np.ndarray | None:
     """The curves' x coordinate of each training record: its optimizer step (x = "steps") or the
     samples consumed up to it (x = "samples", `samples_consumed`)."""
     if x == "samples":

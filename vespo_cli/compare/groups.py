@@ -1,9 +1,10 @@
 """Runs grouped by (label, staleness N): the group's numbers over its seeds, and the differences
 between the reference algorithm and every other one at the same N (pure)."""
+
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 from .analysis import DRIFT_KEYS
 from .runs import Loaded
@@ -20,21 +21,21 @@ def _groups(runs: Sequence[Loaded]) -> dict[tuple[str, int], list[Loaded]]:
     return {k: sorted(v, key=lambda r: r.spec.seed) for k, v in sorted(groups.items(), key=lambda kv: (kv[0][1],))}
 
 
-def _stats(values: Iterable[Optional[float]]) -> Optional[dict]:
+def _stats(values: Iterable[float | None]) -> dict | None:
     v = [x for x in values if x is not None and math.isfinite(x)]
     if not v:
         return None
     return {"mean": sum(v) / len(v), "min": min(v), "max": max(v), "n": len(v)}
 
 
-def collapse_rate(statuses: Sequence[str]) -> Optional[dict]:
+def collapse_rate(statuses: Sequence[str]) -> dict | None:
     """Fraction of runs that collapsed among those with data ("no data" left out), with its Wilson
     interval; None when no run has data."""
     counted = [s for s in statuses if s != "no data"]
     return wilson_interval(sum(s == "collapsed" for s in counted), len(counted))
 
 
-def seed_values(group: dict, metric: str) -> dict[int, Optional[float]]:
+def seed_values(group: dict, metric: str) -> dict[int, float | None]:
     """{seed: value} of one of SEED_METRICS in a group summary."""
     return {int(p["seed"]): p.get(metric) for p in group.get("per_seed") or []}
 
@@ -44,9 +45,12 @@ def _group_summary(key: tuple[str, int], members: list[Loaded]) -> dict:
     sums = [m.summary for m in members]
     keys = {s["weight_metric"] for s in sums if s["weight_metric"]}
     return {
-        "label": label, "staleness": n, "seeds": [m.spec.seed for m in members],
+        "label": label,
+        "staleness": n,
+        "seeds": [m.spec.seed for m in members],
         "algorithm": members[0].spec.algorithm,
-        "steps_done": [s["steps_done"] for s in sums], "steps_total": [s["steps_total"] for s in sums],
+        "steps_done": [s["steps_done"] for s in sums],
+        "steps_total": [s["steps_total"] for s in sums],
         **{k: t_interval(s[k] for s in sums) for k in SEED_METRICS},
         "collapse_rate": collapse_rate([s["collapse"]["status"] for s in sums]),
         "per_seed": [{"seed": m.spec.seed, **{k: s[k] for k in SEED_METRICS}} for m, s in zip(members, sums)],
@@ -54,10 +58,13 @@ def _group_summary(key: tuple[str, int], members: list[Loaded]) -> dict:
         "weight_metric": "/".join(sorted(keys)) or None,
         "weight_frac_mean": _stats(s["weight_frac_mean"] for s in sums),
         "time_s": _stats(s["time_s"] for s in sums),
-        "collapse": [dict(seed=m.spec.seed, **{k: s["collapse"][k] for k in ("status", "step", "reason")})
-                     for m, s in zip(members, sums)],
-        "drift_last_minibatch": {k: _stats(s["drift_last_minibatch"][k] for s in sums)
-                                 for k in (*DRIFT_KEYS, "w_ess_min")},
+        "collapse": [
+            dict(seed=m.spec.seed, **{k: s["collapse"][k] for k in ("status", "step", "reason")})
+            for m, s in zip(members, sums)
+        ],
+        "drift_last_minibatch": {
+            k: _stats(s["drift_last_minibatch"][k] for s in sums) for k in (*DRIFT_KEYS, "w_ess_min")
+        },
         "eval": _eval_summary(sums),
     }
 
@@ -67,14 +74,19 @@ def _eval_summary(sums: Sequence[dict]) -> dict:
     evals = {}
     for b in sorted({b for s in sums for b in s["eval"]}):
         es = [s["eval"][b] for s in sums if b in s["eval"]]
-        evals[b] = {"k": sorted({e["k"] for e in es if e.get("k") is not None}),
-                    "avg_at_k": _stats(e["avg_at_k"] for e in es), "pass_at_k": _stats(e["pass_at_k"] for e in es),
-                    "ci95_low": _stats(e["ci95_low"] for e in es), "ci95_high": _stats(e["ci95_high"] for e in es)}
+        evals[b] = {
+            "k": sorted({e["k"] for e in es if e.get("k") is not None}),
+            "avg_at_k": _stats(e["avg_at_k"] for e in es),
+            "pass_at_k": _stats(e["pass_at_k"] for e in es),
+            "ci95_low": _stats(e["ci95_low"] for e in es),
+            "ci95_high": _stats(e["ci95_high"] for e in es),
+        }
     return evals
 
 
-def paired_differences(groups: Sequence[dict], reference: str = REFERENCE,
-                       metrics: Sequence[str] = SEED_METRICS) -> list[dict]:
+def paired_differences(
+    groups: Sequence[dict], reference: str = REFERENCE, metrics: Sequence[str] = SEED_METRICS
+) -> list[dict]:
     """reference − each other label at the same N, per metric, paired by seed (`stats.difference`):
     [{"staleness", "reference", "baseline", "metric", "mean", "low", "high", "n", "method", "seeds"}]."""
     out = []
@@ -85,6 +97,13 @@ def paired_differences(groups: Sequence[dict], reference: str = REFERENCE,
             for metric in metrics:
                 d = difference(seed_values(ref, metric), seed_values(g, metric))
                 if d is not None:
-                    out.append({"staleness": ref["staleness"], "reference": reference, "baseline": g["label"],
-                                "metric": metric, **d})
+                    out.append(
+                        {
+                            "staleness": ref["staleness"],
+                            "reference": reference,
+                            "baseline": g["label"],
+                            "metric": metric,
+                            **d,
+                        }
+                    )
     return out

@@ -6,11 +6,12 @@ algorithm preset with the run's objective and the same description, else the one
 that the run differs from in the fewest fields (ties: the preset named after the objective).
 A field the run's section does not set counts as the preset's value.
 """
+
 from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any
 
 RUN_NAME = re.compile(r"^(?P<label>.+)-N(?P<n>\d+)-s(?P<seed>\d+)$")  # the runs compare trains
 ALGO_KEYS = ("correction", "correction_cap", "routing_replay")  # algorithm fields besides params
@@ -64,7 +65,7 @@ def overrides_against(section: dict, preset: dict) -> dict[str, Any]:
     return {k: v for k, v in _fields(section).items() if k not in base or base[k] != v}
 
 
-def _reference(section: dict, presets: dict[str, dict]) -> Optional[str]:
+def _reference(section: dict, presets: dict[str, dict]) -> str | None:
     """The algorithm preset a run's section is described against (see the module docstring)."""
     recorded = section.get("name")
     if isinstance(recorded, str) and recorded in presets:
@@ -78,7 +79,7 @@ def _reference(section: dict, presets: dict[str, dict]) -> Optional[str]:
     return min(same, key=lambda n: (len(overrides_against(section, presets[n])), n != objective, n), default=None)
 
 
-def describe_algorithm(section: Optional[dict], presets: Optional[dict[str, dict]] = None) -> dict:
+def describe_algorithm(section: dict | None, presets: dict[str, dict] | None = None) -> dict:
     """{"label", "name", "overrides", "objective", "params", "correction", "correction_cap",
     "routing_replay"} of a run's algorithm section: the preset it is described against, the fields it
     overrides, and the resulting values (the preset's where the run sets none)."""
@@ -90,12 +91,17 @@ def describe_algorithm(section: Optional[dict], presets: Optional[dict[str, dict
     fields = {**ALGO_DEFAULTS, **_fields(preset), **_fields(section)}
     params = {k: v for k, v in fields.items() if k not in ALGO_KEYS}
     name = name or str(section.get("objective") or "unknown")
-    return {"label": join_label(name, [f"{k}={format_value(v)}" for k, v in overrides.items()]), "name": name,
-            "overrides": overrides, "objective": section.get("objective", preset.get("objective")), "params": params,
-            **{k: fields[k] for k in ALGO_KEYS}}
+    return {
+        "label": join_label(name, [f"{k}={format_value(v)}" for k, v in overrides.items()]),
+        "name": name,
+        "overrides": overrides,
+        "objective": section.get("objective", preset.get("objective")),
+        "params": params,
+        **{k: fields[k] for k in ALGO_KEYS},
+    }
 
 
-def _without_seed(config: Optional[dict]) -> str:
+def _without_seed(config: dict | None) -> str:
     """A run's config with trainer.seed left out, as comparable text: runs that differ only in
     their seed are seeds of one group."""
     import json

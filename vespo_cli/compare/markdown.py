@@ -1,9 +1,10 @@
 """The sections of report.md, each a list of lines from the summary's numbers (pure)."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from .analysis import FINAL_FRAC, MIN_WINDOW, NOISE_Z, SMOOTH_FRAC
 from .groups import REFERENCE, _stats
@@ -13,7 +14,7 @@ from .stats import LEVEL
 from .verdict import MARGIN
 
 
-def _f(st: Optional[dict], digits: int = 3, pct: bool = False) -> str:
+def _f(st: dict | None, digits: int = 3, pct: bool = False) -> str:
     """mean, plus its interval [low, high] where it has one, else (min–max) over seeds when there are several."""
     if not st:
         return "–"
@@ -46,7 +47,7 @@ def _collapse_cell(entries: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def _eval_cell(ev: Optional[dict], show_k: bool) -> str:
+def _eval_cell(ev: dict | None, show_k: bool) -> str:
     if not ev or not ev["avg_at_k"]:
         return "–"
     avg, lo, hi = ev["avg_at_k"], ev["ci95_low"], ev["ci95_high"]
@@ -86,8 +87,9 @@ def results_lines(groups: Sequence[dict]) -> list[str]:
     benches = sorted({b for g in groups for b in g["eval"]})
     ks = {b: {k for g in groups for k in g["eval"].get(b, {}).get("k", [])} for b in benches}
     header = ["algorithm", "N", "seeds", "steps", "final reward", "best reward (MA)"]
-    header += [f"{b} avg@{next(iter(ks[b]))} % [95% CI]" if len(ks[b]) == 1 else f"{b} avg@k % [95% CI]"
-               for b in benches]
+    header += [
+        f"{b} avg@{next(iter(ks[b]))} % [95% CI]" if len(ks[b]) == 1 else f"{b} avg@k % [95% CI]" for b in benches
+    ]
     header += ["collapse", "mean ESS/n", "suppressed / clip frac", "time (s)"]
     rows = []
     for g in groups:
@@ -99,34 +101,50 @@ def results_lines(groups: Sequence[dict]) -> list[str]:
         collapse = _collapse_cell(g["collapse"])
         if len(g["seeds"]) > 1 and g.get("collapse_rate"):
             collapse += f"; rate {_f(g['collapse_rate'], 2)}"
-        rows.append([g["label"], str(g["staleness"]), str(len(g["seeds"])), steps, _f(g["final_reward"]),
-                     _f(g["best_reward"])]
-                    + [_eval_cell(g["eval"].get(b), len(ks[b]) > 1) for b in benches]
-                    + [collapse, _f(g["ess_mean"]), weight, _f(g["time_s"], 0)])
+        rows.append(
+            [g["label"], str(g["staleness"]), str(len(g["seeds"])), steps, _f(g["final_reward"]), _f(g["best_reward"])]
+            + [_eval_cell(g["eval"].get(b), len(ks[b]) > 1) for b in benches]
+            + [collapse, _f(g["ess_mean"]), weight, _f(g["time_s"], 0)]
+        )
     lines = ["## Results", ""] + _table(header, rows) + [""]
     if any(len(g["seeds"]) > 1 for g in groups):
-        lines += [f"Several seeds: final and best reward are the mean over seeds with its {LEVEL:.0%} interval "
-                  "[low, high] (t over seeds), the collapse rate has a Wilson interval; the other cells are the "
-                  "mean over seeds, with (min–max over seeds).", ""]
+        lines += [
+            f"Several seeds: final and best reward are the mean over seeds with its {LEVEL:.0%} interval "
+            "[low, high] (t over seeds), the collapse rate has a Wilson interval; the other cells are the "
+            "mean over seeds, with (min–max over seeds).",
+            "",
+        ]
     return lines
 
 
 def drift_lines(groups: Sequence[dict]) -> list[str]:
     """How off-policy each group's most stale minibatches were (analysis.last_minibatch_drift)."""
-    rows = [[g["label"], str(g["staleness"]), *(_f(g["drift_last_minibatch"][k]) for k in
-                                                 ("delta_abs_mean", "log_w_std", "w_ess", "w_ess_min"))]
-            for g in groups if g.get("drift_last_minibatch")]
+    rows = [
+        [
+            g["label"],
+            str(g["staleness"]),
+            *(_f(g["drift_last_minibatch"][k]) for k in ("delta_abs_mean", "log_w_std", "w_ess", "w_ess_min")),
+        ]
+        for g in groups
+        if g.get("drift_last_minibatch")
+    ]
     if not rows:
         return []
     header = ["algorithm", "N", "mean |Δ| per token", "std of log W", "ESS/n of W", "lowest ESS/n of W"]
-    return ["## Drift at the last minibatch of each rollout batch", "", *_table(header, rows), "",
-            "The most off-policy data each group trained on: the last of the N minibatches of every rollout batch "
-            "(N = 1: the only one, Δ = 0 unless the behaviour log-probs are the engine's), averaged over rollout "
-            "batches, then over seeds (min–max over seeds). W = exp(Σ_t Δ_t) is the raw sequence ratio whatever "
-            "the objective does with it; ESS/n = (Σ W)² / (Σ W²) / n.", ""]
+    return [
+        "## Drift at the last minibatch of each rollout batch",
+        "",
+        *_table(header, rows),
+        "",
+        "The most off-policy data each group trained on: the last of the N minibatches of every rollout batch "
+        "(N = 1: the only one, Δ = 0 unless the behaviour log-probs are the engine's), averaged over rollout "
+        "batches, then over seeds (min–max over seeds). W = exp(Σ_t Δ_t) is the raw sequence ratio whatever "
+        "the objective does with it; ESS/n = (Σ W)² / (Σ W²) / n.",
+        "",
+    ]
 
 
-def _diff_cell(d: Optional[dict]) -> str:
+def _diff_cell(d: dict | None) -> str:
     if not d:
         return "–"
     n = d["n"] if d["method"] == "paired" else "/".join(str(k) for k in d["n"])
@@ -141,43 +159,64 @@ def differences_lines(diffs: Sequence[dict]) -> list[str]:
     for d in diffs:
         cells.setdefault((d["staleness"], d["baseline"]), {})[d["metric"]] = d
     evals = any("final_eval" in m for m in cells.values())
-    rows = [[str(n), base, _diff_cell(m.get("final_reward")), _diff_cell(m.get("best_reward"))]
-            + ([_diff_cell(m.get("final_eval"))] if evals else []) for (n, base), m in cells.items()]
+    rows = [
+        [str(n), base, _diff_cell(m.get("final_reward")), _diff_cell(m.get("best_reward"))]
+        + ([_diff_cell(m.get("final_eval"))] if evals else [])
+        for (n, base), m in cells.items()
+    ]
     header = ["N", "baseline", f"Δ final reward [{LEVEL:.0%} CI]", f"Δ best reward [{LEVEL:.0%} CI]"]
     header += [f"Δ final eval [{LEVEL:.0%} CI]"] if evals else []
-    return [f"## Differences: {REFERENCE} − baseline", "", *_table(header, rows), "",
-            f"Each cell: mean of {REFERENCE} − baseline with its {LEVEL:.0%} interval; *paired*: the t interval of "
-            "the per-seed differences (runs of one seed share data order and initialisation), *welch*: the seeds "
-            "do not pair, Welch's interval of the two means.", ""]
+    return [
+        f"## Differences: {REFERENCE} − baseline",
+        "",
+        *_table(header, rows),
+        "",
+        f"Each cell: mean of {REFERENCE} − baseline with its {LEVEL:.0%} interval; *paired*: the t interval of "
+        "the per-seed differences (runs of one seed share data order and initialisation), *welch*: the seeds "
+        "do not pair, Welch's interval of the two means.",
+        "",
+    ]
 
 
 def verdict_lines(rows: Sequence[dict]) -> list[str]:
     """The paper's claims (verdict.paper_verdict) as a table with the interval that decides each."""
     table = [[r["claim"], r["comparison"], _diff_cell(r["difference"]), f"**{r['verdict']}**"] for r in rows]
     metric = rows[0]["metric"].replace("_", " ") if rows else "final reward"
-    return ["## Verdict", "", *_table(["paper claim", "comparison", f"Δ {metric} [{LEVEL:.0%} CI]", "verdict"],
-                                      table), "",
-            f"Measured on the **{metric}**. The final eval (the last checkpoint's accuracy on one benchmark) is "
-            "used where every run has one; otherwise the final training reward, which for N > 1 is the reward of "
-            "data sampled up to N − 1 steps before the end.", "",
-            f"Rules: *stable* means any drop of the final reward from the lowest to the highest N is smaller than "
-            f"{MARGIN:g} (supported when the interval lies above −{MARGIN:g}, contradicted when it lies below); "
-            f"*degrades* is the mirror (supported below −{MARGIN:g}, contradicted above); *hurts* / *helps* means "
-            f"{REFERENCE} − ablation > 0 (supported when the interval lies above 0, contradicted below). An interval "
-            "across the threshold, or none (one seed), is *not resolved at this power*; *no data*: the runs are "
-            "absent.", ""]
+    return [
+        "## Verdict",
+        "",
+        *_table(["paper claim", "comparison", f"Δ {metric} [{LEVEL:.0%} CI]", "verdict"], table),
+        "",
+        f"Measured on the **{metric}**. The final eval (the last checkpoint's accuracy on one benchmark) is "
+        "used where every run has one; otherwise the final training reward, which for N > 1 is the reward of "
+        "data sampled up to N − 1 steps before the end.",
+        "",
+        f"Rules: *stable* means any drop of the final reward from the lowest to the highest N is smaller than "
+        f"{MARGIN:g} (supported when the interval lies above −{MARGIN:g}, contradicted when it lies below); "
+        f"*degrades* is the mirror (supported below −{MARGIN:g}, contradicted above); *hurts* / *helps* means "
+        f"{REFERENCE} − ablation > 0 (supported when the interval lies above 0, contradicted below). An interval "
+        "across the threshold, or none (one seed), is *not resolved at this power*; *no data*: the runs are "
+        "absent.",
+        "",
+    ]
 
 
 def definitions_lines(settings: dict, window: int) -> list[str]:
     c = settings["collapse"]
     x = settings.get("x", "steps")
     return [
-        "## Definitions", "",
+        "## Definitions",
+        "",
         f"- **Smoothing**: trailing moving average over the last **{window}** optimizer steps "
         f"(max({MIN_WINDOW}, {SMOOTH_FRAC:.0%} of the longest run's steps)); plots show it as the solid line "
         "over the faint raw curve. With several seeds a curve is the mean over seeds and the band spans min–max.",
-        f"- **x-axis**: {X_AXES[x]}" + (" (the cumulative sum of the records' `n_seqs`; seeds are aligned on the "
-                                        "step and a step's x is their mean)" if x == "samples" else "") + ".",
+        f"- **x-axis**: {X_AXES[x]}"
+        + (
+            " (the cumulative sum of the records' `n_seqs`; seeds are aligned on the step and a step's x is their mean)"
+            if x == "samples"
+            else ""
+        )
+        + ".",
         f"- **Final reward**: mean training reward over the last {FINAL_FRAC:.0%} of logged steps (at least one).",
         "- **Best reward (MA)**: the highest value of the smoothed training reward.",
         f"- **Intervals over seeds**: mean ± t_{{{(1 + LEVEL) / 2:g}, n−1}} · s/√n with s the seeds' sample "
@@ -215,9 +254,17 @@ def runs_lines(runs: Sequence[Loaded], out: Path) -> list[str]:
     rows = []
     for r in runs:
         s = r.summary
-        rows.append([r.spec.label, str(r.spec.staleness), str(r.spec.seed),
-                     f"{s['steps_done']}" + (f"/{s['steps_total']}" if s["steps_total"] else ""),
-                     _f(_stats([s["final_reward"]])), _collapse_cell([s["collapse"]]), str(s["nonfinite_steps"]),
-                     f"`{os.path.relpath(r.spec.path, out)}`"])
+        rows.append(
+            [
+                r.spec.label,
+                str(r.spec.staleness),
+                str(r.spec.seed),
+                f"{s['steps_done']}" + (f"/{s['steps_total']}" if s["steps_total"] else ""),
+                _f(_stats([s["final_reward"]])),
+                _collapse_cell([s["collapse"]]),
+                str(s["nonfinite_steps"]),
+                f"`{os.path.relpath(r.spec.path, out)}`",
+            ]
+        )
     header = ["algorithm", "N", "seed", "steps", "final reward", "collapse", "non-finite steps", "run"]
     return ["## Runs", "", *_table(header, rows), ""]

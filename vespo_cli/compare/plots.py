@@ -1,12 +1,13 @@
 """The compare figures (matplotlib, Agg): one PNG per group of metrics, one column per staleness N."""
+
 from __future__ import annotations
 
 import math
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -21,11 +22,21 @@ FIGURES: list[tuple[str, str, list[tuple[str, tuple[str, ...]]]]] = [
     ("response_length.png", "Response length", [("response length (tokens)", ("response_length",))]),
     ("entropy.png", "Policy entropy on response tokens", [("entropy (nats)", ("entropy",))]),
     ("grad_norm.png", "Gradient norm (before clipping)", [("grad norm", ("grad_norm",))]),
-    ("weights.png", "Importance weights", [("mean log W", ("log_w_mean",)), ("max log W", ("log_w_max",)),
-                                           ("ESS / n", ("ess",)),
-                                           ("suppressed (φ<1e-3) / clip frac", ("suppressed_frac", "clip_frac"))]),
-    ("offpolicy.png", "Off-policyness", [("staleness (steps)", ("staleness",)), ("mean |Δ|", ("delta_abs_mean",)),
-                                         ("mismatch KL", ("mismatch_kl",))]),
+    (
+        "weights.png",
+        "Importance weights",
+        [
+            ("mean log W", ("log_w_mean",)),
+            ("max log W", ("log_w_max",)),
+            ("ESS / n", ("ess",)),
+            ("suppressed (φ<1e-3) / clip frac", ("suppressed_frac", "clip_frac")),
+        ],
+    ),
+    (
+        "offpolicy.png",
+        "Off-policyness",
+        [("staleness (steps)", ("staleness",)), ("mean |Δ|", ("delta_abs_mean",)), ("mismatch KL", ("mismatch_kl",))],
+    ),
 ]
 
 
@@ -65,8 +76,14 @@ def _aligned(members: Sequence[Loaded], key_choices: tuple[str, ...], window: in
         sm_m[j, pos] = sm
     with warnings.catch_warnings():  # all-NaN columns (a step only some seeds have) are fine
         warnings.simplefilter("ignore", RuntimeWarning)
-        return (np.nanmean(x_m, 0), np.nanmean(raw_m, 0), np.nanmean(sm_m, 0), np.nanmin(sm_m, 0),
-                np.nanmax(sm_m, 0), len(series))
+        return (
+            np.nanmean(x_m, 0),
+            np.nanmean(raw_m, 0),
+            np.nanmean(sm_m, 0),
+            np.nanmin(sm_m, 0),
+            np.nanmax(sm_m, 0),
+            len(series),
+        )
 
 
 def _x_at(m: Loaded, step: float, x: str) -> float:
@@ -92,26 +109,43 @@ def plot_all(runs: Sequence[Loaded], groups: dict, out: Path, window: int, x: st
     ns = sorted({r.spec.staleness for r in runs})
     images = []
     for fname, title, panels in FIGURES:
-        panels = [(name, keys) for name, keys in panels
-                  if any(_series_key(r.rows, keys) for r in runs)]
+        panels = [(name, keys) for name, keys in panels if any(_series_key(r.rows, keys) for r in runs)]
         if not panels:
             continue
-        fig, axes = plt.subplots(len(panels), len(ns), figsize=(5.2 * len(ns), 2.8 * len(panels) + 0.6),
-                                 squeeze=False, layout="constrained", sharex="col")
+        fig, axes = plt.subplots(
+            len(panels),
+            len(ns),
+            figsize=(5.2 * len(ns), 2.8 * len(panels) + 0.6),
+            squeeze=False,
+            layout="constrained",
+            sharex="col",
+        )
         for col, n in enumerate(ns):
             for row, (name, keys) in enumerate(panels):
                 ax = axes[row][col]
                 for (label, gn), members in groups.items():
                     if gn == n:
-                        _draw_group(ax, members, keys, window, x, colors[label], label,
-                                    collapses=fname == "reward.png" and row == 0)
+                        _draw_group(
+                            ax,
+                            members,
+                            keys,
+                            window,
+                            x,
+                            colors[label],
+                            label,
+                            collapses=fname == "reward.png" and row == 0,
+                        )
                 if name == "grad norm":
                     _maybe_log(ax)
                 _flat_ylim(ax)
                 ax.set_ylabel(name)
                 ax.ticklabel_format(axis="y", useOffset=False)
-                _frame(ax, f"N = {n}" if row == 0 and len(ns) > 1 else None,
-                       X_AXES[x] if row == len(panels) - 1 else None, legend=row == 0)
+                _frame(
+                    ax,
+                    f"N = {n}" if row == 0 and len(ns) > 1 else None,
+                    X_AXES[x] if row == len(panels) - 1 else None,
+                    legend=row == 0,
+                )
         fig.suptitle(f"{title} (moving average over {window} steps; faint: raw)", fontsize="medium")
         _save(fig, out / fname)
         plt.close(fig)
@@ -121,8 +155,9 @@ def plot_all(runs: Sequence[Loaded], groups: dict, out: Path, window: int, x: st
     return images
 
 
-def _draw_group(ax, members: Sequence[Loaded], keys: tuple[str, ...], window: int, x: str, color, label: str,
-                collapses: bool) -> None:
+def _draw_group(
+    ax, members: Sequence[Loaded], keys: tuple[str, ...], window: int, x: str, color, label: str, collapses: bool
+) -> None:
     """One (label, N) group in a panel: faint raw mean, smoothed mean, min–max band over seeds, and
     a dotted line at each seed's collapse step when `collapses`."""
     a = _aligned(members, keys, window, x)
@@ -138,7 +173,7 @@ def _draw_group(ax, members: Sequence[Loaded], keys: tuple[str, ...], window: in
             ax.axvline(_x_at(m, m.summary["collapse"]["step"], x), color=color, linestyle=":", alpha=0.7)
 
 
-def _frame(ax, title: Optional[str], xlabel: Optional[str], legend: bool) -> None:
+def _frame(ax, title: str | None, xlabel: str | None, legend: bool) -> None:
     """Grid, the column's title, the bottom row's x label, and (top row) the legend of its algorithms."""
     ax.grid(alpha=0.3)
     if title:
@@ -167,8 +202,9 @@ def _maybe_log(ax) -> None:
 
 def _plot_eval(plt, runs, groups, ns, colors, out: Path, x: str = "steps") -> dict:
     benches = sorted({str(e["benchmark"]) for r in runs for e in r.evals})
-    fig, axes = plt.subplots(len(benches), len(ns), figsize=(5.2 * len(ns), 2.8 * len(benches) + 0.6),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(benches), len(ns), figsize=(5.2 * len(ns), 2.8 * len(benches) + 0.6), squeeze=False, layout="constrained"
+    )
     for col, n in enumerate(ns):
         for row, b in enumerate(benches):
             ax = axes[row][col]
@@ -176,12 +212,23 @@ def _plot_eval(plt, runs, groups, ns, colors, out: Path, x: str = "steps") -> di
                 points = _eval_points(members, b, x) if gn == n else None
                 if points:
                     xs, mean, lo, hi = (np.array(v) for v in zip(*points))
-                    ax.errorbar(xs, mean, yerr=[np.maximum(mean - lo, 0), np.maximum(hi - mean, 0)],
-                                color=colors[label], marker="o", capsize=3, label=label)
+                    ax.errorbar(
+                        xs,
+                        mean,
+                        yerr=[np.maximum(mean - lo, 0), np.maximum(hi - mean, 0)],
+                        color=colors[label],
+                        marker="o",
+                        capsize=3,
+                        label=label,
+                    )
             ks = sorted({e.get("k") for r in runs for e in r.evals if str(e["benchmark"]) == b and e.get("k")})
             ax.set_ylabel(f"{b} avg@{'/'.join(map(str, ks)) or 'k'}")
-            _frame(ax, f"N = {n}" if row == 0 and len(ns) > 1 else None,
-                   X_AXES[x] if row == len(benches) - 1 else None, legend=row == 0)
+            _frame(
+                ax,
+                f"N = {n}" if row == 0 and len(ns) > 1 else None,
+                X_AXES[x] if row == len(benches) - 1 else None,
+                legend=row == 0,
+            )
     fig.suptitle("Eval accuracy (mean over seeds; bars: 95% interval)", fontsize="medium")
     _save(fig, out / "eval.png")
     plt.close(fig)
@@ -198,5 +245,6 @@ def _eval_points(members: Sequence[Loaded], bench: str, x: str) -> list[tuple[fl
                 v, step = _num(e["avg_at_k"]), _num(e.get("step"))
                 lo, hi = _num(e.get("ci95_low")), _num(e.get("ci95_high"))
                 by_step.setdefault(step, []).append(
-                    (_x_at(m, step, x), v, lo if math.isfinite(lo) else v, hi if math.isfinite(hi) else v))
+                    (_x_at(m, step, x), v, lo if math.isfinite(lo) else v, hi if math.isfinite(hi) else v)
+                )
     return [tuple(float(np.mean([t[i] for t in by_step[s]])) for i in range(4)) for s in sorted(by_step)]

@@ -1,11 +1,13 @@
 """The report of a compare: `summary.json` (the numbers per run and per group, the paired
 differences, the verdict on the paper's claims) and `report.md` (its sections: `markdown.py`)."""
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -13,15 +15,23 @@ from ..errors import UserError
 from ..fsio import atomic_write_json, atomic_write_text
 from .analysis import DROP, FINAL_FRAC, FLOOR, MIN_PATIENCE, NOISE_Z, PATIENCE_FRAC, samples_consumed
 from .groups import _group_summary, _groups, paired_differences
-from .markdown import (curves_lines, definitions_lines, differences_lines, drift_lines, results_lines, runs_lines,
-                       setup_lines, verdict_lines)
+from .markdown import (
+    curves_lines,
+    definitions_lines,
+    differences_lines,
+    drift_lines,
+    results_lines,
+    runs_lines,
+    setup_lines,
+    verdict_lines,
+)
 from .plots import X_AXES, plot_all
 from .runs import Loaded, RunSpec, load_runs
 from .stats import LEVEL
 from .verdict import MARGIN, paper_verdict
 
 
-def write_report(specs: Sequence[RunSpec], out: Path, settings: Optional[dict] = None, x: str = "steps") -> Path:
+def write_report(specs: Sequence[RunSpec], out: Path, settings: dict | None = None, x: str = "steps") -> Path:
     """report.md + summary.json + PNGs in `out` for these runs (reads their metrics.jsonl), curves
     over `x` ("steps" or "samples")."""
     out = Path(out)
@@ -32,16 +42,35 @@ def write_report(specs: Sequence[RunSpec], out: Path, settings: Optional[dict] =
     images = plot_all(runs, groups, out, window, x)
     group_summaries = [_group_summary(key, members) for key, members in groups.items()]
     summary = {
-        "settings": {**(settings or {}), "x": x, "smooth_window": window, "final_frac": FINAL_FRAC,
-                     "interval_level": LEVEL, "verdict_margin": MARGIN,
-                     "collapse": {"drop": DROP, "patience_frac": PATIENCE_FRAC, "min_patience": MIN_PATIENCE,
-                                  "floor": FLOOR, "noise_z": NOISE_Z}},
+        "settings": {
+            **(settings or {}),
+            "x": x,
+            "smooth_window": window,
+            "final_frac": FINAL_FRAC,
+            "interval_level": LEVEL,
+            "verdict_margin": MARGIN,
+            "collapse": {
+                "drop": DROP,
+                "patience_frac": PATIENCE_FRAC,
+                "min_patience": MIN_PATIENCE,
+                "floor": FLOOR,
+                "noise_z": NOISE_Z,
+            },
+        },
         "groups": group_summaries,
         "paired_differences": paired_differences(group_summaries),
         "verdict": paper_verdict(group_summaries),
-        "runs": [{"label": r.spec.label, "staleness": r.spec.staleness, "seed": r.spec.seed,
-                  "path": os.path.relpath(r.spec.path, out), "algorithm": r.spec.algorithm, **r.summary}
-                 for r in runs],
+        "runs": [
+            {
+                "label": r.spec.label,
+                "staleness": r.spec.staleness,
+                "seed": r.spec.seed,
+                "path": os.path.relpath(r.spec.path, out),
+                "algorithm": r.spec.algorithm,
+                **r.summary,
+            }
+            for r in runs
+        ],
         "figures": images,
     }
     atomic_write_json(out / "summary.json", _jsonable(summary))
@@ -56,8 +85,9 @@ def _check_x(runs: Sequence[Loaded], x: str) -> None:
         raise UserError(f"--x {x}: expected one of {', '.join(X_AXES)}")
     for r in runs:
         if x == "samples" and r.rows and samples_consumed(r.rows) is None:
-            raise UserError(f"--x samples: {r.spec.path / 'metrics.jsonl'}: a training record without n_seqs; "
-                            "use --x steps")
+            raise UserError(
+                f"--x samples: {r.spec.path / 'metrics.jsonl'}: a training record without n_seqs; use --x steps"
+            )
 
 
 def _jsonable(x: Any) -> Any:

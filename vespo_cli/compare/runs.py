@@ -1,10 +1,12 @@
 """The runs a compare covers: specs from algorithm items or run directories, and their loaded metrics."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import yaml
 
@@ -22,12 +24,12 @@ class RunSpec:
     staleness: int
     seed: int
     path: Path
-    algo: Optional[str] = None  # None: an existing run directory (report only)
+    algo: str | None = None  # None: an existing run directory (report only)
     overrides: list[str] = field(default_factory=list)
     cfg: Any = None
-    steps: Optional[int] = None
-    algorithm: Optional[dict] = None  # labels.describe_algorithm of the run's algorithm section
-    config: Optional[dict] = None  # the run's config as in its config.yaml
+    steps: int | None = None
+    algorithm: dict | None = None  # labels.describe_algorithm of the run's algorithm section
+    config: dict | None = None  # the run's config as in its config.yaml
     async_: bool = False  # trained with async rollout workers (`vespo train --async`)
 
 
@@ -73,8 +75,15 @@ def existing_run(run_dir: Path) -> RunSpec:
     n, seed, steps = trainer.get("staleness", 1), trainer.get("seed", 0), trainer.get("steps")
     algorithm = describe_algorithm(data.get("algorithm"))
     m = RUN_NAME.match(run_dir.name)
-    return RunSpec(label=m["label"] if m else algorithm["label"], staleness=int(n), seed=int(seed), path=run_dir,
-                   steps=int(steps) if isinstance(steps, int) else None, algorithm=algorithm, config=data)
+    return RunSpec(
+        label=m["label"] if m else algorithm["label"],
+        staleness=int(n),
+        seed=int(seed),
+        path=run_dir,
+        steps=int(steps) if isinstance(steps, int) else None,
+        algorithm=algorithm,
+        config=data,
+    )
 
 
 def _run_dirs(item: str) -> list[Path]:
@@ -101,6 +110,8 @@ def load_runs(specs: Sequence[RunSpec]) -> tuple[list[Loaded], int]:
     records = [read_jsonl(s.path / "metrics.jsonl") for s in specs]
     rows = [train_records(r) for r in records]
     window = smooth_window(max([s.steps or 0 for s in specs] + [len(r) for r in rows] + [1]))
-    loaded = [Loaded(s, tr, eval_records(rec), summarize_run(rec, total_steps=s.steps, window=window))
-              for s, rec, tr in zip(specs, records, rows)]
+    loaded = [
+        Loaded(s, tr, eval_records(rec), summarize_run(rec, total_steps=s.steps, window=window))
+        for s, rec, tr in zip(specs, records, rows)
+    ]
     return loaded, window

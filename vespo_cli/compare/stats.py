@@ -5,11 +5,12 @@ do not pair).
 Every interval is a dict {"mean", "low", "high", "n"}; `low` and `high` are None where the data do
 not give one (a single seed).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from statistics import NormalDist
-from typing import Iterable, Mapping, Optional
 
 LEVEL = 0.95  # two-sided coverage of every interval in the report
 
@@ -71,7 +72,7 @@ def t_quantile(p: float, df: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def _finite(values: Iterable[Optional[float]]) -> list[float]:
+def _finite(values: Iterable[float | None]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(v)]
 
 
@@ -81,7 +82,7 @@ def _mean_var(v: list[float]) -> tuple[float, float]:
     return mean, (sum((x - mean) ** 2 for x in v) / (len(v) - 1) if len(v) > 1 else 0.0)
 
 
-def t_interval(values: Iterable[Optional[float]], level: float = LEVEL) -> Optional[dict]:
+def t_interval(values: Iterable[float | None], level: float = LEVEL) -> dict | None:
     """Mean of the finite values with its t interval: mean ± t_{(1+level)/2, n−1} · s/√n, s the sample
     standard deviation. n = 1: no interval (low = high = None); no values: None."""
     v = _finite(values)
@@ -94,7 +95,7 @@ def t_interval(values: Iterable[Optional[float]], level: float = LEVEL) -> Optio
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(v)}
 
 
-def wilson_interval(k: int, n: int, level: float = LEVEL) -> Optional[dict]:
+def wilson_interval(k: int, n: int, level: float = LEVEL) -> dict | None:
     """The rate k/n with its Wilson score interval: (p̂ + z²/2n ± z·√(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n),
     z the normal (1+level)/2 quantile. n = 0: None."""
     if n <= 0:
@@ -106,7 +107,7 @@ def wilson_interval(k: int, n: int, level: float = LEVEL) -> Optional[dict]:
     return {"mean": p, "low": max(0.0, centre - half), "high": min(1.0, centre + half), "n": n}
 
 
-def welch_interval(a: Iterable[Optional[float]], b: Iterable[Optional[float]], level: float = LEVEL) -> Optional[dict]:
+def welch_interval(a: Iterable[float | None], b: Iterable[float | None], level: float = LEVEL) -> dict | None:
     """mean(a) − mean(b) with Welch's interval: ± t_{(1+level)/2, ν} · √(s_a²/n_a + s_b²/n_b), ν the
     Welch–Satterthwaite degrees of freedom. Fewer than two values on a side: no interval."""
     va, vb = _finite(a), _finite(b)
@@ -124,8 +125,7 @@ def welch_interval(a: Iterable[Optional[float]], b: Iterable[Optional[float]], l
     return {**out, "low": ma - mb - half, "high": ma - mb + half}
 
 
-def difference(a: Mapping[int, Optional[float]], b: Mapping[int, Optional[float]],
-               level: float = LEVEL) -> Optional[dict]:
+def difference(a: Mapping[int, float | None], b: Mapping[int, float | None], level: float = LEVEL) -> dict | None:
     """a − b for two algorithms' per-seed values ({seed: value}). When both have finite values for the
     same seeds (runs that share data order and seed), the t interval of the per-seed differences
     ("paired"); otherwise Welch's interval of the two means ("welch"). None without data on a side."""

@@ -1,11 +1,13 @@
 """Running the (algorithm, N, seed) grid: one trainer child process per run, complete runs reused
 and partial ones resumed, the report rewritten as runs finish."""
+
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import yaml
 
@@ -13,15 +15,15 @@ from ..errors import UserError
 from ..fsio import read_jsonl
 from ..lock import hold
 from .analysis import train_records
-from .report import write_report
 from .labels import describe_algorithm, disambiguate, join_label
 from .plots import X_AXES
+from .report import write_report
 from .runs import RunSpec, _read_run_config, _run_dirs, existing_run, parse_algo_item
 
 REFRESH_AFTER_S = 60.0  # rewrite the report after each run that trained longer than this
 
 
-def train(cfg, run_dir: Path, *, replay: Optional[Path] = None, resume: bool = False, async_: bool = False) -> dict:
+def train(cfg, run_dir: Path, *, replay: Path | None = None, resume: bool = False, async_: bool = False) -> dict:
     """Run the trainer in a child process (tests replace this name).
 
     One process per run: a long sweep does not accumulate engine and allocator memory, and a run
@@ -34,13 +36,22 @@ def train(cfg, run_dir: Path, *, replay: Optional[Path] = None, resume: bool = F
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(dump_yaml(cfg))
     try:
-        proc = subprocess.run([sys.executable, "-m", "vespo_cli.compare", f.name, str(run_dir),
-                               str(replay) if replay else "", "1" if resume else "0", "1" if async_ else "0"])
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vespo_cli.compare",
+                f.name,
+                str(run_dir),
+                str(replay) if replay else "",
+                "1" if resume else "0",
+                "1" if async_ else "0",
+            ]
+        )
     finally:
         Path(f.name).unlink(missing_ok=True)
     if proc.returncode != 0:
-        raise UserError(f"{run_dir}: training exited with code {proc.returncode}; "
-                        f"rerun the same compare to resume it")
+        raise UserError(f"{run_dir}: training exited with code {proc.returncode}; rerun the same compare to resume it")
     return {}
 
 
@@ -76,9 +87,18 @@ def _config_mismatch(run_dir: Path, cfg) -> list[str]:
     return diffs
 
 
-def compare_command(items: Sequence[str], *, preset: Optional[str] = None, overrides: Sequence[str] = (),
-                    staleness: Sequence[int] = (), seeds: int = 1, replay: Optional[Path] = None,
-                    out: Optional[Path] = None, x: str = "steps", async_: bool = False) -> Path:
+def compare_command(
+    items: Sequence[str],
+    *,
+    preset: str | None = None,
+    overrides: Sequence[str] = (),
+    staleness: Sequence[int] = (),
+    seeds: int = 1,
+    replay: Path | None = None,
+    out: Path | None = None,
+    x: str = "steps",
+    async_: bool = False,
+) -> Path:
     """Run (or reuse) every (algorithm, N, seed) and/or collect run directories; write the report
     with curves over `x` ("steps" or "samples"). `async_`: every run trains with async rollout
     workers (`vespo train --async`), labelled `<algo>+async`. Returns the report path."""
@@ -86,7 +106,12 @@ def compare_command(items: Sequence[str], *, preset: Optional[str] = None, overr
     algos = [i for i in items if not Path(i).is_dir()]
     dirs = [d for i in items if Path(i).is_dir() for d in _run_dirs(i)]
     if not algos:
-        for flag, given in (("--staleness", staleness), ("--set", overrides), ("--replay", replay), ("--async", async_)):
+        for flag, given in (
+            ("--staleness", staleness),
+            ("--set", overrides),
+            ("--replay", replay),
+            ("--async", async_),
+        ):
             if given:
                 raise UserError(f"{flag}: only used when running algorithms; run directories are reported as they are")
     if replay is not None and async_:
@@ -104,8 +129,15 @@ def compare_command(items: Sequence[str], *, preset: Optional[str] = None, overr
         out = Path("runs") / (f"compare-{presets.pop()}" if len(presets) == 1 and "" not in presets else "compare")
     specs = _dedupe(specs)
     out = Path(out)
-    settings = {"items": list(items), "preset": preset, "overrides": list(overrides), "staleness": list(staleness),
-                "seeds": seeds, "replay": str(replay) if replay else None, "async": async_}
+    settings = {
+        "items": list(items),
+        "preset": preset,
+        "overrides": list(overrides),
+        "staleness": list(staleness),
+        "seeds": seeds,
+        "replay": str(replay) if replay else None,
+        "async": async_,
+    }
     with hold(out, "vespo compare"):  # one compare per report directory; each run locks its own directory
         _run_grid(specs, replay, lambda: write_report(specs, out, settings=settings, x=x))
         report = write_report(specs, out, settings=settings, x=x)
@@ -125,8 +157,15 @@ def _check_args(items: Sequence[str], staleness: Sequence[int], seeds: int, x: s
         raise UserError(f"--x {x}: expected one of {', '.join(X_AXES)}")
 
 
-def grid_specs(algos: Sequence[str], preset: str, overrides: Sequence[str], staleness: Sequence[int], seeds: int,
-               out: Path, async_: bool = False) -> list[RunSpec]:
+def grid_specs(
+    algos: Sequence[str],
+    preset: str,
+    overrides: Sequence[str],
+    staleness: Sequence[int],
+    seeds: int,
+    out: Path,
+    async_: bool = False,
+) -> list[RunSpec]:
     """One RunSpec per (algorithm item, N, seed), trained into `out/runs/<label>-N<N>-s<seed>`; every
     config is resolved first, so a typo fails before anything trains."""
     from ..config import dump_yaml, load_config
@@ -148,10 +187,21 @@ def grid_specs(algos: Sequence[str], preset: str, overrides: Sequence[str], stal
                 ov = list(overrides) + extra + [f"trainer.staleness={n}", f"trainer.seed={seed}"]
                 cfg = load_config(preset, name, ov)
                 config = yaml.safe_load(dump_yaml(cfg))
-                specs.append(RunSpec(label, cfg.trainer.staleness, seed, out / "runs" / f"{label}-N{n}-s{seed}",
-                                     algo=name, overrides=ov, cfg=cfg, steps=cfg.trainer.steps, config=config,
-                                     async_=async_,
-                                     algorithm=describe_algorithm({**config["algorithm"], "name": name})))
+                specs.append(
+                    RunSpec(
+                        label,
+                        cfg.trainer.staleness,
+                        seed,
+                        out / "runs" / f"{label}-N{n}-s{seed}",
+                        algo=name,
+                        overrides=ov,
+                        cfg=cfg,
+                        steps=cfg.trainer.steps,
+                        config=config,
+                        async_=async_,
+                        algorithm=describe_algorithm({**config["algorithm"], "name": name}),
+                    )
+                )
     return specs
 
 
@@ -161,7 +211,7 @@ def _console():
     return Console(stderr=True)
 
 
-def _run_grid(specs: Sequence[RunSpec], replay: Optional[Path], refresh) -> None:
+def _run_grid(specs: Sequence[RunSpec], replay: Path | None, refresh) -> None:
     """Train every spec compare runs: complete runs reused, partial ones resumed, a run directory
     holding another config refused; `refresh()` after each run that trained longer than
     REFRESH_AFTER_S (a report to look at meanwhile)."""
@@ -173,8 +223,10 @@ def _run_grid(specs: Sequence[RunSpec], replay: Optional[Path], refresh) -> None
         if (spec.path / "config.yaml").is_file():
             diffs = _config_mismatch(spec.path, spec.cfg)
             if diffs:
-                raise UserError(f"{spec.path}: holds a run with another config ({'; '.join(diffs[:3])}); "
-                                f"pick another --out or remove it")
+                raise UserError(
+                    f"{spec.path}: holds a run with another config ({'; '.join(diffs[:3])}); "
+                    f"pick another --out or remove it"
+                )
             if _is_complete(spec.path, spec.steps):
                 console.print(f"{head}: complete, reused ({spec.path})", highlight=False)
                 continue

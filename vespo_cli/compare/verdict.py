@@ -11,9 +11,10 @@ Every claim is decided by one 95% interval of a difference of final rewards, pai
   both ran. Supported when the interval lies above 0, contradicted when it lies below 0.
 A difference without an interval (one seed) is not resolved; a claim whose runs are absent has no data.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from .groups import REFERENCE, seed_values
 from .stats import difference
@@ -28,7 +29,7 @@ def _by_label(groups: Sequence[dict], label: str) -> dict[int, dict]:
     return {int(g["staleness"]): g for g in groups if g["label"] == label}
 
 
-def _decide(d: Optional[dict], above: float, supported_above: bool) -> str:
+def _decide(d: dict | None, above: float, supported_above: bool) -> str:
     """SUPPORTED / CONTRADICTED by where d's interval lies against `above`; UNRESOLVED when it
     straddles it or there is no interval; NO_DATA without d."""
     if d is None:
@@ -48,9 +49,15 @@ def metric_for(groups: Sequence[dict]) -> str:
     return METRICS[0] if groups and have else METRICS[1]
 
 
-def _row(claim: str, comparison: str, d: Optional[dict], verdict: str, rule: str, metric: str) -> dict:
-    return {"claim": claim, "comparison": comparison, "metric": metric, "difference": d, "verdict": verdict,
-            "rule": rule}
+def _row(claim: str, comparison: str, d: dict | None, verdict: str, rule: str, metric: str) -> dict:
+    return {
+        "claim": claim,
+        "comparison": comparison,
+        "metric": metric,
+        "difference": d,
+        "verdict": verdict,
+        "rule": rule,
+    }
 
 
 def _across_n(groups: Sequence[dict], label: str, claim: str, stable: bool, margin: float, metric: str) -> dict:
@@ -73,8 +80,13 @@ def _is_length_norm(g: dict) -> bool:
 def _is_symmetric_c(g: dict) -> bool:
     alg = g.get("algorithm") or {}
     ov, p = alg.get("overrides") or {}, alg.get("params") or {}
-    return (alg.get("name") == REFERENCE and bool(ov) and set(ov) <= set(C_KEYS)
-            and p.get("c1_neg") == p.get("c1_pos") and p.get("c2_neg") == p.get("c2_pos"))
+    return (
+        alg.get("name") == REFERENCE
+        and bool(ov)
+        and set(ov) <= set(C_KEYS)
+        and p.get("c1_neg") == p.get("c1_pos")
+        and p.get("c2_neg") == p.get("c2_pos")
+    )
 
 
 def _ablations(groups: Sequence[dict], pick, claim: str, metric: str) -> list[dict]:
@@ -88,8 +100,16 @@ def _ablations(groups: Sequence[dict], pick, claim: str, metric: str) -> list[di
             continue
         n = max(common)
         d = difference(seed_values(ref[n], metric), seed_values(_by_label(groups, label)[n], metric))
-        rows.append(_row(claim, f"{REFERENCE} − {label} at N={n}", d, _decide(d, 0.0, True),
-                         "supported if the interval lies above 0", metric))
+        rows.append(
+            _row(
+                claim,
+                f"{REFERENCE} − {label} at N={n}",
+                d,
+                _decide(d, 0.0, True),
+                "supported if the interval lies above 0",
+                metric,
+            )
+        )
     return rows or [_row(claim, f"{REFERENCE} and its ablation", None, NO_DATA, "", metric)]
 
 

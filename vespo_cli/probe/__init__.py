@@ -15,6 +15,7 @@ of prompt groups is a quadratic form in a Gram matrix of sketches (`bootstrap.py
 
 Modules: sketch, bootstrap, gradients (what is computed), command (the loop), report (output).
 """
+
 from .command import probe_command
 
 __all__ = ["probe_command"]

@@ -8,6 +8,7 @@ The Gram matrix is computed once per staleness; each resample costs O(groups²).
 prompts (the behaviour data and the fresh samples of the same prompts) are resampled with the same
 counts (a paired bootstrap). Intervals are percentile intervals.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,7 +37,7 @@ class Gram:
 
     def block(self, a: str, b: str) -> np.ndarray:
         g, i, j = self.groups, self.index[a], self.index[b]
-        return self.matrix[i * g:(i + 1) * g, j * g:(j + 1) * g]
+        return self.matrix[i * g : (i + 1) * g, j * g : (j + 1) * g]
 
     def inner(self, a: str, b: str, counts: np.ndarray) -> np.ndarray:
         """wᵀ G_ab w for every row w of `counts`."""

@@ -8,12 +8,13 @@
    the reference on A and B; drift of θ_K from θ₀ on D₀;
 4. per (objective, K): bootstrap figures over prompt groups → probe.json, report.md, plots.
 """
+
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +25,7 @@ from ..errors import UserError
 from ..shards import ShardError, list_shards, read_shard, shard_name, write_shard
 from ..train.batch import rows_from_table
 from .bootstrap import Gram, resample_counts, summarize
-from .gradients import Batch, batch_of, batch_metrics, batch_sketches, drift_stats, gradient_subset
+from .gradients import Batch, batch_metrics, batch_of, batch_sketches, drift_stats, gradient_subset
 from .sketch import SKETCH_DIM, CountSketch, cosine_error_bound
 
 DEFAULT_ALGOS = ("grpo", "gspo", "sapo", "cispo", "vespo")
@@ -37,9 +38,21 @@ SKETCH_DELTA = 0.05  # the stated sketch error is the bound at this failure prob
 PG = "pg"
 
 
-def probe_command(*, preset: Optional[str], overrides: Sequence[str], algos: Sequence[str],
-                  staleness: Sequence[int], prompts: Optional[int], shards: Optional[Path], run: Optional[Path],
-                  blocks: int, bootstrap: Optional[int], reward: str, quick: bool, out: Optional[Path]) -> Path:
+def probe_command(
+    *,
+    preset: str | None,
+    overrides: Sequence[str],
+    algos: Sequence[str],
+    staleness: Sequence[int],
+    prompts: int | None,
+    shards: Path | None,
+    run: Path | None,
+    blocks: int,
+    bootstrap: int | None,
+    reward: str,
+    quick: bool,
+    out: Path | None,
+) -> Path:
     """Run the probe and write OUT/probe.json, OUT/report.md and plots; returns OUT."""
     from ..compare import parse_algo_item
 
@@ -57,18 +70,34 @@ def probe_command(*, preset: Optional[str], overrides: Sequence[str], algos: Seq
     objectives = {}
     for item in algos or DEFAULT_ALGOS:
         name, extra, label = parse_algo_item(item)
-        objectives[label] = load_config(None if run else preset or "smollm2-arith", name,
-                                        list(overrides) + extra).algorithm
+        objectives[label] = load_config(
+            None if run else preset or "smollm2-arith", name, list(overrides) + extra
+        ).algorithm
     out = Path(out or Path("runs") / f"probe-{cfg.preset or 'run'}")
-    settings = {"preset": cfg.preset, "run": str(run) if run else None, "shards": str(shards) if shards else None,
-                "objectives": {k: _algo_dict(v) for k, v in objectives.items()}, "staleness": ks,
-                "prompts": prompts, "n": cfg.rollout.n, "blocks": blocks, "bootstrap": bootstrap, "reward": reward,
-                "sketch_dim": SKETCH_DIM, "sketch_delta": SKETCH_DELTA,
-                "sketch_cosine_error": cosine_error_bound(SKETCH_DIM, SKETCH_DELTA), "overrides": list(overrides),
-                "optimizer": {"lr": cfg.trainer.lr, "betas": list(cfg.trainer.betas),
-                              "weight_decay": cfg.trainer.weight_decay, "grad_clip": cfg.trainer.grad_clip,
-                              "minibatch_prompts": cfg.trainer.minibatch_prompts,
-                              "algorithm": cfg.algorithm.objective}}
+    settings = {
+        "preset": cfg.preset,
+        "run": str(run) if run else None,
+        "shards": str(shards) if shards else None,
+        "objectives": {k: _algo_dict(v) for k, v in objectives.items()},
+        "staleness": ks,
+        "prompts": prompts,
+        "n": cfg.rollout.n,
+        "blocks": blocks,
+        "bootstrap": bootstrap,
+        "reward": reward,
+        "sketch_dim": SKETCH_DIM,
+        "sketch_delta": SKETCH_DELTA,
+        "sketch_cosine_error": cosine_error_bound(SKETCH_DIM, SKETCH_DELTA),
+        "overrides": list(overrides),
+        "optimizer": {
+            "lr": cfg.trainer.lr,
+            "betas": list(cfg.trainer.betas),
+            "weight_decay": cfg.trainer.weight_decay,
+            "grad_clip": cfg.trainer.grad_clip,
+            "minibatch_prompts": cfg.trainer.minibatch_prompts,
+            "algorithm": cfg.algorithm.objective,
+        },
+    }
     records = _measure(cfg, objectives, ks, prompts, shards, checkpoints, blocks, bootstrap, reward, out, settings)
     from .report import write_report
 
@@ -98,11 +127,18 @@ def _check_options(ks, prompts, blocks, bootstrap, reward, shards, run, preset, 
         raise UserError(f"--out {out}: exists and is not a directory")
 
 
-def _run_checkpoints(run: Path, ks: list[int]) -> dict[int, Optional[Path]]:
+def _run_checkpoints(run: Path, ks: list[int]) -> dict[int, Path | None]:
     """{K: checkpoints/step-K} of an existing run (K = 0: its base model, None)."""
     root = Path(run) / "checkpoints"
-    found = {int(p.name.split("-")[1]): p for p in root.glob("step-*")
-             if p.name.split("-")[1].isdigit() and list(p.glob("*.safetensors"))} if root.is_dir() else {}
+    found = (
+        {
+            int(p.name.split("-")[1]): p
+            for p in root.glob("step-*")
+            if p.name.split("-")[1].isdigit() and list(p.glob("*.safetensors"))
+        }
+        if root.is_dir()
+        else {}
+    )
     missing = [k for k in ks if k and k not in found]
     if missing:
         have = ", ".join(str(k) for k in sorted(found)) or "none"
@@ -173,20 +209,38 @@ def _shard_batch(cfg, tokenizer, shards: Path, prompts: int, reward: str) -> tup
     for idx in batch.groups:
         pid = ids[idx[0]]
         if pid not in pool:
-            raise UserError(f"--shards {shards}: prompt_id {pid!r} is not in data.train={cfg.data.train} "
-                            f"(fresh samples are graded against its answers; --set data.train=... to the source)")
+            raise UserError(
+                f"--shards {shards}: prompt_id {pid!r} is not in data.train={cfg.data.train} "
+                f"(fresh samples are graded against its answers; --set data.train=... to the source)"
+            )
         problems.append(pool[pid])
-        if encode_prompt(tokenizer, pool[pid], cfg.data.template, cfg.data.max_prompt_tokens) != batch.rows.prompt_ids[idx[0]]:
-            raise UserError(f"--shards {shards}: prompt {pid!r} encodes differently under this config's "
-                            f"data.template (sample fresh responses to the same prompt: use the shards' preset)")
+        if (
+            encode_prompt(tokenizer, pool[pid], cfg.data.template, cfg.data.max_prompt_tokens)
+            != batch.rows.prompt_ids[idx[0]]
+        ):
+            raise UserError(
+                f"--shards {shards}: prompt {pid!r} encodes differently under this config's "
+                f"data.template (sample fresh responses to the same prompt: use the shards' preset)"
+            )
     return batch, problems
 
 
 # --------------------------------------------------------------------------- measurement
 
 
-def _measure(cfg, objectives: dict, ks: list[int], prompts: int, shards: Optional[Path], checkpoints, blocks: int,
-             bootstrap: int, reward: str, out: Path, settings: dict) -> list[dict]:
+def _measure(
+    cfg,
+    objectives: dict,
+    ks: list[int],
+    prompts: int,
+    shards: Path | None,
+    checkpoints,
+    blocks: int,
+    bootstrap: int,
+    reward: str,
+    out: Path,
+    settings: dict,
+) -> list[dict]:
     """Steps 1–3 of the module docstring; returns the records."""
     from ..models import load_model, load_tokenizer, resolve_model
     from ..rollout.run import prompt_chunk
@@ -215,16 +269,21 @@ def _measure(cfg, objectives: dict, ks: list[int], prompts: int, shards: Optiona
         if not any(stale.informative) and auto:  # e.g. the tiny random model: no gradient signal to probe
             reward = settings["reward"] = "even-tokens"
             settings["reward_note"] = "auto: the grader gave no prompt group differing rewards"
-            print("note: the grader gives every sample the same reward (every gradient 0); "
-                  "probing with the synthetic --reward even-tokens instead", file=sys.stderr)
+            print(
+                "note: the grader gives every sample the same reward (every gradient 0); "
+                "probing with the synthetic --reward even-tokens instead",
+                file=sys.stderr,
+            )
             if shards is not None:
                 stale, problems = _shard_batch(cfg, tokenizer, Path(shards), prompts, reward)
             else:
                 even_token_reward(out / "behaviour" / shard_name(0, "behaviour", 0))
                 stale = batch_of(rows_from_table(read_shard(out / "behaviour" / shard_name(0, "behaviour", 0))))
         if not any(stale.informative):
-            raise UserError(f"--reward {reward}: no prompt group of the behaviour data has differing rewards, so every "
-                            f"gradient is 0 (a model that never solves a problem); try --reward even-tokens")
+            raise UserError(
+                f"--reward {reward}: no prompt group of the behaviour data has differing rewards, so every "
+                f"gradient is 0 (a model that never solves a problem); try --reward even-tokens"
+            )
         settings["prompts"] = len(stale.groups)
         with gradient_subset(model, blocks) as params:
             sketch = CountSketch([p.numel() for p in params], SKETCH_DIM, seed=cfg.trainer.seed)
@@ -237,7 +296,9 @@ def _measure(cfg, objectives: dict, ks: list[int], prompts: int, shards: Optiona
         if checkpoints is None:
             optimizer = make_optimizer(model, cfg)
             warmup = max(cfg.trainer.lr_warmup_steps, 0)  # the trainer's schedule (train.loop.train)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+            )
         mbs = cfg.trainer.minibatch_prompts
         steps_total = ks[-1] if checkpoints is None else 0
         groups_per_k = 3 * len(stale.groups)
@@ -247,19 +308,45 @@ def _measure(cfg, objectives: dict, ks: list[int], prompts: int, shards: Optiona
             for k in ks:
                 while checkpoints is None and step < k:  # θ_{step} → θ_{step+1}: one on-policy step
                     progress.update(task, info=f"θ_{k}: on-policy step {step + 1}")
-                    batch = _sample(sampler, prompt_chunk(cfg, prompts + step * mbs, mbs),
-                                    out / "drift" / shard_name(step, "drift", step), step, seed + 7919 * (step + 1), reward)
-                    m = optimizer_step(model, optimizer, scheduler, batch.rows, list(range(len(batch.rows))),
-                                       batch.adv, None, cfg)
+                    batch = _sample(
+                        sampler,
+                        prompt_chunk(cfg, prompts + step * mbs, mbs),
+                        out / "drift" / shard_name(step, "drift", step),
+                        step,
+                        seed + 7919 * (step + 1),
+                        reward,
+                    )
+                    m = optimizer_step(
+                        model, optimizer, scheduler, batch.rows, list(range(len(batch.rows))), batch.adv, None, cfg
+                    )
                     holder["publish"]()
                     step += 1
-                    progress.update(task, advance=1, info=f"step {step}: reward {float(batch.rows.rewards.mean()):.3f} "
-                                                          f"|g| {m['grad_norm']:.3f}")
+                    progress.update(
+                        task,
+                        advance=1,
+                        info=f"step {step}: reward {float(batch.rows.rewards.mean()):.3f} |g| {m['grad_norm']:.3f}",
+                    )
                 if checkpoints is not None and checkpoints[k] is not None:
                     _load_weights(model, tokenizer, checkpoints[k])
                     holder["publish"]()
-                records += _measure_at(k, model, sampler, problems, stale, old, objectives, blocks, sketch, tau,
-                                       bootstrap, seed, reward, out, progress, task)
+                records += _measure_at(
+                    k,
+                    model,
+                    sampler,
+                    problems,
+                    stale,
+                    old,
+                    objectives,
+                    blocks,
+                    sketch,
+                    tau,
+                    bootstrap,
+                    seed,
+                    reward,
+                    out,
+                    progress,
+                    task,
+                )
     finally:
         if holder.get("close"):
             holder["close"]()
@@ -273,12 +360,30 @@ def _load_weights(model, tokenizer, ckpt: Path) -> None:
     HFEngine.from_module(model, tokenizer).load_weights(str(ckpt))
 
 
-def _measure_at(k: int, model, sampler, problems, stale: Batch, old, objectives: dict, blocks: int, sketch,
-                tau: float, bootstrap: int, seed: int, reward: str, out: Path, progress, task) -> list[dict]:
+def _measure_at(
+    k: int,
+    model,
+    sampler,
+    problems,
+    stale: Batch,
+    old,
+    objectives: dict,
+    blocks: int,
+    sketch,
+    tau: float,
+    bootstrap: int,
+    seed: int,
+    reward: str,
+    out: Path,
+    progress,
+    task,
+) -> list[dict]:
     """Fresh draws A and B at θ_K, every group's sketches, the drift, and one record per objective."""
     t0 = time.perf_counter()
-    fresh = {h: _sample(sampler, problems, out / "fresh" / shard_name(k, f"fresh_{h}", k), k,
-                        seed + 2 * k + i + 1, reward) for i, h in enumerate("ab")}
+    fresh = {
+        h: _sample(sampler, problems, out / "fresh" / shard_name(k, f"fresh_{h}", k), k, seed + 2 * k + i + 1, reward)
+        for i, h in enumerate("ab")
+    }
     tick = lambda: progress.update(task, advance=1, info=f"θ_{k}: gradients")  # noqa: E731
     model.eval()
     with gradient_subset(model, blocks) as params:
@@ -290,17 +395,30 @@ def _measure_at(k: int, model, sampler, problems, stale: Batch, old, objectives:
     gram = Gram(series)
     counts = resample_counts(len(stale.groups), bootstrap, seed + k)
     drift = drift_stats(logp, old, stale)
-    common = {"staleness": k, **drift, "reward_stale": float(stale.rows.rewards.mean()),
-              "reward_fresh": float(torch.cat([b.rows.rewards for b in fresh.values()]).mean()),
-              "groups": len(stale.groups), "groups_informative_stale": sum(stale.informative),
-              "groups_informative_fresh": sum(sum(b.informative) for b in fresh.values()) / 2,
-              "seconds": time.perf_counter() - t0}
+    common = {
+        "staleness": k,
+        **drift,
+        "reward_stale": float(stale.rows.rewards.mean()),
+        "reward_fresh": float(torch.cat([b.rows.rewards for b in fresh.values()]).mean()),
+        "groups": len(stale.groups),
+        "groups_informative_stale": sum(stale.informative),
+        "groups_informative_fresh": sum(sum(b.informative) for b in fresh.values()) / 2,
+        "seconds": time.perf_counter() - t0,
+    }
     records = []
     for label, algo in objectives.items():
         m = batch_metrics(algo, logp, old, stale)
-        records.append({"objective": label, "base_objective": algo.objective, **_figures(gram, counts, label),
-                        "ess": m["ess"], "suppressed_frac": m.get("suppressed_frac"), "clip_frac": m.get("clip_frac"),
-                        **common})
+        records.append(
+            {
+                "objective": label,
+                "base_objective": algo.objective,
+                **_figures(gram, counts, label),
+                "ess": m["ess"],
+                "suppressed_frac": m.get("suppressed_frac"),
+                "clip_frac": m.get("clip_frac"),
+                **common,
+            }
+        )
     return records
 
 
@@ -308,6 +426,7 @@ def _figures(gram: Gram, counts, o: str) -> dict:
     """Bootstrap figures of objective `o` (point, 95% interval): cosine of its stale gradient to its
     own on-policy gradient and to the reference (each the mean over the fresh draws A and B), the
     noise floor cos(A, B), the reference's noise level, and the norm ratio."""
+
     def mean(x, y):
         return (x + y) / 2
 
@@ -320,8 +439,8 @@ def _figures(gram: Gram, counts, o: str) -> dict:
             "cosine_pg": mean(cos(f"stale/{o}", f"a/{PG}"), cos(f"stale/{o}", f"b/{PG}")),
             "noise_floor": cos(f"a/{o}", f"b/{o}"),
             "noise_floor_pg": mean(cos(f"a/{o}", f"b/{PG}"), cos(f"b/{o}", f"a/{PG}")),
-            "norm_ratio": gram.norm(f"stale/{o}", counts) / mean(gram.norm(f"a/{o}", counts),
-                                                                  gram.norm(f"b/{o}", counts)),
+            "norm_ratio": gram.norm(f"stale/{o}", counts)
+            / mean(gram.norm(f"a/{o}", counts), gram.norm(f"b/{o}", counts)),
         }
     rec = {}
     for key, s in samples.items():

@@ -13,11 +13,12 @@ costs one backward through the subset. A group whose rewards are all equal has A
 exactly 0 to every objective: it gets no backward. Log-probs and gradients are computed in the
 weights' dtype (fp32 masters in the presets), so a drift below bf16's resolution is still measured.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -84,8 +85,8 @@ def gradient_subset(model: nn.Module, blocks: int) -> Iterator[list[nn.Parameter
 class GroupPass:
     mb: Microbatch
     logp: torch.Tensor  # [b, T] detached
-    hidden: Optional[torch.Tensor] = None  # [N, d] response hidden states, graph back to the subset
-    dlogp_dh: Optional[torch.Tensor] = None  # [N, d] ∂logp_t/∂h_t
+    hidden: torch.Tensor | None = None  # [N, d] response hidden states, graph back to the subset
+    dlogp_dh: torch.Tensor | None = None  # [N, d] ∂logp_t/∂h_t
 
 
 def group_pass(model: nn.Module, rows: Rows, idx: list[int], temperature: float, grad: bool) -> GroupPass:
@@ -106,14 +107,31 @@ def objective_params(algo: AlgorithmConfig) -> dict:
     return {**algo.params, **({"correction_cap": algo.correction_cap} if algo.correction else {})}
 
 
-def loss_coef(algo: AlgorithmConfig, logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask,
-              rollout_logp: Optional[torch.Tensor], num_tokens: float, num_seqs: float) -> tuple[torch.Tensor, dict]:
+def loss_coef(
+    algo: AlgorithmConfig,
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    mask,
+    rollout_logp: torch.Tensor | None,
+    num_tokens: float,
+    num_seqs: float,
+) -> tuple[torch.Tensor, dict]:
     """(c = ∂loss/∂logp [b, T], metrics) of `algo`'s objective on one group, with the batch's
     denominators (so the groups' gradients sum to the batch gradient)."""
     leaf = logp.detach().requires_grad_()
-    loss, metrics = policy_loss(algo.objective, leaf, old_logp, adv, mask, rollout_logp=rollout_logp,
-                                correction=algo.correction, num_tokens=num_tokens, num_seqs=num_seqs,
-                                **objective_params(algo))
+    loss, metrics = policy_loss(
+        algo.objective,
+        leaf,
+        old_logp,
+        adv,
+        mask,
+        rollout_logp=rollout_logp,
+        correction=algo.correction,
+        num_tokens=num_tokens,
+        num_seqs=num_seqs,
+        **objective_params(algo),
+    )
     return torch.autograd.grad(loss, leaf)[0], metrics
 
 
@@ -127,9 +145,16 @@ def sketch_gradient(gp: GroupPass, coef: torch.Tensor, params: list[nn.Parameter
     return sketch([torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)])
 
 
-def batch_sketches(model: nn.Module, batch: Batch, recipes: dict[str, Optional[AlgorithmConfig]],
-                   old_logp: Optional[list[torch.Tensor]], params: list[nn.Parameter], sketch: CountSketch,
-                   temperature: float, on_group=None) -> tuple[dict[str, torch.Tensor], list[Optional[torch.Tensor]]]:
+def batch_sketches(
+    model: nn.Module,
+    batch: Batch,
+    recipes: dict[str, AlgorithmConfig | None],
+    old_logp: list[torch.Tensor] | None,
+    params: list[nn.Parameter],
+    sketch: CountSketch,
+    temperature: float,
+    on_group=None,
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor | None]]:
     """({recipe: [groups, k] per-group gradient sketches}, per-row logp at θ) on `batch`.
 
     A recipe is an algorithm section, or None for the reference (sequence-level REINFORCE with the
@@ -137,13 +162,13 @@ def batch_sketches(model: nn.Module, batch: Batch, recipes: dict[str, Optional[A
     forward's own log-probs, Δ = 0); else the behaviour policy's log-probs per row, and every row's
     logp is returned (the drift statistics need them), else only those of informative groups."""
     out = {name: torch.zeros(len(batch.groups), sketch.dim) for name in recipes}  # float32 storage; Gram in float64
-    logp_rows: list[Optional[torch.Tensor]] = [None] * len(batch.rows)
+    logp_rows: list[torch.Tensor | None] = [None] * len(batch.rows)
     for g, idx in enumerate(batch.groups):
         grad = batch.informative[g]
         if grad or old_logp is not None:
             gp = group_pass(model, batch.rows, idx, temperature, grad)
             for r, i in enumerate(idx):
-                logp_rows[i] = gp.logp[r, :len(batch.rows.response_ids[i])].float().cpu()
+                logp_rows[i] = gp.logp[r, : len(batch.rows.response_ids[i])].float().cpu()
             if grad and recipes:
                 _sketch_group(gp, batch, idx, recipes, old_logp, params, sketch, [s[g] for s in out.values()])
         if on_group is not None:
@@ -151,8 +176,9 @@ def batch_sketches(model: nn.Module, batch: Batch, recipes: dict[str, Optional[A
     return out, logp_rows
 
 
-def _sketch_group(gp: GroupPass, batch: Batch, idx: list[int], recipes: dict, old_logp, params, sketch,
-                  dest: list[torch.Tensor]) -> None:
+def _sketch_group(
+    gp: GroupPass, batch: Batch, idx: list[int], recipes: dict, old_logp, params, sketch, dest: list[torch.Tensor]
+) -> None:
     """Every recipe's sketch of group `idx` into `dest` (recipes with identical coefficients share one backward)."""
     T, dev = gp.logp.shape[1], gp.logp.device
     old = gp.logp if old_logp is None else padded(old_logp, idx, T).to(dev)
@@ -160,18 +186,21 @@ def _sketch_group(gp: GroupPass, batch: Batch, idx: list[int], recipes: dict, ol
     done: list[tuple[torch.Tensor, torch.Tensor]] = []
     for (name, algo), slot in zip(recipes.items(), dest):
         if algo is None:
-            coef, _ = loss_coef(REFERENCE, gp.logp, gp.logp, batch.adv_pg[idx].to(dev), gp.mb.mask, None,
-                                batch.num_seqs, batch.num_seqs)
+            coef, _ = loss_coef(
+                REFERENCE, gp.logp, gp.logp, batch.adv_pg[idx].to(dev), gp.mb.mask, None, batch.num_seqs, batch.num_seqs
+            )
         else:
-            coef, _ = loss_coef(algo, gp.logp, old, batch.adv[idx].to(dev), gp.mb.mask, roll, batch.num_tokens,
-                                batch.num_seqs)
+            coef, _ = loss_coef(
+                algo, gp.logp, old, batch.adv[idx].to(dev), gp.mb.mask, roll, batch.num_tokens, batch.num_seqs
+            )
         same = next((s for c, s in done if torch.equal(c, coef)), None)
         slot.copy_(same if same is not None else sketch_gradient(gp, coef, params, sketch))
         done.append((coef, slot))
 
 
-def batch_metrics(algo: AlgorithmConfig, logp_rows: list[torch.Tensor], old_rows: list[torch.Tensor],
-                  batch: Batch) -> dict[str, float]:
+def batch_metrics(
+    algo: AlgorithmConfig, logp_rows: list[torch.Tensor], old_rows: list[torch.Tensor], batch: Batch
+) -> dict[str, float]:
     """`policy_loss` metrics of `algo` on the whole batch (ESS/n of its sequence weights, clip or
     suppressed fraction, mean |Δ|, log W) — the figures the trainer logs for such a batch."""
     idx = list(range(len(batch.rows)))
@@ -179,8 +208,16 @@ def batch_metrics(algo: AlgorithmConfig, logp_rows: list[torch.Tensor], old_rows
     logp, old = padded(logp_rows, idx, T), padded(old_rows, idx, T)
     mask = torch.arange(T)[None, :] < torch.tensor([len(x) for x in logp_rows])[:, None]
     roll = torch.where(mask, padded(batch.rows.rollout_logprobs, idx, T), 0.0)
-    _, metrics = policy_loss(algo.objective, logp, old, batch.adv, mask, rollout_logp=roll,
-                             correction=algo.correction, **objective_params(algo))
+    _, metrics = policy_loss(
+        algo.objective,
+        logp,
+        old,
+        batch.adv,
+        mask,
+        rollout_logp=roll,
+        correction=algo.correction,
+        **objective_params(algo),
+    )
     return metrics
 
 

@@ -20,10 +20,11 @@ probability ≥ 1 − δ, all three within η = √(6 / (k δ)) of their true va
 For k = 2^16 and δ = 0.05 that is 0.089; the typical error is far smaller, the standard deviation
 of (1) for unit vectors, √((1 + c²)/k) ≤ 0.0055.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -50,4 +51,4 @@ class CountSketch:
         acc = torch.zeros(2 * self.dim, dtype=torch.float64)
         for code, t in zip(self.codes, tensors, strict=True):
             acc.index_add_(0, code, t.detach().reshape(-1).to(torch.float64))
-        return acc[: self.dim] - acc[self.dim:]
+        return acc[: self.dim] - acc[self.dim :]

@@ -13,6 +13,7 @@ There is no "last number anywhere" rule: it pays echoes of the question.
 Both the extracted answer and the reference go through `normalise()` (the `NORMALISERS` table) before
 math-verify parses them, so every convention applies to both sides alike.
 """
+
 from __future__ import annotations
 
 import re
@@ -72,7 +73,8 @@ def _copied(span: str, question: str) -> bool:
 
 # `Answer: x`, `**Answer:** x`, `Final answer: x`, `The answer is x`, `the final answer is: x`.
 _PHRASE_RE = re.compile(
-    r"(?:final\s+answer|\banswer)\s*(?:\*\*|__)?\s*(?P<sep>[:：]|\bis\b\s*[:：]?)\s*(?:\*\*|__)?(?P<content>[^\n]*)", re.IGNORECASE
+    r"(?:final\s+answer|\banswer)\s*(?:\*\*|__)?\s*(?P<sep>[:：]|\bis\b\s*[:：]?)\s*(?:\*\*|__)?(?P<content>[^\n]*)",
+    re.IGNORECASE,
 )
 _MATH_SPANS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 # "the answer is in the form ...": a lowercase word after "is" starts prose, not an answer.
@@ -157,15 +159,29 @@ _FULLWIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)}  # full-width ASCII 
 _UNICODE = {
     **_FULLWIDTH,
     0x3000: " ",  # ideographic space
-    0x2212: "-", 0x2013: "-", 0xFE63: "-",  # minus sign, en dash, small hyphen-minus
-    0x00D7: "\\times ", 0x22C5: "\\cdot ", 0x00F7: "\\div ",
-    0x03C0: "\\pi ", 0x221E: "\\infty ", 0x221A: "\\sqrt",
-    0x2264: "\\le ", 0x2265: "\\ge ", 0x2260: "\\ne ",
-    0x00B0: "^\\circ", 0x00BD: "\\frac{1}{2}", 0x00BC: "\\frac{1}{4}", 0x00BE: "\\frac{3}{4}",
+    0x2212: "-",
+    0x2013: "-",
+    0xFE63: "-",  # minus sign, en dash, small hyphen-minus
+    0x00D7: "\\times ",
+    0x22C5: "\\cdot ",
+    0x00F7: "\\div ",
+    0x03C0: "\\pi ",
+    0x221E: "\\infty ",
+    0x221A: "\\sqrt",
+    0x2264: "\\le ",
+    0x2265: "\\ge ",
+    0x2260: "\\ne ",
+    0x00B0: "^\\circ",
+    0x00BD: "\\frac{1}{2}",
+    0x00BC: "\\frac{1}{4}",
+    0x00BE: "\\frac{3}{4}",
 }
 _THIN_SPACES = "\u2009\u202f\u00a0\u2007"
 _UNIT_WORD = r"(?!(?:pi|sqrt|infty|and|or)\b)[A-Za-z]{2,}\.?"
-_UNIT = rf"(?:\s*\\(?:text|textrm|mathrm|mbox)\s*\{{\s*[A-Za-z][A-Za-z .]*\}}|\s+{_UNIT_WORD}|\s*/\s*[A-Za-z]+|\^\{{?[23]\}}?)"
+_UNIT = (
+    rf"(?:\s*\\(?:text|textrm|mathrm|mbox)\s*\{{\s*[A-Za-z][A-Za-z .]*\}}"
+    rf"|\s+{_UNIT_WORD}|\s*/\s*[A-Za-z]+|\^\{{?[23]\}}?)"
+)
 _SCI_RE = re.compile(r"^(-?\d+(?:\.\d+)?)\s*[eE]\s*([+-]?\d+)$")
 _INEQ_RE = re.compile(r"^([a-zA-Z])\s*(<|>|\\le(?:q)?|\\ge(?:q)?|\\lt|\\gt)\s*(-?[^<>=\s][^<>=]*)$")
 _INEQ_OPS = {"<": "<", "\\lt": "<", ">": ">", "\\gt": ">", "\\le": "<=", "\\leq": "<=", "\\ge": ">=", "\\geq": ">="}
@@ -173,16 +189,33 @@ _INEQ_OPS = {"<": "<", "\\lt": "<", ">": ">", "\\gt": ">", "\\le": "<=", "\\leq"
 # (what, pattern, replacement, why) — applied in order to the extracted answer and to the reference.
 NORMALISERS: list[tuple[str, re.Pattern, str, str]] = [
     ("null bytes / control chars", re.compile(r"[\x00-\x08\x0b-\x1f\x7f]"), "", "never part of an answer"),
-    ("thousands: LaTeX spaces", re.compile(r"(?<=\d)(?:\{,\}|\\,|\\!|\\ |\\;|\\:|~|[" + _THIN_SPACES + r"])(?=\d{3}(?!\d))"),
-     "", "`1\\,000`, `1{,}000`, `2 500` (thin space) are 1000, 2500"),
-    ("thousands: commas", re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,])"), "<thousands>",
-     "`1,000,000` is one number; `1,2` (groups not of 3) stays a list"),
+    (
+        "thousands: LaTeX spaces",
+        re.compile(r"(?<=\d)(?:\{,\}|\\,|\\!|\\ |\\;|\\:|~|[" + _THIN_SPACES + r"])(?=\d{3}(?!\d))"),
+        "",
+        "`1\\,000`, `1{,}000`, `2 500` (thin space) are 1000, 2500",
+    ),
+    (
+        "thousands: commas",
+        re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,])"),
+        "<thousands>",
+        "`1,000,000` is one number; `1,2` (groups not of 3) stays a list",
+    ),
     ("math delimiters", re.compile(r"\$\$|(?<!\\)\$|\\\(|\\\)|\\\[|\\\]"), "", "`$x$`, `\\(x\\)` are x"),
     ("currency", re.compile(r"\\\$|\\(?:textdollar|euro|pounds)\b|[€£¥]"), "", "`\\$18` is 18 (golds carry no unit)"),
-    ("degrees", re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree\b|\\textdegree\b"), "", "`90^\\circ` is 90 (golds in degrees)"),
+    (
+        "degrees",
+        re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree\b|\\textdegree\b"),
+        "",
+        "`90^\\circ` is 90 (golds in degrees)",
+    ),
     ("percent", re.compile(r"\\?%"), "", "`10\\%` is 10: GSM8K/MATH golds write a percentage as its number"),
-    ("layout commands", re.compile(r"\\(?:displaystyle|left|right|bigl?|bigr?|Bigl?|Bigr?)(?![A-Za-z])"), "",
-     "sizing only"),
+    (
+        "layout commands",
+        re.compile(r"\\(?:displaystyle|left|right|bigl?|bigr?|Bigl?|Bigr?)(?![A-Za-z])"),
+        "",
+        "sizing only",
+    ),
     ("trailing period", re.compile(r"[.\s]+$"), "", "sentence punctuation"),
 ]
 

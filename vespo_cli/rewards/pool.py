@@ -7,6 +7,7 @@ that overruns and starting a replacement (reward 0, `timed_out=True`). An except
 is not hidden: the sample scores 0 with `error` set to the exception's type, the scorer counts it and
 logs the first of each type.
 """
+
 from __future__ import annotations
 
 import logging
@@ -132,7 +133,7 @@ class _Zygote:
             raise RuntimeError(f"reward scorer: unexpected message {msg!r} from the worker process")
         self.ready = True
 
-    def fork(self, timeout_s: float) -> "_Worker":
+    def fork(self, timeout_s: float) -> _Worker:
         ours, theirs = socket.socketpair()
         try:
             send_handle(self.conn, theirs.fileno(), self.proc.pid)
@@ -177,8 +178,9 @@ class RewardScorer:
     `fallback` is the extraction policy's opt-in last rule (`extract.py`). `stats` counts over the
     scorer's life; each `Score` says whether it timed out or raised (`error`)."""
 
-    def __init__(self, workers: int = 2, timeout_s: float = 5.0, startup_timeout_s: float = 120.0,
-                 fallback: Fallback = "none"):
+    def __init__(
+        self, workers: int = 2, timeout_s: float = 5.0, startup_timeout_s: float = 120.0, fallback: Fallback = "none"
+    ):
         if fallback not in FALLBACKS:
             raise ValueError(f"RewardScorer: fallback must be one of {FALLBACKS}, got {fallback!r}")
         self.fallback = fallback
@@ -197,13 +199,13 @@ class RewardScorer:
         self._logged: set[str] = set()  # exception types already logged
 
     # -- lifecycle
-    def __enter__(self) -> "RewardScorer":
+    def __enter__(self) -> RewardScorer:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def start(self) -> "RewardScorer":
+    def start(self) -> RewardScorer:
         """Start the worker processes now (otherwise the first `score()` does)."""
         with self._lock:
             self._ensure_started()
@@ -295,11 +297,17 @@ class RewardScorer:
                 except (EOFError, OSError):  # died mid-task (OOM kill, segfault): retry once
                     w.task = None
                     self.stats["crashed"] += 1
-                    log.warning("reward worker %d died while scoring sample %d; %s", w.pid, idx,
-                                "giving it reward 0" if idx in retried else "retrying it once")
+                    log.warning(
+                        "reward worker %d died while scoring sample %d; %s",
+                        w.pid,
+                        idx,
+                        "giving it reward 0" if idx in retried else "retrying it once",
+                    )
                     self._replace(i)
                     if idx in retried:
-                        results[idx] = Score(0.0, False, self._extract(tails[idx], questions[idx]), False, error="WorkerCrashed")
+                        results[idx] = Score(
+                            0.0, False, self._extract(tails[idx], questions[idx]), False, error="WorkerCrashed"
+                        )
                         self._count_error("WorkerCrashed: the scoring process died twice on this sample")
                         outstanding -= 1
                     else:

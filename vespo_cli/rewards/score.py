@@ -8,6 +8,7 @@ Conventions where graders differ (tests/test_rewards.py holds the table):
   - a list `1, 2` is a set, never the number 12; a mixed number `1\\frac{1}{2}` is 3/2.
 When either side does not parse, the normalised strings are compared exactly.
 """
+
 from __future__ import annotations
 
 import logging

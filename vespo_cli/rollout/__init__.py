@@ -1,4 +1,5 @@
 """Rollout engines behind one interface (`base.Engine`): vLLM (default) or plain HF transformers."""
+
 from __future__ import annotations
 
 import importlib
@@ -30,11 +31,15 @@ def make_engine(kind: str, model_path: str, **opts) -> Engine:
     if kind not in REGISTRY:
         raise UserError(f"rollout.engine={kind!r}: expected one of {', '.join(ENGINES)}")
     if kind == "vllm" and not vllm_available():
-        raise UserError("rollout.engine=vllm: vllm is not installed; use --set rollout.engine=hf "
-                        "(or install the cpu/gpu extra: `make setup`)")
+        raise UserError(
+            "rollout.engine=vllm: vllm is not installed; use --set rollout.engine=hf "
+            "(or install the cpu/gpu extra: `make setup`)"
+        )
     module, _, cls = REGISTRY[kind].partition(":")
     try:
         engine_cls = getattr(importlib.import_module(module), cls)
     except ImportError as exc:
-        raise UserError(f"rollout.engine={kind}: {module} failed to import ({exc}); use --set rollout.engine=hf") from None
+        raise UserError(
+            f"rollout.engine={kind}: {module} failed to import ({exc}); use --set rollout.engine=hf"
+        ) from None
     return engine_cls(model_path, **opts)

@@ -1,4 +1,5 @@
 """The engine interface: every rollout engine (vLLM, HF transformers) implements exactly this."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -6,6 +6,7 @@ model distribution (temperature 1, no top-p/top-k), exactly as vLLM's `logprobs=
 left-pads prompts, prefills each distinct prompt once and repeats its KV cache `n` times, and drops
 finished rows from the batch as they stop.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,8 +72,16 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu", seed: int = 0,
-                 max_batch_size: int = 256, trust_remote_code: bool = False, record_routing: bool = False):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "float32",
+        device: str = "cpu",
+        seed: int = 0,
+        max_batch_size: int = 256,
+        trust_remote_code: bool = False,
+        record_routing: bool = False,
+    ):
         from vespo_cli.models import load_model, load_tokenizer
 
         model = load_model(model_path, dtype, trust_remote_code=trust_remote_code).to(device)
@@ -80,8 +89,9 @@ class HFEngine:
         self._setup(model, tokenizer, seed=seed, max_batch_size=max_batch_size, record_routing=record_routing)
 
     @classmethod
-    def from_module(cls, model: torch.nn.Module, tokenizer, seed: int = 0, max_batch_size: int = 256,
-                    record_routing: bool = False) -> "HFEngine":
+    def from_module(
+        cls, model: torch.nn.Module, tokenizer, seed: int = 0, max_batch_size: int = 256, record_routing: bool = False
+    ) -> HFEngine:
         """Share an already-loaded model (e.g. the trainer's): no copy, weights stay live."""
         engine = cls.__new__(cls)
         engine._setup(model, tokenizer, seed=seed, max_batch_size=max_batch_size, record_routing=record_routing)
@@ -149,7 +159,7 @@ class HFEngine:
         try:
             with self._capture() as rec:
                 for start in range(0, len(prompts), per_chunk):
-                    chunk = prompts[start:start + per_chunk]
+                    chunk = prompts[start : start + per_chunk]
                     out.extend(self._generate_chunk(chunk, start, n, sampling, generator, rec))
         finally:
             self.model.train(was_training)
@@ -169,14 +179,20 @@ class HFEngine:
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
+            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p) :] = 1
         ids, mask = ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
 
         cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()
         route = rec.take().view(len(prompts), width, -1)[:, -1] if rec is not None else None  # last prompt token
@@ -216,8 +232,13 @@ class HFEngine:
                 cache.batch_select_indices(keep)
                 alive, tok, mask, next_pos = alive[keep.cpu()], tok[keep], mask[keep], next_pos[keep]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-            out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
-                             past_key_values=cache, use_cache=True)
+            out = self.model(
+                input_ids=tok[:, None],
+                attention_mask=mask,
+                position_ids=next_pos,
+                past_key_values=cache,
+                use_cache=True,
+            )
             cache = out.past_key_values
             logits = out.logits[:, -1, :].float()
             route = rec.take() if rec is not None else None
@@ -226,14 +247,16 @@ class HFEngine:
         completions = []
         for r in range(rows):
             p = r // n
-            completions.append(Completion(
-                prompt_index=offset + p,
-                sample_idx=r % n,
-                prompt_token_ids=list(prompts[p]),
-                response_token_ids=tokens[r],
-                rollout_logprobs=logps[r],
-                finish_reason="stop" if stopped[r] else "length",
-                text=self.tokenizer.decode(tokens[r], skip_special_tokens=True),
-                routing=routing[r] if routing is not None else None,
-            ))
+            completions.append(
+                Completion(
+                    prompt_index=offset + p,
+                    sample_idx=r % n,
+                    prompt_token_ids=list(prompts[p]),
+                    response_token_ids=tokens[r],
+                    rollout_logprobs=logps[r],
+                    finish_reason="stop" if stopped[r] else "length",
+                    text=self.tokenizer.decode(tokens[r], skip_special_tokens=True),
+                    routing=routing[r] if routing is not None else None,
+                )
+            )
         return completions

@@ -3,6 +3,7 @@
 Used by `vespo rollout` (one-off sampling), by its `--follow` mode (async worker that tracks a
 training run's published checkpoints) and by the trainer's synchronous loop (`sample_to_shard`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -83,8 +84,11 @@ def sample_to_shard(
     completions = engine.generate(prompt_ids, cfg.rollout.n, sampling)
     t_gen = time.perf_counter() - t0
     texts = [c.text or tokenizer.decode(c.response_token_ids, skip_special_tokens=True) for c in completions]
-    scores = scorer.score(texts, [problems[c.prompt_index].answer for c in completions],
-                          [problems[c.prompt_index].problem for c in completions])
+    scores = scorer.score(
+        texts,
+        [problems[c.prompt_index].answer for c in completions],
+        [problems[c.prompt_index].problem for c in completions],
+    )
     failures = failure_counts(scores, where=f"{path}: reward scoring")
     shard_id = Path(path).stem
     cols = {
@@ -130,8 +134,12 @@ def open_engine(cfg: Config, model_path: str):
     r = cfg.rollout
     opts = dict(dtype=r.dtype, seed=cfg.trainer.seed, trust_remote_code=cfg.model.trust_remote_code)
     if r.engine == "vllm":
-        opts.update(max_model_len=cfg.data.max_prompt_tokens + r.max_tokens, kv_cache_bytes=int(r.kv_cache_gib * 2**30),
-                    gpu_memory_utilization=r.gpu_memory_utilization, tensor_parallel_size=r.tensor_parallel_size)
+        opts.update(
+            max_model_len=cfg.data.max_prompt_tokens + r.max_tokens,
+            kv_cache_bytes=int(r.kv_cache_gib * 2**30),
+            gpu_memory_utilization=r.gpu_memory_utilization,
+            tensor_parallel_size=r.tensor_parallel_size,
+        )
     if r.engine == "hf" and cfg.algorithm.routing_replay:  # MoE routing replay: record per-token experts
         opts["record_routing"] = True
     return make_engine(r.engine, model_path, **opts)
@@ -139,13 +147,18 @@ def open_engine(cfg: Config, model_path: str):
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
     )
 
 
-def rollout_once(cfg: Config, run_dir: Path, *, model: str | None, num_prompts: int, out: Path | None,
-                 worker: str = "w0") -> Path:
+def rollout_once(
+    cfg: Config, run_dir: Path, *, model: str | None, num_prompts: int, out: Path | None, worker: str = "w0"
+) -> Path:
     """`vespo rollout`: sample `num_prompts` prompts in shards of trainer.minibatch_prompts prompts.
 
     Resumable: shards already in the output directory are kept and their prompts skipped."""
@@ -156,21 +169,27 @@ def rollout_once(cfg: Config, run_dir: Path, *, model: str | None, num_prompts: 
     model_spec = model or cfg.model.path
     model_path = resolve_model(model_spec, trust_remote_code=cfg.model.trust_remote_code)
     policy_version = checkpoint_version(model_path)
-    problems = load_problems(cfg.data.train, limit=num_prompts, seed=cfg.trainer.seed,
-                             difficulty=cfg.data.difficulty, shuffle=cfg.data.shuffle)
+    problems = load_problems(
+        cfg.data.train,
+        limit=num_prompts,
+        seed=cfg.trainer.seed,
+        difficulty=cfg.data.difficulty,
+        shuffle=cfg.data.shuffle,
+    )
     out = Path(out) if out else Path(run_dir) / "rollouts"
     with hold(run_dir, "vespo rollout"), hold(out, "vespo rollout"):  # config.yaml; shard names
         return _rollout_locked(cfg, run_dir, model_path, policy_version, problems, out, worker)
 
 
-def _rollout_locked(cfg: Config, run_dir: Path, model_path: str, policy_version: int, problems: list[Problem],
-                    out: Path, worker: str) -> Path:
+def _rollout_locked(
+    cfg: Config, run_dir: Path, model_path: str, policy_version: int, problems: list[Problem], out: Path, worker: str
+) -> Path:
     from ..models import load_tokenizer
     from ..rewards import scorer_for
 
     save_config(cfg, run_dir)
     per_shard = cfg.trainer.minibatch_prompts
-    chunks = [problems[i:i + per_shard] for i in range(0, len(problems), per_shard)]
+    chunks = [problems[i : i + per_shard] for i in range(0, len(problems), per_shard)]
     done = {p.name for p in list_shards(out)}
     todo = [(i, c) for i, c in enumerate(chunks) if shard_name(policy_version, worker, i) not in done]
     if not todo:
@@ -185,21 +204,29 @@ def _rollout_locked(cfg: Config, run_dir: Path, model_path: str, policy_version:
     run_id = Path(run_dir).name
     t_start, tokens, rewards = time.perf_counter(), 0, []
     try:
-        with scorer_for(cfg) as scorer, \
-                _progress() as progress:
-            task = progress.add_task("rollout", total=len(problems), completed=(len(chunks) - len(todo)) * per_shard,
-                                     info="")
+        with scorer_for(cfg) as scorer, _progress() as progress:
+            task = progress.add_task(
+                "rollout", total=len(problems), completed=(len(chunks) - len(todo)) * per_shard, info=""
+            )
             for i, chunk in todo:
                 stats = sample_to_shard(
-                    engine, tokenizer, scorer, chunk, cfg, policy_version=policy_version, run_id=run_id,
-                    path=out / shard_name(policy_version, worker, i), seed=cfg.trainer.seed * 100003 + i,
+                    engine,
+                    tokenizer,
+                    scorer,
+                    chunk,
+                    cfg,
+                    policy_version=policy_version,
+                    run_id=run_id,
+                    path=out / shard_name(policy_version, worker, i),
+                    seed=cfg.trainer.seed * 100003 + i,
                     group_prefix=f"{run_id}/{worker}/{i}",
                 )
                 tokens += stats["tokens"]
                 rewards.append(stats["reward_mean"])
                 tps = tokens / (time.perf_counter() - t_start)
-                progress.update(task, advance=len(chunk),
-                                info=f"{tps:,.0f} tok/s  reward {sum(rewards) / len(rewards):.3f}")
+                progress.update(
+                    task, advance=len(chunk), info=f"{tps:,.0f} tok/s  reward {sum(rewards) / len(rewards):.3f}"
+                )
     finally:
         engine.close()
     console.print(f"shards: {out}")
@@ -241,8 +268,14 @@ def _trainer_gone() -> bool:
     return pid.isdigit() and os.getppid() != int(pid)
 
 
-def rollout_follow(train_run: Path, *, worker: str = "w0", overrides: list[str] = (), poll_s: float = 0.5,
-                   max_shards: int | None = None) -> None:
+def rollout_follow(
+    train_run: Path,
+    *,
+    worker: str = "w0",
+    overrides: list[str] = (),
+    poll_s: float = 0.5,
+    max_shards: int | None = None,
+) -> None:
     """Async worker: sample with the newest published checkpoint of `train_run`, forever.
 
     Worker `w<k>` of K = trainer.async_workers takes prompt chunks k, k+K, k+2K, ... of the data
@@ -281,12 +314,22 @@ def rollout_follow(train_run: Path, *, worker: str = "w0", overrides: list[str] 
                     path, version = newest, checkpoint_version(newest)
                 problems = prompt_chunk(cfg, seq * per_shard, per_shard)
                 stats = sample_to_shard(
-                    engine, tokenizer, scorer, problems, cfg, policy_version=version, run_id=run_id,
-                    path=out / shard_name(version, worker, seq), seed=cfg.trainer.seed * 100003 + seq,
+                    engine,
+                    tokenizer,
+                    scorer,
+                    problems,
+                    cfg,
+                    policy_version=version,
+                    run_id=run_id,
+                    path=out / shard_name(version, worker, seq),
+                    seed=cfg.trainer.seed * 100003 + seq,
                     group_prefix=f"{run_id}/{worker}/{seq}",
                 )
-                console.print(f"{worker}: shard {seq} v{version} reward {stats['reward_mean']:.3f} "
-                              f"{stats['tokens'] / stats['gen_s']:,.0f} tok/s", highlight=False)
+                console.print(
+                    f"{worker}: shard {seq} v{version} reward {stats['reward_mean']:.3f} "
+                    f"{stats['tokens'] / stats['gen_s']:,.0f} tok/s",
+                    highlight=False,
+                )
                 seq += K
                 written += 1
                 if max_shards is not None and written >= max_shards:

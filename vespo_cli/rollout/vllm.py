@@ -11,6 +11,7 @@ Traps handled here (see ENV.md, "vLLM on CPU"):
     own packed copy of it), then `reset_prefix_cache()`; otherwise the engine silently keeps
     sampling from the old weights.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,14 +76,26 @@ class VLLMEngine:
 
     name = "vllm"
 
-    def __init__(self, model_path: str, dtype: str = "bfloat16", seed: int = 0, max_model_len: int | None = None,
-                 kv_cache_bytes: int = 256 * 2**20, gpu_memory_utilization: float = 0.5,
-                 tensor_parallel_size: int = 1, enforce_eager: bool | None = None,
-                 num_threads: int | None = None, trust_remote_code: bool = False, **llm_kwargs):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "bfloat16",
+        seed: int = 0,
+        max_model_len: int | None = None,
+        kv_cache_bytes: int = 256 * 2**20,
+        gpu_memory_utilization: float = 0.5,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool | None = None,
+        num_threads: int | None = None,
+        trust_remote_code: bool = False,
+        **llm_kwargs,
+    ):
         try:
             from vllm import LLM
         except ImportError as exc:
-            raise UserError(f"rollout.engine=vllm: vllm is not importable ({exc}); use --set rollout.engine=hf") from None
+            raise UserError(
+                f"rollout.engine=vllm: vllm is not importable ({exc}); use --set rollout.engine=hf"
+            ) from None
         on_gpu = torch.cuda.is_available()
         if max_model_len is None:
             from transformers import AutoConfig
@@ -91,10 +104,16 @@ class VLLMEngine:
             max_model_len = min(int(getattr(cfg, "max_position_embeddings", 2048) or 2048), 4096)
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))  # must precede engine creation (it binds threads)
-        kwargs = dict(model=model_path, tokenizer=model_path, dtype=dtype, seed=int(seed),
-                      max_model_len=int(max_model_len), tensor_parallel_size=int(tensor_parallel_size),
-                      enforce_eager=(not on_gpu) if enforce_eager is None else bool(enforce_eager),
-                      trust_remote_code=trust_remote_code)
+        kwargs = dict(
+            model=model_path,
+            tokenizer=model_path,
+            dtype=dtype,
+            seed=int(seed),
+            max_model_len=int(max_model_len),
+            tensor_parallel_size=int(tensor_parallel_size),
+            enforce_eager=(not on_gpu) if enforce_eager is None else bool(enforce_eager),
+            trust_remote_code=trust_remote_code,
+        )
         if on_gpu:
             kwargs["gpu_memory_utilization"] = float(gpu_memory_utilization)
         else:
@@ -135,8 +154,10 @@ class VLLMEngine:
             dtype = torch_dtype(self.dtype)
         except UserError:  # "auto" etc.: let vLLM cast
             dtype = None
-        weights = [(name, t.detach().to(device=device, dtype=dtype if dtype and t.is_floating_point() else t.dtype))
-                   for name, t in items]
+        weights = [
+            (name, t.detach().to(device=device, dtype=dtype if dtype and t.is_floating_point() else t.dtype))
+            for name, t in items
+        ]
         with guard_global_state():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
             self._after_reload()
@@ -162,13 +183,21 @@ class VLLMEngine:
             if not p:
                 raise UserError("rollout: empty prompt (expected at least one token)")
             if len(p) >= self.max_model_len:
-                raise UserError(f"rollout: prompt {i} has {len(p)} tokens; expected fewer than "
-                                f"max_model_len={self.max_model_len}")
+                raise UserError(
+                    f"rollout: prompt {i} has {len(p)} tokens; expected fewer than max_model_len={self.max_model_len}"
+                )
         seed = sampling.seed if sampling.seed is not None else self._seed_stream.randrange(2**31)
         top_k = sampling.top_k if sampling.top_k and sampling.top_k > 0 else 0
         params = [
-            SamplingParams(n=n, logprobs=0, temperature=sampling.temperature, top_p=sampling.top_p, top_k=top_k,
-                           max_tokens=sampling.max_tokens, seed=request_seed(int(seed), i))
+            SamplingParams(
+                n=n,
+                logprobs=0,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=top_k,
+                max_tokens=sampling.max_tokens,
+                seed=request_seed(int(seed), i),
+            )
             for i in range(len(prompts))
         ]
         inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
@@ -179,13 +208,15 @@ class VLLMEngine:
             for j, o in enumerate(sorted(req.outputs, key=lambda o: o.index)):
                 ids = list(o.token_ids)
                 logps = [float(o.logprobs[t][tok].logprob) for t, tok in enumerate(ids)]
-                completions.append(Completion(
-                    prompt_index=i,
-                    sample_idx=j,
-                    prompt_token_ids=list(p),
-                    response_token_ids=ids,
-                    rollout_logprobs=logps,
-                    finish_reason="stop" if o.finish_reason == "stop" else "length",
-                    text=o.text,
-                ))
+                completions.append(
+                    Completion(
+                        prompt_index=i,
+                        sample_idx=j,
+                        prompt_token_ids=list(p),
+                        response_token_ids=ids,
+                        rollout_logprobs=logps,
+                        finish_reason="stop" if o.finish_reason == "stop" else "length",
+                        text=o.text,
+                    )
+                )
         return completions

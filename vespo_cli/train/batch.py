@@ -4,6 +4,7 @@ A rollout batch is gbs prompt groups (n samples each). It is split into N = gbs/
 whole groups; each minibatch becomes one optimizer step. A minibatch is cut into microbatches by a
 token budget after sorting rows by length, where cutting minimises padding (`plan_microbatches`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -33,13 +34,19 @@ class Rows:
     def __len__(self) -> int:
         return len(self.response_ids)
 
-    def select(self, idx) -> "Rows":
+    def select(self, idx) -> Rows:
         idx = list(idx)
         pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
         return Rows(
-            pick(self.prompt_ids), pick(self.response_ids), pick(self.rollout_logprobs),
-            self.rewards[idx], self.correct[idx], pick(self.group_ids), self.policy_versions[idx],
-            pick(self.shard_ids), pick(self.routing) if self.routing is not None else None,
+            pick(self.prompt_ids),
+            pick(self.response_ids),
+            pick(self.rollout_logprobs),
+            self.rewards[idx],
+            self.correct[idx],
+            pick(self.group_ids),
+            self.policy_versions[idx],
+            pick(self.shard_ids),
+            pick(self.routing) if self.routing is not None else None,
             pick(self.reward_errors) if self.reward_errors is not None else None,
         )
 
@@ -75,8 +82,11 @@ def split_minibatches(group_ids: list[str], num_minibatches: int, generator: tor
     per = len(keys) // num_minibatches
     out = []
     for m in range(num_minibatches):
-        chosen = [keys[j] for j in order[m * per:(m + 1) * per]] if m < num_minibatches - 1 else \
-            [keys[j] for j in order[m * per:]]
+        chosen = (
+            [keys[j] for j in order[m * per : (m + 1) * per]]
+            if m < num_minibatches - 1
+            else [keys[j] for j in order[m * per :]]
+        )
         out.append([i for g in chosen for i in groups[g]])
     return out
 
@@ -103,12 +113,17 @@ class Microbatch:
     def num_tokens(self) -> int:
         return int(self.mask.sum())
 
-    def to(self, device: torch.device | str) -> "Microbatch":
+    def to(self, device: torch.device | str) -> Microbatch:
         """The same microbatch with its tensors on `device` (built on the CPU, used on the model's)."""
         if torch.device(device) == self.input_ids.device:
             return self
-        return replace(self, **{k: getattr(self, k).to(device, non_blocking=True)
-                                for k in ("input_ids", "attention_mask", "position_ids", "response_mask", "mask")})
+        return replace(
+            self,
+            **{
+                k: getattr(self, k).to(device, non_blocking=True)
+                for k in ("input_ids", "attention_mask", "position_ids", "response_mask", "mask")
+            },
+        )
 
 
 def make_microbatch(rows: Rows, idx: list[int], pad_id: int = 0) -> Microbatch:
@@ -123,7 +138,7 @@ def make_microbatch(rows: Rows, idx: list[int], pad_id: int = 0) -> Microbatch:
         p, y = rows.prompt_ids[i], rows.response_ids[i]
         input_ids[r, : len(p) + len(y)] = torch.tensor(p + y, dtype=torch.long)
         attention[r, : len(p) + len(y)] = 1
-        response[r, len(p): len(p) + len(y)] = True
+        response[r, len(p) : len(p) + len(y)] = True
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
     mask = torch.arange(T).unsqueeze(0) < torch.tensor(resp_lens).unsqueeze(1)
     routing = [rows.routing[i] for i in idx] if rows.routing is not None else None
@@ -158,12 +173,14 @@ def plan_microbatches(rows: Rows, idx: list[int], token_budget: int) -> list[lis
     out: list[list[int]] = []
     j = n
     while j > 0:
-        out.append(order[start[j]:j])
+        out.append(order[start[j] : j])
         j = start[j]
     return out[::-1]
 
 
-def padded(values: list[list[float] | torch.Tensor | None], idx: list[int], T: int, fill: float = float("nan")) -> torch.Tensor:
+def padded(
+    values: list[list[float] | torch.Tensor | None], idx: list[int], T: int, fill: float = float("nan")
+) -> torch.Tensor:
     """[b, T] float32 from ragged lists or 1-D CPU tensors (missing → `fill`, padding → 0)."""
     out = torch.zeros((len(idx), T), dtype=torch.float32)
     for r, i in enumerate(idx):

@@ -8,6 +8,7 @@ Its last file, `manifest.json`, holds the sha256 of every other file; a resume v
 back to the newest checkpoint that passes (checkpoints without a manifest, from older vespo, are
 trusted as they are).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,9 +21,9 @@ import random
 import re
 import shutil
 import warnings
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -117,8 +118,9 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, tokenizer, optimizer, scheduler, state: dict,
-                    keep: int) -> Path | None:
+def save_checkpoint(
+    run_dir: Path, model: nn.Module, tokenizer, optimizer, scheduler, state: dict, keep: int
+) -> Path | None:
     """Atomically write checkpoints/step-<state['step']>; collective under FSDP."""
     step = int(state["step"])
     root = Path(run_dir) / "checkpoints"
@@ -141,8 +143,10 @@ def save_checkpoint(run_dir: Path, model: nn.Module, tokenizer, optimizer, sched
                 shutil.move(str(root / f".step-{step}.optim"), tmp / "optim.dcp")
                 torch.save({"rng": _rng_state(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
             else:
-                torch.save({"optimizer": optimizer.state_dict(), "rng": _rng_state(),
-                            "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+                torch.save(
+                    {"optimizer": optimizer.state_dict(), "rng": _rng_state(), "scheduler": scheduler.state_dict()},
+                    tmp / "optim.pt",
+                )
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
             write_manifest(tmp)
         _prune(root, keep)
@@ -161,16 +165,22 @@ def _space_needed(target: Path, state_dict: dict) -> Iterator[None]:
         try:
             steps = sorted((int(m.group(1)), p) for p in target.parent.iterdir() if (m := STEP_DIR.match(p.name)))
             last = steps[-1][1] if steps else None
-            need = sum(f.stat().st_size for f in last.rglob("*") if f.is_file()) if last else \
-                3 * sum(t.numel() * t.element_size() for t in state_dict.values())
+            need = (
+                sum(f.stat().st_size for f in last.rglob("*") if f.is_file())
+                if last
+                else 3 * sum(t.numel() * t.element_size() for t in state_dict.values())
+            )
             free = shutil.disk_usage(target.parent).free
         except OSError:
             raise e from None
         if not (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) and free >= need:
             raise
         keep = f"the last good checkpoint, {last.name}, is intact" if last else "no checkpoint was written yet"
-        raise OSError(errno.ENOSPC, f"no space left on device for a checkpoint (one takes about "
-                                    f"{need / 2**20:,.0f} MiB; {keep})", str(target)) from e
+        raise OSError(
+            errno.ENOSPC,
+            f"no space left on device for a checkpoint (one takes about {need / 2**20:,.0f} MiB; {keep})",
+            str(target),
+        ) from e
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -188,8 +198,11 @@ def latest_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None) 
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return None
-    steps = sorted((int(m.group(1)), p) for p in root.iterdir()
-                   if (m := STEP_DIR.match(p.name)) and (p / "trainer_state.json").is_file())
+    steps = sorted(
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := STEP_DIR.match(p.name)) and (p / "trainer_state.json").is_file()
+    )
     problems = []
     for _, p in reversed(steps):
         problem = verify_checkpoint(p)
@@ -199,8 +212,9 @@ def latest_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None) 
             return p
         problems.append(f"{p}: {problem}")
     if problems:
-        raise UserError(f"{problems[0]}; no checkpoint of the run passes verification (move the corrupt ones "
-                        f"away to start over)")
+        raise UserError(
+            f"{problems[0]}; no checkpoint of the run passes verification (move the corrupt ones away to start over)"
+        )
     return None
 
 

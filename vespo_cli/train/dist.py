@@ -2,6 +2,7 @@
 
 Without `torchrun` (WORLD_SIZE unset) everything here is a no-op and the trainer is one process.
 """
+
 from __future__ import annotations
 
 import os

@@ -15,6 +15,7 @@ are fp32.
 
 The decoder runs without an attention mask on right-padded microbatches (`decoder_inputs`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -100,11 +101,18 @@ class _HeadLogprobs(torch.autograd.Function):
                 if need_h:
                     grad_h[s:e] = gz_c @ w
                 if need_w:
-                    gz_block[s - bs:e - bs] = gz_c
+                    gz_block[s - bs : e - bs] = gz_c
             if need_w:
                 grad_w += gz_block.t() @ h_all[bs:be]
-        return (grad_h, grad_w.to(ctx.weight_dtype) if need_w else None,
-                grad_b.to(ctx.bias_dtype) if need_b else None, None, None, None, None)
+        return (
+            grad_h,
+            grad_w.to(ctx.weight_dtype) if need_w else None,
+            grad_b.to(ctx.bias_dtype) if need_b else None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _chunk_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, inv_temp: float) -> torch.Tensor:
@@ -118,8 +126,9 @@ def _chunk_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, inv_
     return z
 
 
-def head_logprobs(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, temperature: float = 1.0,
-                  with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def head_logprobs(
+    hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(logp [N], entropy [N] or None) of `targets` under `head(hidden) / temperature`, chunked."""
     device_type = hidden.device.type
     if torch.is_autocast_enabled(device_type):
@@ -127,8 +136,9 @@ def head_logprobs(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, 
     else:
         compute_dtype = torch.promote_types(hidden.dtype, head.weight.dtype)
     with torch.autocast(device_type, enabled=False):
-        logp, ent = _HeadLogprobs.apply(hidden, head.weight, head.bias, targets, 1.0 / temperature, compute_dtype,
-                                        with_entropy)
+        logp, ent = _HeadLogprobs.apply(
+            hidden, head.weight, head.bias, targets, 1.0 / temperature, compute_dtype, with_entropy
+        )
     return logp, (ent if with_entropy else None)
 
 
@@ -144,8 +154,13 @@ def response_logits(model: nn.Module, mb: Microbatch, temperature: float = 1.0) 
         logits = head(_response_hidden(decoder, mb))
     else:  # the root forward (FSDP's hooks gather parameters there); logits for the response span only
         start = max(int(mb.response_mask.float().argmax(-1).min()) - 1, 0)
-        out = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
-                    use_cache=False, logits_to_keep=mb.input_ids.shape[1] - start)
+        out = model(
+            input_ids=mb.input_ids,
+            attention_mask=mb.attention_mask,
+            position_ids=mb.position_ids,
+            use_cache=False,
+            logits_to_keep=mb.input_ids.shape[1] - start,
+        )
         logits = out.logits[:, :-1][predict[:, start:]]
     logits = logits.float()
     if temperature != 1.0:

@@ -10,20 +10,20 @@ Checkpoints are taken at rollout-batch boundaries (old_logp of a batch belongs t
 start), so a resumed run replays exactly: the rollout batch i is the same shard, minibatch order
 and sampling seed derive from (seed, i), and the optimizer/RNG state is restored.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import torch
@@ -35,14 +35,13 @@ from ..errors import UserError
 from ..fsio import atomic_write_json, atomic_write_text, read_jsonl
 from ..lock import hold
 from ..objectives import group_advantages, policy_loss
+from ..routing import replay_microbatch
 from ..shards import ShardError, follow, list_shards, read_shard, shard_hash, shard_name
 from . import dist, precision
-from .batch import (Rows, make_microbatch, padded, plan_microbatches, reward_failures, rows_from_table,
-                    split_minibatches)
+from .batch import Rows, make_microbatch, padded, plan_microbatches, reward_failures, rows_from_table, split_minibatches
 from .checkpoint import latest_checkpoint, load_optimizer, load_trainer_state, publish_weights, save_checkpoint
 from .forward import token_logprobs
 from .metrics import MetricsWriter
-from ..routing import replay_microbatch
 
 console = Console(stderr=True)
 SUMMED = {"loss", "n_tokens", "n_seqs", "rollout_missing_tokens", "_entropy", "_tokens"}  # add up over microbatches
@@ -82,8 +81,9 @@ def sync_batches(cfg: Config, run_dir: Path, state: dict, sampler, vocab_size: i
             sampler(prompt_chunk(cfg, i * gbs, gbs), version, path, cfg.trainer.seed * 100003 + i, i)
         dist.barrier()
         table = read_shard(path, vocab_size)
-        yield RolloutBatch(i, rows_from_table(table), [path.name], time.perf_counter() - t0,
-                           digests={path.name: shard_hash(table)})
+        yield RolloutBatch(
+            i, rows_from_table(table), [path.name], time.perf_counter() - t0, digests={path.name: shard_hash(table)}
+        )
 
 
 def _groups_in_order(rows: Rows) -> list[str]:
@@ -125,17 +125,25 @@ def replay_batches(cfg: Config, replay: Path, state: dict, vocab_size: int) -> I
         index.setdefault(g, []).append(r)
     num_batches = len(groups) // gbs
     if num_batches == 0:
-        raise UserError(f"--replay {replay}: {len(groups)} prompt groups < one rollout batch of "
-                        f"{gbs} (trainer.minibatch_prompts × trainer.staleness)")
+        raise UserError(
+            f"--replay {replay}: {len(groups)} prompt groups < one rollout batch of "
+            f"{gbs} (trainer.minibatch_prompts × trainer.staleness)"
+        )
     once = state["iteration"] == 0  # counted once per run: a resumed run does not count them again
     while True:
         i = state["iteration"]
         epoch_i = i % num_batches  # replay more steps than data: another epoch over the same shards
-        chosen = [r for g in groups[epoch_i * gbs:(epoch_i + 1) * gbs] for r in index[g]]
+        chosen = [r for g in groups[epoch_i * gbs : (epoch_i + 1) * gbs] for r in index[g]]
         batch_rows = rows.select(chosen)
         shards = sorted(set(batch_rows.shard_ids))
-        yield RolloutBatch(i, batch_rows, shards, quarantined=bad if once else [], duplicates=dup if once else [],
-                           digests={s: digests[s] for s in shards})
+        yield RolloutBatch(
+            i,
+            batch_rows,
+            shards,
+            quarantined=bad if once else [],
+            duplicates=dup if once else [],
+            digests={s: digests[s] for s in shards},
+        )
         once = False
 
 
@@ -172,7 +180,9 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_
                 continue
             if shard_hash(t) in used:
                 dup.append(path.name)
-                console.print(f"[yellow]skipping duplicate shard[/] {path}: its rows were already used", highlight=False)
+                console.print(
+                    f"[yellow]skipping duplicate shard[/] {path}: its rows were already used", highlight=False
+                )
                 continue
             used.add(shard_hash(t))
             digests[path.name] = shard_hash(t)
@@ -196,7 +206,7 @@ def compute_logprobs(model, rows: Rows, idx: list[int], cfg: Config, with_entrop
         # R2 (routing.py): response positions replay the rollout's experts, the prompt routes freely; the
         # replay spans the yield so the caller's backward (gradient checkpointing re-runs forwards) sees it
         with replay_microbatch(model, mb) if cfg.algorithm.routing_replay else contextlib.nullcontext():
-            with ctx, (contextlib.nullcontext() if grad else torch.no_grad()):
+            with ctx, contextlib.nullcontext() if grad else torch.no_grad():
                 logp, ent = token_logprobs(model, mb, cfg.rollout.temperature, with_entropy)
             yield mb, logp, ent
 
@@ -218,8 +228,16 @@ def old_logprobs(model, rows: Rows, cfg: Config, minibatches: list[list[int]] | 
     return out
 
 
-def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], advantages: torch.Tensor,
-                   old_lp: list[torch.Tensor] | None, cfg: Config) -> dict:
+def optimizer_step(
+    model,
+    optimizer,
+    scheduler,
+    rows: Rows,
+    idx: list[int],
+    advantages: torch.Tensor,
+    old_lp: list[torch.Tensor] | None,
+    cfg: Config,
+) -> dict:
     """One optimizer step on minibatch `idx` with exact gradient accumulation over microbatches.
     `old_lp` None: on-policy, the proximal log-probs are this forward's own, detached."""
     model.train()
@@ -237,8 +255,16 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
             roll = torch.where(mb.mask, roll, torch.zeros_like(roll))  # NaN (engine gave none) only on tokens
             adv = advantages[mb.rows].to(logp.device)
             loss, metrics = policy_loss(
-                algo.params, logp, old, adv, mb.mask, rollout_logp=roll, correction=algo.correction,
-                num_tokens=num_tokens, num_seqs=num_seqs, correction_cap=algo.correction_cap,
+                algo.params,
+                logp,
+                old,
+                adv,
+                mb.mask,
+                rollout_logp=roll,
+                correction=algo.correction,
+                num_tokens=num_tokens,
+                num_seqs=num_seqs,
+                correction_cap=algo.correction_cap,
             )
             (loss * dist.world_size()).backward()  # FSDP averages gradients over ranks; we want the sum
             n = mb.num_tokens
@@ -261,8 +287,11 @@ def optimizer_step(model, optimizer, scheduler, rows: Rows, idx: list[int], adva
     with warnings.catch_warnings():  # the schedule advances over a skipped step too, deliberately
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
         scheduler.step()
-    out = {k: (v if k in SUMMED or k.endswith("_max") else v / max(tok, 1))
-           for k, v in sums.items() if not k.startswith("_")}
+    out = {
+        k: (v if k in SUMMED or k.endswith("_max") else v / max(tok, 1))
+        for k, v in sums.items()
+        if not k.startswith("_")
+    }
     out.update(
         entropy=sums["_entropy"] / max(tok, 1),
         grad_norm=grad_norm,
@@ -276,9 +305,11 @@ def _count_nonfinite(state: dict, rec: dict, limit: int) -> None:
     """Count skipped (non-finite) steps in a row in `state`; stop the run at `limit` of them."""
     state["nonfinite_in_a_row"] = state.get("nonfinite_in_a_row", 0) + 1 if rec["skipped_nonfinite"] else 0
     if state["nonfinite_in_a_row"] >= limit:
-        raise UserError(f"step {rec['step']}: {limit} optimizer steps in a row had a non-finite gradient (loss "
-                        f"{rec['loss']}), none applied (trainer.max_nonfinite_steps={limit}); lower trainer.lr "
-                        f"or check the data")
+        raise UserError(
+            f"step {rec['step']}: {limit} optimizer steps in a row had a non-finite gradient (loss "
+            f"{rec['loss']}), none applied (trainer.max_nonfinite_steps={limit}); lower trainer.lr "
+            f"or check the data"
+        )
 
 
 def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer:
@@ -313,7 +344,9 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
             raise UserError(f"--resume {run_dir}: not a run directory (no config.yaml)")
         return
     if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
-        raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir}, or pick another --run-dir")
+        raise UserError(
+            f"{run_dir}: already holds a run; continue it with --resume {run_dir}, or pick another --run-dir"
+        )
 
 
 def _read_run_info(path: Path) -> dict:
@@ -322,8 +355,11 @@ def _read_run_info(path: Path) -> dict:
         info = json.loads(path.read_bytes())
     except ValueError as e:  # not JSON, not UTF-8
         raise UserError(f"{path}: unreadable run file ({str(e).splitlines()[0][:120]})") from None
-    if not (isinstance(info, dict) and info.get("mode") in ("sync", "replay", "async")
-            and isinstance(info.get("replay"), (str, type(None)))):
+    if not (
+        isinstance(info, dict)
+        and info.get("mode") in ("sync", "replay", "async")
+        and isinstance(info.get("replay"), (str, type(None)))
+    ):
         raise UserError(f"{path}: not a vespo run file (expected mode sync, replay or async and a replay path)")
     return info
 
@@ -337,9 +373,15 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-                    disable=not dist.is_main())
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not dist.is_main(),
+    )
 
 
 def _spawn_workers(cfg: Config, run_dir: Path) -> list[subprocess.Popen]:
@@ -354,8 +396,9 @@ def _spawn_workers(cfg: Config, run_dir: Path) -> list[subprocess.Popen]:
     return procs
 
 
-def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: bool = False,
-          resume: bool = False) -> dict:
+def train(
+    cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: bool = False, resume: bool = False
+) -> dict:
     """Run (or resume) a training run in `run_dir`. Returns the last metrics record.
 
     Rank 0 locks `run_dir` (vespo_cli/lock.py) from its first write until the run returns."""
@@ -363,8 +406,9 @@ def train(cfg: Config, run_dir: Path, *, replay: Path | None = None, async_: boo
         return _train(cfg, run_dir, lock, replay=replay, async_=async_, resume=resume)
 
 
-def _train(cfg: Config, run_dir: Path, lock: contextlib.ExitStack, *, replay: Path | None, async_: bool,
-           resume: bool) -> dict:
+def _train(
+    cfg: Config, run_dir: Path, lock: contextlib.ExitStack, *, replay: Path | None, async_: bool, resume: bool
+) -> dict:
     from ..models import load_model, load_tokenizer, resolve_model
 
     run_dir = Path(run_dir)
@@ -378,8 +422,10 @@ def _train(cfg: Config, run_dir: Path, lock: contextlib.ExitStack, *, replay: Pa
         async_ = info.get("mode") == "async"
     mode = "replay" if replay is not None else "async" if async_ else "sync"
     if cfg.algorithm.routing_replay and mode != "replay" and cfg.rollout.engine != "hf":
-        raise UserError(f"algorithm.routing_replay: true needs rollout.engine=hf (only the HF engine records "
-                        f"MoE routing, see vespo_cli/routing.py; got rollout.engine={cfg.rollout.engine})")
+        raise UserError(
+            f"algorithm.routing_replay: true needs rollout.engine=hf (only the HF engine records "
+            f"MoE routing, see vespo_cli/routing.py; got rollout.engine={cfg.rollout.engine})"
+        )
     device = dist.init()
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -396,14 +442,26 @@ def _train(cfg: Config, run_dir: Path, lock: contextlib.ExitStack, *, replay: Pa
         _check_run_dir(run_dir, resume)  # again, now under the lock: a run may have started meanwhile
     ckpt = None
     if resume:  # rank 0 verifies the checkpoints' manifests; a corrupt one is named, an older one used
-        ckpt = dist.broadcast_object(latest_checkpoint(run_dir, warn=lambda m: console.print(
-            f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True)) if dist.is_main() else None)
+        ckpt = dist.broadcast_object(
+            latest_checkpoint(
+                run_dir, warn=lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True)
+            )
+            if dist.is_main()
+            else None
+        )
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             save_config(cfg, run_dir)
-            atomic_write_json(info_path, {"mode": mode, "replay": str(replay) if replay else None,
-                                          "base_model": base_path, "world_size": dist.world_size()})
+            atomic_write_json(
+                info_path,
+                {
+                    "mode": mode,
+                    "replay": str(replay) if replay else None,
+                    "base_model": base_path,
+                    "world_size": dist.world_size(),
+                },
+            )
     tokenizer = load_tokenizer(base_path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_model(str(ckpt) if ckpt else base_path, cfg.model.dtype, cfg.model.trust_remote_code).to(device)
     model.config.use_cache = False
@@ -435,8 +493,9 @@ def _train(cfg: Config, run_dir: Path, lock: contextlib.ExitStack, *, replay: Pa
     workers = None
     holder: dict = {}  # sync: the engine's publish/close callbacks
     if mode == "sync":
-        batches = sync_batches(cfg, run_dir, state, _make_sampler(cfg, run_dir, model, tokenizer, ckpt, base_path,
-                                                                  holder), vocab_size)
+        batches = sync_batches(
+            cfg, run_dir, state, _make_sampler(cfg, run_dir, model, tokenizer, ckpt, base_path, holder), vocab_size
+        )
     elif mode == "replay":
         batches = replay_batches(cfg, Path(replay), state, vocab_size)
     else:
@@ -444,19 +503,20 @@ def _train(cfg: Config, run_dir: Path, lock: contextlib.ExitStack, *, replay: Pa
             publish_weights(model, tokenizer, run_dir, state["step"])
             (run_dir / "DONE").unlink(missing_ok=True)
             workers = _spawn_workers(cfg, run_dir)
-        batches = async_batches(cfg, run_dir, state,
-                                lambda: dist.broadcast_object(any(p.poll() is None for p in workers or [])), vocab_size)
+        batches = async_batches(
+            cfg, run_dir, state, lambda: dist.broadcast_object(any(p.poll() is None for p in workers or [])), vocab_size
+        )
 
     last: dict = {}
     last_saved = last_eval = state["step"]
     sync_s = 0.0
     try:
         with _progress() as progress:
-            task = progress.add_task(f"train {cfg.algorithm.objective} N={t.staleness}", total=t.steps,
-                                     completed=state["step"], info="")
+            task = progress.add_task(
+                f"train {cfg.algorithm.objective} N={t.staleness}", total=t.steps, completed=state["step"], info=""
+            )
             for batch in batches:
-                last = _train_on_batch(cfg, model, optimizer, scheduler, batch, state, writer, progress, task,
-                                       sync_s)
+                last = _train_on_batch(cfg, model, optimizer, scheduler, batch, state, writer, progress, task, sync_s)
                 state["iteration"] += 1
                 done = state["step"] >= t.steps
                 t_sync = time.perf_counter()
@@ -489,8 +549,9 @@ def _train(cfg: Config, run_dir: Path, lock: contextlib.ExitStack, *, replay: Pa
     return last
 
 
-def _eval_during_training(cfg: Config, run_dir: Path, model, tokenizer, engine, step: int,
-                          writer: MetricsWriter) -> None:
+def _eval_during_training(
+    cfg: Config, run_dir: Path, model, tokenizer, engine, step: int, writer: MetricsWriter
+) -> None:
     """Evaluate the current weights on cfg.eval.benchmarks; one `kind: eval` metrics line each.
 
     Sync runs use the rollout engine (it holds the current weights after publishing); otherwise an
@@ -501,7 +562,9 @@ def _eval_during_training(cfg: Config, run_dir: Path, model, tokenizer, engine, 
 
     if engine is None and dist.world_size() > 1:
         if dist.is_main():
-            console.print("[yellow]eval during sharded replay/async training is skipped; run `vespo eval` on a checkpoint[/]")
+            console.print(
+                "[yellow]eval during sharded replay/async training is skipped; run `vespo eval` on a checkpoint[/]"
+            )
         return
     if dist.is_main():
         if engine is None:
@@ -509,13 +572,24 @@ def _eval_during_training(cfg: Config, run_dir: Path, model, tokenizer, engine, 
 
             engine = HFEngine.from_module(model, tokenizer, seed=cfg.trainer.seed)
         e = cfg.eval
-        sampling = Sampling(temperature=e.temperature, top_p=e.top_p, top_k=-1, max_tokens=e.max_tokens,
-                            seed=cfg.trainer.seed)
+        sampling = Sampling(
+            temperature=e.temperature, top_p=e.top_p, top_k=-1, max_tokens=e.max_tokens, seed=cfg.trainer.seed
+        )
         was_training = model.training
         model.eval()
         with scorer_for(cfg) as scorer:
-            results = run_eval(engine, tokenizer, e.benchmarks, e.k, e.limit, sampling, cfg.data.template,
-                               run_dir / "eval" / f"step-{step}", scorer, max_prompt_tokens=cfg.data.max_prompt_tokens)
+            results = run_eval(
+                engine,
+                tokenizer,
+                e.benchmarks,
+                e.k,
+                e.limit,
+                sampling,
+                cfg.data.template,
+                run_dir / "eval" / f"step-{step}",
+                scorer,
+                max_prompt_tokens=cfg.data.max_prompt_tokens,
+            )
         model.train(was_training)
         for summary in results.values():
             writer.write({"kind": "eval", "step": step, "time": time.time(), **metrics_record(summary)})
@@ -537,8 +611,9 @@ def _make_sampler(cfg: Config, run_dir: Path, model, tokenizer, ckpt, base_path:
     if share:
         from ..rollout.hf import HFEngine
 
-        engine = HFEngine.from_module(model, tokenizer, seed=cfg.trainer.seed,
-                                      record_routing=cfg.algorithm.routing_replay)
+        engine = HFEngine.from_module(
+            model, tokenizer, seed=cfg.trainer.seed, record_routing=cfg.algorithm.routing_replay
+        )
         holder["publish"] = lambda: None
     else:
         engine = open_engine(cfg, str(ckpt) if ckpt else base_path)
@@ -557,16 +632,36 @@ def _make_sampler(cfg: Config, run_dir: Path, model, tokenizer, ckpt, base_path:
     def sampler(problems, version, path, seed, iteration):
         was_training = model.training
         model.eval()
-        stats = sample_to_shard(engine, tokenizer, scorer, problems, cfg, policy_version=version, run_id=run_id,
-                                path=path, seed=seed, group_prefix=f"{run_id}/{iteration}")
+        stats = sample_to_shard(
+            engine,
+            tokenizer,
+            scorer,
+            problems,
+            cfg,
+            policy_version=version,
+            run_id=run_id,
+            path=path,
+            seed=seed,
+            group_prefix=f"{run_id}/{iteration}",
+        )
         model.train(was_training)
         return stats
 
     return sampler
 
 
-def _train_on_batch(cfg: Config, model, optimizer, scheduler, batch: RolloutBatch, state: dict,
-                    writer: MetricsWriter, progress, task, sync_s: float) -> dict:
+def _train_on_batch(
+    cfg: Config,
+    model,
+    optimizer,
+    scheduler,
+    batch: RolloutBatch,
+    state: dict,
+    writer: MetricsWriter,
+    progress,
+    task,
+    sync_s: float,
+) -> dict:
     """old_logp once, then N optimizer steps on whole-group minibatches; log one line per step."""
     t = cfg.trainer
     rows = batch.rows
@@ -582,7 +677,7 @@ def _train_on_batch(cfg: Config, model, optimizer, scheduler, batch: RolloutBatc
             raise UserError("trainer.old_logp=rollout: a shard has no rollout_logprobs (engine gave none)")
         old_lp_owned = [torch.tensor(rows.rollout_logprobs[i], dtype=torch.float32) for i in owned]
     elif len(minibatches) == 1:  # on-policy (N = 1): the weights being trained are the proximal policy, so
-        old_lp_owned = None      # its log-probs come from the training forward itself (no second forward)
+        old_lp_owned = None  # its log-probs come from the training forward itself (no second forward)
     else:
         old_lp_all = old_logprobs(model, rows, cfg, minibatches=mine)
         old_lp_owned = [old_lp_all[i] for i in owned]
@@ -594,8 +689,15 @@ def _train_on_batch(cfg: Config, model, optimizer, scheduler, batch: RolloutBatc
     for name in rows.shard_ids:
         counts[name] = counts.get(name, 0) + 1
     for name in batch.shards:  # the consumed-shard ledger: every row used once, at these steps
-        state["ledger"].append({"shard": name, "iteration": batch.iteration, "rows": counts.get(Path(name).stem, 0),
-                                "first_step": state["step"] + 1, "sha256": batch.digests.get(name)})
+        state["ledger"].append(
+            {
+                "shard": name,
+                "iteration": batch.iteration,
+                "rows": counts.get(Path(name).stem, 0),
+                "first_step": state["step"] + 1,
+                "sha256": batch.digests.get(name),
+            }
+        )
     state.setdefault("dropped", []).extend(batch.dropped)
     state.setdefault("duplicates", []).extend(batch.duplicates)
     last: dict = {}
@@ -635,7 +737,10 @@ def _train_on_batch(cfg: Config, model, optimizer, scheduler, batch: RolloutBatc
         writer.write(rec)
         _count_nonfinite(state, rec, t.max_nonfinite_steps)
         if dist.is_main():
-            progress.update(task, completed=state["step"],
-                            info=f"reward {rec['reward']:.3f}  loss {rec['loss']:+.4f}  |g| {rec['grad_norm']:.3f}")
+            progress.update(
+                task,
+                completed=state["step"],
+                info=f"reward {rec['reward']:.3f}  loss {rec['loss']:+.4f}  |g| {rec['grad_norm']:.3f}",
+            )
         last = rec
     return last

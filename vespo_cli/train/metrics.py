@@ -1,4 +1,5 @@
 """Metrics sinks: `metrics.jsonl` always (fsynced per line), TensorBoard and W&B when installed."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -21,7 +22,9 @@ class MetricsWriter:
             return
         if "tensorboard" in loggers:
             if importlib.util.find_spec("tensorboard") is None:
-                warnings.warn("trainer.loggers: tensorboard is not installed; logging to metrics.jsonl only", stacklevel=2)
+                warnings.warn(
+                    "trainer.loggers: tensorboard is not installed; logging to metrics.jsonl only", stacklevel=2
+                )
             else:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -32,8 +35,14 @@ class MetricsWriter:
             else:
                 import wandb
 
-                self._wandb = wandb.init(project="vespo", name=Path(run_dir).name, dir=str(run_dir), config=config,
-                                         resume="allow", id=Path(run_dir).name)
+                self._wandb = wandb.init(
+                    project="vespo",
+                    name=Path(run_dir).name,
+                    dir=str(run_dir),
+                    config=config,
+                    resume="allow",
+                    id=Path(run_dir).name,
+                )
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -41,8 +50,11 @@ class MetricsWriter:
         append_jsonl(self.path, record)
         step = int(record.get("step", 0))
         prefix = f"eval/{record['benchmark']}/" if record.get("kind") == "eval" else "train/"
-        scalars = {prefix + k: float(v) for k, v in record.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "time")}
+        scalars = {
+            prefix + k: float(v)
+            for k, v in record.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "time")
+        }
         if self._tb is not None:
             for k, v in scalars.items():
                 self._tb.add_scalar(k, v, step)

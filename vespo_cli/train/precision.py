@@ -13,10 +13,11 @@ weights (fp32 masters in the presets); measured side by side in docs/performance
   as soon as autograd produces it, so accumulation over microbatches is fp32, and the optimizer,
   gradient clipping, checkpoints and weight publishing see the fp32 masters only.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -56,6 +57,7 @@ def bf16_params(model: nn.Module) -> Iterator[None]:
             else:
                 grads[i].add_(p.grad)
             p.grad = None
+
         return hook
 
     handles = [p.register_post_accumulate_grad_hook(accumulate(i)) for i, p in enumerate(params)]
