@@ -1,7 +1,7 @@
 """Per-prompt-group gradients of the objectives at θ, sketched, and the drift of θ from the behaviour
 policy θ₀ on the behaviour data.
 
-Every objective's gradient is g = Σ_{i,t} c_{i,t} ∇_θ logp_{i,t}, c = ∂loss/∂logp (objectives.py: a
+Every objective's gradient is g = Σ_{i,t} c_{i,t} ∇_θ logp_{i,t}, c = ∂loss/∂logp (objectives/: a
 reshaped REINFORCE), so c is taken from `policy_loss` itself and only ∇logp needs the model. It is
 measured on a stated parameter subset θ_S: the last `blocks` decoder layers and the final norm. With
 h_t the final hidden state at response position t and the LM head acting per position,
