@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The staleness study of reports/cpu-staleness (issue 18), at the current code.
 #
-#   bash reports/cpu-staleness/run.sh           # the full study: 48 runs, about 6 CPU-hours, two at a time
+#   bash reports/cpu-staleness/run.sh           # the full study: 54 runs, two at a time (cost: see below)
 #   bash reports/cpu-staleness/run.sh --quick   # the pipeline end to end: 8 short runs, one seed (< 30 min)
 #   bash reports/cpu-staleness/run.sh --report  # only rebuild the report from the committed runs
 #
@@ -13,6 +13,14 @@
 #           both the policy lag and the bf16-engine vs trainer mismatch
 #   lane b: GRPO, SAPO   × N ∈ {16, 1, 4} × seeds {0, 1, 2}, then VESPO's ablations at N = 16
 #           (length_norm = sqrt; symmetric c: c1_neg = c1_pos = 2, c2_neg = c2_pos = 3)
+#   the high-drift cell, N = 32 (one rollout batch feeds all 32 steps): VESPO in lane a, GRPO in lane b,
+#           seeds {0, 1, 2}, after the main grid. At N = 16 the last minibatch of a rollout batch had
+#           ESS/n ≈ 0.6 (lowest 0.41); N = 32 doubles the lag, where ESS/n should fall below 0.3.
+# Cost, measured on the 2-core machine (one thread per run, two runs at a time, nothing else running):
+# 16-20 min of wall time per run plus ~2 min for its eval, so ~17 CPU-hours for the 54 runs — about
+# three times the ≤ 6 CPU-hours issue 18 asked for. The cost is the trainer's forward and backward
+# over 32 × ~100 tokens per step of a 135M model on one core; the cells and seeds the issue asks for
+# leave no smaller grid, so the study runs across sessions, resuming (below).
 # Each finished run's last checkpoint is evaluated on 64 arith problems × 4 samples (`vespo eval`, an eval
 # line in its metrics): the final policy's accuracy, which the verdict uses, since a stale run's last
 # training rewards are those of data sampled up to N − 1 steps earlier.
@@ -34,12 +42,12 @@ export VESPO_MALLOC_TUNING=0
 PY=${PY:-.venv/bin/python}
 V=${V:-$PY -m vespo_cli.cli}
 MODE=${1:-full}
-SEEDS=(0 1 2); NS=(-N 16 -N 1 -N 4); HIGH=16; STEPS=(); ASYNC_ALGOS=(grpo vespo); LAST_STEP=32
+SEEDS=(0 1 2); NS=(-N 16 -N 1 -N 4); HIGH=16; DRIFT=32; STEPS=(); ASYNC_ALGOS=(grpo vespo); LAST_STEP=32
 STUDY=${STUDY_DIR:-runs/cpu-staleness}
 KEEP=reports/cpu-staleness/runs
 REPORT=reports/cpu-staleness
 if [[ "$MODE" == "--quick" ]]; then
-  SEEDS=(0); NS=(-N 16 -N 1); STEPS=(--set trainer.steps=16); LAST_STEP=16
+  SEEDS=(0); NS=(-N 16 -N 1); STEPS=(--set trainer.steps=16); LAST_STEP=16; DRIFT=0  # no drift cell
   STUDY=${STUDY_DIR:-runs/cpu-staleness-quick}; KEEP=$STUDY/kept; REPORT=$STUDY/report
 fi
 COMMON=(--preset cpu-staleness "${STEPS[@]}")
@@ -59,6 +67,10 @@ lane_a() {
     $V compare vespo gspo "${NS[@]}" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/a"; collect
   done
   for s in "${SEEDS[@]}"; do
+    ((DRIFT)) || break
+    $V compare vespo -N "$DRIFT" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/drift-a"; collect
+  done
+  for s in "${SEEDS[@]}"; do
     $V compare "${ASYNC_ALGOS[@]}" --async -N 1 "${COMMON[@]}" --set trainer.seed="$s" --set trainer.max_staleness=4 \
       --set trainer.old_logp=rollout --out "$STUDY/async"; collect
   done
@@ -67,6 +79,10 @@ lane_a() {
 lane_b() {
   for s in "${SEEDS[@]}"; do
     $V compare grpo sapo "${NS[@]}" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/b"; collect
+  done
+  for s in "${SEEDS[@]}"; do
+    ((DRIFT)) || break
+    $V compare grpo -N "$DRIFT" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/drift-b"; collect
   done
   for s in "${SEEDS[@]}"; do
     $V compare vespo:length_norm=sqrt vespo:c1_neg=2,c2_neg=3 -N "$HIGH" "${COMMON[@]}" --set trainer.seed="$s" \
