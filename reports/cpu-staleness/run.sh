@@ -2,7 +2,7 @@
 # The staleness study of reports/cpu-staleness (issue 18), at the current code.
 #
 #   bash reports/cpu-staleness/run.sh           # the full study: 54 runs, two at a time (cost: see below)
-#   bash reports/cpu-staleness/run.sh --quick   # the pipeline end to end: 8 short runs, one seed (< 30 min)
+#   bash reports/cpu-staleness/run.sh --quick   # the pipeline end to end: 12 runs of 4 steps, one seed (~20 min)
 #   bash reports/cpu-staleness/run.sh --report  # only rebuild the report from the committed runs
 #
 # Cells (presets/cpu-staleness.yaml: SmolLM2-135M on arith difficulty 1, 32 sequences per optimizer step,
@@ -42,20 +42,20 @@ export VESPO_MALLOC_TUNING=0
 PY=${PY:-.venv/bin/python}
 V=${V:-$PY -m vespo_cli.cli}
 MODE=${1:-full}
-SEEDS=(0 1 2); NS=(-N 16 -N 1 -N 4); HIGH=16; DRIFT=32; STEPS=(); ASYNC_ALGOS=(grpo vespo); LAST_STEP=32
+SEEDS=(0 1 2); NS=(-N 16 -N 1 -N 4); HIGH=16; DRIFT=32; STEPS=(); ASYNC_ALGOS=(grpo vespo); LAST_STEP=32; EVAL_LIMIT=64
 STUDY=${STUDY_DIR:-runs/cpu-staleness}
 KEEP=reports/cpu-staleness/runs
 REPORT=reports/cpu-staleness
 if [[ "$MODE" == "--quick" ]]; then
-  SEEDS=(0); NS=(-N 16 -N 1); STEPS=(--set trainer.steps=16); LAST_STEP=16; DRIFT=0  # no drift cell
+  SEEDS=(0); NS=(-N 4 -N 1); HIGH=4; STEPS=(--set trainer.steps=4); LAST_STEP=4; DRIFT=0; EVAL_LIMIT=16
   STUDY=${STUDY_DIR:-runs/cpu-staleness-quick}; KEEP=$STUDY/kept; REPORT=$STUDY/report
 fi
 COMMON=(--preset cpu-staleness "${STEPS[@]}")
 
-evaluate() {  # the final policy of each finished run: 64 arith problems × 4 samples (one eval line in its metrics)
+evaluate() {  # the final policy of each finished run: 64 arith problems × 4 samples (an eval line in its metrics)
   local run
   for run in $($PY reports/cpu-staleness/study.py unevaluated "$STUDY"); do
-    $V eval arith --model "$run/checkpoints/step-${LAST_STEP}" --preset cpu-staleness --limit 64 --k 4 \
+    $V eval arith --model "$run/checkpoints/step-${LAST_STEP}" --preset cpu-staleness --limit "$EVAL_LIMIT" --k 4 \
       --set eval.max_tokens=48 || echo "eval of $run failed; the next run of this script retries it"
   done
 }
