@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import UserError, describe_os_error
+from .rundir import RunDir, default_dir
 
 app = typer.Typer(
     name="vespo",
@@ -30,7 +31,12 @@ err_console = Console(stderr=True)
 PresetOpt = typer.Option(None, "--preset", "-p", help="Run preset: a name from `vespo presets` or a YAML path.")
 AlgoOpt = typer.Option(None, "--algo", "-a", help="Algorithm preset: vespo, grpo, gspo, sapo, cispo, ...")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config value: key.sub=value (repeatable).")
-RunDirOpt = typer.Option(None, "--run-dir", help="Run directory (default: runs/<preset>-<algo>).")
+
+
+def _run_dir_opt(default: str):
+    return typer.Option(
+        None, "--out", "--run-dir", help=f"Run directory to write (default: {default}; --run-dir: alias)."
+    )
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -69,8 +75,7 @@ def _config(preset: str | None, algo: str | None, overrides: list[str] | None, d
 def _default_run_dir(cfg, run_dir: Path | None, suffix: str = "") -> Path:
     if run_dir is not None:
         return run_dir
-    name = f"{cfg.preset or 'run'}-{cfg.algorithm.name or cfg.algorithm.objective}{suffix}"
-    return Path("runs") / name
+    return default_dir(f"{cfg.preset or 'run'}-{cfg.algorithm.name or cfg.algorithm.objective}{suffix}")
 
 
 @app.command()
@@ -79,7 +84,7 @@ def rollout(
     preset: str | None = PresetOpt,
     algo: str | None = AlgoOpt,
     overrides: list[str] | None = SetOpt,
-    run_dir: Path | None = RunDirOpt,
+    run_dir: Path | None = _run_dir_opt("runs/<preset>-<algo>-rollout"),
     model: str | None = typer.Option(
         None, "--model", "-m", help="Checkpoint dir or model spec (default: the preset's)."
     ),
@@ -92,7 +97,7 @@ def rollout(
         None, "--follow", help="Async worker: keep sampling with the newest checkpoint of this training run."
     ),
     worker: str = typer.Option("w0", "--worker", help="Worker name (async: one per process)."),
-    out: Path | None = typer.Option(None, "--out", help="Shard directory (default: RUN_DIR/rollouts)."),
+    shard_dir: Path | None = typer.Option(None, "--shard-dir", help="Where the shards go (default: OUT/rollouts)."),
 ):
     """Sample responses, score them with math-verify and write parquet shards."""
     from .rollout.run import rollout_follow, rollout_once
@@ -103,7 +108,7 @@ def rollout(
     extra = ([f"data.train={prompts}"] if prompts else []) + ([f"rollout.n={n}"] if n is not None else [])
     cfg = _config(preset, algo, [*(overrides or []), *extra], "smollm2-arith")
     rd = _default_run_dir(cfg, run_dir, "-rollout")
-    rollout_once(cfg, rd, model=model, num_prompts=num_prompts, out=out, worker=worker)
+    rollout_once(cfg, rd, model=model, num_prompts=num_prompts, out=shard_dir, worker=worker)
 
 
 @app.command()
@@ -112,7 +117,7 @@ def train(
     preset: str | None = PresetOpt,
     algo: str | None = AlgoOpt,
     overrides: list[str] | None = SetOpt,
-    run_dir: Path | None = RunDirOpt,
+    run_dir: Path | None = _run_dir_opt("runs/<preset>-<algo>"),
     replay: Path | None = typer.Option(
         None, "--replay", help="Train from existing shards in this directory (no sampling)."
     ),
@@ -131,7 +136,7 @@ def train(
         if overrides:  # docs/decisions.md: a resumed run is what its config.yaml says
             raise UserError(
                 f"--resume: --set {overrides[0]} is refused; a run resumes with its own config.yaml "
-                f"(edit {Path(resume) / 'config.yaml'} to change a setting)"
+                f"(edit {RunDir(resume).config} to change a setting)"
             )
         cfg = load_run_config(resume)
         rd = resume
@@ -289,8 +294,8 @@ def inspect(path: Path = typer.Argument(..., help="A shard file, a shard directo
     reward, engines, scoring failures."""
     from .shards import summarize
 
-    if (path / "rollouts").is_dir():
-        path = path / "rollouts"
+    if RunDir(path).rollouts.is_dir():
+        path = RunDir(path).rollouts
     s = summarize(path)
     if s["bad_shards"] and not s["rows"]:
         raise UserError(f"{path}: no readable shard ({len(s['bad_shards'])} bad, e.g. {s['bad_shards'][0]})")

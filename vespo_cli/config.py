@@ -21,6 +21,7 @@ from .data import PAPER_TEMPLATE, check_source
 from .errors import UserError
 from .objectives import CORRECTION_CAP, OBJECTIVES, AnyObjectiveParams, CorrectionCap, VespoParams
 from .rollout import ENGINES
+from .rundir import RunDir
 from .schema import Section, fail, locate, user_error
 
 PRESETS_DIR = Path(os.environ.get("VESPO_PRESETS", Path(__file__).resolve().parent.parent / "presets"))
@@ -378,7 +379,7 @@ def _finish(merged: dict, origin: dict[str, str], overrides) -> Config:
 
 def load_run_config(run_dir: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """The resolved config a run was started with (`runs/<name>/config.yaml`), plus overrides."""
-    path = Path(run_dir) / "config.yaml"
+    path = RunDir(run_dir).config
     if not path.is_file():
         raise UserError(f"{run_dir}: not a vespo run directory (no config.yaml)")
     origin: dict[str, str] = {}
@@ -462,7 +463,7 @@ def dump_yaml(cfg: Config) -> str:
 def save_config(cfg: Config, run_dir: str | os.PathLike) -> Path:
     from .fsio import atomic_write_text
 
-    path = Path(run_dir) / "config.yaml"
+    path = RunDir(run_dir).config
     atomic_write_text(path, dump_yaml(cfg))
     return path
 

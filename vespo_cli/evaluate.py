@@ -17,6 +17,7 @@ from typing import Any
 from .data import EVAL_SETS, canonical_source, encode_prompt, load_problems
 from .errors import UserError
 from .rewards import failure_counts
+from .rundir import EVAL_SAMPLES, EVAL_SUMMARY, checkpoint_of, default_dir
 
 CI_METHOD = "percentile bootstrap over problems, 2000 resamples, seed 0, 95%"
 _REQUIRED = {  # per_sample.parquet: column -> pyarrow type name (extra row keys are kept as well)
@@ -175,9 +176,9 @@ def write_eval(out_dir: str | Path, rows: Sequence[Mapping[str, Any]], summary: 
         fields.append(pa.field(c, arr.type))
         arrays.append(arr)
     table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-    with atomic_path(out / "per_sample.parquet") as tmp:
+    with atomic_path(out / EVAL_SAMPLES) as tmp:
         pq.write_table(table, tmp)
-    atomic_write_json(out / "summary.json", dict(summary))
+    atomic_write_json(out / EVAL_SUMMARY, dict(summary))
     return out
 
 
@@ -189,11 +190,11 @@ def read_eval(out_dir: str | Path) -> tuple[list[dict], dict]:
 
     out = Path(out_dir)
     try:
-        summary = json.loads((out / "summary.json").read_text())
-        rows = pq.read_table(out / "per_sample.parquet").to_pylist()
+        summary = json.loads((out / EVAL_SUMMARY).read_text())
+        rows = pq.read_table(out / EVAL_SAMPLES).to_pylist()
     except (OSError, ValueError) as e:
         raise UserError(
-            f"{out}: not a readable eval directory (expected per_sample.parquet + summary.json: {e})"
+            f"{out}: not a readable eval directory (expected {EVAL_SAMPLES} + {EVAL_SUMMARY}: {e})"
         ) from None
     return rows, summary
 
@@ -302,20 +303,12 @@ def run_eval(
     return results
 
 
-def run_checkpoint(model_path: str | Path) -> tuple[Path, int] | None:
-    """(run dir, step) when `model_path` is `<run>/checkpoints/step-K`, else None."""
-    p = Path(model_path)
-    if p.parent.name == "checkpoints" and p.name.startswith("step-") and p.name[5:].isdigit():
-        return p.parent.parent, int(p.name[5:])
-    return None
-
-
 def default_eval_dir(model_path: str | Path, model_spec: str) -> Path:
     """`<run>/eval/step-K` for a run's checkpoint (as during training), else `runs/eval/<model>`."""
-    ckpt = run_checkpoint(model_path)
+    ckpt = checkpoint_of(model_path)
     if ckpt is not None:
-        return ckpt[0] / "eval" / f"step-{ckpt[1]}"
-    return Path("runs") / "eval" / benchmark_name(Path(model_spec).name or model_spec)
+        return ckpt[0].eval_dir(ckpt[1])
+    return default_dir("eval") / benchmark_name(Path(model_spec).name or model_spec)
 
 
 def eval_command(
@@ -399,13 +392,11 @@ def eval_command(
         )
     Console().print(table)
     err.print(f"results: {out_dir}")
-    ckpt = run_checkpoint(model_path)
+    ckpt = checkpoint_of(model_path)
     if ckpt is not None:  # a run's checkpoint: its eval lines join the run's metrics
         from .fsio import append_jsonl
 
         for s in results.values():
-            append_jsonl(
-                ckpt[0] / "metrics.jsonl", {"kind": "eval", "step": ckpt[1], "time": time.time(), **metrics_record(s)}
-            )
-        err.print(f"appended to {ckpt[0] / 'metrics.jsonl'}")
+            append_jsonl(ckpt[0].metrics, {"kind": "eval", "step": ckpt[1], "time": time.time(), **metrics_record(s)})
+        err.print(f"appended to {ckpt[0].metrics}")
     return results

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import UserError
+from .rundir import LOCK as LOCK_NAME
 
-LOCK_NAME = ".vespo.lock"
 _HELD: set[str] = set()  # lock files this process holds (flock is per open file: a second open would block)
 
 

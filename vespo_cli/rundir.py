@@ -12,7 +12,8 @@ logs/worker-<w>.log          async workers' output                 RunDir.worker
 DONE                         the trainer finished (workers stop)   RunDir.done
 .vespo.lock                  one writer at a time (lock.py)        RunDir.lock
 ```
-Pure path arithmetic: nothing here touches the disk except `latest_published` and `step_dirs`.
+Path arithmetic; only `step_dirs` and the `RunDir` methods (`is_run`, `has_started`, `checkpoint_steps`,
+`latest_published`) look at the disk.
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ import pyarrow.parquet as pq
 
 from .errors import UserError
 from .fsio import atomic_path
+from .rundir import SHARD_GLOB
+from .rundir import shard_name as shard_name  # re-exported for existing imports
 
 SCHEMA_VERSION = 1
 SCHEMA_KEY = b"vespo.schema_version"
@@ -67,16 +69,10 @@ SCHEMA = pa.schema(
 _NULLABLE = pa.schema([f.with_nullable(True) for f in SCHEMA], metadata=SCHEMA.metadata)
 COLUMNS = SCHEMA.names
 OPTIONAL = {"rollout_logprobs", "extracted_answer", "reward_error", "response_text", "routing"}
-SHARD_GLOB = "*.parquet"
 
 
 class ShardError(UserError):
     """A shard file that violates the contract; the message starts with the file's path."""
-
-
-def shard_name(policy_version: int, worker: str, seq: int) -> str:
-    """Sortable file name: policy version, then producer, then sequence number."""
-    return f"v{policy_version:06d}-{worker}-{seq:06d}.parquet"
 
 
 def to_table(columns: dict[str, list]) -> pa.Table:

@@ -12,6 +12,7 @@ import yaml
 
 from ..errors import UserError
 from ..fsio import read_jsonl
+from ..rundir import RunDir
 from .analysis import eval_records, smooth_window, summarize_run, train_records
 from .labels import RUN_NAME, describe_algorithm, join_label
 
@@ -60,9 +61,9 @@ def parse_algo_item(item: str) -> tuple[str, list[str], str]:
 
 def _read_run_config(run_dir: Path) -> dict:
     try:
-        data = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        data = yaml.safe_load(RunDir(run_dir).config.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"{run_dir / 'config.yaml'}: cannot read ({e})") from None
+        raise UserError(f"{RunDir(run_dir).config}: cannot read ({e})") from None
     return data if isinstance(data, dict) else {}
 
 
@@ -89,9 +90,9 @@ def existing_run(run_dir: Path) -> RunSpec:
 def _run_dirs(item: str) -> list[Path]:
     """A run directory, or a compare output directory (its runs/*)."""
     p = Path(item)
-    if (p / "config.yaml").is_file():
+    if RunDir(p).is_run():
         return [p]
-    inner = sorted(d for d in (p / "runs").glob("*") if (d / "config.yaml").is_file())
+    inner = sorted(d for d in (p / "runs").glob("*") if RunDir(d).is_run())
     if inner:
         return inner
     raise UserError(f"{item}: not a run directory (no config.yaml) nor a compare directory (no runs/*/config.yaml)")
@@ -107,7 +108,7 @@ class Loaded:
 
 def load_runs(specs: Sequence[RunSpec]) -> tuple[list[Loaded], int]:
     """Read every run's metrics; one smoothing window for all (from the longest run)."""
-    records = [read_jsonl(s.path / "metrics.jsonl") for s in specs]
+    records = [read_jsonl(RunDir(s.path).metrics) for s in specs]
     rows = [train_records(r) for r in records]
     window = smooth_window(max([s.steps or 0 for s in specs] + [len(r) for r in rows] + [1]))
     loaded = [

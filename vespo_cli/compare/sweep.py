@@ -14,6 +14,7 @@ import yaml
 from ..errors import UserError
 from ..fsio import read_jsonl
 from ..lock import hold
+from ..rundir import RunDir, default_dir
 from .analysis import train_records
 from .labels import describe_algorithm, disambiguate, join_label
 from .plots import X_AXES
@@ -65,7 +66,7 @@ def _train_child(config_path: str, run_dir: str, replay: str, resume: str, async
 
 
 def _is_complete(run_dir: Path, steps: int) -> bool:
-    rows = train_records(read_jsonl(run_dir / "metrics.jsonl"))
+    rows = train_records(read_jsonl(RunDir(run_dir).metrics))
     return bool(rows) and int(rows[-1]["step"]) >= steps
 
 
@@ -121,12 +122,12 @@ def compare_command(
     specs: list[RunSpec] = []
     if algos:
         preset = preset or "smollm2-arith"
-        out = Path("runs") / f"compare-{Path(preset).stem}" if out is None else out
+        out = default_dir(f"compare-{Path(preset).stem}") if out is None else out
         specs += grid_specs(algos, preset, overrides, staleness, seeds, Path(out), async_=async_)
     specs += [existing_run(d) for d in dirs]
     if out is None:
         presets = {(s.config.get("preset") or "") for s in specs}
-        out = Path("runs") / (f"compare-{presets.pop()}" if len(presets) == 1 and "" not in presets else "compare")
+        out = default_dir(f"compare-{presets.pop()}" if len(presets) == 1 and "" not in presets else "compare")
     specs = _dedupe(specs)
     out = Path(out)
     settings = {
@@ -220,7 +221,7 @@ def _run_grid(specs: Sequence[RunSpec], replay: Path | None, refresh) -> None:
     for k, spec in enumerate(to_run, 1):
         head = f"[{k}/{len(to_run)}] {spec.label} N={spec.staleness} seed={spec.seed}"
         t0 = time.monotonic()
-        if (spec.path / "config.yaml").is_file():
+        if RunDir(spec.path).is_run():
             diffs = _config_mismatch(spec.path, spec.cfg)
             if diffs:
                 raise UserError(

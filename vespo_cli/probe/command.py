@@ -22,6 +22,7 @@ import torch
 
 from ..config import load_config, load_run_config
 from ..errors import UserError
+from ..rundir import RunDir, default_dir, step_name
 from ..shards import ShardError, list_shards, read_shard, shard_name, write_shard
 from ..train.batch import rows_from_table
 from .bootstrap import Gram, resample_counts, summarize
@@ -73,7 +74,7 @@ def probe_command(
         objectives[label] = load_config(
             None if run else preset or "smollm2-arith", name, list(overrides) + extra
         ).algorithm
-    out = Path(out or Path("runs") / f"probe-{cfg.preset or 'run'}")
+    out = Path(out or default_dir(f"probe-{cfg.preset or 'run'}"))
     settings = {
         "preset": cfg.preset,
         "run": str(run) if run else None,
@@ -119,7 +120,7 @@ def _check_options(ks, prompts, blocks, bootstrap, reward, shards, run, preset, 
         raise UserError(f"--reward {reward}: expected one of {', '.join(REWARDS)}")
     if shards is not None and not Path(shards).is_dir():
         raise UserError(f"--shards {shards}: no such directory")
-    if run is not None and not (Path(run) / "config.yaml").is_file():
+    if run is not None and not RunDir(run).is_run():
         raise UserError(f"--run {run}: not a run directory (no config.yaml)")
     if run is not None and preset:
         raise UserError("--run: the run's own config.yaml is used; drop --preset")
@@ -129,20 +130,13 @@ def _check_options(ks, prompts, blocks, bootstrap, reward, shards, run, preset, 
 
 def _run_checkpoints(run: Path, ks: list[int]) -> dict[int, Path | None]:
     """{K: checkpoints/step-K} of an existing run (K = 0: its base model, None)."""
-    root = Path(run) / "checkpoints"
-    found = (
-        {
-            int(p.name.split("-")[1]): p
-            for p in root.glob("step-*")
-            if p.name.split("-")[1].isdigit() and list(p.glob("*.safetensors"))
-        }
-        if root.is_dir()
-        else {}
-    )
+    found = {k: p for k, p in RunDir(run).checkpoint_steps() if list(p.glob("*.safetensors"))}
     missing = [k for k in ks if k and k not in found]
     if missing:
         have = ", ".join(str(k) for k in sorted(found)) or "none"
-        raise UserError(f"--staleness {missing[0]}: {run} has no checkpoints/step-{missing[0]} (steps saved: {have})")
+        raise UserError(
+            f"--staleness {missing[0]}: {run} has no checkpoints/{step_name(missing[0])} (steps saved: {have})"
+        )
     return {k: found.get(k) for k in ks}
 
 

@@ -21,7 +21,8 @@ from ..data import Problem, arith_problem, encode_prompt, load_problems
 from ..errors import UserError
 from ..lock import hold
 from ..rewards import failure_counts
-from ..shards import list_shards, shard_name, write_shard
+from ..rundir import WEIGHTS_META, RunDir, parse_shard_name, shard_id, shard_name
+from ..shards import list_shards, write_shard
 from .base import Sampling
 
 console = Console(stderr=True)
@@ -90,10 +91,9 @@ def sample_to_shard(
         [problems[c.prompt_index].problem for c in completions],
     )
     failures = failure_counts(scores, where=f"{path}: reward scoring")
-    shard_id = Path(path).stem
     cols = {
         "run_id": [run_id] * len(completions),
-        "shard_id": [shard_id] * len(completions),
+        "shard_id": [shard_id(path)] * len(completions),
         "policy_version": [policy_version] * len(completions),
         "engine": [engine.name] * len(completions),
         "engine_dtype": [engine.dtype] * len(completions),
@@ -176,7 +176,7 @@ def rollout_once(
         difficulty=cfg.data.difficulty,
         shuffle=cfg.data.shuffle,
     )
-    out = Path(out) if out else Path(run_dir) / "rollouts"
+    out = Path(out) if out else RunDir(run_dir).rollouts
     with hold(run_dir, "vespo rollout"), hold(out, "vespo rollout"):  # config.yaml; shard names
         return _rollout_locked(cfg, run_dir, model_path, policy_version, problems, out, worker)
 
@@ -236,29 +236,17 @@ def _rollout_locked(
 # --------------------------------------------------------------------------- async worker
 
 
-PUBLISHED = "published"
-
-
 def checkpoint_version(model_path: str | os.PathLike) -> int:
     """The trainer step of a checkpoint (vespo.json next to the weights), 0 for a base model."""
     import json
 
-    meta = Path(model_path) / "vespo.json"
+    meta = Path(model_path) / WEIGHTS_META
     if meta.is_file():
         try:
             return int(json.loads(meta.read_text()).get("step", 0))
         except (ValueError, json.JSONDecodeError):
             return 0
     return 0
-
-
-def latest_published(run_dir: str | os.PathLike) -> Path | None:
-    """Newest complete weights the trainer published for async workers (or None yet)."""
-    pointer = Path(run_dir) / PUBLISHED / "LATEST"
-    if not pointer.is_file():
-        return None
-    path = Path(run_dir) / PUBLISHED / pointer.read_text().strip()
-    return path if path.is_dir() else None
 
 
 def _trainer_gone() -> bool:
@@ -291,24 +279,26 @@ def rollout_follow(
     K = cfg.trainer.async_workers
     if not 0 <= k < K:
         raise UserError(f"--worker {worker}: expected w0..w{K - 1} (trainer.async_workers={K})")
-    out = Path(train_run) / "rollouts"
+    run = RunDir(train_run)
+    out = run.rollouts
     out.mkdir(parents=True, exist_ok=True)
-    while (path := latest_published(train_run)) is None:
-        if (Path(train_run) / "DONE").exists() or _trainer_gone():
+    while (path := run.latest_published()) is None:
+        if run.done.exists() or _trainer_gone():
             return
         time.sleep(poll_s)
     tokenizer = load_tokenizer(str(path), trust_remote_code=cfg.model.trust_remote_code)
     engine = open_engine(cfg, str(path))
     version = checkpoint_version(path)
     per_shard = cfg.trainer.minibatch_prompts
-    mine = [int(p.stem.rsplit("-", 1)[1]) for p in list_shards(out) if p.stem.split("-")[1] == worker]
+    names = [parse_shard_name(p.name) for p in list_shards(out)]
+    mine = [n.seq for n in names if n is not None and n.worker == worker]
     seq = max(mine) + K if mine else k
     run_id = Path(train_run).name
     written = 0
     try:
         with scorer_for(cfg) as scorer:
-            while not (Path(train_run) / "DONE").exists() and not _trainer_gone():
-                newest = latest_published(train_run)
+            while not run.done.exists() and not _trainer_gone():
+                newest = run.latest_published()
                 if newest is not None and newest != path:
                     engine.load_weights(str(newest))
                     path, version = newest, checkpoint_version(newest)

@@ -31,9 +31,9 @@ from torch import nn
 
 from ..errors import UserError
 from ..fsio import atomic_dir, atomic_write_json, atomic_write_text
+from ..rundir import STEP_PREFIX, TRAINER_STATE, WEIGHTS_META, RunDir, step_dirs
 from . import dist
 
-STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
 
 
@@ -82,7 +82,7 @@ def save_weights(model: nn.Module, tokenizer, out: Path, step: int, state_dict=N
     model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    (out / "vespo.json").write_text(json.dumps({"step": step, "policy_version": step}) + "\n")
+    (out / WEIGHTS_META).write_text(json.dumps({"step": step, "policy_version": step}) + "\n")
 
 
 def publish_weights(model: nn.Module, tokenizer, run_dir: Path, step: int, keep: int = 2) -> Path | None:
@@ -90,12 +90,12 @@ def publish_weights(model: nn.Module, tokenizer, run_dir: Path, step: int, keep:
     sd = dist.full_state_dict(model)
     if not dist.is_main():
         return None
-    root = Path(run_dir) / "published"
-    target = root / f"step-{step}"
+    run = RunDir(run_dir)
+    target = run.published_step(step)
     with atomic_dir(target) as tmp:
         save_weights(model, tokenizer, tmp, step, state_dict=sd)
-    atomic_write_text(root / "LATEST", target.name + "\n")
-    _prune(root, keep + 1)  # +1: a worker may still be loading the previous one
+    atomic_write_text(run.latest, target.name + "\n")
+    _prune(run.published, keep + 1)  # +1: a worker may still be loading the previous one
     return target
 
 
@@ -123,14 +123,13 @@ def save_checkpoint(
 ) -> Path | None:
     """Atomically write checkpoints/step-<state['step']>; collective under FSDP."""
     step = int(state["step"])
-    root = Path(run_dir) / "checkpoints"
-    target = root / f"step-{step}"
+    target = RunDir(run_dir).checkpoint(step)
+    staging = target.with_name(f".{target.name}.optim")
     sd = dist.full_state_dict(model)
     if dist.world_size() > 1:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-        staging = root / f".step-{step}.optim"
         if dist.is_main():
             shutil.rmtree(staging, ignore_errors=True)
         dist.barrier()
@@ -140,16 +139,16 @@ def save_checkpoint(
         with _space_needed(target, sd), atomic_dir(target) as tmp:
             save_weights(model, tokenizer, tmp, step, state_dict=sd)
             if dist.world_size() > 1:
-                shutil.move(str(root / f".step-{step}.optim"), tmp / "optim.dcp")
+                shutil.move(str(staging), tmp / "optim.dcp")
                 torch.save({"rng": _rng_state(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
             else:
                 torch.save(
                     {"optimizer": optimizer.state_dict(), "rng": _rng_state(), "scheduler": scheduler.state_dict()},
                     tmp / "optim.pt",
                 )
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+            (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
             write_manifest(tmp)
-        _prune(root, keep)
+        _prune(target.parent, keep)
     dist.barrier()
     return target
 
@@ -163,7 +162,7 @@ def _space_needed(target: Path, state_dict: dict) -> Iterator[None]:
         yield
     except Exception as e:
         try:
-            steps = sorted((int(m.group(1)), p) for p in target.parent.iterdir() if (m := STEP_DIR.match(p.name)))
+            steps = step_dirs(target.parent)
             last = steps[-1][1] if steps else None
             need = (
                 sum(f.stat().st_size for f in last.rglob("*") if f.is_file())
@@ -184,25 +183,17 @@ def _space_needed(target: Path, state_dict: dict) -> Iterator[None]:
 
 
 def _prune(root: Path, keep: int) -> None:
-    for p in root.glob(".step-*"):  # temporaries of a write killed midway (one writer: this process)
+    for p in root.glob(f".{STEP_PREFIX}*"):  # temporaries of a write killed midway (one writer: this process)
         if p.name.endswith((".tmp", ".old")):
             shutil.rmtree(p, ignore_errors=True)
-    steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)))
-    for _, p in steps[:-keep] if keep > 0 else []:
+    for _, p in step_dirs(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(p, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None) -> Path | None:
     """The newest checkpoint that passes `verify_checkpoint` (None if there is none yet); each newer
     one that fails is passed to `warn` (default: warnings.warn). UserError when every one fails."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return None
-    steps = sorted(
-        (int(m.group(1)), p)
-        for p in root.iterdir()
-        if (m := STEP_DIR.match(p.name)) and (p / "trainer_state.json").is_file()
-    )
+    steps = [(k, p) for k, p in RunDir(run_dir).checkpoint_steps() if (p / TRAINER_STATE).is_file()]
     problems = []
     for _, p in reversed(steps):
         problem = verify_checkpoint(p)
@@ -219,7 +210,7 @@ def latest_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None) 
 
 
 def load_trainer_state(ckpt: Path) -> dict:
-    path = ckpt / "trainer_state.json"
+    path = ckpt / TRAINER_STATE
     try:
         state = json.loads(path.read_bytes())
     except (OSError, ValueError) as e:

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 from ..fsio import append_jsonl
+from ..rundir import RunDir
 
 LOGGERS = ("tensorboard", "wandb")
 
@@ -15,7 +16,7 @@ class MetricsWriter:
     """Append one record per optimizer step (or eval) to every configured sink."""
 
     def __init__(self, run_dir: Path, loggers: list[str], config: dict | None = None, enabled: bool = True):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = RunDir(run_dir).metrics
         self.enabled = enabled
         self._tb = self._wandb = None
         if not enabled:
@@ -28,7 +29,7 @@ class MetricsWriter:
             else:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+                self._tb = SummaryWriter(log_dir=str(RunDir(run_dir).tensorboard))
         if "wandb" in loggers:
             if importlib.util.find_spec("wandb") is None:
                 warnings.warn("trainer.loggers: wandb is not installed; logging to metrics.jsonl only", stacklevel=2)
