@@ -35,7 +35,7 @@ endif
 
 demo: setup
 	@if [ -f runs/demo/config.yaml ]; then $(VENV)/bin/vespo train --resume runs/demo; \
-	 else $(VENV)/bin/vespo train --preset smollm2-arith --run-dir runs/demo; fi
+	 else $(VENV)/bin/vespo train --preset smollm2-arith --out runs/demo; fi
 	$(VENV)/bin/vespo compare runs/demo --out runs/demo/report
 	@echo "demo run: runs/demo (metrics.jsonl, rollouts/, checkpoints/); report: runs/demo/report/report.md"
 

