@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -101,6 +102,9 @@ def rollout(
 ):
     """Sample responses, score them with math-verify and write parquet shards."""
     from .rollout.run import rollout_follow, rollout_once
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", worker) or ".." in worker:  # it goes into file names
+        raise UserError(f"--worker {worker!r}: expected a name of letters, digits, '_', '-' and '.' (e.g. w0)")
 
     if follow is not None:
         rollout_follow(follow, worker=worker, overrides=overrides or [])

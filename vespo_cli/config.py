@@ -253,6 +253,8 @@ def _read_yaml(path: Path) -> dict:
         raise UserError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -193,7 +193,11 @@ def _prune(root: Path, keep: int) -> None:
 def latest_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None) -> Path | None:
     """The newest checkpoint that passes `verify_checkpoint` (None if there is none yet); each newer
     one that fails is passed to `warn` (default: warnings.warn). UserError when every one fails."""
-    steps = [(k, p) for k, p in RunDir(run_dir).checkpoint_steps() if (p / TRAINER_STATE).is_file()]
+    steps = [  # one with a manifest is verified whatever it lacks (a missing trainer state is named, not skipped)
+        (k, p)
+        for k, p in RunDir(run_dir).checkpoint_steps()
+        if (p / TRAINER_STATE).is_file() or (p / MANIFEST).is_file()
+    ]
     problems = []
     for _, p in reversed(steps):
         problem = verify_checkpoint(p)

@@ -1,0 +1,74 @@
+"""Faults found by reports/reliability/run.py (issue 19), one test each; and the script itself on a
+few of its categories (`--quick`), whose table must show every case clean."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vespo_cli.cli import app
+from vespo_cli.config import load_config
+from vespo_cli.errors import UserError
+from vespo_cli.train.checkpoint import MANIFEST, latest_checkpoint, write_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_non_utf8_preset_is_one_line_naming_the_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_bytes(b"extends: tiny\ntrainer:\n  lr: \xff\xfe\n")
+    with pytest.raises(UserError, match=r"bad\.yaml: not UTF-8 text \(byte \d+"):
+        load_config(str(p))
+
+
+@pytest.mark.parametrize("worker", ["../evil", "w0/../../x", "/tmp/x", "", "..", "w0\n"])
+def test_rollout_worker_name_is_not_a_path(tmp_path, worker):
+    r = CliRunner().invoke(app, ["rollout", "--preset", "tiny", "--worker", worker, "--run-dir", str(tmp_path / "r")])
+    assert r.exit_code == 2, r.output
+    assert "--worker" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_checkpoint_missing_its_trainer_state_is_named_not_skipped(tmp_path):
+    ck = tmp_path / "checkpoints" / "step-1"
+    ck.mkdir(parents=True)
+    (ck / "trainer_state.json").write_text(json.dumps({"step": 1, "iteration": 0, "ledger": []}))
+    (ck / "model.safetensors").write_bytes(b"weights")
+    write_manifest(ck)
+    assert latest_checkpoint(tmp_path) == ck
+    (ck / "trainer_state.json").unlink()
+    with pytest.raises(UserError, match=r"step-1: trainer_state\.json: missing"):
+        latest_checkpoint(tmp_path)
+    (ck / MANIFEST).unlink()  # no manifest, no state (not a vespo checkpoint): not one to resume from
+    assert latest_checkpoint(tmp_path) is None
+
+
+@pytest.mark.slow
+def test_reliability_script_quick_is_all_clean(tmp_path):
+    """`reports/reliability/run.py --quick` on the categories that need no training fixture."""
+    out = tmp_path / "reliability.md"
+    js = tmp_path / "r.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "reports/reliability/run.py"), "--quick", "--only", "config,yaml,names,fifo"]
+        + ["--out", str(out), "--json", str(js), "--work", str(tmp_path / "work")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    results = json.loads(js.read_text())
+    bad = [r for r in results if r["outcome"] != "clean" or r["lost"] or r["reused"]]
+    assert not bad, (bad, p.stdout[-3000:], p.stderr[-3000:])
+    assert p.returncode == 0
+    cats = {r["category"] for r in results}
+    assert {"config", "bad YAML", "names", "FIFO x.parquet"} <= cats and len(results) >= 12
+    table = out.read_text()
+    assert "| **all** |" in table and "reports/reliability/run.py --quick" in table
