@@ -27,6 +27,37 @@ def test_non_utf8_preset_is_one_line_naming_the_file(tmp_path):
         load_config(str(p))
 
 
+BOMB = (
+    "["
+    + ", ".join(
+        ["&a [x, x, x, x, x, x, x, x, x]"]
+        + [f"&{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]" for i in range(9)]
+    )
+    + "]"
+)  # billion laughs: 9^10 leaves, shared by reference
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (f"description: {BOMB}\n", "description: expected a string, got [["),
+        (f"trainer:\n  betas: {BOMB}\n", "trainer.betas: expected a list of 2 items"),
+        ("trainer: " + "[" * 5000 + "]" * 5000 + "\n", "invalid YAML (nested too deeply)"),
+    ],
+)
+def test_alias_bomb_and_deep_nesting_are_refused_at_once(tmp_path, text, expected):
+    p = tmp_path / "bomb.yaml"
+    p.write_text("extends: tiny\n" + text)
+    with pytest.raises(UserError) as e:
+        load_config(str(p))
+    assert expected in str(e.value) and len(str(e.value)) < 400
+
+
+def test_deeply_nested_set_value_is_refused():
+    with pytest.raises(UserError, match="trainer.betas"):
+        load_config("tiny", None, ["trainer.betas=" + "[" * 5000 + "]" * 5000])
+
+
 @pytest.mark.parametrize("worker", ["../evil", "w0/../../x", "/tmp/x", "", "..", "w0\n"])
 def test_rollout_worker_name_is_not_a_path(tmp_path, worker):
     r = CliRunner().invoke(app, ["rollout", "--preset", "tiny", "--worker", worker, "--run-dir", str(tmp_path / "r")])

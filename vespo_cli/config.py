@@ -255,6 +255,8 @@ def _read_yaml(path: Path) -> dict:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r})") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid YAML (nested too deeply)") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -319,7 +321,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise UserError(f"--set {item}: expected a dotted key like trainer.lr")
     try:
         value = _yaml(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return key, value
 

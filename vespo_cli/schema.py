@@ -12,6 +12,7 @@ got <value>`, where <what> is read off the field's type and bounds (`an integer 
 from __future__ import annotations
 
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -193,8 +194,12 @@ def numeric_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[s
 # --------------------------------------------------------------------------- errors
 
 
+_BOUNDED = reprlib.Repr()  # a container's repr cut short while it is built: a YAML alias bomb has 9^10 leaves
+_BOUNDED.maxlevel, _BOUNDED.maxlist, _BOUNDED.maxdict, _BOUNDED.maxstring, _BOUNDED.maxother = 3, 6, 6, 80, 80
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = _BOUNDED.repr(value) if isinstance(value, (list, tuple, dict, set)) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
