@@ -21,7 +21,8 @@ from vespo_cli.errors import UserError
 from vespo_cli.fsio import read_jsonl
 from vespo_cli.shards import ShardError, content_hash, read_shard, shard_hash, to_table, write_shard
 from vespo_cli.train.checkpoint import MANIFEST, latest_checkpoint, verify_checkpoint
-from vespo_cli.train.loop import async_batches, train
+from vespo_cli.train.loop import train
+from vespo_cli.train.sources import async_batches
 
 REPLAY = ("trainer.staleness=1", "trainer.minibatch_prompts=2", "trainer.save_every=1")
 

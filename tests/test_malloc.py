@@ -1,4 +1,5 @@
-"""vespo_cli/malloc.py: the glibc thresholds are applied at import, and can be turned off."""
+"""vespo_cli/runtime.py: process-wide settings are applied by `configure()` (the glibc thresholds of
+malloc.py, which can be turned off; environment defaults), and importing the package applies none."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-CHECK = "import vespo_cli; print(vespo_cli.MALLOC_TUNED)"
+CHECK = "from vespo_cli import runtime; print(runtime.configure()['malloc_tuned'])"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
@@ -19,3 +20,21 @@ def test_tuning_on_by_default_and_off_by_env(setting, expected, monkeypatch):
         monkeypatch.setenv("VESPO_MALLOC_TUNING", setting)
     out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+def test_importing_the_package_changes_no_environment_variable(monkeypatch):
+    """Every module an entry point imports, imported: os.environ is as it was; configure() then sets
+    the defaults and keeps a value the user set."""
+    for key in ("VLLM_ENABLE_V1_MULTIPROCESSING", "TOKENIZERS_PARALLELISM", "TRANSFORMERS_VERBOSITY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "INFO")
+    code = (
+        "import os; before = dict(os.environ)\n"
+        "import vespo_cli, vespo_cli.cli, vespo_cli.train.loop, vespo_cli.rollout.run, vespo_cli.rollout.vllm\n"
+        "import vespo_cli.rollout.worker, vespo_cli.evaluate, vespo_cli.compare.sweep\n"
+        "print(dict(os.environ) == before)\n"
+        "from vespo_cli import runtime; runtime.configure()\n"
+        "print(os.environ['VLLM_ENABLE_V1_MULTIPROCESSING'], os.environ['VLLM_LOGGING_LEVEL'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "0", "INFO"]

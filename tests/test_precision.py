@@ -127,7 +127,7 @@ def test_old_logprobs_equal_the_first_minibatch_training_forward_bit_for_bit(tin
     from vespo_cli.shards import to_table
     from vespo_cli.train import precision
     from vespo_cli.train.batch import rows_from_table
-    from vespo_cli.train.loop import compute_logprobs, old_logprobs
+    from vespo_cli.train.step import compute_logprobs, old_logprobs
 
     cfg = load_config("tiny", None, ["trainer.bf16_params=true", "trainer.micro_token_budget=64"])
     model = load_model(tiny_model_path, "float32")

@@ -49,7 +49,7 @@ from vespo_cli.shards import ShardError, list_shards, read_shard, to_table, writ
 from vespo_cli.train.checkpoint import write_manifest
 from vespo_cli.train.loop import train
 
-VOLATILE = {"time", "rollout_s", "logprob_s", "train_s", "tokens_per_s", "sync_s"}
+VOLATILE = {"time", "rollout_s", "rollout_s_max", "logprob_s", "train_s", "tokens_per_s", "sync_s"}  # + time_*
 PACKAGE = Path(__file__).resolve().parents[1] / "vespo_cli"
 KILL_SEED = int(os.environ.get("VESPO_KILL_SEED", "6"))
 COUNTS: dict = {
@@ -77,7 +77,7 @@ def tiny(*overrides: str, algo: str | None = None):
 
 
 def stable(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+    return [{k: v for k, v in r.items() if k not in VOLATILE and not k.startswith("time_")} for r in records]
 
 
 def tensors(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -810,7 +810,7 @@ def _rows(lens: list[int], rewards: list[float], group: int = 2):
 
 
 def _opt(model, cfg):
-    from vespo_cli.train.loop import make_optimizer
+    from vespo_cli.train.step import make_optimizer
 
     opt = make_optimizer(model, cfg)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
@@ -822,7 +822,7 @@ def _params(model) -> dict[str, torch.Tensor]:
 
 def _step(model, rows, cfg, advantages=None, shift: float = 0.0, opt=None):
     from vespo_cli.objectives import group_advantages
-    from vespo_cli.train.loop import old_logprobs, optimizer_step
+    from vespo_cli.train.step import old_logprobs, optimizer_step
 
     opt, sched = opt or _opt(model, cfg)
     adv = group_advantages(rows.rewards, rows.group_ids).float() if advantages is None else advantages

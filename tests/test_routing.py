@@ -24,7 +24,7 @@ from vespo_cli.routing import (
 from vespo_cli.shards import read_shard, write_shard
 from vespo_cli.train.batch import make_microbatch, rows_from_table
 from vespo_cli.train.forward import token_logprobs
-from vespo_cli.train.loop import compute_logprobs, old_logprobs
+from vespo_cli.train.step import compute_logprobs, old_logprobs
 
 LAYERS, EXPERTS = 2, 4
 

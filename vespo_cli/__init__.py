@@ -1,5 +1,3 @@
-"""vespo: off-policy RL experiment runner for language models (see README.md)."""
+"""vespo: off-policy RL experiment runner for language models (see README.md).
 
-from .malloc import tune_malloc
-
-MALLOC_TUNED = tune_malloc()  # every entry point (CLI, compare children, bench workers) imports this first
+Importing the package sets nothing process-wide; entry points call `vespo_cli.runtime.configure()`."""

@@ -153,9 +153,10 @@ def train(
         console.print(dump_yaml(cfg), highlight=False, markup=False)
         console.print(describe_plan(cfg, run_dir=rd, replay=replay, async_=async_), highlight=False)
         return
+    from .evaluate import training_eval
     from .train.loop import train as run_train
 
-    run_train(cfg, rd, replay=replay, async_=async_, resume=resume is not None)
+    run_train(cfg, rd, replay=replay, async_=async_, resume=resume is not None, evaluate=training_eval(cfg, rd))
 
 
 @app.command("eval")
@@ -340,11 +341,9 @@ def bench(
 
 
 def main() -> None:
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    from .runtime import configure
+
+    configure()
     app()
 
 

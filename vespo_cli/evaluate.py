@@ -327,7 +327,7 @@ def eval_command(
     from .models import load_tokenizer, resolve_model
     from .rewards import scorer_for
     from .rollout.base import Sampling
-    from .rollout.run import open_engine
+    from .rollout.sampling import open_engine
 
     benchmarks = list(benchmarks) or list(cfg.eval.benchmarks)
     if not benchmarks:
@@ -400,3 +400,37 @@ def eval_command(
             append_jsonl(ckpt[0].metrics, {"kind": "eval", "step": ckpt[1], "time": time.time(), **metrics_record(s)})
         err.print(f"appended to {ckpt[0].metrics}")
     return results
+
+
+def training_eval(cfg, run_dir: str | Path):
+    """The trainer's `evaluate(engine, tokenizer, step)` callback (train/loop.py): cfg.eval.benchmarks on
+    the weights the engine holds at `step`, written to `<run>/eval/step-K/`; returns the `kind: eval`
+    metrics records. None when the config names no benchmarks."""
+    if not cfg.eval.benchmarks:
+        return None
+    from .rewards import scorer_for
+    from .rollout.base import Sampling
+    from .rundir import RunDir
+
+    e = cfg.eval
+    sampling = Sampling(
+        temperature=e.temperature, top_p=e.top_p, top_k=-1, max_tokens=e.max_tokens, seed=cfg.trainer.seed
+    )
+
+    def evaluate(engine, tokenizer, step: int) -> list[dict]:
+        with scorer_for(cfg) as scorer:
+            results = run_eval(
+                engine,
+                tokenizer,
+                e.benchmarks,
+                e.k,
+                e.limit,
+                sampling,
+                cfg.data.template,
+                RunDir(run_dir).eval_dir(step),
+                scorer,
+                max_prompt_tokens=cfg.data.max_prompt_tokens,
+            )
+        return [{"kind": "eval", "step": step, "time": time.time(), **metrics_record(s)} for s in results.values()]
+
+    return evaluate

@@ -1,9 +1,10 @@
-"""Keep freed tensor memory in the process heap instead of handing it back to the kernel (glibc).
+"""Keep freed tensor memory in the process heap instead of handing it back to the kernel (glibc);
+applied by `runtime.configure()`, not on import.
 
 glibc serves allocations above M_MMAP_THRESHOLD (128 KiB, adapted upwards at run time) with a
 fresh mmap and unmaps them on free, so every new multi-MiB CPU tensor page-faults on first write:
-on the objectives benchmark (B=256, T=4096 float32) that is most of the time of a loss (REINFORCE
-6.9 → 1.6 ms), and ~5% of a trainer step (reports/bench/micro.json, allocator_train.json).
+on the objectives benchmark that is most of the time of a loss, and a few percent of a trainer step
+(reports/bench/micro.json, allocator_train.json).
 Raising the mmap and trim thresholds lets freed blocks be reused without faults, the effect
 jemalloc/tcmalloc give PyTorch on CPU, without an LD_PRELOAD. The price: memory is not returned
 to the system until the process ends, and over a long run with varying shapes the retained heap grows

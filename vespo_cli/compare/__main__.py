@@ -3,9 +3,11 @@
 import sys
 
 from ..errors import UserError
+from ..runtime import configure
 from .sweep import _train_child
 
 if __name__ == "__main__":
+    configure()
     try:
         _train_child(*sys.argv[1:6])
     except UserError as e:

@@ -59,10 +59,18 @@ def train(cfg, run_dir: Path, *, replay: Path | None = None, resume: bool = Fals
 def _train_child(config_path: str, run_dir: str, replay: str, resume: str, async_: str = "0") -> None:
     """Child side of `train`: the resolved config from a YAML file, then the trainer in-process."""
     from ..config import Config, from_dict
+    from ..evaluate import training_eval
     from ..train.loop import train as run_train
 
     cfg = from_dict(Config, yaml.safe_load(Path(config_path).read_text()))
-    run_train(cfg, Path(run_dir), replay=Path(replay) if replay else None, resume=resume == "1", async_=async_ == "1")
+    run_train(
+        cfg,
+        Path(run_dir),
+        replay=Path(replay) if replay else None,
+        resume=resume == "1",
+        async_=async_ == "1",
+        evaluate=training_eval(cfg, run_dir),
+    )
 
 
 def _is_complete(run_dir: Path, steps: int) -> bool:

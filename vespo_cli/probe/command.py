@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
@@ -238,8 +239,10 @@ def _measure(
 ) -> list[dict]:
     """Steps 1–3 of the module docstring; returns the records."""
     from ..models import load_model, load_tokenizer, resolve_model
-    from ..rollout.run import prompt_chunk
-    from ..train.loop import _make_sampler, _progress, make_optimizer, optimizer_step
+    from ..rollout.sampling import prompt_chunk
+    from ..train.loop import _progress
+    from ..train.sampler import sync_sampler
+    from ..train.step import make_optimizer, make_scheduler, optimizer_step
 
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -251,8 +254,9 @@ def _measure(
     out.mkdir(parents=True, exist_ok=True)
     auto = reward == "auto"
     reward = settings["reward"] = "grader" if auto else reward
-    holder: dict = {}
-    sampler = _make_sampler(cfg, out, model, tokenizer, None, base_path, holder)
+    stack = contextlib.ExitStack()
+    sync = stack.enter_context(sync_sampler(cfg, out, model, tokenizer, base_path))
+    sampler = sync.sample
     seed, tau = cfg.trainer.seed * 1_000_003, cfg.rollout.temperature
     records: list[dict] = []
     try:
@@ -290,10 +294,7 @@ def _measure(
         optimizer = scheduler = None
         if checkpoints is None:
             optimizer = make_optimizer(model, cfg)
-            warmup = max(cfg.trainer.lr_warmup_steps, 0)  # the trainer's schedule (train.loop.train)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
-            )
+            scheduler = make_scheduler(optimizer, cfg)  # the trainer's schedule
         mbs = cfg.trainer.minibatch_prompts
         steps_total = ks[-1] if checkpoints is None else 0
         groups_per_k = 3 * len(stale.groups)
@@ -314,7 +315,7 @@ def _measure(
                     m = optimizer_step(
                         model, optimizer, scheduler, batch.rows, list(range(len(batch.rows))), batch.adv, None, cfg
                     )
-                    holder["publish"]()
+                    sync.publish()
                     step += 1
                     progress.update(
                         task,
@@ -323,7 +324,7 @@ def _measure(
                     )
                 if checkpoints is not None and checkpoints[k] is not None:
                     _load_weights(model, tokenizer, checkpoints[k])
-                    holder["publish"]()
+                    sync.publish()
                 records += _measure_at(
                     k,
                     model,
@@ -343,8 +344,7 @@ def _measure(
                     task,
                 )
     finally:
-        if holder.get("close"):
-            holder["close"]()
+        stack.close()
     return records
 
 

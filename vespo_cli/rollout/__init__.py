@@ -16,7 +16,7 @@ REGISTRY = {
 }
 ENGINES = tuple(REGISTRY)
 
-__all__ = ["ENGINES", "REGISTRY", "Completion", "Engine", "Sampling", "make_engine", "vllm_available"]
+__all__ = ["ENGINES", "REGISTRY", "Completion", "Engine", "Sampling", "make_engine", "share_engine", "vllm_available"]
 
 
 def vllm_available() -> bool:
@@ -28,6 +28,19 @@ def vllm_available() -> bool:
 
 def make_engine(kind: str, model_path: str, **opts) -> Engine:
     """The engine registered as `kind`, opened on `model_path`; `opts` go to its constructor (dtype, seed, ...)."""
+    return _engine_class(kind)(model_path, **opts)
+
+
+def share_engine(kind: str, module, tokenizer, **opts) -> Engine:
+    """The engine registered as `kind` over an already-loaded model (e.g. the trainer's): no copy, the
+    weights stay live. Only engines with a `from_module` constructor (HF) can share."""
+    engine_cls = _engine_class(kind)
+    if not hasattr(engine_cls, "from_module"):
+        raise UserError(f"rollout.engine={kind}: cannot share the trainer's model (no from_module)")
+    return engine_cls.from_module(module, tokenizer, **opts)
+
+
+def _engine_class(kind: str) -> type:
     if kind not in REGISTRY:
         raise UserError(f"rollout.engine={kind!r}: expected one of {', '.join(ENGINES)}")
     if kind == "vllm" and not vllm_available():
@@ -42,4 +55,4 @@ def make_engine(kind: str, model_path: str, **opts) -> Engine:
         raise UserError(
             f"rollout.engine={kind}: {module} failed to import ({exc}); use --set rollout.engine=hf"
         ) from None
-    return engine_cls(model_path, **opts)
+    return engine_cls

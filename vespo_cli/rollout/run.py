@@ -6,143 +6,23 @@ training run's published checkpoints) and by the trainer's synchronous loop (`sa
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 import uuid
-import warnings
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..config import Config, load_run_config, save_config
-from ..data import Problem, arith_problem, encode_prompt, load_problems
+from ..data import Problem, load_problems
 from ..errors import UserError
 from ..lock import hold
-from ..rewards import failure_counts
-from ..rundir import WEIGHTS_META, RunDir, parse_shard_name, shard_id, shard_name
-from ..shards import list_shards, write_shard
-from .base import Sampling
+from ..rundir import WEIGHTS_META, RunDir, parse_shard_name, shard_name
+from ..shards import list_shards
+from .sampling import open_engine, prompt_chunk, sample_to_shard
 
 console = Console(stderr=True)
-
-
-def sampling_from(cfg: Config, seed: int) -> Sampling:
-    r = cfg.rollout
-    return Sampling(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_tokens=r.max_tokens, seed=seed)
-
-
-def warn_biased_sampling(cfg: Config) -> None:
-    """top_p/top_k < 1 renormalise the engine's distribution: every importance ratio is biased."""
-    r = cfg.rollout
-    if r.top_p < 1.0 or r.top_k > 0:
-        warnings.warn(
-            f"rollout.top_p={r.top_p}, rollout.top_k={r.top_k}: truncated sampling biases every importance "
-            "ratio (the engine's logprobs are of a renormalised distribution); training runs have collapsed "
-            "this way. Use 1.0 / -1 for training; other values are fine for eval.",
-            stacklevel=2,
-        )
-
-
-@functools.lru_cache(maxsize=4)
-def _problem_pool(source: str, seed: int, difficulty: int, shuffle: bool) -> tuple[Problem, ...]:
-    return tuple(load_problems(source, seed=seed, difficulty=difficulty, shuffle=shuffle))
-
-
-def prompt_chunk(cfg: Config, start: int, size: int) -> list[Problem]:
-    """Problems start..start+size of the run's prompt stream (a finite dataset wraps around: epochs)."""
-    d = cfg.data
-    if d.train == "arith":  # procedural: an endless deterministic stream, random access by index
-        return [arith_problem(cfg.trainer.seed, d.difficulty, i) for i in range(start, start + size)]
-    pool = _problem_pool(d.train, cfg.trainer.seed, d.difficulty, d.shuffle)
-    if not pool:
-        raise UserError(f"data.train={d.train}: no problems")
-    return [pool[(start + i) % len(pool)] for i in range(size)]
-
-
-def encode_prompts(tokenizer, problems: list[Problem], template: str, max_prompt_tokens: int) -> list[list[int]]:
-    return [encode_prompt(tokenizer, p, template, max_prompt_tokens) for p in problems]
-
-
-def sample_to_shard(
-    engine,
-    tokenizer,
-    scorer,
-    problems: list[Problem],
-    cfg: Config,
-    *,
-    policy_version: int,
-    run_id: str,
-    path: str | os.PathLike,
-    seed: int,
-    group_prefix: str,
-) -> dict:
-    """Sample cfg.rollout.n responses per problem, score them, write one shard. Returns stats."""
-    t0 = time.perf_counter()
-    prompt_ids = encode_prompts(tokenizer, problems, cfg.data.template, cfg.data.max_prompt_tokens)
-    sampling = sampling_from(cfg, seed)
-    completions = engine.generate(prompt_ids, cfg.rollout.n, sampling)
-    t_gen = time.perf_counter() - t0
-    texts = [c.text or tokenizer.decode(c.response_token_ids, skip_special_tokens=True) for c in completions]
-    scores = scorer.score(
-        texts,
-        [problems[c.prompt_index].answer for c in completions],
-        [problems[c.prompt_index].problem for c in completions],
-    )
-    failures = failure_counts(scores, where=f"{path}: reward scoring")
-    cols = {
-        "run_id": [run_id] * len(completions),
-        "shard_id": [shard_id(path)] * len(completions),
-        "policy_version": [policy_version] * len(completions),
-        "engine": [engine.name] * len(completions),
-        "engine_dtype": [engine.dtype] * len(completions),
-        "temperature": [sampling.temperature] * len(completions),
-        "top_p": [sampling.top_p] * len(completions),
-        "top_k": [sampling.top_k] * len(completions),
-        "prompt_id": [problems[c.prompt_index].id for c in completions],
-        "group_id": [f"{group_prefix}/{c.prompt_index}" for c in completions],
-        "sample_idx": [c.sample_idx for c in completions],
-        "prompt_token_ids": [c.prompt_token_ids for c in completions],
-        "response_token_ids": [c.response_token_ids for c in completions],
-        "rollout_logprobs": [c.rollout_logprobs for c in completions],
-        "reward": [s.reward for s in scores],
-        "correct": [s.correct for s in scores],
-        "extracted_answer": [s.extracted_answer for s in scores],
-        "reward_error": [("timeout" if s.timed_out else s.error) or None for s in scores],
-        "finish_reason": [c.finish_reason for c in completions],
-        "response_text": texts,
-    }
-    if any(c.routing is not None for c in completions):
-        cols["routing"] = [c.routing for c in completions]
-    write_shard(cols, path)
-    tokens = sum(len(c.response_token_ids) for c in completions)
-    return {
-        "rows": len(completions),
-        "tokens": tokens,
-        "reward_mean": sum(s.reward for s in scores) / max(len(scores), 1),
-        **failures,
-        "gen_s": t_gen,
-        "total_s": time.perf_counter() - t0,
-    }
-
-
-def open_engine(cfg: Config, model_path: str):
-    """The configured engine over `model_path`, with the options that engine takes."""
-    from . import make_engine
-
-    r = cfg.rollout
-    opts = dict(dtype=r.dtype, seed=cfg.trainer.seed, trust_remote_code=cfg.model.trust_remote_code)
-    if r.engine == "vllm":
-        opts.update(
-            max_model_len=cfg.data.max_prompt_tokens + r.max_tokens,
-            kv_cache_bytes=int(r.kv_cache_gib * 2**30),
-            gpu_memory_utilization=r.gpu_memory_utilization,
-            tensor_parallel_size=r.tensor_parallel_size,
-        )
-    if r.engine == "hf" and cfg.algorithm.routing_replay:  # MoE routing replay: record per-token experts
-        opts["record_routing"] = True
-    return make_engine(r.engine, model_path, **opts)
 
 
 def _progress() -> Progress:

@@ -24,8 +24,6 @@ from vespo_cli.errors import UserError
 from vespo_cli.rollout.base import Completion, Sampling
 from vespo_cli.rollout.hf import _validate
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-
 
 @contextlib.contextmanager
 def guard_global_state():
@@ -90,6 +88,9 @@ class VLLMEngine:
         trust_remote_code: bool = False,
         **llm_kwargs,
     ):
+        from vespo_cli.runtime import configure
+
+        configure()  # before vLLM is imported: its engine in this process (weights handed over in memory)
         try:
             from vllm import LLM
         except ImportError as exc:

@@ -1,0 +1,60 @@
+"""The sync loop's sampler: an engine that follows the trainer's weights (DESIGN.md, training semantics).
+
+Rank 0 samples each rollout batch; after the batch the engine takes the new weights (`publish`), a
+collective under FSDP in which every rank takes part. Where the engine shares the trainer's module
+(`rollout.sampling.trainer_engine`), there is nothing to publish."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config
+from ..rollout.base import Engine
+from . import dist
+
+
+@dataclass
+class Sampler:
+    engine: Engine | None  # None on ranks that do not sample
+    sample: Callable[..., dict] | None  # (problems, version, path, seed, iteration) → sample_to_shard's stats
+    publish: Callable[[], None]  # the trainer's current weights to the engine
+
+
+@contextlib.contextmanager
+def sync_sampler(cfg: Config, run_dir: Path, model, tokenizer, model_path: str) -> Iterator[Sampler]:
+    """The sampler of a sync run in `run_dir`, its engine and reward scorer open until the block exits."""
+    from ..rewards import scorer_for
+    from ..rollout.sampling import sample_to_shard, trainer_engine
+
+    if not dist.is_main():
+        yield Sampler(None, None, lambda: dist.full_state_dict(model))  # collective: every rank takes part
+        return
+    engine, shared = trainer_engine(cfg, model, tokenizer, model_path, dist.world_size())
+    publish = (lambda: None) if shared else (lambda: engine.load_state_dict(dist.full_state_dict(model)))
+    run_id = Path(run_dir).name
+    with contextlib.ExitStack() as stack:
+        stack.callback(engine.close)
+        scorer = stack.enter_context(scorer_for(cfg))
+
+        def sample(problems, version, path, seed, iteration) -> dict:
+            was_training = model.training
+            model.eval()
+            stats = sample_to_shard(
+                engine,
+                tokenizer,
+                scorer,
+                problems,
+                cfg,
+                policy_version=version,
+                run_id=run_id,
+                path=path,
+                seed=seed,
+                group_prefix=f"{run_id}/{iteration}",
+            )
+            model.train(was_training)
+            return stats
+
+        yield Sampler(engine, sample, publish)

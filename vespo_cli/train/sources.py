@@ -1,0 +1,199 @@
+"""Where the trainer's rollout batches come from (DESIGN.md, training semantics): a generator per regime.
+
+* `sync_batches`: batch i sampled with the current weights (its shard reused after a resume).
+* `replay_batches`: existing shards in name order, cut into batches of whole prompt groups.
+* `async_batches`: complete shards of `vespo rollout --follow` workers as they appear; too-stale ones
+  dropped, bad ones quarantined, a renamed copy of a used shard skipped.
+
+Batch i's identity (its shard, its prompts, its sampling seed) is a function of (seed, i), so a
+resumed run yields the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+from rich.console import Console
+
+from ..config import Config
+from ..errors import UserError
+from ..rundir import RunDir, shard_name
+from ..shards import ShardError, follow, list_shards, read_shard, shard_hash
+from . import dist
+from .batch import Rows, rows_from_table
+
+console = Console(stderr=True)
+
+
+@dataclass
+class RolloutBatch:
+    iteration: int
+    rows: Rows
+    shards: list[str]
+    rollout_s: float = 0.0
+    dropped: list[str] = field(default_factory=list)  # async: shards older than max_staleness
+    quarantined: list[str] = field(default_factory=list)  # shards that failed validation
+    duplicates: list[str] = field(default_factory=list)  # shards whose rows were already used (a renamed copy)
+    digests: dict[str, str] = field(default_factory=dict)  # shard → content hash (its identity in the ledger)
+    shard_io_s: float = 0.0  # reading (and, sync, writing) this batch's shards
+
+
+def sync_seed(cfg: Config, iteration: int) -> int:
+    """The sampling seed of rollout batch `iteration` (the async workers' seq plays the same role)."""
+    return cfg.trainer.seed * 100003 + iteration
+
+
+def sync_batches(cfg: Config, run_dir: Path, state: dict, sampler: Callable, vocab_size: int) -> Iterator[RolloutBatch]:
+    """Sample rollout batch i with the current weights (or reuse its shard after a resume)."""
+    from ..rollout.sampling import prompt_chunk
+
+    out = RunDir(run_dir).rollouts
+    gbs = cfg.trainer.rollout_batch_prompts
+    while True:
+        i = state["iteration"]
+        version = state["step"]
+        path = out / shard_name(version, "sync", i)
+        t0 = time.perf_counter()
+        write_s = 0.0
+        if dist.is_main() and not path.exists():
+            stats = sampler(prompt_chunk(cfg, i * gbs, gbs), version, path, sync_seed(cfg, i), i)
+            write_s = stats.get("write_s", 0.0)
+        dist.barrier()
+        t1 = time.perf_counter()
+        table = read_shard(path, vocab_size)
+        rows = rows_from_table(table)
+        t2 = time.perf_counter()
+        yield RolloutBatch(
+            i, rows, [path.name], t2 - t0, digests={path.name: shard_hash(table)}, shard_io_s=write_s + t2 - t1
+        )
+
+
+def _groups_in_order(rows: Rows) -> list[str]:
+    seen: dict[str, None] = {}
+    for g in rows.group_ids:
+        seen.setdefault(g, None)
+    return list(seen)
+
+
+def _read_replay(replay: Path, vocab_size: int) -> tuple[list[pa.Table], list[str], list[str], dict[str, str]]:
+    """The valid, distinct shards of `replay` (tables, bad names, duplicate names, shard id → hash)."""
+    files = list_shards(replay)
+    if not files:
+        raise UserError(f"--replay {replay}: no shards (*.parquet) found")
+    tables, bad, dup, digests, first = [], [], [], {}, {}
+    for f in files:
+        try:
+            table = read_shard(f, vocab_size)
+        except ShardError as e:
+            bad.append(f.name)
+            console.print(f"[yellow]skipping bad shard[/] {e}", highlight=False)
+            continue
+        d = shard_hash(table)
+        if d in first:
+            dup.append(f.name)
+            console.print(f"[yellow]skipping duplicate shard[/] {f}: the same rows as {first[d]}", highlight=False)
+            continue
+        first[d] = f.name
+        digests.update(dict.fromkeys(table.column("shard_id").unique().to_pylist(), d))
+        tables.append(table)
+    if not tables:
+        raise UserError(f"--replay {replay}: every shard is invalid")
+    return tables, bad, dup, digests
+
+
+def replay_batches(cfg: Config, replay: Path, state: dict, vocab_size: int) -> Iterator[RolloutBatch]:
+    """Existing shards, in name order, cut into rollout batches of gbs whole prompt groups; a shard
+    with the same rows as an earlier one (a renamed copy) is skipped."""
+    tables, bad, dup, digests = _read_replay(replay, vocab_size)
+    rows = rows_from_table(pa.concat_tables(tables))
+    groups = _groups_in_order(rows)
+    gbs = cfg.trainer.rollout_batch_prompts
+    index: dict[str, list[int]] = {}
+    for r, g in enumerate(rows.group_ids):
+        index.setdefault(g, []).append(r)
+    num_batches = len(groups) // gbs
+    if num_batches == 0:
+        raise UserError(
+            f"--replay {replay}: {len(groups)} prompt groups < one rollout batch of "
+            f"{gbs} (trainer.minibatch_prompts × trainer.staleness)"
+        )
+    once = state["iteration"] == 0  # counted once per run: a resumed run does not count them again
+    while True:
+        i = state["iteration"]
+        epoch_i = i % num_batches  # replay more steps than data: another epoch over the same shards
+        chosen = [r for g in groups[epoch_i * gbs : (epoch_i + 1) * gbs] for r in index[g]]
+        batch_rows = rows.select(chosen)
+        shards = sorted(set(batch_rows.shard_ids))
+        yield RolloutBatch(
+            i,
+            batch_rows,
+            shards,
+            quarantined=bad if once else [],
+            duplicates=dup if once else [],
+            digests={s: digests[s] for s in shards},
+        )
+        once = False
+
+
+def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_size: int) -> Iterator[RolloutBatch]:
+    """Complete shards from async workers; too-stale shards are dropped, bad ones quarantined, and one
+    whose rows were already used (a renamed copy) skipped."""
+    run = RunDir(run_dir)
+    out = run.rollouts
+    out.mkdir(parents=True, exist_ok=True)
+    seen = {e["shard"] for e in state["ledger"]} | set(state.get("dropped", [])) | set(state.get("duplicates", []))
+    used = {e["sha256"] for e in state["ledger"] if e.get("sha256")}
+    gbs = cfg.trainer.rollout_batch_prompts
+    stream = follow(out, seen=seen, poll_s=0.2, stop=lambda: not workers_alive())
+    while True:
+        tables, names, dropped, bad, dup, digests = [], [], [], [], [], {}
+        groups: set[str] = set()
+        t0 = time.perf_counter()
+        io_s = 0.0
+        while len(groups) < gbs:
+            path = next(stream, None)
+            if path is None:
+                raise UserError(f"{run_dir}: every async rollout worker exited; see {run.worker_log('*')}")
+            t1 = time.perf_counter()
+            try:
+                t = read_shard(path, vocab_size)
+            except ShardError as e:
+                _quarantine(path, e)
+                bad.append(path.name)
+                continue
+            finally:
+                io_s += time.perf_counter() - t1
+            version = int(t.column("policy_version")[0].as_py())
+            if state["step"] - version > cfg.trainer.max_staleness:
+                dropped.append(path.name)
+                continue
+            if shard_hash(t) in used:
+                dup.append(path.name)
+                console.print(
+                    f"[yellow]skipping duplicate shard[/] {path}: its rows were already used", highlight=False
+                )
+                continue
+            used.add(shard_hash(t))
+            digests[path.name] = shard_hash(t)
+            tables.append(t)
+            names.append(path.name)
+            groups.update(t.column("group_id").to_pylist())
+        rows = rows_from_table(pa.concat_tables(tables))
+        yield RolloutBatch(
+            state["iteration"], rows, names, time.perf_counter() - t0, dropped, bad, dup, digests, shard_io_s=io_s
+        )
+
+
+def _quarantine(path: Path, error: ShardError) -> None:
+    """Move a shard that failed validation to rollouts/quarantine/ (another reader may have moved it)."""
+    console.print(f"[yellow]quarantined[/] {error}", highlight=False)
+    quarantine = path.parent / "quarantine"
+    quarantine.mkdir(exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.replace(path, quarantine / path.name)
