@@ -13,6 +13,12 @@ for ~10 fewer passes over an fp32 [N, V] tensor and 12 → ≤2 bytes per logit 
 autocast the matmuls run in the autocast dtype exactly as `nn.Linear` would; softmax statistics
 are fp32.
 
+Under FSDP2 the root module (embeddings, final norm, LM head) holds its parameters as shards
+outside its forward, so the same computation runs as a registered forward method of the root
+(`torch.distributed.fsdp.register_fsdp_forward_method`): FSDP gathers the root's parameters (the
+head once per microbatch), the decoder layers gather their own through their hooks, and the
+head's gradient reaches the root's reduce-scatter like `nn.Linear`'s would.
+
 The decoder runs without an attention mask on right-padded microbatches (`decoder_inputs`).
 """
 
@@ -145,8 +151,8 @@ def head_logprobs(
 def response_logits(model: nn.Module, mb: Microbatch, temperature: float = 1.0) -> torch.Tensor:
     """Logits predicting each response token: [num_response_tokens, vocab] (masked rows only).
 
-    Materialises every response row's fp32 logits: the reference path (FSDP-sharded models and
-    heads that are not a plain nn.Linear); `token_logprobs` avoids it where it can."""
+    Materialises every response row's fp32 logits: the reference path (heads that are not a plain
+    nn.Linear); `token_logprobs` avoids it where it can."""
     decoder, head = _decoder_and_head(model)
     # position p predicts token p+1: the rows that predict response tokens
     predict = mb.response_mask[:, 1:]
@@ -191,12 +197,35 @@ def _response_hidden(decoder: nn.Module, mb: Microbatch) -> torch.Tensor:
     return hidden[:, :-1][mb.response_mask[:, 1:]]
 
 
+_ROOT_METHOD = "vespo_response_logprobs"
+
+
+def _response_logprobs(model: nn.Module, mb: Microbatch, targets, temperature: float, with_entropy: bool):
+    """Chunked (logp [N], entropy [N] or empty) of the response tokens: decoder, then `head_logprobs`."""
+    decoder, head = _decoder_and_head(model)
+    logp, ent = head_logprobs(_response_hidden(decoder, mb), head, targets, temperature, with_entropy)
+    return logp, (ent if with_entropy else logp.new_empty(0))
+
+
+def _sharded_response_logprobs(model: nn.Module):
+    """`_response_logprobs` bound to an FSDP2 root as a registered forward method (installed once)."""
+    method = getattr(model, _ROOT_METHOD, None)
+    if method is None:
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        setattr(model, _ROOT_METHOD, _response_logprobs.__get__(model))
+        register_fsdp_forward_method(model, _ROOT_METHOD)
+        method = getattr(model, _ROOT_METHOD)
+    return method
+
+
 def token_logprobs(model: nn.Module, mb: Microbatch, temperature: float = 1.0, with_entropy: bool = False):
     """Return (logp [b, T_resp], entropy [b, T_resp] or None) aligned with mb.response_mask_packed."""
     targets = mb.input_ids[:, 1:][mb.response_mask[:, 1:]]
     decoder, head = _decoder_and_head(model)
-    if decoder is not None and not _is_sharded(model) and type(head) is nn.Linear:
-        flat_logp, flat_ent = head_logprobs(_response_hidden(decoder, mb), head, targets, temperature, with_entropy)
+    if decoder is not None and type(head) is nn.Linear:
+        chunked = _sharded_response_logprobs(model) if _is_sharded(model) else _response_logprobs.__get__(model)
+        flat_logp, flat_ent = chunked(mb, targets, temperature, with_entropy)
         return mb.unflatten(flat_logp), (mb.unflatten(flat_ent) if with_entropy else None)
     flat_logp, flat_ent = logits_logprobs(response_logits(model, mb, temperature), targets, with_entropy)
     return mb.unflatten(flat_logp), (mb.unflatten(flat_ent) if with_entropy else None)
