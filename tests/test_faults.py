@@ -103,3 +103,59 @@ def test_reliability_script_quick_is_all_clean(tmp_path):
     assert {"config", "bad YAML", "names", "FIFO x.parquet"} <= cats and len(results) >= 12
     table = out.read_text()
     assert "| **all** |" in table and "reports/reliability/run.py --quick" in table
+
+
+def test_resume_warns_when_metrics_lines_of_restored_steps_are_gone(tmp_path, capsys):
+    from vespo_cli.train.setup import _truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"kind": "train", "step": s} for s in (1, 2, 3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    _truncate_metrics(path, 2)
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2]
+    assert "warning" not in capsys.readouterr().err
+    path.write_bytes(b'\xff garbage\n[1, 2]\n{"step": "one", "kind": "train"}\n{"kind": "train", "step": 2}\n')
+    _truncate_metrics(path, 2)  # a step that is not an integer was a TypeError traceback
+    err = capsys.readouterr().err
+    assert "metrics.jsonl" in err and "1 of steps 1..2" in err
+    path.unlink()
+    _truncate_metrics(path, 2)
+    assert "2 of steps 1..2" in capsys.readouterr().err and not path.exists()
+
+
+@pytest.mark.slow
+def test_resume_refuses_changed_inputs_before_loading_anything(tmp_path):
+    """The trainer's hook (train/setup.py → train/inputs.settle_inputs): a replay run records its
+    inputs; a resume after config.yaml's staleness or the replay directory changed is refused."""
+    import yaml
+    from test_shards import shard_columns
+
+    from vespo_cli.shards import write_shard
+    from vespo_cli.train.loop import train
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for k in range(2):
+        write_shard(shard_columns(8, k), shards / f"v{k}.parquet")
+    run = tmp_path / "run"
+    cfg = load_config("tiny", None, ["trainer.steps=1", "trainer.save_every=1"])
+    train(cfg, run, replay=shards)
+    assert json.loads((run / "inputs.json").read_text())["settings"]["trainer.staleness"] == 2
+
+    def resume() -> str:
+        with pytest.raises(UserError) as e:
+            train(load_config_run(run), run, resume=True)
+        return str(e.value)
+
+    from vespo_cli.config import load_run_config as load_config_run
+
+    text = (run / "config.yaml").read_text()
+    edited = yaml.safe_load(text)
+    edited["trainer"].update(staleness=1, rollout_batch_prompts=None)
+    (run / "config.yaml").write_text(yaml.safe_dump(edited))
+    assert "trainer.staleness is 1 in config.yaml but the run started with 2" in resume()
+    (run / "config.yaml").write_text(text)
+    write_shard(shard_columns(8, 5), shards / "v5.parquet")
+    assert "v5.parquet added" in resume()
+    (shards / "v5.parquet").unlink()
+    assert train(load_config_run(run), run, resume=True) == {}  # unchanged: resumes (here: already complete)

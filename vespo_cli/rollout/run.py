@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..lock import hold
 from ..rundir import WEIGHTS_META, RunDir, parse_shard_name, shard_name
 from ..shards import list_shards
+from ..train.inputs import check_rollout_inputs
 from .sampling import open_engine, prompt_chunk, sample_to_shard
 
 console = Console(stderr=True)
@@ -67,6 +68,7 @@ def _rollout_locked(
     from ..models import load_tokenizer
     from ..rewards import scorer_for
 
+    check_rollout_inputs(out, cfg)  # another batch size, n or prompt stream would sample prompts twice
     save_config(cfg, run_dir)
     per_shard = cfg.trainer.minibatch_prompts
     chunks = [problems[i : i + per_shard] for i in range(0, len(problems), per_shard)]

@@ -23,6 +23,7 @@ from ..rundir import RunDir
 from ..runtime import set_threads
 from . import dist
 from .checkpoint import latest_checkpoint, load_optimizer, load_trainer_state
+from .inputs import settle_inputs
 from .metrics import MetricsWriter
 from .step import make_optimizer, make_scheduler
 
@@ -91,6 +92,7 @@ def start_run(
             save_config(cfg, run.root)
             info = {"mode": mode, "replay": str(replay) if replay else None, "base_model": base_path}
             atomic_write_json(run.info, {**info, "world_size": dist.world_size()})
+        settle_inputs(run.root, cfg, mode=mode, replay=replay, resume=resume, checkpoint=ckpt)  # train/inputs.py
     tr = _load(cfg, run, mode, resume, ckpt, base_path, device)
     stack.callback(tr.writer.close)
     if tr.state["step"] >= cfg.trainer.steps:
@@ -164,8 +166,19 @@ def _read_run_info(path: Path) -> dict:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """After a resume from step K, drop metric lines of steps > K (they are recomputed)."""
-    if not path.exists():
-        return
-    keep = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+    """After a resume from step K, drop metric lines of steps > K (they are recomputed); lines of steps
+    1..K that are gone (a deleted, emptied or overwritten file) are named in a warning: training
+    continues, since no state comes from them."""
+    records = [r for r in read_jsonl(path) if isinstance(r.get("step", 0), int)]
+    keep = [r for r in records if r.get("step", 0) <= step]
+    have = {r["step"] for r in keep if r.get("kind", "train") == "train" and "step" in r}
+    missing = [s for s in range(1, step + 1) if s not in have]
+    if missing:
+        console.print(
+            f"[yellow]warning:[/] {path}: the lines of {len(missing)} of steps 1..{step} are missing or unreadable "
+            f"(e.g. step {missing[0]}); the run continues from its checkpoint without them",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if path.exists():
+        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
