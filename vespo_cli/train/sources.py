@@ -103,7 +103,7 @@ def _read_replay(replay: Path, vocab_size: int) -> tuple[list[pa.Table], list[st
         digests.update(dict.fromkeys(table.column("shard_id").unique().to_pylist(), d))
         tables.append(table)
     if not tables:
-        raise UserError(f"--replay {replay}: every shard is invalid")
+        raise UserError(f"--replay {replay}: every shard is invalid ({len(bad)} bad, e.g. {bad[0]}; see above)")
     return tables, bad, dup, digests
 
 
