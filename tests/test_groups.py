@@ -1,0 +1,77 @@
+"""rollout/groups.py: which ranks share one tensor-parallel engine, who writes the part, the errors,
+and (HF engine on the tiny model) that a group's ranks sample identical rows and the leaders' parts
+are the one-engine batch."""
+
+from __future__ import annotations
+
+import pytest
+
+from vespo_cli.errors import UserError
+from vespo_cli.rollout.groups import engine_group, engine_groups, vllm_parallel_args
+
+
+def test_groups_tile_the_world_in_consecutive_blocks():
+    groups = engine_groups(16, 4, ranks_per_node=8)
+    assert [g.ranks for g in groups] == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10, 11), (12, 13, 14, 15)]
+    assert [(g.index, g.count, g.leader, g.size) for g in groups] == [(i, 4, 4 * i, 4) for i in range(4)]
+    assert engine_group(6, 16, 4, 8) == groups[1] and engine_group(12, 16, 4, 8).leader == 12
+    # tp 1: one engine per rank (data-parallel rollout); one process: one group of one
+    assert [g.ranks for g in engine_groups(3, 1)] == [(0,), (1,), (2,)]
+    assert engine_group(0, 1, 1) == engine_groups(1, 1)[0]
+    # the blocks are vLLM's tensor-parallel groups: arange(W).reshape(-1, tp)
+    import torch
+
+    assert [tuple(r.tolist()) for r in torch.arange(16).reshape(-1, 4).unbind(0)] == [g.ranks for g in groups]
+
+
+@pytest.mark.parametrize(
+    "world, tp, per_node, message",
+    [
+        (8, 3, 8, "3 must divide the job's 8 ranks"),
+        (16, 4, 6, "not whole nodes of 6 ranks"),
+        (12, 4, 6, "4 must divide the 6 ranks per node"),  # a group would cross a node
+        (8, 0, 8, "expected ≥ 1"),
+    ],
+)
+def test_layouts_that_cannot_be_grouped(world, tp, per_node, message):
+    with pytest.raises(UserError, match=message) as e:
+        engine_groups(world, tp, per_node)
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="outside"):
+        engine_group(8, 8, 1)
+
+
+def test_vllm_parallel_args():
+    assert vllm_parallel_args(1, 1) == {"tensor_parallel_size": 1}
+    assert vllm_parallel_args(1, 8) == {"tensor_parallel_size": 1, "distributed_executor_backend": "external_launcher"}
+    assert vllm_parallel_args(4, 16, moe=True) == {
+        "tensor_parallel_size": 4,
+        "distributed_executor_backend": "external_launcher",
+        "enable_expert_parallel": True,
+    }
+
+
+def test_hf_groups_sample_the_one_engine_batch(tiny_model_path, chat_prompts):
+    """W = 4 ranks, k = 2 (simulated in one process, one HF engine per rank): the ranks of a group,
+    given the group's prompts and the batch's seed, return identical completions; the leaders' parts in
+    group order are exactly a single engine's batch (per-prompt request seeds, fp32)."""
+    from vespo_cli.rollout.base import Sampling
+    from vespo_cli.rollout.hf import HFEngine
+
+    prompts = chat_prompts * 2  # 6 prompts: parts of 3
+    sampling = Sampling(temperature=1.0, max_tokens=6, seed=11)
+
+    def rows(completions, offset):
+        return [(offset + c.prompt_index, c.sample_idx, c.response_token_ids) for c in completions]
+
+    whole = rows(HFEngine(tiny_model_path, dtype="float32").generate(prompts, 2, sampling), 0)
+    per_rank = {}
+    for rank in range(4):
+        g = engine_group(rank, 4, 2, ranks_per_node=4)
+        lo, hi = g.index * len(prompts) // g.count, (g.index + 1) * len(prompts) // g.count
+        engine = HFEngine(tiny_model_path, dtype="float32")
+        out = engine.generate(prompts[lo:hi], 2, Sampling(temperature=1.0, max_tokens=6, seed=11, prompt_offset=lo))
+        per_rank[rank] = rows(out, lo)
+    assert per_rank[0] == per_rank[1] and per_rank[2] == per_rank[3]
+    leaders = [g.leader for g in engine_groups(4, 2, 4)]
+    assert sorted(r for leader in leaders for r in per_rank[leader]) == sorted(whole)
