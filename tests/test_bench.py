@@ -1,4 +1,5 @@
-"""`vespo bench`: FLOP accounting, the RSS sampler, and a smoke run of the whole suite (--quick)."""
+"""`vespo bench`: FLOP accounting, the RSS sampler, the policy_loss probe, step parts, the regression
+check, the figure, and a smoke run of the whole suite (--quick). No timed assertions."""
 
 from __future__ import annotations
 
@@ -48,6 +49,99 @@ def test_matmul_rate_and_tree_rss_are_positive():
     assert report["peak_tree_rss_gib"] > 0 and report["peak_main_rss_gib"] > 0
 
 
+def test_policy_loss_probe_captures_the_step_inputs_and_times_them():
+    """The probe replaces policy_loss wherever a vespo module imported it, records its inputs only while
+    active (the graph-carrying tensor as a leaf that requires grad), and replays forward+backward."""
+    import torch
+
+    from vespo_cli import objectives
+    from vespo_cli.bench.probes import PolicyLossProbe, patch_everywhere
+    from vespo_cli.bench_objectives import objective_inputs
+
+    try:  # the module whose optimizer step calls policy_loss (train/step.py since the trainer split)
+        from vespo_cli.train import step as loop
+    except ImportError:
+        from vespo_cli.train import loop
+
+    original = objectives.policy_loss
+    probe = PolicyLossProbe()
+    try:
+        assert probe.places >= 2 and loop.policy_loss is not original
+        logp, old, mask, adv = objective_inputs(2, 8)
+        loop.policy_loss("vespo", logp, old, adv, mask)  # inactive: not recorded
+        assert probe.calls == []
+        probe.start()
+        loss, _ = loop.policy_loss("vespo", logp * 1.0, old, adv, mask)
+        loss.backward()  # the step's own graph still works
+        probe.stop()
+        assert len(probe.calls) == 1 and logp.grad is not None
+        args, _ = probe.calls[0]
+        assert args[1].is_leaf and args[1].requires_grad and not args[2].requires_grad
+        assert torch.equal(args[1], logp.detach())
+        assert probe.objective_s(repeats=1) > 0
+    finally:
+        patch_everywhere(loop.policy_loss, original)
+    assert loop.policy_loss is original and objectives.policy_loss is original
+
+
+def test_step_parts_add_up_to_the_step():
+    from vespo_cli.bench.worker_trl import trl_parts
+    from vespo_cli.bench.worker_vespo import _step_parts
+
+    old = {"rollout_s": 5.0, "logprob_s": 0.5, "train_s": 3.0}
+    parts = _step_parts(old, 10.0, 0.25, 0.05)
+    assert parts["rollout"] == 4.95 and parts["train"] == 3.0 and math.isclose(sum(parts.values()), 10.0)
+    new = {f"time_{p}_s": 1.0 for p in ("rollout", "old_logprob", "forward", "backward", "optimizer", "shard_io")}
+    parts = _step_parts({**old, **new}, 10.0, 0.5, 0.05)
+    assert "train" not in parts and parts["forward"] == 1.0 and parts["publish"] == 0.5
+    assert parts["rollout"] == 0.95 and parts["shard_io"] == 0.05  # the trainer's rollout time holds the I/O
+    assert math.isclose(parts["other"], 4.5) and math.isclose(sum(parts.values()), 10.0)
+    t = {"_generate_and_score_completions": 6.0, "sync_weights": 0.5, "logps_outside_loss": 1.0}
+    t.update(training_step=9.0, _prepare_inputs=6.0, compute_loss=1.0)
+    parts = trl_parts(t, 10.0)
+    assert parts == {"rollout": 4.5, "old_logprob": 1.0, "forward": 1.0, "backward": 2.0, "publish": 0.5, "other": 1.0}
+
+
+def test_regression_check_reports_ratios_that_moved_more_than_15_percent():
+    old = {"e2e_speedup_vs_trl_same_engine": 2.0, "train_mfu": 0.6, "objective_share_of_step": 0.01}
+    new = {"e2e_speedup_vs_trl_same_engine": 1.6, "train_mfu": 0.65, "objective_share_of_step": None}
+    assert bench.regression_check(old, new) == {"e2e_speedup_vs_trl_same_engine": (2.0, 1.6)}
+    assert bench.regression_check(None, new) == {}
+
+
+def test_e2e_rows_pair_workers_by_round_and_name_the_error_line():
+    from vespo_cli.bench.e2e import _row, error_line
+
+    def run(r, steps, peak):
+        return {"round": r, "steps": [{"step_s": s} for s in steps], "setup": {"peak_tree_rss_gib": peak}}
+
+    runs = {
+        "v": [run(0, [9, 1.0, 3.0], 2.0), run(1, [9, 4.0], 2.5)],
+        "t": [run(0, [9, 4.0], 5.0), run(1, [9, 8.0], 4.0)],
+    }
+    row = _row(runs, "v", "t")
+    assert row["speedup_per_round"] == [2.0, 2.0] and row["speedup"] == 2.0 and row["peak_rss_ratio"] == 0.5
+    tail = "Traceback (most recent call last):\n  File x\nRuntimeError: no CUDA\n[rank0] note\n"
+    assert error_line(tail) == "RuntimeError: no CUDA"
+    tail = '[rank0]:   File "/v/trl/generation/vllm_generation.py", line 511, in sync_weights\n[rank0]: KeyError: 3\n'
+    assert error_line(tail) == "KeyError: 3 (in trl/generation/vllm_generation.py:511 sync_weights)"
+
+
+def test_step_breakdown_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    from vespo_cli.bench.figure import step_breakdown_figure
+
+    parts = {"rollout": 2.0, "train": 1.0, "publish": 0.1, "other": 0.2}
+    res = {
+        "machine": {"cores": 2},
+        "raw": {
+            "e2e": {"prompts": 2, "n": 4, "max_tokens": 16, "vespo-hf": {"parts": parts}, "trl-hf": {"parts": parts}}
+        },
+    }
+    path = step_breakdown_figure(res, tmp_path / "f.png")
+    assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_quick_bench_writes_json_and_markdown(tmp_path):
@@ -58,15 +152,24 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
     assert data == json.loads(json.dumps(res))
     for key in bench.HEADLINE:
         assert key in data
-    for key in ("train_mfu", "rollout_speedup_vllm_vs_hf", "objective_overhead_max", "shard_io_share"):
+    for key in ("train_mfu", "rollout_speedup_vllm_vs_hf", "objective_share_of_step", "shard_io_share"):
         assert isinstance(data[key], float) and math.isfinite(data[key]) and data[key] > 0, key
-    assert data["e2e_speedup_vs_trl"] is None and data["peak_rss_ratio_vs_trl"] is None
+    for key in ("e2e_speedup_vs_trl_same_engine", "e2e_speedup_vs_trl_vllm", "peak_rss_ratio_vs_trl"):
+        assert data[key] is None, key
+    assert data["objective_share_of_step"] < 1 and data["async_speedup"] > 0
     m = data["machine"]
     assert m["cores"] >= 1 and m["torch"] and m["vllm"] and len(m["load_avg_at_start"]) == 3
-    e2e = data["raw"]["e2e"]["vespo"]
-    assert len(e2e["step_s"]) == bench.sizes(True)["e2e_rounds"] and e2e["peak_tree_rss_gib"] > 0
+    sz = bench.sizes(True)
+    for kind in ("vespo-hf", "vespo-vllm"):
+        e2e = data["raw"]["e2e"][kind]
+        assert len(e2e["runs"]) == sz["e2e_rounds"] and e2e["peak_tree_rss_gib"] > 0
+        assert all(len(run["steps"]) == sz["e2e_steps"] + 1 for run in e2e["runs"])
+        assert e2e["runs"][0]["steps"][-1]["objective_calls"] >= 1
+        assert math.isclose(sum(e2e["parts"].values()), e2e["step_s_median"], rel_tol=0.5)
+    assert (tmp_path / "step_breakdown.png").is_file() and data["figure"] == "step_breakdown.png"
     train = data["raw"]["train"]
     assert set(train["policies"]) == set(bench.TRAIN_POLICIES) and train["policy"] == "bf16_params"
     assert train["mfu"] == train["policies"]["bf16_params"]["mfu"] and train["bf16_params_speedup_vs_autocast"] > 0
     md = (tmp_path / "latest.md").read_text()
-    assert "vespo bench" in md and "| metric |" in md
+    assert "vespo bench" in md and "| metric |" in md and "## Where a step goes" in md
+    assert data["regression_check"]["against"] is None  # no earlier latest.json in tmp_path

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from vespo_cli.bench import TRAIN_POLICIES, _cpu_model
+from vespo_cli.bench import TRAIN_POLICIES
+from vespo_cli.bench.machine import cpu_model as _cpu_model
 
 
 class KeepGrads(torch.optim.SGD):

@@ -1,0 +1,165 @@
+"""The train section: optimizer-step throughput on long sequences and its model FLOP utilisation
+against the bf16 matmul peak, under each of the trainer's dtype policies."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+from .flops import attention_flops, matmul_peak, model_shape, train_flops
+from .sizes import bench_config, sizes
+
+TRAIN_POLICIES = {  # the trainer's dtype policies the train section compares (train/precision.py), fp32 masters
+    "bf16_params": {"bf16_params": True, "bf16_autocast": False},  # the presets': bf16 compute weights
+    "bf16_autocast": {"bf16_params": False, "bf16_autocast": True},  # TRL's (and the e2e section's)
+}
+POLICY_WORDS = {"bf16_params": "bf16 compute weights (bf16 params)", "bf16_autocast": "bf16 autocast"}
+
+
+def section_train(quick: bool) -> dict:
+    """Optimizer steps on long synthetic sequences under each of TRAIN_POLICIES, interleaved round by
+    round; each step paired with bf16 matmul peak measurements right before and after it. MFU = median
+    of the per-round ratios; the headline is the presets' policy (bf16_params)."""
+    import torch
+
+    from ..models import load_model, resolve_model
+    from ..objectives import group_advantages
+    from ..train.batch import Rows
+
+    try:  # the trainer's step (train/step.py; train/loop.py before the trainer split)
+        from ..train.step import make_optimizer, old_logprobs, optimizer_step
+    except ImportError:
+        from ..train.loop import make_optimizer, old_logprobs, optimizer_step
+
+    sz = sizes(quick)
+    cfgs = {}
+    for name, flags in TRAIN_POLICIES.items():
+        cfgs[name] = cfg = bench_config(sz)
+        vars(cfg.trainer).update(flags)
+        # a step as the trainer takes it: several sequences, accumulated over microbatches of train_micro_rows
+        cfg.trainer.micro_token_budget = sz["train_micro_rows"] * (sz["train_prompt"] + sz["train_response"])
+    model = load_model(resolve_model(cfg.model.path), cfg.model.dtype)
+    model.config.use_cache = False
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    g = torch.Generator().manual_seed(0)
+    B, P, R = sz["train_rows"], sz["train_prompt"], sz["train_response"]
+    V = model.config.vocab_size
+    rows = Rows(
+        [torch.randint(3, V, (P,), generator=g).tolist() for _ in range(B)],
+        [torch.randint(3, V, (R,), generator=g).tolist() for _ in range(B)],
+        [None] * B,
+        torch.rand(B, generator=g),
+        torch.zeros(B, dtype=torch.bool),
+        [str(i // 2) for i in range(B)],
+        torch.zeros(B, dtype=torch.long),
+        ["bench"] * B,
+    )
+    adv = group_advantages(rows.rewards, rows.group_ids).float()
+    shape = model_shape(model)
+    flops = train_flops(shape, [P + R] * B, [R] * B)
+    causal_flops = train_flops(shape, [P + R] * B, [R] * B, causal_discount=True)
+    fwd_flops = flops / 3  # forward only: a third of forward+backward
+    idx = list(range(B))
+    window = sz["matmul_window_s"]
+    rounds: dict[str, list[dict]] = {name: [] for name in cfgs}
+    for i in range(sz["train_rounds"] + 1):  # round 0 warms up
+        for name, policy_cfg in cfgs.items():
+            before = matmul_peak(sz["matmul_n"], window)
+            t0, c0 = time.perf_counter(), time.process_time()
+            old = old_logprobs(model, rows, policy_cfg)
+            t1, c1 = time.perf_counter(), time.process_time()
+            optimizer_step(model, optimizer, scheduler, rows, idx, adv, old, policy_cfg)
+            t2, c2 = time.perf_counter(), time.process_time()
+            after = matmul_peak(sz["matmul_n"], window)
+            wall_peak, cpu_peak = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+            rounds[name].append(
+                {
+                    "peak_flops_before": before[0],
+                    "peak_flops_after": after[0],
+                    "peak_flops_per_cpu_s": cpu_peak,
+                    "old_logprobs_s": t1 - t0,
+                    "old_logprobs_cpu_s": c1 - c0,
+                    "step_s": t2 - t1,
+                    "step_cpu_s": c2 - c1,
+                    "mfu": flops / (c2 - c1) / cpu_peak,
+                    "mfu_causal_count": causal_flops / (c2 - c1) / cpu_peak,
+                    "fwd_mfu": fwd_flops / (c1 - c0) / cpu_peak,
+                    "mfu_wall": flops / (t2 - t1) / wall_peak,
+                    "load_avg": os.getloadavg()[0],
+                }
+            )
+
+    def summary(measured: list[dict]) -> dict:
+        med = lambda key: statistics.median(r[key] for r in measured)  # noqa: E731
+        step_s = med("step_s")
+        return {
+            "mfu": med("mfu"),
+            "mfu_causal_count": med("mfu_causal_count"),
+            "mfu_wall": med("mfu_wall"),
+            "old_logprobs_mfu": med("fwd_mfu"),
+            "step_s_median": step_s,
+            "tokens_per_s": B * (P + R) / step_s,
+            "peak_bf16_gflops": statistics.median(
+                (r["peak_flops_before"] + r["peak_flops_after"]) / 2 for r in measured
+            )
+            / 1e9,
+            "peak_bf16_gflops_per_cpu_s": med("peak_flops_per_cpu_s") / 1e9,
+        }
+
+    policies = {name: {**summary(r[1:]), "rounds": r} for name, r in rounds.items()}
+    paired = [a["step_cpu_s"] / b["step_cpu_s"] for a, b in zip(rounds["bf16_autocast"][1:], rounds["bf16_params"][1:])]
+    head = policies["bf16_params"]
+    return {
+        "rows": B,
+        "micro_rows": sz["train_micro_rows"],
+        "prompt_tokens": P,
+        "response_tokens": R,
+        "tokens_per_step": B * (P + R),
+        "model": shape,
+        "flops_per_step": flops,
+        "policy": "bf16_params",
+        "threads": torch.get_num_threads(),
+        "matmul_n": sz["matmul_n"],
+        "matmul_window_s": window,
+        "peak_fp32_gflops_per_cpu_s": matmul_peak(sz["matmul_n"], window, dtype=torch.float32)[1] / 1e9,
+        **{k: v for k, v in head.items() if k != "rounds"},
+        "bf16_params_speedup_vs_autocast": statistics.median(paired),
+        "policies": policies,
+        "attention_kernel": attention_utilisation(model, P + R, B, sz["matmul_n"], window),
+    }
+
+
+def attention_utilisation(model, L: int, rows: int, matmul_n: int, window_s: float) -> dict:
+    """The causal SDPA kernel alone, forward+backward at the model's attention shape in bf16: its
+    FLOPs per CPU second (causal count, the work the kernel does) over the bf16 matmul peak. The part
+    of the trainer MFU gap that is the CPU attention kernel's, not the trainer's."""
+    import torch
+    import torch.nn.functional as F
+
+    c = model.config
+    d = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    q, k, v = (
+        torch.randn(rows, c.num_attention_heads, L, d, dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
+    )
+
+    def once():
+        F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+
+    once()
+    c0, count = time.process_time(), 0
+    while count < 3 or time.process_time() - c0 < window_s:
+        once()
+        count += 1
+    cpu_s = (time.process_time() - c0) / count
+    flops = attention_flops(c.num_attention_heads * d, [L] * rows, causal_discount=True)  # the work the kernel does
+    peak = matmul_peak(matmul_n, window_s)[1]
+    return {
+        "seq_len": L,
+        "rows": rows,
+        "heads": c.num_attention_heads,
+        "head_dim": d,
+        "fwd_bwd_cpu_s_per_layer": cpu_s,
+        "utilisation": flops / cpu_s / peak,
+    }

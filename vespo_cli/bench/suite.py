@@ -1,0 +1,158 @@
+"""`vespo bench`: every section, then `<out>/latest.json`, `<out>/latest.md` and the step-breakdown
+figure; before overwriting, the ratios are compared with the previous `latest.json` (a report line)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .e2e import e2e, wait_for_memory
+from .machine import machine_info
+from .protocol import run_section
+from .section_async import async_summary
+from .sizes import HEADLINE, TARGETS, sizes
+
+REGRESSION_TOLERANCE = 0.15
+RATIO_KEYS = (  # the ratios the regression check compares with the previous run
+    "e2e_speedup_vs_trl_same_engine",
+    "e2e_speedup_vs_trl_vllm",
+    "e2e_speedup_vs_trl_hf_generate",
+    "peak_rss_ratio_vs_trl",
+    "objective_share_of_step",
+    "train_mfu",
+    "rollout_speedup_vllm_vs_hf",
+    "shard_io_share",
+    "publish_share_of_step",
+    "async_speedup",
+)
+
+
+def say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def regression_check(old: dict | None, new: dict, tolerance: float = REGRESSION_TOLERANCE) -> dict:
+    """Ratios that moved more than `tolerance` (relative) against the previous run: {key: (old, new)}."""
+    moved = {}
+    for key in RATIO_KEYS:
+        a, b = (old or {}).get(key), new.get(key)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a and abs(b / a - 1) > tolerance:
+            moved[key] = (a, b)
+    return moved
+
+
+def _passes(value, cmp: str, bound: float):
+    if value is None:
+        return None
+    return {">=": value >= bound, "<=": value <= bound, "<": value < bound}[cmp]
+
+
+def _objectives(sz: dict) -> dict:
+    from ..bench_objectives import bench_objectives
+
+    obj = bench_objectives(B=sz["obj_B"], T=sz["obj_T"], repeats=sz["obj_repeats"])
+    return {
+        "B": sz["obj_B"],
+        "T": sz["obj_T"],
+        "threads": 1,
+        "timing": "process CPU time",
+        "ratio_to_reinforce": {k: v for k, v in obj.items() if k != "reinforce_s"},
+        "reinforce_s": obj["reinforce_s"],
+    }
+
+
+def headline(raw: dict) -> dict:
+    """The top-level figures of latest.json, from the sections' raw results."""
+    ex = raw["e2e"]
+    rows = ex.get("rows", {})
+    row = lambda name, key: rows.get(name, {}).get(key)  # noqa: E731
+    v = ex["vespo-vllm"]
+    measured = [s for run in v["runs"] for s in run["steps"][1:]]
+    fair = [r for r in (row("same_engine", "peak_rss_ratio"), row("vllm", "peak_rss_ratio")) if r is not None]
+    out = {
+        "e2e_speedup_vs_trl_same_engine": row("same_engine", "speedup"),
+        "e2e_speedup_vs_trl_vllm": row("vllm", "speedup"),
+        "e2e_speedup_vs_trl_hf_generate": row("vllm_vs_trl_hf", "speedup"),
+        "peak_rss_ratio_vs_trl": max(fair) if fair else None,
+        "peak_rss_ratio_vs_trl_same_engine": row("same_engine", "peak_rss_ratio"),
+        "peak_rss_ratio_vs_trl_vllm": row("vllm", "peak_rss_ratio"),
+        "peak_rss_ratio_vs_trl_hf_generate": row("vllm_vs_trl_hf", "peak_rss_ratio"),
+        "objective_share_of_step": v["objective_share"],
+        "objective_share_of_step_hf_engine": ex["vespo-hf"]["objective_share"],
+        "train_mfu": raw["train"]["mfu"],
+        "rollout_speedup_vllm_vs_hf": raw["rollout"]["speedup"],
+        "shard_io_share": statistics.median((s["shard_read_s"] + s["shard_write_s"]) / s["step_s"] for s in measured),
+        "publish_s_per_step": statistics.median(s["publish_s"] for s in measured),
+        "publish_share_of_step": statistics.median(s["publish_s"] / s["step_s"] for s in measured),
+        "train_tokens_per_s": raw["train"]["tokens_per_s"],
+        "e2e_train_tokens_per_s": statistics.median(s["tokens"] / s["train_s"] for s in measured),
+        "async_speedup": raw["async"]["async_speedup"],
+    }
+    if "trl_vllm_error" in ex:
+        out["trl_vllm_error"] = ex["trl_vllm_error"]
+    return out
+
+
+def run_bench(out: Path, quick: bool = False) -> dict:
+    """Run every section, write `<out>/latest.json`, `<out>/latest.md` and `<out>/step_breakdown.png`."""
+    from ..fsio import atomic_write_json, atomic_write_text
+    from .figure import step_breakdown_figure
+    from .report import render_markdown
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = out / "latest.json"
+    old = json.loads(previous.read_text()) if previous.is_file() else None
+    started = time.time()
+    t0 = time.perf_counter()
+    sz = sizes(quick)
+    res: dict = {
+        "command": "vespo bench" + (" --quick" if quick else "") + f" --out {shlex.quote(str(out))}",
+        "quick": quick,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
+        "machine": machine_info(),
+        "sizes": sz,
+        "targets": {k: f"{c} {v}" for k, (c, v) in TARGETS.items()},
+    }
+    raw: dict = {}
+    with tempfile.TemporaryDirectory(prefix="vespo-bench-") as tmp:
+        logdir = Path(tmp)
+        say("e2e: vespo vs TRL GRPO step" + ("" if sz["trl"] else " (quick: vespo only)"))
+        raw["e2e"] = e2e(quick, logdir, say)
+
+        def section(name: str, what: str) -> dict:
+            say(f"{what} ({wait_for_memory(sz['worker_gib'], say=say):.1f} GiB available)")
+            return run_section(name, quick, logdir)
+
+        sync = section("sync_loop", "async: sync loop")
+        raw["async"] = async_summary(sync, section("async_loop", "async: async loop at equal samples"), sz)
+        raw["train"] = section("train", "train: throughput and MFU")
+        raw["rollout"] = section("rollout", "rollout: vLLM vs HF engine, weight publish")
+    say("objectives: forward+backward vs REINFORCE (raw data; the share of a step is the figure)")
+    raw["objectives"] = _objectives(sz)
+    res.update(headline(raw))
+    res["duration_s"] = time.perf_counter() - t0
+    res["pass"] = {k: _passes(res[k], *TARGETS[k]) for k in HEADLINE}
+    moved = regression_check(old, res)
+    res["regression_check"] = {
+        "against": str(previous) if old else None,
+        "against_started": (old or {}).get("started"),
+        "tolerance": REGRESSION_TOLERANCE,
+        "moved": {k: {"previous": a, "now": b} for k, (a, b) in moved.items()},
+    }
+    for k, (a, b) in moved.items():
+        say(f"regression check: {k} moved {100 * (b / a - 1):+.0f}% ({a:.4g} → {b:.4g}) against {previous}")
+    if old and not moved:
+        say(f"regression check: no ratio moved more than {REGRESSION_TOLERANCE:.0%} against {previous}")
+    res["raw"] = raw
+    figure = step_breakdown_figure(res, out / "step_breakdown.png")
+    res["figure"] = figure.name if figure else None
+    atomic_write_json(out / "latest.json", res)
+    atomic_write_text(out / "latest.md", render_markdown(res))
+    say(f"wrote {out / 'latest.json'} and {out / 'latest.md'} ({res['duration_s']:.0f} s)")
+    return res
