@@ -89,6 +89,18 @@ def test_train_out_names_the_run_directory(runner, tmp_path, flag):
     assert str(run) in result.stdout and not run.exists()
 
 
+def test_presets_imports_no_torch():
+    """`vespo presets` reads YAML only (vespo_cli/presets.py): it starts without torch or the typed config."""
+    code = (
+        "import sys; from typer.testing import CliRunner; from vespo_cli.cli import app; "
+        "r = CliRunner().invoke(app, ['presets']); assert r.exit_code == 0, r.output; "
+        "print(sorted(m for m in ('torch', 'vespo_cli.config') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_presets_lists_shipped(runner):
     result = runner.invoke(app, ["presets"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from vespo_cli import compare as K
-from vespo_cli import config as C
+from vespo_cli import presets as P
 from vespo_cli.config import load_config, save_config
 from vespo_cli.errors import UserError
 
@@ -22,7 +22,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture
 def presets(tmp_path, monkeypatch):
     """The shipped presets; stand-in vespo/grpo algorithm presets where those are not shipped (yet)."""
-    real = C.PRESETS_DIR
+    real = P.PRESETS_DIR
     if all((real / "algorithms" / f"{a}.yaml").is_file() for a in ("vespo", "grpo")):
         return real
     root = tmp_path / "presets"
@@ -32,7 +32,7 @@ def presets(tmp_path, monkeypatch):
         p = root / "algorithms" / f"{a}.yaml"
         if not p.exists():
             p.write_text(f"description: test stand-in\nobjective: {a}\n")
-    monkeypatch.setattr(C, "PRESETS_DIR", root)
+    monkeypatch.setattr(P, "PRESETS_DIR", root)
     return root
 
 

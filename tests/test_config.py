@@ -9,6 +9,7 @@ import pytest
 
 from vespo_cli import config as C
 from vespo_cli import objectives as O
+from vespo_cli import presets as presets_module
 from vespo_cli.config import Config, load_config, load_run_config, save_config
 from vespo_cli.errors import UserError
 from vespo_cli.schema import bounds, numeric_fields
@@ -25,7 +26,7 @@ def presets(tmp_path, monkeypatch):
     """An empty presets dir (with algorithms/) installed as vespo's PRESETS_DIR; returns a writer."""
     root = tmp_path / "presets"
     (root / "algorithms").mkdir(parents=True)
-    monkeypatch.setattr(C, "PRESETS_DIR", root)
+    monkeypatch.setattr(presets_module, "PRESETS_DIR", root)
 
     def write(rel: str, text: str) -> Path:
         p = root / rel
@@ -362,7 +363,7 @@ def test_top_level_not_a_mapping(presets, text, kind):
         ("trainer.staleness=-1", "expected an integer in [1, 4096], got -1"),
         ("trainer.micro_token_budget=0", "expected an integer in [1, 16777216], got 0"),
         ("trainer.save_every=0", f"expected {STEPS}, got 0"),
-        ("trainer.async_workers=0", "expected an integer in [1, 1024], got 0"),
+        ("trainer.async_workers=-1", "expected an integer in [0, 1024], got -1"),
         ("trainer.rollout_batch_prompts=0", "expected an integer in [1, 4294967296] (or null), got 0"),
         ("trainer.rollout_batch_prompts=-4", "expected an integer in [1, 4294967296] (or null), got -4"),
         ("trainer.max_staleness=-1", "expected an integer in [0, 1000000000], got -1"),

@@ -275,9 +275,10 @@ def probe(
 @user_errors
 def presets(check: str | None = typer.Option(None, "--check", help="Validate a preset and print its memory plan.")):
     """List run presets and algorithm presets with one-line descriptions."""
-    from .config import PRESETS_DIR, list_presets, load_config, preset_description, preset_path
+    from .presets import PRESETS_DIR, list_presets, preset_description, preset_path
 
     if check:
+        from .config import load_config
         from .plan import check_preset
 
         console.print(check_preset(load_config(check)), highlight=False)

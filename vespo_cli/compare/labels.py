@@ -34,9 +34,9 @@ def format_value(v: Any) -> str:
 
 def algorithm_presets() -> dict[str, dict]:
     """{name: resolved algorithm section} of every algorithm preset in presets/algorithms/."""
-    from .. import config
+    from .. import presets
 
-    return _presets_in(str(config.PRESETS_DIR))
+    return _presets_in(str(presets.PRESETS_DIR))
 
 
 @lru_cache(maxsize=4)

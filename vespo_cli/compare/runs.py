@@ -38,7 +38,7 @@ def parse_algo_item(item: str) -> tuple[str, list[str], str]:
     """`vespo:length_norm=sqrt,c1_neg=2` → ("vespo", ["algorithm.params.length_norm=sqrt", ...],
     "vespo+length_norm=sqrt+c1_neg=2"). A key that is an algorithm field (correction, ...) sets
     algorithm.KEY; a dotted key (trainer.lr) is used as given; any other key is a parameter."""
-    from ..config import preset_path
+    from ..presets import preset_path
 
     name, _, variant = item.partition(":")
     if not name:
