@@ -169,7 +169,11 @@ def eval_(
     k: int | None = typer.Option(None, "--k", help="Samples per problem (default: the paper's k per benchmark)."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N problems."),
     engine: str | None = typer.Option(None, "--engine", help="vllm or hf."),
-    out: Path | None = typer.Option(None, "--out", help="Output dir (default: <run>/eval or runs/eval)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Output directory (default: <run>/eval/step-K for a run's checkpoint, else runs/eval/<model>).",
+    ),
 ):
     """Evaluate a model on math benchmarks: avg@k, pass@k with 95% intervals."""
     from .evaluate import eval_command
