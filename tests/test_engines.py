@@ -130,6 +130,20 @@ def test_hf_deterministic_and_leaves_global_rng(hf_engine, chat_prompts):
     assert x[0].response_token_ids != y[0].response_token_ids
 
 
+def test_hf_a_prompts_samples_do_not_depend_on_the_split(hf_engine, chat_prompts):
+    """Per-prompt seeds (request_seed of the seed and the prompt's index in its batch): sampling the
+    prompts in two calls, the second with prompt_offset, gives the one call's tokens (a data-parallel
+    rollout's parts are the one-process rows); logprobs agree to fp32 batching noise."""
+    s = Sampling(max_tokens=10, seed=7)
+    whole = hf_engine.generate(chat_prompts, 3, s)
+    parts = hf_engine.generate(chat_prompts[:1], 3, s) + hf_engine.generate(
+        chat_prompts[1:], 3, Sampling(max_tokens=10, seed=7, prompt_offset=1)
+    )
+    assert [c.response_token_ids for c in parts] == [c.response_token_ids for c in whole]
+    gaps = [abs(a - b) for x, y in zip(parts, whole) for a, b in zip(x.rollout_logprobs, y.rollout_logprobs)]
+    assert max(gaps) < 1e-5
+
+
 def test_hf_batching_does_not_change_samples(tiny_model_path, chat_prompts):
     """Left padding / chunking is invisible: prompt-by-prompt equals all-at-once (greedy)."""
     s = Sampling(temperature=0, max_tokens=10)

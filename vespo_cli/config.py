@@ -122,7 +122,7 @@ class TrainerConfig(Section):
     save_every: int = Field(10, ge=1, le=MAX_COUNT)  # optimizer steps between checkpoints (and at the end)
     keep_checkpoints: int = Field(2, ge=0, le=10**6)  # 0 = keep all
     max_staleness: int = Field(4, ge=0, le=MAX_COUNT)  # async: drop shards more than this many policy versions old
-    async_workers: int = Field(1, ge=1, le=1024)
+    async_workers: int = Field(1, ge=0, le=1024)  # 0: the trainer starts none (external `vespo rollout --follow`)
     max_nonfinite_steps: int = Field(3, ge=1, le=MAX_COUNT)  # stop after this many skipped steps in a row
     seed: int = Field(0, ge=0, le=SEED_MAX)
     threads: int = Field(0, ge=0, le=2**16)  # torch intra-op threads; 0 = all cores

@@ -6,6 +6,16 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
+def request_seed(seed: int, prompt_index: int) -> int:
+    """A distinct per-prompt seed: a prompt's samples are a function of (seed, its index in the batch),
+    whichever process or call samples it (vLLM gives the n children of a request seed + i)."""
+    x = (seed * 0x9E3779B97F4A7C15 + prompt_index * 0xBF58476D1CE4E5B9 + 1) & (2**64 - 1)
+    x ^= x >> 31
+    x = (x * 0x94D049BB133111EB) & (2**64 - 1)
+    x ^= x >> 29
+    return int(x % (2**31 - 2**20))  # leaves room for + i (i < 2**20) below 2**31
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Sampling parameters, recorded with every sample (shard columns temperature/top_p)."""
@@ -15,6 +25,8 @@ class Sampling:
     top_k: int = -1  # -1 = disabled
     max_tokens: int = 256
     seed: int | None = 0
+    # the first prompt's index in its rollout batch: prompt i samples with request_seed(seed, offset + i)
+    prompt_offset: int = 0
 
 
 @dataclass

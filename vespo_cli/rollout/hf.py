@@ -16,7 +16,7 @@ import os
 import torch
 
 from vespo_cli.errors import UserError
-from vespo_cli.rollout.base import Completion, Sampling
+from vespo_cli.rollout.base import Completion, Sampling, request_seed
 
 
 def process_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
@@ -35,12 +35,21 @@ def process_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     return logits
 
 
-def sample_tokens(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
-    """One token per row of fp32 logits [B, V]; temperature 0 is greedy."""
+def sample_tokens(
+    logits: torch.Tensor, sampling: Sampling, generators: list[torch.Generator], owner: torch.Tensor
+) -> torch.Tensor:
+    """One token per row of fp32 logits [B, V]; temperature 0 is greedy. Row r draws from
+    `generators[owner[r]]` (its prompt's own stream; a prompt's rows are contiguous), so a prompt's
+    samples do not depend on the other prompts in the batch."""
     if sampling.temperature == 0:
         return logits.argmax(-1)
     probs = process_logits(logits, sampling).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    prompts, counts = torch.unique_consecutive(owner, return_counts=True)
+    parts, start = [], 0
+    for p, c in zip(prompts.tolist(), counts.tolist()):
+        parts.append(torch.multinomial(probs[start : start + c], 1, generator=generators[p]))
+        start += c
+    return torch.cat(parts).squeeze(-1)
 
 
 def _validate(sampling: Sampling, n: int) -> None:
@@ -151,7 +160,11 @@ class HFEngine:
         seed = sampling.seed
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,), generator=self._seed_stream))
-        generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        first = sampling.prompt_offset
+        generators = [
+            torch.Generator(device=self.device).manual_seed(request_seed(int(seed), first + i))
+            for i in range(len(prompts))
+        ]
         per_chunk = max(1, self.max_batch_size // n)  # whole prompts per forward batch
         out: list[Completion] = []
         was_training = self.model.training
@@ -160,7 +173,8 @@ class HFEngine:
             with self._capture() as rec:
                 for start in range(0, len(prompts), per_chunk):
                     chunk = prompts[start : start + per_chunk]
-                    out.extend(self._generate_chunk(chunk, start, n, sampling, generator, rec))
+                    gens = generators[start : start + per_chunk]
+                    out.extend(self._generate_chunk(chunk, start, n, sampling, gens, rec))
         finally:
             self.model.train(was_training)
         return out
@@ -171,7 +185,7 @@ class HFEngine:
         return capture_routing(self.model) if self.record_routing else contextlib.nullcontext()
 
     @torch.inference_mode()
-    def _generate_chunk(self, prompts, offset, n, sampling, generator, rec=None) -> list[Completion]:
+    def _generate_chunk(self, prompts, offset, n, sampling, generators, rec=None) -> list[Completion]:
         from transformers import DynamicCache
 
         dev = self.device
@@ -213,7 +227,7 @@ class HFEngine:
 
         for step in range(sampling.max_tokens):
             logp_raw = torch.log_softmax(logits, dim=-1)
-            tok = sample_tokens(logits, sampling, generator)
+            tok = sample_tokens(logits, sampling, generators, torch.div(alive, n, rounding_mode="floor"))
             tok_logp = logp_raw.gather(-1, tok[:, None]).squeeze(-1)
             is_eos = torch.isin(tok, eos)
             for r, t, lp, e in zip(alive.tolist(), tok.tolist(), tok_logp.tolist(), is_eos.tolist()):

@@ -149,7 +149,8 @@ def rollout_follow(
     """Async worker: sample with the newest published checkpoint of `train_run`, forever.
 
     Worker `w<k>` of K = trainer.async_workers takes prompt chunks k, k+K, k+2K, ... of the data
-    stream; it stops when the run writes `DONE`, and resumes after its last written shard."""
+    stream; it stops when the run writes `DONE`, and resumes after its last written shard. Workers on
+    other machines (the run's trainer.async_workers = 0) give K with `overrides`."""
     from ..models import load_tokenizer
     from ..rewards import scorer_for
 
@@ -159,6 +160,11 @@ def rollout_follow(
     except ValueError:
         raise UserError(f"--worker {worker}: expected w<index>, e.g. w0") from None
     K = cfg.trainer.async_workers
+    if K == 0:  # the trainer starts none: external workers say how many of them share the prompt stream
+        raise UserError(
+            f"{train_run}: trainer.async_workers=0 (the trainer starts no workers); tell each external worker "
+            f"how many there are, e.g. --set trainer.async_workers=2"
+        )
     if not 0 <= k < K:
         raise UserError(f"--worker {worker}: expected w0..w{K - 1} (trainer.async_workers={K})")
     run = RunDir(train_run)

@@ -3,6 +3,7 @@ the trainer's synchronous loop, and the engine the trainer samples with (`traine
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -66,11 +67,15 @@ def sample_to_shard(
     path: str | os.PathLike,
     seed: int,
     group_prefix: str,
+    first_prompt: int = 0,
 ) -> dict:
-    """Sample cfg.rollout.n responses per problem, score them, write one shard. Returns stats."""
+    """Sample cfg.rollout.n responses per problem, score them, write one shard. Returns stats.
+
+    `first_prompt`: the index of problems[0] in its rollout batch (a rank's share of a sync batch): it
+    names the prompt groups and seeds each prompt's samples, so the rows do not depend on the split."""
     t0 = time.perf_counter()
     prompt_ids = encode_prompts(tokenizer, problems, cfg.data.template, cfg.data.max_prompt_tokens)
-    sampling = sampling_from(cfg, seed)
+    sampling = dataclasses.replace(sampling_from(cfg, seed), prompt_offset=first_prompt)
     completions = engine.generate(prompt_ids, cfg.rollout.n, sampling)
     t_gen = time.perf_counter() - t0
     texts = [c.text or tokenizer.decode(c.response_token_ids, skip_special_tokens=True) for c in completions]
@@ -90,7 +95,7 @@ def sample_to_shard(
         "top_p": [sampling.top_p] * len(completions),
         "top_k": [sampling.top_k] * len(completions),
         "prompt_id": [problems[c.prompt_index].id for c in completions],
-        "group_id": [f"{group_prefix}/{c.prompt_index}" for c in completions],
+        "group_id": [f"{group_prefix}/{first_prompt + c.prompt_index}" for c in completions],
         "sample_idx": [c.sample_idx for c in completions],
         "prompt_token_ids": [c.prompt_token_ids for c in completions],
         "response_token_ids": [c.response_token_ids for c in completions],

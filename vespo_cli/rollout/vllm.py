@@ -21,7 +21,7 @@ import random
 import torch
 
 from vespo_cli.errors import UserError
-from vespo_cli.rollout.base import Completion, Sampling
+from vespo_cli.rollout.base import Completion, Sampling, request_seed
 from vespo_cli.rollout.hf import _validate
 
 
@@ -58,15 +58,6 @@ def _repack_tied_lm_head(worker) -> None:
     method = getattr(head, "quant_method", None)
     if method is not None and hasattr(method, "process_weights_after_loading"):
         method.process_weights_after_loading(head)
-
-
-def request_seed(seed: int, prompt_index: int) -> int:
-    """A distinct per-prompt seed (vLLM gives the n children of a request seed + i)."""
-    x = (seed * 0x9E3779B97F4A7C15 + prompt_index * 0xBF58476D1CE4E5B9 + 1) & (2**64 - 1)
-    x ^= x >> 31
-    x = (x * 0x94D049BB133111EB) & (2**64 - 1)
-    x ^= x >> 29
-    return int(x % (2**31 - 2**20))  # leaves room for + i (i < 2**20) below 2**31
 
 
 class VLLMEngine:
@@ -197,7 +188,7 @@ class VLLMEngine:
                 top_p=sampling.top_p,
                 top_k=top_k,
                 max_tokens=sampling.max_tokens,
-                seed=request_seed(int(seed), i),
+                seed=request_seed(int(seed), sampling.prompt_offset + i),
             )
             for i in range(len(prompts))
         ]

@@ -68,6 +68,12 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     return _all_reduce(t, dist.ReduceOp.MAX)
 
 
+def sum_and_max(values: list[float]) -> tuple[list[float], list[float]]:
+    """Per-position sums and maxima of `values` over the ranks (itself in one process)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    return all_reduce_sum(t.clone()).tolist(), all_reduce_max(t.clone()).tolist()
+
+
 def broadcast_object(obj):
     """Rank 0's `obj` on every rank."""
     if not dist.is_initialized():
@@ -93,10 +99,12 @@ def shard_model(model: nn.Module, bf16_params: bool = False) -> nn.Module:
     return model
 
 
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Unsharded CPU state dict (collective under FSDP; every rank must call it)."""
+def full_state_dict(model: nn.Module, every_rank: bool = False) -> dict[str, torch.Tensor]:
+    """Unsharded state dict (collective under FSDP; every rank must call it): on rank 0's CPU (other
+    ranks get an empty dict), or with `every_rank` on every rank, on its device (each rank's engine)."""
     if world_size() == 1:
         return {k: v.detach() for k, v in model.state_dict().items()}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    options = StateDictOptions(full_state_dict=True, cpu_offload=not every_rank)
+    return get_model_state_dict(model, options=options)

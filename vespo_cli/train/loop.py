@@ -86,15 +86,24 @@ def _batches(
         run.done.unlink(missing_ok=True)
         workers = _start_workers(cfg, run)
         stack.callback(_stop_workers, run, workers)
-    alive = lambda: dist.broadcast_object(any(p.poll() is None for p in workers))  # noqa: E731
+    external = cfg.trainer.async_workers == 0  # workers on other machines: the trainer waits for their shards
+    alive = lambda: external or dist.broadcast_object(any(p.poll() is None for p in workers))  # noqa: E731
     publish = lambda: publish_weights(tr.model, tr.tokenizer, run.root, state["step"])  # noqa: E731
     return async_batches(cfg, run.root, state, alive, tr.vocab_size), None, publish
 
 
 def _start_workers(cfg: Config, run: RunDir) -> list[subprocess.Popen]:
+    """trainer.async_workers worker processes on this machine; with 0, a note on how to start them elsewhere."""
     from ..rollout.worker import start_worker
     from ..rundir import worker_name
 
+    if cfg.trainer.async_workers == 0:
+        console.print(
+            f"waiting for shards from external workers: vespo rollout --follow {run.root} --worker w<k> "
+            f"--set trainer.async_workers=<K>",
+            highlight=False,
+            soft_wrap=True,
+        )
     return [start_worker(run.root, worker_name(k)) for k in range(cfg.trainer.async_workers)]
 
 
@@ -146,7 +155,7 @@ def _evaluate(tr: Trainer, engine, evaluate: Evaluate) -> None:
 
     Sync runs use the rollout engine (it holds the current weights after publishing); otherwise an
     HF engine shares the trainer's module. Under FSDP without an engine, eval is left to `vespo eval`."""
-    if engine is None and dist.world_size() > 1:
+    if tr.mode != "sync" and dist.world_size() > 1:  # no engine: sharing the module needs it whole
         if dist.is_main():
             console.print(
                 "[yellow]eval during sharded replay/async training is skipped; run `vespo eval` on a checkpoint[/]"
@@ -254,6 +263,8 @@ def _step_record(
         "staleness": float((state["step"] - 1 - rows.policy_versions[full].float()).mean()),
         "policy_version_min": int(rows.policy_versions[full].min()),
         "rollout_s": batch.rollout_s if first else 0.0,
+        "rollout_s_max": batch.rollout_s_max if first else 0.0,
+        "rollout_workers": batch.rollout_workers,
         "logprob_s": logprob_s if first else 0.0,
         "sync_s": tr.timing["publish_s"] if first else 0.0,
         "train_s": train_s,
@@ -265,7 +276,7 @@ def _step_record(
         "time": time.time(),
         # per-phase seconds (forward/backward/optimizer from step.py); time_step_s: wall time since the
         # previous step's line (its checkpoint and eval included), so the steps' sum is the run's time
-        "time_rollout_s": batch.rollout_s if first else 0.0,
+        "time_rollout_s": batch.rollout_wall_s if first else 0.0,
         "time_old_logprob_s": logprob_s if first else 0.0,
         "time_publish_s": tr.timing["publish_s"] if first else 0.0,
         "time_shard_io_s": batch.shard_io_s if first else 0.0,

@@ -1,8 +1,10 @@
-"""The sync loop's sampler: an engine that follows the trainer's weights (DESIGN.md, training semantics).
+"""The sync loop's sampler: an engine on every sampling rank that follows the trainer's weights
+(DESIGN.md, training semantics; sources.sync_batches gives each its share of a rollout batch).
 
-Rank 0 samples each rollout batch; after the batch the engine takes the new weights (`publish`), a
-collective under FSDP in which every rank takes part. Where the engine shares the trainer's module
-(`rollout.sampling.trainer_engine`), there is nothing to publish."""
+After each batch every engine takes the new weights (`publish`): the FSDP shards gathered on every
+sampling rank (on rank 0 alone when one engine spans several GPUs), a collective of all ranks. Where
+the engine shares the trainer's module (one process, HF engine in the model's dtype:
+`rollout.sampling.trainer_engine`), there is nothing to publish."""
 
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ from pathlib import Path
 from ..config import Config
 from ..rollout.base import Engine
 from . import dist
+from .sources import sampling_ranks
 
 
 @dataclass
 class Sampler:
-    engine: Engine | None  # None on ranks that do not sample
-    sample: Callable[..., dict] | None  # (problems, version, path, seed, iteration) → sample_to_shard's stats
+    engine: Engine | None  # None on a rank that does not sample (sources.sampling_ranks)
+    sample: Callable[..., dict] | None  # (problems, version, path, seed, iteration, first) → sample_to_shard's stats
     publish: Callable[[], None]  # the trainer's current weights to the engine
 
 
@@ -29,17 +32,20 @@ def sync_sampler(cfg: Config, run_dir: Path, model, tokenizer, model_path: str) 
     from ..rewards import scorer_for
     from ..rollout.sampling import sample_to_shard, trainer_engine
 
-    if not dist.is_main():
-        yield Sampler(None, None, lambda: dist.full_state_dict(model))  # collective: every rank takes part
+    k = sampling_ranks(cfg)
+    if dist.rank() >= k:  # no engine here (one engine over several GPUs): the gather is a collective
+        yield Sampler(None, None, lambda: dist.full_state_dict(model))
         return
     engine, shared = trainer_engine(cfg, model, tokenizer, model_path, dist.world_size())
-    publish = (lambda: None) if shared else (lambda: engine.load_state_dict(dist.full_state_dict(model)))
+    every_rank = k > 1  # each sampling rank's engine gets the whole weights; else rank 0's alone
+    publish = (lambda: None) if shared else (lambda: engine.load_state_dict(dist.full_state_dict(model, every_rank)))
     run_id = Path(run_dir).name
     with contextlib.ExitStack() as stack:
         stack.callback(engine.close)
         scorer = stack.enter_context(scorer_for(cfg))
 
-        def sample(problems, version, path, seed, iteration) -> dict:
+        def sample(problems, version, path, seed, iteration, first: int = 0) -> dict:
+            """Prompts first.. of rollout batch `iteration` into the shard `path`."""
             was_training = model.training
             model.eval()
             stats = sample_to_shard(
@@ -53,6 +59,7 @@ def sync_sampler(cfg: Config, run_dir: Path, model, tokenizer, model_path: str) 
                 path=path,
                 seed=seed,
                 group_prefix=f"{run_id}/{iteration}",
+                first_prompt=first,
             )
             model.train(was_training)
             return stats

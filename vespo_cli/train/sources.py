@@ -23,7 +23,7 @@ from rich.console import Console
 
 from ..config import Config
 from ..errors import UserError
-from ..rundir import RunDir, shard_name
+from ..rundir import RunDir, parse_shard_name, shard_name
 from ..shards import ShardError, follow, list_shards, read_shard, shard_hash
 from . import dist
 from .batch import Rows, rows_from_table
@@ -42,6 +42,9 @@ class RolloutBatch:
     duplicates: list[str] = field(default_factory=list)  # shards whose rows were already used (a renamed copy)
     digests: dict[str, str] = field(default_factory=dict)  # shard → content hash (its identity in the ledger)
     shard_io_s: float = 0.0  # reading (and, sync, writing) this batch's shards
+    rollout_s_max: float = 0.0  # sync: the slowest rank's sampling (rollout_s is the ranks' mean)
+    rollout_workers: int = 0  # engines that sampled the batch (sync: ranks; async: workers; replay: 0)
+    rollout_wall_s: float = 0.0  # this process's wall time from asking for the batch to holding it
 
 
 def sync_seed(cfg: Config, iteration: int) -> int:
@@ -49,28 +52,64 @@ def sync_seed(cfg: Config, iteration: int) -> int:
     return cfg.trainer.seed * 100003 + iteration
 
 
+def sampling_ranks(cfg: Config) -> int:
+    """How many ranks (0..k-1) sample a sync rollout batch, each with its own engine: every rank, but
+    one engine (rank 0's) where an engine spans several GPUs (rollout.tensor_parallel_size > 1)."""
+    return dist.world_size() if cfg.rollout.tensor_parallel_size == 1 else 1
+
+
+def rank_share(num_prompts: int, parts: int, part: int) -> tuple[int, int]:
+    """[lo, hi): the prompts of a rollout batch that part `part` of `parts` samples (contiguous, sizes
+    differ by at most one), so the parts in order are the batch in order."""
+    return part * num_prompts // parts, (part + 1) * num_prompts // parts
+
+
+def part_name(version: int, iteration: int, parts: int, part: int) -> str:
+    """Part `part`'s shard of sync rollout batch `iteration`: worker `sync` when one engine samples the
+    batch, `sync<part>` when several do."""
+    return shard_name(version, "sync" if parts == 1 else f"sync{part}", iteration)
+
+
 def sync_batches(cfg: Config, run_dir: Path, state: dict, sampler: Callable, vocab_size: int) -> Iterator[RolloutBatch]:
-    """Sample rollout batch i with the current weights (or reuse its shard after a resume)."""
+    """Sample rollout batch i with the current weights (or reuse its shards after a resume).
+
+    Data parallel: each of the k sampling ranks (`sampling_ranks`) samples its share of the batch's
+    prompts (`rank_share`) with its own engine into its own shard; per-prompt seeds
+    (rollout.base.request_seed of the batch seed and the prompt's index in the batch) make the rows
+    those of a one-process run. Every rank then reads the whole batch, all k parts (simpler than
+    exchanging rows, and a resumed or replayed run reads the same shards), and training splits it as it
+    would any batch: each rank trains on its slice of every minibatch."""
     from ..rollout.sampling import prompt_chunk
 
     out = RunDir(run_dir).rollouts
     gbs = cfg.trainer.rollout_batch_prompts
+    k, rank = sampling_ranks(cfg), dist.rank()
     while True:
-        i = state["iteration"]
-        version = state["step"]
-        path = out / shard_name(version, "sync", i)
+        i, version = state["iteration"], state["step"]
+        parts = [(out / part_name(version, i, k, r), *rank_share(gbs, k, r)) for r in range(k)]
+        mine = parts[rank] if rank < k else None
+        parts = [p for p in parts if p[2] > p[1]]  # a rank without prompts (gbs < k) writes nothing
         t0 = time.perf_counter()
-        write_s = 0.0
-        if dist.is_main() and not path.exists():
-            stats = sampler(prompt_chunk(cfg, i * gbs, gbs), version, path, sync_seed(cfg, i), i)
-            write_s = stats.get("write_s", 0.0)
-        dist.barrier()
+        own = {"sample_s": 0.0, "write_s": 0.0}
+        if mine is not None and mine[2] > mine[1] and not mine[0].exists():
+            path, lo, hi = mine
+            stats = sampler(prompt_chunk(cfg, i * gbs + lo, hi - lo), version, path, sync_seed(cfg, i), i, lo)
+            own = {"sample_s": time.perf_counter() - t0, "write_s": stats.get("write_s", 0.0)}
+        total, peak = dist.sum_and_max([own["sample_s"]])  # also the barrier: every part is written
         t1 = time.perf_counter()
-        table = read_shard(path, vocab_size)
-        rows = rows_from_table(table)
+        tables = [read_shard(p[0], vocab_size) for p in parts]
+        rows = rows_from_table(pa.concat_tables(tables))
         t2 = time.perf_counter()
         yield RolloutBatch(
-            i, rows, [path.name], t2 - t0, digests={path.name: shard_hash(table)}, shard_io_s=write_s + t2 - t1
+            i,
+            rows,
+            [p[0].name for p in parts],
+            total[0] / len(parts),
+            digests={p[0].name: shard_hash(t) for p, t in zip(parts, tables)},
+            shard_io_s=own["write_s"] + t2 - t1,
+            rollout_s_max=peak[0],
+            rollout_workers=len(parts),
+            rollout_wall_s=t2 - t0,
         )
 
 
@@ -185,8 +224,21 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_
             names.append(path.name)
             groups.update(t.column("group_id").to_pylist())
         rows = rows_from_table(pa.concat_tables(tables))
+        wait_s = time.perf_counter() - t0
+        producers = {n.worker for n in map(parse_shard_name, names) if n is not None}
         yield RolloutBatch(
-            state["iteration"], rows, names, time.perf_counter() - t0, dropped, bad, dup, digests, shard_io_s=io_s
+            state["iteration"],
+            rows,
+            names,
+            wait_s,
+            dropped,
+            bad,
+            dup,
+            digests,
+            shard_io_s=io_s,
+            rollout_s_max=wait_s,
+            rollout_workers=len(producers),
+            rollout_wall_s=wait_s,
         )
 
 
