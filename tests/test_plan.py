@@ -175,7 +175,12 @@ def test_memory_arithmetic_by_hand():
     # 1e9 params, fp32, FSDP 4: 4 B each for weights and grads, 8 B for the two AdamW moments
     # FSDP working set: 4 B × (2 × 1e8 root + 3 × 5e7 layer) = 1.4e9
     # microbatch T = max(2048, 24 + 1000) = 2048 tokens
-    # checkpoints 10 × 2048 × 1000 × 4; one layer 2 × 2048 × (40·1000 + 8·4000); logits 12 × 2048 × 10000
+    # checkpoints 10 × 2048 × 1000 × 4; one layer 2 × 2048 × (40·1000 + 8·4000)
+    # chunked LM head (train/forward.py; vocab 10000, h 1000, autocast over fp32): fp32 ∂W 4 × V × h, the
+    # head's bf16 cast 2 × V × h, a ∂z block of all 2048 rows in bf16, one 32 MiB fp32 chunk + its bf16
+    # cast, ∂hidden 2048 × h × 4 (the fp32 [2048, V] logits, 12 B each, were 245,760,000)
+    head = 4 * 10**7 + 2 * 10**7 + 2048 * 10_000 * 2 + 32 * 2**20 * 3 // 2 + 2048 * 1000 * 4
+    assert head == 159_483_648
     assert [r.bytes for r in plan.trainer] == [
         1_000_000_000,
         1_000_000_000,
@@ -183,16 +188,40 @@ def test_memory_arithmetic_by_hand():
         1_400_000_000,
         81_920_000,
         294_912_000,
-        245_760_000,
+        head,
         3 * GiB,
     ]
-    assert plan.trainer_total == 9_243_817_472
+    assert plan.trainer_total == 9_157_541_120
+    assert plan.fsdp_shard == 4_000_000_000 and plan.engine_weights == 1_000_000_000
     # vLLM: 0.5 × 80 GiB = 40 GiB; bf16 weights 2 × 1e9 / tp 2; 3 GiB overhead; KV is the rest
     assert [r.bytes for r in plan.rollout] == [1_000_000_000, 3 * GiB, 40 * GiB - 1_000_000_000 - 3 * GiB]
     assert plan.kv_per_token == 2 * 10 * 2 * 128 * 2  # K and V, 10 layers, 4 KV heads / tp 2, bf16
     assert plan.kv_tokens == (40 * GiB - 1_000_000_000 - 3 * GiB) // 10_240 == 3_782_074
-    assert plan.per_gpu == 9_243_817_472 + 40 * GiB
+    assert plan.per_gpu == 9_157_541_120 + 40 * GiB
     assert plan.margin == 80 * GiB - plan.per_gpu and plan.fits
+
+
+def test_engines_and_the_throughput_assumption_by_hand():
+    """Two engines of TP 2 on the 4 colocated ranks; decode-bound on an 80 GiB GPU (the H100 row): a step
+    reads the weights (1e9 B per GPU) and 1024 sequences' KV at the mean context 24/2 + 1000/4 = 262."""
+    e = P.memory_plan(hand_config(), hand_shape()).engines
+    assert (e.count, e.tp, e.ep, e.groups) == (2, 2, 1, "ranks 0-1, 2-3")
+    assert e.vllm_args == {"tensor_parallel_size": 2, "distributed_executor_backend": "external_launcher"}
+    assert e.concurrency == 1024  # vLLM's max_num_seqs (the KV cache holds 14,435)
+    assert e.tokens_per_s == pytest.approx(1024 / ((1e9 + 1024 * 262 * 10_240) / (3.35e12 * 0.5)))
+    assert e.publish_s == pytest.approx(2e9 / 300e9)
+
+
+def test_plan_shows_shard_engine_kv_throughput_and_moe_parallelism():
+    text = P.check_preset(load_config("qwen3-8b"))
+    assert "per GPU    FSDP shard 15.3 GiB, engine weights 3.8 GiB, KV cache 34.9 GiB" in text
+    assert "2 vLLM engines × TP 4: ranks 0-3, 4-7" in text
+    assert "distributed_executor_backend=external_launcher" in text and "tokens/s per engine" in one_line(text)
+    head = next(r for r in P.memory_plan(load_config("qwen3-8b")).trainer if r.item.startswith("LM head"))
+    assert head.bytes < 3 * GiB  # the materialised fp32 [16384, 151936] logits + grads were 27.8 GiB
+    moe = one_line(P.check_preset(load_config("qwen3-30b-a3b")))
+    assert "4 vLLM engines × TP 4, EP 4 (32 of 128 experts per GPU): ranks 0-3, 4-7, 8-11, 12-15" in moe
+    assert "enable_expert_parallel=True" in moe and "trainer: FSDP shards the experts, no EP" in moe
 
 
 def test_memory_arithmetic_moe_and_no_checkpointing():
@@ -243,7 +272,7 @@ def test_modes_and_dedicated_rollout_gpus():
     [
         ("layout.fsdp_size=3", "layout.fsdp_size: 3 must divide"),
         ("rollout.tensor_parallel_size=3", "tensor_parallel_size: 3"),
-        ("layout.gpu_memory_gib=80", "more than layout.gpu_memory_gib 80"),
+        ("layout.gpu_memory_gib=48", "more than layout.gpu_memory_gib 48"),
         ("rollout.gpu_memory_utilization=0.02", "less than weights"),
         ("rollout.max_tokens=40000", "exceeds the model's 32768 positions"),
     ],
@@ -257,9 +286,9 @@ def test_a_preset_that_cannot_fit_raises(override, message):
 
 def test_does_not_fit_message_has_the_numbers():
     with pytest.raises(UserError) as e:
-        P.check_preset(load_config("qwen3-8b", overrides=["layout.gpu_memory_gib=80"]))
+        P.check_preset(load_config("qwen3-8b", overrides=["layout.gpu_memory_gib=48"]))
     first = str(e.value).splitlines()[0]
-    assert "88.3 GiB per GPU, 8.3 GiB more than layout.gpu_memory_gib 80" in first
+    assert "53.6 GiB per GPU, 5.6 GiB more than layout.gpu_memory_gib 48" in first
 
 
 def test_routing_replay_needs_moe():
@@ -375,7 +404,7 @@ def test_cli_presets_check():
 @pytest.mark.slow
 def test_cli_presets_check_fails_loudly(tmp_path):
     bad = tmp_path / "small-gpus.yaml"
-    bad.write_text("extends: qwen3-8b\nlayout:\n  gpu_memory_gib: 80\n")
+    bad.write_text("extends: qwen3-8b\nlayout:\n  gpu_memory_gib: 48\n")
     out = _vespo("presets", "--check", str(bad))
     assert out.returncode == 2
     assert "does not fit" in out.stderr and "Traceback" not in out.stderr
