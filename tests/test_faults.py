@@ -82,12 +82,12 @@ def test_checkpoint_missing_its_trainer_state_is_named_not_skipped(tmp_path):
 
 @pytest.mark.slow
 def test_reliability_script_quick_is_all_clean(tmp_path):
-    """`reports/reliability/run.py --quick` on the categories that need no training fixture."""
+    """`reports/reliability/run.py --quick` on three categories that need no prepared run (~2 min)."""
     out = tmp_path / "reliability.md"
     js = tmp_path / "r.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(
-        [sys.executable, str(ROOT / "reports/reliability/run.py"), "--quick", "--only", "config,yaml,names,fifo"]
+        [sys.executable, str(ROOT / "reports/reliability/run.py"), "--quick", "--only", "config,names,fifo"]
         + ["--out", str(out), "--json", str(js), "--work", str(tmp_path / "work")],
         cwd=ROOT,
         env=env,
@@ -100,7 +100,7 @@ def test_reliability_script_quick_is_all_clean(tmp_path):
     assert not bad, (bad, p.stdout[-3000:], p.stderr[-3000:])
     assert p.returncode == 0
     cats = {r["category"] for r in results}
-    assert {"config", "bad YAML", "names", "FIFO x.parquet"} <= cats and len(results) >= 12
+    assert cats == {"config", "names", "FIFO x.parquet"} and len(results) >= 12
     table = out.read_text()
     assert "| **all** |" in table and "reports/reliability/run.py --quick" in table
 

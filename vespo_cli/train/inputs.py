@@ -218,9 +218,9 @@ def check_rollout_inputs(out: str | os.PathLike, cfg: Config) -> None:
             value = then["settings"].get(key, now[key])
             if now[key] != value:
                 raise UserError(
-                    f"{out}: its shards were sampled with {key}={_show(value)}, now {_show(now[key])}: the "
-                    f"remaining prompts would be cut into other chunks (sampled twice or skipped); use "
-                    f"{key}={_show(value)}, or another output directory"
+                    f"{out}: its shards were sampled with {key}={_show(value)}, now {_show(now[key])}: continuing "
+                    f"would sample prompts twice or skip some (or mix group sizes); use {key}={_show(value)}, or "
+                    f"another output directory"
                 )
         return
     if list_shards(out):  # shards from an older vespo, no record: the chunking they used is unknown
