@@ -179,6 +179,12 @@ def _fsdp_check(rank: int, world: int, tie: bool, bf16: bool) -> None:
 
     model = dist.shard_model(tiny_llama(tie), bf16_params=bf16)
     assert forward._is_sharded(model)
+    # the weights an engine takes (dist.full_state_dict, every rank): streamed pairs = the unsharded model's
+    full = dist.full_state_dict(model, every_rank=True)
+    assert not isinstance(full, dict)
+    full = dict(full)
+    plain_sd = tiny_llama(tie).state_dict()
+    assert full.keys() == plain_sd.keys() and all(torch.equal(full[k], plain_sd[k]) for k in plain_sd)
 
     def data(r: int):  # each rank its own rows: the gradients are averaged over ranks
         rw = rows(seed=10 + r)

@@ -99,12 +99,23 @@ def shard_model(model: nn.Module, bf16_params: bool = False) -> nn.Module:
     return model
 
 
-def full_state_dict(model: nn.Module, every_rank: bool = False) -> dict[str, torch.Tensor]:
+def full_state_dict(model: nn.Module, every_rank: bool = False):
     """Unsharded state dict (collective under FSDP; every rank must call it): on rank 0's CPU (other
-    ranks get an empty dict), or with `every_rank` on every rank, on its device (each rank's engine)."""
+    ranks get an empty dict), or with `every_rank` on every rank, on its device (each rank's engine),
+    as (name, tensor) pairs gathered one tensor at a time while the caller consumes them (every rank
+    must consume all, in order): an engine's `load_state_dict` never holds the whole model unsharded."""
     if world_size() == 1:
         return {k: v.detach() for k, v in model.state_dict().items()}
+    if every_rank:
+        return _gathered_tensors(model)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=not every_rank)
-    return get_model_state_dict(model, options=options)
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _gathered_tensors(model: nn.Module):
+    """(name, full tensor) of `model`'s state dict, each FSDP2 shard all-gathered as it is reached."""
+    from torch.distributed.tensor import DTensor
+
+    for name, t in model.state_dict().items():
+        yield name, (t.full_tensor() if isinstance(t, DTensor) else t).detach()
