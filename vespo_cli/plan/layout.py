@@ -101,10 +101,10 @@ def engines(cfg: Config, shape: ModelShape, trainer_gpus: int, mode: str = "sync
         first = 0 if in_job else trainer_gpus
         spans = [f"{first + g * tp}-{first + g * tp + tp - 1}" if tp > 1 else str(first + g) for g in range(count)]
         shown = ", ".join(spans) if count <= 4 else f"{spans[0]}, {spans[1]}, …, {spans[-1]}"
-        where = f"{'ranks' if in_job else 'GPUs'} {shown}"
+        where = f"{'rank' if in_job else 'GPU'}{'s' if count * tp > 1 else ''} {shown}"
     args = vllm_parallel_args(tp, gpus if in_job else 1, shape.moe)
     e = Engines(count, tp, tp if args.get("enable_expert_parallel") else 1, shape.experts, where, args)
-    if in_job:  # the bf16 weights, all-gathered from the FSDP shards, to every engine
+    if in_job and trainer_gpus > 1:  # the bf16 weights, all-gathered from the FSDP shards, to every engine
         nodes = max(1, trainer_gpus // lay.gpus_per_node)
         e.publish_s = 2 * shape.params / (INTER_NODE_BYTES_PER_S if nodes > 1 else INTRA_NODE_BYTES_PER_S)
     return e
@@ -148,11 +148,13 @@ def describe_engines(e: Engines) -> list[str]:
             (
                 "publish",
                 f"bf16 weights all-gathered from the FSDP shards to every engine per rollout batch: "
-                f"≥ {e.publish_s:.1f} s at link bandwidth (per-tensor loading comes on top)",
+                f"≥ {e.publish_s:.2g} s at link bandwidth (per-tensor loading comes on top)",
             )
         )
-    else:
+    elif "external_launcher" not in e.vllm_args and e.count * e.tp > 1:
         text.append(("publish", "through the run directory's published/ checkpoint (shared filesystem)"))
+    else:
+        text.append(("publish", "the trainer's weights copied into the engine on the same GPU"))
     return [
         line
         for key, value in text

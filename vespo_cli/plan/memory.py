@@ -59,6 +59,7 @@ class MemoryPlan:
     kv_bytes: int = 0
     kv_per_token: int = 0
     engines: Engines | None = None  # None: no engine (replay, HF)
+    publish_bytes: int = 0  # peak per GPU during the weight publish to colocated engines
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -249,6 +250,25 @@ def _engine_rows(plan: MemoryPlan, cfg: Config, mode: str) -> None:
         )
     plan.engines = engines(cfg, shape, plan.trainer_gpus, mode)
     estimate_throughput(plan.engines, cfg, shape, plan.engine_weights, plan.kv_tokens, plan.kv_per_token)
+    if plan.colocated and mode == "sync":  # the trainer's weights to its engines after each rollout batch
+        _publish_peak(plan, cfg)
+
+
+def _publish_peak(plan: MemoryPlan, cfg: Config) -> None:
+    """Bytes per GPU while every engine takes the weights: the sharded weights and moments (gradients
+    are freed after the step), one tensor gathered at a time (train/dist.full_state_dict, at most the
+    embedding), the whole model cast to the engine's dtype (rollout/vllm.py's load_state_dict collects
+    it before vLLM reloads), and the engine itself."""
+    shape, M = plan.shape, DTYPE_BYTES[cfg.model.dtype]
+    state = plan.fsdp_shard - M * shape.params // plan.fsdp
+    cast = DTYPE_BYTES[cfg.rollout.dtype] * shape.params
+    plan.publish_bytes = state + CUDA_OVERHEAD + M * shape.vocab * shape.hidden + cast + plan.rollout_total
+    if plan.publish_bytes > plan.capacity:
+        plan.problems.append(
+            f"weight publish needs {gib(plan.publish_bytes)} per GPU (the engine's {cfg.rollout.dtype} copy of the "
+            f"whole model, {gib(cast)}, next to the trainer and vLLM), more than layout.gpu_memory_gib "
+            f"{cfg.layout.gpu_memory_gib:g}"
+        )
 
 
 def format_memory(plan: MemoryPlan) -> str:
@@ -291,6 +311,8 @@ def format_memory(plan: MemoryPlan) -> str:
         )
     if plan.engines:
         lines += describe_engines(plan.engines)
+    if plan.publish_bytes:
+        lines.append(f"           publish peak {gib(plan.publish_bytes)} per GPU (the engine's copy of the model)")
     for w in plan.warnings:
         lines.append(f"note: {w}")
     if plan.fits:
