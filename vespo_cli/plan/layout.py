@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..config import Config
 from ..errors import UserError
 from ..rollout.groups import check_engine_groups, vllm_parallel_args
-from .models import ModelShape
+from .models import DTYPE_BYTES, ModelShape
 
 # GPU by memory size (layout.gpu_memory_gib ≥ key): name, HBM bytes/s, dense bf16 FLOP/s (datasheets)
 GPUS = ((130, "H200", 4.8e12, 989e12), (75, "H100", 3.35e12, 989e12), (0, "GPU", 2.0e12, 312e12))
@@ -26,8 +26,8 @@ HBM_EFFICIENCY = 0.5  # of the datasheet bandwidth, reached by decode kernels
 FLOP_EFFICIENCY = 0.5
 MAX_NUM_SEQS = 1024  # vLLM's LLM default on ≥ 70 GiB GPUs (vllm/engine/arg_utils.py)
 MEAN_RESPONSE_FRACTION = 0.5  # mean response length / rollout.max_tokens: a guess; it grows during RL
-# Weight publish: the bf16 weights are all-gathered from the FSDP shards (streamed a layer at a time)
-# over NVLink inside a node, over the network between nodes (per GPU, effective)
+# Weight publish: the master weights are all-gathered from the FSDP shards (a tensor at a time, dist.
+# full_state_dict) over NVLink inside a node, over the network between nodes (per GPU, effective)
 INTRA_NODE_BYTES_PER_S = 300e9
 INTER_NODE_BYTES_PER_S = 40e9  # 400 Gb/s InfiniBand per GPU
 
@@ -104,9 +104,10 @@ def engines(cfg: Config, shape: ModelShape, trainer_gpus: int, mode: str = "sync
         where = f"{'rank' if in_job else 'GPU'}{'s' if count * tp > 1 else ''} {shown}"
     args = vllm_parallel_args(tp, gpus if in_job else 1, shape.moe)
     e = Engines(count, tp, tp if args.get("enable_expert_parallel") else 1, shape.experts, where, args)
-    if in_job and trainer_gpus > 1:  # the bf16 weights, all-gathered from the FSDP shards, to every engine
+    if in_job and trainer_gpus > 1:  # the master weights, all-gathered from the FSDP shards, to every engine
         nodes = max(1, trainer_gpus // lay.gpus_per_node)
-        e.publish_s = 2 * shape.params / (INTER_NODE_BYTES_PER_S if nodes > 1 else INTRA_NODE_BYTES_PER_S)
+        gathered = DTYPE_BYTES[cfg.model.dtype] * shape.params
+        e.publish_s = gathered / (INTER_NODE_BYTES_PER_S if nodes > 1 else INTRA_NODE_BYTES_PER_S)
     return e
 
 
@@ -147,7 +148,8 @@ def describe_engines(e: Engines) -> list[str]:
         text.append(
             (
                 "publish",
-                f"bf16 weights all-gathered from the FSDP shards to every engine per rollout batch: "
+                f"the master weights all-gathered from the FSDP shards (a tensor at a time) to every engine "
+                f"per rollout batch: "
                 f"≥ {e.publish_s:.2g} s at link bandwidth (per-tensor loading comes on top)",
             )
         )

@@ -16,7 +16,7 @@ from ..config import Config
 from ..errors import UserError
 from ..train.forward import CHUNK_BYTES, GRAD_BLOCK_BYTES
 from .layout import Engines, describe_engines, engines, estimate_throughput, layout_problems
-from .models import GiB, ModelShape, gib, model_shape
+from .models import DTYPE_BYTES, GiB, ModelShape, gib, model_shape
 
 # ---- memory model constants (bytes). Each names the code path it stands for.
 ADAM_STATES = 2  # torch.optim.AdamW: exp_avg + exp_avg_sq, in the parameters' dtype
@@ -29,7 +29,6 @@ MLP_BYTES_PER_INTERMEDIATE = 8
 MOE_BYTES_PER_HIDDEN = 12
 CUDA_OVERHEAD = 3 * GiB  # CUDA context, NCCL buffers, caching-allocator fragmentation (per process)
 VLLM_OVERHEAD = 3 * GiB  # vLLM activation peak, CUDA graphs, sampler buffers inside its budget
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 @dataclass

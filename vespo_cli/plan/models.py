@@ -11,6 +11,7 @@ from pathlib import Path
 from ..errors import UserError
 
 GiB = 2**30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def gib(b: float) -> str:
