@@ -255,17 +255,15 @@ def _engine_rows(plan: MemoryPlan, cfg: Config, mode: str) -> None:
 
 def _publish_peak(plan: MemoryPlan, cfg: Config) -> None:
     """Bytes per GPU while every engine takes the weights: the sharded weights and moments (gradients
-    are freed after the step), one tensor gathered at a time (train/dist.full_state_dict, at most the
-    embedding), the whole model cast to the engine's dtype (rollout/vllm.py's load_state_dict collects
-    it before vLLM reloads), and the engine itself."""
+    are freed after the step), the engine, and one tensor at a time (at most the embedding) gathered
+    (train/dist.full_state_dict) and cast to the engine's dtype (rollout/vllm.py's load_state_dict)."""
     shape, M = plan.shape, DTYPE_BYTES[cfg.model.dtype]
     state = plan.fsdp_shard - M * shape.params // plan.fsdp
-    cast = DTYPE_BYTES[cfg.rollout.dtype] * shape.params
-    plan.publish_bytes = state + CUDA_OVERHEAD + M * shape.vocab * shape.hidden + cast + plan.rollout_total
+    tensor = (M + DTYPE_BYTES[cfg.rollout.dtype]) * shape.vocab * shape.hidden
+    plan.publish_bytes = state + CUDA_OVERHEAD + tensor + plan.rollout_total
     if plan.publish_bytes > plan.capacity:
         plan.problems.append(
-            f"weight publish needs {gib(plan.publish_bytes)} per GPU (the engine's {cfg.rollout.dtype} copy of the "
-            f"whole model, {gib(cast)}, next to the trainer and vLLM), more than layout.gpu_memory_gib "
+            f"weight publish needs {gib(plan.publish_bytes)} per GPU, more than layout.gpu_memory_gib "
             f"{cfg.layout.gpu_memory_gib:g}"
         )
 
@@ -311,7 +309,7 @@ def format_memory(plan: MemoryPlan) -> str:
     if plan.engines:
         lines += describe_engines(plan.engines)
     if plan.publish_bytes:
-        lines.append(f"           publish peak {gib(plan.publish_bytes)} per GPU (the engine's copy of the model)")
+        lines.append(f"           publish peak {gib(plan.publish_bytes)} per GPU (one tensor at a time)")
     for w in plan.warnings:
         lines.append(f"note: {w}")
     if plan.fits:

@@ -146,10 +146,10 @@ class VLLMEngine:
             dtype = torch_dtype(self.dtype)
         except UserError:  # "auto" etc.: let vLLM cast
             dtype = None
-        weights = [
+        weights = (  # cast one tensor at a time, as vLLM loads it: never a second copy of the whole model
             (name, t.detach().to(device=device, dtype=dtype if dtype and t.is_floating_point() else t.dtype))
             for name, t in items
-        ]
+        )
         with guard_global_state():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
             self._after_reload()
