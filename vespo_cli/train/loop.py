@@ -136,7 +136,7 @@ def _loop(tr: Trainer, batches: Iterator[RolloutBatch], engine, publish: Callabl
             if (
                 evaluate
                 and cfg.eval.benchmarks
-                and ((cfg.eval.every and state["step"] - last_eval >= cfg.eval.every) or done)
+                and (done or (cfg.eval.every and state["step"] - last_eval >= cfg.eval.every))
             ):
                 _evaluate(tr, engine, evaluate)
                 last_eval = state["step"]
