@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from vespo_cli import dryrun as D
 from vespo_cli import plan as P
 from vespo_cli.config import PAPER_TEMPLATE, Config, load_config
 from vespo_cli.errors import UserError
@@ -268,7 +269,7 @@ def test_modes_and_dedicated_rollout_gpus():
     plan = P.memory_plan(cfg, hand_shape())
     assert (plan.trainer_gpus, plan.colocated) == (6, False)
     assert plan.per_gpu == max(plan.trainer_total, 40 * GiB)
-    assert P.launch_commands(cfg)[0].startswith("torchrun --nproc-per-node 6 ")
+    assert D.launch_commands(cfg)[0].startswith("torchrun --nproc-per-node 6 ")
 
 
 @pytest.mark.parametrize(
@@ -320,7 +321,7 @@ def test_cpu_preset_check():
 
 def test_describe_plan_single_node():
     cfg = load_config("qwen3-8b")
-    text = one_line(P.describe_plan(cfg, run_dir=Path("runs/qwen3-8b-vespo"), replay=None, async_=False))
+    text = one_line(D.describe_plan(cfg, run_dir=Path("runs/qwen3-8b-vespo"), replay=None, async_=False))
     assert "torchrun --nproc-per-node 8 -m vespo_cli.cli train --preset qwen3-8b --run-dir runs/qwen3-8b-vespo" in text
     assert "256 prompts × N=8 = 2048 prompts × n=8 samples = 16,384 samples" in text
     assert "8 per rollout batch" in text and "188 (the last one uses 4 of its 8 minibatches)" in text
@@ -330,32 +331,32 @@ def test_describe_plan_single_node():
 
 def test_describe_plan_multi_node_async_and_replay():
     cfg = load_config("qwen3-30b-a3b")
-    text = one_line(P.describe_plan(cfg, run_dir=None, replay=None, async_=True))
+    text = one_line(D.describe_plan(cfg, run_dir=None, replay=None, async_=True))
     assert (
         "torchrun --nnodes 2 --node-rank $NODE_RANK --nproc-per-node 8 --rdzv-backend c10d "
         "--rdzv-endpoint $MASTER_ADDR:29500 -m vespo_cli.cli train --preset qwen3-30b-a3b --async"
     ) in text
     assert "async" in text
-    replay = P.describe_plan(cfg, run_dir=None, replay=Path("shards"), async_=False)
+    replay = D.describe_plan(cfg, run_dir=None, replay=Path("shards"), async_=False)
     assert "--replay shards" in one_line(replay) and "peak (trainer)" in replay
 
 
 def test_describe_plan_names_the_algorithm_preset():
-    text = one_line(P.describe_plan(load_config("qwen3-8b", "dapo"), run_dir=None, replay=None, async_=False))
+    text = one_line(D.describe_plan(load_config("qwen3-8b", "dapo"), run_dir=None, replay=None, async_=False))
     assert "train --preset qwen3-8b --algo dapo" in text  # dapo's objective is grpo: the preset name is kept
-    text = one_line(P.describe_plan(load_config("qwen3-8b"), run_dir=None, replay=None, async_=False))
+    text = one_line(D.describe_plan(load_config("qwen3-8b"), run_dir=None, replay=None, async_=False))
     assert "--algo" not in text
 
 
 def test_describe_plan_cpu_preset():
-    text = P.describe_plan(load_config("tiny"), run_dir=Path("runs/t"), replay=None, async_=False)
+    text = D.describe_plan(load_config("tiny"), run_dir=Path("runs/t"), replay=None, async_=False)
     assert "vespo train --preset tiny --run-dir runs/t" in text and "no GPU memory plan" in text
 
 
 def test_docs_carry_the_launch_lines():
     doc = (ROOT / "docs" / "paper.md").read_text()
     for name in PAPER_PRESETS:
-        assert P.launch_commands(load_config(name))[0] in doc, name
+        assert D.launch_commands(load_config(name))[0] in doc, name
     assert "vespo compare grpo gspo sapo vespo --preset qwen3-30b-a3b --staleness 4 --staleness 8" in doc
     for number in (
         "57.0",
@@ -381,8 +382,8 @@ def test_docs_carry_the_launch_lines():
 
 
 def test_shell_wrap_keeps_flags_with_values():
-    cmd = P.launch_commands(load_config("qwen3-30b-a3b"))[0]
-    lines = P.shell_wrap(cmd, 60)
+    cmd = D.launch_commands(load_config("qwen3-30b-a3b"))[0]
+    lines = D.shell_wrap(cmd, 60)
     assert all(line.endswith(" \\") for line in lines[:-1])
     assert " ".join(line.removesuffix(" \\").strip() for line in lines) == cmd
     assert not any(line.rstrip(" \\").endswith(("--nnodes", "--rdzv-endpoint", "--preset")) for line in lines)

@@ -148,7 +148,7 @@ def train(
         cfg = _config(preset, algo, overrides, "smollm2-arith")
         rd = _default_run_dir(cfg, run_dir)
     if dry_run:
-        from .plan import describe_plan
+        from .dryrun import describe_plan
 
         console.print(dump_yaml(cfg), highlight=False, markup=False)
         console.print(describe_plan(cfg, run_dir=rd, replay=replay, async_=async_), highlight=False)

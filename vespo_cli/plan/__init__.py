@@ -1,6 +1,6 @@
 """Paper-scale planning: exact parameter counts (`models`), the per-GPU memory model (`memory`), the
 layout's engines and throughput assumption (`layout`), and `vespo presets --check` (`check`). What
-`vespo train --dry-run` prints is `vespo_cli/dryrun.py`."""
+`vespo train --dry-run` prints (schedule, launch lines) is `vespo_cli/dryrun.py`, next to the CLI."""
 
 from .check import PAPER_PROTOCOL, check_config, check_preset, protocol_deviations, protocol_summary
 from .memory import MemoryPlan, Row, format_memory, memory_plan
@@ -15,23 +15,11 @@ __all__ = [
     "Row",
     "check_config",
     "check_preset",
-    "describe_plan",
     "format_memory",
     "hf_config",
     "known_model",
-    "launch_commands",
     "memory_plan",
     "model_shape",
     "protocol_deviations",
     "protocol_summary",
-    "shell_wrap",
 ]
-
-
-def __getattr__(name: str):
-    """describe_plan, launch_commands, shell_wrap live with the CLI's dry run (vespo_cli/dryrun.py)."""
-    if name in ("describe_plan", "launch_commands", "shell_wrap"):
-        from .. import dryrun
-
-        return getattr(dryrun, name)
-    raise AttributeError(name)
