@@ -12,7 +12,9 @@ group stays inside one node when k divides the ranks per node.
 The contract for the trainer's sync rollout (the loop calls `engine_group(rank, W, k, ranks_per_node)`):
 
 - the job has `count = W / k` engines; engine `index` samples part `index` of `count` of each
-  rollout batch's prompts (the same split a `count`-engine data-parallel rollout uses);
+  rollout batch's prompts (train/sources.py: `rank_share(gbs, count, index)`, shard
+  `part_name(version, iteration, count, index)`), so with k = 1 this is the rank-per-engine rollout;
+- each rank opens its engine with `vllm_parallel_args(k, W, moe)` among vLLM's arguments;
 - every rank of a group builds the engine, takes every weight publish, and calls `generate` with
   the group's prompts and the same sampling parameters and request seeds; all k get the same
   completions (vLLM's external launcher requires identical calls: deterministic scheduling);
