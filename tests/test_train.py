@@ -290,15 +290,16 @@ def _shard_rows(rollouts: Path) -> list[dict]:
 @pytest.mark.slow
 def test_sync_rollout_on_two_ranks_gives_the_one_process_rows(tmp_path):
     """torchrun --nproc-per-node 2: each rank samples half of the rollout batch's prompts with its own
-    HF engine (fp32) into its own shard and both read the whole batch (issue 22, items 1, 7). The rows
-    are the 1-process run's (tokens, rewards, groups exactly; engine logprobs to 1e-5: fp32 batching
-    order), rollout_workers is 2, and the trajectory is the 1-process one to the tolerance of
-    test_fsdp2_two_processes_match_one (rtol 1e-3, atol 1e-4)."""
+    HF engine (fp32) into its own shard and both read the whole batch; the second batch is sampled with
+    the weights published to both engines (issue 22, items 1, 2, 7). The rows are the 1-process run's
+    (tokens, rewards, groups exactly; engine logprobs to 1e-5: fp32 batching order), rollout_workers is
+    2, and the trajectory is the 1-process one to the tolerance of test_fsdp2_two_processes_match_one
+    (rtol 1e-3, atol 1e-4)."""
     import os
     import subprocess
     import sys
 
-    args = ["train", "--preset", "tiny", "--set", "trainer.steps=2"]
+    args = ["train", "--preset", "tiny", "--set", "trainer.steps=4"]  # 2 rollout batches: a publish between
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one" / "run", tmp_path / "two" / "run"  # the same run name: the same group ids
     subprocess.run([sys.executable, "-m", "vespo_cli.cli", *args, "--run-dir", str(one)], check=True, env=env)
@@ -310,10 +311,8 @@ def test_sync_rollout_on_two_ranks_gives_the_one_process_rows(tmp_path):
         text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [p.name for p in list_shards(two / "rollouts")] == [
-        "v000000-sync0-000000.parquet",
-        "v000000-sync1-000000.parquet",
-    ]
+    names = [p.name for p in list_shards(two / "rollouts")]
+    assert names == [f"v00000{v}-sync{r}-00000{i}.parquet" for v, i in ((0, 0), (2, 1)) for r in (0, 1)]
     assert _shard_rows(two / "rollouts") == _shard_rows(one / "rollouts")
     lp = [
         pa.concat_tables([read_shard(p) for p in list_shards(d / "rollouts")]).column("rollout_logprobs").to_pylist()
@@ -321,8 +320,8 @@ def test_sync_rollout_on_two_ranks_gives_the_one_process_rows(tmp_path):
     ]
     assert np.allclose(np.concatenate(lp[0]), np.concatenate(lp[1]), rtol=0, atol=1e-5)
     m1, m2 = read_jsonl(one / "metrics.jsonl"), read_jsonl(two / "metrics.jsonl")
-    assert [r["rollout_workers"] for r in m1] == [1, 1] and [r["rollout_workers"] for r in m2] == [2, 2]
-    assert m2[0]["rollout_s_max"] >= m2[0]["rollout_s"] > 0
+    assert [r["rollout_workers"] for r in m1] == [1] * 4 and [r["rollout_workers"] for r in m2] == [2] * 4
+    assert m2[0]["rollout_s_max"] >= m2[0]["rollout_s"] > 0 and m2[2]["time_publish_s"] > 0
     for a, b in zip(m1, m2, strict=True):
         for key in ("loss", "grad_norm", "entropy", "reward", "response_length"):
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), (a["step"], key)
