@@ -1085,6 +1085,12 @@ CATEGORIES: dict[str, Callable[[bool], list[Case]]] = {
 # --------------------------------------------------------------------------- report
 
 
+def _cpu_min() -> float:
+    """User + system CPU time of this script and every process it waited for, in minutes."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime) / 60
+
+
 DOCS: dict[str, str] = {}  # category → what its cases do (the docstring of the function that makes them)
 
 
@@ -1117,7 +1123,8 @@ def report(results: list[Outcome], argv: list[str], secs: float, quick: bool) ->
         f"```bash\n.venv/bin/{cmd}\n```",
         "",
         f"at commit {commit}{' (with uncommitted changes under vespo_cli/)' if dirty else ''}, "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, in {secs / 60:.1f} min on a shared 2-core machine"
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, in {secs / 60:.1f} min on {os.cpu_count()} cores "
+        f"(load average {os.getloadavg()[1]:.0f} at the end: other jobs share the machine; {_cpu_min():.1f} CPU-min)"
         f"{' (--quick: a few cases per category)' if quick else ''}.",
         "",
         "Each case runs the `vespo` command line in its own process with a timeout (see the script's",
