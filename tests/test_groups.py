@@ -75,3 +75,41 @@ def test_hf_groups_sample_the_one_engine_batch(tiny_model_path, chat_prompts):
     assert per_rank[0] == per_rank[1] and per_rank[2] == per_rank[3]
     leaders = [g.leader for g in engine_groups(4, 2, 4)]
     assert sorted(r for leader in leaders for r in per_rank[leader]) == sorted(whole)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_tensor_parallel_group_under_torchrun(tiny_model_path, tmp_path):
+    """Two torchrun ranks (gloo, the trainer's dist.init) share one vLLM CPU engine, TP 2, external
+    launcher: both sample the same rows, which are a TP-1 engine's (fp32, same seeds); a weight push
+    through load_state_dict (each rank the whole state dict) changes them and pushing back restores them."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("vllm")
+    from vespo_cli.rollout.base import Sampling
+    from vespo_cli.rollout.vllm import VLLMEngine
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    worker = Path(__file__).parent / "tp_group_worker.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.run(
+        [str(torchrun), "--nproc-per-node", "2", str(worker), tiny_model_path, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0 == r1 and r0["group"] == [0, 1] and r0["leader"] == 0
+    assert r0["zeroed"] != r0["first"] and r0["back"] == r0["first"]
+    engine = VLLMEngine(tiny_model_path, dtype="float32", max_model_len=256, kv_cache_bytes=64 * 2**20)
+    try:
+        out = engine.generate([[1, 2, 3, 4], [5, 6, 7]], 2, Sampling(max_tokens=8, seed=3))
+    finally:
+        engine.close()
+    assert [[c.prompt_index, c.sample_idx, c.response_token_ids] for c in out] == r0["first"]
