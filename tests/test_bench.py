@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -39,6 +40,12 @@ def test_model_shape_counts_tied_embeddings_once():
         layers = sum(p.numel() for p in model.model.layers.parameters()) + model.model.norm.weight.numel()
         assert shape["decoder_params"] == layers
         assert shape["head_params"] == 50 * 16 and shape["attn_width"] == 16 and shape["layers"] == 2
+        # the planner's shape (plan/models.py ModelShape fields) prices the same FLOPs
+        total = sum(p.numel() for p in model.parameters())
+        root = total - sum(p.numel() for p in model.model.layers.parameters())
+        plan = SimpleNamespace(params=total, active_params=total, root_params=root, hidden=16, vocab=50)
+        plan.__dict__.update(layers=2, heads=4, head_dim=4)
+        assert bench.flops.shape_from_plan(plan) == shape
 
 
 def test_matmul_rate_and_tree_rss_are_positive():
@@ -110,7 +117,7 @@ def test_regression_check_reports_ratios_that_moved_more_than_15_percent():
 
 
 def test_e2e_rows_pair_workers_by_round_and_name_the_error_line():
-    from vespo_cli.bench.e2e import _row, error_line
+    from vespo_cli.bench.e2e import _row, error_line, version_warnings
 
     def run(r, steps, peak):
         return {"round": r, "steps": [{"step_s": s} for s in steps], "setup": {"peak_tree_rss_gib": peak}}
@@ -125,6 +132,8 @@ def test_e2e_rows_pair_workers_by_round_and_name_the_error_line():
     assert error_line(tail) == "RuntimeError: no CUDA"
     tail = '[rank0]:   File "/v/trl/generation/vllm_generation.py", line 511, in sync_weights\n[rank0]: KeyError: 3\n'
     assert error_line(tail) == "KeyError: 3 (in trl/generation/vllm_generation.py:511 sync_weights)"
+    log = "x.py:48: UserWarning: TRL currently supports vLLM versions from 0.22.0 to 0.31.0. You have 0.32.0\n" * 2
+    assert version_warnings(log) == ["TRL currently supports vLLM versions from 0.22.0 to 0.31.0. You have 0.32.0"]
 
 
 def test_step_breakdown_figure(tmp_path):

@@ -36,6 +36,12 @@ ROWS = {  # row: (vespo kind, TRL kind, what it measures)
 }
 
 
+def version_warnings(log: str) -> list[str]:
+    """A worker log's warnings that the installed versions are outside a library's supported range."""
+    found = re.findall(r"UserWarning: ([^\n]*support[^\n]*version[^\n]*)", log)
+    return list(dict.fromkeys(found))
+
+
 def error_line(tail: str) -> str:
     """The exception line of a worker's log tail (its last `SomethingError: ...` line), else its last
     line; with the innermost TRL frame the traceback passed through, where there is one."""
@@ -114,7 +120,13 @@ def e2e(quick: bool, logdir: Path, say=print) -> dict:
             except WorkerError as e:
                 if kind.startswith("vespo"):
                     raise
-                out["errors"][kind] = {"error": error_line(e.tail), "log_tail": e.tail, "round": r}
+                full = e.log.read_text(errors="replace") if e.log and e.log.is_file() else e.tail
+                out["errors"][kind] = {
+                    "error": error_line(full),
+                    "warnings": version_warnings(full),
+                    "log_tail": e.tail,
+                    "round": r,
+                }
                 say(f"e2e: {kind} failed: {out['errors'][kind]['error']}")
                 continue
             run["round"] = r

@@ -22,6 +22,20 @@ def model_shape(model) -> dict:
     }
 
 
+def shape_from_plan(ms) -> dict:
+    """The same shape from `vespo plan`'s ModelShape (plan/models.py: exact counts from the model's
+    config, no weights loaded), so the FLOP model prices any model the planner knows. Per token the
+    decoder is the active parameters outside the root (embeddings, final norm, LM head; the final
+    norm's `hidden` weights are the only difference from `model_shape`)."""
+    return {
+        "params": ms.params,
+        "decoder_params": ms.active_params - ms.root_params + ms.hidden,
+        "head_params": ms.vocab * ms.hidden,
+        "layers": ms.layers,
+        "attn_width": ms.heads * ms.head_dim,
+    }
+
+
 def train_flops(shape: dict, seq_lens: list[int], resp_lens: list[int], causal_discount: bool = False) -> float:
     """Model FLOPs of one forward+backward: 6·decoder_params per token, 6·vocab·d per response token
     (the LM head runs on response positions only), and attention 12·layers·width·L² per sequence:

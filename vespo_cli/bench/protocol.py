@@ -24,9 +24,10 @@ def log_tail(path: Path, n: int = 30) -> str:
 class WorkerError(RuntimeError):
     """A worker exited before answering; `.tail` is the end of its log."""
 
-    def __init__(self, msg: str, tail: str):
+    def __init__(self, msg: str, tail: str, log: Path | None = None):
         super().__init__(msg + "\n" + tail)
         self.tail = tail
+        self.log = log
 
 
 class Worker:
@@ -53,7 +54,9 @@ class Worker:
         if not line:
             self.proc.wait()
             raise WorkerError(
-                f"bench worker {self.kind} exited ({self.proc.returncode}); log {self.log}:", log_tail(self.log)
+                f"bench worker {self.kind} exited ({self.proc.returncode}); log {self.log}:",
+                log_tail(self.log),
+                self.log,
             )
         return json.loads(line)
 

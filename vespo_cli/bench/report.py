@@ -100,10 +100,12 @@ def _e2e(res: dict) -> list[str]:
             f"{fmt(r['peak_rss_ratio'], 3)} |"
         )
     if e2e.get("trl_vllm_error"):
+        warn = e2e["errors"].get("trl-vllm", {}).get("warnings") or []
         lines += [
             "",
             f"TRL's vLLM mode (`use_vllm=True, vllm_mode='colocate'`) failed on this CPU build: "
-            f"`{e2e['trl_vllm_error']}` (log tail in latest.json, raw.e2e.errors).",
+            f"`{e2e['trl_vllm_error']}` (log tail in latest.json, raw.e2e.errors)."
+            + (f" TRL warned: {'; '.join(warn)}" if warn else ""),
         ]
     for kind, err in e2e.get("errors", {}).items():
         if kind != "trl-vllm":
@@ -159,6 +161,8 @@ def _breakdown(res: dict) -> list[str]:
 
 def _async(res: dict) -> list[str]:
     a = res["raw"]["async"]
+    if "error" in a:
+        return ["", "## Sync vs async loop", "", f"Not measured: `{a['error'].splitlines()[0]}`"]
     s, y = a["sync"], a["async"]
     return [
         "",
@@ -178,6 +182,9 @@ def _async(res: dict) -> list[str]:
 def _train_rollout(res: dict) -> list[str]:
     raw = res["raw"]
     tr, ro = raw["train"], raw["rollout"]
+    for name, d in (("train", tr), ("rollout", ro)):
+        if "error" in d:
+            return ["", f"## {name}", "", f"Not measured: `{d['error'].splitlines()[0]}`", ""]
     lines = [
         "",
         "## Trainer throughput",

@@ -45,7 +45,7 @@ def sizes(quick: bool) -> dict:
         )
     return dict(
         model="smollm2-135m",
-        e2e_rounds=2,  # rounds of short-lived workers, each: a warm-up step, then e2e_steps measured steps
+        e2e_rounds=1,  # rounds of short-lived workers, each: a warm-up step, then e2e_steps measured steps
         e2e_steps=2,
         e2e_prompts=2,
         e2e_n=8,
@@ -63,7 +63,7 @@ def sizes(quick: bool) -> dict:
         rollout_tokens=128,
         rollout_rounds=2,
         publish_repeats=3,
-        async_steps=4,
+        async_steps=3,
         worker_gib=7.0,  # a SmolLM2 worker's peak: one starts only with this much memory available
         obj_B=256,
         obj_T=4096,

@@ -84,14 +84,14 @@ def headline(raw: dict) -> dict:
         "peak_rss_ratio_vs_trl_hf_generate": row("vllm_vs_trl_hf", "peak_rss_ratio"),
         "objective_share_of_step": v["objective_share"],
         "objective_share_of_step_hf_engine": ex["vespo-hf"]["objective_share"],
-        "train_mfu": raw["train"]["mfu"],
-        "rollout_speedup_vllm_vs_hf": raw["rollout"]["speedup"],
+        "train_mfu": raw["train"].get("mfu"),
+        "rollout_speedup_vllm_vs_hf": raw["rollout"].get("speedup"),
         "shard_io_share": statistics.median((s["shard_read_s"] + s["shard_write_s"]) / s["step_s"] for s in measured),
         "publish_s_per_step": statistics.median(s["publish_s"] for s in measured),
         "publish_share_of_step": statistics.median(s["publish_s"] / s["step_s"] for s in measured),
-        "train_tokens_per_s": raw["train"]["tokens_per_s"],
+        "train_tokens_per_s": raw["train"].get("tokens_per_s"),
         "e2e_train_tokens_per_s": statistics.median(s["tokens"] / s["train_s"] for s in measured),
-        "async_speedup": raw["async"]["async_speedup"],
+        "async_speedup": raw["async"].get("async_speedup"),
     }
     if "trl_vllm_error" in ex:
         out["trl_vllm_error"] = ex["trl_vllm_error"]
@@ -127,12 +127,17 @@ def run_bench(out: Path, quick: bool = False) -> dict:
 
         def section(name: str, what: str) -> dict:
             say(f"{what} ({wait_for_memory(sz['worker_gib'], say=say):.1f} GiB available)")
-            return run_section(name, quick, logdir)
+            try:  # a section that fails (or is killed for memory) is recorded; the others' figures stand
+                return run_section(name, quick, logdir)
+            except RuntimeError as e:
+                say(f"{name} failed: {str(e).splitlines()[0]}")
+                return {"error": str(e)[-2000:]}
 
-        sync = section("sync_loop", "async: sync loop")
-        raw["async"] = async_summary(sync, section("async_loop", "async: async loop at equal samples"), sz)
-        raw["train"] = section("train", "train: throughput and MFU")
         raw["rollout"] = section("rollout", "rollout: vLLM vs HF engine, weight publish")
+        raw["train"] = section("train", "train: throughput and MFU")
+        sync = section("sync_loop", "async: sync loop")
+        async_ = section("async_loop", "async: async loop at equal samples") if "error" not in sync else sync
+        raw["async"] = async_summary(sync, async_, sz) if "error" not in async_ else {"error": async_["error"]}
     say("objectives: forward+backward vs REINFORCE (raw data; the share of a step is the figure)")
     raw["objectives"] = _objectives(sz)
     res.update(headline(raw))
