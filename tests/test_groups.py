@@ -113,3 +113,24 @@ def test_vllm_tensor_parallel_group_under_torchrun(tiny_model_path, tmp_path):
     finally:
         engine.close()
     assert [[c.prompt_index, c.sample_idx, c.response_token_ids] for c in out] == r0["first"]
+
+
+def test_rollout_group_of_the_trainer(monkeypatch):
+    """train/sources.rollout_group: k ranks per engine under torchrun; one process is a group of one
+    whatever k (its vLLM engine runs TP with its own workers); k = 1 is one engine per rank."""
+    from vespo_cli.config import Config
+    from vespo_cli.train import dist, sources
+
+    cfg = Config()
+    cfg.rollout.tensor_parallel_size = 2
+    assert sources.rollout_group(cfg) == engine_groups(1, 1)[0]
+    monkeypatch.setattr(dist, "world_size", lambda: 4)
+    monkeypatch.setattr(dist, "rank", lambda: 3)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    g = sources.rollout_group(cfg)
+    assert (g.index, g.count, g.ranks, g.leader) == (1, 2, (2, 3), 2)
+    cfg.rollout.tensor_parallel_size = 1
+    assert sources.rollout_group(cfg) == engine_groups(4, 1)[3]
+    cfg.rollout.tensor_parallel_size = 3
+    with pytest.raises(UserError, match="must divide"):
+        sources.rollout_group(cfg)

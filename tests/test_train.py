@@ -327,6 +327,51 @@ def test_sync_rollout_on_two_ranks_gives_the_one_process_rows(tmp_path):
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), (a["step"], key)
 
 
+def _tensor_parallel_group_run(tmp_path, engine: list[str]):
+    """torchrun --nproc-per-node 2 with rollout.tensor_parallel_size=2: one engine group of both ranks
+    (rollout/groups.py); both generate each part, the leader alone writes it. Against a 1-process run
+    (the same seeds): the same rows, one shard part per rollout batch, rollout_workers 1."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["train", "--preset", "tiny", "--set", "trainer.steps=4", *engine]  # 2 rollout batches: a publish
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one" / "run", tmp_path / "two" / "run"  # the same run name: the same group ids
+    subprocess.run([sys.executable, "-m", "vespo_cli.cli", *args, "--run-dir", str(one)], check=True, env=env)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run(
+        [str(torchrun), "--nproc-per-node", "2", "-m", "vespo_cli.cli", *args, "--run-dir", str(two)]
+        + ["--set", "rollout.tensor_parallel_size=2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = [p.name for p in list_shards(two / "rollouts")]
+    assert names == ["v000000-sync-000000.parquet", "v000002-sync-000001.parquet"]
+    assert _shard_rows(two / "rollouts") == _shard_rows(one / "rollouts")
+    m2 = read_jsonl(two / "metrics.jsonl")
+    assert [r["rollout_workers"] for r in m2] == [1] * 4 and m2[2]["time_publish_s"] > 0
+
+
+@pytest.mark.slow
+def test_sync_rollout_tensor_parallel_group_hf(tmp_path):
+    """The engine groups with the HF engine (each rank of the group runs a whole HF engine, fp32): the
+    grouping, the leader's single part and the publish to both ranks, without vLLM."""
+    _tensor_parallel_group_run(tmp_path, [])
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_sync_rollout_tensor_parallel_group_vllm(tmp_path):
+    """Two ranks share one vLLM CPU engine, TP 2 (external launcher), inside the trainer: the rows of a
+    1-process TP-1 vLLM run (fp32, the same request seeds; test_groups.py shows TP 2 = TP 1 there)."""
+    pytest.importorskip("vllm")
+    _tensor_parallel_group_run(tmp_path, ["--set", "rollout.engine=vllm", "--set", "rollout.kv_cache_gib=0.0625"])
+
+
 @pytest.mark.slow
 def test_async_trainer_with_an_external_worker(tmp_path):
     """trainer.async_workers=0: the trainer starts no worker and trains on the shards of a

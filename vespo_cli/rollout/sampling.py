@@ -64,7 +64,7 @@ def sample_to_shard(
     *,
     policy_version: int,
     run_id: str,
-    path: str | os.PathLike,
+    path: str | os.PathLike | None,
     seed: int,
     group_prefix: str,
     first_prompt: int = 0,
@@ -72,12 +72,16 @@ def sample_to_shard(
     """Sample cfg.rollout.n responses per problem, score them, write one shard. Returns stats.
 
     `first_prompt`: the index of problems[0] in its rollout batch (a rank's share of a sync batch): it
-    names the prompt groups and seeds each prompt's samples, so the rows do not depend on the split."""
+    names the prompt groups and seeds each prompt's samples, so the rows do not depend on the split.
+    `path` None: generate only (a tensor-parallel engine's rank other than its group's leader, which
+    writes the shard: rollout/groups.py)."""
     t0 = time.perf_counter()
     prompt_ids = encode_prompts(tokenizer, problems, cfg.data.template, cfg.data.max_prompt_tokens)
     sampling = dataclasses.replace(sampling_from(cfg, seed), prompt_offset=first_prompt)
     completions = engine.generate(prompt_ids, cfg.rollout.n, sampling)
     t_gen = time.perf_counter() - t0
+    if path is None:
+        return {"rows": len(completions), "gen_s": t_gen, "write_s": 0.0, "total_s": t_gen}
     texts = [c.text or tokenizer.decode(c.response_token_ids, skip_special_tokens=True) for c in completions]
     scores = scorer.score(
         texts,
@@ -124,9 +128,12 @@ def sample_to_shard(
     }
 
 
-def open_engine(cfg: Config, model_path: str):
-    """The configured engine over `model_path`, with the options that engine takes."""
+def open_engine(cfg: Config, model_path: str, world_size: int = 1):
+    """The configured engine over `model_path`, with the options that engine takes; in a
+    `world_size`-rank torchrun job with rollout.tensor_parallel_size > 1, one rank's share of its
+    group's engine (rollout/groups.py)."""
     from . import make_engine
+    from .groups import vllm_parallel_args
 
     r = cfg.rollout
     opts = dict(dtype=r.dtype, seed=cfg.trainer.seed, trust_remote_code=cfg.model.trust_remote_code)
@@ -137,6 +144,8 @@ def open_engine(cfg: Config, model_path: str):
             gpu_memory_utilization=r.gpu_memory_utilization,
             tensor_parallel_size=r.tensor_parallel_size,
         )
+        if r.tensor_parallel_size > 1:
+            opts.update(vllm_parallel_args(r.tensor_parallel_size, world_size))
     if r.engine == "hf" and cfg.algorithm.routing_replay:  # MoE routing replay: record per-token experts
         opts["record_routing"] = True
     return make_engine(r.engine, model_path, **opts)
@@ -155,4 +164,4 @@ def trainer_engine(cfg: Config, model, tokenizer, model_path: str, world_size: i
             "hf", model, tokenizer, seed=cfg.trainer.seed, record_routing=cfg.algorithm.routing_replay
         )
         return engine, True
-    return open_engine(cfg, model_path), False
+    return open_engine(cfg, model_path, world_size), False

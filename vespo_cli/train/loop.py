@@ -154,12 +154,13 @@ def _evaluate(tr: Trainer, engine, evaluate: Evaluate) -> None:
     """Evaluate the current weights; one `kind: eval` metrics line per benchmark.
 
     Sync runs use the rollout engine (it holds the current weights after publishing); otherwise an
-    HF engine shares the trainer's module. Under FSDP without an engine, eval is left to `vespo eval`."""
-    if tr.mode != "sync" and dist.world_size() > 1:  # no engine: sharing the module needs it whole
+    HF engine shares the trainer's module. Under FSDP without an engine, or with a tensor-parallel
+    engine (its group's ranks generate in lockstep, eval runs on rank 0), eval is left to `vespo eval`."""
+    tp = tr.cfg.rollout.tensor_parallel_size > 1
+    if (tr.mode != "sync" or tp) and dist.world_size() > 1:  # no engine: sharing the module needs it whole
         if dist.is_main():
-            console.print(
-                "[yellow]eval during sharded replay/async training is skipped; run `vespo eval` on a checkpoint[/]"
-            )
+            what = "with tensor-parallel engines" if tr.mode == "sync" else "during sharded replay/async training"
+            console.print(f"[yellow]eval {what} is skipped; run `vespo eval` on a checkpoint[/]")
         return
     if dist.is_main():
         if engine is None:

@@ -2,8 +2,8 @@
 (DESIGN.md, training semantics; sources.sync_batches gives each its share of a rollout batch).
 
 After each batch every engine takes the new weights (`publish`): the FSDP shards gathered on every
-sampling rank (on rank 0 alone when one engine spans several GPUs), a collective of all ranks. Where
-the engine shares the trainer's module (one process, HF engine in the model's dtype:
+rank (a tensor-parallel engine's ranks each take the whole weights and keep their slice), a
+collective of all ranks. Where the engine shares the trainer's module (one process, HF engine in the model's dtype:
 `rollout.sampling.trainer_engine`), there is nothing to publish."""
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ from pathlib import Path
 from ..config import Config
 from ..rollout.base import Engine
 from . import dist
-from .sources import sampling_ranks
 
 
 @dataclass
 class Sampler:
-    engine: Engine | None  # None on a rank that does not sample (sources.sampling_ranks)
-    sample: Callable[..., dict] | None  # (problems, version, path, seed, iteration, first) → sample_to_shard's stats
+    engine: Engine
+    sample: Callable[..., dict]  # (problems, version, path, seed, iteration, first) → sample_to_shard's stats
     publish: Callable[[], None]  # the trainer's current weights to the engine
 
 
@@ -32,20 +31,16 @@ def sync_sampler(cfg: Config, run_dir: Path, model, tokenizer, model_path: str) 
     from ..rewards import scorer_for
     from ..rollout.sampling import sample_to_shard, trainer_engine
 
-    k = sampling_ranks(cfg)
-    if dist.rank() >= k:  # no engine here (one engine over several GPUs): the gather is a collective
-        yield Sampler(None, None, lambda: dist.full_state_dict(model))
-        return
     engine, shared = trainer_engine(cfg, model, tokenizer, model_path, dist.world_size())
-    every_rank = k > 1  # each sampling rank's engine gets the whole weights; else rank 0's alone
-    publish = (lambda: None) if shared else (lambda: engine.load_state_dict(dist.full_state_dict(model, every_rank)))
+    publish = (lambda: None) if shared else (lambda: engine.load_state_dict(dist.full_state_dict(model, True)))
     run_id = Path(run_dir).name
     with contextlib.ExitStack() as stack:
         stack.callback(engine.close)
         scorer = stack.enter_context(scorer_for(cfg))
 
         def sample(problems, version, path, seed, iteration, first: int = 0) -> dict:
-            """Prompts first.. of rollout batch `iteration` into the shard `path`."""
+            """Prompts first.. of rollout batch `iteration` into the shard `path` (None: generate only,
+            on a tensor-parallel engine's rank that is not its group's leader)."""
             was_training = model.training
             model.eval()
             stats = sample_to_shard(

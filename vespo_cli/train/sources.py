@@ -23,6 +23,7 @@ from rich.console import Console
 
 from ..config import Config
 from ..errors import UserError
+from ..rollout.groups import EngineGroup, engine_group
 from ..rundir import RunDir, parse_shard_name, shard_name
 from ..shards import ShardError, follow, list_shards, read_shard, shard_hash
 from . import dist
@@ -52,10 +53,13 @@ def sync_seed(cfg: Config, iteration: int) -> int:
     return cfg.trainer.seed * 100003 + iteration
 
 
-def sampling_ranks(cfg: Config) -> int:
-    """How many ranks (0..k-1) sample a sync rollout batch, each with its own engine: every rank, but
-    one engine (rank 0's) where an engine spans several GPUs (rollout.tensor_parallel_size > 1)."""
-    return dist.world_size() if cfg.rollout.tensor_parallel_size == 1 else 1
+def rollout_group(cfg: Config) -> EngineGroup:
+    """This rank's engine group (rollout/groups.py, whose docstring is the contract): every rank
+    samples, one engine per group of rollout.tensor_parallel_size ranks (k = 1: one engine per rank).
+    One process keeps a group of one, whatever k: its vLLM engine spans k GPUs with its own workers."""
+    world = dist.world_size()
+    k = cfg.rollout.tensor_parallel_size if world > 1 else 1
+    return engine_group(dist.rank(), world, k, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
 
 
 def rank_share(num_prompts: int, parts: int, part: int) -> tuple[int, int]:
@@ -73,27 +77,33 @@ def part_name(version: int, iteration: int, parts: int, part: int) -> str:
 def sync_batches(cfg: Config, run_dir: Path, state: dict, sampler: Callable, vocab_size: int) -> Iterator[RolloutBatch]:
     """Sample rollout batch i with the current weights (or reuse its shards after a resume).
 
-    Data parallel: each of the k sampling ranks (`sampling_ranks`) samples its share of the batch's
-    prompts (`rank_share`) with its own engine into its own shard; per-prompt seeds
+    Data parallel: each engine group (`rollout_group`: `count` engines of `size` ranks) samples part
+    `index` of the batch's prompts (`rank_share`) into its own shard; per-prompt seeds
     (rollout.base.request_seed of the batch seed and the prompt's index in the batch) make the rows
-    those of a one-process run. Every rank then reads the whole batch, all k parts (simpler than
-    exchanging rows, and a resumed or replayed run reads the same shards), and training splits it as it
-    would any batch: each rank trains on its slice of every minibatch."""
+    those of a one-process run. Every rank of a group calls the engine with the same prompts and seeds
+    (a tensor-parallel vLLM engine's ranks generate in lockstep); only the leader writes the part. Every
+    rank then reads the whole batch, all parts (simpler than exchanging rows, and a resumed or replayed
+    run reads the same shards), and training splits it as it would any batch: each rank trains on its
+    slice of every minibatch."""
     from ..rollout.sampling import prompt_chunk
 
     out = RunDir(run_dir).rollouts
     gbs = cfg.trainer.rollout_batch_prompts
-    k, rank = sampling_ranks(cfg), dist.rank()
+    group = rollout_group(cfg)
+    k, leader = group.count, dist.rank() == group.leader
     while True:
         i, version = state["iteration"], state["step"]
         parts = [(out / part_name(version, i, k, r), *rank_share(gbs, k, r)) for r in range(k)]
-        mine = parts[rank] if rank < k else None
-        parts = [p for p in parts if p[2] > p[1]]  # a rank without prompts (gbs < k) writes nothing
+        mine = parts[group.index]
+        parts = [p for p in parts if p[2] > p[1]]  # a group without prompts (gbs < k) writes nothing
         t0 = time.perf_counter()
         own = {"sample_s": 0.0, "write_s": 0.0}
-        if mine is not None and mine[2] > mine[1] and not mine[0].exists():
+        # The group's ranks agree on exists(): the leader writes the part only after a generate that
+        # (tensor parallel) every rank of the group has entered.
+        if mine[2] > mine[1] and not mine[0].exists():
             path, lo, hi = mine
-            stats = sampler(prompt_chunk(cfg, i * gbs + lo, hi - lo), version, path, sync_seed(cfg, i), i, lo)
+            problems = prompt_chunk(cfg, i * gbs + lo, hi - lo)
+            stats = sampler(problems, version, path if leader else None, sync_seed(cfg, i), i, lo)
             own = {"sample_s": time.perf_counter() - t0, "write_s": stats.get("write_s", 0.0)}
         total, peak = dist.sum_and_max([own["sample_s"]])  # also the barrier: every part is written
         t1 = time.perf_counter()
@@ -104,7 +114,7 @@ def sync_batches(cfg: Config, run_dir: Path, state: dict, sampler: Callable, voc
             i,
             rows,
             [p[0].name for p in parts],
-            total[0] / len(parts),
+            total[0] / (len(parts) * group.size),  # the mean over the ranks that sampled
             digests={p[0].name: shard_hash(t) for p, t in zip(parts, tables)},
             shard_io_s=own["write_s"] + t2 - t1,
             rollout_s_max=peak[0],
