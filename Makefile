@@ -17,7 +17,7 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast test-heavy lint bench clean
 
 setup: $(STAMP)
 
@@ -40,14 +40,17 @@ demo: setup
 	@echo "demo run: runs/demo (metrics.jsonl, rollouts/, checkpoints/); report: runs/demo/report/report.md"
 
 test: setup lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not heavy"
+
+test-heavy: setup
+	$(PY) -m pytest -q -m heavy
 
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not heavy"
 
 bench: setup
 ifeq ($(DEVICE),cpu)

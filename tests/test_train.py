@@ -365,6 +365,7 @@ def test_sync_rollout_tensor_parallel_group_hf(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.vllm
+@pytest.mark.heavy  # ~7 min: two vLLM TP ranks and a 1-process vLLM run; test_groups covers vLLM TP 2 alone
 def test_sync_rollout_tensor_parallel_group_vllm(tmp_path):
     """Two ranks share one vLLM CPU engine, TP 2 (external launcher), inside the trainer: the rows of a
     1-process TP-1 vLLM run (fp32, the same request seeds; test_groups.py shows TP 2 = TP 1 there)."""
