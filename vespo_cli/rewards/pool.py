@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------ worker pool
 #
-# One "zygote" subprocess imports math-verify once (slow: sympy and the LaTeX grammar) and then only forks warm scoring workers on
-# request, so a worker killed for overrunning is replaced in milliseconds. A plain subprocess (not
+# One "zygote" subprocess imports math-verify once (slow: sympy and the LaTeX grammar) and then only
+# forks warm scoring workers on request, so a worker killed for overrunning is replaced at once. A plain subprocess (not
 # multiprocessing spawn/forkserver) so nothing depends on how the host process was started: no
 # re-import of `__main__`, no process-global start-method state. Lifetimes: the zygote exits when its
 # control socket closes (the host process closed the scorer or died); workers carry
