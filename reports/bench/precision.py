@@ -54,7 +54,7 @@ def main() -> None:
     from vespo_cli.rollout.run import open_engine, prompt_chunk, sample_to_shard
     from vespo_cli.shards import read_shard
     from vespo_cli.train.batch import rows_from_table
-    from vespo_cli.train.loop import old_logprobs, optimizer_step
+    from vespo_cli.train.step import old_logprobs, optimizer_step
 
     base = [
         "data.train=gsm8k",

@@ -30,7 +30,7 @@ def section_train(quick: bool) -> dict:
     try:  # the trainer's step (train/step.py; train/loop.py before the trainer split)
         from ..train.step import make_optimizer, old_logprobs, optimizer_step
     except ImportError:
-        from ..train.loop import make_optimizer, old_logprobs, optimizer_step
+        from ..train.step import make_optimizer, old_logprobs, optimizer_step
 
     sz = sizes(quick)
     cfgs = {}
