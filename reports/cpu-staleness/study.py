@@ -31,6 +31,13 @@ def finished(run: Path) -> bool:
     return bool(done) and max(done) >= steps
 
 
+def _size(run: Path) -> int:
+    try:
+        return (run / "metrics.jsonl").stat().st_size
+    except OSError:
+        return 0
+
+
 def copy_run(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     for name in KEPT:
@@ -45,7 +52,7 @@ def collect(study: Path, keep: Path) -> int:
         shutil.copy2(study / "commit", keep / "commit")
     for run in sorted(study.glob("*/runs/*")):
         dst = keep / run.parent.parent.name / "runs" / run.name
-        if finished(run) and not finished(dst):
+        if finished(run) and (not finished(dst) or _size(run) > _size(dst)):  # new, or evaluated since
             copy_run(run, dst)
             n += 1
     return n
