@@ -16,6 +16,7 @@ def main(argv: list[str]) -> None:
     argv = [a for a in argv if a != "--quick"]
     if argv[0] == "section":
         from .section_async import section_async_loop, section_sync_loop
+        from .section_ranks import section_ranks
         from .section_rollout import section_rollout
         from .section_train import section_train
 
@@ -24,6 +25,7 @@ def main(argv: list[str]) -> None:
             "rollout": section_rollout,
             "sync_loop": section_sync_loop,
             "async_loop": section_async_loop,
+            "ranks": section_ranks,
         }
         configure_child()
         rss = PeakRSS()

@@ -92,6 +92,7 @@ def headline(raw: dict) -> dict:
         "train_tokens_per_s": raw["train"].get("tokens_per_s"),
         "e2e_train_tokens_per_s": statistics.median(s["tokens"] / s["train_s"] for s in measured),
         "async_speedup": raw["async"].get("async_speedup"),
+        "rollout_speedup_2_ranks": raw.get("ranks", {}).get("rollout_speedup_2_ranks"),
     }
     if "trl_vllm_error" in ex:
         out["trl_vllm_error"] = ex["trl_vllm_error"]
@@ -138,6 +139,7 @@ def run_bench(out: Path, quick: bool = False) -> dict:
         sync = section("sync_loop", "async: sync loop")
         async_ = section("async_loop", "async: async loop at equal samples") if "error" not in sync else sync
         raw["async"] = async_summary(sync, async_, sz) if "error" not in async_ else {"error": async_["error"]}
+        raw["ranks"] = section("ranks", "scale-out: rollout on 2 torchrun ranks vs 1 process (tiny model)")
     say("objectives: forward+backward vs REINFORCE (raw data; the share of a step is the figure)")
     raw["objectives"] = _objectives(sz)
     res.update(headline(raw))
