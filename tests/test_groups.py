@@ -134,3 +134,14 @@ def test_rollout_group_of_the_trainer(monkeypatch):
     cfg.rollout.tensor_parallel_size = 3
     with pytest.raises(UserError, match="must divide"):
         sources.rollout_group(cfg)
+
+
+def test_moe_models_get_expert_parallel_engines(tmp_path, tiny_model_path):
+    """open_engine asks vLLM for expert parallelism (EP = TP) exactly when the model has routed experts."""
+    from transformers import Qwen3MoeConfig
+
+    from vespo_cli.rollout.sampling import is_moe
+
+    Qwen3MoeConfig(num_experts=4, num_experts_per_tok=2, num_hidden_layers=1).save_pretrained(tmp_path)
+    assert is_moe(str(tmp_path)) and not is_moe(str(tiny_model_path))
+    assert vllm_parallel_args(2, 2, moe=is_moe(str(tmp_path)))["enable_expert_parallel"] is True

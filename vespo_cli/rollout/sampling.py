@@ -128,6 +128,15 @@ def sample_to_shard(
     }
 
 
+def is_moe(model_path: str, trust_remote_code: bool = False) -> bool:
+    """Whether the model's config declares routed experts (then a TP group splits experts: EP)."""
+    from transformers import AutoConfig
+
+    conf = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    text = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
+    return any(int(getattr(text, k, 0) or 0) > 0 for k in ("num_experts", "num_local_experts", "n_routed_experts"))
+
+
 def open_engine(cfg: Config, model_path: str, world_size: int = 1):
     """The configured engine over `model_path`, with the options that engine takes; in a
     `world_size`-rank torchrun job with rollout.tensor_parallel_size > 1, one rank's share of its
@@ -145,7 +154,8 @@ def open_engine(cfg: Config, model_path: str, world_size: int = 1):
             tensor_parallel_size=r.tensor_parallel_size,
         )
         if r.tensor_parallel_size > 1:
-            opts.update(vllm_parallel_args(r.tensor_parallel_size, world_size))
+            moe = is_moe(model_path, cfg.model.trust_remote_code)
+            opts.update(vllm_parallel_args(r.tensor_parallel_size, world_size, moe=moe))
     if r.engine == "hf" and cfg.algorithm.routing_replay:  # MoE routing replay: record per-token experts
         opts["record_routing"] = True
     return make_engine(r.engine, model_path, **opts)
