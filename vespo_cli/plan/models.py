@@ -188,6 +188,12 @@ def hf_config(spec: str, trust_remote_code: bool = False):
         ) from None
 
 
+def routed_experts(conf) -> int:
+    """Routed experts per MoE layer declared by a `transformers` config (0: a dense model)."""
+    text = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
+    return int(_num(text, "num_experts", "num_local_experts", "n_routed_experts"))
+
+
 def _num(conf, *names, default=0):
     for name in names:
         value = getattr(conf, name, None)
@@ -211,7 +217,7 @@ def model_shape(spec: str, trust_remote_code: bool = False) -> ModelShape:
             f"model.path {spec!r}: cannot build the model from its config ({type(e).__name__}: {e})"
         ) from None
     text = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
-    experts = int(_num(text, "num_experts", "num_local_experts", "n_routed_experts"))
+    experts = routed_experts(conf)
     top_k = int(_num(text, "num_experts_per_tok", "moe_topk")) if experts else 0
     layer_re = re.compile(r"\.layers\.(\d+)\.")
     total = root = expert_params = 0

@@ -130,11 +130,9 @@ def sample_to_shard(
 
 def is_moe(model_path: str, trust_remote_code: bool = False) -> bool:
     """Whether the model's config declares routed experts (then a TP group splits experts: EP)."""
-    from transformers import AutoConfig
+    from ..plan.models import hf_config, routed_experts
 
-    conf = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    text = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
-    return any(int(getattr(text, k, 0) or 0) > 0 for k in ("num_experts", "num_local_experts", "n_routed_experts"))
+    return routed_experts(hf_config(model_path, trust_remote_code)[0]) > 0
 
 
 def open_engine(cfg: Config, model_path: str, world_size: int = 1):
