@@ -52,46 +52,46 @@ if [[ "$MODE" == "--quick" ]]; then
 fi
 COMMON=(--preset cpu-staleness "${STEPS[@]}")
 
-evaluate() {  # the final policy of each finished run: 64 arith problems × 4 samples (an eval line in its metrics)
+evaluate() {  # the final policy of each finished run in the lanes "$@": 64 arith problems × 4 samples (an eval line)
   local run
-  for run in $($PY reports/cpu-staleness/study.py unevaluated "$STUDY"); do
+  for run in $($PY reports/cpu-staleness/study.py unevaluated "$@"); do
     $V eval arith --model "$run/checkpoints/step-${LAST_STEP}" --preset cpu-staleness --limit "$EVAL_LIMIT" --k 4 \
       --set eval.max_tokens=48 || echo "eval of $run failed; the next run of this script retries it"
   done
 }
-collect() { evaluate; $PY reports/cpu-staleness/study.py collect "$STUDY" "$KEEP"; }
+collect() { evaluate "$@"; $PY reports/cpu-staleness/study.py collect "$STUDY" "$KEEP"; }
 restore() { $PY reports/cpu-staleness/study.py restore "$KEEP" "$STUDY"; }
 
 lane_a() {
   for s in "${SEEDS[@]}"; do
-    $V compare vespo gspo "${NS[@]}" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/a"; collect
+    $V compare vespo gspo "${NS[@]}" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/a"; collect "$STUDY/a"
   done
   for s in "${SEEDS[@]}"; do
     ((DRIFT)) || break
-    $V compare vespo -N "$DRIFT" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/drift-a"; collect
+    $V compare vespo -N "$DRIFT" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/drift-a"; collect "$STUDY/drift-a"
   done
   for s in "${SEEDS[@]}"; do
     $V compare "${ASYNC_ALGOS[@]}" --async -N 1 "${COMMON[@]}" --set trainer.seed="$s" --set trainer.max_staleness=4 \
-      --set trainer.old_logp=rollout --out "$STUDY/async"; collect
+      --set trainer.old_logp=rollout --out "$STUDY/async"; collect "$STUDY/async"
   done
 }
 
 lane_b() {
   for s in "${SEEDS[@]}"; do
-    $V compare grpo sapo "${NS[@]}" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/b"; collect
+    $V compare grpo sapo "${NS[@]}" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/b"; collect "$STUDY/b"
   done
   for s in "${SEEDS[@]}"; do
     ((DRIFT)) || break
-    $V compare grpo -N "$DRIFT" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/drift-b"; collect
+    $V compare grpo -N "$DRIFT" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/drift-b"; collect "$STUDY/drift-b"
   done
   for s in "${SEEDS[@]}"; do
     $V compare vespo:length_norm=sqrt vespo:c1_neg=2,c2_neg=3 -N "$HIGH" "${COMMON[@]}" --set trainer.seed="$s" \
-      --out "$STUDY/ablations"; collect
+      --out "$STUDY/ablations"; collect "$STUDY/ablations"
   done
 }
 
 report() {
-  collect
+  collect "$STUDY"/*/
   local dirs=("$KEEP"/*/)
   [[ -e "${dirs[0]}" ]] || { echo "no finished runs in $KEEP yet"; return 0; }
   $V compare "${dirs[@]}" --out "$REPORT"

@@ -2,7 +2,7 @@
 
     python reports/cpu-staleness/study.py collect STUDY_DIR KEEP_DIR   # finished runs → KEEP_DIR
     python reports/cpu-staleness/study.py restore KEEP_DIR STUDY_DIR   # KEEP_DIR → missing runs
-    python reports/cpu-staleness/study.py unevaluated STUDY_DIR        # finished runs without an eval
+    python reports/cpu-staleness/study.py unevaluated LANE_DIR...      # their finished runs without an eval
 
 A run is `STUDY_DIR/<lane>/runs/<run>/`; it is finished when its metrics reach `trainer.steps`. Only
 config.yaml, run.json and metrics.jsonl are kept (and STUDY_DIR/commit, the code they trained with): what
@@ -68,10 +68,12 @@ def restore(keep: Path, study: Path) -> int:
     return n
 
 
-def unevaluated(study: Path) -> list[Path]:
-    """Finished runs with a last checkpoint and no eval line in their metrics yet."""
+def unevaluated(lanes: list[Path]) -> list[Path]:
+    """Finished runs of these lanes (`LANE/runs/<run>`) with a last checkpoint and no eval line yet.
+
+    Each lane evaluates only its own runs, so two lanes never evaluate one run at once."""
     out = []
-    for run in sorted(study.glob("*/runs/*")):
+    for run in sorted(run for lane in lanes for run in lane.glob("runs/*")):
         if (
             finished(run)
             and any((run / "checkpoints").glob("step-*"))
@@ -83,7 +85,7 @@ def unevaluated(study: Path) -> list[Path]:
 
 if __name__ == "__main__":
     if sys.argv[1] == "unevaluated":
-        print("\n".join(str(p) for p in unevaluated(Path(sys.argv[2]))))
+        print("\n".join(str(p) for p in unevaluated([Path(a) for a in sys.argv[2:]])))
         sys.exit(0)
     cmd, a, b = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     n = {"collect": collect, "restore": restore}[cmd](a, b)
