@@ -71,3 +71,47 @@ def redraw_rewards(src: Path, out: Path, seed: int = 0) -> Path:
         t = t.set_column(t.schema.get_field_index("correct"), "correct", pa.array(reward > 0))
         write_shard(t, out / f.name)
     return out
+
+
+SHARD_T0 = 1_700_000_000_000  # created_at of the test shards, ms
+
+
+def make_shard_rows(rows: int = 4, version: int = 0, *, tag: str = "v", **columns) -> dict:
+    """A valid shard as column lists, in the order of the one shard schema (vespo_cli.shards.SCHEMA).
+
+    The tests' only list of shard columns: a required column the schema gains fails here until it has a
+    default. Defaults: groups of 2 samples, shard "{tag}{version}", groups "{tag}{version}-g<i // 2>",
+    prompts p<i // 2>, responses of 3-5 tokens at logprob -0.25, rewards 1/0 alternating, correct = reward > 0,
+    finish "stop", created_at SHARD_T0. `columns` replace defaults or add optional columns, by name."""
+    from vespo_cli.shards import OPTIONAL, SCHEMA
+
+    unknown = sorted(set(columns) - set(SCHEMA.names))
+    assert not unknown, f"make_shard_rows: {unknown} are not shard columns"
+    responses = columns.get("response_token_ids", [list(range(10, 13 + i % 3)) for i in range(rows)])
+    reward = columns.get("reward", [float(i % 2 == 0) for i in range(rows)])
+    defaults = {
+        "run_id": ["run"] * rows,
+        "shard_id": [f"{tag}{version}"] * rows,
+        "policy_version": [version] * rows,
+        "engine": ["hf"] * rows,
+        "engine_dtype": ["float32"] * rows,
+        "temperature": [1.0] * rows,
+        "top_p": [1.0] * rows,
+        "top_k": [-1] * rows,
+        "prompt_id": [f"p{i // 2}" for i in range(rows)],
+        "group_id": [f"{tag}{version}-g{i // 2}" for i in range(rows)],
+        "sample_idx": [i % 2 for i in range(rows)],
+        "prompt_token_ids": [[1, 2, 3 + i] for i in range(rows)],
+        "response_token_ids": responses,
+        "reward": reward,
+        "finish_reason": ["stop"] * rows,
+        "created_at": [SHARD_T0] * rows,
+    }
+    if "rollout_logprobs" not in columns:  # derived only when not given (a test's own columns may not allow it)
+        defaults["rollout_logprobs"] = [[-0.25] * len(r) for r in responses]
+    if "correct" not in columns:
+        defaults["correct"] = [r > 0 for r in reward]
+    cols = {**defaults, **columns}
+    missing = [f.name for f in SCHEMA if f.name not in cols and f.name not in OPTIONAL]
+    assert not missing, f"make_shard_rows: give the new shard column(s) {missing} a default"
+    return {name: cols[name] for name in SCHEMA.names if name in cols}

@@ -8,36 +8,25 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_shard_rows
 from typer.testing import CliRunner
 
 from vespo_cli.cli import app
 from vespo_cli.shards import shard_name, write_shard
 
-T0 = 1_700_000_000_000
-
 
 def shard(rows: int, version: int, rewards: list[float]) -> dict:
-    """A valid shard as column lists (see tests/test_shards.py for the full contract)."""
-    return {
-        "run_id": ["run"] * rows,
-        "shard_id": [f"s{version}"] * rows,
-        "policy_version": [version] * rows,
-        "engine": ["hf"] * rows,
-        "engine_dtype": ["float32"] * rows,
-        "temperature": [1.0] * rows,
-        "top_p": [1.0] * rows,
-        "top_k": [-1] * rows,
-        "prompt_id": [f"p{i // 2}" for i in range(rows)],
-        "group_id": [f"g{i // 2}" for i in range(rows)],
-        "sample_idx": [i % 2 for i in range(rows)],
-        "prompt_token_ids": [[1, 2]] * rows,
-        "response_token_ids": [[5, 6, 7]] * rows,
-        "rollout_logprobs": [[-0.5, -0.1, -2.0]] * rows,
-        "reward": rewards,
-        "correct": [r > 0 for r in rewards],
-        "finish_reason": ["stop"] * rows,
-        "created_at": [T0] * rows,
-    }
+    """A valid shard as column lists (conftest.make_shard_rows; tests/test_shards.py tests the contract)."""
+    return make_shard_rows(
+        rows,
+        version,
+        tag="s",
+        group_id=[f"g{i // 2}" for i in range(rows)],
+        prompt_token_ids=[[1, 2]] * rows,
+        response_token_ids=[[5, 6, 7]] * rows,
+        rollout_logprobs=[[-0.5, -0.1, -2.0]] * rows,
+        reward=rewards,
+    )
 
 
 @pytest.fixture

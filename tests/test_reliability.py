@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import redraw_rewards
+from conftest import make_shard_rows, redraw_rewards
 from typer.testing import CliRunner
 
 from vespo_cli import shards as S
@@ -404,35 +404,22 @@ def test_rollout_survives_sigkill_without_torn_or_duplicate_shards(tmp_path):
 
 # =========================================================================== 2. bad shard files
 
-T0 = 1_700_000_000_000
 QUIET = {"COLUMNS": "1000", "NO_COLOR": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
 
 
 def shard_columns(rows: int = 8, version: int = 0, seed: int = 0, tag: str = "s") -> dict:
-    """A valid shard: groups of 2 samples, random 0/1 rewards, random short responses."""
+    """A valid shard (conftest.make_shard_rows): groups of 2 samples, random 0/1 rewards, random short responses."""
     rng = np.random.default_rng(seed)
     lens = rng.integers(1, 6, rows).tolist()
-    reward = rng.integers(0, 2, rows).astype(float).tolist()
-    return {
-        "run_id": ["run"] * rows,
-        "shard_id": [f"{tag}{version}"] * rows,
-        "policy_version": [version] * rows,
-        "engine": ["hf"] * rows,
-        "engine_dtype": ["float32"] * rows,
-        "temperature": [1.0] * rows,
-        "top_p": [1.0] * rows,
-        "top_k": [-1] * rows,
-        "prompt_id": [f"{tag}p{i // 2}" for i in range(rows)],
-        "group_id": [f"{tag}{version}-g{i // 2}" for i in range(rows)],
-        "sample_idx": [i % 2 for i in range(rows)],
-        "prompt_token_ids": [[1, 2, 3 + i] for i in range(rows)],
-        "response_token_ids": [rng.integers(5, 200, n).tolist() for n in lens],
-        "rollout_logprobs": [(-rng.uniform(0.1, 3.0, n)).tolist() for n in lens],
-        "reward": reward,
-        "correct": [r > 0 for r in reward],
-        "finish_reason": ["stop"] * rows,
-        "created_at": [T0] * rows,
-    }
+    return make_shard_rows(
+        rows,
+        version,
+        tag=tag,
+        prompt_id=[f"{tag}p{i // 2}" for i in range(rows)],
+        reward=rng.integers(0, 2, rows).astype(float).tolist(),
+        response_token_ids=[rng.integers(5, 200, n).tolist() for n in lens],
+        rollout_logprobs=[(-rng.uniform(0.1, 3.0, n)).tolist() for n in lens],
+    )
 
 
 def raw_write(table: pa.Table, path: Path, version: bytes | None = b"1") -> None:

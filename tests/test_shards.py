@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import SHARD_T0, make_shard_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,37 +18,23 @@ from vespo_cli import shards as S
 from vespo_cli.errors import UserError
 from vespo_cli.shards import ShardError, follow, read_shard, summarize, to_table, write_shard
 
-T0 = 1_700_000_000_000  # created_at, ms
-
 
 def shard_columns(rows: int = 4, version: int = 0, *, resp_lens=None, rewards=None, **columns) -> dict:
-    """A valid shard as column lists: groups of 2 samples, rewards 1/0 alternating by default."""
+    """A valid shard as column lists (conftest.make_shard_rows): groups of 2 samples, rewards 1/0 alternating
+    by default, every finish reason, answers and texts filled in, created_at one ms apart."""
     resp_lens = resp_lens or [3 + i % 3 for i in range(rows)]
     rewards = [float(i % 2 == 0) for i in range(rows)] if rewards is None else rewards
-    cols = {
-        "run_id": ["run"] * rows,
-        "shard_id": [f"v{version}"] * rows,
-        "policy_version": [version] * rows,
-        "engine": ["hf"] * rows,
-        "engine_dtype": ["float32"] * rows,
-        "temperature": [1.0] * rows,
-        "top_p": [1.0] * rows,
-        "top_k": [-1] * rows,
-        "prompt_id": [f"p{i // 2}" for i in range(rows)],
-        "group_id": [f"v{version}-g{i // 2}" for i in range(rows)],
-        "sample_idx": [i % 2 for i in range(rows)],
-        "prompt_token_ids": [[1, 2, 3 + i] for i in range(rows)],
+    filled = {
         "response_token_ids": [list(range(10, 10 + n)) for n in resp_lens],
         "rollout_logprobs": [[-0.25] * n for n in resp_lens],
         "reward": rewards,
-        "correct": [r > 0 for r in rewards],
+        "correct": [r > 0 for r in rewards],  # of these rewards even where `columns` replaces the reward column
         "extracted_answer": [str(i) for i in range(rows)],
         "finish_reason": ["stop" if i % 3 else "length" for i in range(rows)],
         "response_text": [f"answer {i}" for i in range(rows)],
-        "created_at": [T0 + i for i in range(rows)],
+        "created_at": [SHARD_T0 + i for i in range(rows)],
     }
-    cols.update(columns)
-    return cols
+    return make_shard_rows(rows, version, tag="v", **{**filled, **columns})
 
 
 def raw_write(table: pa.Table, path: Path, version: bytes | None = b"1") -> Path:
