@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from vespo_cli import data
+from vespo_cli.arith import _arith
 from vespo_cli.data import (
     EVAL_SETS,
     PAPER_TEMPLATE,
     Problem,
-    _arith,
     arith_problem,
     build_messages,
     iter_arith,
