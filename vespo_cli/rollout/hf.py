@@ -10,6 +10,7 @@ finished rows from the batch as they stop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import os
 
@@ -74,6 +75,36 @@ def read_safetensors_dir(checkpoint_dir: str) -> dict[str, torch.Tensor]:
     for f in files:
         state.update(load_file(f))
     return state
+
+
+@dataclasses.dataclass
+class _Rows:
+    """The completions of one chunk as they grow, indexed by completion row: sampled tokens, their raw
+    logprobs, the experts behind each logprob (None unless recording routing), whether the row hit eos."""
+
+    tokens: list[list[int]]
+    logps: list[list[float]]
+    routing: list[list[list[int]]] | None
+    stopped: list[bool]
+
+    @classmethod
+    def empty(cls, rows: int, routing: bool) -> _Rows:
+        return cls(
+            tokens=[[] for _ in range(rows)],
+            logps=[[] for _ in range(rows)],
+            routing=[[] for _ in range(rows)] if routing else None,
+            stopped=[False] * rows,
+        )
+
+    def add(self, alive: torch.Tensor, tok: torch.Tensor, tok_logp: torch.Tensor, is_eos: torch.Tensor, route) -> None:
+        """One sampled token for each batch row; `alive` maps batch rows to completion rows."""
+        for r, t, lp, e in zip(alive.tolist(), tok.tolist(), tok_logp.tolist(), is_eos.tolist()):
+            self.tokens[r].append(t)
+            self.logps[r].append(lp)
+            self.stopped[r] = e
+        if self.routing is not None:  # the experts behind the logits sampled from (this step's batch rows)
+            for r, ids in zip(alive.tolist(), route.tolist()):
+                self.routing[r].append(ids)
 
 
 class HFEngine:
@@ -186,57 +217,68 @@ class HFEngine:
 
     @torch.inference_mode()
     def _generate_chunk(self, prompts, offset, n, sampling, generators, rec=None) -> list[Completion]:
-        from transformers import DynamicCache
-
-        dev = self.device
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p) :] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=pos,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = out.past_key_values
-        logits = out.logits[:, -1, :].float()
-        route = rec.take().view(len(prompts), width, -1)[:, -1] if rec is not None else None  # last prompt token
+        cache, logits, route, mask, pos = self._prefill(prompts, rec)
         if n > 1:  # prefill once per prompt, then n rows per prompt (prompt-major order)
             cache.batch_repeat_interleave(n)
             logits = logits.repeat_interleave(n, dim=0)
             route = route.repeat_interleave(n, dim=0) if route is not None else None
             mask = mask.repeat_interleave(n, dim=0)
             pos = pos.repeat_interleave(n, dim=0)
-        rows = len(prompts) * n
-        tokens: list[list[int]] = [[] for _ in range(rows)]
-        logps: list[list[float]] = [[] for _ in range(rows)]
-        routing: list[list[list[int]]] | None = [[] for _ in range(rows)] if rec is not None else None
-        stopped = [False] * rows
-        alive = torch.arange(rows)  # batch row → completion row
-        next_pos = pos[:, -1:] + 1
-        eos = torch.tensor(self.eos_ids, device=dev)
+        rows = self._decode(cache, logits, route, mask, pos, n, sampling, generators, rec)
+        return [
+            Completion(
+                prompt_index=offset + r // n,
+                sample_idx=r % n,
+                prompt_token_ids=list(prompts[r // n]),
+                response_token_ids=rows.tokens[r],
+                rollout_logprobs=rows.logps[r],
+                finish_reason="stop" if rows.stopped[r] else "length",
+                text=self.tokenizer.decode(rows.tokens[r], skip_special_tokens=True),
+                routing=rows.routing[r] if rows.routing is not None else None,
+            )
+            for r in range(len(rows.tokens))
+        ]
 
+    def _prefill(self, prompts, rec):
+        """Left-pad the prompts and run them once: (KV cache, last-position fp32 logits, the experts behind
+        them or None, attention mask, position ids)."""
+        from transformers import DynamicCache
+
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache, logits = self._forward(
+            DynamicCache(config=self.model.config),
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            logits_to_keep=1,
+        )
+        route = rec.take().view(len(prompts), width, -1)[:, -1] if rec is not None else None  # last prompt token
+        return cache, logits, route, mask, pos
+
+    def _forward(self, cache, **inputs):
+        """One cached forward pass: (the updated KV cache, fp32 logits of each row's last position)."""
+        out = self.model(past_key_values=cache, use_cache=True, **inputs)
+        return out.past_key_values, out.logits[:, -1, :].float()
+
+    def _decode(self, cache, logits, route, mask, pos, n, sampling, generators, rec) -> _Rows:
+        """Sample up to max_tokens tokens per row (row r belongs to prompt r // n), one forward pass a token;
+        rows that sampled an eos token leave the batch."""
+        rows = _Rows.empty(mask.shape[0], routing=rec is not None)
+        alive = torch.arange(mask.shape[0])  # batch row → completion row
+        next_pos = pos[:, -1:] + 1
+        eos = torch.tensor(self.eos_ids, device=self.device)
         for step in range(sampling.max_tokens):
             logp_raw = torch.log_softmax(logits, dim=-1)
             tok = sample_tokens(logits, sampling, generators, torch.div(alive, n, rounding_mode="floor"))
-            tok_logp = logp_raw.gather(-1, tok[:, None]).squeeze(-1)
             is_eos = torch.isin(tok, eos)
-            for r, t, lp, e in zip(alive.tolist(), tok.tolist(), tok_logp.tolist(), is_eos.tolist()):
-                tokens[r].append(t)
-                logps[r].append(lp)
-                stopped[r] = e
-            if routing is not None:  # the experts behind `logits` (this step's batch rows)
-                for r, ids in zip(alive.tolist(), route.tolist()):
-                    routing[r].append(ids)
+            rows.add(alive, tok, logp_raw.gather(-1, tok[:, None]).squeeze(-1), is_eos, route)
             if step + 1 == sampling.max_tokens:
                 break
             keep = (~is_eos).nonzero().squeeze(-1)
@@ -246,31 +288,7 @@ class HFEngine:
                 cache.batch_select_indices(keep)
                 alive, tok, mask, next_pos = alive[keep.cpu()], tok[keep], mask[keep], next_pos[keep]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-            out = self.model(
-                input_ids=tok[:, None],
-                attention_mask=mask,
-                position_ids=next_pos,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            cache = out.past_key_values
-            logits = out.logits[:, -1, :].float()
+            cache, logits = self._forward(cache, input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos)
             route = rec.take() if rec is not None else None
             next_pos = next_pos + 1
-
-        completions = []
-        for r in range(rows):
-            p = r // n
-            completions.append(
-                Completion(
-                    prompt_index=offset + p,
-                    sample_idx=r % n,
-                    prompt_token_ids=list(prompts[p]),
-                    response_token_ids=tokens[r],
-                    rollout_logprobs=logps[r],
-                    finish_reason="stop" if stopped[r] else "length",
-                    text=self.tokenizer.decode(tokens[r], skip_special_tokens=True),
-                    routing=routing[r] if routing is not None else None,
-                )
-            )
-        return completions
+        return rows
