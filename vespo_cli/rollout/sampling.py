@@ -55,6 +55,60 @@ def encode_prompts(tokenizer, problems: list[Problem], template: str, max_prompt
     return [encode_prompt(tokenizer, p, template, max_prompt_tokens) for p in problems]
 
 
+def _score(tokenizer, scorer, problems: list[Problem], completions) -> tuple[list[str], list]:
+    """Each completion's response text (the engine's, or decoded) and its score against its problem."""
+    texts = [c.text or tokenizer.decode(c.response_token_ids, skip_special_tokens=True) for c in completions]
+    scores = scorer.score(
+        texts,
+        [problems[c.prompt_index].answer for c in completions],
+        [problems[c.prompt_index].problem for c in completions],
+    )
+    return texts, scores
+
+
+def _shard_columns(
+    engine,
+    sampling: Sampling,
+    problems: list[Problem],
+    completions,
+    texts: list[str],
+    scores,
+    *,
+    run_id: str,
+    shard: str,
+    policy_version: int,
+    group_prefix: str,
+    first_prompt: int,
+) -> dict[str, list]:
+    """The shard's columns (shards.SCHEMA), one row per completion; routing only where the engine recorded it."""
+    k = len(completions)
+    cols = {
+        "run_id": [run_id] * k,
+        "shard_id": [shard] * k,
+        "policy_version": [policy_version] * k,
+        "engine": [engine.name] * k,
+        "engine_dtype": [engine.dtype] * k,
+        "temperature": [sampling.temperature] * k,
+        "top_p": [sampling.top_p] * k,
+        "top_k": [sampling.top_k] * k,
+        "prompt_id": [problems[c.prompt_index].id for c in completions],
+        "group_id": [f"{group_prefix}/{first_prompt + c.prompt_index}" for c in completions],
+        "sample_idx": [c.sample_idx for c in completions],
+        "prompt_token_ids": [c.prompt_token_ids for c in completions],
+        "response_token_ids": [c.response_token_ids for c in completions],
+        "rollout_logprobs": [c.rollout_logprobs for c in completions],
+        "reward": [s.reward for s in scores],
+        "correct": [s.correct for s in scores],
+        "extracted_answer": [s.extracted_answer for s in scores],
+        "reward_error": [("timeout" if s.timed_out else s.error) or None for s in scores],
+        "finish_reason": [c.finish_reason for c in completions],
+        "response_text": texts,
+    }
+    if any(c.routing is not None for c in completions):
+        cols["routing"] = [c.routing for c in completions]
+    return cols
+
+
 def sample_to_shard(
     engine,
     tokenizer,
@@ -82,37 +136,21 @@ def sample_to_shard(
     t_gen = time.perf_counter() - t0
     if path is None:
         return {"rows": len(completions), "gen_s": t_gen, "write_s": 0.0, "total_s": t_gen}
-    texts = [c.text or tokenizer.decode(c.response_token_ids, skip_special_tokens=True) for c in completions]
-    scores = scorer.score(
-        texts,
-        [problems[c.prompt_index].answer for c in completions],
-        [problems[c.prompt_index].problem for c in completions],
-    )
+    texts, scores = _score(tokenizer, scorer, problems, completions)
     failures = failure_counts(scores, where=f"{path}: reward scoring")
-    cols = {
-        "run_id": [run_id] * len(completions),
-        "shard_id": [shard_id(path)] * len(completions),
-        "policy_version": [policy_version] * len(completions),
-        "engine": [engine.name] * len(completions),
-        "engine_dtype": [engine.dtype] * len(completions),
-        "temperature": [sampling.temperature] * len(completions),
-        "top_p": [sampling.top_p] * len(completions),
-        "top_k": [sampling.top_k] * len(completions),
-        "prompt_id": [problems[c.prompt_index].id for c in completions],
-        "group_id": [f"{group_prefix}/{first_prompt + c.prompt_index}" for c in completions],
-        "sample_idx": [c.sample_idx for c in completions],
-        "prompt_token_ids": [c.prompt_token_ids for c in completions],
-        "response_token_ids": [c.response_token_ids for c in completions],
-        "rollout_logprobs": [c.rollout_logprobs for c in completions],
-        "reward": [s.reward for s in scores],
-        "correct": [s.correct for s in scores],
-        "extracted_answer": [s.extracted_answer for s in scores],
-        "reward_error": [("timeout" if s.timed_out else s.error) or None for s in scores],
-        "finish_reason": [c.finish_reason for c in completions],
-        "response_text": texts,
-    }
-    if any(c.routing is not None for c in completions):
-        cols["routing"] = [c.routing for c in completions]
+    cols = _shard_columns(
+        engine,
+        sampling,
+        problems,
+        completions,
+        texts,
+        scores,
+        run_id=run_id,
+        shard=shard_id(path),
+        policy_version=policy_version,
+        group_prefix=group_prefix,
+        first_prompt=first_prompt,
+    )
     t_write = time.perf_counter()
     write_shard(cols, path)
     write_s = time.perf_counter() - t_write
