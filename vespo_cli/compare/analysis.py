@@ -133,18 +133,40 @@ def detect_collapse(
         return out
     smoothed = moving_average([r.get("reward") for r in rows], window)
     stderr = window_stderr(smoothed, rows, window)
+    return {**out, **_scan_collapse(rows, smoothed, stderr, drop=drop, patience=patience, floor=floor, noise_z=noise_z)}
+
+
+def _nonfinite_reason(record: dict) -> str | None:
+    """Why a training record is a collapse on its own (a non-finite loss or grad norm, a skipped step), or None."""
+    bad = [k for k in NONFINITE_KEYS if k in record and not math.isfinite(_num(record[k]))]
+    if bad or record.get("skipped_nonfinite"):
+        return f"non-finite {bad[0]}" if bad else "non-finite gradient (step skipped)"
+    return None
+
+
+def _scan_collapse(
+    rows: Sequence[dict],
+    smoothed: np.ndarray,
+    stderr: np.ndarray | None,
+    *,
+    drop: float,
+    patience: int,
+    floor: float,
+    noise_z: float,
+) -> dict:
+    """detect_collapse's verdict over the training records in order: "status", with "step" and "reason" when
+    collapsed, "best_reward" and "best_step" (the rule: detect_collapse)."""
     best, best_step, best_se, streak, start = -math.inf, None, 0.0, 0, None
     for i, (r, s) in enumerate(zip(rows, smoothed)):
         step = int(r["step"])
-        bad = [k for k in NONFINITE_KEYS if k in r and not math.isfinite(_num(r[k]))]
-        if bad or r.get("skipped_nonfinite"):
-            reason = f"non-finite {bad[0]}" if bad else "non-finite gradient (step skipped)"
+        reason = _nonfinite_reason(r)
+        if reason is not None:
+            best_reward = best if best_step is not None else None
             return {
-                **out,
                 "status": "collapsed",
                 "step": step,
                 "reason": reason,
-                "best_reward": best if best_step is not None else None,
+                "best_reward": best_reward,
                 "best_step": best_step,
             }
         if not math.isfinite(s):
@@ -157,7 +179,6 @@ def detect_collapse(
             start = step if start is None else start
             if streak >= patience:
                 return {
-                    **out,
                     "status": "collapsed",
                     "step": start,
                     "reason": "reward drop",
@@ -167,7 +188,7 @@ def detect_collapse(
         else:
             streak, start = 0, None
     status = "stable" if best > floor else "never learned"
-    return {**out, "status": status, "best_reward": best if best_step is not None else None, "best_step": best_step}
+    return {"status": status, "best_reward": best if best_step is not None else None, "best_step": best_step}
 
 
 def _finite_mean(values: Iterable[Any]) -> float | None:
