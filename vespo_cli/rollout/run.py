@@ -138,6 +138,38 @@ def _trainer_gone() -> bool:
     return pid.isdigit() and os.getppid() != int(pid)
 
 
+def _worker_index(train_run: Path, worker: str, K: int) -> int:
+    """k of worker `w<k>`, one of the K = trainer.async_workers workers that share the prompt stream."""
+    try:
+        k = int(worker.lstrip("w"))
+    except ValueError:
+        raise UserError(f"--worker {worker}: expected w<index>, e.g. w0") from None
+    if K == 0:  # the trainer starts none: external workers say how many of them share the prompt stream
+        raise UserError(
+            f"{train_run}: trainer.async_workers=0 (the trainer starts no workers); tell each external worker "
+            f"how many there are, e.g. --set trainer.async_workers=2"
+        )
+    if not 0 <= k < K:
+        raise UserError(f"--worker {worker}: expected w0..w{K - 1} (trainer.async_workers={K})")
+    return k
+
+
+def _first_checkpoint(run: RunDir, poll_s: float) -> Path | None:
+    """The run's newest published checkpoint, once there is one; None if the run ends (or its trainer dies) first."""
+    while (path := run.latest_published()) is None:
+        if run.done.exists() or _trainer_gone():
+            return None
+        time.sleep(poll_s)
+    return path
+
+
+def _resume_seq(out: Path, worker: str, k: int, K: int) -> int:
+    """The prompt chunk worker `w<k>` samples next: K after its last shard in `out`, or k for its first."""
+    names = [parse_shard_name(p.name) for p in list_shards(out)]
+    mine = [n.seq for n in names if n is not None and n.worker == worker]
+    return max(mine) + K if mine else k
+
+
 def rollout_follow(
     train_run: Path,
     *,
@@ -155,32 +187,19 @@ def rollout_follow(
     from ..rewards import scorer_for
 
     cfg = load_run_config(train_run, overrides)
-    try:
-        k = int(worker.lstrip("w"))
-    except ValueError:
-        raise UserError(f"--worker {worker}: expected w<index>, e.g. w0") from None
     K = cfg.trainer.async_workers
-    if K == 0:  # the trainer starts none: external workers say how many of them share the prompt stream
-        raise UserError(
-            f"{train_run}: trainer.async_workers=0 (the trainer starts no workers); tell each external worker "
-            f"how many there are, e.g. --set trainer.async_workers=2"
-        )
-    if not 0 <= k < K:
-        raise UserError(f"--worker {worker}: expected w0..w{K - 1} (trainer.async_workers={K})")
+    k = _worker_index(train_run, worker, K)
     run = RunDir(train_run)
     out = run.rollouts
     out.mkdir(parents=True, exist_ok=True)
-    while (path := run.latest_published()) is None:
-        if run.done.exists() or _trainer_gone():
-            return
-        time.sleep(poll_s)
+    path = _first_checkpoint(run, poll_s)
+    if path is None:
+        return
     tokenizer = load_tokenizer(str(path), trust_remote_code=cfg.model.trust_remote_code)
     engine = open_engine(cfg, str(path))
     version = checkpoint_version(path)
     per_shard = cfg.trainer.minibatch_prompts
-    names = [parse_shard_name(p.name) for p in list_shards(out)]
-    mine = [n.seq for n in names if n is not None and n.worker == worker]
-    seq = max(mine) + K if mine else k
+    seq = _resume_seq(out, worker, k, K)
     run_id = Path(train_run).name
     written = 0
     try:
