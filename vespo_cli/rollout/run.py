@@ -12,29 +12,18 @@ import uuid
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..config import Config, load_run_config, save_config
 from ..data import Problem, load_problems
 from ..errors import UserError
 from ..lock import hold
+from ..progress import progress_bar
 from ..rundir import WEIGHTS_META, RunDir, parse_shard_name, shard_name
 from ..shards import list_shards
 from ..train.inputs import check_rollout_inputs
 from .sampling import open_engine, prompt_chunk, sample_to_shard
 
 console = Console(stderr=True)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-    )
 
 
 def rollout_once(
@@ -86,7 +75,7 @@ def _rollout_locked(
     run_id = Path(run_dir).name
     t_start, tokens, rewards = time.perf_counter(), 0, []
     try:
-        with scorer_for(cfg) as scorer, _progress() as progress:
+        with scorer_for(cfg) as scorer, progress_bar(console) as progress:
             task = progress.add_task(
                 "rollout", total=len(problems), completed=(len(chunks) - len(todo)) * per_shard, info=""
             )

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..config import Config
 from ..errors import UserError
 from ..objectives import group_advantages
+from ..progress import progress_bar
 from ..rundir import RunDir
 from . import dist
 from .batch import Rows, reward_failures, split_minibatches
@@ -122,7 +122,7 @@ def _loop(tr: Trainer, batches: Iterator[RolloutBatch], engine, publish: Callabl
     cfg, t, state = tr.cfg, tr.cfg.trainer, tr.state
     last: dict = {}
     last_saved = last_eval = state["step"]
-    with _progress() as progress:
+    with progress_bar(console, disable=not dist.is_main()) as progress:
         desc = f"train {cfg.algorithm.objective} N={t.staleness}"
         task = progress.add_task(desc, total=t.steps, completed=state["step"], info="")
         for batch in batches:
@@ -286,15 +286,3 @@ def _step_record(
     tr.timing["last_record"] = now
     rec.update({k: v for k, v in m.items() if k != "train_tokens"})
     return rec
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not dist.is_main(),
-    )

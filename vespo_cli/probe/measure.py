@@ -1,0 +1,291 @@
+"""Steps 1–3 of `vespo probe` (command.py): the behaviour data D₀ and θ₀'s log-probs on it, the walk
+θ₀ → θ_K (on-policy optimizer steps, or a run's checkpoints), and at each K the fresh draws, every
+prompt group's sketched gradients, the drift and one record per objective."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from ..errors import UserError
+from ..progress import progress_bar
+from ..rundir import shard_name
+from ..shards import read_shard
+from ..train import dist
+from ..train.batch import rows_from_table
+from .bootstrap import Gram, resample_counts, summarize
+from .gradients import Batch, batch_metrics, batch_of, batch_sketches, drift_stats, gradient_subset
+from .samples import even_token_reward, sample, shard_batch
+from .sketch import SKETCH_DIM, CountSketch
+
+PG = "pg"
+console = Console(stderr=True)
+
+
+@dataclass
+class Session:
+    """The live model and the sampler of one probe, and the settings every stage reads."""
+
+    cfg: Any
+    model: Any
+    tokenizer: Any
+    sync: Any  # the trainer's sync sampler: .sample into a shard, .publish the live weights to its engine
+    out: Path
+    reward: str  # "grader" or "even-tokens"
+    blocks: int
+    seed: int  # of the draws
+    tau: float  # the sampling temperature
+
+    def draw(self, problems, path: Path, version: int, seed: int) -> Batch:
+        """n responses per problem from the live weights into the shard `path`."""
+        return sample(self.sync.sample, problems, path, version, seed, self.reward)
+
+    def behaviour_path(self) -> Path:
+        return self.out / "behaviour" / shard_name(0, "behaviour", 0)
+
+
+@dataclass
+class Behaviour:
+    """D₀, its problems, θ₀'s log-probs on it and the sketch of every gradient."""
+
+    stale: Batch
+    problems: list
+    old: Any
+    sketch: CountSketch
+
+
+def measure(
+    cfg,
+    objectives: dict,
+    ks: list[int],
+    prompts: int,
+    shards: Path | None,
+    checkpoints,
+    blocks: int,
+    bootstrap: int,
+    reward: str,
+    out: Path,
+    settings: dict,
+) -> list[dict]:
+    """Steps 1–3 of command.py's docstring; returns the records."""
+    from ..train.sampler import sync_sampler
+
+    base_path, tokenizer, model = _open_model(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    auto = reward == "auto"
+    reward = settings["reward"] = "grader" if auto else reward
+    stack = contextlib.ExitStack()
+    sync = stack.enter_context(sync_sampler(cfg, out, model, tokenizer, base_path))
+    seed, tau = cfg.trainer.seed * 1_000_003, cfg.rollout.temperature
+    s = Session(cfg, model, tokenizer, sync, out, reward, blocks, seed, tau)
+    try:
+        stale, problems = _behaviour_data(s, shards, prompts, auto, settings)
+        d = _at_theta0(s, stale, problems, settings)
+        return _walk(s, d, objectives, ks, prompts, checkpoints, bootstrap)
+    finally:
+        stack.close()
+
+
+def _open_model(cfg) -> tuple[str, Any, Any]:
+    """θ₀: the config's model (seeded as the trainer seeds it), its path and tokenizer."""
+    from ..models import load_model, load_tokenizer, resolve_model
+
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    torch.manual_seed(cfg.trainer.seed)
+    base_path = resolve_model(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(base_path, trust_remote_code=cfg.model.trust_remote_code)
+    model = load_model(base_path, cfg.model.dtype, cfg.model.trust_remote_code)
+    model.config.use_cache = False
+    return base_path, tokenizer, model
+
+
+# --------------------------------------------------------------------------- step 1: D₀ at θ₀
+
+
+def _behaviour_data(s: Session, shards: Path | None, prompts: int, auto: bool, settings: dict) -> tuple[Batch, list]:
+    """D₀ and its problems; with `--reward auto`, even-tokens where the grader gives no group a signal."""
+    stale, problems = _draw_behaviour(s, shards, prompts)
+    if not any(stale.informative) and auto:  # e.g. the tiny random model: no gradient signal to probe
+        s.reward = settings["reward"] = "even-tokens"
+        settings["reward_note"] = "auto: the grader gave no prompt group differing rewards"
+        print(
+            "note: the grader gives every sample the same reward (every gradient 0); "
+            "probing with the synthetic --reward even-tokens instead",
+            file=sys.stderr,
+        )
+        if shards is not None:
+            stale, problems = shard_batch(s.cfg, s.tokenizer, Path(shards), prompts, s.reward)
+        else:
+            even_token_reward(s.behaviour_path())
+            stale = batch_of(rows_from_table(read_shard(s.behaviour_path())))
+    if not any(stale.informative):
+        raise UserError(
+            f"--reward {s.reward}: no prompt group of the behaviour data has differing rewards, so every "
+            f"gradient is 0 (a model that never solves a problem); try --reward even-tokens"
+        )
+    settings["prompts"] = len(stale.groups)
+    return stale, problems
+
+
+def _draw_behaviour(s: Session, shards: Path | None, prompts: int) -> tuple[Batch, list]:
+    """The first prompt groups of `--shards`, else `prompts` prompts × n samples from θ₀."""
+    from ..rollout.sampling import prompt_chunk
+
+    if shards is not None:
+        return shard_batch(s.cfg, s.tokenizer, Path(shards), prompts, s.reward)
+    problems = prompt_chunk(s.cfg, 0, prompts)
+    return s.draw(problems, s.behaviour_path(), 0, s.seed), problems
+
+
+def _at_theta0(s: Session, stale: Batch, problems: list, settings: dict) -> Behaviour:
+    """The sketch over the gradient subset, and θ₀'s log-probs on D₀."""
+    with gradient_subset(s.model, s.blocks) as params:
+        sketch = CountSketch([p.numel() for p in params], SKETCH_DIM, seed=s.cfg.trainer.seed)
+        settings["subset_params"] = sum(p.numel() for p in params)
+    settings["model_params"] = sum(p.numel() for p in s.model.parameters())
+    s.model.eval()
+    with gradient_subset(s.model, s.blocks):  # the same forward as at θ_K: Δ = 0 exactly at K = 0
+        _, old = batch_sketches(s.model, stale, {}, [], [], sketch, s.tau)
+    return Behaviour(stale, problems, old, sketch)
+
+
+# --------------------------------------------------------------------------- step 2: θ₀ → θ_K
+
+
+def _walk(s: Session, d: Behaviour, objectives: dict, ks: list[int], prompts: int, checkpoints, bootstrap: int):
+    """θ_K for each K in turn (on-policy steps from θ₀, or `--run`'s checkpoints), measured at each."""
+    from ..train.step import make_optimizer, make_scheduler
+
+    optimizer = scheduler = None
+    if checkpoints is None:
+        optimizer = make_optimizer(s.model, s.cfg)
+        scheduler = make_scheduler(optimizer, s.cfg)  # the trainer's schedule
+    steps_total = ks[-1] if checkpoints is None else 0
+    groups_per_k = 3 * len(d.stale.groups)
+    records: list[dict] = []
+    with progress_bar(console, disable=not dist.is_main()) as progress:
+        task = progress.add_task("probe", total=steps_total + groups_per_k * len(ks), info="")
+        step = 0
+        for k in ks:
+            while checkpoints is None and step < k:  # θ_{step} → θ_{step+1}: one on-policy step
+                progress.update(task, info=f"θ_{k}: on-policy step {step + 1}")
+                info = _on_policy_step(s, optimizer, scheduler, step, prompts)
+                step += 1
+                progress.update(task, advance=1, info=f"step {step}: {info}")
+            if checkpoints is not None and checkpoints[k] is not None:
+                _load_weights(s.model, s.tokenizer, checkpoints[k])
+                s.sync.publish()
+            records += _measure_at(s, d, k, objectives, bootstrap, progress, task)
+    return records
+
+
+def _on_policy_step(s: Session, optimizer, scheduler, step: int, prompts: int) -> str:
+    """One optimizer step of the preset's algorithm on fresh samples of prompts other than D₀'s; the
+    engine takes the new weights. Returns the step's mean reward and gradient norm, for the bar."""
+    from ..rollout.sampling import prompt_chunk
+    from ..train.step import optimizer_step
+
+    mbs = s.cfg.trainer.minibatch_prompts
+    problems = prompt_chunk(s.cfg, prompts + step * mbs, mbs)
+    batch = s.draw(problems, s.out / "drift" / shard_name(step, "drift", step), step, s.seed + 7919 * (step + 1))
+    rows = batch.rows
+    m = optimizer_step(s.model, optimizer, scheduler, rows, list(range(len(rows))), batch.adv, None, s.cfg)
+    s.sync.publish()
+    return f"reward {float(rows.rewards.mean()):.3f} |g| {m['grad_norm']:.3f}"
+
+
+def _load_weights(model, tokenizer, ckpt: Path) -> None:
+    """θ_K of `--run` into the live model, in place (tied weights handled by the HF engine's loader)."""
+    from ..rollout.hf import HFEngine
+
+    HFEngine.from_module(model, tokenizer).load_weights(str(ckpt))
+
+
+# --------------------------------------------------------------------------- step 3: at θ_K
+
+
+def _measure_at(s: Session, d: Behaviour, k: int, objectives: dict, bootstrap: int, progress, task) -> list[dict]:
+    """Fresh draws A and B at θ_K, every group's sketches, the drift, and one record per objective."""
+    t0 = time.perf_counter()
+    fresh = {
+        h: s.draw(d.problems, s.out / "fresh" / shard_name(k, f"fresh_{h}", k), k, s.seed + 2 * k + i + 1)
+        for i, h in enumerate("ab")
+    }
+    tick = lambda: progress.update(task, advance=1, info=f"θ_{k}: gradients")  # noqa: E731
+    series, logp = _group_sketches(s, d, fresh, objectives, tick)
+    gram = Gram(series)
+    counts = resample_counts(len(d.stale.groups), bootstrap, s.seed + k)
+    common = {
+        "staleness": k,
+        **drift_stats(logp, d.old, d.stale),
+        "reward_stale": float(d.stale.rows.rewards.mean()),
+        "reward_fresh": float(torch.cat([b.rows.rewards for b in fresh.values()]).mean()),
+        "groups": len(d.stale.groups),
+        "groups_informative_stale": sum(d.stale.informative),
+        "groups_informative_fresh": sum(sum(b.informative) for b in fresh.values()) / 2,
+        "seconds": time.perf_counter() - t0,
+    }
+    records = []
+    for label, algo in objectives.items():
+        m = batch_metrics(algo, logp, d.old, d.stale)
+        records.append(
+            {
+                "objective": label,
+                "base_objective": algo.objective,
+                **_figures(gram, counts, label),
+                "ess": m["ess"],
+                "suppressed_frac": m.get("suppressed_frac"),
+                "clip_frac": m.get("clip_frac"),
+                **common,
+            }
+        )
+    return records
+
+
+def _group_sketches(s: Session, d: Behaviour, fresh: dict[str, Batch], objectives: dict, tick) -> tuple[dict, Any]:
+    """Per group, the sketched gradient of every objective on D₀ ("stale/<o>") and on each fresh draw
+    h ("<h>/<o>", the reference PG too); and θ_K's log-probs on D₀."""
+    s.model.eval()
+    with gradient_subset(s.model, s.blocks) as params:
+        series, logp = batch_sketches(s.model, d.stale, objectives, d.old, params, d.sketch, s.tau, tick)
+        series = {f"stale/{o}": v for o, v in series.items()}
+        for h, batch in fresh.items():
+            sk, _ = batch_sketches(s.model, batch, {**objectives, PG: None}, None, params, d.sketch, s.tau, tick)
+            series.update({f"{h}/{o}": v for o, v in sk.items()})
+    return series, logp
+
+
+def _figures(gram: Gram, counts, o: str) -> dict:
+    """Bootstrap figures of objective `o` (point, 95% interval): cosine of its stale gradient to its
+    own on-policy gradient and to the reference (each the mean over the fresh draws A and B), the
+    noise floor cos(A, B), the reference's noise level, and the norm ratio."""
+
+    def mean(x, y):
+        return (x + y) / 2
+
+    def cos(a, b):
+        return gram.cosine(a, b, counts)
+
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample of zero-advantage groups only: sum 0
+        samples = {
+            "cosine": mean(cos(f"stale/{o}", f"a/{o}"), cos(f"stale/{o}", f"b/{o}")),
+            "cosine_pg": mean(cos(f"stale/{o}", f"a/{PG}"), cos(f"stale/{o}", f"b/{PG}")),
+            "noise_floor": cos(f"a/{o}", f"b/{o}"),
+            "noise_floor_pg": mean(cos(f"a/{o}", f"b/{PG}"), cos(f"b/{o}", f"a/{PG}")),
+            "norm_ratio": gram.norm(f"stale/{o}", counts)
+            / mean(gram.norm(f"a/{o}", counts), gram.norm(f"b/{o}", counts)),
+        }
+    rec = {}
+    for key, s in samples.items():
+        point, lo, hi = summarize(s)
+        rec.update({key: point, f"{key}_low": lo, f"{key}_high": hi})
+    return rec
