@@ -13,7 +13,8 @@ subset (the last decoder blocks and the final norm; `gradients.py`); every per-g
 kept as a fixed random projection (`sketch.py`, with its error bound), so every bootstrap resample
 of prompt groups is a quadratic form in a Gram matrix of sketches (`bootstrap.py`).
 
-Modules: sketch, bootstrap, gradients (what is computed), command (the loop), report (output).
+Modules: sketch, bootstrap, gradients (what is computed), command (options and settings), measure
+(the loop), samples (its draws and `--shards`), report and plots (output).
 """
 
 from .command import probe_command
