@@ -55,7 +55,7 @@ def train(
     """Run (or resume) a training run in `run_dir`. Returns the last metrics record.
 
     Rank 0 locks `run_dir` (vespo_cli/lock.py) from its first write until the run returns; `evaluate`
-    is called every cfg.eval.every steps and at the end (vespo_cli/evaluate.py builds it)."""
+    is called every cfg.eval.every steps and at the end (vespo_cli/evaluate/training.py builds it)."""
     run = RunDir(run_dir)
     replay, mode = run_mode(cfg, run, replay, async_, resume)
     with contextlib.ExitStack() as stack:
