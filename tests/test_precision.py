@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_shard_rows
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -136,25 +137,14 @@ def test_old_logprobs_equal_the_first_minibatch_training_forward_bit_for_bit(tin
     n = len(lens)
     rows = rows_from_table(
         to_table(
-            {
-                "run_id": ["r"] * n,
-                "shard_id": ["s"] * n,
-                "policy_version": [0] * n,
-                "engine": ["hf"] * n,
-                "engine_dtype": ["float32"] * n,
-                "temperature": [1.0] * n,
-                "top_p": [1.0] * n,
-                "top_k": [-1] * n,
-                "prompt_id": [f"p{i // 2}" for i in range(n)],
-                "group_id": [f"g{i // 2}" for i in range(n)],
-                "sample_idx": [i % 2 for i in range(n)],
-                "prompt_token_ids": [rng.integers(5, 200, 6).tolist()] * n,
-                "response_token_ids": [rng.integers(5, 200, k).tolist() for k in lens],
-                "rollout_logprobs": [[-1.0] * k for k in lens],
-                "reward": [1.0, 0.0] * (n // 2),
-                "correct": [True, False] * (n // 2),
-                "finish_reason": ["stop"] * n,
-            }
+            make_shard_rows(
+                n,
+                group_id=[f"g{i // 2}" for i in range(n)],
+                prompt_token_ids=[rng.integers(5, 200, 6).tolist()] * n,
+                response_token_ids=[rng.integers(5, 200, k).tolist() for k in lens],
+                rollout_logprobs=[[-1.0] * k for k in lens],
+                reward=[1.0, 0.0] * (n // 2),
+            )
         )
     )
     minibatches = [[0, 1, 4, 5], [2, 3, 6, 7]]

@@ -8,6 +8,7 @@ import contextlib
 
 import pytest
 import torch
+from conftest import make_shard_rows
 
 from vespo_cli.config import Config, load_config
 from vespo_cli.errors import UserError
@@ -83,26 +84,18 @@ def rollout(model, tokenizer, prompts, n=2, max_tokens=8):
 def shard_rows(completions, tmp_path):
     """Completions → shard file → trainer Rows (the real round trip)."""
     k = len(completions)
-    cols = {
-        "run_id": ["r"] * k,
-        "shard_id": ["s"] * k,
-        "policy_version": [0] * k,
-        "engine": ["hf"] * k,
-        "engine_dtype": ["float32"] * k,
-        "temperature": [1.0] * k,
-        "top_p": [1.0] * k,
-        "top_k": [-1] * k,
-        "prompt_id": [f"p{c.prompt_index}" for c in completions],
-        "group_id": [f"g{c.prompt_index}" for c in completions],
-        "sample_idx": [c.sample_idx for c in completions],
-        "prompt_token_ids": [c.prompt_token_ids for c in completions],
-        "response_token_ids": [c.response_token_ids for c in completions],
-        "rollout_logprobs": [c.rollout_logprobs for c in completions],
-        "reward": [0.0] * k,
-        "correct": [False] * k,
-        "finish_reason": [c.finish_reason for c in completions],
-        "routing": [c.routing for c in completions],
-    }
+    cols = make_shard_rows(
+        k,
+        prompt_id=[f"p{c.prompt_index}" for c in completions],
+        group_id=[f"g{c.prompt_index}" for c in completions],
+        sample_idx=[c.sample_idx for c in completions],
+        prompt_token_ids=[c.prompt_token_ids for c in completions],
+        response_token_ids=[c.response_token_ids for c in completions],
+        rollout_logprobs=[c.rollout_logprobs for c in completions],
+        reward=[0.0] * k,
+        finish_reason=[c.finish_reason for c in completions],
+        routing=[c.routing for c in completions],
+    )
     path = write_shard(cols, tmp_path / "v000000-test-000000.parquet")
     return rows_from_table(read_shard(path))
 
