@@ -441,6 +441,25 @@ def test_report_from_two_run_dirs(presets, tmp_path):
     assert runs["vespo"]["steps_done"] == 40  # the torn last line is ignored
 
 
+def test_identical_runs_are_named_and_a_one_step_difference_is_not(presets, tmp_path):
+    """Two algorithms that trained the same at every step (reward, grad norm, entropy, length; the loss value
+    may differ) are reported as one identical pair; a third that differs at one step is not in it."""
+    rows = synthetic("grpo", n=12, evals=False)
+    other_loss = [{**r, "loss": -0.7} for r in rows]
+    one_off = [{**r, "grad_norm": 0.51} if r["step"] == 7 else r for r in rows]
+    runs = [
+        write_run(tmp_path / "g", "grpo", rows, trainer__steps=12, trainer__staleness=1),
+        write_run(tmp_path / "v", "vespo", other_loss, trainer__steps=12, trainer__staleness=1),
+        write_run(tmp_path / "s", "gspo", one_off, trainer__steps=12, trainer__staleness=1),
+    ]
+    report = K.compare_command([str(r) for r in runs], out=tmp_path / "report")
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["identical_runs"] == [{"staleness": 1, "seed": 0, "labels": ["grpo", "vespo"]}]
+    assert "| grpo = vespo | 1 | 0 |" in report.read_text()
+    report = K.compare_command([str(runs[0]), str(runs[2])], out=tmp_path / "report2")
+    assert "## Identical runs" not in report.read_text()
+
+
 def test_report_seeds_staleness_missing_keys(presets, tmp_path):
     root = tmp_path / "cmp"
     for algo in ("vespo", "grpo"):

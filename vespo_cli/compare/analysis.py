@@ -221,6 +221,16 @@ def last_minibatch_drift(rows: Sequence[dict]) -> dict[str, float | None]:
     return {**{k: _finite_mean(r.get(k) for r in picked) for k in DRIFT_KEYS}, "w_ess_min": min(ess) if ess else None}
 
 
+IDENTITY_KEYS = ("reward", "grad_norm", "entropy", "response_length")
+
+
+def trajectory(rows: Sequence[dict]) -> tuple:
+    """What two runs share, step by step, when they are the same run under two names: the sampled rewards,
+    the gradient norm, the entropy and the lengths (the loss value may differ: objectives that give one
+    gradient can still report different surrogate values)."""
+    return tuple((r.get("step"), *(r.get(k) for k in IDENTITY_KEYS)) for r in rows)
+
+
 def final_eval(evals: dict[str, dict]) -> float | None:
     """The run's last eval accuracy (avg@k, a fraction in [0, 1]), when it has exactly one benchmark:
     the final policy's own accuracy. The training reward of a stale run's last steps is that of data

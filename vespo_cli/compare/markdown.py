@@ -201,6 +201,23 @@ def verdict_lines(rows: Sequence[dict]) -> list[str]:
     ]
 
 
+def identical_lines(identical: Sequence[dict]) -> list[str]:
+    """Groups of runs that trained identically under different algorithms (report.identical_runs)."""
+    if not identical:
+        return []
+    rows = [[" = ".join(g["labels"]), str(g["staleness"]), str(g["seed"])] for g in identical]
+    return [
+        "## Identical runs",
+        "",
+        *_table(["algorithms", "N", "seed"], rows),
+        "",
+        "These runs have the same training rewards, gradient norms, entropies and lengths at every step: the "
+        "objectives gave the same update on this data (at N = 1 every ratio is 1, where they coincide), so "
+        "their difference is 0 by construction, not a measurement.",
+        "",
+    ]
+
+
 def definitions_lines(settings: dict, window: int) -> list[str]:
     c = settings["collapse"]
     x = settings.get("x", "steps")

@@ -13,13 +13,14 @@ import numpy as np
 
 from ..errors import UserError
 from ..fsio import atomic_write_json, atomic_write_text
-from .analysis import DROP, FINAL_FRAC, FLOOR, MIN_PATIENCE, NOISE_Z, PATIENCE_FRAC, samples_consumed
+from .analysis import DROP, FINAL_FRAC, FLOOR, MIN_PATIENCE, NOISE_Z, PATIENCE_FRAC, samples_consumed, trajectory
 from .groups import _group_summary, _groups, paired_differences
 from .markdown import (
     curves_lines,
     definitions_lines,
     differences_lines,
     drift_lines,
+    identical_lines,
     results_lines,
     runs_lines,
     setup_lines,
@@ -60,6 +61,7 @@ def write_report(specs: Sequence[RunSpec], out: Path, settings: dict | None = No
         "groups": group_summaries,
         "paired_differences": paired_differences(group_summaries),
         "verdict": paper_verdict(group_summaries),
+        "identical_runs": identical_runs(runs),
         "runs": [
             {
                 "label": r.spec.label,
@@ -77,6 +79,21 @@ def write_report(specs: Sequence[RunSpec], out: Path, settings: dict | None = No
     path = out / "report.md"
     atomic_write_text(path, render_markdown(summary, runs, window, images, out))
     return path
+
+
+def identical_runs(runs: Sequence[Loaded]) -> list[dict]:
+    """Runs of one N and seed under different algorithms whose training is the same at every step
+    (analysis.trajectory): on-policy (W = 1) several objectives give one gradient, and a difference between
+    such runs measures nothing."""
+    same: dict[tuple, list[Loaded]] = {}
+    for r in runs:
+        if r.rows:
+            same.setdefault((r.spec.staleness, r.spec.seed, trajectory(r.rows)), []).append(r)
+    return [
+        {"staleness": n, "seed": seed, "labels": sorted({m.spec.label for m in members})}
+        for (n, seed, _), members in same.items()
+        if len({m.spec.label for m in members}) > 1
+    ]
 
 
 def _check_x(runs: Sequence[Loaded], x: str) -> None:
@@ -112,6 +129,7 @@ def render_markdown(summary: dict, runs: Sequence[Loaded], window: int, images: 
     lines += drift_lines(groups)
     lines += differences_lines(summary["paired_differences"])
     lines += verdict_lines(summary["verdict"])
+    lines += identical_lines(summary["identical_runs"])
     lines += definitions_lines(summary["settings"], window)
     lines += curves_lines(images)
     lines += runs_lines(runs, out)
