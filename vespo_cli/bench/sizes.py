@@ -1,4 +1,5 @@
-"""Workload sizes of `vespo bench`, its targets, and the vespo configuration its e2e section runs."""
+"""Workload sizes of `vespo bench`, its targets, the vespo configuration its e2e section runs, and the
+synthetic rows its train section (and reports/bench/before_after.py) trains on."""
 
 from __future__ import annotations
 
@@ -93,3 +94,23 @@ def bench_config(sz: dict, engine: str = "vllm"):
     from ..config import load_config
 
     return load_config("smollm2-arith", None, vespo_overrides(sz, engine))
+
+
+def synthetic_rows(g, vocab: int, prompt_len: int, response_lens: list[int], group_size: int, source: str):
+    """Rows of random tokens in [3, vocab) drawn from generator `g`: every prompt `prompt_len` long,
+    responses `response_lens` long, random rewards, groups of `group_size` consecutive rows."""
+    import torch
+
+    from ..train.batch import Rows
+
+    B = len(response_lens)
+    return Rows(
+        [torch.randint(3, vocab, (prompt_len,), generator=g).tolist() for _ in range(B)],
+        [torch.randint(3, vocab, (r,), generator=g).tolist() for r in response_lens],
+        [None] * B,
+        torch.rand(B, generator=g),
+        torch.zeros(B, dtype=torch.bool),
+        [str(i // group_size) for i in range(B)],
+        torch.zeros(B, dtype=torch.long),
+        [source] * B,
+    )
