@@ -9,9 +9,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .machine import bench_env
+from .memory import PeakRSS
+from .sizes import bench_config, sizes
 
 
 def log_tail(path: Path, n: int = 30) -> str:
@@ -94,6 +97,36 @@ def child_protocol(argv: list[str]):
         res.flush()
 
     return cmd, send
+
+
+class WorkerSide:
+    """What both e2e workers (worker_vespo, worker_trl) hold: the protocol's pipes, peak RSS from here
+    on, the workload sizes and the vespo configuration for `engine`; and the records they send."""
+
+    def __init__(self, argv: list[str], quick: bool, engine: str):
+        self.cmds, self.send = child_protocol(argv)
+        self.rss = PeakRSS()
+        self.sz = sizes(quick)
+        self.cfg = bench_config(self.sz, engine)
+        self.engine = engine
+
+    def wants_step(self) -> bool:
+        """Wait for the parent's next command: True on "step" ("stop", or the pipe closed: False)."""
+        return self.cmds.readline().strip() == "step"
+
+    def send_setup(self, t0: float, **extra) -> None:
+        """The setup record: seconds since `t0` (perf_counter), torch's threads, then `extra`."""
+        import torch
+
+        self.send({"setup_s": time.perf_counter() - t0, "threads": torch.get_num_threads(), **extra})
+
+    def send_step(self, record: dict) -> None:
+        """A step record, with the machine's 1-minute load average last."""
+        self.send({**record, "load_avg": os.getloadavg()[0]})
+
+    def send_peak_rss(self) -> None:
+        """The last record: peak RSS of the worker's process tree (and of its main process)."""
+        self.send(self.rss.report())
 
 
 def run_section(name: str, quick: bool, logdir: Path) -> dict:

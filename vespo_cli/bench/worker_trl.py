@@ -8,10 +8,8 @@ import tempfile
 import time
 
 from .flops import model_shape
-from .memory import PeakRSS
 from .probes import rollout_helper
-from .protocol import child_protocol
-from .sizes import bench_config, sizes
+from .protocol import WorkerSide
 
 TRL_CONFIG = (
     "GRPOConfig(per_device_train_batch_size=prompts×n, num_generations=n, max_completion_length=max_tokens, "
@@ -42,9 +40,13 @@ class Timers:
             finally:
                 self.depth[key] -= 1
                 if self.depth[key] == 0:
-                    self.s[key] = self.s.get(key, 0.0) + time.perf_counter() - t0
+                    self.add(key, t0)
 
         setattr(obj, method, timed)
+
+    def add(self, key: str, t0: float) -> None:
+        """Count the seconds since `t0` (perf_counter) to `key`."""
+        self.s[key] = self.s.get(key, 0.0) + time.perf_counter() - t0
 
     def take(self) -> dict[str, float]:
         out, self.s = self.s, {}
@@ -83,56 +85,92 @@ def _colocated_kv(kv_bytes: int) -> None:
 
 def worker_trl(argv: list[str], quick: bool, engine: str) -> None:
     """TRL's GRPOTrainer; steps on command. engine: "hf" (TRL's default) or "vllm" (colocate)."""
-    import torch
-    from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    # imported before the setup clock starts, as always: setup_s counts the setup, not the imports
+    import torch  # noqa: F401
+    from datasets import Dataset  # noqa: F401
+    from transformers import TrainerCallback  # noqa: F401
+    from trl import GRPOConfig, GRPOTrainer  # noqa: F401
 
-    from ..data import build_messages
+    from ..data import build_messages  # noqa: F401
     from ..models import load_model, load_tokenizer, resolve_model
+    from ..rewards import score_one  # noqa: F401
+
+    side = WorkerSide(argv, quick, engine)
+    t0 = time.perf_counter()
+    dataset = _dataset(side.cfg, side.sz)
+    base = resolve_model(side.cfg.model.path)
+    model = load_model(base, side.cfg.model.dtype)
+    shape = model_shape(model)
+    timers = Timers()
+    turns = _turns(side, timers)
+    args = _grpo_config(side.cfg, side.sz, engine)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=math_verify_reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=load_tokenizer(base),
+        callbacks=[turns],
+    )
+    turns.trainer = trainer
+    _instrument(trainer, timers)
+    side.send_setup(t0, gradient_checkpointing=bool(args.gradient_checkpointing), engine=engine, params=shape["params"])
+    trainer.train()
+    side.cmds.readline()  # "stop"
+    side.send_peak_rss()
+
+
+def math_verify_reward(completions, answer, **_):
+    """TRL's reward function: vespo's scorer on each completion against its problem's answer."""
     from ..rewards import score_one
 
-    cmds, send = child_protocol(argv)
-    rss = PeakRSS()
-    sz = sizes(quick)
-    cfg = bench_config(sz, engine)
-    t0 = time.perf_counter()
+    return [score_one(c[0]["content"], a).reward for c, a in zip(completions, answer)]
+
+
+def _dataset(cfg, sz: dict):
+    """The prompts vespo's rollout batches take, in its order (batch i = prompts 2i, 2i+1), as TRL's dataset."""
+    from datasets import Dataset
+
+    from ..data import build_messages
+
     rounds, per_step = sz["e2e_steps"] + 1, sz["e2e_prompts"]
-    problems = rollout_helper("prompt_chunk")(cfg, 0, per_step * rounds)  # vespo's rollout batch i = prompts 2i, 2i+1
-    dataset = Dataset.from_list(
-        [{"prompt": build_messages(p, cfg.data.template), "answer": p.answer} for p in problems]
-    )
+    problems = rollout_helper("prompt_chunk")(cfg, 0, per_step * rounds)
+    return Dataset.from_list([{"prompt": build_messages(p, cfg.data.template), "answer": p.answer} for p in problems])
 
-    def math_verify_reward(completions, answer, **_):
-        return [score_one(c[0]["content"], a).reward for c, a in zip(completions, answer)]
 
-    base = resolve_model(cfg.model.path)
-    model = load_model(base, cfg.model.dtype)
-    shape = model_shape(model)
-    record: dict = {}
-    timers = Timers()
+def _turns(side: WorkerSide, timers: Timers):
+    """The callback that paces TRL's steps by the parent's commands and sends a record after each;
+    its `.trainer` is set once the trainer exists (for TRL's per-step logs)."""
+    from transformers import TrainerCallback
 
     class Turns(TrainerCallback):
+        trainer = None
+
         def on_step_begin(self, args, state, control, **kw):
-            line = cmds.readline()
-            if line.strip() != "step":
+            if not side.wants_step():
                 raise SystemExit(0)
             timers.take()
-            record["t"] = time.perf_counter()
+            self.t = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
-            step_s = time.perf_counter() - record["t"]
-            metrics = getattr(trainer, "_metrics", {}).get("train", {})  # TRL's per-step logs, best effort
+            step_s = time.perf_counter() - self.t
+            metrics = getattr(self.trainer, "_metrics", {}).get("train", {})  # TRL's per-step logs, best effort
             last = {k: (metrics.get(k) or [None])[-1] for k in ("reward", "completions/mean_length")}
-            send(
+            side.send_step(
                 {
                     "step_s": step_s,
                     "parts": trl_parts(timers.take(), step_s),
                     "reward": last["reward"],
                     "completion_mean_length": last["completions/mean_length"],
-                    "load_avg": os.getloadavg()[0],
                 }
             )
+
+    return Turns()
+
+
+def _grpo_config(cfg, sz: dict, engine: str):
+    """TRL_CONFIG: vespo's sizes, learning rate, seed and sampling; TRL's defaults otherwise."""
+    from trl import GRPOConfig
 
     extra = {}
     if os.environ.get("VESPO_BENCH_TRL_GC"):  # one-off comparisons; default: TRL's own (gradient checkpointing on)
@@ -141,13 +179,13 @@ def worker_trl(argv: list[str], quick: bool, engine: str) -> None:
         _colocated_kv(int(cfg.rollout.kv_cache_gib * 2**30))
         extra.update(use_vllm=True, vllm_mode="colocate", vllm_max_model_length=cfg.data.max_prompt_tokens + 64)
         extra["vllm_max_model_length"] += sz["e2e_tokens"]
-    args = GRPOConfig(
+    return GRPOConfig(
         **extra,
         output_dir=tempfile.mkdtemp(prefix="vespo-bench-trl-"),
-        per_device_train_batch_size=per_step * sz["e2e_n"],
+        per_device_train_batch_size=sz["e2e_prompts"] * sz["e2e_n"],
         num_generations=sz["e2e_n"],
         max_completion_length=sz["e2e_tokens"],
-        max_steps=rounds,
+        max_steps=sz["e2e_steps"] + 1,
         learning_rate=cfg.trainer.lr,
         bf16=True,
         use_cpu=True,
@@ -161,27 +199,6 @@ def worker_trl(argv: list[str], quick: bool, engine: str) -> None:
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=math_verify_reward,
-        args=args,
-        train_dataset=dataset,
-        processing_class=load_tokenizer(base),
-        callbacks=[Turns()],
-    )
-    _instrument(trainer, timers)
-    send(
-        {
-            "setup_s": time.perf_counter() - t0,
-            "threads": torch.get_num_threads(),
-            "gradient_checkpointing": bool(args.gradient_checkpointing),
-            "engine": engine,
-            "params": shape["params"],
-        }
-    )
-    trainer.train()
-    cmds.readline()  # "stop"
-    send(rss.report())
 
 
 def _instrument(trainer, timers: Timers) -> None:
@@ -198,7 +215,7 @@ def _instrument(trainer, timers: Timers) -> None:
             return loss(*a, **kw)
         finally:
             inside["loss"] = False
-            timers.s["compute_loss"] = timers.s.get("compute_loss", 0.0) + time.perf_counter() - t0
+            timers.add("compute_loss", t0)
 
     def get_logps(*a, **kw):
         if inside["loss"]:
@@ -207,7 +224,7 @@ def _instrument(trainer, timers: Timers) -> None:
         try:
             return logps(*a, **kw)
         finally:
-            timers.s["logps_outside_loss"] = timers.s.get("logps_outside_loss", 0.0) + time.perf_counter() - t0
+            timers.add("logps_outside_loss", t0)
 
     trainer.compute_loss = compute_loss
     trainer._get_per_token_logps_and_entropies = get_logps
