@@ -70,23 +70,44 @@ def _algo_flag(cfg: Config) -> str | None:
 
 def describe_plan(cfg: Config, run_dir=None, replay=None, async_: bool = False) -> str:
     """The resolved plan of a training run: schedule, sizes, launch line, memory (for --dry-run)."""
-    t, r = cfg.trainer, cfg.rollout
     mode = "replay" if replay is not None else "async" if async_ else "sync"
-    modes = {
+    rows = [("mode", _mode_text(cfg, mode, replay)), ("run dir", str(run_dir) if run_dir is not None else "-")]
+    rows += _schedule_rows(cfg) + _optimizer_rows(cfg) + _eval_rows(cfg)
+    if mode == "async" and cfg.layout.rollout_gpus:
+        rows.append(
+            (
+                "rollout GPUs",
+                f"{cfg.layout.rollout_gpus} dedicated; on each worker GPU: CUDA_VISIBLE_DEVICES=K "
+                f"vespo rollout --follow {run_dir or 'RUN_DIR'} --worker wK",
+            )
+        )
+    rows += [("protocol" if i == 0 else "", line) for i, line in enumerate(protocol_summary(cfg))]
+    lines = [f"plan: {cfg.preset or 'run'} ({cfg.model.path}, objective {cfg.algorithm.objective})"]
+    lines += _table(rows)
+    lines += [""] + _launch_lines(cfg, run_dir, replay, async_)
+    lines += ["", "memory plan"] + _memory_lines(cfg, mode)
+    return "\n".join(lines)
+
+
+def _mode_text(cfg: Config, mode: str, replay) -> str:
+    t = cfg.trainer
+    return {
         "sync": "sync: sample a rollout batch with the current weights, then train N steps on it",
         "replay": f"replay: train on existing shards in {replay} (no sampling)",
         "async": f"async: {t.async_workers} rollout worker(s) follow published weights; shards older than "
         f"{t.max_staleness} policy versions are dropped",
-    }
+    }[mode]
+
+
+def _schedule_rows(cfg: Config) -> list[tuple[str, str]]:
+    """Rollout batches, optimizer steps, prompts and tokens: the run's schedule and sizes."""
+    t, r = cfg.trainer, cfg.rollout
     mbs, N, n = t.minibatch_prompts, t.staleness, r.n
     gbs = mbs * N
     batches = math.ceil(t.steps / N)
     last = t.steps - (batches - 1) * N
     seq = cfg.data.max_prompt_tokens + r.max_tokens
-    lines = [f"plan: {cfg.preset or 'run'} ({cfg.model.path}, objective {cfg.algorithm.objective})"]
-    rows = [
-        ("mode", modes[mode]),
-        ("run dir", str(run_dir) if run_dir is not None else "-"),
+    return [
         ("rollout batch", f"{mbs} prompts × N={N} = {gbs} prompts × n={n} samples = {gbs * n:,} samples"),
         ("optimizer steps", f"{N} per rollout batch (old log-probs recomputed once per batch), {t.steps} in total"),
         (
@@ -99,6 +120,13 @@ def describe_plan(cfg: Config, run_dir=None, replay=None, async_: bool = False) 
             f"≤ {mbs * n * seq:,} = {mbs} prompts × {n} samples × ({cfg.data.max_prompt_tokens} + "
             f"{r.max_tokens}), of which response ≤ {mbs * n * r.max_tokens:,}",
         ),
+    ]
+
+
+def _optimizer_rows(cfg: Config) -> list[tuple[str, str]]:
+    """The optimizer and the dtype policy."""
+    t, r = cfg.trainer, cfg.rollout
+    return [
         (
             "optimizer",
             f"AdamW lr {t.lr:g} "
@@ -113,45 +141,46 @@ def describe_plan(cfg: Config, run_dir=None, replay=None, async_: bool = False) 
             + f"; rollout {r.engine} {r.dtype}; micro_token_budget {t.micro_token_budget}",
         ),
     ]
-    if cfg.eval.benchmarks:
-        every = f"every {cfg.eval.every} steps and at the end" if cfg.eval.every else "at the end"
-        rows.append(
-            ("eval", f"{', '.join(cfg.eval.benchmarks)} {every} (k per benchmark: {cfg.eval.k or 'the paper default'})")
-        )
-    algo = _algo_flag(cfg)
-    (cmd,) = launch_commands(cfg, algo=algo, replay=replay, async_=async_, run_dir=run_dir)
+
+
+def _eval_rows(cfg: Config) -> list[tuple[str, str]]:
+    if not cfg.eval.benchmarks:
+        return []
+    every = f"every {cfg.eval.every} steps and at the end" if cfg.eval.every else "at the end"
+    return [
+        ("eval", f"{', '.join(cfg.eval.benchmarks)} {every} (k per benchmark: {cfg.eval.k or 'the paper default'})")
+    ]
+
+
+def _table(rows: list[tuple[str, str]]) -> list[str]:
+    """Keys in a column, values wrapped at 80 columns beside them."""
+    width = max(len(k) for k, _ in rows) + 4
+    lines = []
+    for key, value in rows:
+        wrapped = textwrap.wrap(value, 80 - width, break_on_hyphens=False, break_long_words=False) or [""]
+        lines.append(f"  {key:<{width - 2}}{wrapped[0]}")
+        lines += [" " * width + w for w in wrapped[1:]]
+    return lines
+
+
+def _launch_lines(cfg: Config, run_dir, replay, async_: bool) -> list[str]:
+    """Where to launch (every node, when the trainer spans several) and the command, shell-wrapped."""
+    (cmd,) = launch_commands(cfg, algo=_algo_flag(cfg), replay=replay, async_=async_, run_dir=run_dir)
     lay = cfg.layout
     if lay.gpus_per_node and lay.nodes - (lay.rollout_gpus // lay.gpus_per_node if lay.nodes > 1 else 0) > 1:
         where = f"launch (on each of the {lay.nodes} nodes: NODE_RANK 0..{lay.nodes - 1}, MASTER_ADDR = node 0)"
     else:
         where = "launch"
-    if mode == "async" and lay.rollout_gpus:
-        rows.append(
-            (
-                "rollout GPUs",
-                f"{lay.rollout_gpus} dedicated; on each worker GPU: CUDA_VISIBLE_DEVICES=K "
-                f"vespo rollout --follow {run_dir or 'RUN_DIR'} --worker wK",
-            )
-        )
-    proto = protocol_summary(cfg)
-    rows += [("protocol" if i == 0 else "", line) for i, line in enumerate(proto)]
-    width = max(len(k) for k, _ in rows) + 4
-    for key, value in rows:
-        wrapped = textwrap.wrap(value, 80 - width, break_on_hyphens=False, break_long_words=False) or [""]
-        lines.append(f"  {key:<{width - 2}}{wrapped[0]}")
-        lines += [" " * width + w for w in wrapped[1:]]
-    lines.append("")
-    lines.append(where)
-    lines += ["  " + w for w in shell_wrap(cmd, 76)]
-    lines.append("")
-    lines.append("memory plan")
+    return [where] + ["  " + w for w in shell_wrap(cmd, 76)]
+
+
+def _memory_lines(cfg: Config, mode: str) -> list[str]:
+    """The GPU memory plan (vespo_cli/plan), indented; a line saying why there is none."""
     if cfg.layout.gpus_per_node < 1:
-        lines.append("  CPU run (layout.gpus_per_node 0): no GPU memory plan")
-        return "\n".join(lines)
+        return ["  CPU run (layout.gpus_per_node 0): no GPU memory plan"]
     try:
         plan = memory_plan(cfg, mode=mode)
         plan.warnings[:0] = check_config(cfg)
-        lines += ["  " + s if s else "" for s in format_memory(plan).splitlines()]
+        return ["  " + s if s else "" for s in format_memory(plan).splitlines()]
     except UserError as e:
-        lines.append(f"  unavailable: {e}")
-    return "\n".join(lines)
+        return [f"  unavailable: {e}"]
