@@ -8,11 +8,16 @@ Variants, interleaved round by round so that machine load hits them alike (ratio
                separate old-logp forward before the step (as the loop did at any staleness);
   +autocast    the same with bf16 autocast;
   after        bf16 autocast + chunked LM head + mask-free attention + DP microbatches, and at
-               staleness 1 old_logp from the training forward (loop.py);
+               staleness 1 old_logp from the training forward (train/loop.py);
   after-N>1    `after` with the separate old-logp forward (what staleness > 1 still pays).
 Batches: `grpo` = the bench's GRPO step (16 rows: prompt 47, three responses at the 128 cap, the
 rest 15–70 tokens; micro_token_budget 2048); `long` = 2 × (128 + 896) tokens. Peak memory: each
 variant's second step in a fresh subprocess, RSS above the level before that step.
+
+The trainer's step is vespo_cli/train/step.py (`old_logprobs`, `optimizer_step`); it looks up
+`token_logprobs` (train/forward.py) and `plan_microbatches` (train/batch.py) in its own module, which
+is where the `before` variants swap in the old code. The preset's dtype policy is set off
+(trainer.bf16_params=false) so that each variant's policy is the one named above.
 """
 
 from __future__ import annotations
@@ -69,38 +74,28 @@ def old_plan_microbatches(rows, idx, token_budget):
 
 
 def batch(kind: str):
-    from vespo_cli.train.batch import Rows
+    from vespo_cli.bench.sizes import synthetic_rows
 
     g = torch.Generator().manual_seed(0)
     if kind == "grpo":
         P, R = 47, [128, 128, 128] + [int(x) for x in torch.randint(15, 71, (13,), generator=g)]
     else:
         P, R = 128, [896, 896]
-    B = len(R)
-    return Rows(
-        [torch.randint(3, 49152, (P,), generator=g).tolist() for _ in range(B)],
-        [torch.randint(3, 49152, (r,), generator=g).tolist() for r in R],
-        [None] * B,
-        torch.rand(B, generator=g),
-        torch.zeros(B, dtype=torch.bool),
-        [str(i // 8) for i in range(B)],
-        torch.zeros(B, dtype=torch.long),
-        ["s"] * B,
-    )
+    return synthetic_rows(g, 49152, P, R, 8, "s")
 
 
 @contextlib.contextmanager
 def variant(name: str, cfg):
-    from vespo_cli.train import loop
+    from vespo_cli.train import step
 
-    saved = (loop.token_logprobs, loop.plan_microbatches, cfg.trainer.bf16_autocast)
+    saved = (step.token_logprobs, step.plan_microbatches, cfg.trainer.bf16_autocast)
     if name in ("before", "+autocast"):
-        loop.token_logprobs, loop.plan_microbatches = old_token_logprobs, old_plan_microbatches
+        step.token_logprobs, step.plan_microbatches = old_token_logprobs, old_plan_microbatches
     cfg.trainer.bf16_autocast = name != "before"
     try:
         yield
     finally:
-        loop.token_logprobs, loop.plan_microbatches, cfg.trainer.bf16_autocast = saved
+        step.token_logprobs, step.plan_microbatches, cfg.trainer.bf16_autocast = saved
 
 
 class Setup:
@@ -112,7 +107,12 @@ class Setup:
         self.cfg = load_config(
             "smollm2-arith",
             None,
-            ["trainer.minibatch_prompts=2", "trainer.staleness=1", "trainer.micro_token_budget=2048"],
+            [
+                "trainer.minibatch_prompts=2",
+                "trainer.staleness=1",
+                "trainer.micro_token_budget=2048",
+                "trainer.bf16_params=false",
+            ],
         )
         if kind == "long":
             self.cfg.trainer.micro_token_budget = 2048
@@ -124,13 +124,13 @@ class Setup:
         self.adv = group_advantages(self.rows.rewards, self.rows.group_ids).float()
 
     def step(self, name: str) -> float:
-        from vespo_cli.train import loop
+        from vespo_cli.train.step import old_logprobs, optimizer_step
 
         idx = list(range(len(self.rows)))
         with variant(name, self.cfg):
             t = time.perf_counter()
-            old = None if name == "after" else loop.old_logprobs(self.model, self.rows, self.cfg)
-            loop.optimizer_step(self.model, self.opt, self.sched, self.rows, idx, self.adv, old, self.cfg)
+            old = None if name == "after" else old_logprobs(self.model, self.rows, self.cfg)
+            optimizer_step(self.model, self.opt, self.sched, self.rows, idx, self.adv, old, self.cfg)
             return time.perf_counter() - t
 
 
