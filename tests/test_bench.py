@@ -182,3 +182,17 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
     md = (tmp_path / "latest.md").read_text()
     assert "vespo bench" in md and "| metric |" in md and "## Where a step goes" in md
     assert data["regression_check"]["against"] is None  # no earlier latest.json in tmp_path
+
+
+@pytest.mark.parametrize(
+    ("argv", "rc"), [(["--help"], 0), ([], 2), (["--out"], 2), (["section", "nope", "x.json"], 2), (["section"], 2)]
+)
+def test_bench_module_rejects_what_is_not_a_suite_section_or_worker(argv, rc, tmp_path):
+    """`python -m vespo_cli.bench --help` printed nothing and ran the whole suite into a folder '--help'."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "vespo_cli.bench", *argv], cwd=tmp_path, capture_output=True, text=True)
+    assert (
+        p.returncode == rc and p.stderr.startswith("usage: python -m vespo_cli.bench") and not list(tmp_path.iterdir())
+    )

@@ -7,13 +7,33 @@ import os
 import sys
 from pathlib import Path
 
+USAGE = (
+    "usage: python -m vespo_cli.bench OUT_DIR [--quick]            (the whole suite; `vespo bench` is the command)\n"
+    "       python -m vespo_cli.bench section NAME OUT.json [--quick]\n"
+    "       python -m vespo_cli.bench worker {vespo,trl}-{hf,vllm} ...  (the suite's subprocesses)"
+)
+SECTIONS = ("train", "rollout", "sync_loop", "async_loop", "ranks")
+
+
+def _check(argv: list[str]) -> None:
+    """One line and exit 2 for anything but the three forms of USAGE (an option is not an output dir)."""
+    ok = (
+        (argv[:1] == ["section"] and len(argv) == 3 and argv[1] in SECTIONS)
+        or (argv[:1] == ["worker"] and len(argv) >= 2)
+        or (len(argv) == 1 and argv[0] not in ("section", "worker") and not argv[0].startswith("-"))
+    )
+    if not ok:
+        print(USAGE, file=sys.stderr)
+        sys.exit(0 if argv in (["--help"], ["-h"]) else 2)
+
 
 def main(argv: list[str]) -> None:
+    quick = "--quick" in argv
+    argv = [a for a in argv if a != "--quick"]
+    _check(argv)
     from .machine import configure_child
     from .memory import PeakRSS
 
-    quick = "--quick" in argv
-    argv = [a for a in argv if a != "--quick"]
     if argv[0] == "section":
         from .section_async import section_async_loop, section_sync_loop
         from .section_ranks import section_ranks
