@@ -4,6 +4,7 @@
 #   bash reports/cpu-staleness/run.sh           # the full study: 54 runs, two at a time (cost: see below)
 #   bash reports/cpu-staleness/run.sh --quick   # the pipeline end to end: 12 runs of 4 steps, one seed (~20 min)
 #   bash reports/cpu-staleness/run.sh --report  # only rebuild the report from the committed runs
+#   bash reports/cpu-staleness/run.sh --lane b  # one lane only (the other still running), then the report
 #
 # Cells (presets/cpu-staleness.yaml: SmolLM2-135M on arith difficulty 1, 32 sequences per optimizer step,
 # 32 steps, AdamW lr 1e-5, vLLM bf16 sampling, bf16-param trainer, one thread per run):
@@ -43,6 +44,8 @@ export VESPO_MALLOC_TUNING=0
 PY=${PY:-.venv/bin/python}
 V=${V:-$PY -m vespo_cli.cli}
 MODE=${1:-full}
+LANES=(a b)
+if [[ "$MODE" == "--lane" ]]; then LANES=("${2:?--lane a or --lane b}"); MODE=full; fi
 SEEDS=(0 1 2); NS=(-N 16 -N 1 -N 4); HIGH=16; DRIFT=32; STEPS=(); ASYNC_ALGOS=(grpo vespo); LAST_STEP=32; EVAL_LIMIT=64
 STUDY=${STUDY_DIR:-runs/cpu-staleness}
 KEEP=reports/cpu-staleness/runs
@@ -63,49 +66,61 @@ evaluate() {  # the final policy of each finished run in the lanes "$@": 64 arit
 collect() { evaluate "$@"; $PY reports/cpu-staleness/study.py collect "$STUDY" "$KEEP"; }
 restore() { $PY reports/cpu-staleness/study.py restore "$KEEP" "$STUDY"; }
 
+sweep() {  # one `vespo compare`, resumed up to twice if it dies (an OOM kill of a run): a lane never stops on one cell
+  local attempt
+  for attempt in 1 2 3; do
+    "$@" && return 0
+    echo "run.sh: attempt $attempt of: $* failed; resuming it" >&2
+  done
+  echo "run.sh: giving up on: $* (the next run of this script resumes it)" >&2
+}
+
 lane_a() {
   for s in "${SEEDS[@]}"; do
-    $V compare vespo gspo "${NS[@]}" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/a"; collect "$STUDY/a"
+    sweep $V compare vespo gspo "${NS[@]}" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/a"; collect "$STUDY/a"
   done
   for s in "${SEEDS[@]}"; do
-    $V compare "${ASYNC_ALGOS[@]}" --async -N 1 "${COMMON[@]}" --set trainer.seed="$s" --set trainer.max_staleness=4 \
+    sweep $V compare "${ASYNC_ALGOS[@]}" --async -N 1 "${COMMON[@]}" --set trainer.seed="$s" --set trainer.max_staleness=4 \
       --set trainer.old_logp=rollout --out "$STUDY/async"; collect "$STUDY/async"
   done
   for s in "${SEEDS[@]}"; do
     ((DRIFT)) || break
-    $V compare vespo -N "$DRIFT" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/drift-a"; collect "$STUDY/drift-a"
+    sweep $V compare vespo -N "$DRIFT" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/drift-a"; collect "$STUDY/drift-a"
   done
 }
 
 lane_b() {
   for s in "${SEEDS[@]}"; do
-    $V compare grpo sapo "${NS[@]}" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/b"; collect "$STUDY/b"
+    sweep $V compare grpo sapo "${NS[@]}" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/b"; collect "$STUDY/b"
   done
   for s in "${SEEDS[@]}"; do
-    $V compare vespo:length_norm=sqrt vespo:c1_neg=2,c2_neg=3 -N "$HIGH" "${COMMON[@]}" --set trainer.seed="$s" \
+    sweep $V compare vespo:length_norm=sqrt vespo:c1_neg=2,c2_neg=3 -N "$HIGH" "${COMMON[@]}" --set trainer.seed="$s" \
       --out "$STUDY/ablations"; collect "$STUDY/ablations"
   done
   for s in "${SEEDS[@]}"; do
     ((DRIFT)) || break
-    $V compare grpo -N "$DRIFT" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/drift-b"; collect "$STUDY/drift-b"
+    sweep $V compare grpo -N "$DRIFT" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/drift-b"; collect "$STUDY/drift-b"
   done
 }
 
-report() {
-  collect "$STUDY"/*/
-  local dirs=("$KEEP"/*/)
-  [[ -e "${dirs[0]}" ]] || { echo "no finished runs in $KEEP yet"; return 0; }
-  $V compare "${dirs[@]}" --out "$REPORT"
+report() {  # evaluates only the lanes this invocation ran (the other lane may still be evaluating its own)
+  local dirs=() lane
+  for lane in "${LANES[@]}"; do
+    case $lane in a) dirs+=("$STUDY/a" "$STUDY/async" "$STUDY/drift-a") ;; b) dirs+=("$STUDY/b" "$STUDY/ablations" "$STUDY/drift-b") ;; esac
+  done
+  collect "${dirs[@]}"
+  local kept=("$KEEP"/*/)
+  [[ -e "${kept[0]}" ]] || { echo "no finished runs in $KEEP yet"; return 0; }
+  $V compare "${kept[@]}" --out "$REPORT"
 }
 
 mkdir -p "$STUDY"
 if [[ "$MODE" != "--report" ]]; then
   git rev-parse HEAD > "$STUDY/commit"  # the code the runs trained with (compare refuses a changed config)
   restore
-  lane_a > "$STUDY/lane-a.log" 2>&1 &
-  A=$!
-  lane_b > "$STUDY/lane-b.log" 2>&1 &
-  B=$!
-  wait $A; wait $B
+  for lane in "${LANES[@]}"; do
+    case $lane in a | b) "lane_$lane" > "$STUDY/lane-$lane.log" 2>&1 & ;; *) echo "--lane $lane: expected a or b" >&2; exit 2 ;; esac
+  done
+  wait
 fi
 report
