@@ -645,6 +645,21 @@ def test_compare_runs_reuses_and_resumes(presets, tmp_path, fake_train):
         K.compare_command(["vespo"], preset="tiny", overrides=["trainer.steps=3", "trainer.lr=0.5"], out=out)
 
 
+def test_a_run_that_died_writing_its_final_checkpoint_is_not_complete(tmp_path):
+    """Metrics at the last step but a newest checkpoint of an earlier one (the disk filled while step 32 was
+    saved): resumed, not reused; without any checkpoint the metrics decide."""
+    from vespo_cli.compare.sweep import is_complete
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve([0.1, 0.2, 0.3, 0.4])))
+    assert is_complete(run, 4) and not is_complete(run, 5)
+    (run / "checkpoints" / "step-2").mkdir(parents=True)
+    assert not is_complete(run, 4)
+    (run / "checkpoints" / "step-4").mkdir()
+    assert is_complete(run, 4)
+
+
 def test_compare_grid_variants_and_replay(presets, tmp_path, fake_train):
     out = tmp_path / "cmp"
     replay = tmp_path / "shards"

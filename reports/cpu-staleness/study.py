@@ -4,19 +4,22 @@
     python reports/cpu-staleness/study.py restore KEEP_DIR STUDY_DIR   # KEEP_DIR → missing runs
     python reports/cpu-staleness/study.py unevaluated LANE_DIR...      # their finished runs without an eval
 
-A run is `STUDY_DIR/<lane>/runs/<run>/`; it is finished when its metrics reach `trainer.steps`. Only
+A run is `STUDY_DIR/<lane>/runs/<run>/`; it is finished when `vespo compare` would reuse it (its metrics reach
+`trainer.steps` and its newest checkpoint, if any, is the last step's). Once a finished run is evaluated and
+kept, `collect` deletes its checkpoints (1.5 GB each; 54 of them filled the disk). Only
 config.yaml, run.json and metrics.jsonl are kept (and STUDY_DIR/commit, the code they trained with): what
 `vespo compare` reports from, and what its sweep checks to reuse a run); checkpoints and shards stay behind.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
 
 import yaml
+
+from vespo_cli.compare.sweep import is_complete
 
 KEPT = ("config.yaml", "run.json", "metrics.jsonl")
 
@@ -24,11 +27,13 @@ KEPT = ("config.yaml", "run.json", "metrics.jsonl")
 def finished(run: Path) -> bool:
     try:
         steps = int(yaml.safe_load((run / "config.yaml").read_text())["trainer"]["steps"])
-        lines = (run / "metrics.jsonl").read_text().splitlines()
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
         return False
-    done = [json.loads(ln)["step"] for ln in lines if ln.strip() and '"train"' in ln]
-    return bool(done) and max(done) >= steps
+    return is_complete(run, steps)
+
+
+def evaluated(run: Path) -> bool:
+    return (run / "metrics.jsonl").is_file() and '"kind": "eval"' in (run / "metrics.jsonl").read_text()
 
 
 def _size(run: Path) -> int:
@@ -55,6 +60,8 @@ def collect(study: Path, keep: Path) -> int:
         if finished(run) and (not finished(dst) or _size(run) > _size(dst)):  # new, or evaluated since
             copy_run(run, dst)
             n += 1
+        if finished(run) and evaluated(run) and evaluated(dst) and (run / "checkpoints").is_dir():
+            shutil.rmtree(run / "checkpoints")  # its numbers are kept; the weights are not needed again
     return n
 
 
@@ -74,11 +81,7 @@ def unevaluated(lanes: list[Path]) -> list[Path]:
     Each lane evaluates only its own runs, so two lanes never evaluate one run at once."""
     out = []
     for run in sorted(run for lane in lanes for run in lane.glob("runs/*")):
-        if (
-            finished(run)
-            and any((run / "checkpoints").glob("step-*"))
-            and '"kind": "eval"' not in (run / "metrics.jsonl").read_text()
-        ):
+        if finished(run) and any((run / "checkpoints").glob("step-*")) and not evaluated(run):
             out.append(run)
     return out
 

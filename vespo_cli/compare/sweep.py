@@ -73,9 +73,16 @@ def _train_child(config_path: str, run_dir: str, replay: str, resume: str, async
     )
 
 
-def _is_complete(run_dir: Path, steps: int) -> bool:
-    rows = train_records(read_jsonl(RunDir(run_dir).metrics))
-    return bool(rows) and int(rows[-1]["step"]) >= steps
+def is_complete(run_dir: Path, steps: int) -> bool:
+    """Its metrics reach `steps` and, when it keeps checkpoints, the newest is of step ≥ `steps`: a run that
+    died writing its final checkpoint (disk full) has logged its last step but resumes from an earlier one.
+    A run without checkpoints (its results copied elsewhere, or pruned after its eval) is judged by its metrics."""
+    run = RunDir(run_dir)
+    rows = train_records(read_jsonl(run.metrics))
+    if not rows or int(rows[-1]["step"]) < steps:
+        return False
+    checkpoints = run.checkpoint_steps()
+    return not checkpoints or checkpoints[-1][0] >= steps
 
 
 def _config_mismatch(run_dir: Path, cfg) -> list[str]:
@@ -236,7 +243,7 @@ def _run_grid(specs: Sequence[RunSpec], replay: Path | None, refresh) -> None:
                     f"{spec.path}: holds a run with another config ({'; '.join(diffs[:3])}); "
                     f"pick another --out or remove it"
                 )
-            if _is_complete(spec.path, spec.steps):
+            if is_complete(spec.path, spec.steps):
                 console.print(f"{head}: complete, reused ({spec.path})", highlight=False)
                 continue
             console.print(f"{head}: partial, resuming ({spec.path})", highlight=False)
