@@ -1,12 +1,13 @@
 """Keep the staleness study's finished runs in the repository, and put them back before a sweep.
 
-    python reports/cpu-staleness/study.py collect STUDY_DIR KEEP_DIR   # finished runs → KEEP_DIR
+    python reports/cpu-staleness/study.py collect STUDY_DIR KEEP_DIR   # finished, evaluated runs → KEEP_DIR
     python reports/cpu-staleness/study.py restore KEEP_DIR STUDY_DIR   # KEEP_DIR → missing runs
     python reports/cpu-staleness/study.py unevaluated LANE_DIR...      # their finished runs without an eval
 
 A run is `STUDY_DIR/<lane>/runs/<run>/`; it is finished when `vespo compare` would reuse it (its metrics reach
-`trainer.steps` and its newest checkpoint, if any, is the last step's). Once a finished run is evaluated and
-kept, `collect` deletes its checkpoints (1.5 GB each; 54 of them filled the disk). Only
+`trainer.steps` and its newest checkpoint, if any, is the last step's). Only evaluated runs are kept (a kept
+run comes back without checkpoints, so it could not be evaluated later); once kept, `collect` deletes its
+checkpoints (1.5 GB each; 30 of them filled the disk). Only
 config.yaml, run.json and metrics.jsonl are kept (and STUDY_DIR/commit, the code they trained with): what
 `vespo compare` reports from, and what its sweep checks to reuse a run); checkpoints and shards stay behind.
 """
@@ -57,7 +58,7 @@ def collect(study: Path, keep: Path) -> int:
         shutil.copy2(study / "commit", keep / "commit")
     for run in sorted(study.glob("*/runs/*")):
         dst = keep / run.parent.parent.name / "runs" / run.name
-        if finished(run) and (not finished(dst) or _size(run) > _size(dst)):  # new, or evaluated since
+        if finished(run) and evaluated(run) and (not finished(dst) or _size(run) > _size(dst)):  # new, or re-evaluated
             copy_run(run, dst)
             n += 1
         if finished(run) and evaluated(run) and evaluated(dst) and (run / "checkpoints").is_dir():
