@@ -328,6 +328,17 @@ def test_verdict_rule_on_synthetic_summaries():
     one = K.paper_verdict([group("vespo", 1, {0: 0.5}, **VESPO), group("vespo", 8, {0: 0.1}, **VESPO)])
     assert one[0]["verdict"] == "not resolved at this power" and one[0]["difference"]["low"] is None
     assert {r["verdict"] for r in K.paper_verdict([])} == {"no data"}
+    # one row per higher N: a new stale cell with one seed leaves the resolved ones standing
+    many = K.paper_verdict(
+        [
+            group("vespo", n, v, **VESPO)
+            for n, v in ((1, seeds(0.5, 0.52, 0.48)), (4, seeds(0.2, 0.22, 0.18)), (32, {0: 0.1}))
+        ]
+    )
+    assert [(r["comparison"], r["verdict"]) for r in many[:2]] == [
+        ("vespo N=4 − vespo N=1", "contradicted"),
+        ("vespo N=32 − vespo N=1", "not resolved at this power"),
+    ]
 
 
 def test_collapse_rule_quiet_on_bernoulli_noise():
