@@ -85,14 +85,14 @@ def identical_runs(runs: Sequence[Loaded]) -> list[dict]:
     """Runs of one N and seed under different algorithms whose training is the same at every step
     (analysis.trajectory): on-policy (W = 1) several objectives give one gradient, and a difference between
     such runs measures nothing."""
-    same: dict[tuple, list[Loaded]] = {}
+    same: dict[tuple, set[str]] = {}
     for r in runs:
         if r.rows:
-            same.setdefault((r.spec.staleness, r.spec.seed, trajectory(r.rows)), []).append(r)
+            same.setdefault((r.spec.staleness, r.spec.seed, trajectory(r.rows)), set()).add(r.spec.label)
     return [
-        {"staleness": n, "seed": seed, "labels": sorted({m.spec.label for m in members})}
-        for (n, seed, _), members in same.items()
-        if len({m.spec.label for m in members}) > 1
+        {"staleness": n, "seed": seed, "labels": sorted(labels)}
+        for (n, seed, _), labels in same.items()
+        if len(labels) > 1
     ]
 
 
