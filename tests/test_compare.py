@@ -309,6 +309,8 @@ def test_verdict_rule_on_synthetic_summaries():
         "not resolved at this power",
         "supported",
         "contradicted",
+        "no data",  # no async runs
+        "no data",
     ]
     assert got[("VESPO stays stable as N grows", "vespo N=16 − vespo N=1")]["difference"]["mean"] == pytest.approx(0)
     assert got[("SAPO degrades as N grows", "sapo N=16 − sapo N=1")]["difference"]["high"] < -0.05
@@ -323,7 +325,7 @@ def test_verdict_rule_on_synthetic_summaries():
             group("sapo", 8, seeds(0.5, 0.51, 0.49)),
         ]
     )
-    assert [r["verdict"] for r in rows] == ["contradicted", "contradicted", "no data", "no data", "no data"]
+    assert [r["verdict"] for r in rows] == ["contradicted", "contradicted"] + ["no data"] * 5
     # one seed: a difference without an interval decides nothing
     one = K.paper_verdict([group("vespo", 1, {0: 0.5}, **VESPO), group("vespo", 8, {0: 0.1}, **VESPO)])
     assert one[0]["verdict"] == "not resolved at this power" and one[0]["difference"]["low"] is None
@@ -339,6 +341,23 @@ def test_verdict_rule_on_synthetic_summaries():
         ("vespo N=4 − vespo N=1", "contradicted"),
         ("vespo N=32 − vespo N=1", "not resolved at this power"),
     ]
+
+
+def test_verdict_on_async_runs():
+    """VESPO async − VESPO sync (stability rule, −margin) and VESPO async − GRPO async (above 0)."""
+    groups = [
+        group("vespo", 1, seeds(0.80, 0.82, 0.78), **VESPO),
+        group("vespo+async", 1, seeds(0.70, 0.71, 0.69), **VESPO),
+        group("grpo+async", 1, seeds(0.60, 0.62, 0.58)),
+    ]
+    rows = [r for r in K.paper_verdict(groups) if "asynchrony" in r["claim"]]
+    assert [(r["comparison"], r["verdict"]) for r in rows] == [
+        ("vespo+async − vespo at N=1", "contradicted"),  # differences 0.10, 0.11, 0.09: a drop beyond 0.05
+        ("vespo+async − grpo+async at N=1", "supported"),  # 0.10, 0.09, 0.11 > 0
+    ]
+    assert rows[0]["difference"]["mean"] == pytest.approx(-0.10)
+    assert rows[0]["rule"] == "supported if the interval lies above −0.05"
+    assert rows[1]["difference"]["method"] == "paired"
 
 
 def test_collapse_rule_quiet_on_bernoulli_noise():

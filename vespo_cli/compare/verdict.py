@@ -9,6 +9,9 @@ Every claim is decided by one 95% interval of a difference of final rewards, pai
   −MARGIN, contradicted above −MARGIN.
 - "length normalisation hurts" / "asymmetric c helps": d = VESPO − the ablation at the highest N
   both ran. Supported when the interval lies above 0, contradicted when it lies below 0.
+- "VESPO stays stable under full asynchrony": d = VESPO async − VESPO synchronous at the same N, with
+  claim 1's rule; "VESPO beats GRPO under full asynchrony": d = VESPO async − GRPO async, with the
+  ablations' rule (`vespo compare --async` labels those runs `<algo>+async`).
 A difference without an interval (one seed) is not resolved; a claim whose runs are absent has no data.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .groups import REFERENCE, seed_values
+from .labels import join_label
 from .stats import difference
 
 MARGIN = 0.05  # a change of the final reward (rewards in [0, 1]) smaller than this counts as none
@@ -95,26 +99,21 @@ def _is_symmetric_c(g: dict) -> bool:
 
 def _ablations(groups: Sequence[dict], pick, claim: str, metric: str) -> list[dict]:
     """Claims 3 and 4: VESPO − each ablation `pick` selects, at the highest N both ran."""
-    ref = _by_label(groups, REFERENCE)
-    rows = []
-    for label in dict.fromkeys(g["label"] for g in groups if pick(g)):
-        common = set(ref) & set(_by_label(groups, label))
-        if not common:
-            rows.append(_row(claim, f"{REFERENCE} − {label}: at the same N", None, NO_DATA, "", metric))
-            continue
-        n = max(common)
-        d = difference(seed_values(ref[n], metric), seed_values(_by_label(groups, label)[n], metric))
-        rows.append(
-            _row(
-                claim,
-                f"{REFERENCE} − {label} at N={n}",
-                d,
-                _decide(d, 0.0, True),
-                "supported if the interval lies above 0",
-                metric,
-            )
-        )
+    labels = dict.fromkeys(g["label"] for g in groups if pick(g))
+    rows = [row for label in labels for row in _pair(groups, REFERENCE, label, claim, 0.0, metric)]
     return rows or [_row(claim, f"{REFERENCE} and its ablation", None, NO_DATA, "", metric)]
+
+
+def _pair(groups: Sequence[dict], label: str, base: str, claim: str, above: float, metric: str) -> list[dict]:
+    """`label` − `base` at the highest N both ran, supported when the interval lies above `above`."""
+    a, b = _by_label(groups, label), _by_label(groups, base)
+    common = set(a) & set(b)
+    if not common:
+        return [_row(claim, f"{label} − {base}: at the same N", None, NO_DATA, "", metric)]
+    n = max(common)
+    d = difference(seed_values(a[n], metric), seed_values(b[n], metric))
+    rule = f"supported if the interval lies above {'−' if above < 0 else ''}{abs(above):g}"
+    return [_row(claim, f"{label} − {base} at N={n}", d, _decide(d, above, True), rule, metric)]
 
 
 def paper_verdict(groups: Sequence[dict], margin: float = MARGIN) -> list[dict]:
@@ -127,4 +126,7 @@ def paper_verdict(groups: Sequence[dict], margin: float = MARGIN) -> list[dict]:
         rows += _across_n(groups, a, f"{a.upper()} degrades as N grows", False, margin, metric)
     rows += _ablations(groups, _is_length_norm, "length normalisation hurts", metric)
     rows += _ablations(groups, _is_symmetric_c, "asymmetric c helps", metric)
+    vespo_async = join_label(REFERENCE, ["async"])
+    rows += _pair(groups, vespo_async, REFERENCE, "VESPO stays stable under full asynchrony", -margin, metric)
+    rows += _pair(groups, vespo_async, "grpo+async", "VESPO beats GRPO under full asynchrony", 0.0, metric)
     return rows
