@@ -776,14 +776,16 @@ def test_compare_async_grid(presets, tmp_path, fake_train):
 
 def test_last_minibatch_drift_takes_each_rollout_batch_s_last_minibatch():
     rows = [
-        rec(1, 0.1, iteration=0, minibatch=0, delta_abs_mean=0.0, log_w_std=0.0, w_ess=1.0),
-        rec(2, 0.1, iteration=0, minibatch=1, delta_abs_mean=0.2, log_w_std=1.0, w_ess=0.4),
-        rec(3, 0.1, iteration=1, minibatch=0, delta_abs_mean=0.0, log_w_std=0.0, w_ess=1.0),
-        rec(4, 0.1, iteration=1, minibatch=1, delta_abs_mean=0.4, log_w_std=2.0, w_ess=0.2),
+        rec(1, 0.1, iteration=0, minibatch=0, staleness=0, delta_abs_mean=0.0, log_w_std=0.0, w_ess=1.0),
+        rec(2, 0.1, iteration=0, minibatch=1, staleness=1, delta_abs_mean=0.2, log_w_std=1.0, w_ess=0.4),
+        rec(3, 0.1, iteration=1, minibatch=0, staleness=0, delta_abs_mean=0.0, log_w_std=0.0, w_ess=1.0),
+        rec(4, 0.1, iteration=1, minibatch=1, staleness=1, delta_abs_mean=0.4, log_w_std=2.0, w_ess=0.2),
     ]
     got = K.analysis.last_minibatch_drift(rows)
-    assert got == pytest.approx({"delta_abs_mean": 0.3, "log_w_std": 1.5, "w_ess": 0.3, "w_ess_min": 0.2})
+    want = {"staleness": 1.0, "delta_abs_mean": 0.3, "log_w_std": 1.5, "w_ess": 0.3, "w_ess_min": 0.2}
+    assert got == pytest.approx(want)
     assert K.analysis.last_minibatch_drift([]) == {
+        "staleness": None,
         "delta_abs_mean": None,
         "log_w_std": None,
         "w_ess": None,

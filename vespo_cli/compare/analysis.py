@@ -204,12 +204,14 @@ def _series_key(rows: Sequence[dict], keys: Sequence[str]) -> str | None:
     return None
 
 
-DRIFT_KEYS = ("delta_abs_mean", "log_w_std", "w_ess")
+DRIFT_KEYS = ("staleness", "delta_abs_mean", "log_w_std", "w_ess")
 
 
 def last_minibatch_drift(rows: Sequence[dict]) -> dict[str, float | None]:
-    """How off-policy a run's most stale data was: mean |Δ| per token, the spread of log W and ESS/n of
-    the raw sequence ratios at the last minibatch of each rollout batch, averaged over rollout batches;
+    """How off-policy a run's most stale data was: its policy lag (`staleness`, optimizer steps between
+    sampling and training: N − 1 in a synchronous run, the workers' lead in an async one), mean |Δ| per
+    token, the spread of log W and ESS/n of the raw sequence ratios at the last minibatch of each rollout
+    batch, averaged over rollout batches;
     `w_ess_min` is the lowest ESS/n of any batch's last minibatch (pure)."""
     last: dict[Any, dict] = {}
     for r in rows:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .analysis import FINAL_FRAC, MIN_WINDOW, NOISE_Z, SMOOTH_FRAC
+from .analysis import DRIFT_KEYS, FINAL_FRAC, MIN_WINDOW, NOISE_Z, SMOOTH_FRAC
 from .groups import REFERENCE, _stats
 from .plots import X_AXES
 from .runs import Loaded
@@ -123,14 +123,22 @@ def drift_lines(groups: Sequence[dict]) -> list[str]:
         [
             g["label"],
             str(g["staleness"]),
-            *(_f(g["drift_last_minibatch"][k]) for k in ("delta_abs_mean", "log_w_std", "w_ess", "w_ess_min")),
+            *(_f(g["drift_last_minibatch"][k]) for k in (*DRIFT_KEYS, "w_ess_min")),
         ]
         for g in groups
         if g.get("drift_last_minibatch")
     ]
     if not rows:
         return []
-    header = ["algorithm", "N", "mean |Δ| per token", "std of log W", "ESS/n of W", "lowest ESS/n of W"]
+    header = [
+        "algorithm",
+        "N",
+        "policy lag (steps)",
+        "mean |Δ| per token",
+        "std of log W",
+        "ESS/n of W",
+        "lowest ESS/n of W",
+    ]
     return [
         "## Drift at the last minibatch of each rollout batch",
         "",
@@ -138,8 +146,10 @@ def drift_lines(groups: Sequence[dict]) -> list[str]:
         "",
         "The most off-policy data each group trained on: the last of the N minibatches of every rollout batch "
         "(N = 1: the only one, Δ = 0 unless the behaviour log-probs are the engine's), averaged over rollout "
-        "batches, then over seeds (min–max over seeds). W = exp(Σ_t Δ_t) is the raw sequence ratio whatever "
-        "the objective does with it; ESS/n = (Σ W)² / (Σ W²) / n.",
+        "batches, then over seeds (min–max over seeds). Policy lag: optimizer steps between sampling and "
+        "training (N − 1 when synchronous; in an async run, how far the workers had sampled ahead). "
+        "W = exp(Σ_t Δ_t) is the raw sequence ratio whatever the objective does with it; "
+        "ESS/n = (Σ W)² / (Σ W²) / n.",
         "",
     ]
 
