@@ -14,8 +14,8 @@
 #           both the policy lag and the bf16-engine vs trainer mismatch
 #   lane b: GRPO, SAPO   × N ∈ {16, 1, 4} × seeds {0, 1, 2}, then VESPO's ablations at N = 16
 #           (length_norm = sqrt; symmetric c: c1_neg = c1_pos = 2, c2_neg = c2_pos = 3)
-#   the high-drift cell, N = 32 (one rollout batch feeds all 32 steps): VESPO in lane a, GRPO in lane b,
-#           seeds {0, 1, 2}, last (after the grid, the async cells and the ablations). At N = 16 the last
+#   the high-drift cell, N = 32 (one rollout batch feeds all 32 steps): VESPO then GRPO, seeds {0, 1, 2},
+#           in lane a after its async cells (lane a has 6 runs fewer than lane b before it). At N = 16 the last
 #           minibatch of a rollout batch had ESS/n 0.57 (VESPO) to 0.35 (SAPO, lowest 0.31); N = 32 doubles
 #           the lag, where ESS/n should fall below the 0.3 issue 18 asks for.
 # Cost, measured on the 2-core machine (one thread per run, two runs at a time, nothing else running):
@@ -87,6 +87,10 @@ lane_a() {
     ((DRIFT)) || break
     sweep $V compare vespo -N "$DRIFT" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/drift-a"; collect "$STUDY/drift-a"
   done
+  for s in "${SEEDS[@]}"; do
+    ((DRIFT)) || break
+    sweep $V compare grpo -N "$DRIFT" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/drift-b"; collect "$STUDY/drift-b"
+  done
 }
 
 lane_b() {
@@ -97,16 +101,12 @@ lane_b() {
     sweep $V compare vespo:length_norm=sqrt vespo:c1_neg=2,c2_neg=3 -N "$HIGH" "${COMMON[@]}" --set trainer.seed="$s" \
       --out "$STUDY/ablations"; collect "$STUDY/ablations"
   done
-  for s in "${SEEDS[@]}"; do
-    ((DRIFT)) || break
-    sweep $V compare grpo -N "$DRIFT" "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/drift-b"; collect "$STUDY/drift-b"
-  done
 }
 
 report() {  # evaluates only the lanes this invocation ran (the other lane may still be evaluating its own)
   local dirs=() lane
   for lane in "${LANES[@]}"; do
-    case $lane in a) dirs+=("$STUDY/a" "$STUDY/async" "$STUDY/drift-a") ;; b) dirs+=("$STUDY/b" "$STUDY/ablations" "$STUDY/drift-b") ;; esac
+    case $lane in a) dirs+=("$STUDY/a" "$STUDY/async" "$STUDY/drift-a" "$STUDY/drift-b") ;; b) dirs+=("$STUDY/b" "$STUDY/ablations") ;; esac
   done
   collect "${dirs[@]}"
   local kept=("$KEEP"/*/)
