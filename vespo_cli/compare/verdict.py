@@ -100,20 +100,20 @@ def _is_symmetric_c(g: dict) -> bool:
 def _ablations(groups: Sequence[dict], pick, claim: str, metric: str) -> list[dict]:
     """Claims 3 and 4: VESPO − each ablation `pick` selects, at the highest N both ran."""
     labels = dict.fromkeys(g["label"] for g in groups if pick(g))
-    rows = [row for label in labels for row in _pair(groups, REFERENCE, label, claim, 0.0, metric)]
+    rows = [_pair(groups, REFERENCE, label, claim, 0.0, metric) for label in labels]
     return rows or [_row(claim, f"{REFERENCE} and its ablation", None, NO_DATA, "", metric)]
 
 
-def _pair(groups: Sequence[dict], label: str, base: str, claim: str, above: float, metric: str) -> list[dict]:
+def _pair(groups: Sequence[dict], label: str, base: str, claim: str, above: float, metric: str) -> dict:
     """`label` − `base` at the highest N both ran, supported when the interval lies above `above`."""
     a, b = _by_label(groups, label), _by_label(groups, base)
     common = set(a) & set(b)
     if not common:
-        return [_row(claim, f"{label} − {base}: at the same N", None, NO_DATA, "", metric)]
+        return _row(claim, f"{label} − {base}: at the same N", None, NO_DATA, "", metric)
     n = max(common)
     d = difference(seed_values(a[n], metric), seed_values(b[n], metric))
     rule = f"supported if the interval lies above {'−' if above < 0 else ''}{abs(above):g}"
-    return [_row(claim, f"{label} − {base} at N={n}", d, _decide(d, above, True), rule, metric)]
+    return _row(claim, f"{label} − {base} at N={n}", d, _decide(d, above, True), rule, metric)
 
 
 def paper_verdict(groups: Sequence[dict], margin: float = MARGIN) -> list[dict]:
@@ -126,7 +126,7 @@ def paper_verdict(groups: Sequence[dict], margin: float = MARGIN) -> list[dict]:
         rows += _across_n(groups, a, f"{a.upper()} degrades as N grows", False, margin, metric)
     rows += _ablations(groups, _is_length_norm, "length normalisation hurts", metric)
     rows += _ablations(groups, _is_symmetric_c, "asymmetric c helps", metric)
-    vespo_async = join_label(REFERENCE, ["async"])
-    rows += _pair(groups, vespo_async, REFERENCE, "VESPO stays stable under full asynchrony", -margin, metric)
-    rows += _pair(groups, vespo_async, "grpo+async", "VESPO beats GRPO under full asynchrony", 0.0, metric)
+    vespo_async, grpo_async = join_label(REFERENCE, ["async"]), join_label("grpo", ["async"])  # as sweep labels them
+    rows.append(_pair(groups, vespo_async, REFERENCE, "VESPO stays stable under full asynchrony", -margin, metric))
+    rows.append(_pair(groups, vespo_async, grpo_async, "VESPO beats GRPO under full asynchrony", 0.0, metric))
     return rows
