@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 
 import pytest
 
 from vespo_cli import data
-from vespo_cli.arith import _arith
+from vespo_cli.arith import _arith, arith_eval_problems, held_out
 from vespo_cli.data import (
     EVAL_SETS,
     PAPER_TEMPLATE,
@@ -80,11 +81,12 @@ def test_arith_deterministic_and_prefix_stable():
 @pytest.mark.parametrize("difficulty", [1, 2, 3, 4, 5])
 def test_arith_answers_are_correct(difficulty):
     for i in range(40):
-        text, expr, answer = _arith(7, difficulty, i)
+        text, expr, answer = _arith(random.Random(f"vespo-arith/7/{difficulty}/{i}"), difficulty)
         assert eval(expr, {"__builtins__": {}}) == answer  # noqa: S307 - our own digits and operators
         assert answer >= 0
         p = arith_problem(7, difficulty, i)
-        assert p.problem == text and p.answer == str(answer) and p.source == "arith"
+        if not held_out(text):  # attempt 0 of the training stream; a held-out draw is redrawn
+            assert p.problem == text and p.answer == str(answer) and p.source == "arith"
         # every operand of the expression appears in the text, in order
         nums = re.findall(r"\d+", expr)
         assert re.findall(r"\d+", text) == nums
@@ -250,3 +252,28 @@ def test_bundled_training_sets_are_shared_datas_rows():
         text = "".join(f"{p.id}\t{p.problem}\t{p.answer}\n" for p in problems)
         assert hashlib.sha256(text.encode()).hexdigest() == sha, stem
     assert len(load_problems("dapo-math-17k")) == 17276 and len(load_problems("gsm8k-train")) == 7473
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, [1, 2], [1, 2, 3]])
+def test_arith_held_out_split_never_trained_on(difficulty):
+    """No eval problem appears in any training stream, for every seed; the eval set is the same for all seeds."""
+    evals = load_problems("arith", split="eval", difficulty=difficulty, limit=640)
+    texts = {p.problem for p in evals}
+    assert len(texts) == len(evals) and all(held_out(t) for t in texts)  # distinct, all held out
+    for seed in range(4):
+        train = {p.problem for p in load_problems("arith", limit=1500, seed=seed, difficulty=difficulty)}
+        assert not train & texts
+    assert evals == arith_eval_problems(difficulty, 640)  # independent of any seed
+    if difficulty == 1:  # one-digit sums: 81 problems, about a quarter held out
+        assert 10 <= len(evals) <= 30
+    else:
+        assert len(evals) == 640  # the eval SE bound 0.5/√640 < 2 points needs all of them
+
+
+def test_arith_mixture_draws_every_level():
+    problems = load_problems("arith", limit=400, seed=1, difficulty=[1, 3])
+    levels = {p.id.split("-")[1] for p in problems}
+    assert levels == {"d1", "d3"}
+    assert problems == load_problems("arith", limit=400, seed=1, difficulty=[1, 3])
+    with pytest.raises(UserError, match="difficulty 7"):
+        load_problems("arith", limit=1, difficulty=[1, 7])

@@ -642,3 +642,31 @@ def test_drift_metrics_closed_form():
     assert float(on_policy["w_ess"]) == 1.0 and float(on_policy["log_w_std"]) == 0.0
     empty = _drift_metrics(torch.zeros(2), torch.zeros(2, dtype=torch.bool))
     assert float(empty["w_ess"]) == 0.0 and float(empty["log_w_std"]) == 0.0
+
+
+def test_aggregation_override_by_hand():
+    """`aggregation` replaces the objective's registered mode (verl's loss_agg_mode names); default unchanged."""
+    from vespo_cli.objectives import policy_loss
+
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -1.5, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    adv = torch.tensor([1.0, -2.0])
+    # REINFORCE: ℓ_{i,t} = −A_i logp_{i,t}; d/dlogp = −A_i × the row's aggregation weight
+    expected = {
+        "token-mean": [[-1 / 5] * 3, [2 / 5, 2 / 5, 0.0]],
+        "seq-mean-token-mean": [[-1 / 6] * 3, [2 / 4, 2 / 4, 0.0]],
+        "seq-mean-token-sum": [[-1 / 2] * 3, [2 / 2, 2 / 2, 0.0]],
+    }
+    for mode, grad in expected.items():
+        logp.grad = None
+        loss, _ = policy_loss("reinforce", logp, logp.detach(), adv, mask, aggregation=mode)
+        loss.backward()
+        assert torch.allclose(logp.grad, torch.tensor(grad)), mode
+    logp.grad = None
+    default, _ = policy_loss("gspo", logp, logp.detach(), adv, mask)
+    default.backward()
+    g_default = logp.grad.clone()
+    logp.grad = None
+    same, _ = policy_loss("gspo", logp, logp.detach(), adv, mask, aggregation="seq-mean-token-mean")
+    same.backward()
+    assert torch.equal(g_default, logp.grad)  # gspo's registered mode: the override to it changes nothing

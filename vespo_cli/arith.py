@@ -1,13 +1,20 @@
 """Procedural arithmetic problems: the endless deterministic `arith` prompt source.
 
 `difficulty` 1..5 runs from bare sums of two digits up to multi-step word problems with 3-digit
-numbers; problem `index` of the (seed, difficulty) stream is drawn by random access.
+numbers; a list of levels is a mixture (each problem's level drawn uniformly from it). Problem `index`
+of the (seed, difficulty) stream is drawn by random access.
+
+Held-out split: a fixed quarter of all problem texts (by a hash of the text, `held_out`) never appears in
+any training stream: a training draw that lands on one is redrawn. `arith_eval_problems` lists distinct
+held-out problems, the same for every training seed, so an `arith` eval measures problems the policy
+never trained on (a commuted sum, "5 + 3" for a held-out "3 + 5", can still be trained on).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from .errors import UserError
 from .prompts import Problem
@@ -33,12 +40,35 @@ def _count_noun(count: int, plural: str) -> str:
     return plural[:-1] if count == 1 else plural  # every item above is a regular plural
 
 
-def _arith(seed: int, difficulty: int, index: int) -> tuple[str, str, int]:
-    """(problem text, Python expression, answer) of problem `index` in the (seed, difficulty) stream."""
-    if difficulty not in _LEVELS:
-        raise UserError(f"arith difficulty {difficulty}: expected an integer in 1..5")
+HELD_OUT_ONE_IN = 4  # one problem text in 4 is held out for evaluation
+EVAL_DRAWS_PER_PROBLEM = 64  # arith_eval_problems gives up after this many draws per problem asked for
+
+
+def held_out(text: str) -> bool:
+    """Whether a problem text belongs to the held-out eval split (never trained on)."""
+    digest = hashlib.sha256(f"vespo-arith-heldout/{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % HELD_OUT_ONE_IN == 0
+
+
+def levels(difficulty: int | Sequence[int]) -> tuple[int, ...]:
+    """The levels of a difficulty: (d,) for one level, the mixture's levels for a list."""
+    out = (difficulty,) if isinstance(difficulty, int) else tuple(difficulty)
+    for d in out:
+        if d not in _LEVELS:
+            raise UserError(f"arith difficulty {d}: expected an integer in 1..5")
+    if not out:
+        raise UserError("arith difficulty []: expected a level in 1..5 or a non-empty list of them")
+    return out
+
+
+def _level(seed: int | str, difficulty: int | Sequence[int], index: int) -> int:
+    mix = levels(difficulty)
+    return mix[0] if len(mix) == 1 else random.Random(f"vespo-arith-mix/{seed}/{index}").choice(mix)
+
+
+def _arith(rng: random.Random, difficulty: int) -> tuple[str, str, int]:
+    """(problem text, Python expression, answer) of one problem of level `difficulty` drawn from `rng`."""
     steps, start, operand, ops, groups, sizes, times = _LEVELS[difficulty]
-    rng = random.Random(f"vespo-arith/{seed}/{difficulty}/{index}")  # str seeds hash deterministically
     if rng.random() < _PLAIN_FRACTION.get(difficulty, 0.0):  # bare one-operation question
         a, op = rng.randint(*start), rng.choice(ops)
         b = rng.randint(*operand) if op == "add" else rng.randint(1, a)
@@ -80,13 +110,33 @@ def _arith(seed: int, difficulty: int, index: int) -> tuple[str, str, int]:
     return " ".join(sentences), expr, total
 
 
-def arith_problem(seed: int, difficulty: int, index: int) -> Problem:
-    """Problem `index` of the arithmetic stream: random access, independent of how many are drawn."""
-    text, _, answer = _arith(seed, difficulty, index)
-    return Problem(id=f"arith-d{difficulty}-s{seed}-{index}", problem=text, answer=str(answer), source="arith")
+def arith_problem(seed: int, difficulty: int | Sequence[int], index: int) -> Problem:
+    """Problem `index` of the arithmetic training stream: random access, independent of how many are drawn;
+    a draw whose text is held out (`held_out`) is redrawn (attempt 0 is the stream as it was before the split)."""
+    level = _level(seed, difficulty, index)
+    for attempt in range(1000):
+        key = f"vespo-arith/{seed}/{level}/{index}" + (f"/{attempt}" if attempt else "")
+        text, _, answer = _arith(random.Random(key), level)  # str seeds hash deterministically
+        if not held_out(text):
+            return Problem(id=f"arith-d{level}-s{seed}-{index}", problem=text, answer=str(answer), source="arith")
+    raise UserError(f"arith difficulty {level}: no training problem outside the held-out split")  # unreachable
 
 
-def iter_arith(seed: int = 0, difficulty: int = 1, start: int = 0) -> Iterator[Problem]:
+def arith_eval_problems(difficulty: int | Sequence[int], limit: int) -> list[Problem]:
+    """The first `limit` distinct held-out problems of the eval stream (the same for every training seed); fewer
+    when the levels hold fewer (one-digit sums: 81 problems, about 20 held out)."""
+    out: dict[str, Problem] = {}
+    for i in range(EVAL_DRAWS_PER_PROBLEM * limit):
+        if len(out) >= limit:
+            break
+        level = _level("eval", difficulty, i)
+        text, _, answer = _arith(random.Random(f"vespo-arith-eval/{level}/{i}"), level)
+        if held_out(text) and text not in out:
+            out[text] = Problem(id=f"arith-eval-d{level}-{i}", problem=text, answer=str(answer), source="arith")
+    return list(out.values())
+
+
+def iter_arith(seed: int = 0, difficulty: int | Sequence[int] = 1, start: int = 0) -> Iterator[Problem]:
     """The endless arithmetic stream from problem `start` on."""
     i = start
     while True:

@@ -199,6 +199,9 @@ def compare(
     out: Path | None = typer.Option(None, "--out", help="Report directory (default: runs/compare-<preset>)."),
     x: str = typer.Option("steps", "--x", help="Curves' x-axis: steps (optimizer steps) or samples (consumed)."),
     async_: bool = typer.Option(False, "--async", help="Train every run with async rollout workers (labelled +async)."),
+    claims: str | None = typer.Option(
+        None, "--claims", help="Claims the verdict tests: a name in presets/claims/ or a path (default vespo-paper)."
+    ),
 ):
     """Run the same experiment under several algorithms (or report existing runs) side by side."""
     from .compare import compare_command
@@ -213,6 +216,7 @@ def compare(
         out=out,
         x=x,
         async_=async_,
+        claims=claims,
     )
 
 

@@ -44,9 +44,18 @@ class ModelConfig(Section):
 class DataConfig(Section):
     train: str = "arith"  # data source name (see `vespo_cli.data`) or a .jsonl/.parquet path
     template: str = PAPER_TEMPLATE  # user message; `{problem}` is replaced
-    difficulty: int = Field(1, ge=1, le=5)  # procedural arithmetic only
+    # procedural arithmetic only: a level 1..5, or a list of levels (a mixture: arith.py)
+    difficulty: int | list[int] = 1
     max_prompt_tokens: int = Field(1024, ge=1, le=MAX_TOKENS)
     shuffle: bool = True
+
+    @field_validator("difficulty")
+    @classmethod
+    def _levels(cls, v: int | list[int]) -> int | list[int]:
+        levels = [v] if isinstance(v, int) else v
+        if not levels or any(not 1 <= d <= 5 for d in levels):
+            raise fail(f"expected an integer in [1, 5] or a non-empty list of them, got {v!r}")
+        return v
 
     @field_validator("template")
     @classmethod
@@ -80,6 +89,8 @@ class AlgorithmConfig(Section):
     correction: Literal["tis", "mis"] | None = None
     correction_cap: CorrectionCap = CORRECTION_CAP  # C of TIS/MIS
     routing_replay: bool = False
+    # verl's loss_agg_mode names; None: the objective's registered aggregation (objectives.AGGREGATION)
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -21,11 +21,12 @@ import os
 import random
 import re
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .arith import arith_problem
+from .arith import arith_eval_problems, arith_problem
 from .arith import iter_arith as iter_arith  # `name as name`: re-exported for importers of vespo_cli.data
 from .errors import UserError
 from .prompts import PAPER_TEMPLATE as PAPER_TEMPLATE  # likewise build_messages, encode_prompt
@@ -56,6 +57,7 @@ _ALIASES = {
     "dapo-math-17k-train": "dapo-math-17k",
 }
 ARITH_DEFAULT_SIZE = 10_000  # `load_problems("arith")` without a limit
+ARITH_EVAL_SIZE = 640  # `load_problems("arith", split="eval")` without a limit: eval SE ≤ 0.5/√640 < 2 points
 _FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
 
@@ -69,15 +71,19 @@ def load_problems(
     *,
     limit: int | None = None,
     seed: int = 0,
-    difficulty: int = 1,
+    difficulty: int | Sequence[int] = 1,
     shuffle: bool = False,
+    split: str = "train",
 ) -> list[Problem]:
     """Problems from `source` (see the module docstring). `shuffle` permutes with `seed` before
     `limit` is applied. For `arith`, `seed` and `difficulty` define the stream and `limit` takes its
-    first `limit` problems (default `ARITH_DEFAULT_SIZE`)."""
+    first `limit` problems (default `ARITH_DEFAULT_SIZE`); `split="eval"` gives its held-out problems
+    instead (`arith_eval_problems`, default ARITH_EVAL_SIZE; other sources have one split)."""
     if limit is not None and limit < 0:
         raise UserError(f"limit {limit}: expected a non-negative integer")
     name = canonical_source(source)
+    if name == "arith" and split == "eval":
+        return arith_eval_problems(difficulty, ARITH_EVAL_SIZE if limit is None else limit)
     if name == "arith":
         n = ARITH_DEFAULT_SIZE if limit is None else limit
         return [arith_problem(seed, difficulty, i) for i in range(n)]

@@ -12,7 +12,8 @@ One concept per module:
 - `labels`: what a run is called (its algorithm preset and overrides, from its config);
 - `analysis`: pure functions of `metrics.jsonl` records (smoothing, collapse, a run's numbers);
 - `stats`: t and Wilson intervals, differences paired by seed; `groups`: a (label, N) group's
-  numbers over its seeds and the paired differences; `verdict`: the paper's claims judged;
+  numbers over its seeds and the paired differences; `claims`: a claims file (forms, endpoints,
+  margins); `verdict`: the claims judged;
 - `report`: `summary.json` and `report.md` (sections in `markdown`); `plots`: the figures.
 """
 
@@ -46,6 +47,7 @@ from .analysis import (
     window_stderr,
     x_values,
 )
+from .claims import ClaimsFile, load_claims
 from .groups import REFERENCE, _group_summary, _groups, _stats, collapse_rate, paired_differences, seed_values
 from .labels import RUN_NAME, describe_algorithm
 from .markdown import _collapse_cell, _eval_cell, _f, _table
@@ -54,7 +56,7 @@ from .report import _jsonable, render_markdown, write_report
 from .runs import ALGO_FIELDS, Loaded, RunSpec, existing_run, load_runs, parse_algo_item
 from .stats import difference, t_interval, t_quantile, welch_interval, wilson_interval
 from .sweep import REFRESH_AFTER_S, compare_command, train
-from .verdict import MARGIN, paper_verdict
+from .verdict import judge
 
 __all__ = [
     "ALGO_FIELDS",
@@ -63,7 +65,6 @@ __all__ = [
     "FINAL_FRAC",
     "FLOOR",
     "Loaded",
-    "MARGIN",
     "MIN_PATIENCE",
     "MIN_WINDOW",
     "NOISE_Z",
@@ -106,7 +107,9 @@ __all__ = [
     "markdown",
     "moving_average",
     "paired_differences",
-    "paper_verdict",
+    "judge",
+    "load_claims",
+    "ClaimsFile",
     "parse_algo_item",
     "plot_all",
     "plots",

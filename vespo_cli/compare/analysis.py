@@ -242,6 +242,36 @@ def final_eval(evals: dict[str, dict]) -> float | None:
     return next(iter(evals.values())).get("avg_at_k")
 
 
+def eval_curve(records: Sequence[dict]) -> list[dict]:
+    """The run's eval accuracy at each evaluated checkpoint, when it has exactly one benchmark:
+    [{"step", "samples", "accuracy"}], `samples` the sequences consumed by that step (Σ n_seqs; 0 at step 0;
+    the step itself where a record lacks n_seqs)."""
+    evals = eval_records(records)
+    if len({str(e["benchmark"]) for e in evals}) != 1:
+        return []
+    rows = train_records(records)
+    consumed = samples_consumed(rows)
+    at = {int(r["step"]): float(c) for r, c in zip(rows, consumed)} if consumed is not None else {}
+    by_step = {int(_num(e.get("step"))): _opt(e.get("avg_at_k")) for e in evals if math.isfinite(_num(e.get("step")))}
+    return [
+        {"step": s, "samples": 0.0 if s == 0 else at.get(s, float(s)), "accuracy": a}
+        for s, a in sorted(by_step.items())
+        if a is not None
+    ]
+
+
+def eval_auc(curve: Sequence[dict]) -> float | None:
+    """Area under the eval curve against samples consumed, divided by the samples it spans (trapezoid rule):
+    the mean accuracy over training, which rewards learning early as well as ending high. None with fewer
+    than two evaluated checkpoints."""
+    if len(curve) < 2:
+        return None
+    x = np.array([c["samples"] for c in curve], dtype=float)
+    y = np.array([c["accuracy"] for c in curve], dtype=float)
+    span = x[-1] - x[0]
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / span) if span > 0 else None
+
+
 def summarize_run(records: Sequence[dict], total_steps: int | None = None, window: int | None = None) -> dict:
     """The report's numbers for one run (pure)."""
     rows = train_records(records)
@@ -282,6 +312,9 @@ def summarize_run(records: Sequence[dict], total_steps: int | None = None, windo
         "collapse": detect_collapse(rows, window=window, total_steps=total_steps),
         "drift_last_minibatch": last_minibatch_drift(rows),
         "final_eval": final_eval(evals),
+        "eval_auc": eval_auc(curve := eval_curve(records)),
+        "eval_curve": curve,
+        "evals_per_run": len(curve),
         "eval": evals,
     }
 

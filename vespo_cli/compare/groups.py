@@ -11,7 +11,7 @@ from .runs import Loaded
 from .stats import difference, t_interval, wilson_interval
 
 REFERENCE = "vespo"  # the paper's method: paired differences are REFERENCE − each other label
-SEED_METRICS = ("final_reward", "best_reward", "final_eval")  # per-seed numbers with a t interval over seeds
+SEED_METRICS = ("final_reward", "best_reward", "final_eval", "eval_auc")  # per-seed, with a t interval over seeds
 
 
 def _groups(runs: Sequence[Loaded]) -> dict[tuple[str, int], list[Loaded]]:
@@ -53,6 +53,8 @@ def _group_summary(key: tuple[str, int], members: list[Loaded]) -> dict:
         "steps_total": [s["steps_total"] for s in sums],
         **{k: t_interval(s[k] for s in sums) for k in SEED_METRICS},
         "collapse_rate": collapse_rate([s["collapse"]["status"] for s in sums]),
+        "steps": _stats(s["steps_done"] for s in sums),
+        "evals_per_run": _stats(s["evals_per_run"] for s in sums),
         "per_seed": [{"seed": m.spec.seed, **{k: s[k] for k in SEED_METRICS}} for m, s in zip(members, sums)],
         "ess_mean": _stats(s["ess_mean"] for s in sums),
         "weight_metric": "/".join(sorted(keys)) or None,

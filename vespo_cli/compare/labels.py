@@ -14,8 +14,8 @@ from functools import lru_cache
 from typing import Any
 
 RUN_NAME = re.compile(r"^(?P<label>.+)-N(?P<n>\d+)-s(?P<seed>\d+)$")  # the runs compare trains
-ALGO_KEYS = ("correction", "correction_cap", "routing_replay")  # algorithm fields besides params
-ALGO_DEFAULTS = {"correction": None, "correction_cap": 2.0, "routing_replay": False}
+ALGO_KEYS = ("correction", "correction_cap", "routing_replay", "aggregation")  # algorithm fields besides params
+ALGO_DEFAULTS = {"correction": None, "correction_cap": 2.0, "routing_replay": False, "aggregation": None}
 
 
 def join_label(name: str, parts: list[str]) -> str:

@@ -10,8 +10,7 @@ from .analysis import DRIFT_KEYS, FINAL_FRAC, MIN_WINDOW, NOISE_Z, SMOOTH_FRAC
 from .groups import REFERENCE, _stats
 from .plots import X_AXES
 from .runs import Loaded
-from .stats import LEVEL
-from .verdict import MARGIN
+from .stats import LEVEL, MAX_SEEDS
 
 
 def _f(st: dict | None, digits: int = 3, pct: bool = False) -> str:
@@ -188,25 +187,110 @@ def differences_lines(diffs: Sequence[dict]) -> list[str]:
     ]
 
 
-def verdict_lines(rows: Sequence[dict]) -> list[str]:
-    """The paper's claims (verdict.paper_verdict) as a table with the interval that decides each."""
-    table = [[r["claim"], r["comparison"], _diff_cell(r["difference"]), f"**{r['verdict']}**"] for r in rows]
-    metric = rows[0]["metric"].replace("_", " ") if rows else "final reward"
+def _points(v: float | None, scale: float) -> str:
+    return "–" if v is None else f"{v * scale:+.1f}"
+
+
+def _scale(row: dict) -> tuple[float, str]:
+    """Accuracy endpoints and collapse rates in points (×100); others as they are."""
+    return (
+        (100.0, " points") if row["endpoint"] in ("final_eval", "eval_auc", "final_reward", "collapse") else (1.0, "")
+    )
+
+
+def _p(v: float | None) -> str:
+    return "–" if v is None else (f"{v:.3f}" if v >= 0.001 else "<0.001")
+
+
+def _power_note(row: dict) -> str:
+    """What an unresolved row would need: its minimum detectable effect and the seeds (runs) that would resolve it."""
+    scale, unit = _scale(row)
+    runs = "runs per arm" if row["form"] == "collapse" else "seeds"
+    parts = []
+    if row.get("mde") is not None:
+        parts.append(f"detectable at this n: |effect − boundary| ≥ {row['mde'] * scale:.1f}{unit}")
+    if row["verdict"] == "not resolved":
+        if row.get("seeds_needed") is not None:
+            parts.append(f"{row['seeds_needed']} {runs} would resolve the observed effect at the observed spread")
+        elif row.get("p") is not None:
+            parts.append(f"not resolvable at any realistic n (> {MAX_SEEDS} {runs}) at the observed effect")
+    if row.get("note"):
+        parts.append(row["note"])
+    return "; ".join(parts)
+
+
+def verdict_sentence(row: dict) -> str:
+    """One verdict row in words, never stronger than the row: the claim, the verdict, the estimate with its
+    raw interval, the raw and Holm-adjusted p-values (the README's result sentences are these, word for word)."""
+    scale, unit = _scale(row)
+    if row["estimate"] is None:
+        return f"{row['claim']}: {row['verdict']} ({row['comparison']}: {row.get('note') or 'no data'})."
+    interval = "" if row["low"] is None else f" [{row['low'] * scale:+.1f}, {row['high'] * scale:+.1f}]"
+    margin = f", margin {row['margin'] * scale:.1f}{unit}" if row.get("margin") else ""
+    return (
+        f"{row['claim']}: **{row['verdict']}** ({row['comparison']}: {row['estimate'] * scale:+.1f}{unit}{interval}"
+        f"{margin}; p = {_p(row['p'])}, Holm p = {_p(row['p_adjusted'])})."
+    )
+
+
+def verdict_lines(rows: Sequence[dict], claims: dict | None = None) -> list[str]:
+    """The claims (verdict.judge) as a table: the raw interval, p and Holm-adjusted p that decide each, and for
+    an unresolved row what would resolve it; then the rows in words."""
+    table = []
+    for r in rows:
+        scale, _ = _scale(r)
+        ci = "–" if r["low"] is None else f"[{r['low'] * scale:+.1f}, {r['high'] * scale:+.1f}]"
+        margin = "–" if r.get("boundary") is None else f"{r['boundary'] * scale:+.1f}"
+        table.append(
+            [
+                r["claim"],
+                r["form"],
+                r["comparison"],
+                r["endpoint"].replace("_", " "),
+                _points(r["estimate"], scale),
+                ci,
+                margin,
+                _p(r["p"]),
+                _p(r["p_adjusted"]),
+                f"**{r['verdict']}**",
+                _power_note(r),
+            ]
+        )
+    fam = claims or {}
+    m = sum(r["p"] is not None for r in rows)
+    alpha = fam.get("alpha", 0.05)
     return [
         "## Verdict",
         "",
-        *_table(["paper claim", "comparison", f"Δ {metric} [{LEVEL:.0%} CI]", "verdict"], table),
+        *_table(
+            [
+                "claim",
+                "form",
+                "comparison",
+                "endpoint",
+                "estimate",
+                f"{LEVEL:.0%} CI (raw)",
+                "boundary",
+                "p",
+                "Holm p",
+                "verdict",
+                "power",
+            ],
+            table,
+        ),
         "",
-        f"Measured on the **{metric}**. The final eval (the last checkpoint's accuracy on one benchmark) is "
-        "used where every run has one; otherwise the final training reward, which for N > 1 is the reward of "
-        "data sampled up to N − 1 steps before the end.",
+        f"Claims file: `{fam.get('path', '?')}` (family **{fam.get('family', '?')}**: the {m} rows with data, "
+        f"Holm-adjusted at family-wise α = {alpha:g}). Accuracy endpoints and collapse rates in points. "
+        "*noninferior*: A(N) − B(ref) > −margin; *degrades*: < −margin; *interaction*: [A(N) − A(ref)] − "
+        "[B(N) − B(ref)] > margin; *difference*: A − B > margin; *collapse*: A's collapse rate below B's (Fisher's "
+        "exact test, Newcombe interval). A relative margin δ tests A(N) − (1 − δ)·B(ref) > 0 (the boundary shown "
+        "is −δ × the reference mean). A row is **supported** when its Holm-adjusted p is below α with the "
+        "estimate on the claim's side of the boundary, **contradicted** when it is below α on the other side, "
+        "else **not resolved**; t tests are paired by seed where the seeds pair (Welch otherwise). *power*: "
+        f"the minimum detectable effect at 80% power and Holm's strictest level α/{max(m, 1)}, and how many seeds "
+        "would resolve the observed effect at the observed spread.",
         "",
-        f"Rules: *stable* means any drop of the final reward from the lowest to the highest N is smaller than "
-        f"{MARGIN:g} (supported when the interval lies above −{MARGIN:g}, contradicted when it lies below); "
-        f"*degrades* is the mirror (supported below −{MARGIN:g}, contradicted above); *hurts* / *helps* means "
-        f"{REFERENCE} − ablation > 0 (supported when the interval lies above 0, contradicted below). An interval "
-        "across the threshold, or none (one seed), is *not resolved at this power*; *no data*: the runs are "
-        "absent.",
+        *[f"- {verdict_sentence(r)}" for r in rows],
         "",
     ]
 

@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import UserError
 from ..fsio import atomic_write_json, atomic_write_text
 from .analysis import DROP, FINAL_FRAC, FLOOR, MIN_PATIENCE, NOISE_Z, PATIENCE_FRAC, samples_consumed, trajectory
+from .claims import ClaimsFile, load_claims
 from .groups import _group_summary, _groups, paired_differences
 from .markdown import (
     curves_lines,
@@ -29,12 +30,19 @@ from .markdown import (
 from .plots import X_AXES, plot_all
 from .runs import Loaded, RunSpec, load_runs
 from .stats import LEVEL
-from .verdict import MARGIN, paper_verdict
+from .verdict import judge
 
 
-def write_report(specs: Sequence[RunSpec], out: Path, settings: dict | None = None, x: str = "steps") -> Path:
+def write_report(
+    specs: Sequence[RunSpec],
+    out: Path,
+    settings: dict | None = None,
+    x: str = "steps",
+    claims: tuple[ClaimsFile, Path] | None = None,
+) -> Path:
     """report.md + summary.json + PNGs in `out` for these runs (reads their metrics.jsonl), curves
-    over `x` ("steps" or "samples")."""
+    over `x` ("steps" or "samples"), the verdict on `claims` (claims.load_claims; default the paper's)."""
+    claims_file, claims_at = claims or load_claims()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs, window = load_runs(specs)
@@ -49,7 +57,13 @@ def write_report(specs: Sequence[RunSpec], out: Path, settings: dict | None = No
             "smooth_window": window,
             "final_frac": FINAL_FRAC,
             "interval_level": LEVEL,
-            "verdict_margin": MARGIN,
+            "claims": {
+                "path": str(claims_at),
+                "family": claims_file.family,
+                "alpha": claims_file.alpha,
+                "power": claims_file.power,
+                "endpoint": claims_file.endpoint,
+            },
             "collapse": {
                 "drop": DROP,
                 "patience_frac": PATIENCE_FRAC,
@@ -60,7 +74,7 @@ def write_report(specs: Sequence[RunSpec], out: Path, settings: dict | None = No
         },
         "groups": group_summaries,
         "paired_differences": paired_differences(group_summaries),
-        "verdict": paper_verdict(group_summaries),
+        "verdict": judge(group_summaries, claims_file),
         "identical_runs": identical_runs(runs),
         "runs": [
             {
@@ -128,7 +142,7 @@ def render_markdown(summary: dict, runs: Sequence[Loaded], window: int, images: 
     lines += results_lines(groups)
     lines += drift_lines(groups)
     lines += differences_lines(summary["paired_differences"])
-    lines += verdict_lines(summary["verdict"])
+    lines += verdict_lines(summary["verdict"], summary["settings"].get("claims"))
     lines += identical_lines(summary["identical_runs"])
     lines += definitions_lines(summary["settings"], window)
     lines += curves_lines(images)

@@ -1,6 +1,7 @@
 """Intervals over seeds (pure, no scipy): Student t quantiles, the t interval of a mean, the Wilson
-interval of a rate, and the difference of two algorithms paired by seed (or Welch's when the seeds
-do not pair).
+interval of a rate, the difference of two algorithms paired by seed (or Welch's when the seeds
+do not pair); linear contrasts of cells (interactions), t and Fisher exact tests, their power (the
+minimum detectable effect, the seeds that would resolve one), Holm's adjustment of a family.
 
 Every interval is a dict {"mean", "low", "high", "n"}; `low` and `high` are None where the data do
 not give one (a single seed).
@@ -9,8 +10,10 @@ not give one (a single seed).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from statistics import NormalDist
+
+import numpy as np
 
 LEVEL = 0.95  # two-sided coverage of every interval in the report
 
@@ -138,3 +141,167 @@ def difference(a: Mapping[int, float | None], b: Mapping[int, float | None], lev
         out = t_interval([fa[s] - fb[s] for s in seeds], level)
         return {**out, "method": "paired", "seeds": seeds}
     return {**welch_interval(fa.values(), fb.values(), level), "method": "welch", "seeds": [sorted(fa), sorted(fb)]}
+
+
+# ---------------------------------------------------------------------------- tests, power, multiplicity
+
+ALPHA = 1.0 - LEVEL  # two-sided level of every test (the intervals above are its dual)
+POWER = 0.8  # the power at which a minimum detectable effect is stated
+MAX_SEEDS = 1000  # beyond this many seeds a row is reported as unresolvable at any realistic n
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm–Bonferroni adjusted p-values (Holm 1979): sort the m p-values ascending, p̃_(i) =
+    max_{j ≤ i} min(1, (m − j + 1) p_(j)); None stays None and is not counted in m."""
+    present = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    m, out, running = len(present), [None] * len(pvalues), 0.0
+    for rank, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def t_test(estimate: float, se: float, df: float, boundary: float = 0.0) -> float:
+    """Two-sided p-value of H0: θ = `boundary` for an estimate with standard error `se` and Student t
+    reference distribution with `df` degrees of freedom. se = 0: 0 unless the estimate is the boundary."""
+    if se <= 0:
+        return 1.0 if estimate == boundary else 0.0
+    t = abs(estimate - boundary) / se
+    return min(1.0, 2.0 * (1.0 - t_cdf(t, df)))
+
+
+def _scaled_chi_nodes(df: float, nodes: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """Quadrature nodes and weights of S = √(V/df), V ~ χ²_df: density ∝ s^(df−1) e^(−df s²/2), trapezoid on a
+    grid that covers its mass (weights normalised to 1)."""
+    top = 1.0 + 12.0 / math.sqrt(df)
+    s = np.linspace(top / nodes, top, nodes)
+    logf = (df - 1.0) * np.log(s) - df * s * s / 2.0
+    w = np.exp(logf - logf.max())
+    return s, w / w.sum()
+
+
+_erf = np.vectorize(math.erf)
+
+
+def _normal_cdf(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def t_power(ncp: float, df: float, alpha: float = ALPHA) -> float:
+    """Power of the two-sided level-`alpha` t test with `df` degrees of freedom when the true effect is `ncp`
+    standard errors from the boundary: P(|T'| > t_{1−α/2}) for T' = (Z + ncp)/S, S = √(V/df), V ~ χ²_df (the
+    noncentral t), by quadrature over S."""
+    crit = t_quantile(1.0 - alpha / 2.0, df)
+    s, w = _scaled_chi_nodes(df)
+    return float(np.sum(w * ((1.0 - _normal_cdf(crit * s - ncp)) + _normal_cdf(-crit * s - ncp))))
+
+
+def detectable_ncp(df: float, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The noncentrality (effect / standard error) at which the two-sided t test has `power` (bisection)."""
+    lo, hi = 0.0, 1.0
+    while t_power(hi, df, alpha) < power:
+        lo, hi = hi, hi * 2.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_power(mid, df, alpha) < power else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def seeds_to_resolve(effect: float, sd: float, alpha: float = ALPHA, power: float = POWER) -> int | None:
+    """The fewest seeds n ≥ 2 at which a paired t test (per-seed contrast sd `sd`, df n − 1) detects `effect`
+    with `power`; None when more than MAX_SEEDS would be needed (or effect is 0)."""
+    if effect == 0 or not math.isfinite(effect):
+        return None
+    if sd <= 0:
+        return 2
+    ratio = abs(effect) / sd
+
+    def enough(n: int) -> bool:
+        return t_power(ratio * math.sqrt(n), n - 1, alpha) >= power
+
+    if not enough(MAX_SEEDS):
+        return None
+    lo, hi = 1, MAX_SEEDS  # enough(hi), not enough(lo) (n = 1 has no test)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return hi
+
+
+def fisher_exact(k_a: int, n_a: int, k_b: int, n_b: int) -> float:
+    """Two-sided p-value of Fisher's exact test for k_a/n_a vs k_b/n_b events: the probability, under the
+    hypergeometric law given the margins, of every table no more likely than the observed one."""
+    k = k_a + k_b
+    lo, hi = max(0, k - n_b), min(k, n_a)
+    total = math.comb(n_a + n_b, k)
+    probs = {x: math.comb(n_a, x) * math.comb(n_b, k - x) / total for x in range(lo, hi + 1)}
+    observed = probs[k_a]
+    return min(1.0, sum(p for p in probs.values() if p <= observed * (1 + 1e-7)))
+
+
+def newcombe_interval(k_a: int, n_a: int, k_b: int, n_b: int, level: float = LEVEL) -> dict | None:
+    """k_a/n_a − k_b/n_b with Newcombe's hybrid score interval (method 10, from the two Wilson intervals)."""
+    a, b = wilson_interval(k_a, n_a, level), wilson_interval(k_b, n_b, level)
+    if a is None or b is None:
+        return None
+    d = a["mean"] - b["mean"]
+    low = d - math.sqrt((a["mean"] - a["low"]) ** 2 + (b["high"] - b["mean"]) ** 2)
+    high = d + math.sqrt((a["high"] - a["mean"]) ** 2 + (b["mean"] - b["low"]) ** 2)
+    return {"mean": d, "low": low, "high": high, "n": [n_a, n_b]}
+
+
+def fisher_power(rate_a: float, rate_b: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided Fisher test with n runs per arm when the true collapse rates are rate_a and
+    rate_b (exact: the sum over every outcome table)."""
+    pa = [math.comb(n, x) * rate_a**x * (1 - rate_a) ** (n - x) for x in range(n + 1)]
+    pb = [math.comb(n, x) * rate_b**x * (1 - rate_b) ** (n - x) for x in range(n + 1)]
+    return sum(pa[x] * pb[y] for x in range(n + 1) for y in range(n + 1) if fisher_exact(x, n, y, n) < alpha)
+
+
+def runs_to_resolve(
+    rate_a: float, rate_b: float, alpha: float = ALPHA, power: float = POWER, most: int = 60
+) -> int | None:
+    """The fewest runs per arm at which the Fisher test detects rates rate_a vs rate_b with `power`; None
+    beyond `most` (or equal rates)."""
+    if rate_a == rate_b:
+        return None
+    for n in range(2, most + 1):
+        if fisher_power(rate_a, rate_b, n, alpha) >= power:
+            return n
+    return None
+
+
+def contrast(cells: Sequence[tuple[float, Mapping[int, float | None]]], level: float = LEVEL) -> dict | None:
+    """The linear contrast Σ_j w_j · mean(cell_j) of per-seed values ({seed: value}) with its t interval.
+    When every cell has finite values for the same seeds (≥ 2), the per-seed contrasts are paired
+    ("paired": one t interval, df n − 1); otherwise the cells are independent ("welch": se² = Σ w_j² s_j²/n_j,
+    Welch–Satterthwaite df). Returns {"mean", "low", "high", "n", "se", "df", "sd", "method", "seeds"}
+    (sd: the per-seed contrast's standard deviation, paired only); low/high/se None without an interval;
+    None when a cell has no value."""
+    clean = [
+        (float(w), {int(s): float(v) for s, v in c.items() if v is not None and math.isfinite(v)}) for w, c in cells
+    ]
+    if any(not c for _, c in clean):
+        return None
+    seeds = sorted(clean[0][1])
+    if all(sorted(c) == seeds for _, c in clean):
+        per_seed = [sum(w * c[s] for w, c in clean) for s in seeds]
+        mean, var = _mean_var(per_seed)
+        n = len(per_seed)
+        se = math.sqrt(var / n) if n > 1 else None
+        out = {"mean": mean, "n": n, "se": se, "df": n - 1, "sd": math.sqrt(var) if n > 1 else None}
+        out.update(method="paired", seeds=seeds)
+    else:
+        parts = [(w, *_mean_var(list(c.values())), len(c)) for w, c in clean]
+        mean = sum(w * m for w, m, _, _ in parts)
+        q = [w * w * v / n for w, _, v, n in parts]
+        se2 = sum(q)
+        small = any(n < 2 for *_, n in parts)
+        df = None if small or se2 == 0 else se2**2 / sum(qi * qi / (n - 1) for qi, (*_, n) in zip(q, parts))
+        se = None if small else math.sqrt(se2)
+        out = {"mean": mean, "n": [n for *_, n in parts], "se": se, "df": df, "sd": None}
+        out.update(method="welch", seeds=[sorted(c) for _, c in clean])
+    if out["se"] is None or (out["df"] is None and out["se"] > 0):
+        return {**out, "low": None, "high": None}
+    half = out["se"] * (t_quantile(0.5 + level / 2, out["df"]) if out["se"] > 0 else 0.0)
+    return {**out, "low": out["mean"] - half, "high": out["mean"] + half}

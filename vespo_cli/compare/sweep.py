@@ -16,6 +16,7 @@ from ..fsio import read_jsonl
 from ..lock import hold
 from ..rundir import RunDir, default_dir
 from .analysis import train_records
+from .claims import load_claims
 from .labels import describe_algorithm, disambiguate, join_label
 from .plots import X_AXES
 from .report import write_report
@@ -114,11 +115,14 @@ def compare_command(
     out: Path | None = None,
     x: str = "steps",
     async_: bool = False,
+    claims: str | None = None,
 ) -> Path:
     """Run (or reuse) every (algorithm, N, seed) and/or collect run directories; write the report
-    with curves over `x` ("steps" or "samples"). `async_`: every run trains with async rollout
-    workers (`vespo train --async`), labelled `<algo>+async`. Returns the report path."""
+        with curves over `x` ("steps" or "samples"). `async_`: every run trains with async rollout
+        workers (`vespo train --async`), labelled `<algo>+async`. `claims`: the claims file the verdict tests
+    (claims.load_claims; default the paper's). Returns the report path."""
     _check_args(items, staleness, seeds, x)
+    claims_file = load_claims(claims)  # a bad claims file fails before any run trains
     algos = [i for i in items if not Path(i).is_dir()]
     dirs = [d for i in items if Path(i).is_dir() for d in _run_dirs(i)]
     if not algos:
@@ -155,8 +159,8 @@ def compare_command(
         "async": async_,
     }
     with hold(out, "vespo compare"):  # one compare per report directory; each run locks its own directory
-        _run_grid(specs, replay, lambda: write_report(specs, out, settings=settings, x=x))
-        report = write_report(specs, out, settings=settings, x=x)
+        _run_grid(specs, replay, lambda: write_report(specs, out, settings=settings, x=x, claims=claims_file))
+        report = write_report(specs, out, settings=settings, x=x, claims=claims_file)
     _console().print(f"report: {report}", highlight=False)
     return report
 

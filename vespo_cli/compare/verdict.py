@@ -1,132 +1,220 @@
-"""The paper's claims judged from a compare's group summaries (pure).
+"""The claims of a claims file (`claims.py`) judged from a compare's group summaries (pure).
 
-Every claim is decided by one 95% interval of a difference of final rewards, paired by seed
-(`stats.difference`):
-- "VESPO stays stable as N grows": d = VESPO at each higher N − VESPO at the lowest N (a row each). Supported
-  when d's interval lies above −MARGIN (any drop is smaller than MARGIN), contradicted when it lies
-  below −MARGIN (a drop larger than MARGIN), otherwise not resolved at this power.
-- "SAPO (GSPO) degrades as N grows": the same d for SAPO (GSPO), the mirror rule: supported below
-  −MARGIN, contradicted above −MARGIN.
-- "length normalisation hurts" / "asymmetric c helps": d = VESPO − the ablation at the highest N
-  both ran. Supported when the interval lies above 0, contradicted when it lies below 0.
-- "VESPO stays stable under full asynchrony": d = VESPO async − VESPO synchronous at the same N, with
-  claim 1's rule; "VESPO beats GRPO under full asynchrony": d = VESPO async − GRPO async, with the
-  ablations' rule (`vespo compare --async` labels those runs `<algo>+async`).
-A difference without an interval (one seed) is not resolved; a claim whose runs are absent has no data.
+Each claim gives one row per compared N (or per matching baseline label). A t-based row is a linear contrast
+of per-seed endpoint values (`stats.contrast`: paired by seed where the seeds pair, Welch otherwise) tested
+two-sided against its boundary: −margin for `noninferior` and `degrades`, +margin for `interaction` and
+`difference`. A `collapse` row is Fisher's exact test on the collapse counts. The p-values of every row
+with data form one family, Holm-adjusted (`stats.holm`); a row is **supported** when its adjusted p is
+below the family's α and the estimate lies on the claim's side of the boundary, **contradicted** when it is
+below α on the other side, otherwise **not resolved**, with the minimum detectable effect at its n and the
+seeds that would resolve the observed effect at the observed spread (both at Holm's strictest level α/m,
+power from the claims file). The raw 95% interval is reported beside it: without adjustment, the interval
+excludes the boundary exactly when the raw p is below 0.05.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 
-from .groups import REFERENCE, seed_values
-from .labels import join_label
-from .stats import difference
+from .claims import Claim, ClaimsFile
+from .stats import (
+    contrast,
+    detectable_ncp,
+    fisher_exact,
+    holm,
+    newcombe_interval,
+    runs_to_resolve,
+    seeds_to_resolve,
+    t_test,
+)
 
-MARGIN = 0.05  # a change of the final reward (rewards in [0, 1]) smaller than this counts as none
-METRICS = ("final_eval", "final_reward")  # the final policy's eval where every group has one
-C_KEYS = ("c1_pos", "c2_pos", "c1_neg", "c2_neg")
-SUPPORTED, CONTRADICTED, UNRESOLVED, NO_DATA = "supported", "contradicted", "not resolved at this power", "no data"
+SUPPORTED, CONTRADICTED, UNRESOLVED, NO_DATA = "supported", "contradicted", "not resolved", "no data"
+GREATER_FORMS = ("noninferior", "interaction", "difference")  # supported when the estimate is above the boundary
 
 
-def _by_label(groups: Sequence[dict], label: str) -> dict[int, dict]:
+def _by_n(groups: Sequence[dict], label: str) -> dict[int, dict]:
     return {int(g["staleness"]): g for g in groups if g["label"] == label}
 
 
-def _decide(d: dict | None, above: float, supported_above: bool) -> str:
-    """SUPPORTED / CONTRADICTED by where d's interval lies against `above`; UNRESOLVED when it
-    straddles it or there is no interval; NO_DATA without d."""
-    if d is None:
-        return NO_DATA
-    if d.get("low") is None or d.get("high") is None:
-        return UNRESOLVED
-    if d["low"] > above:
-        return SUPPORTED if supported_above else CONTRADICTED
-    if d["high"] < above:
-        return CONTRADICTED if supported_above else SUPPORTED
-    return UNRESOLVED
+def per_seed(group: dict, endpoint: str) -> dict[int, float | None]:
+    """{seed: value} of an endpoint in a group summary (`groups._group_summary` per_seed)."""
+    return {int(p["seed"]): p.get(endpoint) for p in group.get("per_seed") or []}
 
 
-def metric_for(groups: Sequence[dict]) -> str:
-    """`final_eval` when every group has it for every seed, else `final_reward`."""
-    have = all(p.get("final_eval") is not None for g in groups for p in g.get("per_seed") or [])
-    return METRICS[0] if groups and have else METRICS[1]
+def _baselines(claim: Claim, groups: Sequence[dict]) -> list[str]:
+    """The labels `b` names (a glob matches several; noninferior/degrades default to `a`)."""
+    if claim.b is None:
+        return [claim.a]
+    if any(ch in claim.b for ch in "*?["):
+        return sorted({g["label"] for g in groups if fnmatch.fnmatchcase(g["label"], claim.b)} - {claim.a})
+    return [claim.b]
 
 
-def _row(claim: str, comparison: str, d: dict | None, verdict: str, rule: str, metric: str) -> dict:
+def _pick(ns: Sequence[int], at) -> list[int]:
+    ns = sorted(ns)
+    if not ns:
+        return []
+    if at == "highest":
+        return [ns[-1]]
+    if at == "each":
+        return ns
+    return [n for n in ns if n in set(at)]
+
+
+def _ref_n(claim: Claim, ns: Sequence[int]) -> int | None:
+    if claim.ref_n == "lowest":
+        return min(ns) if ns else None
+    return claim.ref_n if claim.ref_n in ns else None
+
+
+def _empty(claim: Claim, comparison: str, endpoint: str, note: str) -> dict:
     return {
-        "claim": claim,
+        "claim": claim.claim,
+        "form": claim.form,
         "comparison": comparison,
-        "metric": metric,
-        "difference": d,
-        "verdict": verdict,
-        "rule": rule,
+        "endpoint": endpoint,
+        "margin": claim.margin_relative if claim.margin_relative is not None else claim.margin,
+        "margin_relative": claim.margin_relative is not None,
+        "estimate": None,
+        "low": None,
+        "high": None,
+        "n": None,
+        "method": None,
+        "p": None,
+        "p_adjusted": None,
+        "mde": None,
+        "seeds_needed": None,
+        "verdict": NO_DATA,
+        "note": note,
     }
 
 
-def _across_n(groups: Sequence[dict], label: str, claim: str, stable: bool, margin: float, metric: str) -> list[dict]:
-    """Claims 1 and 2: `label` at each higher N − at its lowest N (one row each, so a new stale cell with
-    one seed does not hide what the others resolve)."""
-    by_n = _by_label(groups, label)
-    if len(by_n) < 2:
-        return [_row(claim, f"{label}: runs at two N or more", None, NO_DATA, "", metric)]
-    lo_n = min(by_n)
-    rule = f"supported if the interval lies {'above' if stable else 'below'} −{margin:g}"
+def _t_row(claim: Claim, comparison: str, endpoint: str, cells: list, ref_level_cell: dict | None) -> dict:
+    """A t-tested contrast. `cells` [(weight, {seed: value})] give the difference the claim is about;
+    for a relative margin δ the reference cell `ref_level_cell` enters as +δ·B(ref) (A − (1 − δ)·B > 0)."""
+    row = _empty(claim, comparison, endpoint, "")
+    d = contrast(cells)
+    if d is None:
+        return {**row, "note": "an arm has no value of the endpoint"}
+    margin, tested = claim.margin, d
+    if claim.margin_relative is not None:
+        tested = contrast([*cells, (claim.margin_relative, ref_level_cell)])
+        margin = claim.margin_relative * contrast([(1.0, ref_level_cell)])["mean"]
+    boundary = -margin if claim.form in ("noninferior", "degrades") else margin
+    shift = tested["mean"] - d["mean"]  # δ·B̄(ref) for a relative margin, else 0
+    row.update(estimate=d["mean"], n=d["n"], method=d["method"], margin=margin, boundary=boundary)
+    row.update(se=tested["se"], df=tested["df"], sd=tested["sd"])
+    if tested["low"] is None:
+        return {**row, "verdict": UNRESOLVED, "note": "one seed: no interval"}
+    row.update(low=tested["low"] - shift, high=tested["high"] - shift)
+    row["p"] = t_test(tested["mean"], tested["se"], tested["df"], boundary + shift)
+    return {**row, "verdict": UNRESOLVED}
+
+
+def _collapse_row(claim: Claim, comparison: str, ga: dict, gb: dict) -> dict:
+    row = _empty(claim, comparison, "collapse", "")
+    ca = [c["status"] for c in ga.get("collapse") or [] if c["status"] != "no data"]
+    cb = [c["status"] for c in gb.get("collapse") or [] if c["status"] != "no data"]
+    if not ca or not cb:
+        return {**row, "note": "no run with data in an arm"}
+    ka, kb = sum(s == "collapsed" for s in ca), sum(s == "collapsed" for s in cb)
+    d = newcombe_interval(ka, len(ca), kb, len(cb))
+    row.update(estimate=d["mean"], low=d["low"], high=d["high"], n=[len(ca), len(cb)], method="fisher", boundary=0.0)
+    row.update(counts=[ka, kb], p=fisher_exact(ka, len(ca), kb, len(cb)), verdict=UNRESOLVED)
+    if ka == kb == 0:
+        row["note"] = "no run collapsed in either arm: counts cannot separate them in this setting"
+    return row
+
+
+def _rows_for(claim: Claim, groups: Sequence[dict], default_endpoint: str) -> list[dict]:
+    endpoint = "collapse" if claim.form == "collapse" else (claim.endpoint or default_endpoint)
+    a = _by_n(groups, claim.a)
     rows = []
-    for hi_n in sorted(by_n)[1:]:
-        d = difference(seed_values(by_n[hi_n], metric), seed_values(by_n[lo_n], metric))
-        rows.append(_row(claim, f"{label} N={hi_n} − {label} N={lo_n}", d, _decide(d, -margin, stable), rule, metric))
-    return rows
+    for base in _baselines(claim, groups):
+        b = _by_n(groups, base)
+        if not a or not b:
+            rows.append(_empty(claim, f"{claim.a} vs {claim.b or claim.a}", endpoint, "runs absent"))
+            continue
+        rows += _compare(claim, a, b, base, endpoint)
+    return rows or [_empty(claim, f"{claim.a} vs {claim.b}", endpoint, "no label matches b")]
 
 
-def _is_length_norm(g: dict) -> bool:
-    alg = g.get("algorithm") or {}
-    ov = alg.get("overrides") or {}
-    return alg.get("name") == REFERENCE and set(ov) == {"length_norm"} and ov["length_norm"] != "none"
+def _compare(claim: Claim, a: dict[int, dict], b: dict[int, dict], base: str, endpoint: str) -> list[dict]:
+    """The rows of one (A, B) pair: one per N picked by `at`."""
+    form, rows = claim.form, []
+    if form in ("noninferior", "degrades") and claim.ref_n != "same":
+        ref = _ref_n(claim, sorted(b))
+        ns = _pick([n for n in a if not (base == claim.a and n == ref)], claim.at) if ref is not None else []
+        for n in ns:
+            cells = [(1.0, per_seed(a[n], endpoint)), (-1.0, per_seed(b[ref], endpoint))]
+            rows.append(_t_row(claim, f"{claim.a} N={n} − {base} N={ref}", endpoint, cells, cells[1][1]))
+    elif form in ("noninferior", "degrades"):  # ref_n: same
+        for n in _pick(set(a) & set(b), claim.at):
+            cells = [(1.0, per_seed(a[n], endpoint)), (-1.0, per_seed(b[n], endpoint))]
+            rows.append(_t_row(claim, f"{claim.a} − {base} at N={n}", endpoint, cells, cells[1][1]))
+    elif form == "interaction":
+        common = sorted(set(a) & set(b))
+        ref = _ref_n(claim, common)
+        for n in _pick([n for n in common if ref is not None and n != ref], claim.at):
+            cells = [
+                (1.0, per_seed(a[n], endpoint)),
+                (-1.0, per_seed(a[ref], endpoint)),
+                (-1.0, per_seed(b[n], endpoint)),
+                (1.0, per_seed(b[ref], endpoint)),
+            ]
+            comparison = f"[{claim.a} N={n} − N={ref}] − [{base} N={n} − N={ref}]"
+            rows.append(_t_row(claim, comparison, endpoint, cells, None))
+    elif form == "difference":
+        for n in _pick(set(a) & set(b), claim.at):
+            cells = [(1.0, per_seed(a[n], endpoint)), (-1.0, per_seed(b[n], endpoint))]
+            rows.append(_t_row(claim, f"{claim.a} − {base} at N={n}", endpoint, cells, None))
+    else:  # collapse
+        for n in _pick(set(a) & set(b), claim.at):
+            rows.append(_collapse_row(claim, f"collapsed runs: {claim.a} vs {base} at N={n}", a[n], b[n]))
+    return rows or [_empty(claim, f"{claim.a} vs {base}", endpoint, "no N at which both ran")]
 
 
-def _is_symmetric_c(g: dict) -> bool:
-    alg = g.get("algorithm") or {}
-    ov, p = alg.get("overrides") or {}, alg.get("params") or {}
-    return (
-        alg.get("name") == REFERENCE
-        and bool(ov)
-        and set(ov) <= set(C_KEYS)
-        and p.get("c1_neg") == p.get("c1_pos")
-        and p.get("c2_neg") == p.get("c2_pos")
-    )
+def _decide(row: dict, alpha: float) -> str:
+    if row["p_adjusted"] is None or row["p_adjusted"] >= alpha:
+        return row["verdict"]
+    above = row["estimate"] > row["boundary"]
+    if row["form"] == "collapse":
+        return SUPPORTED if row["estimate"] < 0 else CONTRADICTED
+    return SUPPORTED if above == (row["form"] in GREATER_FORMS) else CONTRADICTED
 
 
-def _ablations(groups: Sequence[dict], pick, claim: str, metric: str) -> list[dict]:
-    """Claims 3 and 4: VESPO − each ablation `pick` selects, at the highest N both ran."""
-    labels = dict.fromkeys(g["label"] for g in groups if pick(g))
-    rows = [_pair(groups, REFERENCE, label, claim, 0.0, metric) for label in labels]
-    return rows or [_row(claim, f"{REFERENCE} and its ablation", None, NO_DATA, "", metric)]
+def _power(row: dict, alpha: float, power: float) -> dict:
+    """The minimum detectable |effect − boundary| at the row's n, and the seeds that would resolve the observed
+    effect at the observed spread (None: more than stats.MAX_SEEDS, or nothing to resolve)."""
+    if row["p"] is None:
+        return row
+    if row["form"] == "collapse":
+        ka, kb = row["counts"]
+        na, nb = row["n"]
+        return {**row, "seeds_needed": runs_to_resolve(ka / na, kb / nb, alpha, power)}
+    if row["se"] is None or row["df"] is None:
+        return row
+    mde = detectable_ncp(row["df"], alpha, power) * row["se"]
+    n = row["n"] if isinstance(row["n"], int) else min(row["n"])
+    sd = row["sd"] if row["sd"] is not None else row["se"] * n**0.5
+    needed = seeds_to_resolve(row["estimate"] - row["boundary"], sd, alpha, power)
+    return {**row, "mde": mde, "seeds_needed": needed}
 
 
-def _pair(groups: Sequence[dict], label: str, base: str, claim: str, above: float, metric: str) -> dict:
-    """`label` − `base` at the highest N both ran, supported when the interval lies above `above`."""
-    a, b = _by_label(groups, label), _by_label(groups, base)
-    common = set(a) & set(b)
-    if not common:
-        return _row(claim, f"{label} − {base}: at the same N", None, NO_DATA, "", metric)
-    n = max(common)
-    d = difference(seed_values(a[n], metric), seed_values(b[n], metric))
-    rule = f"supported if the interval lies above {'−' if above < 0 else ''}{abs(above):g}"
-    return _row(claim, f"{label} − {base} at N={n}", d, _decide(d, above, True), rule, metric)
-
-
-def paper_verdict(groups: Sequence[dict], margin: float = MARGIN) -> list[dict]:
-    """One row per claim and comparison: {"claim", "comparison", "metric", "difference" (stats.difference
-    or None), "verdict" (supported / contradicted / not resolved at this power / no data), "rule"}, on
-    the final eval where every run has one (`metric_for`), else the final training reward."""
-    metric = metric_for(groups)
-    rows = _across_n(groups, REFERENCE, "VESPO stays stable as N grows", True, margin, metric)
-    for a in ("sapo", "gspo"):
-        rows += _across_n(groups, a, f"{a.upper()} degrades as N grows", False, margin, metric)
-    rows += _ablations(groups, _is_length_norm, "length normalisation hurts", metric)
-    rows += _ablations(groups, _is_symmetric_c, "asymmetric c helps", metric)
-    vespo_async, grpo_async = join_label(REFERENCE, ["async"]), join_label("grpo", ["async"])  # as sweep labels them
-    rows.append(_pair(groups, vespo_async, REFERENCE, "VESPO stays stable under full asynchrony", -margin, metric))
-    rows.append(_pair(groups, vespo_async, grpo_async, "VESPO beats GRPO under full asynchrony", 0.0, metric))
-    return rows
+def judge(groups: Sequence[dict], claims: ClaimsFile) -> list[dict]:
+    """One row per claim and comparison, with "claim", "form", "comparison", "endpoint", "margin", "estimate",
+    "low", "high", "n", "method", "p", "p_adjusted", "mde", "seeds_needed", "verdict" (supported /
+    contradicted / not resolved / no data) and a "note"; the family is every row with a p-value."""
+    rows = [r for c in claims.claims for r in _rows_for(c, groups, claims.endpoint)]
+    adjusted = holm([r["p"] for r in rows])
+    m = sum(p is not None for p in adjusted)
+    out = []
+    for r, p_adj in zip(rows, adjusted):
+        r = {**r, "p_adjusted": p_adj}
+        r["verdict"] = _decide(r, claims.alpha)
+        r = _power(r, claims.alpha / max(m, 1), claims.power)
+        if r["verdict"] != UNRESOLVED:
+            r["seeds_needed"] = None  # resolved: nothing more to resolve
+        out.append(r)
+    return out

@@ -65,6 +65,7 @@ def eval_command(
                 scorer,
                 max_prompt_tokens=cfg.data.max_prompt_tokens,
                 extra_summary={"model": str(model_path)},
+                difficulty=cfg.data.difficulty,
                 on_chunk=lambda b, done, total: err.print(f"[dim]{b}: {done}/{total} problems[/]"),
             )
     finally:

@@ -54,13 +54,17 @@ def run_eval(
     chunk_prompts: int = 64,
     extra_summary: Mapping[str, Any] | None = None,
     on_chunk=None,
+    difficulty: int | Sequence[int] = 1,
 ) -> dict[str, dict]:
     """Generate k samples per problem for each benchmark with `engine` (base.Engine), score them with
-    `scorer` (rewards.RewardScorer) and, if `out_dir` is given, write `<out_dir>/<benchmark>/`.
-    `k=None` uses the paper's k per benchmark (`EVAL_SETS`, else 1). Prompts are generated in
-    chunks of `chunk_prompts` (seed offset per chunk); `on_chunk(benchmark, done, total)` reports
-    progress. Returns {benchmark: summary}."""
-    problem_sets = {b: load_problems(b, limit=limit) for b in benchmarks}  # user errors before generating
+        `scorer` (rewards.RewardScorer) and, if `out_dir` is given, write `<out_dir>/<benchmark>/`.
+        `k=None` uses the paper's k per benchmark (`EVAL_SETS`, else 1). Prompts are generated in
+        chunks of `chunk_prompts` (seed offset per chunk); `on_chunk(benchmark, done, total)` reports
+        progress. `difficulty`: the levels of an `arith` benchmark, whose problems are its held-out split (never in
+    a training stream). Returns {benchmark: summary}."""
+    problem_sets = {  # user errors before generating
+        b: load_problems(b, limit=limit, difficulty=difficulty, split="eval") for b in benchmarks
+    }
     results: dict[str, dict] = {}
     for bench, problems in problem_sets.items():
         if not problems:

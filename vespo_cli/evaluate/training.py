@@ -34,6 +34,7 @@ def training_eval(cfg, run_dir: str | Path):
                 RunDir(run_dir).eval_dir(step),
                 scorer,
                 max_prompt_tokens=cfg.data.max_prompt_tokens,
+                difficulty=cfg.data.difficulty,
             )
         return [{"kind": "eval", "step": step, "time": time.time(), **metrics_record(s)} for s in results.values()]
 

@@ -13,9 +13,10 @@ does what is shared:
 masking, the train-inference mismatch correction (TIS/MIS), aggregation with global denominators
 (so gradient accumulation gives the one-big-batch gradient), the autograd hook-up and metrics.
 
-Aggregation (each objective declares one, AGGREGATION[name]):
+Aggregation (each objective declares one, AGGREGATION[name]; `algorithm.aggregation` overrides it):
   token-mean           Σ_i Σ_t m ℓ / num_tokens            (num_tokens: None = mask.sum())
   seq-mean-token-mean  Σ_i (Σ_t m ℓ / T_i) / num_seqs      (num_seqs:   None = B, all rows)
+  seq-mean-token-sum   Σ_i Σ_t m ℓ / num_seqs
 With gradient accumulation pass the minibatch totals (tokens, sequences) to every microbatch.
 
 Layout: `base.py` (the registry, `Tokens`, `Reshaped`, shared helpers), `losses.py` (the objectives,

@@ -27,7 +27,8 @@ PARAM_MAX = 1e3  # upper bound of the free positive hyperparameters (clip widths
 OBJECTIVES: dict[str, Callable] = {}  # name -> fn(Tokens, **params) -> Reshaped
 PARAMS: dict[str, type[ObjectiveParams]] = {}  # name -> its params model
 OBJECTIVE_DEFAULTS: dict[str, dict] = {}  # name -> {param: paper default}
-AGGREGATION: dict[str, str] = {}  # name -> "token-mean" | "seq-mean-token-mean"
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")  # verl's loss_agg_mode names
+AGGREGATION: dict[str, str] = {}  # name -> its registered mode, "token-mean" | "seq-mean-token-mean"
 SEQUENCE_CORRECTION: set[str] = set()  # objectives taking the correction inside their sequence weight
 
 

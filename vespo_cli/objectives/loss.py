@@ -85,6 +85,7 @@ def policy_loss(
     num_tokens: float | Tensor | None = None,
     num_seqs: float | Tensor | None = None,
     correction_cap: float = CORRECTION_CAP,
+    aggregation: str | None = None,
     **params,
 ) -> tuple[Tensor, dict[str, float]]:
     """Loss of one microbatch under `objective`, and its metrics (python floats).
@@ -101,6 +102,8 @@ def policy_loss(
     is split into microbatches (pass the minibatch's token count and sequence count to every one);
     None = this microbatch's mask.sum() / B (all rows, empty ones included).
     correction_cap: C of TIS/MIS (read only with a correction).
+    aggregation: one of AGGREGATIONS (verl's loss_agg_mode names) instead of the objective's registered one
+    (None: the registered one, so every objective stays equal to its reference implementation).
     Returns a scalar whose gradient w.r.t. logp is Σ weight·coef (see `Reshaped`).
     """
     correction = _check_correction(correction)
@@ -127,12 +130,14 @@ def policy_loss(
         t = Tokens(lp, delta, adv, m, lengths, log_corr if seq_corr else None)
         out = OBJECTIVES[objective](t, **p)
 
-        if AGGREGATION[objective] == "token-mean":  # per-row scale of the aggregation
+        mode = aggregation or AGGREGATION[objective]
+        if mode == "token-mean":  # per-row scale of the aggregation
             denom = lengths.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=work, device=m.device)
             row_scale = (1.0 / denom.clamp(min=1.0)).expand(m.shape[0], 1)
         else:
             denom = torch.as_tensor(m.shape[0] if num_seqs is None else num_seqs, dtype=work, device=m.device)
-            row_scale = 1.0 / (lengths.clamp(min=1.0) * denom.clamp(min=1.0))[:, None]
+            per_row = denom.clamp(min=1.0) * (lengths.clamp(min=1.0) if mode == "seq-mean-token-mean" else 1.0)
+            row_scale = (1.0 / per_row).expand(m.shape[0]).reshape(-1, 1)
         token_w = m if log_corr is None or seq_corr else m * log_corr.exp()  # TIS/MIS w_t on ℓ_{i,t}
         value_scale = row_scale if out.value_row is None else row_scale * out.value_row
         value = _aggregate(out.value, token_w, value_scale)

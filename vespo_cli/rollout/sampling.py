@@ -36,8 +36,9 @@ def warn_biased_sampling(cfg: Config) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _problem_pool(source: str, seed: int, difficulty: int, shuffle: bool) -> tuple[Problem, ...]:
-    return tuple(load_problems(source, seed=seed, difficulty=difficulty, shuffle=shuffle))
+def _problem_pool(source: str, seed: int, shuffle: bool) -> tuple[Problem, ...]:
+    """A finite prompt source, loaded once (`arith` is drawn by index instead: prompt_chunk)."""
+    return tuple(load_problems(source, seed=seed, shuffle=shuffle))
 
 
 def prompt_chunk(cfg: Config, start: int, size: int) -> list[Problem]:
@@ -45,7 +46,7 @@ def prompt_chunk(cfg: Config, start: int, size: int) -> list[Problem]:
     d = cfg.data
     if d.train == "arith":  # procedural: an endless deterministic stream, random access by index
         return [arith_problem(cfg.trainer.seed, d.difficulty, i) for i in range(start, start + size)]
-    pool = _problem_pool(d.train, cfg.trainer.seed, d.difficulty, d.shuffle)
+    pool = _problem_pool(d.train, cfg.trainer.seed, d.shuffle)
     if not pool:
         raise UserError(f"data.train={d.train}: no problems")
     return [pool[(start + i) % len(pool)] for i in range(size)]

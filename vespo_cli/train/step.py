@@ -106,6 +106,7 @@ def _accumulate(model, rows: Rows, idx: list[int], advantages, old_lp, cfg: Conf
             num_tokens=num_tokens,
             num_seqs=num_seqs,
             correction_cap=algo.correction_cap,
+            aggregation=algo.aggregation,
         )
         t1 = _clock(model)
         (loss * dist.world_size()).backward()  # FSDP averages gradients over ranks; we want the sum

@@ -1,0 +1,234 @@
+"""The verdict machinery: claims files, the tests each form uses, Holm, power — on exact values and on
+simulated studies with a known truth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vespo_cli.compare import stats as S
+from vespo_cli.compare.claims import Claim, ClaimsFile, load_claims
+from vespo_cli.compare.markdown import verdict_sentence
+from vespo_cli.compare.verdict import judge
+from vespo_cli.errors import UserError
+
+
+def group(label: str, n: int, values: dict, endpoint: str = "final_eval", collapsed: set | None = None) -> dict:
+    """A group summary as write_report makes it, reduced to what the verdict reads."""
+    return {
+        "label": label,
+        "staleness": n,
+        "per_seed": [{"seed": s, endpoint: v} for s, v in sorted(values.items())],
+        "collapse": [
+            {"seed": s, "status": "collapsed" if s in (collapsed or set()) else "stable"} for s in sorted(values)
+        ],
+    }
+
+
+def claims(*items: dict, **file) -> ClaimsFile:
+    return ClaimsFile.model_validate({"family": "test", "claims": list(items), **file})
+
+
+# ---------------------------------------------------------------------------- exact values
+
+
+def test_holm_on_known_pvalues():
+    # Holm (1979)'s procedure by hand: sorted 0.01, 0.02, 0.03, 0.04 × 4, 3, 2, 1, then the running maximum
+    assert S.holm([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert S.holm([0.5, None, 0.001]) == [pytest.approx(0.5), None, pytest.approx(0.002)]
+    assert S.holm([0.9, 0.8]) == [pytest.approx(1.0), pytest.approx(1.0)]  # capped at 1, then monotone
+    assert S.holm([]) == []
+
+
+def test_fisher_and_newcombe_on_known_tables():
+    assert S.fisher_exact(0, 5, 5, 5) == pytest.approx(2 / 252)  # the two extreme tables of C(10, 5) = 252
+    assert S.fisher_exact(3, 3, 3, 3) == pytest.approx(1.0)
+    # Newcombe (1998), method 10, example (a): 56/70 − 48/80 = 0.2 [0.0524, 0.3339]
+    d = S.newcombe_interval(56, 70, 48, 80)
+    assert (d["mean"], d["low"], d["high"]) == pytest.approx((0.2, 0.0524, 0.3339), abs=1e-4)
+
+
+def test_paired_contrast_and_t_test_by_hand():
+    # per-seed interaction [a(N) − a(1)] − [b(N) − b(1)]: 0.1, 0.2, 0.3 → mean 0.2, s = 0.1, se = 0.1/√3
+    a1, an = {0: 0.5, 1: 0.5, 2: 0.5}, {0: 0.4, 1: 0.5, 2: 0.6}
+    b1, bn = {0: 0.5, 1: 0.5, 2: 0.5}, {0: 0.3, 1: 0.3, 2: 0.3}
+    d = S.contrast([(1, an), (-1, a1), (-1, bn), (1, b1)])
+    se = 0.1 / math.sqrt(3)
+    assert d["method"] == "paired" and d["n"] == 3 and d["df"] == 2
+    assert (d["mean"], d["se"]) == pytest.approx((0.2, se))
+    assert d["high"] - d["mean"] == pytest.approx(S.t_quantile(0.975, 2) * se)
+    assert S.t_test(0.2, se, 2) == pytest.approx(2 * (1 - S.t_cdf(0.2 / se, 2)))
+    # seeds that do not pair: Welch–Satterthwaite over the cells
+    w = S.contrast([(1, {0: 1.0, 1: 2.0, 2: 3.0}), (-1, {5: 0.0, 6: 1.0})])
+    assert w["method"] == "welch" and w["mean"] == pytest.approx(1.5)
+    assert w["se"] == pytest.approx(math.sqrt(1 / 3 + 0.5 / 2))
+
+
+def test_power_matches_its_limits():
+    assert S.t_power(0.0, 4) == pytest.approx(0.05, abs=1e-3)  # no effect: the test's own level
+    assert S.detectable_ncp(10_000) == pytest.approx(1.959964 + 0.841621, abs=2e-3)  # z_{.975} + z_{.8}
+    assert S.seeds_to_resolve(0.0, 1.0) is None and S.seeds_to_resolve(1e-4, 1.0) is None  # > MAX_SEEDS
+
+
+# ---------------------------------------------------------------------------- simulated studies
+
+
+def _studies(rng, n_studies: int, n: int, true: float, sd: float) -> np.ndarray:
+    """Per-seed paired differences of many simulated studies: seed effects cancel in the pairing."""
+    seed_effect = rng.normal(0, 0.2, (n_studies, n))
+    return (seed_effect + true + rng.normal(0, sd, (n_studies, n))) - seed_effect
+
+
+def _supported_rate(diffs: np.ndarray, boundary: float) -> tuple[float, float]:
+    """(coverage of the true mean is checked by the caller) fraction supported: p < 0.05 with mean > boundary."""
+    n = diffs.shape[1]
+    m, s = diffs.mean(1), diffs.std(1, ddof=1)
+    se = s / math.sqrt(n)
+    crit = S.t_quantile(0.975, n - 1)
+    return float(np.mean((m - boundary) / se > crit)), float(np.mean((m - boundary) / se < -crit))
+
+
+def test_noninferior_rule_coverage_and_power_on_simulated_studies():
+    rng = np.random.default_rng(0)
+    n, sd, margin, reps = 5, 0.1, 0.05, 4000
+    se = sd / math.sqrt(n)
+    # coverage of the paired t interval that the rule reads: ≈ 95%
+    diffs = _studies(rng, reps, n, -0.02, sd)
+    covered = 0
+    for row in diffs[:800]:
+        d = S.contrast([(1, dict(enumerate(row))), (0, dict(enumerate(np.zeros(n))))])
+        covered += d["low"] <= -0.02 <= d["high"]
+    assert covered / 800 == pytest.approx(0.95, abs=0.025)
+    # a true effect exactly at the boundary is supported at the test's one-sided level (2.5%), not more
+    sup, _ = _supported_rate(_studies(rng, reps, n, -margin, sd), -margin)
+    assert sup == pytest.approx(0.025, abs=0.012)
+    # a true effect the test detects half the time: supported ≈ 50% (the old rule said "supported" ~never)
+    half = -margin + S.detectable_ncp(n - 1, power=0.5) * se
+    sup, _ = _supported_rate(_studies(rng, reps, n, half, sd), -margin)
+    assert sup == pytest.approx(0.5, abs=0.04)
+    # at the minimum detectable effect (80% power): supported ≈ 80%
+    mde = S.detectable_ncp(n - 1) * se
+    sup, _ = _supported_rate(_studies(rng, reps, n, -margin + mde, sd), -margin)
+    assert sup == pytest.approx(0.8, abs=0.03)
+    # a method with no loss at all: supported at the test's power for margin/se, contradicted almost never
+    sup, con = _supported_rate(_studies(rng, reps, n, 0.0, sd), -margin)
+    assert sup == pytest.approx(S.t_power(margin / se, n - 1), abs=0.03) and con < 0.005
+
+
+def test_interaction_coverage_on_simulated_seeds():
+    """Four cells sharing seed effects (paired); the interaction's interval covers the truth ≈ 95%."""
+    rng = np.random.default_rng(1)
+    n, true, hits, reps = 4, 0.1, 0, 1000
+    for _ in range(reps):
+        seed = rng.normal(0, 0.3, n)
+        cells = {
+            "a1": 0.8 + seed + rng.normal(0, 0.05, n),
+            "an": 0.7 + seed + rng.normal(0, 0.05, n),
+            "b1": 0.8 + seed + rng.normal(0, 0.05, n),
+            "bn": 0.6 + seed + rng.normal(0, 0.05, n),
+        }
+        d = S.contrast([(w, dict(enumerate(cells[k]))) for w, k in ((1, "an"), (-1, "a1"), (-1, "bn"), (1, "b1"))])
+        hits += d["low"] <= true <= d["high"]
+    assert hits / reps == pytest.approx(0.95, abs=0.02)
+
+
+def test_mde_against_simulation():
+    rng = np.random.default_rng(2)
+    for n in (3, 8):
+        ncp = S.detectable_ncp(n - 1, alpha=0.01)
+        x = rng.normal(ncp / math.sqrt(n), 1.0, (20_000, n))
+        t = x.mean(1) / (x.std(1, ddof=1) / math.sqrt(n))
+        assert np.mean(np.abs(t) > S.t_quantile(0.995, n - 1)) == pytest.approx(0.8, abs=0.012)
+    # seeds_to_resolve: the smallest n whose power reaches 80%
+    n = S.seeds_to_resolve(0.1, 0.1, alpha=0.05)
+    assert S.t_power(math.sqrt(n), n - 1) >= 0.8 > S.t_power(math.sqrt(n - 1), n - 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0.0, 1e-2), min_size=1, max_size=12))
+def test_holm_is_monotone_and_dominates_raw(ps):
+    adj = S.holm(ps)
+    assert all(a >= p for a, p in zip(adj, ps))
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    assert all(adj[order[i]] <= adj[order[i + 1]] for i in range(len(ps) - 1))
+
+
+# ---------------------------------------------------------------------------- the verdict
+
+
+def test_verdict_forms_come_out_every_way():
+    groups = [
+        group("vespo", 1, {0: 0.80, 1: 0.82, 2: 0.78, 3: 0.81}),
+        group("vespo", 16, {0: 0.78, 1: 0.80, 2: 0.77, 3: 0.80}),  # keeps ~98%: noninferior at 11.7%
+        group("grpo", 1, {0: 0.80, 1: 0.82, 2: 0.78, 3: 0.81}),
+        group("grpo", 16, {0: 0.40, 1: 0.45, 2: 0.41, 3: 0.42}, collapsed={0, 1, 2, 3}),
+        group("sapo", 1, {0: 0.80, 1: 0.82, 2: 0.78, 3: 0.81}),
+        group("sapo", 16, {0: 0.81, 1: 0.82, 2: 0.80, 3: 0.82}),
+    ]
+    c = claims(
+        {"claim": "stable", "form": "noninferior", "a": "vespo", "margin_relative": 0.117},
+        {"claim": "grpo degrades", "form": "degrades", "a": "grpo", "margin_relative": 0.117},
+        {"claim": "beats grpo", "form": "interaction", "a": "vespo", "b": "grpo"},
+        {"claim": "beats sapo", "form": "interaction", "a": "vespo", "b": "sapo"},
+        {"claim": "collapses less", "form": "collapse", "a": "vespo", "b": "grpo"},
+        {"claim": "absent", "form": "difference", "a": "vespo", "b": "cispo"},
+    )
+    rows = {r["claim"]: r for r in judge(groups, c)}
+    assert rows["stable"]["verdict"] == "supported"
+    assert rows["stable"]["margin"] == pytest.approx(0.117 * 0.8025)  # relative: δ × the reference mean
+    assert rows["grpo degrades"]["verdict"] == "supported"
+    assert rows["beats grpo"]["verdict"] == "supported" and rows["beats grpo"]["method"] == "paired"
+    assert rows["beats sapo"]["verdict"] == "contradicted"  # sapo lost nothing, vespo lost ~2 points
+    assert rows["collapses less"]["counts"] == [0, 4] and rows["collapses less"]["p"] == pytest.approx(2 / 70)
+    assert rows["absent"]["verdict"] == "no data" and rows["absent"]["p"] is None
+    p = [r["p"] for r in rows.values()]
+    assert [r["p_adjusted"] for r in rows.values()] == S.holm(p)  # one family over the rows with data
+    for r in rows.values():  # the interface the checks rely on
+        assert {"claim", "form", "margin", "estimate", "low", "high", "p", "p_adjusted", "mde", "verdict"} <= set(r)
+    assert "p = " in verdict_sentence(rows["stable"]) and "Holm p = " in verdict_sentence(rows["stable"])
+
+
+def test_unresolved_rows_say_what_would_resolve_them():
+    groups = [
+        group("vespo", 1, {0: 0.6, 1: 0.7, 2: 0.5}),
+        group("vespo", 16, {0: 0.55, 1: 0.62, 2: 0.52}),
+        group("grpo", 1, {0: 0.6, 1: 0.7, 2: 0.5}),
+        group("grpo", 16, {0: 0.50, 1: 0.66, 2: 0.43}),
+    ]
+    (row,) = judge(groups, claims({"claim": "x", "form": "interaction", "a": "vespo", "b": "grpo"}))
+    assert row["verdict"] == "not resolved"
+    assert row["mde"] > abs(row["estimate"])  # what the test could detect at n = 3 exceeds what was seen
+    assert row["seeds_needed"] > 3
+    sd = row["sd"]
+    assert row["seeds_needed"] == S.seeds_to_resolve(row["estimate"], sd, alpha=0.05)
+    # one seed: no interval, no p, so not resolved (and not in the family)
+    one = judge(
+        [group("vespo", 1, {0: 0.5}), group("vespo", 4, {0: 0.1})],
+        claims({"claim": "s", "form": "noninferior", "a": "vespo"}),
+    )
+    assert one[0]["verdict"] == "not resolved" and one[0]["p"] is None and one[0]["low"] is None
+
+
+def test_claims_file_errors_are_one_line(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("family: f\nclaims:\n  - {claim: x, form: interaction, a: vespo}\n")
+    with pytest.raises(UserError, match=r"c\.yaml: .*baseline `b`"):
+        load_claims(str(bad))
+    bad.write_text("family: f\nclaims:\n  - {claim: x, form: sideways, a: vespo}\n")
+    with pytest.raises(UserError, match=r"c\.yaml: claims\[0\]\.form: expected one of"):
+        load_claims(str(bad))
+    with pytest.raises(UserError, match="unknown claims file"):
+        load_claims("no-such-claims")
+    paper, path = load_claims()  # the default: the paper's claims, every form represented
+    assert path.name == "vespo-paper.yaml" and {c.form for c in paper.claims} == {
+        "noninferior",
+        "degrades",
+        "interaction",
+        "difference",
+        "collapse",
+    }
+    assert Claim(claim="x", form="difference", a="a", b="b").at == "highest"

@@ -1,0 +1,95 @@
+"""Claims as data: a claims file (YAML) says what a compare tests, in which form, on which endpoint and
+with which margin, before any run is read (`presets/claims/vespo-paper.yaml` is the default).
+
+    family: vespo-paper          # the multiplicity family: every claim row with data is Holm-adjusted together
+    endpoint: final_eval         # default endpoint of the claims (final_eval | eval_auc | final_reward)
+    claims:
+      - claim: "VESPO loses less than GRPO as N grows"
+        form: interaction        # [A(N) − A(ref)] − [B(N) − B(ref)] > margin
+        a: vespo
+        b: grpo
+        at: highest              # the N values of the comparison: highest (common), each, or a list
+        margin: 0.0
+
+Forms (rows are judged in `verdict.py`):
+- `noninferior`: A(N) − B(ref) > −margin (B defaults to A, ref to A's lowest N; `ref_n: same` compares
+  at the same N, e.g. A = vespo+async against B = vespo);
+- `degrades`: the mirror, A(N) − A(ref) < −margin (a loss larger than the margin);
+- `interaction`: [A(N) − A(ref)] − [B(N) − B(ref)] > margin;
+- `difference`: A(N) − B(N) > margin;
+- `collapse`: A's collapse rate below B's at the same N (Fisher's exact test on the counts).
+`margin_relative: δ` instead of `margin` scales the margin by the reference level: the noninferior test is
+then A(N) − (1 − δ)·B(ref) > 0 (A keeps at least 1 − δ of the reference), which stays on the endpoint's scale.
+`a` and `b` are group labels; `b` may be a glob (`vespo+length_norm=*`): one row per matching label.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from ..errors import UserError
+from ..presets import PRESETS_DIR, read_yaml
+from ..schema import Section, fail, user_error
+
+FORMS = ("noninferior", "degrades", "interaction", "difference", "collapse")
+ENDPOINTS = ("final_eval", "eval_auc", "final_reward")
+DEFAULT_CLAIMS = "vespo-paper"
+
+
+class Claim(Section):
+    claim: str = Field(min_length=1)  # what the paper (or the study) says, in words
+    form: Literal["noninferior", "degrades", "interaction", "difference", "collapse"]
+    a: str = Field(min_length=1)  # group label of the method the claim is about
+    b: str | None = None  # the baseline (a label or a glob); noninferior/degrades: default a
+    at: Literal["highest", "each"] | list[int] = "highest"  # N values of A
+    ref_n: int | Literal["lowest", "same"] = "lowest"  # the reference N (noninferior, degrades, interaction)
+    endpoint: Literal["final_eval", "eval_auc", "final_reward"] | None = None  # default: the file's
+    margin: float = Field(0.0, ge=0.0, le=1.0)
+    margin_relative: float | None = Field(None, gt=0.0, lt=1.0)
+    why: str = ""  # the margin's justification (also written as a comment beside it)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.form in ("interaction", "difference", "collapse") and self.b is None:
+            raise fail(f"form {self.form} needs a baseline `b`", "b")
+        if self.margin_relative is not None and self.form not in ("noninferior", "degrades"):
+            raise fail("margin_relative applies to the noninferior and degrades forms only", "margin_relative")
+        if self.margin_relative is not None and self.margin:
+            raise fail("give margin or margin_relative, not both", "margin")
+        return self
+
+
+class ClaimsFile(Section):
+    family: str = Field(min_length=1)  # the name of the multiplicity family
+    description: str = ""
+    endpoint: Literal["final_eval", "eval_auc", "final_reward"] = "final_eval"
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)  # family-wise error rate (Holm), two-sided tests
+    power: float = Field(0.8, gt=0.0, lt=1.0)  # power at which the minimum detectable effect is stated
+    claims: list[Claim] = Field(min_length=1)
+
+
+def claims_path(name_or_path: str | None) -> Path:
+    """A claims file by name (`presets/claims/<name>.yaml`) or path; default DEFAULT_CLAIMS."""
+    spec = name_or_path or DEFAULT_CLAIMS
+    p = Path(spec)
+    if p.suffix in (".yaml", ".yml") or "/" in spec:
+        if not p.is_file():
+            raise UserError(f"{spec}: claims file not found")
+        return p
+    p = PRESETS_DIR / "claims" / f"{spec}.yaml"
+    if not p.is_file():
+        known = ", ".join(sorted(q.stem for q in (PRESETS_DIR / "claims").glob("*.yaml"))) or "none"
+        raise UserError(f"--claims {spec}: unknown claims file (known: {known})")
+    return p
+
+
+def load_claims(name_or_path: str | None = None) -> tuple[ClaimsFile, Path]:
+    """The validated claims file and its path; one-line UserError naming the file and key otherwise."""
+    path = claims_path(name_or_path)
+    try:
+        return ClaimsFile.model_validate(read_yaml(path)), path
+    except ValidationError as e:
+        raise user_error(e, ClaimsFile, lambda _: str(path)) from None
