@@ -232,3 +232,34 @@ def test_claims_file_errors_are_one_line(tmp_path):
         "collapse",
     }
     assert Claim(claim="x", form="difference", a="a", b="b").at == "highest"
+
+
+def test_eval_overlap_names_in_sample_evals():
+    from vespo_cli.compare.overlap import eval_overlap
+
+    config = {"data": {"train": "arith", "difficulty": 1}, "trainer": {"steps": 32, "minibatch_prompts": 4, "seed": 0}}
+    legacy = {"benchmark": "arith", "num_problems": 64}  # an eval line from before the held-out split
+    assert eval_overlap(config, legacy) == {
+        "problems": 64,
+        "in_training": 64,  # seed 0's eval set was its own first 64 training prompts
+        "distinct": 37,
+        "split": "training stream (before the held-out split)",
+    }
+    mixed = {**config, "data": {"train": "arith", "difficulty": [1, 2]}}
+    held = {"benchmark": "arith", "num_problems": 640, "split": "held-out", "difficulty": [1, 2]}
+    assert eval_overlap(mixed, held)["in_training"] == 0
+    assert eval_overlap({"data": {"train": "gsm8k"}}, held) is None
+
+
+def test_eval_auc_is_the_mean_accuracy_over_samples():
+    from vespo_cli.compare.analysis import eval_auc, eval_curve
+
+    records = [{"kind": "train", "step": s, "n_seqs": 32, "reward": 0.5} for s in range(1, 5)]
+    records += [
+        {"kind": "eval", "benchmark": "arith", "step": 2, "avg_at_k": 0.2},
+        {"kind": "eval", "benchmark": "arith", "step": 4, "avg_at_k": 0.6},
+    ]
+    curve = eval_curve(records)
+    assert [(c["step"], c["samples"], c["accuracy"]) for c in curve] == [(2, 64.0, 0.2), (4, 128.0, 0.6)]
+    assert eval_auc(curve) == pytest.approx(0.4)  # trapezoid over [64, 128] / 64
+    assert eval_auc(curve[:1]) is None

@@ -58,13 +58,13 @@ COMMON=(--preset cpu-staleness "${STEPS[@]}")
 
 evaluate() {  # the final policy of each finished run in the lanes "$@": 64 arith problems × 4 samples (an eval line)
   local run
-  for run in $($PY reports/cpu-staleness/study.py unevaluated "$@"); do
+  for run in $($PY reports/study.py unevaluated "$@"); do
     $V eval arith --model "$run/checkpoints/step-${LAST_STEP}" --preset cpu-staleness --limit "$EVAL_LIMIT" --k 4 \
       --set eval.max_tokens=48 || echo "eval of $run failed; the next run of this script retries it"
   done
 }
-collect() { evaluate "$@"; $PY reports/cpu-staleness/study.py collect "$STUDY" "$KEEP"; }
-restore() { $PY reports/cpu-staleness/study.py restore "$KEEP" "$STUDY"; }
+collect() { evaluate "$@"; $PY reports/study.py collect "$STUDY" "$KEEP"; }
+restore() { $PY reports/study.py restore "$KEEP" "$STUDY"; }
 
 sweep() {  # one `vespo compare`, resumed up to twice if it dies (an OOM kill of a run): a lane never stops on one cell
   local attempt

@@ -93,3 +93,20 @@ def load_claims(name_or_path: str | None = None) -> tuple[ClaimsFile, Path]:
         return ClaimsFile.model_validate(read_yaml(path)), path
     except ValidationError as e:
         raise user_error(e, ClaimsFile, lambda _: str(path)) from None
+
+
+def claims_commit(path: Path) -> dict:
+    """{"commit", "modified"}: the last git commit of the claims file and whether the file differs from it (a
+    pre-registered analysis names the commit its claims were fixed at); nulls outside a git checkout."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=path.parent, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("log", "-1", "--format=%H", "--", path.name) or None
+    modified = git("status", "--porcelain", "--", path.name)
+    return {"commit": commit, "modified": bool(modified) if commit else None}

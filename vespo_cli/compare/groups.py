@@ -68,7 +68,17 @@ def _group_summary(key: tuple[str, int], members: list[Loaded]) -> dict:
             k: _stats(s["drift_last_minibatch"][k] for s in sums) for k in (*DRIFT_KEYS, "w_ess_min")
         },
         "eval": _eval_summary(sums),
+        "eval_overlap": _overlap_summary(sums),
     }
+
+
+def _overlap_summary(sums: Sequence[dict]) -> dict | None:
+    """Eval problems that also occur in the runs' training prompts (overlap.eval_overlap): the most in any run."""
+    found = [s["eval_overlap"] for s in sums if s.get("eval_overlap")]
+    if not found:
+        return None
+    worst = max(found, key=lambda o: o["in_training"])
+    return {**worst, "runs": len(found)}
 
 
 def _eval_summary(sums: Sequence[dict]) -> dict:

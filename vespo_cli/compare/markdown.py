@@ -113,7 +113,28 @@ def results_lines(groups: Sequence[dict]) -> list[str]:
             "mean over seeds, with (min–max over seeds).",
             "",
         ]
-    return lines
+    return lines + overlap_lines(groups)
+
+
+def overlap_lines(groups: Sequence[dict]) -> list[str]:
+    """Eval problems that the runs also trained on (overlap.eval_overlap): expected 0; a warning otherwise."""
+    seen = [(g["label"], g["staleness"], g["eval_overlap"]) for g in groups if g.get("eval_overlap")]
+    if not seen:
+        return []
+    bad = [(label, n, o) for label, n, o in seen if o["in_training"]]
+    if not bad:
+        splits = sorted({o["split"] for _, _, o in seen})
+        return [f"Eval problems in training: 0 in every group ({', '.join(splits)} eval).", ""]
+    cells = "; ".join(
+        f"{label} N={n}: {o['in_training']}/{o['problems']} ({o['distinct']} distinct)" for label, n, o in bad
+    )
+    return [
+        f"**Warning: the eval measures problems the policy trained on.** Eval problems that occur among the "
+        f"training prompts of a run (the most in any run of the group): {cells}. Eval from the "
+        f"{bad[0][2]['split']}; its accuracy is in-sample and its differences measure memorisation as much as "
+        "learning (newer runs evaluate the held-out split of `vespo_cli/arith.py`).",
+        "",
+    ]
 
 
 def drift_lines(groups: Sequence[dict]) -> list[str]:
@@ -233,6 +254,13 @@ def verdict_sentence(row: dict) -> str:
     )
 
 
+def _commit_note(claims: dict) -> str:
+    if not claims.get("commit"):
+        return ""
+    changed = ", **modified since** (not the pre-registered claims)" if claims.get("modified") else ""
+    return f" at commit {claims['commit'][:12]}{changed}"
+
+
 def verdict_lines(rows: Sequence[dict], claims: dict | None = None) -> list[str]:
     """The claims (verdict.judge) as a table: the raw interval, p and Holm-adjusted p that decide each, and for
     an unresolved row what would resolve it; then the rows in words."""
@@ -279,7 +307,8 @@ def verdict_lines(rows: Sequence[dict], claims: dict | None = None) -> list[str]
             table,
         ),
         "",
-        f"Claims file: `{fam.get('path', '?')}` (family **{fam.get('family', '?')}**: the {m} rows with data, "
+        f"Claims file: `{fam.get('path', '?')}`{_commit_note(fam)} (family **{fam.get('family', '?')}**: the {m} "
+        "rows with data, "
         f"Holm-adjusted at family-wise α = {alpha:g}). Accuracy endpoints and collapse rates in points. "
         "*noninferior*: A(N) − B(ref) > −margin; *degrades*: < −margin; *interaction*: [A(N) − A(ref)] − "
         "[B(N) − B(ref)] > margin; *difference*: A − B > margin; *collapse*: A's collapse rate below B's (Fisher's "

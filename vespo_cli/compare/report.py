@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import UserError
 from ..fsio import atomic_write_json, atomic_write_text
 from .analysis import DROP, FINAL_FRAC, FLOOR, MIN_PATIENCE, NOISE_Z, PATIENCE_FRAC, samples_consumed, trajectory
-from .claims import ClaimsFile, load_claims
+from .claims import ClaimsFile, claims_commit, load_claims
 from .groups import _group_summary, _groups, paired_differences
 from .markdown import (
     curves_lines,
@@ -58,11 +58,12 @@ def write_report(
             "final_frac": FINAL_FRAC,
             "interval_level": LEVEL,
             "claims": {
-                "path": str(claims_at),
+                "path": _display_path(claims_at),
                 "family": claims_file.family,
                 "alpha": claims_file.alpha,
                 "power": claims_file.power,
                 "endpoint": claims_file.endpoint,
+                **claims_commit(Path(claims_at)),
             },
             "collapse": {
                 "drop": DROP,
@@ -93,6 +94,14 @@ def write_report(
     path = out / "report.md"
     atomic_write_text(path, render_markdown(summary, runs, window, images, out))
     return path
+
+
+def _display_path(path: Path) -> str:
+    """A path relative to the working directory where it lies below it (reports stay machine-independent)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def identical_runs(runs: Sequence[Loaded]) -> list[dict]:

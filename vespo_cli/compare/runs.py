@@ -15,8 +15,10 @@ from ..fsio import read_jsonl
 from ..rundir import RunDir
 from .analysis import eval_records, smooth_window, summarize_run, train_records
 from .labels import RUN_NAME, describe_algorithm, join_label
+from .overlap import eval_overlap
 
-ALGO_FIELDS = {"objective", "correction", "correction_cap", "routing_replay"}  # `algo:key=v` → algorithm.key
+# `algo:key=v` sets algorithm.key for these keys (algorithm.params.key for any other)
+ALGO_FIELDS = {"objective", "correction", "correction_cap", "routing_replay", "aggregation"}
 
 
 @dataclass
@@ -111,8 +113,10 @@ def load_runs(specs: Sequence[RunSpec]) -> tuple[list[Loaded], int]:
     records = [read_jsonl(RunDir(s.path).metrics) for s in specs]
     rows = [train_records(r) for r in records]
     window = smooth_window(max([s.steps or 0 for s in specs] + [len(r) for r in rows] + [1]))
-    loaded = [
-        Loaded(s, tr, eval_records(rec), summarize_run(rec, total_steps=s.steps, window=window))
-        for s, rec, tr in zip(specs, records, rows)
-    ]
+    loaded = []
+    for s, rec, tr in zip(specs, records, rows):
+        evals = eval_records(rec)
+        summary = summarize_run(rec, total_steps=s.steps, window=window)
+        summary["eval_overlap"] = eval_overlap(s.config or {}, evals[-1] if evals else None)
+        loaded.append(Loaded(s, tr, evals, summary))
     return loaded, window

@@ -84,6 +84,8 @@ def run_eval(
         name = benchmark_name(bench)
         summary = summarize(rows, benchmark=name)
         summary.update(_settings(engine, sampling, template, limit, t0))
+        if canonical_source(bench) == "arith":  # its held-out split (arith.py): no problem of any training stream
+            summary.update(split="held-out", difficulty=difficulty)
         if extra_summary:
             summary.update(extra_summary)
         if out_dir is not None:

@@ -89,6 +89,8 @@ def metrics_record(summary: Mapping[str, Any]) -> dict:
         "mean_response_tokens",
         "truncated_fraction",
         "reward_timeout_fraction",
+        "split",
+        "difficulty",
     )
     return {key: summary[key] for key in keys if key in summary}
 

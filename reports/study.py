@@ -1,8 +1,10 @@
-"""Keep the staleness study's finished runs in the repository, and put them back before a sweep.
+"""Keep a study's finished runs in the repository, and put them back before a sweep (reports/cpu-staleness and
+reports/staleness-ii run.sh).
 
-    python reports/cpu-staleness/study.py collect STUDY_DIR KEEP_DIR   # finished, evaluated runs → KEEP_DIR
-    python reports/cpu-staleness/study.py restore KEEP_DIR STUDY_DIR   # KEEP_DIR → missing runs
-    python reports/cpu-staleness/study.py unevaluated LANE_DIR...      # their finished runs without an eval
+    python reports/study.py collect STUDY_DIR KEEP_DIR   # finished, evaluated runs → KEEP_DIR
+    python reports/study.py restore KEEP_DIR STUDY_DIR   # KEEP_DIR → missing runs
+    python reports/study.py unevaluated LANE_DIR...      # their finished runs without an eval
+    python reports/study.py collapsed RUN_DIR...         # exit 0 when any of these runs collapsed (analysis.py rule)
 
 A run is `STUDY_DIR/<lane>/runs/<run>/`; it is finished when `vespo compare` would reuse it (its metrics reach
 `trainer.steps` and its newest checkpoint, if any, is the last step's). Only evaluated runs are kept (a kept
@@ -87,7 +89,24 @@ def unevaluated(lanes: list[Path]) -> list[Path]:
     return out
 
 
+def collapsed(runs: list[Path]) -> list[Path]:
+    """The runs that collapsed by the compare's rule (`detect_collapse` over their full step budget)."""
+    from vespo_cli.compare.analysis import detect_collapse
+    from vespo_cli.fsio import read_jsonl
+
+    out = []
+    for run in runs:
+        steps = int(yaml.safe_load((run / "config.yaml").read_text())["trainer"]["steps"])
+        if detect_collapse(list(read_jsonl(run / "metrics.jsonl")), total_steps=steps)["status"] == "collapsed":
+            out.append(run)
+    return out
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "collapsed":
+        hit = collapsed([Path(a) for a in sys.argv[2:]])
+        print("\n".join(f"collapsed: {p}" for p in hit) or "no run collapsed")
+        sys.exit(0 if hit else 1)
     if sys.argv[1] == "unevaluated":
         print("\n".join(str(p) for p in unevaluated([Path(a) for a in sys.argv[2:]])))
         sys.exit(0)

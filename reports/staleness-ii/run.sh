@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Study II (issue 29): the paper's staleness claims over a horizon where they can show, pre-registered in
+# reports/staleness-ii/claims.yaml (committed with this script before any study run; the report names that commit).
+#
+#   bash reports/staleness-ii/run.sh            # everything not yet done: main cells, stress screen, stress cell, report
+#   bash reports/staleness-ii/run.sh --quick    # the pipeline end to end: 4 steps per run, one seed (~15 min)
+#   bash reports/staleness-ii/run.sh --report   # only rebuild the report from the committed runs
+#
+# Preset presets/staleness-ii.yaml: SmolLM2-135M-Instruct, arith levels 1 and 2 mixed (one-digit sums and two-digit
+# ± / one-step word problems), 32 sequences per optimizer step (4 prompts × 8), 128 steps (N = 16 sees 8 rollout
+# batches; every run consumes the same 4,096 samples), AdamW lr 1e-5, vLLM bf16 sampling, bf16-param trainer, one
+# thread per run; held-out eval (640 problems of the same mixture that no training stream contains) every 16 steps.
+# Arms: vespo, grpo, sapo, vespo:aggregation=seq-mean-token-mean (VESPO's kernel with SAPO's aggregation).
+# Phase 1, main cells, seeds 0-3 in the outer loop (a partial study has whole seeds):
+#   lane a: vespo N=16, grpo N=16, vespo N=1 (+ grpo N=1 at seed 0: the on-policy identity check with vespo)
+#   lane b: sapo N=16, vespo-seq N=16, sapo N=1 (+ vespo-seq N=1 at seed 0: the identity check with sapo)
+# Phase 2, stress screen (pilot runs, seed 100, not analysed): GRPO (lane a) and SAPO (lane b) at N = 32 and
+#   lr 3e-5; if neither collapses (reports/study.py collapsed: the compare's rule), again at lr 1e-4. The stress lr is
+#   the first at which one collapsed, else 1e-4 (and "no collapse within the settings tried" is the finding).
+# Phase 3, stress cell: all four arms at N = 32 and the stress lr, seeds 0-2 (lane a: vespo, grpo; lane b: sapo,
+#   vespo-seq).
+# Cost, measured on the 2-core machine with other work beside it (pilot, runs/pilot-ii-vespo-n1): ~25 s per step on
+# one thread plus ~1 min per eval, so ~1 CPU-hour per run: 26 main runs + ≤ 4 screen runs + 12 stress runs ≈ 42
+# CPU-hours, ~21 hours of wall time with two lanes, across sessions. That is above the ~30 CPU-hours issue 29 sized:
+# the fourth seed of the main cells is what the power figures of the first study asked for (reports/cpu-staleness:
+# 4-6 seeds to resolve its interactions at Holm's level).
+#
+# Resumable: re-running continues unfinished runs (`vespo train --resume` inside `vespo compare`) and reuses finished
+# ones. Runs live in $STUDY_DIR (default runs/staleness-ii); each finished, evaluated run's config.yaml, run.json
+# (with the commit it trained at) and metrics.jsonl are copied to reports/staleness-ii/runs/ (committed), and copied
+# back first, so a fresh checkout skips what is done. Checkpoints are deleted only once a run is kept (its evals are
+# in its metrics). Run nothing heavy beside the two lanes (each trainer holds ~6.5 GB).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=2 VLLM_ENABLE_V1_MULTIPROCESSING=0 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+export VESPO_MALLOC_TUNING=0  # as in reports/cpu-staleness/run.sh: RSS stays at 6.2-6.9 GB per run
+PY=${PY:-.venv/bin/python}
+V=${V:-$PY -m vespo_cli.cli}
+MODE=${1:-full}
+HERE=reports/staleness-ii
+SEEDS=(0 1 2 3); STRESS_SEEDS=(0 1 2); STRESS_N=32; SCREEN_LRS=(3e-5 1e-4); STEPS=()
+STUDY=${STUDY_DIR:-runs/staleness-ii}
+KEEP=$HERE/runs
+REPORT=$HERE
+SCREEN=$STUDY-screen
+KEEP_SCREEN=$HERE/screen
+if [[ "$MODE" == "--quick" ]]; then
+  SEEDS=(0); STRESS_SEEDS=(0); SCREEN_LRS=(1e-4); STEPS=(--set trainer.steps=4 --set eval.every=2 --set eval.limit=16)
+  STUDY=${STUDY_DIR:-runs/staleness-ii-quick}; KEEP=$STUDY/kept; REPORT=$STUDY/report
+  SCREEN=$STUDY-screen; KEEP_SCREEN=$STUDY/kept-screen
+fi
+COMMON=(--preset staleness-ii "${STEPS[@]}")
+SEQ=vespo:aggregation=seq-mean-token-mean
+
+collect() { $PY reports/study.py collect "$STUDY" "$KEEP"; }
+sweep() {  # one `vespo compare`, resumed up to twice if it dies (an OOM kill): a lane never stops on one cell
+  local attempt
+  for attempt in 1 2 3; do
+    "$@" && { collect; return 0; }
+    echo "run.sh: attempt $attempt of: $* failed; resuming it" >&2
+  done
+  echo "run.sh: giving up on: $* (the next run of this script resumes it)" >&2
+}
+
+main_a() {
+  for s in "${SEEDS[@]}"; do
+    sweep $V compare vespo grpo -N 16 "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/a16"
+    sweep $V compare vespo $( ((s == 0)) && echo grpo) -N 1 "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/a1"
+  done
+}
+main_b() {
+  for s in "${SEEDS[@]}"; do
+    sweep $V compare sapo "$SEQ" -N 16 "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/b16"
+    sweep $V compare sapo $( ((s == 0)) && echo "$SEQ") -N 1 "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/b1"
+  done
+}
+
+stress_lr() {  # the screen (phase 2): prints the stress learning rate
+  local lr
+  for lr in "${SCREEN_LRS[@]}"; do
+    # outside $STUDY, so `collect` never mixes the pilots into the analysed runs; kept in $HERE/screen
+    sweep $V compare grpo -N "$STRESS_N" "${COMMON[@]}" --set trainer.seed=100 --set trainer.lr="$lr" \
+      --out "$SCREEN/lr-$lr-grpo" > "$SCREEN/lr-$lr-a.log" 2>&1 &
+    sweep $V compare sapo -N "$STRESS_N" "${COMMON[@]}" --set trainer.seed=100 --set trainer.lr="$lr" \
+      --out "$SCREEN/lr-$lr-sapo" > "$SCREEN/lr-$lr-b.log" 2>&1 &
+    wait
+    $PY reports/study.py collect "$SCREEN" "$KEEP_SCREEN" >&2
+    if $PY reports/study.py collapsed "$SCREEN/lr-$lr"-*/runs/*/ >&2; then echo "$lr"; return 0; fi
+  done
+  echo "${SCREEN_LRS[-1]}"
+}
+
+stress() {  # phase 3, one lane: "$@" the arms
+  local s
+  for s in "${STRESS_SEEDS[@]}"; do
+    sweep $V compare "$@" -N "$STRESS_N" "${COMMON[@]}" --set trainer.seed="$s" --set trainer.lr="$LR" \
+      --out "$STUDY/stress-$1"
+  done
+}
+
+report() {
+  collect
+  local kept=("$KEEP"/*/)
+  [[ -e "${kept[0]}" ]] || { echo "no finished runs in $KEEP yet"; return 0; }
+  $V compare "${kept[@]}" --claims "$HERE/claims.yaml" --x samples --out "$REPORT"
+}
+
+mkdir -p "$STUDY" "$SCREEN"
+if [[ "$MODE" != "--report" ]]; then
+  $PY reports/study.py restore "$KEEP" "$STUDY"
+  $PY reports/study.py restore "$KEEP_SCREEN" "$SCREEN"
+  main_a > "$STUDY/lane-a.log" 2>&1 &
+  main_b > "$STUDY/lane-b.log" 2>&1 &
+  wait
+  if [[ -f "$KEEP/stress-lr" ]]; then LR=$(cat "$KEEP/stress-lr"); else LR=$(stress_lr); fi  # screened once
+  mkdir -p "$KEEP" && echo "$LR" > "$KEEP/stress-lr"
+  stress vespo grpo > "$STUDY/stress-a.log" 2>&1 &
+  stress sapo "$SEQ" > "$STUDY/stress-b.log" 2>&1 &
+  wait
+fi
+report
