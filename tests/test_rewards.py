@@ -105,6 +105,48 @@ def test_answers_copied_from_the_question_are_not_answers():
     assert extract_answer("x\n= 7", "final_number", question="Solve\nx\n= 7") is None
 
 
+def test_a_number_the_question_contains_is_still_an_answer():
+    """The guard refuses question text, not numbers: a bare final number is judged with its line before."""
+    q = "Tom has 42 apples and eats none.\nHow many apples does he have?"
+    assert extract_answer("He ate none.\n42", "final_number", question=q) == "42"
+    assert extract_answer("42", "final_number", question=q) == "42"
+    assert extract_answer(q + "\n42", "final_number", question=q) == "42"  # restated, then answered
+    assert extract_answer("so\n= 42", "final_number", question=q) == "42"
+    assert extract_answer("Tom has 42 apples and eats none.", "final_number", question=q) is None
+    echo = "Find the total.\nThe list is:\n42"
+    assert extract_answer(echo, "final_number", question=echo) is None  # the last two lines are question text
+    assert extract_answer("The list is:   \n  42", "final_number", question=echo) is None  # rewrapped, still copied
+    assert extract_answer("x = 5", "final_number", question="Given x = 5, find y.") is None
+
+
+@pytest.mark.parametrize(
+    "response, want",
+    [
+        ("所以答案是 5。", "5"),
+        ("答案：$\\frac{1}{2}$", "\\frac{1}{2}"),
+        ("最终答案为 12", "12"),
+        ("答えは5です。", "5"),
+        ("答え：7", "7"),
+        ("정답은 5입니다.", "5"),
+        ("답: 5", "5"),
+        ("Antwort: 5", "5"),
+        ("Die Antwort ist 5.", "5"),
+        ("Die Antwort lautet 7", "7"),
+        ("Réponse : 5", "5"),
+        ("La réponse est 5.", "5"),
+        ("La respuesta es 5", "5"),
+        ("A resposta é 5", "5"),
+        ("La risposta è 5", "5"),
+        ("**Ответ:** 5", "5"),
+        ("Die Antwort ist gleich 5", None),  # prose after the copula, as in English
+    ],
+)
+def test_non_english_answer_phrases(response, want):
+    assert extract_answer(response) == want
+    if want is not None:  # a phrase copied from the question is an echo in every language
+        assert extract_answer(response, question="Beispiel. " + response) is None
+
+
 def test_normaliser_table_is_documented_and_idempotent():
     for what, pattern, _repl, why in NORMALISERS:
         assert what and why and pattern.pattern

@@ -9,6 +9,10 @@
   question + " I am not sure.") is paid, on every bundled eval set and a 2,000-problem seeded sample
   of each training set; for the grader as it was at REV (default: the commit before the rewrite,
   loaded from git as a standalone module) and for today's grader, both policies.
+- Correct answers refused: the fraction of payable correct answers (the reference as a bare final
+  number, paid under `final_number` when no question is given) that the question-copy guard refuses,
+  for the guard as it was at GUARD_REV (it refused a final number whenever the question contained it)
+  and today's (it refuses question text).
 Writes reports/rewards.md and reports/rewards/results.json.
 """
 
@@ -30,27 +34,31 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from vespo_cli.data import load_problems  # noqa: E402
-from vespo_cli.rewards import score_one  # noqa: E402
+from vespo_cli.rewards import extract_answer, score_one  # noqa: E402
 
 BEFORE_REV = "60f367d"  # the last commit with the single-file grader (vespo_cli/rewards.py)
+GUARD_REV = "9eca00e"  # the last commit whose guard refused a final number the question contains
 EVAL_SETS = ("gsm8k", "math500", "aime24", "aime25", "amc23")
 TRAIN_SETS = ("dapo-math-17k", "gsm8k-train")
 SAMPLE = 2000
 SUFFIX = " I am not sure."
 
 
-def old_grader(rev: str):
-    """`score_one(response, reference)` of vespo_cli/rewards.py at `rev` (stdlib + math-verify only)."""
-    src = subprocess.run(
-        ["git", "show", f"{rev}:vespo_cli/rewards.py"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
-    path = Path(tempfile.mkdtemp()) / "rewards_before.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("rewards_before", path)
+def module_at(rev: str, path: str, name: str):
+    """The standalone module (stdlib + math-verify imports only) `path` as it was at git `rev`."""
+    src = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    file = Path(tempfile.mkdtemp()) / f"{name}.py"
+    file.write_text(src)
+    spec = importlib.util.spec_from_file_location(name, file)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["rewards_before"] = mod  # dataclasses look their module up
+    sys.modules[name] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
-    return mod.score_one
+    return mod
+
+
+def old_grader(rev: str):
+    """`score_one(response, reference)` of vespo_cli/rewards.py at `rev`."""
+    return module_at(rev, "vespo_cli/rewards.py", "rewards_before").score_one
 
 
 def math_verify_alone(response: str, gold: str) -> bool:
@@ -104,7 +112,34 @@ def echo_rates(problems: dict[str, list], before) -> dict:
     return out
 
 
-def render(agree: dict, echo: dict, rev: str) -> str:
+REFUSAL_PROBES = {  # a correct answer written as a bare final number, after a line of work or the question
+    "work, then the number": "Adding it up.\n{answer}",
+    "the question, then the number": "{problem}\n{answer}",
+}
+
+
+def refusal_rates(problems: dict[str, list], guard_rev: str) -> dict:
+    """Per set and probe: payable correct answers (paid under final_number without the question) and
+    how many of them the guard refuses (the question changes the extracted answer), then and now."""
+    guards = {"before": module_at(guard_rev, "vespo_cli/rewards/extract.py", "extract_before").extract_answer}
+    guards["after"] = extract_answer
+    out = {}
+    for name, ps in problems.items():
+        out[name] = {}
+        for probe, form in REFUSAL_PROBES.items():
+            row = {"payable": 0, **{label: 0 for label in guards}}
+            for p in ps:
+                r = form.format(answer=p.answer, problem=p.problem)
+                if not score_one(r, p.answer, "final_number").correct:
+                    continue
+                row["payable"] += 1
+                for label, extract in guards.items():
+                    row[label] += extract(r, "final_number", p.problem) != extract(r, "final_number")
+            out[name][probe] = row
+    return out
+
+
+def render(agree: dict, echo: dict, refused: dict, rev: str, guard_rev: str) -> str:
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     lines = [
         "# Rewards: grader agreement and the echo rate",
@@ -136,10 +171,11 @@ def render(agree: dict, echo: dict, rev: str) -> str:
         f"the grader at `{rev}` (a last-number fallback); `after` is today's, given the question as the",
         "rollout and eval stages give it.",
         "",
-        "The last column scores without the question (what a caller that does not pass it gets): the phrase",
-        "rule alone then pays a few DAPO problems whose text says \"then the answer is 0\".",
+        "The last column scores under `rollout.answer_fallback: final_number`, without the question (what a",
+        "caller that does not pass it gets): the phrase rule alone then pays a few DAPO problems whose text",
+        "says \"then the answer is 0\".",
         "",
-        "| problems | n | before | after (default policy) | after (final_number) | after, no question given |",
+        "| problems | n | before | after (default policy) | after (final_number) | no question (final_number) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, d in echo.items():
@@ -148,23 +184,48 @@ def render(agree: dict, echo: dict, rev: str) -> str:
             f"| {name}{sample} | {d['n']} | {pct(d['before'])} | {pct(d['after (default policy)'])} | "
             f"{pct(d['after (final_number)'])} | {pct(d['after, no question given'])} |"
         )
+    lines += [
+        "",
+        "## Correct answers refused by the question-copy guard",
+        "",
+        "A correct answer written as a bare number on the last line (after a line of work, or after the",
+        "question restated), on problems where it is payable: paid under `final_number` when no question is",
+        "given. Refused: given the question, the guard takes the answer away. `before` is the guard at",
+        f"`{guard_rev}`, which refused a final number whenever the question contained it; `after` is today's,",
+        "which refuses question text (the bare number judged with the line before it), and still pays no",
+        "echo above.",
+        "",
+        "| problems | probe | payable | refused before | refused after |",
+        "|---|---|---:|---:|---:|",
+    ]
+    frac = lambda k, n: f"{k} ({pct(k / n)})" if n else "0"  # noqa: E731
+    for name, probes in refused.items():
+        for probe, d in probes.items():
+            lines.append(
+                f"| {name} | {probe} | {d['payable']} | {frac(d['before'], d['payable'])} | "
+                f"{frac(d['after'], d['payable'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default=BEFORE_REV, help="git revision of the grader to compare with")
+    ap.add_argument("--guard-before", default=GUARD_REV, help="git revision of the question-copy guard to compare with")
     args = ap.parse_args()
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     cases = yaml.safe_load((ROOT / "tests" / "data" / "grader_table.yaml").read_text(encoding="utf-8"))["cases"]
     agree = agreement(cases)
-    echo = echo_rates(echo_problems(), old_grader(args.before))
+    problems = echo_problems()
+    echo = echo_rates(problems, old_grader(args.before))
+    refused = refusal_rates(problems, args.guard_before)
     out = ROOT / "reports"
     (out / "rewards").mkdir(exist_ok=True)
+    results = {"agreement": agree, "echo": echo, "refused": refused, "before": args.before}
     (out / "rewards" / "results.json").write_text(
-        json.dumps({"agreement": agree, "echo": echo, "before": args.before}, indent=2) + "\n"
+        json.dumps({**results, "guard_before": args.guard_before}, indent=2) + "\n"
     )
-    (out / "rewards.md").write_text(render(agree, echo, args.before))
+    (out / "rewards.md").write_text(render(agree, echo, refused, args.before, args.guard_before))
     print((out / "rewards.md").read_text())
 
 

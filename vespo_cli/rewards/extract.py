@@ -4,11 +4,17 @@ Order, on the last `MAX_RESPONSE_CHARS` characters of a response:
   1. the last complete, non-empty `\\boxed{...}` / `\\fbox{...}` (balanced braces). A box longer than
      `MAX_ANSWER_CHARS` is no answer, and the search stops there: nothing is mined from inside it;
   2. else the last explicit final-answer phrase: `Answer:` (DAPO's format, also `**Answer:**`),
-     `Final answer:`, `The (final) answer is ...`;
+     `Final answer:`, `The (final) answer is ...`, and their common non-English forms (`ANSWER_PHRASES`:
+     `答案：`, `答案是`, `答えは`, `정답은`, `Antwort:`, `Die Antwort ist`, `Réponse :`, `Ответ:`, ...);
   3. else, only under `fallback="final_number"` (a preset opts in): a number that stands alone on the
      last non-empty line, or that follows an "=" at the very end of the response. A response that
      merely restates a question ("What is 2 + 8?") has no such number, so an echo earns nothing.
 There is no "last number anywhere" rule: it pays echoes of the question.
+
+Given the question, a span that reproduces the question's text is an echo, not an answer (`_copied`):
+a box or a phrase with its markup, a final line with its words. A bare number (or "= number") on the
+last line is judged with the line before it: it is an echo when those two lines are question text,
+not when the number merely occurs in the question (a correct "42" is paid though the question says 42).
 
 Both the extracted answer and the reference go through `normalise()` (the `NORMALISERS` table) before
 math-verify parses them, so every convention applies to both sides alike.
@@ -65,22 +71,42 @@ def last_boxed(text: str, question: str = "") -> str | None:
 
 
 def _copied(span: str, question: str) -> bool:
-    """Whether `span` of a response is text of the question (an echo, not an answer)."""
-    return bool(question) and span.strip() in question
+    """Whether `span` of a response is text of the question (an echo, not an answer); runs of
+    whitespace compare equal, so a restated question wrapped differently is still an echo."""
+    return bool(question) and " ".join(span.split()) in " ".join(question.split())
 
 
 # ---------------------------------------------------------------------------------------- phrases
 
-# `Answer: x`, `**Answer:** x`, `Final answer: x`, `The answer is x`, `the final answer is: x`.
+# language: (the word for "answer", the copula of "the answer is"), as regex alternatives. A phrase is
+# `<word>: x` / `<word>：x` or `<word> <copula> x` (`Answer: x`, `**Answer:** x`, `The answer is x`,
+# `the final answer is: x`, `答案：x`, `答案是 x`, `Die Antwort ist x`, `Ответ: x`).
+ANSWER_PHRASES: dict[str, tuple[str, str]] = {
+    "en": (r"\banswer", r"\bis\b"),
+    "zh": (r"答案", r"是|为|為"),
+    "ja": (r"答え", r"は"),
+    "ko": (r"답", r"은|는"),
+    "de": (r"\bantwort", r"\bist\b|\blautet\b"),
+    "fr": (r"\bréponse", r"\best\b"),
+    "es": (r"\brespuesta", r"\bes\b"),
+    "pt": (r"\bresposta", r"\bé(?!\w)"),
+    "it": (r"\brisposta", r"\bè(?!\w)"),
+    "ru": (r"\bответ", r"\bравен\b|\bравно\b"),
+}
 _PHRASE_RE = re.compile(
-    r"(?:final\s+answer|\banswer)\s*(?:\*\*|__)?\s*(?P<sep>[:：]|\bis\b\s*[:：]?)\s*(?:\*\*|__)?(?P<content>[^\n]*)",
+    rf"(?:{'|'.join(w for w, _ in ANSWER_PHRASES.values())})\s*(?:\*\*|__)?\s*"
+    rf"(?P<sep>[:：]|(?:{'|'.join(c for _, c in ANSWER_PHRASES.values())})\s*[:：]?)\s*(?:\*\*|__)?(?P<content>[^\n]*)",
     re.IGNORECASE,
 )
 _MATH_SPANS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 # "the answer is in the form ...": a lowercase word after "is" starts prose, not an answer.
 _PROSE_START = re.compile(r"^[a-z]{2,}\b")
 # After "the answer is", prose may follow the answer: cut at the end of the sentence or a ", because".
-_SENTENCE_END = re.compile(r"\.(?:\s|$)|。|,\s+(?=[A-Za-z]{3,})|;\s|\s+(?:because|since|which|as)\s", re.IGNORECASE)
+# Polite sentence endings (`答えは5です`, `정답은 5입니다`) end it too.
+_SENTENCE_END = re.compile(
+    r"\.(?:\s|$)|。|,\s+(?=[A-Za-z]{3,})|;\s|\s+(?:because|since|which|as)\s|\s*(?:です|である|입니다|이다)",
+    re.IGNORECASE,
+)
 
 
 def _math_span(s: str) -> tuple[str, int] | None:
@@ -124,17 +150,24 @@ def last_answer_phrase(text: str, question: str = "") -> str | None:
 _NUM = r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?"
 _ALONE_RE = re.compile(rf"^(?:\*\*|\$|\\\(|\s)*({_NUM})(?:\*\*|\$|\\\)|\s)*\.?$")
 _AFTER_EQ_RE = re.compile(rf"=\s*\$?\s*({_NUM})\s*\$?\s*\.?\s*$")
+_BARE_EQ_RE = re.compile(rf"^(?:\*\*|\$|\\\(|\s)*{_AFTER_EQ_RE.pattern}")  # `= 42` and nothing before it
 
 
 def final_number(text: str, question: str = "") -> str | None:
-    """A number alone on the last non-empty line, or after an "=" that ends the response (not when
-    that line is copied from `question`)."""
+    """A number alone on the last non-empty line, or after an "=" that ends the response, unless that
+    line is question text: the line itself, or for a bare number (`42`, `= 42`) the line with the one
+    before it, so a number is not refused only because the question contains it."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not lines or _copied(lines[-1], question):
+    if not lines:
         return None
     last = lines[-1]
     m = _ALONE_RE.match(last) or _AFTER_EQ_RE.search(last)
-    return m.group(1) if m else None
+    if m is None:
+        return None
+    bare = _ALONE_RE.match(last) or _BARE_EQ_RE.match(last)
+    if bare and len(lines) == 1:
+        return m.group(1)  # the number and nothing else: an answer, whatever the question contains
+    return None if _copied("\n".join(lines[-2:] if bare else lines[-1:]), question) else m.group(1)
 
 
 def extract_answer(response: str, fallback: Fallback = "none", question: str = "") -> str | None:
