@@ -70,15 +70,3 @@ class PolicyLossProbe:
                 times.append(time.perf_counter() - t0)
             total += statistics.median(times)
         return total
-
-
-def rollout_helper(name: str):
-    """A rollout helper from wherever this tree keeps it (rollout/sampling.py, or rollout/run.py)."""
-    import importlib
-
-    for mod in ("vespo_cli.rollout.sampling", "vespo_cli.rollout.run"):
-        try:
-            return getattr(importlib.import_module(mod), name)
-        except (ImportError, AttributeError):
-            continue
-    raise ImportError(name)

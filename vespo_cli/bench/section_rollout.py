@@ -7,8 +7,8 @@ import os
 import statistics
 import time
 
+from ..rollout.sampling import encode_prompts
 from .machine import GiB
-from .probes import rollout_helper
 from .sizes import sizes
 
 
@@ -28,7 +28,7 @@ def section_rollout(quick: bool) -> dict:
     path = resolve_model(sz["model"])
     tok = load_tokenizer(path)
     problems = load_problems("gsm8k", limit=sz["rollout_prompts"])
-    prompts = rollout_helper("encode_prompts")(tok, problems, PAPER_TEMPLATE, 1024)
+    prompts = encode_prompts(tok, problems, PAPER_TEMPLATE, 1024)
     n, max_tokens = sz["rollout_n"], sz["rollout_tokens"]
     kv = max(n * len(prompts) * (max(map(len, prompts)) + max_tokens) * 64 * 1024, 256 * 2**20)  # generous
     engines = {

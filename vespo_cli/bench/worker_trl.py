@@ -7,8 +7,8 @@ import os
 import tempfile
 import time
 
+from ..rollout.sampling import prompt_chunk
 from .flops import model_shape
-from .probes import rollout_helper
 from .protocol import WorkerSide
 
 TRL_CONFIG = (
@@ -134,7 +134,7 @@ def _dataset(cfg, sz: dict):
     from ..data import build_messages
 
     rounds, per_step = sz["e2e_steps"] + 1, sz["e2e_prompts"]
-    problems = rollout_helper("prompt_chunk")(cfg, 0, per_step * rounds)
+    problems = prompt_chunk(cfg, 0, per_step * rounds)
     return Dataset.from_list([{"prompt": build_messages(p, cfg.data.template), "answer": p.answer} for p in problems])
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from pathlib import Path
 
 from rich.console import Console
@@ -222,7 +221,3 @@ def rollout_follow(
                     break
     finally:
         engine.close()
-
-
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:8]

@@ -9,8 +9,6 @@ from pathlib import Path
 from ..fsio import append_jsonl
 from ..rundir import RunDir
 
-LOGGERS = ("tensorboard", "wandb")
-
 
 class MetricsWriter:
     """Append one record per optimizer step (or eval) to every configured sink."""
