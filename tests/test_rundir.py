@@ -22,6 +22,15 @@ def test_layout_paths():
     assert r.worker_log(rundir.worker_name(1)) == Path("runs/x/logs/worker-w1.log")
     assert (r.done, r.lock) == (Path("runs/x/DONE"), Path("runs/x/.vespo.lock"))
     assert r.checkpoint(5) / rundir.TRAINER_STATE == Path("runs/x/checkpoints/step-5/trainer_state.json")
+    assert r.inputs == Path("runs/x/inputs.json")
+    assert rundir.rollout_inputs(r.rollouts) == Path("runs/x/rollouts/rollout-inputs.json")
+    assert rundir.quarantine(r.rollouts) == Path("runs/x/rollouts/quarantine")
+    ckpt = r.checkpoint(5)
+    assert [ckpt / f for f in (rundir.OPTIM_STATE, rundir.OPTIM_DCP, rundir.MANIFEST)] == [
+        Path("runs/x/checkpoints/step-5/optim.pt"),
+        Path("runs/x/checkpoints/step-5/optim.dcp"),
+        Path("runs/x/checkpoints/step-5/manifest.json"),
+    ]
     assert rundir.default_dir("a-b") == Path("runs/a-b")
 
 

@@ -3,9 +3,13 @@
 ```
 config.yaml                  the resolved config that ran          RunDir.config
 run.json                     mode (sync/replay/async), base model  RunDir.info
+inputs.json                  what the run consumes (resume checks) RunDir.inputs
 metrics.jsonl                one line per optimizer step (+ eval)  RunDir.metrics
 rollouts/v<V>-<worker>-<seq>.parquet   shards                     RunDir.rollouts, shard_name
-checkpoints/step-K/          weights + trainer_state.json          RunDir.checkpoint(K)
+rollouts/rollout-inputs.json the prompt stream of a shard dir      rollout_inputs(dir)
+rollouts/quarantine/         shards that failed validation         quarantine(dir)
+checkpoints/step-K/          weights + trainer_state.json, optim.pt (optim.dcp under FSDP),
+                             manifest.json (sha256s, written last) RunDir.checkpoint(K)
 published/step-K/, LATEST    weights for async workers             RunDir.published_step(K), .latest
 eval/step-K/<bench>/         per_sample.parquet + summary.json     RunDir.eval_dir(K)
 logs/worker-<w>.log          async workers' output                 RunDir.worker_log(w)
@@ -36,7 +40,13 @@ LOGS = "logs"
 TENSORBOARD = "tensorboard"
 DONE = "DONE"
 LOCK = ".vespo.lock"
+INPUTS = "inputs.json"  # mode, batch settings, replay shards' hashes: what a resume must see again
+ROLLOUT_INPUTS = "rollout-inputs.json"  # in a shard directory: the settings its shards were sampled with
+QUARANTINE = "quarantine"  # in a shard directory: shards that failed validation, moved aside
 TRAINER_STATE = "trainer_state.json"  # in a checkpoint: step, rollout iteration, consumed-shard ledger
+OPTIM_STATE = "optim.pt"  # in a checkpoint: optimizer (one process), RNG and LR-schedule state
+OPTIM_DCP = "optim.dcp"  # in a checkpoint under FSDP: the sharded optimizer state (torch DCP)
+MANIFEST = "manifest.json"  # in a checkpoint: the sha256 of every other file, written last
 WEIGHTS_META = "vespo.json"  # next to published or checkpointed weights: {"step", "policy_version"}
 EVAL_SAMPLES = "per_sample.parquet"  # in an eval directory, one per benchmark
 EVAL_SUMMARY = "summary.json"
@@ -69,6 +79,16 @@ def step_dirs(root: str | os.PathLike) -> list[tuple[int, Path]]:
     if not root.is_dir():
         return []
     return sorted((k, p) for p in root.iterdir() if (k := parse_step(p.name)) is not None)
+
+
+def rollout_inputs(shard_dir: str | os.PathLike) -> Path:
+    """`<shard_dir>/rollout-inputs.json`: the sampling settings of the shards in `shard_dir`."""
+    return Path(shard_dir) / ROLLOUT_INPUTS
+
+
+def quarantine(shard_dir: str | os.PathLike) -> Path:
+    """`<shard_dir>/quarantine/`: where shards of `shard_dir` that failed validation are moved."""
+    return Path(shard_dir) / QUARANTINE
 
 
 def worker_name(k: int) -> str:
@@ -115,6 +135,10 @@ class RunDir:
     @property
     def info(self) -> Path:
         return self.root / INFO
+
+    @property
+    def inputs(self) -> Path:
+        return self.root / INPUTS
 
     @property
     def metrics(self) -> Path:

@@ -14,6 +14,7 @@ from .sizes import bench_config, sizes
 
 def _one(mode: str, sz: dict) -> dict:
     from ..fsio import read_jsonl
+    from ..rundir import RunDir
     from ..train import loop
 
     cfg = bench_config(sz, "vllm")
@@ -24,7 +25,7 @@ def _one(mode: str, sz: dict) -> dict:
     t0 = time.perf_counter()
     loop.train(cfg, run_dir, async_=mode == "async")
     total_s = time.perf_counter() - t0
-    recs = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "train"]
+    recs = [r for r in read_jsonl(RunDir(run_dir).metrics) if r.get("kind") == "train"]
     per_step = sz["e2e_prompts"] * sz["e2e_n"]
     # steady state: from the first step's metrics line to the last, (steps - 1) batches of samples
     span = recs[-1]["time"] - recs[0]["time"]

@@ -18,6 +18,7 @@ SETTINGS = ["trainer.staleness=1", "trainer.minibatch_prompts=8", "rollout.max_t
 
 def _train(ranks: int, run_dir: Path, steps: int) -> list[dict]:
     from ..fsio import read_jsonl
+    from ..rundir import RunDir
 
     sets = [a for s in SETTINGS + [f"trainer.steps={steps}"] for a in ("--set", s)]
     args = ["-m", "vespo_cli.cli", "train", "--preset", "tiny", "--out", str(run_dir), *sets]
@@ -28,7 +29,7 @@ def _train(ranks: int, run_dir: Path, steps: int) -> list[dict]:
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(launcher + args, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind", "train") == "train"]
+    return [r for r in read_jsonl(RunDir(run_dir).metrics) if r.get("kind", "train") == "train"]
 
 
 def section_ranks(quick: bool) -> dict:

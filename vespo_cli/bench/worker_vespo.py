@@ -98,11 +98,12 @@ class Pacer:
 
     def _send_step(self, run_dir: Path, t0: float, batch) -> None:
         from ..fsio import read_jsonl
+        from ..rundir import RunDir
 
         end = time.perf_counter()
         self.probe.stop()
         step_s = end - t0
-        rec = read_jsonl(run_dir / "metrics.jsonl")[-1]
+        rec = read_jsonl(RunDir(run_dir).metrics)[-1]
         self.side.send_step(_step_record(rec, batch, run_dir, step_s, end - self.written, self.probe))
 
 

@@ -15,6 +15,7 @@ from ..data import EVAL_SETS, canonical_source, load_problems
 from ..errors import UserError
 from ..prompts import Problem, encode_prompt
 from ..rewards import failure_counts
+from ..seeds import offset_seed
 from .results import summarize, write_eval
 
 
@@ -97,7 +98,7 @@ def run_eval(
 def _chunk_sampling(sampling, index: int):
     """The sampling settings of chunk `index`: its own seed (offset per chunk) when `sampling` has one."""
     if getattr(sampling, "seed", None) is not None:
-        return dataclasses.replace(sampling, seed=sampling.seed + 1_000_003 * index)
+        return dataclasses.replace(sampling, seed=offset_seed(sampling.seed, index))
     return sampling
 
 

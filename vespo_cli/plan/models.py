@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..models import TINY_CONFIG
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -93,19 +94,7 @@ KNOWN_MODELS: dict[str, dict] = {
         tie_word_embeddings=True,
         max_position_embeddings=8192,
     ),
-    "tiny": dict(
-        arch="llama",
-        published=None,
-        hidden_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        intermediate_size=256,
-        vocab_size=49152,
-        tie_word_embeddings=True,
-        max_position_embeddings=1024,
-    ),
+    "tiny": dict(arch="llama", published=None, vocab_size=49152, **TINY_CONFIG),  # its shape: models.py
 }
 # the instruct / base twins share their architecture numbers
 _ALIASES = {

@@ -18,6 +18,7 @@ from rich.console import Console
 from ..errors import UserError
 from ..progress import progress_bar
 from ..rundir import shard_name
+from ..seeds import stream_seed
 from ..shards import read_shard
 from ..train import dist
 from ..train.batch import rows_from_table
@@ -84,7 +85,7 @@ def measure(
     reward = settings["reward"] = "grader" if auto else reward
     stack = contextlib.ExitStack()
     sync = stack.enter_context(sync_sampler(cfg, out, model, tokenizer, base_path))
-    seed, tau = cfg.trainer.seed * 1_000_003, cfg.rollout.temperature
+    seed, tau = stream_seed(cfg.trainer.seed, 0), cfg.rollout.temperature
     s = Session(cfg, model, tokenizer, sync, out, reward, blocks, seed, tau)
     try:
         stale, problems = _behaviour_data(s, shards, prompts, auto, settings)

@@ -20,7 +20,7 @@ from ..progress import progress_bar
 from ..rundir import WEIGHTS_META, RunDir, parse_shard_name, shard_name
 from ..shards import list_shards
 from ..train.inputs import check_rollout_inputs
-from .sampling import open_engine, prompt_chunk, sample_to_shard
+from .sampling import ShardWriter, open_engine, prompt_chunk
 
 console = Console(stderr=True)
 
@@ -71,26 +71,15 @@ def _rollout_locked(
         torch.set_num_threads(cfg.trainer.threads)  # before the engine: vLLM binds threads at start
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
     engine = open_engine(cfg, model_path)
-    run_id = Path(run_dir).name
     t_start, tokens, rewards = time.perf_counter(), 0, []
     try:
         with scorer_for(cfg) as scorer, progress_bar(console) as progress:
+            writer = ShardWriter(engine, tokenizer, scorer, cfg, Path(run_dir).name)
             task = progress.add_task(
                 "rollout", total=len(problems), completed=(len(chunks) - len(todo)) * per_shard, info=""
             )
             for i, chunk in todo:
-                stats = sample_to_shard(
-                    engine,
-                    tokenizer,
-                    scorer,
-                    chunk,
-                    cfg,
-                    policy_version=policy_version,
-                    run_id=run_id,
-                    path=out / shard_name(policy_version, worker, i),
-                    seed=cfg.trainer.seed * 100003 + i,
-                    group_prefix=f"{run_id}/{worker}/{i}",
-                )
+                stats = writer.chunk(chunk, out, policy_version, worker, i)
                 tokens += stats["tokens"]
                 rewards.append(stats["reward_mean"])
                 tps = tokens / (time.perf_counter() - t_start)
@@ -188,28 +177,17 @@ def rollout_follow(
     version = checkpoint_version(path)
     per_shard = cfg.trainer.minibatch_prompts
     seq = _resume_seq(out, worker, k, K)
-    run_id = Path(train_run).name
     written = 0
     try:
         with scorer_for(cfg) as scorer:
+            writer = ShardWriter(engine, tokenizer, scorer, cfg, Path(train_run).name)
             while not run.done.exists() and not _trainer_gone():
                 newest = run.latest_published()
                 if newest is not None and newest != path:
                     engine.load_weights(str(newest))
                     path, version = newest, checkpoint_version(newest)
                 problems = prompt_chunk(cfg, seq * per_shard, per_shard)
-                stats = sample_to_shard(
-                    engine,
-                    tokenizer,
-                    scorer,
-                    problems,
-                    cfg,
-                    policy_version=version,
-                    run_id=run_id,
-                    path=out / shard_name(version, worker, seq),
-                    seed=cfg.trainer.seed * 100003 + seq,
-                    group_prefix=f"{run_id}/{worker}/{seq}",
-                )
+                stats = writer.chunk(problems, out, version, worker, seq)
                 console.print(
                     f"{worker}: shard {seq} v{version} reward {stats['reward_mean']:.3f} "
                     f"{stats['tokens'] / stats['gen_s']:,.0f} tok/s",

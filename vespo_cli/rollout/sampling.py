@@ -8,12 +8,14 @@ import functools
 import os
 import time
 import warnings
+from pathlib import Path
 
 from ..config import Config
 from ..data import Problem, arith_problem, encode_prompt, load_problems
 from ..errors import UserError
 from ..rewards import failure_counts
-from ..rundir import shard_id
+from ..rundir import shard_id, shard_name
+from ..seeds import chunk_seed
 from ..shards import write_shard
 from .base import Engine, Sampling
 
@@ -165,6 +167,41 @@ def sample_to_shard(
         "write_s": write_s,
         "total_s": time.perf_counter() - t0,
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardWriter:
+    """What every shard a stage writes shares: its engine, tokenizer, reward scorer, config and run id."""
+
+    engine: Engine
+    tokenizer: object
+    scorer: object
+    cfg: Config
+    run_id: str
+
+    def write(self, problems: list[Problem], *, version: int, path, seed: int, group: str, first: int = 0) -> dict:
+        """`sample_to_shard` of `problems` sampled by weights `version` into `path`; the prompt groups are
+        named `<run_id>/<group>/...`."""
+        return sample_to_shard(
+            self.engine,
+            self.tokenizer,
+            self.scorer,
+            problems,
+            self.cfg,
+            policy_version=version,
+            run_id=self.run_id,
+            path=path,
+            seed=seed,
+            group_prefix=f"{self.run_id}/{group}",
+            first_prompt=first,
+        )
+
+    def chunk(self, problems: list[Problem], out: Path, version: int, worker: str, k: int) -> dict:
+        """Chunk `k` of the prompt stream, sampled by `worker`, as shard `out/<shard_name>` (seed: chunk_seed)."""
+        path = out / shard_name(version, worker, k)
+        return self.write(
+            problems, version=version, path=path, seed=chunk_seed(self.cfg.trainer.seed, k), group=f"{worker}/{k}"
+        )
 
 
 def is_moe(model_path: str, trust_remote_code: bool = False) -> bool:

@@ -31,10 +31,8 @@ from torch import nn
 
 from ..errors import UserError
 from ..fsio import atomic_dir, atomic_write_json, atomic_write_text
-from ..rundir import STEP_PREFIX, TRAINER_STATE, WEIGHTS_META, RunDir, step_dirs
+from ..rundir import MANIFEST, OPTIM_DCP, OPTIM_STATE, STEP_PREFIX, TRAINER_STATE, WEIGHTS_META, RunDir, step_dirs
 from . import dist
-
-MANIFEST = "manifest.json"
 
 
 def _sha256(path: Path) -> str:
@@ -139,12 +137,12 @@ def save_checkpoint(
         with _space_needed(target, sd), atomic_dir(target) as tmp:
             save_weights(model, tokenizer, tmp, step, state_dict=sd)
             if dist.world_size() > 1:
-                shutil.move(str(staging), tmp / "optim.dcp")
-                torch.save({"rng": _rng_state(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+                shutil.move(str(staging), tmp / OPTIM_DCP)
+                torch.save({"rng": _rng_state(), "scheduler": scheduler.state_dict()}, tmp / OPTIM_STATE)
             else:
                 torch.save(
                     {"optimizer": optimizer.state_dict(), "rng": _rng_state(), "scheduler": scheduler.state_dict()},
-                    tmp / "optim.pt",
+                    tmp / OPTIM_STATE,
                 )
             (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
             write_manifest(tmp)
@@ -227,7 +225,7 @@ def load_trainer_state(ckpt: Path) -> dict:
 
 def load_optimizer(ckpt: Path, model: nn.Module, optimizer, scheduler) -> None:
     """Restore optimizer, LR schedule and RNG state (weights_only=True: tensors and plain data only)."""
-    path = ckpt / "optim.pt"
+    path = ckpt / OPTIM_STATE
     try:
         with warnings.catch_warnings():  # "Detected pickle protocol ..." for a foreign pickle
             warnings.simplefilter("ignore", UserWarning)
@@ -244,7 +242,7 @@ def load_optimizer(ckpt: Path, model: nn.Module, optimizer, scheduler) -> None:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
         osd = {"optim": get_optimizer_state_dict(model, optimizer)}
-        dcp.load(osd, checkpoint_id=str(ckpt / "optim.dcp"))
+        dcp.load(osd, checkpoint_id=str(ckpt / OPTIM_DCP))
         set_optimizer_state_dict(model, optimizer, osd["optim"])
     else:
         optimizer.load_state_dict(blob["optimizer"])

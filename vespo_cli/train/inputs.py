@@ -28,10 +28,9 @@ import pyarrow.parquet as pq
 from ..config import Config
 from ..errors import UserError
 from ..fsio import atomic_write_json
+from ..rundir import INPUTS, ROLLOUT_INPUTS, RunDir, rollout_inputs
 from ..shards import HASH_KEY, list_shards, read_shard, shard_hash
 
-INPUTS = "inputs.json"
-ROLLOUT_INPUTS = "rollout-inputs.json"
 VERSION = 1
 
 _SETTINGS: dict[str, Callable[[Config], object]] = {  # config key → value (what config.yaml says)
@@ -88,13 +87,13 @@ def record_inputs(run_dir: str | os.PathLike, cfg: Config, mode: str, replay: st
         "settings": settings(cfg),
         "replay": _replay_record(Path(replay)) if replay is not None else None,
     }
-    atomic_write_json(Path(run_dir) / INPUTS, rec)
+    atomic_write_json(RunDir(run_dir).inputs, rec)
     return rec
 
 
 def read_inputs(run_dir: str | os.PathLike) -> dict | None:
     """The recorded inputs (None when the run has none: it started before vespo recorded them)."""
-    path = Path(run_dir) / INPUTS
+    path = RunDir(run_dir).inputs
     try:
         rec = json.loads(path.read_bytes())
     except FileNotFoundError:
@@ -203,7 +202,7 @@ def check_rollout_inputs(out: str | os.PathLike, cfg: Config) -> None:
     """`vespo rollout` into `out`: refuse when its shards were sampled with another batch size, n or
     prompt stream (`rollout-inputs.json` beside them); record the settings for a new directory."""
     out = Path(out)
-    path = out / ROLLOUT_INPUTS
+    path = rollout_inputs(out)
     now = settings(cfg, _ROLLOUT_SETTINGS)
     try:
         then = json.loads(path.read_bytes())

@@ -29,6 +29,7 @@ from ..errors import UserError
 from ..objectives import group_advantages
 from ..progress import progress_bar
 from ..rundir import RunDir
+from ..seeds import stream_seed
 from . import dist
 from .batch import Rows, reward_failures, split_minibatches
 from .checkpoint import publish_weights, save_checkpoint
@@ -219,7 +220,7 @@ def _train_on_batch(tr: Trainer, batch: RolloutBatch, progress, task) -> dict:
     t, state, rows = tr.cfg.trainer, tr.state, batch.rows
     advantages = group_advantages(rows.rewards, rows.group_ids).float()
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(t.seed * 1_000_003 + batch.iteration)
+    gen = torch.Generator().manual_seed(stream_seed(t.seed, batch.iteration))
     minibatches = split_minibatches(rows.group_ids, t.staleness, gen)
     world, rank = dist.world_size(), dist.rank()
     mine = [mb[rank::world] for mb in minibatches]  # data parallel: each rank a slice of every minibatch

@@ -29,33 +29,20 @@ class Sampler:
 def sync_sampler(cfg: Config, run_dir: Path, model, tokenizer, model_path: str) -> Iterator[Sampler]:
     """The sampler of a sync run in `run_dir`, its engine and reward scorer open until the block exits."""
     from ..rewards import scorer_for
-    from ..rollout.sampling import sample_to_shard, trainer_engine
+    from ..rollout.sampling import ShardWriter, trainer_engine
 
     engine, shared = trainer_engine(cfg, model, tokenizer, model_path, dist.world_size())
     publish = (lambda: None) if shared else (lambda: engine.load_state_dict(dist.full_state_dict(model, True)))
-    run_id = Path(run_dir).name
     with contextlib.ExitStack() as stack:
         stack.callback(engine.close)
-        scorer = stack.enter_context(scorer_for(cfg))
+        writer = ShardWriter(engine, tokenizer, stack.enter_context(scorer_for(cfg)), cfg, Path(run_dir).name)
 
         def sample(problems, version, path, seed, iteration, first: int = 0) -> dict:
             """Prompts first.. of rollout batch `iteration` into the shard `path` (None: generate only,
             on a tensor-parallel engine's rank that is not its group's leader)."""
             was_training = model.training
             model.eval()
-            stats = sample_to_shard(
-                engine,
-                tokenizer,
-                scorer,
-                problems,
-                cfg,
-                policy_version=version,
-                run_id=run_id,
-                path=path,
-                seed=seed,
-                group_prefix=f"{run_id}/{iteration}",
-                first_prompt=first,
-            )
+            stats = writer.write(problems, version=version, path=path, seed=seed, group=str(iteration), first=first)
             model.train(was_training)
             return stats
 

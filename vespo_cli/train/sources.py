@@ -24,7 +24,8 @@ from rich.console import Console
 from ..config import Config
 from ..errors import UserError
 from ..rollout.groups import EngineGroup, engine_group
-from ..rundir import RunDir, parse_shard_name, shard_name
+from ..rundir import RunDir, parse_shard_name, quarantine, shard_name
+from ..seeds import chunk_seed
 from ..shards import ShardError, follow, list_shards, read_shard, shard_hash
 from . import dist
 from .batch import Rows, rows_from_table
@@ -46,11 +47,6 @@ class RolloutBatch:
     rollout_s_max: float = 0.0  # sync: the slowest rank's sampling (rollout_s is the ranks' mean)
     rollout_workers: int = 0  # engines that sampled the batch (sync: ranks; async: workers; replay: 0)
     rollout_wall_s: float = 0.0  # this process's wall time from asking for the batch to holding it
-
-
-def sync_seed(cfg: Config, iteration: int) -> int:
-    """The sampling seed of rollout batch `iteration` (the async workers' seq plays the same role)."""
-    return cfg.trainer.seed * 100003 + iteration
 
 
 def rollout_group(cfg: Config) -> EngineGroup:
@@ -103,7 +99,7 @@ def sync_batches(cfg: Config, run_dir: Path, state: dict, sampler: Callable, voc
         if mine[2] > mine[1] and not mine[0].exists():
             path, lo, hi = mine
             problems = prompt_chunk(cfg, i * gbs + lo, hi - lo)
-            stats = sampler(problems, version, path if leader else None, sync_seed(cfg, i), i, lo)
+            stats = sampler(problems, version, path if leader else None, chunk_seed(cfg.trainer.seed, i), i, lo)
             own = {"sample_s": time.perf_counter() - t0, "write_s": stats.get("write_s", 0.0)}
         total, peak = dist.sum_and_max([own["sample_s"]])  # also the barrier: every part is written
         t1 = time.perf_counter()
@@ -255,7 +251,7 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_
 def _quarantine(path: Path, error: ShardError) -> None:
     """Move a shard that failed validation to rollouts/quarantine/ (another reader may have moved it)."""
     console.print(f"[yellow]quarantined[/] {error}", highlight=False)
-    quarantine = path.parent / "quarantine"
-    quarantine.mkdir(exist_ok=True)
+    aside = quarantine(path.parent)
+    aside.mkdir(exist_ok=True)
     with contextlib.suppress(OSError):
-        os.replace(path, quarantine / path.name)
+        os.replace(path, aside / path.name)
