@@ -1,4 +1,4 @@
-"""Objectives (ALGORITHMS.md): closed forms, an independent autograd reference of every equation,
+"""Objectives (docs/objectives.md): closed forms, an independent autograd reference of every equation,
 on-policy equivalence, gradient accumulation, mismatch correction, ablations, numerics.
 
 Expected values are computed here from the spec's formulas, never pasted. The library computes each
@@ -39,7 +39,7 @@ PRESETS = Path(__file__).resolve().parents[1] / "presets" / "algorithms"
 def ref_loss(
     name, logp, old, adv, mask, rollout=None, correction=None, cap=2.0, num_tokens=None, num_seqs=None, **params
 ):
-    """ALGORITHMS.md, line by line, with autograd."""
+    """docs/objectives.md, line by line, with autograd."""
     p = {**OBJECTIVE_DEFAULTS[name], **params}
     m = mask.to(logp.dtype)
     A = adv[:, None]

@@ -1,4 +1,4 @@
-"""MoE routing capture and replay (R2, ALGORITHMS.md "Routing replay") for HF transformers models.
+"""MoE routing capture and replay (R2, docs/objectives.md "Routing replay") for HF transformers models.
 
 The rollout engine records, for every response token, the experts its logits were computed with;
 the trainer forces the same experts when it recomputes log-probabilities, so that old_logp and

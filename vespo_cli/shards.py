@@ -1,4 +1,4 @@
-"""Rollout shards: the parquet contract between stages (DESIGN.md "Shards").
+"""Rollout shards: the parquet contract between stages (docs/shards.md).
 
 One file = one slice of a rollout batch, one row per sampled response. Files are written to a
 hidden temporary name and renamed, so a reader never sees a half shard. The reader validates the

@@ -60,7 +60,7 @@ def loss_times() -> dict:
 
 
 def sapo_plain(lp, old, m, adv, tau_pos: float = 1.0, tau_neg: float = 1.05):
-    """SAPO written the obvious way (ALGORITHMS.md), value and gradient by autograd."""
+    """SAPO written the obvious way (docs/objectives.md), value and gradient by autograd."""
     delta = (lp - old) * m
     tau = torch.where(adv > 0, tau_pos, tau_neg)[:, None]
     gate = torch.sigmoid(tau * (torch.exp(delta.clamp(-20, 20)) - 1)) * 4 / tau

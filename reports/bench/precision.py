@@ -7,7 +7,7 @@ Samples `--prompts` gsm8k prompts × 8 with the vLLM engine (bf16, SmolLM2-135M,
 then, for each policy (fp32; fp32 masters + bf16 autocast; fp32 masters + bf16 params), computes
 the trainer's log-probs of those tokens and the gradient of one VESPO step on them:
   vs_engine   mean and max |logp_trainer − logp_vLLM| per token, and the mismatch KL estimate
-              mean(logp_trainer − logp_vLLM) (ALGORITHMS.md "Metrics"), what `algorithm.correction` corrects;
+              mean(logp_trainer − logp_vLLM) (docs/objectives.md "Metrics"), what `algorithm.correction` corrects;
   vs_fp32     mean |Δ logp| against the fp32 policy, and the gradient's cosine similarity and
               relative L2 error against the fp32 gradient.
 """

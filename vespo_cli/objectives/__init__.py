@@ -1,4 +1,4 @@
-"""Policy objectives: one pure function per objective, registered by name (spec: ALGORITHMS.md).
+"""Policy objectives: one pure function per objective, registered by name (equations and sources: docs/objectives.md).
 
     loss, metrics = policy_loss("vespo", logp, old_logp, advantages, mask,
                                 rollout_logp=None, correction=None, num_tokens=None, num_seqs=None,

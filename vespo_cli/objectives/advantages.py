@@ -1,4 +1,4 @@
-"""GRPO group-normalised advantages (ALGORITHMS.md "Advantages")."""
+"""GRPO group-normalised advantages (docs/objectives.md "Advantages")."""
 
 from __future__ import annotations
 

@@ -225,7 +225,7 @@ def _drift_metrics(log_ratio: Tensor, nonempty: Tensor) -> dict[str, Tensor]:
 
 
 def _metrics(t: Tokens, out: Reshaped) -> dict[str, Tensor]:
-    """Common metrics (ALGORITHMS.md "Metrics") over response tokens / non-empty sequences: |Δ| mean
+    """Common metrics (docs/objectives.md "Metrics") over response tokens / non-empty sequences: |Δ| mean
     and max, log W mean and max, ESS (Σw)²/(Σw²)/n of the sequence weights, clip fraction.
     An empty batch gives zeros."""
     n_tok = t.lengths.sum()

@@ -1,6 +1,6 @@
 """The objectives, side by side: one params model and one function each, registered by name
-(ALGORITHMS.md). Each maps a detached microbatch (`Tokens`) to its per-token loss and gradient
-coefficient (`Reshaped`); `loss.policy_loss` does the rest."""
+(docs/objectives.md: the equations and their sources). Each maps a detached microbatch (`Tokens`) to
+its per-token loss and gradient coefficient (`Reshaped`); `loss.policy_loss` does the rest."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class VespoParams(ObjectiveParams):
 
 @register("vespo", "token-mean", VespoParams, sequence_correction=True)
 def vespo(t: Tokens, *, c1_pos, c2_pos, c1_neg, c2_neg, length_norm) -> Reshaped:
-    """VESPO (ALGORITHMS.md "VESPO"): ℓ_i = clamp(Σ_t m·clamp(Δ_t, ±20) [+ Σ_t m·clamp(ln w_t, ln 1e-8, 20)],
+    """VESPO (docs/objectives.md "VESPO"): ℓ_i = clamp(Σ_t m·clamp(Δ_t, ±20) [+ Σ_t m·clamp(ln w_t, ln 1e-8, 20)],
     ln 1e-8, 20), divided first by √T_i or T_i for the length_norm ablation; W_i = exp(ℓ_i);
     (c1, c2) = (c1_pos, c2_pos) if A_i ≥ 0 else (c1_neg, c2_neg); φ_i = W^c1·exp(c2(1−W)), detached;
     loss_{i,t} = −φ_i·A_i·logp_t. With a correction the sequence log-weight is clamped once, after
@@ -77,7 +77,7 @@ class GrpoParams(ObjectiveParams):
 
 @register("grpo", "token-mean", GrpoParams)
 def grpo(t: Tokens, *, eps_low, eps_high, dual_clip) -> Reshaped:
-    """GRPO/DAPO (ALGORITHMS.md "GRPO / DAPO"): r_t = exp(Δ_t), loss = −min(r·A, clip(r, 1−ε_low, 1+ε_high)·A);
+    """GRPO/DAPO (docs/objectives.md "GRPO / DAPO"): r_t = exp(Δ_t), loss = −min(r·A, clip(r, 1−ε_low, 1+ε_high)·A);
     dual clip for A < 0: loss = min(loss, −c·A), c = dual_clip (null: none). Computed as
     −A·exp(clamp(Δ, lo, hi)), whose gradient is −A·r·∇logp inside the bounds and 0 outside."""
     lo, hi = log_clip_bounds(t.adv, 1.0 - eps_low, 1.0 + eps_high, dual_clip or math.inf)
@@ -100,7 +100,7 @@ class GspoParams(ObjectiveParams):
 
 @register("gspo", "seq-mean-token-mean", GspoParams)
 def gspo(t: Tokens, *, eps_low, eps_high) -> Reshaped:
-    """GSPO (ALGORITHMS.md "GSPO"): s_i = exp(min(Σ_t m Δ_t / T_i, 10)); token form
+    """GSPO (docs/objectives.md "GSPO"): s_i = exp(min(Σ_t m Δ_t / T_i, 10)); token form
     s_{i,t} = sg[s_i]·exp(logp_t − sg[logp_t]) (value s_i, gradient s_i·∇logp_t);
     loss = −min(s_{i,t}·A, clip(s_{i,t}, 1−ε_low, 1+ε_high)·A) (per sequence: all [B, 1])."""
     log_s = (t.delta.sum(-1) / t.lengths.clamp(min=1.0)).clamp(max=10.0)[:, None]
@@ -122,7 +122,7 @@ class SapoParams(ObjectiveParams):
 
 @register("sapo", "seq-mean-token-mean", SapoParams)
 def sapo(t: Tokens, *, tau_pos, tau_neg) -> Reshaped:
-    """SAPO (ALGORITHMS.md "SAPO"): τ = τ_pos if A > 0 else τ_neg, gate_t = σ(τ(r_t − 1))·4/τ,
+    """SAPO (docs/objectives.md "SAPO"): τ = τ_pos if A > 0 else τ_neg, gate_t = σ(τ(r_t − 1))·4/τ,
     loss = −gate_t·A; gradient −A·4σ'(τ(r−1))·r_t·∇logp_t (= −A·∇logp_t at r = 1)."""
     tau = select(t.adv > 0, tau_pos, tau_neg, t.adv.dtype)[:, None]
     r = ratio(t.delta)
@@ -143,7 +143,7 @@ class CispoParams(ObjectiveParams):
 
 @register("cispo", "token-mean", CispoParams)
 def cispo(t: Tokens, *, eps_low, eps_high) -> Reshaped:
-    """CISPO (ALGORITHMS.md "CISPO"): loss = −sg[clip(r_t, 1−ε_low, 1+ε_high)]·A·logp_t."""
+    """CISPO (docs/objectives.md "CISPO"): loss = −sg[clip(r_t, 1−ε_low, 1+ε_high)]·A·logp_t."""
     log_hi = min(math.log1p(eps_high), MAX_LOG)
     log_lo = math.log(1.0 - eps_low) if eps_low < 1.0 else -MAX_LOG
     d = t.delta.clamp(log_lo, log_hi)
@@ -159,7 +159,7 @@ class ToprParams(ObjectiveParams):
 
 @register("topr", "token-mean", ToprParams)
 def topr(t: Tokens) -> Reshaped:
-    """TOPR (ALGORITHMS.md "TOPR"): weight_i = 1 if A_i ≥ 0 else sg[clip(R_i, 0, 1)], R_i = exp(Σ_t m Δ_t);
+    """TOPR (docs/objectives.md "TOPR"): weight_i = 1 if A_i ≥ 0 else sg[clip(R_i, 0, 1)], R_i = exp(Σ_t m Δ_t);
     loss = −weight_i·A_i·logp_t."""
     log_r = t.delta.sum(-1)
     tapered = (t.adv < 0) & (log_r < 0)

@@ -10,7 +10,7 @@ from ..errors import UserError
 from .memory import format_memory, memory_plan
 from .models import model_shape
 
-# The paper's protocol (ALGORITHMS.md, "Paper protocol"): what the paper presets must match.
+# The paper's protocol (docs/paper.md, "The protocol"): what the paper presets must match.
 PAPER_PROTOCOL: dict[str, object] = {
     "data.train": "dapo-math-17k",
     "data.template": PAPER_TEMPLATE,
@@ -74,7 +74,7 @@ def protocol_summary(cfg: Config) -> list[str]:
         return []
     dev = protocol_deviations(cfg)
     return (
-        ["the paper's (ALGORITHMS.md, Paper protocol), no deviation"]
+        ["the paper's (docs/paper.md, the protocol), no deviation"]
         if not dev
         else ["deviates from the paper's:"] + [f"  - {d}" for d in dev]
     )

@@ -1,6 +1,6 @@
 """Rollout with vLLM in-process (CPU backend on laptops, CUDA on GPUs).
 
-Traps handled here (see ENV.md, "vLLM on CPU"):
+Traps handled here (each met on vLLM's CPU backend):
   * the engine must run in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so weights can be pushed;
   * a KV cache size is required on CPU (`kv_cache_memory_bytes`);
   * engine creation seeds the global RNGs and replaces `torch.set_num_threads` with a no-op: the

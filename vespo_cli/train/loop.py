@@ -1,4 +1,4 @@
-"""`vespo train`: rollout batches → N minibatch updates, in three regimes (DESIGN.md, training semantics).
+"""`vespo train`: rollout batches → N minibatch updates, in three regimes (docs/training.md).
 
 * sync (default): sample gbs prompts × n with the current weights (written as shards), recompute
   old_logp once for the whole batch, take N = gbs/mbs optimizer steps, publish the weights.

@@ -1,5 +1,5 @@
 """The sync loop's sampler: an engine on every sampling rank that follows the trainer's weights
-(DESIGN.md, training semantics; sources.sync_batches gives each its share of a rollout batch).
+(docs/training.md "Three regimes"; sources.sync_batches gives each its share of a rollout batch).
 
 After each batch every engine takes the new weights (`publish`): the FSDP shards gathered on every
 rank (a tensor-parallel engine's ranks each take the whole weights and keep their slice), a

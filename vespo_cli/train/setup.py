@@ -1,5 +1,6 @@
 """Starting or resuming a training run: its regime, the run directory (lock, config.yaml, run.json),
-the model, optimizer and trainer state, restored from the newest verified checkpoint (DESIGN.md, resume).
+the model, optimizer and trainer state, restored from the newest verified checkpoint
+(docs/training.md "Checkpoints and resume").
 
 Behaviour on resume: a run is what its run.json and config.yaml say; metrics lines past the restored
 step are dropped (they are recomputed)."""

@@ -1,4 +1,4 @@
-"""Where the trainer's rollout batches come from (DESIGN.md, training semantics): a generator per regime.
+"""Where the trainer's rollout batches come from (docs/training.md "Three regimes"): a generator per regime.
 
 * `sync_batches`: batch i sampled with the current weights (its shard reused after a resume).
 * `replay_batches`: existing shards in name order, cut into batches of whole prompt groups.

@@ -1,4 +1,4 @@
-"""One optimizer step (DESIGN.md, training semantics): the proximal log-probs of a rollout batch, and a
+"""One optimizer step (docs/training.md "One optimizer step"): the proximal log-probs of a rollout batch, and a
 minibatch's exact gradient accumulation over token-budget microbatches, clip, and a skip on a
 non-finite gradient. Phase times (forward, backward, optimizer) are summed into the step's metrics."""
 
