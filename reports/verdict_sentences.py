@@ -1,6 +1,6 @@
 """Print a report's verdict rows as sentences (what README.md's result sentences copy, word for word).
 
-    python reports/verdict_sentences.py reports/cpu-staleness/summary.json
+python reports/verdict_sentences.py reports/cpu-staleness/summary.json
 """
 
 from __future__ import annotations
