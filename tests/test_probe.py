@@ -1,5 +1,8 @@
 """`vespo probe`: the per-group gradients (K = 0 identity, agreement with the trainer's autograd), the
-sketch's error bound, the bootstrap's coverage, one-line errors, and the `--quick` run end to end."""
+sketch's error bound, the BCa bootstrap (exact cases, coverage, p-values), the disattenuated cosine and
+the K = 0 calibration on synthetic gradients with known truth, the judged report text, one-line errors,
+the `--age` flag and its deprecated alias, and the `--quick` run end to end (the K = 0 calibration on
+the tiny model)."""
 
 from __future__ import annotations
 
@@ -9,14 +12,19 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from vespo_cli.cli import app
 from vespo_cli.config import load_config
 from vespo_cli.objectives import policy_loss
-from vespo_cli.probe.bootstrap import Gram, resample_counts, summarize
+from vespo_cli.probe.bootstrap import Gram, acceleration, bca, jackknife_counts, resample_counts
+from vespo_cli.probe.figures import figures
 from vespo_cli.probe.gradients import Batch, batch_sketches, drift_stats, gradient_subset, objective_params
-from vespo_cli.probe.report import REQUIRED, finite_record, reading
+from vespo_cli.probe.judge import judge, prompts_to_resolve
+from vespo_cli.probe.reading import calibration_lines, floor_lines, leave_lines
+from vespo_cli.probe.report import JUDGED, REQUIRED, finite_record
 from vespo_cli.probe.sketch import CountSketch, cosine_error_bound
 from vespo_cli.train.batch import Rows, make_microbatch
 from vespo_cli.train.forward import token_logprobs
@@ -187,11 +195,62 @@ def test_gram_quadratic_forms_are_the_resampled_sums():
     assert np.isnan(Gram({"a": a, "z": torch.zeros(5, 7)}).cosine("a", "z", counts)).all()
 
 
-def test_bootstrap_interval_covers_the_true_cosine():
+def test_sibling_copies_replace_repeated_noise_in_squared_norms():
+    """Gram (4): with a sibling, a resample's squared norm counts group g's own noise w_g times and
+    ⟨x_g, x′_g⟩ for the other w_g² − w_g copy pairs; rows of 0/1 counts are untouched."""
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(3, 5, generator=gen, dtype=torch.float64), torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    plain, sib = Gram({"x": x, "y": y}), Gram({"x": x, "y": y}, {"x": "y"})
+    w = np.array([[1.0, 1, 1], [0, 1, 1], [2, 0, 1], [0, 0, 3]])
+    want = [float((torch.tensor(r) @ x).norm() ** 2) for r in w]
+    assert plain.inner("x", "x", w) == pytest.approx(want, rel=1e-12)
+    corr = [0.0, 0.0, 2 * float(x[0] @ y[0] - x[0] @ x[0]), 6 * float(x[2] @ y[2] - x[2] @ x[2])]
+    assert sib.inner("x", "x", w) == pytest.approx(np.add(want, corr), rel=1e-12)
+    assert sib.inner("y", "y", w)[:2] == pytest.approx(plain.inner("y", "y", w)[:2], rel=1e-12)
+    assert sib.inner("x", "y", w) == pytest.approx(plain.inner("x", "y", w), rel=1e-12)  # two draws: unchanged
+    assert jackknife_counts(3).tolist() == [[0, 1, 1], [1, 0, 1], [1, 1, 0]]
+
+
+def test_bca_without_bias_or_skew_is_the_percentile_interval():
+    """z₀ = 0 (the point is the median of the resamples) and a = 0 (symmetric jackknife): (3) gives
+    α̃ = α, the percentile interval, and the p-value of the point itself is 1."""
+    boot = np.arange(-50.0, 51.0)
+    boot = boot[boot != 0]
+    samples = np.concatenate([[0.0], boot])
+    jack = np.array([-1.0, 0.0, 1.0])
+    assert acceleration(jack) == 0.0
+    e = bca(samples, jack)
+    assert (e.low, e.high) == tuple(np.quantile(boot, [0.025, 0.975]))
+    assert e.point == 0.0 and e.p == 1.0 and e.se == pytest.approx(float(boot.std(ddof=1)))
+    assert np.isnan(bca(np.array([1.0, np.nan, np.nan]), jack).low)
+
+
+def test_acceleration_is_the_jackknife_skewness_formula():
+    """(2) on jackknife values 0, 0, 3: θ̄ = 1, d = (1, 1, −2), Σd³ = −6, Σd² = 6: a = −6 / (6 · 6^1.5)."""
+    assert acceleration(np.array([0.0, 0.0, 3.0])) == pytest.approx(-(6**-1.5), rel=1e-12)
+    assert acceleration(np.array([1.0, np.nan])) == 0.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.floats(-1.0, 1.0), st.floats(0.2, 3.0))
+def test_bca_pvalue_agrees_with_the_interval(seed, shift, skew):
+    """The p-value inverts (3): p < 0.05 exactly when the 95% interval excludes 0, away from the
+    boundary by the interpolation of the empirical quantiles."""
+    rng = np.random.default_rng(seed)
+    boot = shift + rng.gamma(skew, 1.0, 999) - skew
+    jack = shift + rng.gamma(skew, 1.0, 20) - skew
+    e = bca(np.concatenate([[shift], boot]), jack)
+    assert e.low <= e.high
+    if e.p < 0.045:
+        assert not e.low <= 0.0 <= e.high
+    if e.p > 0.055:
+        assert e.low <= 0.0 <= e.high
+
+
+def test_bca_interval_covers_the_true_cosine_with_the_point_inside():
     """Synthetic groups a_g = μ_a + noise, b_g = μ_b + noise with cos(μ_a, μ_b) = 0.6 known: the 95%
-    interval of cos(Σa, Σb) covers 0.6 in one case, and in 90–98% of 300 independent cases (the
-    percentile interval runs a little under 95% at 60 groups: 0.92 here, as percentile intervals
-    of a nonlinear statistic do at small n)."""
+    BCa interval of cos(Σa, Σb) holds its point in every case and covers 0.6 in 90–98% of 300
+    independent cases (0.93 here)."""
     d, groups = 4, 60
     mu_a = np.array([1.0, 0.0, 0.0, 0.0])
     mu_b = np.array([0.6, 0.8, 0.0, 0.0])
@@ -201,54 +260,142 @@ def test_bootstrap_interval_covers_the_true_cosine():
         a = mu_a + 0.5 * rng.standard_normal((groups, d))
         b = mu_b + 0.5 * rng.standard_normal((groups, d))
         gram = Gram({"a": torch.from_numpy(a), "b": torch.from_numpy(b)})
-        point, lo, hi = summarize(gram.cosine("a", "b", resample_counts(groups, 500, seed=rep)))
-        assert lo <= point <= hi
-        if rep == 0:
-            assert lo < 0.6 < hi
-        covered.append(lo <= 0.6 <= hi)
+        boot = gram.cosine("a", "b", resample_counts(groups, 500, seed=rep))
+        e = bca(boot, gram.cosine("a", "b", jackknife_counts(groups)))
+        assert e.low <= e.point <= e.high
+        covered.append(e.low <= 0.6 <= e.high)
     assert 0.90 <= np.mean(covered) <= 0.98
 
 
-def test_reading_names_where_an_objective_falls_below_the_noise_floor():
-    def rec(o, k, cos, lo, hi):
-        return {
-            "objective": o,
-            "staleness": k,
-            "cosine": cos,
-            "cosine_low": lo,
-            "cosine_high": hi,
-            "noise_floor": 0.5,
-            "noise_floor_low": 0.4,
-            "noise_floor_high": 0.6,
-            "cosine_pg": 0.3,
-            "norm_ratio": 1.0,
-            "ess": 0.5,
-        }
+def _study(groups: int, mu_stale: np.ndarray, rho_fresh: float, rho_stale: float, seed: int) -> dict:
+    """One synthetic probe record: per-group gradients (dimension 200) of two stale draws with mean
+    mu_stale and two fresh draws with mean e₁, noise set so the reliabilities of the sums of `groups`
+    groups are rho_stale and rho_fresh (ρ = G|μ|² / (G|μ|² + dσ²)), the reference = the fresh draws."""
+    from vespo_cli.probe.figures import siblings
 
-    lines = reading(
+    d = 200
+    rng = np.random.default_rng(seed)
+    e1 = np.eye(d)[0]
+
+    def sigma(rho, mu):
+        return math.sqrt(groups * float(mu @ mu) * (1 - rho) / rho / d)
+
+    series = {
+        f"{h}/x": mu + sigma(rho, mu) * rng.standard_normal((groups, d))
+        for h, mu, rho in (
+            ("stale", mu_stale, rho_stale),
+            ("redraw", mu_stale, rho_stale),
+            ("a", e1, rho_fresh),
+            ("b", e1, rho_fresh),
+        )
+    }
+    series["a/pg"], series["b/pg"] = series["a/x"], series["b/x"]
+    gram = Gram({k: torch.from_numpy(v) for k, v in series.items()}, siblings(["x"]))
+    return figures(gram, resample_counts(groups, 300, seed), jackknife_counts(groups), "x")
+
+
+def test_disattenuated_cosine_recovers_the_cosine_of_the_expected_gradients():
+    """cos(μ_S, μ_F) = 0.6, reliabilities ρ_F = 0.5 and ρ_S = 0.3 (a noisier stale estimator): the raw
+    cosine is attenuated to about 0.6 · √0.15 = 0.23, the floors estimate the reliabilities, and the
+    disattenuated cosine (figures.py (D)) is 0.6 on average; its interval holds the truth and the
+    gap is resolved below 0 in a good share of 80 studies of 40 prompts."""
+    mu_s = 0.6 * np.eye(200)[0] + 0.8 * np.eye(200)[1]
+    recs = [_study(40, mu_s, 0.5, 0.3, seed) for seed in range(80)]
+    mean = {k: np.mean([r[k] for r in recs]) for k in ("cosine", "noise_floor", "floor_stale", "cosine_disattenuated")}
+    assert mean["cosine"] == pytest.approx(0.6 * math.sqrt(0.15), abs=0.02)
+    assert (mean["noise_floor"], mean["floor_stale"]) == (pytest.approx(0.5, abs=0.02), pytest.approx(0.3, abs=0.02))
+    assert mean["cosine_disattenuated"] == pytest.approx(0.6, abs=0.03)
+    assert np.mean([r["cosine_disattenuated_low"] <= 0.6 <= r["cosine_disattenuated_high"] for r in recs]) >= 0.9
+    assert np.mean([r["noise_floor_low"] <= 0.5 <= r["noise_floor_high"] for r in recs]) >= 0.9
+    assert all(r[f"{k}_low"] <= r[k] <= r[f"{k}_high"] for r in recs for k in ("gap", "noise_floor", "floor_stale"))
+    assert np.mean([r["gap_p"] < 0.05 and r["gap"] < 0 for r in recs]) > 0.3
+
+
+def test_calibration_false_alarm_rate_is_at_most_the_level():
+    """K = 0 in miniature: the stale draws are fresh draws (μ_S = μ_F, ρ_S = ρ_F = 0.5): the gap's
+    two-sided test at 0.05 rejects in at most 5% of 100 studies of 24 prompts (the paired BCa test is
+    conservative here: the bootstrap over-disperses the noise × noise part of a cross inner product),
+    the disattenuated cosine is 1 on average, and the floors' intervals hold the true 0.5."""
+    recs = [_study(24, np.eye(200)[0], 0.5, 0.5, 1000 + seed) for seed in range(100)]
+    assert np.mean([r["gap_p"] < 0.05 for r in recs]) <= 0.05
+    assert np.mean([r["cosine_disattenuated"] for r in recs]) == pytest.approx(1.0, abs=0.03)
+    assert np.mean([r["noise_floor_low"] <= 0.5 <= r["noise_floor_high"] for r in recs]) >= 0.93
+
+
+def test_prompts_to_resolve_scales_the_standard_error():
+    """n' = n (z s / f)²: 24 · (1.960 · 0.2 / 0.26)² = 54.56 → 55; a floor ≤ 0 is never resolved."""
+    assert prompts_to_resolve(0.26, 0.2, 24) == 55
+    assert prompts_to_resolve(-0.03, 0.2, 24) is None and prompts_to_resolve(float("nan"), 0.2, 24) is None
+    assert prompts_to_resolve(0.9, 0.01, 24) == 2
+
+
+def _rec(o, k, gap, p, floor_low=0.2, **extra):
+    return {
+        "objective": o,
+        "staleness": k,
+        "groups": 24,
+        "cosine": 0.5 + gap,
+        "floor_joint": 0.5,
+        "gap": gap,
+        "gap_low": gap - 0.1,
+        "gap_high": gap + 0.1,
+        "gap_p": p,
+        "noise_floor": 0.5,
+        "noise_floor_low": floor_low,
+        "noise_floor_se": 0.1,
+        "floor_stale": 0.5,
+        "floor_stale_low": 0.2,
+        "floor_stale_se": 0.1,
+        "cosine_disattenuated": 1 + 2 * gap,
+        "cosine_disattenuated_low": 1 + 2 * gap - 0.2,
+        "cosine_disattenuated_high": 1 + 2 * gap + 0.2,
+        "cosine_pg": 0.3,
+        "norm_ratio": 1.0,
+        "ess": 0.5,
+        **extra,
+    }
+
+
+def test_judge_and_reading_name_calibration_floors_and_where_each_objective_leaves_the_floor():
+    """Holm within the K = 0 rows and within the K > 0 rows; the text quotes the judged numbers."""
+    recs = judge(
         [
-            rec("x", 0, 0.5, 0.4, 0.6),
-            rec("x", 4, 0.2, 0.1, 0.3),
-            rec("x", 16, 0.0, -0.1, 0.1),
-            rec("y", 0, 0.5, 0.4, 0.6),
-            rec("y", 16, 0.45, 0.3, 0.55),
-            {**rec("z", 0, 0.1, -0.2, 0.3), "noise_floor_low": -0.1},
+            _rec("x", 0, 0.0, 0.8),
+            _rec("x", 4, -0.3, 0.01),  # Holm over the 4 K > 0 rows: 3 · 0.01 = 0.03 → below
+            _rec("x", 16, -0.4, 0.004),  # 4 · 0.004 = 0.016 → below
+            _rec("y", 0, 0.0, 0.8),  # K = 0: 2 · 0.8 → 1
+            _rec("y", 4, -0.2, 0.02, floor_low=-0.1),  # 2 · 0.02 = 0.04 → below (its floor unresolved)
+            _rec("y", 16, -0.1, 0.3),  # 0.3
         ]
     )
-    assert lines[0] == (
-        "- **x**: at the noise floor at K = 0; below it at K = 4, 16 (first: K = 4, cosine 0.200 "
-        "[0.100, 0.300] against a floor of 0.500 [0.400, 0.600]); no significant agreement left while "
-        "fresh estimates agree at K = 16. At K = 16: cosine 0.000, to the reference 0.300, norm ratio "
-        "1.000, ESS/n 0.500."
+    by = {(r["objective"], r["staleness"]): r for r in recs}
+    assert [by["x", 4]["gap_p_holm"], by["x", 16]["gap_p_holm"], by["y", 4]["gap_p_holm"]] == [
+        pytest.approx(0.03),
+        pytest.approx(0.016),
+        pytest.approx(0.04),
+    ]
+    assert by["y", 16]["gap_p_holm"] == pytest.approx(0.3) and by["x", 0]["gap_p_holm"] == 1.0
+    assert [by["x", 4]["below_floor"], by["y", 4]["below_floor"], by["y", 16]["below_floor"]] == [True, True, False]
+    assert by["x", 0]["calibrated"] and by["y", 0]["calibrated"]
+    assert by["x", 4]["floor_resolved"] and not by["y", 4]["floor_resolved"]
+    assert by["x", 4]["prompts_to_resolve"] == math.ceil(24 * (1.959963984540054 * 0.1 / 0.5) ** 2) == 4
+    assert calibration_lines(recs)[0].startswith("**calibrated**: at K = 0 no objective's gap is resolved away")
+    leave = leave_lines(recs)
+    assert leave[2] == (
+        "- **x** leaves the floor at K = 4: gap -0.300 [-0.400, -0.200], adjusted p 0.03; disattenuated cosine "
+        "0.400 [0.200, 0.600]; below it at K = 4, 16. At K = 16: cosine 0.100, joint floor 0.500, disattenuated "
+        "0.200, to the reference 0.300, norm ratio 1.000, ESS/n 0.500."
     )
-    assert lines[1].startswith(
-        "- **y**: at the noise floor at K = 0, 16; no significant agreement left while fresh "
-        "estimates agree at K = none."
+    assert leave[3].startswith("- **y** leaves the floor at K = 4") and "the floor is not resolved at K = 4" in leave[3]
+    floors = floor_lines(recs)
+    assert floors[0].startswith("The noise floor is **not resolved** in 1 of 6 rows")
+    assert floors[2] == (
+        "- y, K = 4: fresh floor 0.500: 24 · (1.960 · 0.100 / 0.500)² → 4; "
+        "stale floor 0.500: 24 · (1.960 · 0.100 / 0.500)² → 4; both: **4 prompts**"
     )
-    assert lines[2].startswith(
-        "- **z**: at the noise floor at K = 0; no significant agreement left while fresh estimates agree at K = none."
-    )
-    assert lines[3].startswith("- Where two fresh estimates do not agree significantly") and "at K = 0:" in lines[3]
+    bad = judge([_rec("x", 0, -0.3, 0.001), _rec("x", 1, 0.0, 0.9)])
+    assert calibration_lines(bad)[0].startswith("**the probe is not calibrated**: at K = 0")
+    assert floor_lines(bad)[0].startswith("Every noise floor is resolved")
 
 
 # --------------------------------------------------------------------------- command
@@ -257,7 +404,7 @@ def test_reading_names_where_an_objective_falls_below_the_noise_floor():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--staleness", "-1"], "error: --staleness -1: expected a non-negative"),
+        (["--age", "-1"], "error: --age -1: expected a non-negative"),
         (["--prompts", "1"], "error: --prompts 1: expected at least 2 prompt groups"),
         (["--blocks", "0"], "error: --blocks 0: expected at least 1"),
         (["--bootstrap", "10"], "error: --bootstrap 10: expected at least 100"),
@@ -277,11 +424,35 @@ def test_bad_inputs_give_one_line_errors(tmp_path, monkeypatch, args, message):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_age_is_the_flag_and_staleness_a_deprecated_hidden_alias(tmp_path, monkeypatch):
+    """`--age/-K` is K; `--staleness` (compare's N) is not in the help, and still works with a one-line
+    note before whatever follows."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["probe", "--help"], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0 and "--age" in shown.output and "-K" in shown.output
+    assert "--staleness" not in shown.output
+    for flag in ("--staleness", "--age", "-K"):
+        result = runner.invoke(app, ["probe", "--preset", "tiny", flag, "-2"], env={"COLUMNS": "300"})
+        err = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and err[-1] == "error: --age -2: expected a non-negative number of optimizer steps"
+        assert err[:-1] == (
+            [
+                "note: `vespo probe --staleness` is deprecated, use --age/-K (K optimizer steps since sampling; "
+                "in `vespo compare`, --staleness is N)"
+            ]
+            if flag == "--staleness"
+            else []
+        )
+
+
 @pytest.mark.slow
 def test_quick_probe_on_tiny_end_to_end(tmp_path):
-    """`vespo probe --preset tiny --quick`: every objective at every K with finite figures; at K = 0
-    no drift and every objective's stale gradient is the same one (all reduce to REINFORCE). The
-    random tiny model earns no reward from the grader, so `--reward auto` probes with even-tokens."""
+    """`vespo probe --preset tiny --quick`: every objective at every K with finite figures and the judged
+    keys (`cosine_disattenuated`, `floor_resolved`, ...); at K = 0 no drift, every objective's stale
+    gradient is the same one (all reduce to REINFORCE), and the calibration check passes: D₀, D₀′, A and
+    B are then four draws from θ₀, so no gap is resolved away from 0 and the report says "calibrated".
+    The random tiny model earns no reward from the grader, so `--reward auto` probes with even-tokens."""
     out = tmp_path / "probe"
     result = CliRunner().invoke(
         app,
@@ -312,15 +483,20 @@ def test_quick_probe_on_tiny_end_to_end(tmp_path):
         (o, k) for o in ("cispo", "grpo", "gspo", "sapo", "topr", "vespo") for k in (0, 1, 2, 4)
     )
     for r in records:
-        assert set(REQUIRED) <= set(r) and finite_record(r), r
+        assert set(REQUIRED) | set(JUDGED) <= set(r) and finite_record(r), r
         assert -1 <= r["cosine_low"] <= r["cosine"] <= r["cosine_high"] <= 1
+        assert r["gap_low"] <= r["gap"] <= r["gap_high"] and isinstance(r["floor_resolved"], bool)
     k0 = [r for r in records if r["staleness"] == 0]
     assert {r["delta_abs_mean"] for r in k0} == {0.0} and {r["ess"] for r in k0} == {1.0}
     assert max(r["cosine"] for r in k0) - min(r["cosine"] for r in k0) < 1e-9
+    assert all(r["calibrated"] and r["gap_p_holm"] >= 0.05 for r in k0), k0
+    assert all(isinstance(r["below_floor"], bool) for r in records if r["staleness"] > 0)
     assert all(r["delta_abs_mean"] > 0 for r in records if r["staleness"] > 0)
     for name in ("report.md", "settings.json", "fidelity.png", "drift.png", "offpolicy.png"):
         assert (out / name).stat().st_size > 0
-    assert "## Reading" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "## Reading" in report and "## Noise floor" in report
+    assert "\n**calibrated**: at K = 0 no objective's gap is resolved away from 0" in report
     assert json.loads((out / "settings.json").read_text())["reward"] == "even-tokens"
 
 
@@ -362,9 +538,9 @@ def test_probe_takes_theta_k_from_a_run_and_behaviour_data_from_shards(tmp_path,
         ],
     )
     assert trained.exit_code == 0, trained.output
-    missing = runner.invoke(app, ["probe", "--run", "run", "--staleness", "3"], env={"COLUMNS": "300"})
+    missing = runner.invoke(app, ["probe", "--run", "run", "--age", "3"], env={"COLUMNS": "300"})
     assert missing.exit_code == 2
-    assert missing.stderr.strip() == "error: --staleness 3: run has no checkpoints/step-3 (steps saved: 2)"
+    assert missing.stderr.strip() == "error: --age 3: run has no checkpoints/step-3 (steps saved: 2)"
     result = runner.invoke(
         app,
         [
@@ -373,9 +549,9 @@ def test_probe_takes_theta_k_from_a_run_and_behaviour_data_from_shards(tmp_path,
             "run",
             "--shards",
             "run/rollouts",
-            "--staleness",
+            "--age",
             "0",
-            "--staleness",
+            "-K",
             "2",
             "--reward",
             "even-tokens",

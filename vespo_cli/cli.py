@@ -231,12 +231,14 @@ def probe(
         help="Objectives to probe (repeatable; ALGO[:key=value]; default grpo gspo sapo cispo vespo).",
     ),
     overrides: list[str] | None = SetOpt,
-    staleness: list[int] | None = typer.Option(
+    ages: list[int] | None = typer.Option(
         None,
-        "--staleness",
+        "--age",
         "-K",
-        help="Optimizer steps K since the behaviour policy (repeatable; default 0 1 4 16 64).",
+        help="Age K of the behaviour data: optimizer steps since θ₀ sampled it (repeatable; default 0 1 4 16 64). "
+        "Not `vespo compare`'s staleness N (optimizer steps per rollout batch).",
     ),
+    old_ages: list[int] | None = typer.Option(None, "--staleness", hidden=True, help="Deprecated: --age."),
     prompts: int | None = typer.Option(
         None, "--prompts", help="Prompt groups of behaviour data (default 16; --quick 4)."
     ),
@@ -256,17 +258,24 @@ def probe(
         help="auto (the preset's grader, else even-tokens where it gives every sample the same reward), "
         "grader, or even-tokens (synthetic).",
     ),
-    quick: bool = typer.Option(False, "--quick", help="Small sizes: 4 prompts, K in 0 1 2 4, 200 resamples."),
+    quick: bool = typer.Option(False, "--quick", help="Small sizes: 8 prompts, ages K 0 1 2 4, 200 resamples."),
     out: Path | None = typer.Option(None, "--out", help="Output directory (default: runs/probe-<preset>)."),
 ):
     """Measure how well each objective's gradient on stale data matches the on-policy gradient."""
     from .probe import probe_command
 
+    if old_ages:
+        err_console.print(
+            "note: `vespo probe --staleness` is deprecated, use --age/-K (K optimizer steps since sampling; "
+            "in `vespo compare`, --staleness is N)",
+            highlight=False,
+            soft_wrap=True,
+        )
     path = probe_command(
         preset=preset,
         overrides=overrides or [],
         algos=algos or [],
-        staleness=staleness or [],
+        ages=(ages or []) + (old_ages or []),
         prompts=prompts,
         shards=shards,
         run=run,

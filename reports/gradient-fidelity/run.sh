@@ -10,6 +10,8 @@
 # well below 0.5. The probe's working data
 # (shards) stays in runs/; the report files are copied here. The "Reading" section at the end of
 # the committed report.md was written by hand after the run.
+# The committed files predate issue 28 (second behaviour draw D0', disattenuated cosine, BCa, Holm);
+# re-running this script writes the new report (not yet re-run).
 set -euo pipefail
 export OMP_NUM_THREADS=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 TOKENIZERS_PARALLELISM=false
 export VESPO_MALLOC_TUNING=0  # give freed memory back: the retained heap of a 30-minute probe grows to ~10 GB
@@ -17,6 +19,6 @@ V=${V:-.venv/bin/vespo}
 OUT=runs/gradient-fidelity
 rm -rf "$OUT"
 $V probe --preset smollm2-arith --set trainer.lr=3e-6 --algo grpo --algo gspo --algo sapo --algo cispo --algo vespo \
-  --staleness 0 --staleness 1 --staleness 4 --staleness 16 --staleness 64 --prompts 24 --bootstrap 1000 --blocks 2 \
+  --age 0 --age 1 --age 4 --age 16 --age 64 --prompts 24 --bootstrap 1000 --blocks 2 \
   --out "$OUT"
 cp "$OUT"/probe.json "$OUT"/settings.json "$OUT"/report.md "$OUT"/*.png reports/gradient-fidelity/

@@ -1,13 +1,16 @@
 """`vespo probe`: its options and settings, then the measurement (steps 1–3: measure.py) and the
 report (step 4: report.py, plots.py); see vespo_cli/probe/__init__.py for what is measured.
 
-1. behaviour data D₀: B prompts × n samples from θ₀ (or `--shards DIR`), its log-probs at θ₀;
+1. behaviour data D₀: B prompts × n samples from θ₀ (or `--shards DIR`), and D₀′: the same B prompts ×
+   n samples from θ₀ with an independent seed (sampled here, also with `--shards`); θ₀'s log-probs on both;
 2. θ_K: K on-policy optimizer steps of the preset's algorithm and optimizer from θ₀, on prompts that
    are not D₀'s (or `--run RUN`: its checkpoints/step-K);
-3. at each K: two independent fresh draws A and B of the same B prompts from θ_K, and per prompt
-   group the sketched gradient of every objective on D₀ (stale), on A and on B (on-policy), and of
-   the reference on A and B; drift of θ_K from θ₀ on D₀;
-4. per (objective, K): bootstrap figures over prompt groups → probe.json, report.md, plots.
+3. at each K (`--age`, the age of the behaviour data in optimizer steps; not `compare`'s staleness N):
+   two independent fresh draws A and B of the same B prompts from θ_K, and per prompt group the
+   sketched gradient of every objective on D₀ and D₀′ (stale), on A and on B (on-policy), and of the
+   reference on A and B; drift of θ_K from θ₀ on D₀;
+4. per (objective, K): BCa bootstrap figures over prompt groups (figures.py), judged (judge.py) →
+   probe.json, report.md, plots. The records' key `staleness` is K.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from .measure import measure
 from .sketch import SKETCH_DIM, cosine_error_bound
 
 DEFAULT_ALGOS = ("grpo", "gspo", "sapo", "cispo", "vespo")
-DEFAULT_STALENESS = (0, 1, 4, 16, 64)
-QUICK_STALENESS = (0, 1, 2, 4)
+DEFAULT_AGES = (0, 1, 4, 16, 64)  # K: optimizer steps since θ₀ sampled the behaviour data (`--age`)
+QUICK_AGES = (0, 1, 2, 4)
 DEFAULTS = {"prompts": 16, "bootstrap": 1000}
-QUICK = {"prompts": 4, "bootstrap": 200}
+QUICK = {"prompts": 8, "bootstrap": 200}  # 8: with 4 groups the BCa test of the K = 0 gap rejects ~9% (figures.py)
 REWARDS = ("auto", "grader", "even-tokens")  # auto: the grader, else even-tokens where it gives no signal
 SKETCH_DELTA = 0.05  # the stated sketch error is the bound at this failure probability, per pair
 
@@ -35,7 +38,7 @@ def probe_command(
     preset: str | None,
     overrides: Sequence[str],
     algos: Sequence[str],
-    staleness: Sequence[int],
+    ages: Sequence[int],
     prompts: int | None,
     shards: Path | None,
     run: Path | None,
@@ -49,7 +52,7 @@ def probe_command(
     size = QUICK if quick else DEFAULTS
     prompts = size["prompts"] if prompts is None else prompts
     bootstrap = size["bootstrap"] if bootstrap is None else bootstrap
-    ks = sorted(set(staleness or (QUICK_STALENESS if quick else DEFAULT_STALENESS)))
+    ks = sorted(set(ages or (QUICK_AGES if quick else DEFAULT_AGES)))
     _check_options(ks, prompts, blocks, bootstrap, reward, shards, run, preset, out)
     if run is not None:
         cfg = load_run_config(run, list(overrides))
@@ -111,7 +114,7 @@ def _settings(cfg, objectives: dict, ks, prompts, shards, run, blocks, bootstrap
 def _check_options(ks, prompts, blocks, bootstrap, reward, shards, run, preset, out) -> None:
     """One-line UserErrors for bad options, before anything is loaded."""
     if ks and ks[0] < 0:
-        raise UserError(f"--staleness {ks[0]}: expected a non-negative number of optimizer steps")
+        raise UserError(f"--age {ks[0]}: expected a non-negative number of optimizer steps")
     if prompts < 2:
         raise UserError(f"--prompts {prompts}: expected at least 2 prompt groups (the bootstrap resamples groups)")
     if blocks < 1:
@@ -136,9 +139,7 @@ def _run_checkpoints(run: Path, ks: list[int]) -> dict[int, Path | None]:
     missing = [k for k in ks if k and k not in found]
     if missing:
         have = ", ".join(str(k) for k in sorted(found)) or "none"
-        raise UserError(
-            f"--staleness {missing[0]}: {run} has no checkpoints/{step_name(missing[0])} (steps saved: {have})"
-        )
+        raise UserError(f"--age {missing[0]}: {run} has no checkpoints/{step_name(missing[0])} (steps saved: {have})")
     return {k: found.get(k) for k in ks}
 
 

@@ -1,6 +1,7 @@
-"""Steps 1–3 of `vespo probe` (command.py): the behaviour data D₀ and θ₀'s log-probs on it, the walk
-θ₀ → θ_K (on-policy optimizer steps, or a run's checkpoints), and at each K the fresh draws, every
-prompt group's sketched gradients, the drift and one record per objective."""
+"""Steps 1–3 of `vespo probe` (command.py): the behaviour data D₀, a second independent behaviour draw
+D₀′ of the same prompts, and θ₀'s log-probs on both, the walk θ₀ → θ_K (on-policy optimizer steps, or a
+run's checkpoints), and at each K the fresh draws, every prompt group's sketched gradients, the drift
+and one record per objective (its figures: figures.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 
@@ -22,12 +22,13 @@ from ..seeds import stream_seed
 from ..shards import read_shard
 from ..train import dist
 from ..train.batch import rows_from_table
-from .bootstrap import Gram, resample_counts, summarize
+from .bootstrap import Gram, jackknife_counts, resample_counts
+from .figures import PG, figures, siblings
 from .gradients import Batch, batch_metrics, batch_of, batch_sketches, drift_stats, gradient_subset
 from .samples import even_token_reward, sample, shard_batch
 from .sketch import SKETCH_DIM, CountSketch
 
-PG = "pg"
+REDRAW_SEED = -1  # D₀′ is sampled at θ₀ with seed s.seed + REDRAW_SEED (the fresh draws and steps use s.seed + 1, …)
 console = Console(stderr=True)
 
 
@@ -49,17 +50,20 @@ class Session:
         """n responses per problem from the live weights into the shard `path`."""
         return sample(self.sync.sample, problems, path, version, seed, self.reward)
 
-    def behaviour_path(self) -> Path:
-        return self.out / "behaviour" / shard_name(0, "behaviour", 0)
+    def behaviour_path(self, worker: str = "behaviour") -> Path:
+        return self.out / "behaviour" / shard_name(0, worker, 0)
 
 
 @dataclass
 class Behaviour:
-    """D₀, its problems, θ₀'s log-probs on it and the sketch of every gradient."""
+    """D₀ and D₀′ (two independent draws of the same prompts from θ₀), the problems, θ₀'s log-probs
+    on each and the sketch of every gradient."""
 
     stale: Batch
+    redraw: Batch  # D₀′
     problems: list
     old: Any
+    old_redraw: Any
     sketch: CountSketch
 
 
@@ -89,7 +93,8 @@ def measure(
     s = Session(cfg, model, tokenizer, sync, out, reward, blocks, seed, tau)
     try:
         stale, problems = _behaviour_data(s, shards, prompts, auto, settings)
-        d = _at_theta0(s, stale, problems, settings)
+        redraw = s.draw(problems, s.behaviour_path("behaviour_redraw"), 0, s.seed + REDRAW_SEED)
+        d = _at_theta0(s, stale, redraw, problems, settings)
         return _walk(s, d, objectives, ks, prompts, checkpoints, bootstrap)
     finally:
         stack.close()
@@ -147,8 +152,8 @@ def _draw_behaviour(s: Session, shards: Path | None, prompts: int) -> tuple[Batc
     return s.draw(problems, s.behaviour_path(), 0, s.seed), problems
 
 
-def _at_theta0(s: Session, stale: Batch, problems: list, settings: dict) -> Behaviour:
-    """The sketch over the gradient subset, and θ₀'s log-probs on D₀."""
+def _at_theta0(s: Session, stale: Batch, redraw: Batch, problems: list, settings: dict) -> Behaviour:
+    """The sketch over the gradient subset, and θ₀'s log-probs on D₀ and D₀′."""
     with gradient_subset(s.model, s.blocks) as params:
         sketch = CountSketch([p.numel() for p in params], SKETCH_DIM, seed=s.cfg.trainer.seed)
         settings["subset_params"] = sum(p.numel() for p in params)
@@ -156,7 +161,8 @@ def _at_theta0(s: Session, stale: Batch, problems: list, settings: dict) -> Beha
     s.model.eval()
     with gradient_subset(s.model, s.blocks):  # the same forward as at θ_K: Δ = 0 exactly at K = 0
         _, old = batch_sketches(s.model, stale, {}, [], [], sketch, s.tau)
-    return Behaviour(stale, problems, old, sketch)
+        _, old_redraw = batch_sketches(s.model, redraw, {}, [], [], sketch, s.tau)
+    return Behaviour(stale, redraw, problems, old, old_redraw, sketch)
 
 
 # --------------------------------------------------------------------------- step 2: θ₀ → θ_K
@@ -171,7 +177,7 @@ def _walk(s: Session, d: Behaviour, objectives: dict, ks: list[int], prompts: in
         optimizer = make_optimizer(s.model, s.cfg)
         scheduler = make_scheduler(optimizer, s.cfg)  # the trainer's schedule
     steps_total = ks[-1] if checkpoints is None else 0
-    groups_per_k = 3 * len(d.stale.groups)
+    groups_per_k = 4 * len(d.stale.groups)  # D₀, D₀′, A, B
     records: list[dict] = []
     with progress_bar(console, disable=not dist.is_main()) as progress:
         task = progress.add_task("probe", total=steps_total + groups_per_k * len(ks), info="")
@@ -215,7 +221,8 @@ def _load_weights(model, tokenizer, ckpt: Path) -> None:
 
 
 def _measure_at(s: Session, d: Behaviour, k: int, objectives: dict, bootstrap: int, progress, task) -> list[dict]:
-    """Fresh draws A and B at θ_K, every group's sketches, the drift, and one record per objective."""
+    """Fresh draws A and B at θ_K, every group's sketches, the drift, and one record per objective
+    (bootstrapped over prompt groups: the same counts for every series, and the jackknife for BCa)."""
     t0 = time.perf_counter()
     fresh = {
         h: s.draw(d.problems, s.out / "fresh" / shard_name(k, f"fresh_{h}", k), k, s.seed + 2 * k + i + 1)
@@ -223,8 +230,9 @@ def _measure_at(s: Session, d: Behaviour, k: int, objectives: dict, bootstrap: i
     }
     tick = lambda: progress.update(task, advance=1, info=f"θ_{k}: gradients")  # noqa: E731
     series, logp = _group_sketches(s, d, fresh, objectives, tick)
-    gram = Gram(series)
+    gram = Gram(series, siblings(objectives))
     counts = resample_counts(len(d.stale.groups), bootstrap, s.seed + k)
+    jack = jackknife_counts(len(d.stale.groups))
     common = {
         "staleness": k,
         **drift_stats(logp, d.old, d.stale),
@@ -232,6 +240,7 @@ def _measure_at(s: Session, d: Behaviour, k: int, objectives: dict, bootstrap: i
         "reward_fresh": float(torch.cat([b.rows.rewards for b in fresh.values()]).mean()),
         "groups": len(d.stale.groups),
         "groups_informative_stale": sum(d.stale.informative),
+        "groups_informative_redraw": sum(d.redraw.informative),
         "groups_informative_fresh": sum(sum(b.informative) for b in fresh.values()) / 2,
         "seconds": time.perf_counter() - t0,
     }
@@ -242,7 +251,7 @@ def _measure_at(s: Session, d: Behaviour, k: int, objectives: dict, bootstrap: i
             {
                 "objective": label,
                 "base_objective": algo.objective,
-                **_figures(gram, counts, label),
+                **figures(gram, counts, jack, label),
                 "ess": m["ess"],
                 "suppressed_frac": m.get("suppressed_frac"),
                 "clip_frac": m.get("clip_frac"),
@@ -253,40 +262,15 @@ def _measure_at(s: Session, d: Behaviour, k: int, objectives: dict, bootstrap: i
 
 
 def _group_sketches(s: Session, d: Behaviour, fresh: dict[str, Batch], objectives: dict, tick) -> tuple[dict, Any]:
-    """Per group, the sketched gradient of every objective on D₀ ("stale/<o>") and on each fresh draw
-    h ("<h>/<o>", the reference PG too); and θ_K's log-probs on D₀."""
+    """Per group, the sketched gradient of every objective on D₀ ("stale/<o>"), on D₀′ ("redraw/<o>")
+    and on each fresh draw h ("<h>/<o>", the reference PG too); and θ_K's log-probs on D₀."""
     s.model.eval()
     with gradient_subset(s.model, s.blocks) as params:
         series, logp = batch_sketches(s.model, d.stale, objectives, d.old, params, d.sketch, s.tau, tick)
         series = {f"stale/{o}": v for o, v in series.items()}
+        again, _ = batch_sketches(s.model, d.redraw, objectives, d.old_redraw, params, d.sketch, s.tau, tick)
+        series.update({f"redraw/{o}": v for o, v in again.items()})
         for h, batch in fresh.items():
             sk, _ = batch_sketches(s.model, batch, {**objectives, PG: None}, None, params, d.sketch, s.tau, tick)
             series.update({f"{h}/{o}": v for o, v in sk.items()})
     return series, logp
-
-
-def _figures(gram: Gram, counts, o: str) -> dict:
-    """Bootstrap figures of objective `o` (point, 95% interval): cosine of its stale gradient to its
-    own on-policy gradient and to the reference (each the mean over the fresh draws A and B), the
-    noise floor cos(A, B), the reference's noise level, and the norm ratio."""
-
-    def mean(x, y):
-        return (x + y) / 2
-
-    def cos(a, b):
-        return gram.cosine(a, b, counts)
-
-    with np.errstate(invalid="ignore", divide="ignore"):  # a resample of zero-advantage groups only: sum 0
-        samples = {
-            "cosine": mean(cos(f"stale/{o}", f"a/{o}"), cos(f"stale/{o}", f"b/{o}")),
-            "cosine_pg": mean(cos(f"stale/{o}", f"a/{PG}"), cos(f"stale/{o}", f"b/{PG}")),
-            "noise_floor": cos(f"a/{o}", f"b/{o}"),
-            "noise_floor_pg": mean(cos(f"a/{o}", f"b/{PG}"), cos(f"b/{o}", f"a/{PG}")),
-            "norm_ratio": gram.norm(f"stale/{o}", counts)
-            / mean(gram.norm(f"a/{o}", counts), gram.norm(f"b/{o}", counts)),
-        }
-    rec = {}
-    for key, s in samples.items():
-        point, lo, hi = summarize(s)
-        rec.update({key: point, f"{key}_low": lo, f"{key}_high": hi})
-    return rec

@@ -62,11 +62,11 @@ def _plot_fidelity(plt, records, objectives, colors, out: Path) -> dict:
             alpha=0.2,
             linewidth=0,
         )
-        ax.plot(k, _series(records, o, "noise_floor")[1], color="gray", linestyle="--", label="noise floor")
+        ax.plot(k, _series(records, o, "floor_joint")[1], color="gray", linestyle="--", label="joint floor √(ρ_S ρ_F)")
         ax.fill_between(
             k,
-            _series(records, o, "noise_floor_low")[1],
-            _series(records, o, "noise_floor_high")[1],
+            _series(records, o, "floor_joint_low")[1],
+            _series(records, o, "floor_joint_high")[1],
             color="gray",
             alpha=0.15,
             linewidth=0,
@@ -86,7 +86,7 @@ def _plot_fidelity(plt, records, objectives, colors, out: Path) -> dict:
     for ax in list(axes.flat)[len(objectives) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize="small")
-    fig.suptitle("Stale gradient vs fresh on-policy gradient (bands: 95% bootstrap intervals)", fontsize="medium")
+    fig.suptitle("Stale gradient vs fresh on-policy gradient (bands: 95% BCa intervals)", fontsize="medium")
     _save(fig, out / "fidelity.png")
     plt.close(fig)
     return {"file": "fidelity.png", "title": "Cosine to the on-policy gradient vs staleness"}
