@@ -37,7 +37,8 @@ def judge(records: list[dict], level: float = LEVEL) -> list[dict]:
     """Adds to every record, in place (and returns them):
 
     - `floor_resolved`: both floors of (D), the fresh `noise_floor` and the stale `floor_stale`, have
-      their lower bound above FLOOR_RESOLVED_ABOVE;
+      their lower bound above FLOOR_RESOLVED_ABOVE; where not, `cosine_disattenuated` and its bounds
+      are None (not estimable: (D) divides by a reliability that may be 0);
     - `prompts_to_resolve`: the larger of `prompts_to_resolve` of the two floors (None: unreachable);
     - `gap_p_holm`: the gap's p-value Holm-adjusted within its family: the K = 0 rows (the
       calibration check) or the K > 0 rows (does the stale gradient leave the floor);
@@ -49,6 +50,8 @@ def judge(records: list[dict], level: float = LEVEL) -> list[dict]:
             _finite(r.get(f"{key}_low")) and r[f"{key}_low"] > FLOOR_RESOLVED_ABOVE
             for key in ("noise_floor", "floor_stale")
         )
+        if not r["floor_resolved"]:
+            r.update(dict.fromkeys(("cosine_disattenuated", "cosine_disattenuated_low", "cosine_disattenuated_high")))
         need = [
             prompts_to_resolve(r.get(k), r.get(f"{k}_se"), r["groups"], level) for k in ("noise_floor", "floor_stale")
         ]

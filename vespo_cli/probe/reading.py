@@ -20,8 +20,16 @@ def fmt(x: float | None, digits: int = 3) -> str:
 
 
 def ci(r: dict, key: str) -> str:
-    """`point [low, high]` of a figure of a record."""
+    """`point [low, high]` of a figure of a record (`–` where it has no point)."""
+    if r.get(key) is None:
+        return "–"
     return f"{fmt(r.get(key))} [{fmt(r.get(key + '_low'))}, {fmt(r.get(key + '_high'))}]"
+
+
+def _disattenuated(r: dict) -> str:
+    return (
+        "not estimable (floor not resolved)" if r.get("cosine_disattenuated") is None else ci(r, "cosine_disattenuated")
+    )
 
 
 def ks(values: Sequence[int]) -> str:
@@ -56,10 +64,12 @@ def calibration_lines(records: Sequence[dict]) -> list[str]:
         + f" is resolved away from 0 (Holm over the {len(rows)} K = 0 rows, adjusted p < {alpha:g}); "
         "the gaps at K > 0 cannot be read as direction lost to staleness."
     )
+    if verdict and not all(r["floor_resolved"] for r in rows):
+        head += " The check has little power here: the floors at K = 0 are not resolved (next section)."
     lines = [head, ""]
     lines += [
         f"- {r['objective']}: gap {ci(r, 'gap')}, p {_p(r.get('gap_p'))} (adjusted {_p(r.get('gap_p_holm'))}); "
-        f"disattenuated cosine {ci(r, 'cosine_disattenuated')} (expected 1)"
+        f"disattenuated cosine (expected 1) {_disattenuated(r)}"
         for r in rows
     ]
     return lines + [""]
@@ -120,7 +130,7 @@ def leave_lines(records: Sequence[dict]) -> list[str]:
         if first is not None:
             text = (
                 f"- **{o}** leaves the floor at K = {first['staleness']}: gap {ci(first, 'gap')}, adjusted p "
-                f"{_p(first['gap_p_holm'])}; disattenuated cosine {ci(first, 'cosine_disattenuated')}"
+                f"{_p(first['gap_p_holm'])}; disattenuated cosine {_disattenuated(first)}"
                 f"; below it at K = {ks([r['staleness'] for r in rows if r.get('below_floor')])}"
             )
         else:
