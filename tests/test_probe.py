@@ -101,6 +101,25 @@ def test_k0_stale_gradient_equals_on_policy_gradient_for_every_objective(model, 
     }
 
 
+def test_objectives_carry_algorithm_overrides_such_as_aggregation(model, batch):
+    """`--algo vespo:aggregation=seq-mean-token-mean` (compare's item syntax) probes VESPO with that
+    aggregation: at K = 0 (Δ = 0) its gradient is exactly GSPO's (both REINFORCE, seq-mean-token-mean)
+    and not token-mean VESPO's (the responses' lengths differ)."""
+    from vespo_cli.probe.command import _algo_dict, _objectives
+
+    objectives = _objectives(["vespo:aggregation=seq-mean-token-mean", "vespo", "gspo"], "tiny", [])
+    label = "vespo+aggregation=seq-mean-token-mean"
+    assert list(objectives) == [label, "vespo", "gspo"]
+    assert objectives[label].aggregation == "seq-mean-token-mean" and objectives["vespo"].aggregation is None
+    assert _algo_dict(objectives[label])["aggregation"] == "seq-mean-token-mean"
+    with gradient_subset(model, 1) as params:
+        exact = Exact(params)
+        _, old = batch_sketches(model, batch, {}, [], [], exact, 1.0)
+        g, _ = batch_sketches(model, batch, objectives, old, params, exact, 1.0)
+    torch.testing.assert_close(g[label], g["gspo"], rtol=1e-6, atol=1e-12)
+    assert not torch.allclose(g[label], g["vespo"], rtol=1e-3)
+
+
 def test_group_gradients_sum_to_the_trainer_autograd_gradient(model, batch):
     """Σ over groups of the probe's subset gradient (forward to h, ∂logp/∂h, backward through the
     subset) equals autograd through the trainer's own forward and `policy_loss` on the whole batch,

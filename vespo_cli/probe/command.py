@@ -144,4 +144,9 @@ def _run_checkpoints(run: Path, ks: list[int]) -> dict[int, Path | None]:
 
 
 def _algo_dict(algo) -> dict:
-    return {"objective": algo.objective, "params": dict(algo.params), "correction": algo.correction}
+    return {
+        "objective": algo.objective,
+        "params": dict(algo.params),
+        "correction": algo.correction,
+        "aggregation": algo.aggregation,
+    }

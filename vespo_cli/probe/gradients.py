@@ -103,8 +103,13 @@ def group_pass(model: nn.Module, rows: Rows, idx: list[int], temperature: float,
 
 
 def objective_params(algo: AlgorithmConfig) -> dict:
-    """`policy_loss` keyword parameters of an algorithm section (as the trainer passes them)."""
-    return {**algo.params, **({"correction_cap": algo.correction_cap} if algo.correction else {})}
+    """`policy_loss` keyword parameters of an algorithm section (as the trainer passes them), the
+    `algorithm.aggregation` override included (None: the objective's own)."""
+    return {
+        **algo.params,
+        **({"correction_cap": algo.correction_cap} if algo.correction else {}),
+        "aggregation": algo.aggregation,
+    }
 
 
 def loss_coef(
