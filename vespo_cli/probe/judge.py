@@ -57,7 +57,8 @@ def judge(records: list[dict], level: float = LEVEL) -> list[dict]:
         ]
         r["prompts_to_resolve"] = None if None in need else max(need)
     for family in ([r for r in records if r["staleness"] == 0], [r for r in records if r["staleness"] > 0]):
-        for r, p in zip(family, holm([r.get("gap_p") for r in family])):
+        pvalues = [r["gap_p"] if _finite(r.get("gap_p")) else None for r in family]  # NaN: not in the family
+        for r, p in zip(family, holm(pvalues)):
             r["gap_p_holm"] = p
             resolved = p is not None and p < 1 - level
             if r["staleness"] == 0:
