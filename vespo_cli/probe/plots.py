@@ -41,7 +41,7 @@ def _symlog_k(ax, ks: Sequence[float]) -> None:
     ax.set_xlim(-0.3, max(ks) * 1.3 if max(ks) > 0 else 1)
     ax.set_xticks(list(ks), [f"{k:g}" for k in ks])
     ax.minorticks_off()
-    ax.set_xlabel("staleness K (optimizer steps since θ₀)")
+    ax.set_xlabel("age K of D₀ (optimizer steps since θ₀ sampled it)")
     ax.grid(alpha=0.3)
 
 
@@ -89,7 +89,7 @@ def _plot_fidelity(plt, records, objectives, colors, out: Path) -> dict:
     fig.suptitle("Stale gradient vs fresh on-policy gradient (bands: 95% BCa intervals)", fontsize="medium")
     _save(fig, out / "fidelity.png")
     plt.close(fig)
-    return {"file": "fidelity.png", "title": "Cosine to the on-policy gradient vs staleness"}
+    return {"file": "fidelity.png", "title": "Cosine to the on-policy gradient vs age K"}
 
 
 def _plot_drift(plt, records, objectives, colors, out: Path) -> dict:
@@ -146,4 +146,4 @@ def _plot_offpolicy(plt, records, objectives, colors, out: Path) -> dict:
     fig.suptitle("Off-policyness of the behaviour data at θ_K", fontsize="medium")
     _save(fig, out / "offpolicy.png")
     plt.close(fig)
-    return {"file": "offpolicy.png", "title": "Drift, ESS, suppression/clipping and norm ratio vs staleness"}
+    return {"file": "offpolicy.png", "title": "Drift, ESS, suppression/clipping and norm ratio vs age K"}
