@@ -392,6 +392,10 @@ def test_top_level_not_a_mapping(presets, text, kind):
         ("rollout.reward_timeout_s=0", "expected a float in (0, 86400], got 0"),
         ("data.max_prompt_tokens=0", "expected an integer in [1, 1048576], got 0"),
         ("data.difficulty=9", "expected an integer in [1, 5] or a non-empty list of them, got 9"),
+        (
+            "algorithm.aggregation=mean",
+            "expected one of 'token-mean', 'seq-mean-token-mean', 'seq-mean-token-sum' (or null), got 'mean'",
+        ),
         ("data.difficulty=[1,7]", "expected an integer in [1, 5] or a non-empty list of them, got [1, 7]"),
         ("eval.k=0", "expected an integer in [1, 65536] (or null), got 0"),
         ("eval.limit=0", "expected an integer in [1, 1000000000] (or null), got 0"),

@@ -105,8 +105,30 @@ report() {
   $V compare "${kept[@]}" --claims "$HERE/claims.yaml" --x samples --out "$REPORT"
 }
 
+# One trainer for the whole study: the first start pins the commit ($KEEP/commit); a later start (another session)
+# refuses while any file that decides what a run computes differs from the pinned commit, unless
+# STUDY_ACCEPT_CODE=1 (the changed files are then logged beside the pin). Report-only code (compare, probe, bench,
+# plan) may change.
+NUMERICS=(vespo_cli/train vespo_cli/objectives vespo_cli/rollout vespo_cli/rewards vespo_cli/models.py
+  vespo_cli/arith.py vespo_cli/data.py vespo_cli/prompts.py vespo_cli/seeds.py vespo_cli/config.py presets pyproject.toml)
+pin() {
+  mkdir -p "$KEEP"
+  [[ -f "$KEEP/commit" ]] || git rev-parse HEAD > "$KEEP/commit"
+  local changed
+  changed=$(git diff --name-only "$(cat "$KEEP/commit")" -- "${NUMERICS[@]}")
+  [[ -z "$changed" ]] && return 0
+  if [[ "${STUDY_ACCEPT_CODE:-0}" == 1 ]]; then
+    { date -u; echo "accepted changes since $(cat "$KEEP/commit"):"; echo "$changed"; } >> "$KEEP/code-changes.log"
+    return 0
+  fi
+  echo "run.sh: the study's runs train at $(cat "$KEEP/commit"); these files changed since: $(echo $changed)." >&2
+  echo "run.sh: check out that commit to continue, or set STUDY_ACCEPT_CODE=1 if the change cannot alter a run." >&2
+  exit 2
+}
+
 mkdir -p "$STUDY" "$SCREEN"
 if [[ "$MODE" != "--report" ]]; then
+  pin
   $PY reports/study.py restore "$KEEP" "$STUDY"
   $PY reports/study.py restore "$KEEP_SCREEN" "$SCREEN"
   main_a > "$STUDY/lane-a.log" 2>&1 &
