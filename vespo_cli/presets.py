@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,19 @@ import yaml
 
 from .errors import UserError
 
-PRESETS_DIR = Path(os.environ.get("VESPO_PRESETS", Path(__file__).resolve().parent.parent / "presets"))
+
+def _presets_dir() -> Path:
+    """Where presets are read from: $VESPO_PRESETS, else the copy shipped in an installed wheel
+    (`vespo_cli/_presets`, see setup.py), else the checkout's top-level `presets/`."""
+    if os.environ.get("VESPO_PRESETS"):
+        return Path(os.environ["VESPO_PRESETS"])
+    shipped = files("vespo_cli") / "_presets"
+    if isinstance(shipped, Path) and shipped.is_dir():
+        return shipped
+    return Path(__file__).resolve().parent.parent / "presets"
+
+
+PRESETS_DIR = _presets_dir()
 
 
 def preset_path(name_or_path: str, kind: str = "") -> Path:
