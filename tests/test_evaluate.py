@@ -226,3 +226,60 @@ def test_run_eval_with_fake_engine(tmp_path):
 def test_default_k():
     assert default_k("aime24") == 32 and default_k("math500") == 4 and default_k("amc23") == 16
     assert default_k("gsm8k") == 1 and default_k("arith") == 1
+
+
+class CharTokenizer(FakeTokenizer):
+    """One token per character of the user message (plus the FakeTokenizer's id): prompts of many lengths."""
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True):
+        ids = super().apply_chat_template(messages)["input_ids"]
+        return {"input_ids": ids + [9] * len(messages[-1]["content"])}
+
+
+def test_long_prompts_are_skipped_and_counted(tmp_path):
+    """A prompt over eval's budget is skipped and counted in the summary, never an error mid-run (issue 30)."""
+    from vespo_cli.data import PAPER_TEMPLATE, build_messages, load_problems
+    from vespo_cli.errors import UserError
+    from vespo_cli.evaluate import encode_benchmarks
+
+    tok = CharTokenizer()
+    problems = load_problems("amc23", limit=6)
+    lengths = {p.id: len(tok.apply_chat_template(build_messages(p, PAPER_TEMPLATE))["input_ids"]) for p in problems}
+    budget = sorted(lengths.values())[3]
+    too_long = [pid for pid, n in lengths.items() if n > budget]
+    assert 0 < len(too_long) < 6
+    answers = {}
+    for p in problems:
+        ids = tok.apply_chat_template(build_messages(p, PAPER_TEMPLATE))["input_ids"]
+        answers[tuple(ids)] = p.answer
+    s = run_eval(
+        FakeEngine(answers),
+        tok,
+        ["amc23"],
+        2,
+        6,
+        Sampling(seed=3),
+        PAPER_TEMPLATE,
+        tmp_path,
+        FakeScorer(),
+        max_prompt_tokens=budget,
+    )["amc23"]
+    assert s["skipped_prompts"] == len(too_long) and s["skipped_ids"] == too_long
+    assert s["num_problems"] == 6 - len(too_long) and s["max_prompt_tokens"] == budget
+    assert metrics_record(s)["skipped_prompts"] == len(too_long)
+    with pytest.raises(UserError, match=r"amc23: all 6 prompts are longer than eval.max_prompt_tokens=3"):
+        encode_benchmarks(tok, ["amc23"], 6, PAPER_TEMPLATE, 3)
+
+
+def test_pass_rates_get_the_wilson_interval():
+    """0 of 4 is [0, 0.490] (Wilson, z = 1.96), not a bootstrap's [0, 0]; graded accuracies keep the bootstrap."""
+    from vespo_cli.compare.stats import wilson_interval
+    from vespo_cli.evaluate.estimators import CI_METHOD, WILSON_METHOD
+
+    s = summarize(_rows([[0], [0], [0], [0]]))
+    assert s["ci_method"] == WILSON_METHOD and s["ci95_low"] == 0.0
+    assert s["ci95_high"] == pytest.approx(0.48990, abs=1e-5)
+    s = summarize(_rows([[1, 1], [0, 0], [1, 1]]))  # k = 2, every problem all-or-nothing: a rate of 2/3
+    w = wilson_interval(2, 3)
+    assert (s["ci95_low"], s["ci95_high"], s["ci_method"]) == (w["low"], w["high"], WILSON_METHOD)
+    assert summarize(_rows([[1, 0], [0, 0]]))["ci_method"] == CI_METHOD

@@ -177,6 +177,9 @@ class EvalConfig(Section):
     temperature: float = Field(1.0, ge=0, le=10)  # 0 = greedy
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(1024, ge=1, le=MAX_TOKENS)
+    # the eval's own prompt budget (not data.max_prompt_tokens): longer benchmark prompts are skipped
+    # and counted in the summary (`skipped_prompts`), checked before an engine loads
+    max_prompt_tokens: int = Field(2048, ge=1, le=MAX_TOKENS)
 
     @field_validator("benchmarks")
     @classmethod

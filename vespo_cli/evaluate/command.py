@@ -10,7 +10,7 @@ from pathlib import Path
 from ..data import load_problems
 from ..errors import UserError
 from ..rundir import checkpoint_of, default_dir
-from .driver import benchmark_name, eval_sampling, run_eval
+from .driver import benchmark_name, encode_benchmarks, eval_sampling, run_eval
 from .results import metrics_record
 
 
@@ -43,13 +43,25 @@ def eval_command(
     model_path = resolve_model(model_spec, trust_remote_code=cfg.model.trust_remote_code)
     out_dir = Path(out) if out is not None else default_eval_dir(model_path, model_spec)
     sampling = eval_sampling(cfg)
-    ecfg = cfg.model_copy(
-        update={
-            "rollout": cfg.rollout.model_copy(update={"max_tokens": max(cfg.rollout.max_tokens, cfg.eval.max_tokens)})
-        }
-    )
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
     err = Console(stderr=True)
+    encoded = encode_benchmarks(
+        tokenizer, benchmarks, limit, cfg.data.template, cfg.eval.max_prompt_tokens, cfg.data.difficulty
+    )
+    for bench, enc in encoded.items():
+        if enc.skipped:
+            err.print(
+                f"[yellow]{bench}: {len(enc.skipped)} of {len(enc.skipped) + len(enc.problems)} prompts longer than "
+                f"eval.max_prompt_tokens={enc.budget} skipped[/]",
+                highlight=False,
+            )
+    longest = max(len(p) for enc in encoded.values() for p in enc.prompts)
+    ecfg = cfg.model_copy(  # the engine fits the longest prompt kept and the eval's response budget
+        update={
+            "data": cfg.data.model_copy(update={"max_prompt_tokens": longest}),
+            "rollout": cfg.rollout.model_copy(update={"max_tokens": max(cfg.rollout.max_tokens, cfg.eval.max_tokens)}),
+        }
+    )
     engine = open_engine(ecfg, model_path)
     try:
         with scorer_for(cfg) as scorer:
@@ -63,9 +75,9 @@ def eval_command(
                 cfg.data.template,
                 out_dir,
                 scorer,
-                max_prompt_tokens=cfg.data.max_prompt_tokens,
                 extra_summary={"model": str(model_path)},
                 difficulty=cfg.data.difficulty,
+                encoded=encoded,
                 on_chunk=lambda b, done, total: err.print(f"[dim]{b}: {done}/{total} problems[/]"),
             )
     finally:
@@ -99,7 +111,7 @@ def _table(model_spec: str, results: dict[str, dict]):
     from rich.table import Table
 
     table = Table(title=f"eval: {model_spec}", title_justify="left", show_edge=False)
-    for col in ("benchmark", "metric", "value", "95% CI", "pass@k", "tokens", "truncated"):
+    for col in ("benchmark", "metric", "value", "95% CI", "pass@k", "tokens", "truncated", "skipped"):
         table.add_column(col)
     for name, s in results.items():
         lo, hi = s["ci95_low"], s["ci95_high"]
@@ -111,6 +123,7 @@ def _table(model_spec: str, results: dict[str, dict]):
             f"{100 * s['pass_at_k']:.1f}",
             f"{s.get('mean_response_tokens', 0):.0f}",
             f"{100 * s.get('truncated_fraction', 0):.0f}%",
+            str(s.get("skipped_prompts", 0)),
         )
     return table
 

@@ -40,6 +40,51 @@ def eval_sampling(cfg):
     return Sampling(temperature=e.temperature, top_p=e.top_p, top_k=-1, max_tokens=e.max_tokens, seed=cfg.trainer.seed)
 
 
+@dataclasses.dataclass
+class BenchmarkPrompts:
+    """One benchmark's problems as token ids, after the prompt budget: `problems[i]` ↔ `prompts[i]`;
+    `skipped` are the ids of problems whose prompt was longer than `budget` tokens."""
+
+    problems: list[Problem]
+    prompts: list[list[int]]
+    skipped: list[str]
+    budget: int | None
+
+
+def encode_benchmarks(
+    tokenizer,
+    benchmarks: Sequence[str],
+    limit: int | None,
+    template: str,
+    max_prompt_tokens: int | None,
+    difficulty: int | Sequence[int] = 1,
+) -> dict[str, BenchmarkPrompts]:
+    """Every benchmark's prompts (an `arith` benchmark: its held-out split at `difficulty`), encoded
+    before an engine is loaded. A prompt longer than `max_prompt_tokens` (the eval's own budget,
+    `eval.max_prompt_tokens`) is skipped and counted in the summary, never an error mid-run; a benchmark
+    with no prompt left is a UserError."""
+    out: dict[str, BenchmarkPrompts] = {}
+    for bench in benchmarks:
+        problems = load_problems(bench, limit=limit, difficulty=difficulty, split="eval")
+        if not problems:
+            raise UserError(f"benchmark {bench}: no problems")
+        kept = BenchmarkPrompts([], [], [], max_prompt_tokens)
+        for p in problems:
+            ids = encode_prompt(tokenizer, p, template)
+            if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+                kept.skipped.append(p.id)
+            else:
+                kept.problems.append(p)
+                kept.prompts.append(ids)
+        if not kept.problems:
+            raise UserError(
+                f"benchmark {bench}: all {len(problems)} prompts are longer than "
+                f"eval.max_prompt_tokens={max_prompt_tokens} (expected a larger budget)"
+            )
+        out[bench] = kept
+    return out
+
+
 def run_eval(
     engine,
     tokenizer,
@@ -56,20 +101,21 @@ def run_eval(
     extra_summary: Mapping[str, Any] | None = None,
     on_chunk=None,
     difficulty: int | Sequence[int] = 1,
+    encoded: Mapping[str, BenchmarkPrompts] | None = None,
 ) -> dict[str, dict]:
     """Generate k samples per problem for each benchmark with `engine` (base.Engine), score them with
-        `scorer` (rewards.RewardScorer) and, if `out_dir` is given, write `<out_dir>/<benchmark>/`.
-        `k=None` uses the paper's k per benchmark (`EVAL_SETS`, else 1). Prompts are generated in
-        chunks of `chunk_prompts` (seed offset per chunk); `on_chunk(benchmark, done, total)` reports
-        progress. `difficulty`: the levels of an `arith` benchmark, whose problems are its held-out split (never in
-    a training stream). Returns {benchmark: summary}."""
-    problem_sets = {  # user errors before generating
-        b: load_problems(b, limit=limit, difficulty=difficulty, split="eval") for b in benchmarks
-    }
+    `scorer` (rewards.RewardScorer) and, if `out_dir` is given, write `<out_dir>/<benchmark>/`.
+    `k=None` uses the paper's k per benchmark (`EVAL_SETS`, else 1). Prompts are generated in
+    chunks of `chunk_prompts` (seed offset per chunk); `on_chunk(benchmark, done, total)` reports
+    progress. `difficulty`: the levels of an `arith` benchmark, whose problems are its held-out split
+    (never in a training stream). Prompts are `encoded` (`encode_benchmarks`, done here when not given):
+    those longer than `max_prompt_tokens` are skipped and counted (`skipped_prompts`). Returns
+    {benchmark: summary}."""
+    if encoded is None:  # user errors before generating
+        encoded = encode_benchmarks(tokenizer, benchmarks, limit, template, max_prompt_tokens, difficulty)
     results: dict[str, dict] = {}
-    for bench, problems in problem_sets.items():
-        if not problems:
-            raise UserError(f"benchmark {bench}: no problems")
+    for bench, enc in encoded.items():
+        problems = enc.problems
         kb = k if k is not None else default_k(bench)
         if kb < 1:
             raise UserError(f"k={kb}: expected a positive integer")
@@ -77,7 +123,7 @@ def run_eval(
         rows: list[dict] = []
         for start in range(0, len(problems), chunk_prompts):
             chunk = problems[start : start + chunk_prompts]
-            prompts = [encode_prompt(tokenizer, p, template, max_prompt_tokens) for p in chunk]
+            prompts = enc.prompts[start : start + chunk_prompts]
             s = _chunk_sampling(sampling, start // chunk_prompts)
             rows += _sample_rows(engine, tokenizer, scorer, chunk, prompts, kb, s, bench)
             if on_chunk is not None:
@@ -87,6 +133,7 @@ def run_eval(
         summary.update(_settings(engine, sampling, template, limit, t0))
         if canonical_source(bench) == "arith":  # its held-out split (arith.py): no problem of any training stream
             summary.update(split="held-out", difficulty=difficulty)
+        summary.update(skipped_prompts=len(enc.skipped), skipped_ids=enc.skipped, max_prompt_tokens=enc.budget)
         if extra_summary:
             summary.update(extra_summary)
         if out_dir is not None:

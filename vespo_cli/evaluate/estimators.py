@@ -1,4 +1,5 @@
-"""The eval estimators: unbiased pass@k, avg@k and the percentile-bootstrap interval of a mean."""
+"""The eval estimators: unbiased pass@k, avg@k and the interval of a mean accuracy (Wilson for 0/1
+rates, else the percentile bootstrap)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 CI_METHOD = "percentile bootstrap over problems, 2000 resamples, seed 0, 95%"
+WILSON_METHOD = "Wilson score interval over problems (every problem's accuracy 0 or 1), 95%"
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -47,6 +49,20 @@ def bootstrap_ci(
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return (float(lo), float(hi))
+
+
+def accuracy_ci(accs: Sequence[float]) -> tuple[float, float, str]:
+    """(low, high, method) of the 95% interval of mean(accs), the per-problem accuracies. When every one
+    is 0 or 1 (k = 1, or all of a problem's samples agree) the mean is a pass rate c/n and gets the Wilson
+    score interval (compare.stats.wilson_interval): 0 of 4 is [0, 0.49], not a bootstrap's [0, 0].
+    Otherwise the percentile bootstrap over problems."""
+    if accs and all(a in (0.0, 1.0) for a in accs):
+        from ..compare.stats import wilson_interval
+
+        w = wilson_interval(int(sum(accs)), len(accs))
+        return w["low"], w["high"], WILSON_METHOD
+    lo, hi = bootstrap_ci(accs)
+    return lo, hi, CI_METHOD
 
 
 def _mean(xs: Sequence[float]) -> float:

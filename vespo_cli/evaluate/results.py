@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..rundir import EVAL_SAMPLES, EVAL_SUMMARY
-from .estimators import CI_METHOD, _mean, _pass_ks, bootstrap_ci, pass_at_k
+from .estimators import _mean, _pass_ks, accuracy_ci, pass_at_k
 
 _REQUIRED = {  # per_sample.parquet: column -> pyarrow type name (extra row keys are kept as well)
     "problem_id": "string",
@@ -30,8 +30,9 @@ _REQUIRED = {  # per_sample.parquet: column -> pyarrow type name (extra row keys
 
 def summarize(per_sample_rows: Sequence[Mapping[str, Any]], *, benchmark: str | None = None) -> dict:
     """Aggregate per-sample rows (problem_id, correct, and optionally reward, num_tokens,
-    finish_reason, timed_out) into: `avg_at_k`, its 95% interval `ci95_low`/`ci95_high` (percentile
-    bootstrap over problems, fixed seed), `pass_at_k` (unbiased pass@k at k), `pass_at`
+    finish_reason, timed_out) into: `avg_at_k`, its 95% interval `ci95_low`/`ci95_high` (`accuracy_ci`:
+    Wilson when every problem's accuracy is 0 or 1, else the percentile bootstrap over problems, fixed
+    seed), `pass_at_k` (unbiased pass@k at k), `pass_at`
     ({"1": pass@1, "2": pass@2, "4": ..., "k": pass@k}) and `per_problem` counts. k = samples per
     problem (the minimum if problems got different numbers; pass@j uses each problem's own n)."""
     groups: OrderedDict[str, list[Mapping[str, Any]]] = OrderedDict()
@@ -46,7 +47,7 @@ def summarize(per_sample_rows: Sequence[Mapping[str, Any]], *, benchmark: str | 
     k = min(ns)
     accs = [p["correct"] / p["n"] for p in per_problem]
     rows = list(per_sample_rows)
-    lo, hi = bootstrap_ci(accs)
+    lo, hi, ci_method = accuracy_ci(accs)
     out: dict[str, Any] = {
         "benchmark": benchmark,
         "num_problems": len(per_problem),
@@ -56,7 +57,7 @@ def summarize(per_sample_rows: Sequence[Mapping[str, Any]], *, benchmark: str | 
         "avg_at_k": _mean(accs),
         "ci95_low": lo,
         "ci95_high": hi,
-        "ci_method": CI_METHOD,
+        "ci_method": ci_method,
         "pass_at": {str(j): _mean([pass_at_k(p["n"], p["correct"], j) for p in per_problem]) for j in _pass_ks(k)},
         "mean_reward": _mean([float(r.get("reward", float(bool(r["correct"])))) for r in rows]),
     }
@@ -91,6 +92,7 @@ def metrics_record(summary: Mapping[str, Any]) -> dict:
         "reward_timeout_fraction",
         "split",
         "difficulty",
+        "skipped_prompts",
     )
     return {key: summary[key] for key in keys if key in summary}
 

@@ -22,6 +22,8 @@ def training_eval(cfg, run_dir: str | Path):
     sampling = eval_sampling(cfg)
 
     def evaluate(engine, tokenizer, step: int) -> list[dict]:
+        # the eval's prompt budget, within what the trainer's engine holds (vLLM: max_model_len)
+        budget = min(e.max_prompt_tokens, getattr(engine, "max_model_len", e.max_prompt_tokens + 1) - 1)
         with scorer_for(cfg) as scorer:
             results = run_eval(
                 engine,
@@ -33,7 +35,7 @@ def training_eval(cfg, run_dir: str | Path):
                 cfg.data.template,
                 RunDir(run_dir).eval_dir(step),
                 scorer,
-                max_prompt_tokens=cfg.data.max_prompt_tokens,
+                max_prompt_tokens=budget,
                 difficulty=cfg.data.difficulty,
             )
         return [{"kind": "eval", "step": step, "time": time.time(), **metrics_record(s)} for s in results.values()]
