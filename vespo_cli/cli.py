@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import UserError, describe_os_error
-from .rundir import RunDir, default_dir
+from .rundir import RunDir, checkpoint_of, default_dir
 
 app = typer.Typer(
     name="vespo",
@@ -175,15 +175,22 @@ def eval_(
         help="Output directory (default: <run>/eval/step-K for a run's checkpoint, else runs/eval/<model>).",
     ),
 ):
-    """Evaluate a model on math benchmarks: avg@k, pass@k with 95% intervals."""
+    """Evaluate a model on math benchmarks: avg@k, pass@k with 95% intervals. A run's checkpoint is
+    evaluated with its run's config.yaml (template, engine, dtype, lengths) unless --preset is given."""
     from .evaluate import eval_command
     from .rollout import ENGINES
 
     if engine and engine not in ENGINES:
         raise UserError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")
-    cfg = _config(
-        preset, None, [*(overrides or []), *([f"rollout.engine={engine}"] if engine else [])], "smollm2-arith"
-    )
+    items = [*(overrides or []), *([f"rollout.engine={engine}"] if engine else [])]
+    run = checkpoint_of(model) if model and not preset else None
+    if run is not None and run[0].config.is_file():  # a run's checkpoint: that run's settings
+        from .config import load_run_config
+
+        cfg = load_run_config(run[0].root, items)
+        err_console.print(f"[dim]settings: {run[0].config} (--preset to use others)[/]", highlight=False)
+    else:
+        cfg = _config(preset, None, items, "smollm2-arith")
     eval_command(cfg, benchmarks, model=model, k=k, limit=limit, out=out)
 
 

@@ -32,3 +32,10 @@ class UserError(Exception):
     """Bad input (file, key, value). The message names it and says what was expected."""
 
     exit_code = 2
+
+
+class EngineError(UserError):
+    """An inference engine that failed to open (exit 1, a fault rather than bad input): one line naming the
+    engine, the model and the engine's own first line; --debug shows the traceback."""
+
+    exit_code = 1

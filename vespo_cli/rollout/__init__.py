@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from vespo_cli.errors import UserError
+from vespo_cli.errors import EngineError, UserError
 from vespo_cli.rollout.base import Completion, Engine, Sampling
 
 # name → "module:class". A new engine (e.g. SGLang) is one file implementing `base.Engine` and one line
@@ -27,8 +27,19 @@ def vllm_available() -> bool:
 
 
 def make_engine(kind: str, model_path: str, **opts) -> Engine:
-    """The engine registered as `kind`, opened on `model_path`; `opts` go to its constructor (dtype, seed, ...)."""
-    return _engine_class(kind)(model_path, **opts)
+    """The engine registered as `kind`, opened on `model_path`; `opts` go to its constructor (dtype, seed, ...).
+    An engine that fails to open is one line (EngineError), not the engine's traceback."""
+    engine_cls = _engine_class(kind)
+    try:
+        return engine_cls(model_path, **opts)
+    except (UserError, OSError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        raise EngineError(
+            f"rollout.engine={kind}: could not open {model_path} ({type(e).__name__}: {first[:300]}); "
+            "--debug shows the traceback"
+        ) from e
 
 
 def share_engine(kind: str, module, tokenizer, **opts) -> Engine:
