@@ -62,6 +62,7 @@ def eval_command(
             "rollout": cfg.rollout.model_copy(update={"max_tokens": max(cfg.rollout.max_tokens, cfg.eval.max_tokens)}),
         }
     )
+    err.print(f"loading model {model_path} ({ecfg.rollout.engine} engine) …", highlight=False, soft_wrap=True)
     engine = open_engine(ecfg, model_path)
     try:
         with scorer_for(cfg) as scorer:

@@ -70,6 +70,7 @@ def _rollout_locked(
 
         torch.set_num_threads(cfg.trainer.threads)  # before the engine: vLLM binds threads at start
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
+    console.print(f"loading model {model_path} ({cfg.rollout.engine} engine) …", highlight=False, soft_wrap=True)
     engine = open_engine(cfg, model_path)
     t_start, tokens, rewards = time.perf_counter(), 0, []
     try:

@@ -116,6 +116,8 @@ def _load(cfg: Config, run: RunDir, mode: str, resume: bool, ckpt: Path | None, 
     from ..models import load_model, load_tokenizer
 
     t = cfg.trainer
+    if dist.is_main():
+        console.print(f"loading model {ckpt or base_path} …", highlight=False, soft_wrap=True)
     tokenizer = load_tokenizer(base_path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_model(str(ckpt) if ckpt else base_path, cfg.model.dtype, cfg.model.trust_remote_code).to(device)
     model.config.use_cache = False
