@@ -172,8 +172,8 @@ def test_user_errors_subprocess(tmp_path, args, message):
         (["train", "--resume", "nowhere"], "error: nowhere: not a vespo run directory (no config.yaml)"),
         (["train", "--resume", "nowhere", "-p", "tiny"], "error: --resume: the run's own config.yaml is used"),
         (
-            ["train", "--resume", "nowhere", "--set", "trainer.steps=9"],
-            "error: --resume: --set trainer.steps=9 is refused; a run resumes with its own config.yaml",
+            ["train", "--resume", "nowhere", "--set", "trainer.lr=0.1"],
+            "error: --resume: --set trainer.lr=0.1 is refused; a run resumes with its own config.yaml",
         ),
         (
             ["rollout", "-p", "tiny", "--n", "0"],
@@ -207,17 +207,26 @@ def test_bad_preset_file_error_names_the_file(runner, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml"]
 
 
-def test_set_on_resume_is_refused(runner, tmp_path, monkeypatch):
-    """docs/decisions.md: a resumed run is what its config.yaml says; --set there is refused, not ignored."""
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        (
+            "trainer.staleness=4",
+            "--set trainer.staleness=4 is refused; a run resumes with its own config.yaml (only trainer.steps "
+            "may be raised; edit run/config.yaml to change a setting)",
+        ),
+        ("trainer.steps=3", "--set trainer.steps=3: expected at least the run's 4 (a resume extends a run, it does"),
+    ],
+)
+def test_set_on_resume_is_refused(runner, tmp_path, monkeypatch, item, message):
+    """docs/decisions.md: a resumed run is what its config.yaml says; --set there is refused, not ignored,
+    except a raised trainer.steps."""
     from vespo_cli.config import load_config, save_config
 
     monkeypatch.chdir(tmp_path)
     path = save_config(load_config("tiny"), tmp_path / "run")
     before = path.read_text()
-    result = runner.invoke(app, ["train", "--resume", "run", "--set", "trainer.steps=9"], env={"COLUMNS": "300"})
+    result = runner.invoke(app, ["train", "--resume", "run", "--set", item], env={"COLUMNS": "300"})
     assert result.exit_code == 2, result.output
-    assert result.stderr.strip() == (
-        "error: --resume: --set trainer.steps=9 is refused; a run resumes with its own "
-        "config.yaml (edit run/config.yaml to change a setting)"
-    )
+    assert result.stderr.strip().startswith(f"error: --resume: {message}")
     assert path.read_text() == before and sorted(p.name for p in path.parent.iterdir()) == ["config.yaml"]

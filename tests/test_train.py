@@ -130,16 +130,22 @@ def test_nonfinite_steps_are_skipped_and_stop_the_run_in_a_row(tmp_path, replay_
     assert [m["skipped_nonfinite"] for m in read_jsonl(tmp_path / "row" / "metrics.jsonl")] == [0, 1, 1]
 
 
-def test_replay_resume_equals_uninterrupted(tmp_path, replay_dir):
+@pytest.mark.parametrize("extend", ["edit config.yaml", "--set trainer.steps=4"])
+def test_replay_resume_equals_uninterrupted(tmp_path, replay_dir, extend):
     base = ["trainer.steps=4", "trainer.minibatch_prompts=2", "trainer.staleness=2", "trainer.save_every=2"]
     train(tiny(*base), tmp_path / "full", replay=replay_dir)
     # the same run stopped after 2 steps (a kill after the step-2 checkpoint), then resumed
     train(tiny(*base[1:], "trainer.steps=2"), tmp_path / "cut", replay=replay_dir)
     cfg_path = tmp_path / "cut" / "config.yaml"
-    cfg_path.write_text(cfg_path.read_text().replace("steps: 2\n", "steps: 4\n", 1))
-    from vespo_cli.config import load_run_config
+    from vespo_cli.config import load_resume_config, load_run_config
 
-    train(load_run_config(tmp_path / "cut"), tmp_path / "cut", resume=True)
+    if extend == "edit config.yaml":
+        cfg_path.write_text(cfg_path.read_text().replace("steps: 2\n", "steps: 4\n", 1))
+        cfg = load_run_config(tmp_path / "cut")
+    else:  # issue 30: `vespo train --resume cut --set trainer.steps=4`; the record is updated
+        cfg = load_resume_config(tmp_path / "cut", ["trainer.steps=4"])
+    train(cfg, tmp_path / "cut", resume=True)
+    assert load_run_config(tmp_path / "cut").trainer.steps == 4
     assert stable(read_jsonl(tmp_path / "cut" / "metrics.jsonl")) == stable(
         read_jsonl(tmp_path / "full" / "metrics.jsonl")
     )

@@ -132,17 +132,12 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and plan; train nothing."),
 ):
     """Train a policy with an algorithm preset: synchronous, replay or async."""
-    from .config import dump_yaml, load_run_config
+    from .config import dump_yaml, load_resume_config
 
     if resume is not None:
         if preset or algo:
             raise UserError("--resume: the run's own config.yaml is used; drop --preset/--algo")
-        if overrides:  # docs/decisions.md: a resumed run is what its config.yaml says
-            raise UserError(
-                f"--resume: --set {overrides[0]} is refused; a run resumes with its own config.yaml "
-                f"(edit {RunDir(resume).config} to change a setting)"
-            )
-        cfg = load_run_config(resume)
+        cfg = load_resume_config(resume, overrides or [])  # docs/decisions.md: only trainer.steps, raised
         rd = resume
     else:
         cfg = _config(preset, algo, overrides, "smollm2-arith")

@@ -251,6 +251,29 @@ def load_run_config(run_dir: str | os.PathLike, overrides: list[str] | tuple[str
     return _finish(merged, origin, overrides)
 
 
+RESUME_SETTABLE = ("trainer.steps",)  # the --set a --resume takes: they change nothing consumed (train/inputs.py)
+
+
+def load_resume_config(run_dir: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A resumed run's config: its config.yaml, plus `--set trainer.steps=N` for N at least the recorded
+    steps (extending a run changes no consumed input, and the lr schedule does not depend on the step
+    count: train/step.py). Any other --set is refused: a run resumes with its own config.yaml."""
+    for item in overrides:
+        if parse_override(item)[0] not in RESUME_SETTABLE:
+            raise UserError(
+                f"--resume: --set {item} is refused; a run resumes with its own config.yaml (only "
+                f"{', '.join(RESUME_SETTABLE)} may be raised; edit {RunDir(run_dir).config} to change a setting)"
+            )
+    recorded = load_run_config(run_dir)
+    cfg = load_run_config(run_dir, overrides)
+    if cfg.trainer.steps < recorded.trainer.steps:
+        raise UserError(
+            f"--resume: --set trainer.steps={cfg.trainer.steps}: expected at least the run's "
+            f"{recorded.trainer.steps} (a resume extends a run, it does not cut it)"
+        )
+    return cfg
+
+
 # --------------------------------------------------------------------------- typing
 
 

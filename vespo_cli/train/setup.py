@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from ..config import Config, save_config, to_dict
+from ..config import Config, load_run_config, save_config, to_dict
 from ..errors import UserError
 from ..fsio import atomic_write_json, atomic_write_text, read_jsonl
 from ..lock import hold
@@ -89,8 +89,9 @@ def start_run(
     ckpt = _latest_checkpoint(run) if resume else None
     if dist.is_main():
         run.root.mkdir(parents=True, exist_ok=True)
+        if not resume or load_run_config(run.root).trainer.steps != cfg.trainer.steps:
+            save_config(cfg, run.root)  # on resume: `--set trainer.steps=N` extended it, and the record says so
         if not resume:
-            save_config(cfg, run.root)
             info = {"mode": mode, "replay": str(replay) if replay else None, "base_model": base_path}
             atomic_write_json(run.info, {**info, "world_size": dist.world_size()})
         settle_inputs(run.root, cfg, mode=mode, replay=replay, resume=resume, checkpoint=ckpt)  # train/inputs.py
