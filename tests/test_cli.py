@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +231,46 @@ def test_set_on_resume_is_refused(runner, tmp_path, monkeypatch, item, message):
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().startswith(f"error: --resume: {message}")
     assert path.read_text() == before and sorted(p.name for p in path.parent.iterdir()) == ["config.yaml"]
+
+
+def _launch_line(output: str) -> str:
+    """The command under the dry run's `launch` heading, its shell-wrapped lines joined."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("launch"))
+    cmd = []
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break
+        cmd.append(line.strip().removesuffix("\\").strip())
+    return " ".join(cmd)
+
+
+def test_dry_run_launch_line_reproduces_the_resolved_run(runner, tmp_path):
+    """Issue 30: the printed launch line carries the --set items, so running it gives the same config."""
+    items = ["trainer.lr=3e-6", "eval.benchmarks=[gsm8k, math500]", "trainer.staleness=4"]
+    args = ["train", "-p", "tiny", "-a", "grpo", "--out", str(tmp_path / "r")]
+    for item in items:
+        args += ["--set", item]
+    first = runner.invoke(app, [*args, "--dry-run"], env={"COLUMNS": "300"})
+    assert first.exit_code == 0, first.output
+    cmd = _launch_line(first.stdout)
+    assert cmd == (
+        f"vespo train --preset tiny --algo grpo --set trainer.lr=3e-6 --set 'eval.benchmarks=[gsm8k, math500]' "
+        f"--set trainer.staleness=4 --run-dir {tmp_path / 'r'}"
+    )
+    again = runner.invoke(app, [*shlex.split(cmd)[1:], "--dry-run"], env={"COLUMNS": "300"})
+    assert again.exit_code == 0, again.output
+    assert again.stdout == first.stdout
+
+
+def test_dry_run_of_a_resume_launches_the_resume(runner, tmp_path, monkeypatch):
+    from vespo_cli.config import load_config, save_config
+
+    monkeypatch.chdir(tmp_path)
+    save_config(load_config("tiny"), tmp_path / "run")
+    result = runner.invoke(
+        app, ["train", "--resume", "run", "--set", "trainer.steps=9", "--dry-run"], env={"COLUMNS": "300"}
+    )
+    assert result.exit_code == 0, result.output
+    assert _launch_line(result.stdout) == "vespo train --resume run --set trainer.steps=9"
+    assert "steps: 4" in (tmp_path / "run" / "config.yaml").read_text()  # a dry run records nothing

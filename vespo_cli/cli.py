@@ -146,7 +146,10 @@ def train(
         from .dryrun import describe_plan
 
         console.print(dump_yaml(cfg), highlight=False, markup=False)
-        console.print(describe_plan(cfg, run_dir=rd, replay=replay, async_=async_), highlight=False)
+        plan = describe_plan(
+            cfg, run_dir=rd, replay=replay, async_=async_, overrides=overrides or [], resume=resume is not None
+        )
+        console.print(plan, highlight=False, markup=False)
         return
     from .evaluate import training_eval
     from .train.loop import train as run_train

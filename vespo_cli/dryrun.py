@@ -4,7 +4,9 @@ lines (`torchrun` on one node or on every node) and the memory plan (vespo_cli/p
 from __future__ import annotations
 
 import math
+import shlex
 import textwrap
+from collections.abc import Sequence
 
 from .config import Config, preset_path
 from .errors import UserError
@@ -13,18 +15,31 @@ from .plan.memory import format_memory, memory_plan
 
 
 def launch_commands(
-    cfg: Config, *, algo: str | None = None, replay=None, async_: bool = False, run_dir=None
+    cfg: Config,
+    *,
+    algo: str | None = None,
+    replay=None,
+    async_: bool = False,
+    run_dir=None,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
 ) -> list[str]:
     """How to start this run: plain `vespo` on CPU, `torchrun` on one node, or on every node
-    (with `$NODE_RANK` and `$MASTER_ADDR` placeholders)."""
-    preset = cfg.preset or "PRESET"
-    try:  # a preset given as a path is launched by that path
-        preset_path(preset)
-    except UserError:
-        preset = f"{preset}.yaml"
-    args = f"train --preset {preset}"
-    if algo:
+    (with `$NODE_RANK` and `$MASTER_ADDR` placeholders). The `--set` items are repeated (shell-quoted),
+    so the line runs the resolved config exactly; a resume is launched as `--resume RUN`."""
+    if resume:
+        args = f"train --resume {shlex.quote(str(run_dir))}"
+        run_dir = None
+    else:
+        preset = cfg.preset or "PRESET"
+        try:  # a preset given as a path is launched by that path
+            preset_path(preset)
+        except UserError:
+            preset = f"{preset}.yaml"
+        args = f"train --preset {preset}"
+    if algo and not resume:
         args += f" --algo {algo}"
+    args += "".join(f" --set {shlex.quote(item)}" for item in overrides)
     if replay is not None:
         args += f" --replay {replay}"
     if async_:
@@ -68,8 +83,11 @@ def _algo_flag(cfg: Config) -> str | None:
     return cfg.algorithm.name or None
 
 
-def describe_plan(cfg: Config, run_dir=None, replay=None, async_: bool = False) -> str:
-    """The resolved plan of a training run: schedule, sizes, launch line, memory (for --dry-run)."""
+def describe_plan(
+    cfg: Config, run_dir=None, replay=None, async_: bool = False, overrides: Sequence[str] = (), resume: bool = False
+) -> str:
+    """The resolved plan of a training run: schedule, sizes, launch line (with the `--set` items that
+    made `cfg`), memory (for --dry-run)."""
     mode = "replay" if replay is not None else "async" if async_ else "sync"
     rows = [("mode", _mode_text(cfg, mode, replay)), ("run dir", str(run_dir) if run_dir is not None else "-")]
     rows += _schedule_rows(cfg) + _optimizer_rows(cfg) + _eval_rows(cfg)
@@ -84,7 +102,7 @@ def describe_plan(cfg: Config, run_dir=None, replay=None, async_: bool = False) 
     rows += [("protocol" if i == 0 else "", line) for i, line in enumerate(protocol_summary(cfg))]
     lines = [f"plan: {cfg.preset or 'run'} ({cfg.model.path}, objective {cfg.algorithm.objective})"]
     lines += _table(rows)
-    lines += [""] + _launch_lines(cfg, run_dir, replay, async_)
+    lines += [""] + _launch_lines(cfg, run_dir, replay, async_, overrides, resume)
     lines += ["", "memory plan"] + _memory_lines(cfg, mode)
     return "\n".join(lines)
 
@@ -163,9 +181,11 @@ def _table(rows: list[tuple[str, str]]) -> list[str]:
     return lines
 
 
-def _launch_lines(cfg: Config, run_dir, replay, async_: bool) -> list[str]:
+def _launch_lines(cfg: Config, run_dir, replay, async_: bool, overrides: Sequence[str], resume: bool) -> list[str]:
     """Where to launch (every node, when the trainer spans several) and the command, shell-wrapped."""
-    (cmd,) = launch_commands(cfg, algo=_algo_flag(cfg), replay=replay, async_=async_, run_dir=run_dir)
+    (cmd,) = launch_commands(
+        cfg, algo=_algo_flag(cfg), replay=replay, async_=async_, run_dir=run_dir, overrides=overrides, resume=resume
+    )
     lay = cfg.layout
     if lay.gpus_per_node and lay.nodes - (lay.rollout_gpus // lay.gpus_per_node if lay.nodes > 1 else 0) > 1:
         where = f"launch (on each of the {lay.nodes} nodes: NODE_RANK 0..{lay.nodes - 1}, MASTER_ADDR = node 0)"
