@@ -274,3 +274,23 @@ def test_dry_run_of_a_resume_launches_the_resume(runner, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert _launch_line(result.stdout) == "vespo train --resume run --set trainer.steps=9"
     assert "steps: 4" in (tmp_path / "run" / "config.yaml").read_text()  # a dry run records nothing
+
+
+def test_version_and_short_help(runner):
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"vespo {version('vespo-cli')}"
+    for args in (["-h"], ["train", "-h"]):
+        result = runner.invoke(app, args, env={"COLUMNS": "200"})
+        assert result.exit_code == 0 and "Usage:" in result.stdout, result.output
+
+
+def test_inspect_of_a_directory_without_shards_is_one_line(runner, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["inspect", str(tmp_path / "empty")], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"error: {tmp_path / 'empty'}: no shard rows (expected *.parquet rollout shards, or a run directory "
+        "with rollouts/)"
+    )

@@ -453,7 +453,9 @@ def test_atomic_helpers(tmp_path):
     assert (tmp_path / "ckpt" / "w.bin").read_bytes() == b"1"  # the old checkpoint survives
     with fsio.atomic_dir(tmp_path / "ckpt") as d:
         (d / "w.bin").write_bytes(b"3")
+        (d / "w.bin").chmod(0o600)  # as transformers writes model.safetensors
     assert (tmp_path / "ckpt" / "w.bin").read_bytes() == b"3"
+    assert (tmp_path / "ckpt" / "w.bin").stat().st_mode & 0o777 == 0o666 & ~fsio._UMASK  # the usual mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "ckpt"]
 
 

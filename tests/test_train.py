@@ -14,7 +14,7 @@ from conftest import redraw_rewards
 
 from vespo_cli.config import list_presets, load_config
 from vespo_cli.errors import UserError
-from vespo_cli.fsio import read_jsonl
+from vespo_cli.fsio import _UMASK, read_jsonl
 from vespo_cli.shards import list_shards, read_shard
 from vespo_cli.train.batch import make_microbatch, plan_microbatches, rows_from_table, split_minibatches
 from vespo_cli.train.loop import train
@@ -57,6 +57,8 @@ def test_sync_run_writes_shards_metrics_and_loadable_checkpoints(tmp_path):
     run = tmp_path / "run"
     metrics = read_jsonl(run / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    for f in (run / "checkpoints" / "step-4").iterdir():  # the usual mode, readable by a colleague's eval
+        assert f.stat().st_mode & 0o777 == 0o666 & ~_UMASK, f
     assert [m["staleness"] for m in metrics] == [0.0, 1.0, 0.0, 1.0]  # minibatch j of a batch is j steps stale
     assert [m["policy_version_min"] for m in metrics] == [0, 0, 2, 2]
     for m in metrics:

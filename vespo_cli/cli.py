@@ -25,6 +25,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -61,8 +62,25 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def _print_version(value: bool) -> None:
+    """`vespo --version`: the installed distribution's version, then exit."""
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            console.print(f"vespo {version('vespo-cli')}", highlight=False)
+        except PackageNotFoundError:  # a checkout run without installing it
+            console.print("vespo (not installed: version unknown)", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (also VESPO_DEBUG=1).")):
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (also VESPO_DEBUG=1)."),
+    _version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+):
     if debug:
         os.environ["VESPO_DEBUG"] = "1"
 
@@ -327,6 +345,8 @@ def inspect(path: Path = typer.Argument(..., help="A shard file, a shard directo
     s = summarize(path)
     if s["bad_shards"] and not s["rows"]:
         raise UserError(f"{path}: no readable shard ({len(s['bad_shards'])} bad, e.g. {s['bad_shards'][0]})")
+    if not s["rows"]:
+        raise UserError(f"{path}: no shard rows (expected *.parquet rollout shards, or a run directory with rollouts/)")
     table = Table(show_header=False, show_edge=False)
     table.add_column(style="bold")
     table.add_column()

@@ -82,7 +82,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory; on success rename it to `path` (replacing an old one)."""
+    """Yield a temporary directory; on success rename it to `path` (replacing an old one). Its files get
+    the usual mode (0666 less the umask), whatever their writer gave them (transformers writes
+    model.safetensors 0600, which a colleague's `vespo eval` of the checkpoint could not read)."""
     path = Path(path)
     with naming(path):
         with _atomic_dir(path) as tmp:
@@ -98,6 +100,7 @@ def _atomic_dir(path: Path) -> Iterator[Path]:
         yield tmp
         for f in tmp.rglob("*"):
             if f.is_file():
+                os.chmod(f, 0o666 & ~_UMASK)
                 with open(f, "rb+") as fh:
                     os.fsync(fh.fileno())
         if path.exists():
