@@ -114,6 +114,14 @@ class AlgorithmConfig(Section):
         return self
 
 
+class WandbConfig(Section):
+    """Where a W&B run goes (trainer.loggers: [wandb]); its id is run.json's `run_id`, unique per run."""
+
+    project: str = "vespo"
+    entity: str | None = None  # W&B team or user; None = the logged-in default
+    group: str | None = None  # e.g. one sweep's runs
+
+
 class TrainerConfig(Section):
     steps: int = Field(20, ge=1, le=MAX_COUNT)  # optimizer steps in total
     minibatch_prompts: int = Field(4, ge=1, le=2**20)  # mbs: prompts per optimizer step
@@ -139,6 +147,7 @@ class TrainerConfig(Section):
     threads: int = Field(0, ge=0, le=2**16)  # torch intra-op threads; 0 = all cores
     old_logp: Literal["recompute", "rollout"] = "recompute"  # proximal policy: trainer recompute or engine's
     loggers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)  # besides metrics.jsonl
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
 
     @model_validator(mode="after")
     def _batch_sizes(self) -> TrainerConfig:

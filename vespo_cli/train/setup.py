@@ -25,7 +25,7 @@ from ..runtime import set_threads
 from . import dist
 from .checkpoint import latest_checkpoint, load_optimizer, load_trainer_state
 from .inputs import settle_inputs
-from .metrics import MetricsWriter
+from .metrics import MetricsWriter, check_trackers
 from .step import make_optimizer, make_scheduler
 
 console = Console(stderr=True)
@@ -74,6 +74,7 @@ def start_run(
     checkpoint; None when the run is already complete."""
     from ..models import resolve_model
 
+    check_trackers(cfg.trainer.loggers)  # a requested tracker that is missing fails before anything loads
     device = dist.init()
     set_threads(cfg.trainer.threads)
     torch.manual_seed(cfg.trainer.seed)
