@@ -423,3 +423,24 @@ def test_cli_train_dry_run(tmp_path):
     assert "torchrun --nproc-per-node 8 -m vespo_cli.cli train --preset qwen3-8b" in text
     assert "16,384 samples" in text and "verdict: FITS" in text
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
+
+
+def test_whole_run_hours_by_hand_and_in_the_docs():
+    """Issue 30: GPU-hours per paper run, ⌈steps/N⌉ batches × (sampling + training), from the plan's own
+    throughput and 10 FLOPs per active parameter per token (checkpointed) at TRAIN_MFU of the bf16 peak."""
+    from vespo_cli.plan.layout import TRAIN_MFU
+    from vespo_cli.plan.memory import memory_plan
+
+    doc = (ROOT / "docs" / "paper.md").read_text()
+    for name, gpus in (("qwen3-0.6b", 1), ("llama3.2-3b", 8), ("qwen3-8b", 8), ("qwen3-30b-a3b", 16)):
+        cfg = load_config(name)
+        plan = memory_plan(cfg)
+        e = plan.engines
+        assert e.run_batches == 188 and e.run_gpus == gpus
+        assert e.run_rollout_s == 188 * e.batch_tokens / (e.count * e.tokens_per_s)
+        t = cfg.trainer  # mbs prompts × N × n 8 samples, the mean prompt half of 1,024 tokens
+        tokens = t.minibatch_prompts * t.staleness * 8 * 1024 / 2 + e.batch_tokens
+        flops = 989e12
+        assert e.run_train_s == pytest.approx(188 * tokens * 10 * plan.shape.active_params / (gpus * flops * TRAIN_MFU))
+        assert e.run_hours == pytest.approx((e.run_rollout_s + e.run_train_s) / 3600)
+        assert f"| {gpus} | {e.run_hours * gpus:,.0f} |" in doc, name

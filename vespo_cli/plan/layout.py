@@ -1,6 +1,6 @@
 """A paper-scale layout: whether it is valid, its rollout engines (tensor and expert parallel, one
 engine per group of `rollout.tensor_parallel_size` ranks: rollout/groups.py), and the rollout
-throughput and weight-publish figures the plan assumes.
+throughput, weight-publish and whole-run figures the plan assumes.
 
 The throughput figure is an assumption, not a measurement: decode is taken to be bound by memory
 bandwidth. Each decode step of an engine reads, on each of its GPUs, that GPU's weights once (for an
@@ -8,6 +8,12 @@ MoE engine all its experts: hundreds of running sequences touch them all) and th
 running sequence, and does 2 FLOPs per active parameter per sequence; vLLM runs at most
 `MAX_NUM_SEQS` sequences, fewer when the KV cache holds fewer. Sequences are taken to be of mean
 length (prompt + response) with the response `MEAN_RESPONSE_FRACTION` of `rollout.max_tokens`.
+
+The whole run (`estimate_run`): ⌈steps / N⌉ rollout batches, each sampled at that throughput and
+trained at `TRAIN_MFU` of the GPUs' dense bf16 peak, with `TRAIN_FLOPS_PER_PARAM` FLOPs per active
+parameter per token (2 for the old log-probs, 6 for forward and backward, 2 for the forward that
+gradient checkpointing repeats). Colocated, sampling and training take turns on every GPU (their
+times add up); with dedicated rollout GPUs they overlap (the longer one sets the pace).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ MEAN_RESPONSE_FRACTION = 0.5  # mean response length / rollout.max_tokens: a gue
 # full_state_dict) over NVLink inside a node, over the network between nodes (per GPU, effective)
 INTRA_NODE_BYTES_PER_S = 300e9
 INTER_NODE_BYTES_PER_S = 40e9  # 400 Gb/s InfiniBand per GPU
+TRAIN_MFU = 0.35  # trainer FLOPs / dense bf16 peak (FSDP with checkpointing: verl reports 30–40%)
+TRAIN_FLOPS_PER_PARAM = {True: 10, False: 8}  # gradient checkpointing on / off (module doc)
 
 
 @dataclass
@@ -47,6 +55,11 @@ class Engines:
     tokens_per_s: float = 0.0  # per engine
     batch_tokens: int = 0  # response tokens of one rollout batch (mean length)
     publish_s: float = 0.0
+    run_batches: int = 0  # rollout batches of the whole run
+    run_rollout_s: float = 0.0  # sampling, whole run
+    run_train_s: float = 0.0  # training (old log-probs + optimizer steps), whole run
+    run_hours: float = 0.0  # wall clock
+    run_gpus: int = 0  # GPUs held for the whole run
 
 
 def layout_problems(cfg: Config, shape: ModelShape, trainer_gpus: int, max_seq: int) -> tuple[list, list]:
@@ -125,6 +138,21 @@ def estimate_throughput(e: Engines, cfg: Config, shape: ModelShape, weights: int
     e.batch_tokens = int(t.minibatch_prompts * t.staleness * cfg.rollout.n * response)
 
 
+def estimate_run(e: Engines, cfg: Config, shape: ModelShape, gpus: int, trainer_gpus: int, colocated: bool):
+    """Fill `e`'s whole-run estimate (module doc): hours and, × `gpus`, GPU-hours."""
+    if not e.tokens_per_s:
+        return
+    flops = next(f for m, _, _, f in GPUS if cfg.layout.gpu_memory_gib >= m)
+    t = cfg.trainer
+    e.run_batches = -(-t.steps // t.staleness)
+    tokens = t.minibatch_prompts * t.staleness * cfg.rollout.n * cfg.data.max_prompt_tokens / 2 + e.batch_tokens
+    per_token = TRAIN_FLOPS_PER_PARAM[t.gradient_checkpointing] * shape.active_params
+    e.run_rollout_s = e.run_batches * e.batch_tokens / (e.count * e.tokens_per_s)
+    e.run_train_s = e.run_batches * tokens * per_token / (trainer_gpus * flops * TRAIN_MFU)
+    wall = e.run_rollout_s + e.run_train_s if colocated else max(e.run_rollout_s, e.run_train_s)
+    e.run_hours, e.run_gpus = wall / 3600, gpus
+
+
 def describe_engines(e: Engines) -> list[str]:
     """The plan's rollout lines: engines, TP/EP, vLLM arguments, the throughput assumption, publish."""
     moe = f", EP {e.ep} ({e.experts // e.ep} of {e.experts} experts per GPU)" if e.ep > 1 else ""
@@ -142,6 +170,15 @@ def describe_engines(e: Engines) -> list[str]:
                 f"{MEAN_RESPONSE_FRACTION:g} × max_tokens, {e.concurrency} sequences per engine → "
                 f"{e.tokens_per_s / 1e3:,.1f}k tokens/s per engine, {job / 1e3:,.1f}k per job; a rollout batch "
                 f"({e.batch_tokens / 1e6:,.0f}M response tokens) ≈ {e.batch_tokens / job / 60:,.0f} min",
+            )
+        )
+    if e.run_hours:
+        text.append(
+            (
+                "run",
+                f"{e.run_batches} rollout batches: ≈ {e.run_rollout_s / 3600:,.0f} h sampling + "
+                f"≈ {e.run_train_s / 3600:,.0f} h training (MFU {TRAIN_MFU:g}) ≈ {e.run_hours:,.0f} h on "
+                f"{e.run_gpus} GPU{'s' if e.run_gpus > 1 else ''} = {e.run_hours * e.run_gpus:,.0f} GPU-hours (an estimate, as above)",
             )
         )
     if e.publish_s:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ..config import Config
 from ..errors import UserError
 from ..train.forward import CHUNK_BYTES, GRAD_BLOCK_BYTES
-from .layout import Engines, describe_engines, engines, estimate_throughput, layout_problems
+from .layout import Engines, describe_engines, engines, estimate_run, estimate_throughput, layout_problems
 from .models import DTYPE_BYTES, GiB, ModelShape, gib, model_shape
 
 # ---- memory model constants (bytes). Each names the code path it stands for.
@@ -249,6 +249,7 @@ def _engine_rows(plan: MemoryPlan, cfg: Config, mode: str) -> None:
         )
     plan.engines = engines(cfg, shape, plan.trainer_gpus, mode)
     estimate_throughput(plan.engines, cfg, shape, plan.engine_weights, plan.kv_tokens, plan.kv_per_token)
+    estimate_run(plan.engines, cfg, shape, plan.gpus, plan.trainer_gpus, plan.colocated and mode == "sync")
     if plan.colocated and mode == "sync":  # the trainer's weights to its engines after each rollout batch
         _publish_peak(plan, cfg)
 
