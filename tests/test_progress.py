@@ -1,4 +1,4 @@
-"""The progress display without a terminal: one plain line per update (issue 30)."""
+"""The progress display without a terminal: one plain line per update, on stdout (issue 30)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from rich.console import Console
 from vespo_cli.progress import PlainLines, progress_bar
 
 
-def test_no_terminal_gets_one_plain_line_per_update():
+def test_no_terminal_gets_plain_lines():
+    assert isinstance(progress_bar(Console(file=io.StringIO())), PlainLines)
+
+
+def test_one_plain_line_per_update():
     out = io.StringIO()
-    console = Console(file=out, width=40)  # narrower than a line: plain lines are not wrapped
-    with progress_bar(console) as progress:
-        assert isinstance(progress, PlainLines)
+    with PlainLines(Console(file=out, width=40)) as progress:  # narrower than a line: not wrapped
         task = progress.add_task("train vespo N=4", total=32, completed=2, info="")
         progress.update(task, completed=3, info="reward 0.250  loss +0.0100  |g| 1.500")
         progress.update(task, advance=1, info="reward [0.5]")
@@ -26,6 +28,6 @@ def test_no_terminal_gets_one_plain_line_per_update():
 
 def test_disabled_plain_lines_print_nothing():
     out = io.StringIO()
-    with progress_bar(Console(file=out), disable=True) as progress:
+    with PlainLines(Console(file=out), disable=True) as progress:
         progress.update(progress.add_task("rollout", total=4, info=""), advance=2, info="x")
     assert out.getvalue() == ""

@@ -53,7 +53,7 @@ def test_rollout_writes_valid_shards_then_eval_of_a_checkpoint_joins_the_run(tmp
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "settings: run/config.yaml" in proc.stderr  # no --preset: the run's own config (issue 30)
+    assert "settings: run/config.yaml (--preset to use others)" in proc.stdout  # no --preset (issue 30)
     summary = json.loads((tmp_path / "run" / "eval" / "step-2" / "gsm8k" / "summary.json").read_text())
     assert (summary["engine"], summary["engine_dtype"], summary["max_tokens"]) == ("hf", "float32", 6)
     assert summary["k"] == 3 and summary["num_problems"] == 2 and summary["num_samples"] == 6

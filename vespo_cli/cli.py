@@ -202,9 +202,10 @@ def eval_(
     run = checkpoint_of(model) if model and not preset else None
     if run is not None and run[0].config.is_file():  # a run's checkpoint: that run's settings
         from .config import load_run_config
+        from .progress import announce
 
         cfg = load_run_config(run[0].root, items)
-        err_console.print(f"[dim]settings: {run[0].config} (--preset to use others)[/]", highlight=False)
+        announce(f"settings: {run[0].config} (--preset to use others)")
     else:
         cfg = _config(preset, None, items, "smollm2-arith")
     eval_command(cfg, benchmarks, model=model, k=k, limit=limit, out=out)

@@ -1,5 +1,7 @@
 """The progress display of the long-running commands (`vespo train`, `vespo rollout`, `vespo probe`): a rich
-bar on a terminal, one plain line per update elsewhere (SLURM logs, `| tee`, `| cat`)."""
+bar on a terminal, one plain line per update on stdout elsewhere (SLURM logs, `| tee`, `| cat`), and the
+status lines they print before it (`announce`). Plain lines go to stdout, the log a user keeps; stderr
+keeps its contract of errors and warnings, one line each."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ def progress_bar(console: Console, *, disable: bool = False) -> Progress | Plain
     `console` or stdout is not a terminal (a batch job's log, `| tee`), `PlainLines` instead: a bar there
     prints nothing until the end."""
     if not (console.is_terminal and sys.stdout.isatty()):
-        return PlainLines(console, disable=disable)
+        return PlainLines(Console(), disable=disable)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -26,6 +28,11 @@ def progress_bar(console: Console, *, disable: bool = False) -> Progress | Plain
         console=console,
         disable=disable,
     )
+
+
+def announce(text: str) -> None:
+    """One plain status line on stdout (e.g. "loading model … "), so a job's log shows what it waits for."""
+    Console().print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 class PlainLines:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..data import load_problems
 from ..errors import UserError
+from ..progress import announce
 from ..rundir import checkpoint_of, default_dir
 from .driver import benchmark_name, encode_benchmarks, eval_sampling, run_eval
 from .results import metrics_record
@@ -62,7 +63,7 @@ def eval_command(
             "rollout": cfg.rollout.model_copy(update={"max_tokens": max(cfg.rollout.max_tokens, cfg.eval.max_tokens)}),
         }
     )
-    err.print(f"loading model {model_path} ({ecfg.rollout.engine} engine) …", highlight=False, soft_wrap=True)
+    announce(f"loading model {model_path} ({ecfg.rollout.engine} engine) …")
     engine = open_engine(ecfg, model_path)
     try:
         with scorer_for(cfg) as scorer:

@@ -16,7 +16,7 @@ from ..config import Config, load_run_config, save_config
 from ..data import Problem, load_problems
 from ..errors import UserError
 from ..lock import hold
-from ..progress import progress_bar
+from ..progress import announce, progress_bar
 from ..rundir import WEIGHTS_META, RunDir, parse_shard_name, shard_name
 from ..shards import list_shards
 from ..train.inputs import check_rollout_inputs
@@ -70,7 +70,7 @@ def _rollout_locked(
 
         torch.set_num_threads(cfg.trainer.threads)  # before the engine: vLLM binds threads at start
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    console.print(f"loading model {model_path} ({cfg.rollout.engine} engine) …", highlight=False, soft_wrap=True)
+    announce(f"loading model {model_path} ({cfg.rollout.engine} engine) …")
     engine = open_engine(cfg, model_path)
     t_start, tokens, rewards = time.perf_counter(), 0, []
     try:

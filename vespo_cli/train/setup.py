@@ -20,6 +20,7 @@ from ..config import Config, load_run_config, save_config, to_dict
 from ..errors import UserError
 from ..fsio import atomic_write_json, atomic_write_text, read_jsonl
 from ..lock import hold
+from ..progress import announce
 from ..rundir import RunDir
 from ..runtime import set_threads
 from . import dist
@@ -119,7 +120,7 @@ def _load(cfg: Config, run: RunDir, mode: str, resume: bool, ckpt: Path | None, 
 
     t = cfg.trainer
     if dist.is_main():
-        console.print(f"loading model {ckpt or base_path} …", highlight=False, soft_wrap=True)
+        announce(f"loading model {ckpt or base_path} …")
     tokenizer = load_tokenizer(base_path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_model(str(ckpt) if ckpt else base_path, cfg.model.dtype, cfg.model.trust_remote_code).to(device)
     model.config.use_cache = False
