@@ -105,6 +105,7 @@ class VLLMEngine:
             tensor_parallel_size=int(tensor_parallel_size),
             enforce_eager=(not on_gpu) if enforce_eager is None else bool(enforce_eager),
             trust_remote_code=trust_remote_code,
+            use_tqdm_on_load=False,  # no weight-loading bars in a job's log ("loading model …" says it)
         )
         if on_gpu:
             kwargs["gpu_memory_utilization"] = float(gpu_memory_utilization)
