@@ -20,7 +20,8 @@ class BuildPyWithPresets(build_py):
         super().run()
         if PRESETS.is_dir() and not getattr(self, "editable_mode", False):
             dest = Path(self.build_lib) / "vespo_cli" / "_presets"
-            shutil.copytree(PRESETS, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.rmtree(dest, ignore_errors=True)  # a preset deleted since the last build must not ship
+            shutil.copytree(PRESETS, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 setup(cmdclass={"build_py": BuildPyWithPresets})

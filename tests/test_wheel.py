@@ -57,6 +57,17 @@ def test_the_wheel_ships_the_presets_and_trains_outside_the_checkout(installed, 
     for name in ("tiny", "smollm2-arith", "qwen3-8b", "vespo", "grpo", "cispo"):
         assert f" {name} " in listed.stdout, listed.stdout
     assert "_presets" in listed.stdout
+    shipped = run(  # the whole presets tree ships, claims/ included
+        installed / "python",
+        "-c",
+        "from importlib.resources import files; d = files('vespo_cli') / '_presets'; "
+        "print(sorted(str(p.relative_to(d)) for p in d.rglob('*.yaml')))",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert shipped.stdout.strip() == str(
+        sorted(str(p.relative_to(ROOT / "presets")) for p in ROOT.glob("presets/**/*.yaml"))
+    )
 
     trained = run(
         *(installed / "vespo", "train", "--preset", "tiny", "--set", "trainer.steps=1", "--out", "r"),
