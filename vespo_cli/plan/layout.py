@@ -178,7 +178,8 @@ def describe_engines(e: Engines) -> list[str]:
                 "run",
                 f"{e.run_batches} rollout batches: ≈ {e.run_rollout_s / 3600:,.0f} h sampling + "
                 f"≈ {e.run_train_s / 3600:,.0f} h training (MFU {TRAIN_MFU:g}) ≈ {e.run_hours:,.0f} h on "
-                f"{e.run_gpus} GPU{'s' if e.run_gpus > 1 else ''} = {e.run_hours * e.run_gpus:,.0f} GPU-hours (an estimate, as above)",
+                f"{e.run_gpus} GPU{'s' if e.run_gpus > 1 else ''} = {e.run_hours * e.run_gpus:,.0f} GPU-hours "
+                "(an estimate, as above)",
             )
         )
     if e.publish_s:
