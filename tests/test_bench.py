@@ -161,7 +161,15 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
     assert data == json.loads(json.dumps(res))
     for key in bench.HEADLINE:
         assert key in data
-    for key in ("train_mfu", "rollout_speedup_vllm_vs_hf", "objective_share_of_step", "shard_io_share"):
+    for key in (
+        "train_mfu",
+        "rollout_speedup_vllm_vs_hf",
+        "objective_share_of_step",
+        "shard_io_share",
+        "study_step_speedup",
+        "study_step_vs_plain",
+        "study_train_mfu",
+    ):
         assert isinstance(data[key], float) and math.isfinite(data[key]) and data[key] > 0, key
     for key in ("e2e_speedup_vs_trl_same_engine", "e2e_speedup_vs_trl_vllm", "peak_rss_ratio_vs_trl"):
         assert data[key] is None, key
@@ -196,3 +204,22 @@ def test_bench_module_rejects_what_is_not_a_suite_section_or_worker(argv, rc, tm
     assert (
         p.returncode == rc and p.stderr.startswith("usage: python -m vespo_cli.bench") and not list(tmp_path.iterdir())
     )
+
+
+def test_reference_trainer_is_the_tree_at_its_revision_and_a_bad_revision_says_why():
+    """The study section's `before` trainer: main's train/step.py at STUDY_REFERENCE_REV, imported beside
+    this tree's (its own package, its own Config class); a revision git does not know is one line."""
+    import subprocess
+
+    from vespo_cli.bench.reference import STUDY_REFERENCE_REV, reference_config, reference_step_module
+    from vespo_cli.config import load_config
+
+    step = reference_step_module()
+    old = subprocess.run(
+        ["git", "show", f"{STUDY_REFERENCE_REV}:vespo_cli/train/step.py"], capture_output=True, text=True, check=True
+    ).stdout
+    assert open(step.__file__).read() == old and step.__name__ != "vespo_cli.train.step"
+    cfg = reference_config(step, load_config("tiny", None, []))
+    assert type(cfg).__module__.startswith(step.__name__.rsplit(".", 2)[0]) and cfg.model.path == "tiny"
+    with pytest.raises(RuntimeError, match="git archive 0{40}"):
+        reference_step_module("0" * 40)

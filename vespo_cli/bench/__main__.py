@@ -12,7 +12,7 @@ USAGE = (
     "       python -m vespo_cli.bench section NAME OUT.json [--quick]\n"
     "       python -m vespo_cli.bench worker {vespo,trl}-{hf,vllm} ...  (the suite's subprocesses)"
 )
-SECTIONS = ("train", "rollout", "sync_loop", "async_loop", "ranks")
+SECTIONS = ("train", "study", "rollout", "sync_loop", "async_loop", "ranks")
 
 
 def _check(argv: list[str]) -> None:
@@ -38,10 +38,12 @@ def main(argv: list[str]) -> None:
         from .section_async import section_async_loop, section_sync_loop
         from .section_ranks import section_ranks
         from .section_rollout import section_rollout
+        from .section_study import section_study
         from .section_train import section_train
 
         sections = {
             "train": section_train,
+            "study": section_study,
             "rollout": section_rollout,
             "sync_loop": section_sync_loop,
             "async_loop": section_async_loop,

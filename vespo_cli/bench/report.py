@@ -12,6 +12,7 @@ NAMES = {
     "peak_rss_ratio_vs_trl": "peak RSS, vespo / TRL (worst of the fair rows)",
     "objective_share_of_step": "policy_loss fwd+bwd / GRPO step (embedded default, vespo)",
     "train_mfu": "trainer MFU vs bf16 matmul peak (long sequences)",
+    "study_step_speedup": "cpu-staleness step (old logp + step), main before issue 33 / now, CPU s",
     "rollout_speedup_vllm_vs_hf": "rollout tokens/s, vLLM / HF engine",
     "shard_io_share": "shard write+read / step",
 }

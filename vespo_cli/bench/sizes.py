@@ -9,6 +9,7 @@ TARGETS = {  # key: (comparison, bound)
     "peak_rss_ratio_vs_trl": ("<=", 1.0),
     "objective_share_of_step": ("<", 0.01),
     "train_mfu": (">=", 0.5),
+    "study_step_speedup": (">=", 1.5),
     "rollout_speedup_vllm_vs_hf": (">=", 2.0),
     "shard_io_share": ("<", 0.02),
 }
@@ -43,6 +44,8 @@ def sizes(quick: bool) -> dict:
             obj_B=16,
             obj_T=256,
             obj_repeats=2,
+            study_prompts=1,
+            study_rounds=1,
         )
     return dict(
         model="smollm2-135m",
@@ -69,6 +72,8 @@ def sizes(quick: bool) -> dict:
         obj_B=256,
         obj_T=4096,
         obj_repeats=11,
+        study_prompts=4,  # × rollout.n = 8: the cpu-staleness preset's 32 sequences per optimizer step
+        study_rounds=3,
     )
 
 

@@ -25,6 +25,9 @@ RATIO_KEYS = (  # the ratios the regression check compares with the previous run
     "peak_rss_ratio_vs_trl",
     "objective_share_of_step",
     "train_mfu",
+    "study_step_speedup",
+    "study_step_vs_plain",
+    "study_train_mfu",
     "rollout_speedup_vllm_vs_hf",
     "shard_io_share",
     "publish_share_of_step",
@@ -85,6 +88,9 @@ def headline(raw: dict) -> dict:
         "objective_share_of_step": v["objective_share"],
         "objective_share_of_step_hf_engine": ex["vespo-hf"]["objective_share"],
         "train_mfu": raw["train"].get("mfu"),
+        "study_step_speedup": raw.get("study", {}).get("study_step_speedup"),
+        "study_step_vs_plain": raw.get("study", {}).get("study_step_vs_plain"),
+        "study_train_mfu": raw.get("study", {}).get("study_train_mfu"),
         "rollout_speedup_vllm_vs_hf": raw["rollout"].get("speedup"),
         "shard_io_share": statistics.median((s["shard_read_s"] + s["shard_write_s"]) / s["step_s"] for s in measured),
         "publish_s_per_step": statistics.median(s["publish_s"] for s in measured),
@@ -136,6 +142,7 @@ def run_bench(out: Path, quick: bool = False) -> dict:
 
         raw["rollout"] = section("rollout", "rollout: vLLM vs HF engine, weight publish")
         raw["train"] = section("train", "train: throughput and MFU")
+        raw["study"] = section("study", "study: the cpu-staleness step vs main before issue 33 and plain transformers")
         sync = section("sync_loop", "async: sync loop")
         async_ = section("async_loop", "async: async loop at equal samples") if "error" not in sync else sync
         raw["async"] = async_summary(sync, async_, sz) if "error" not in async_ else {"error": async_["error"]}
