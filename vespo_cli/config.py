@@ -138,6 +138,7 @@ class TrainerConfig(Section):
     bf16_autocast: bool = False  # bf16 matmuls under torch autocast, fp32 elsewhere (train/precision.py)
     bf16_params: bool = False  # a bf16 copy of the fp32 weights per step, fp32 gradients (train/precision.py)
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile of each decoder block (train/compile.py; docs/performance.md)
     save_every: int = Field(10, ge=1, le=MAX_COUNT)  # optimizer steps between checkpoints (and at the end)
     keep_checkpoints: int = Field(2, ge=0, le=10**6)  # 0 = keep all
     max_staleness: int = Field(4, ge=0, le=MAX_COUNT)  # async: drop shards more than this many policy versions old

@@ -48,6 +48,22 @@ def reference_step_module(rev: str = STUDY_REFERENCE_REV):
 
 def reference_config(step_module, cfg):
     """`cfg` (this tree's Config) as the reference tree's own Config class, which its objectives and
-    trainer check types against."""
+    trainer check types against; keys the reference does not know (options added since) are left out."""
     package = step_module.__name__.rsplit(".", 2)[0]
-    return importlib.import_module(f"{package}.config").Config.model_validate(cfg.model_dump())
+    ref_cls = importlib.import_module(f"{package}.config").Config
+    return ref_cls.model_validate(_known(cfg.model_dump(), ref_cls))
+
+
+def _known(data: dict, cls) -> dict:
+    """`data` restricted to the fields of pydantic model `cls`, section by section."""
+    from pydantic import BaseModel
+
+    out = {}
+    for key, value in data.items():
+        field = cls.model_fields.get(key)
+        if field is None:
+            continue
+        sub = field.annotation
+        nested = isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel)
+        out[key] = _known(value, sub) if nested else value
+    return out

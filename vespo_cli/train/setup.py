@@ -25,6 +25,7 @@ from ..rundir import RunDir
 from ..runtime import set_threads
 from . import dist
 from .checkpoint import latest_checkpoint, load_optimizer, load_trainer_state
+from .compile import compile_decoder_blocks
 from .inputs import settle_inputs
 from .metrics import MetricsWriter, check_trackers
 from .step import make_optimizer, make_scheduler
@@ -127,6 +128,8 @@ def _load(cfg: Config, run: RunDir, mode: str, resume: bool, ckpt: Path | None, 
     vocab_size = model.get_input_embeddings().num_embeddings  # shards' token ids must index it
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if t.compile:
+        compile_decoder_blocks(model)
     model = dist.shard_model(model, t.bf16_params)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
