@@ -10,6 +10,12 @@ peak measured right before and after each step, and two same-run comparisons on 
   same rows (one padded batch, `labels` on the response tokens, bf16 weights): what the hardware gives
   to code that does nothing clever.
 
+The trainers: `reference`; `eager`, this tree with trainer.compile off; `compiled`, this tree with its
+decoder blocks compiled (`train/compile.py`; here as `torch.compile` wrappers swapped in for that
+trainer's turns, so that all three share one model and optimizer). `current` is the one the preset
+configures. The compiled trainer's compile time (its first round's wall seconds over its median round's)
+is reported apart from its step time; inductor compiles in worker processes, so it is wall-clock.
+
 The rollout runs first (the preset's engine, its sampling), and its first batch is the batch every
 trainer round trains on; rewards are drawn at random so that every group has an advantage spread.
 """
@@ -58,20 +64,36 @@ def section_study(quick: bool) -> dict:
     flops = train_flops(shape, seq, resp)
     from ..train import step as current
 
-    trainers = {"current": current}
+    optimizer = current.make_optimizer(model, cfg)
+    runs = {"eager": _Trainer(current, model, cfg, optimizer), "compiled": _Trainer(current, model, cfg, optimizer)}
+    runs["compiled"].layers = torch.nn.ModuleList([torch.compile(b, dynamic=True) for b in model.model.layers])
     try:
-        trainers = {"reference": reference_step_module(), **trainers}
+        runs = {"reference": _Trainer(reference_step_module(), model, cfg, optimizer), **runs}
         ref_error = None
     except RuntimeError as e:  # no git history here (an installed package): the comparison is left out
         ref_error = str(e)
-    runs = {name: _Trainer(module, model, cfg) for name, module in trainers.items()}
     rounds = []
-    for _ in range(sz["study_rounds"] + 1):  # round 0 warms up
+    for _ in range(sz["study_rounds"] + 1):  # round 0 warms up (and compiles)
         rec = {name: run.measure(rows, adv, flops, sz) for name, run in runs.items()}
         rec["plain"] = _plain_step(plain, rows, flops, sz)
         rec["load_avg"] = os.getloadavg()[0]
         rounds.append(rec)
-    return _result(cfg, sz, rows, shape, flops, rollout, rounds, ref_error, reference.STUDY_REFERENCE_REV)
+    current_name = "compiled" if cfg.trainer.compile else "eager"
+    for rec in rounds:
+        rec["current"] = rec[current_name]
+    out = _result(cfg, sz, rows, shape, flops, rollout, rounds, ref_error, reference.STUDY_REFERENCE_REV)
+    walls = [r["compiled"]["old_logprobs_s"] + r["compiled"]["step_s"] for r in rounds]
+    eager_walls = [r["eager"]["old_logprobs_s"] + r["eager"]["step_s"] for r in rounds]
+    out["current_trainer"] = current_name
+    out["eager"], out["compiled"] = _split(rounds[1:], "eager"), _split(rounds[1:], "compiled")
+    out["compile_s"] = walls[0] - statistics.median(walls[1:])
+    out["compile_first_round_s"], out["eager_first_round_s"] = walls[0], eager_walls[0]
+    out["compile_speedup"] = statistics.median(
+        (r["eager"]["old_logprobs_cpu_s"] + r["eager"]["step_cpu_s"])
+        / (r["compiled"]["old_logprobs_cpu_s"] + r["compiled"]["step_cpu_s"])
+        for r in rounds[1:]
+    )
+    return out
 
 
 def _rollout(cfg, path: str, prompts: int, rounds: int):
@@ -124,18 +146,29 @@ class _Trainer:
     """One trainer (a `train.step` module: this tree's or the reference's) on the shared model, with its
     own optimizer (AdamW state does not leak between the trainers)."""
 
-    def __init__(self, module, model, cfg):
+    layers = None  # decoder blocks swapped in for this trainer's turns (the compiled ones), or None
+
+    def __init__(self, module, model, cfg, optimizer):
         import torch
 
         from .reference import reference_config
 
-        self.module, self.model = module, model
+        self.module, self.model, self.optimizer = module, model, optimizer
         self.cfg = cfg if module.__name__.startswith("vespo_cli.") else reference_config(module, cfg)
-        self.optimizer = module.make_optimizer(model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: 1.0)
 
     def measure(self, rows, adv, flops: float, sz: dict) -> dict:
-        """Old log-probs, then one optimizer step on every row; seconds and MFU."""
+        """Old log-probs, then one optimizer step on every row (with this trainer's blocks); seconds, MFU."""
+        decoder = self.model.model
+        eager_layers = decoder.layers
+        if self.layers is not None:
+            decoder.layers = self.layers
+        try:
+            return self._measure(rows, adv, flops, sz)
+        finally:
+            decoder.layers = eager_layers
+
+    def _measure(self, rows, adv, flops: float, sz: dict) -> dict:
         before = matmul_peak(sz["matmul_n"], sz["matmul_window_s"])
         t0, c0 = time.perf_counter(), time.process_time()
         old = self.module.old_logprobs(self.model, rows, self.cfg)
@@ -196,11 +229,7 @@ def _result(cfg, sz, rows, shape, flops, rollout, rounds, ref_error, ref_rev) ->
     measured = rounds[1:]
     med = lambda xs: statistics.median(xs)  # noqa: E731
     cur = [r["current"] for r in measured]
-
-    def split(name: str) -> dict:
-        rs = [r[name] for r in measured]
-        keys = ("old_logprobs_s", "old_logprobs_cpu_s", "step_s", "step_cpu_s", "forward_s", "backward_s")
-        return {k: med(x[k] for x in rs) for k in (*keys, "optimizer_s", "mfu")}
+    split = lambda name: _split(measured, name)  # noqa: E731
 
     out = {
         "preset": "cpu-staleness",
@@ -234,3 +263,9 @@ def _result(cfg, sz, rows, shape, flops, rollout, rounds, ref_error, ref_rev) ->
     else:
         out["reference_error"] = ref_error
     return out
+
+
+def _split(measured: list[dict], name: str) -> dict:
+    """Medians of trainer `name`'s phase times and MFU over the measured rounds."""
+    keys = ("old_logprobs_s", "old_logprobs_cpu_s", "step_s", "step_cpu_s", "forward_s", "backward_s", "optimizer_s")
+    return {k: statistics.median(r[name][k] for r in measured) for k in (*keys, "mfu")}

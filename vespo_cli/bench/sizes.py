@@ -73,7 +73,7 @@ def sizes(quick: bool) -> dict:
         obj_T=4096,
         obj_repeats=11,
         study_prompts=4,  # × rollout.n = 8: the cpu-staleness preset's 32 sequences per optimizer step
-        study_rounds=3,
+        study_rounds=2,
     )
 
 
