@@ -17,7 +17,7 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast test-heavy lint bench clean
+.PHONY: setup demo test test-fast test-heavy lint bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,13 @@ else
 	$(UV) pip install --python $(PY) -e ".[gpu,test,bench]"
 endif
 	$(VENV)/bin/vespo bench --out reports/bench
+
+gpu-check:  # one CUDA device: qwen3-0.6b with vLLM colocated for a few steps -> reports/gpu/ (vespo_cli/bench/gpu.py)
+ifneq ($(DEVICE),gpu)
+	$(error gpu-check: no CUDA device here (nvidia-smi finds none); run `make gpu-check` on a machine with one)
+endif
+	$(MAKE) setup
+	$(PY) -m vespo_cli.bench.gpu reports/gpu
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis build *.egg-info

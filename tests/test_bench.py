@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -223,3 +224,22 @@ def test_reference_trainer_is_the_tree_at_its_revision_and_a_bad_revision_says_w
     assert type(cfg).__module__.startswith(step.__name__.rsplit(".", 2)[0]) and cfg.model.path == "tiny"
     with pytest.raises(RuntimeError, match="git archive 0{40}"):
         reference_step_module("0" * 40)
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a machine with a GPU runs the check instead")
+@pytest.mark.parametrize("how", ["make", "module"])
+def test_gpu_check_refuses_without_cuda_in_one_line(how, tmp_path):
+    """`make gpu-check` (and its module) on a machine without CUDA: exit 2, one line saying so, nothing written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if how == "make":
+        argv, cwd = ["make", "--no-print-directory", "-s", "-C", str(root), "gpu-check"], root
+    else:
+        argv, cwd = [sys.executable, "-m", "vespo_cli.bench.gpu", str(tmp_path / "gpu")], root
+    p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "gpu-check: no CUDA device here" in lines[0], p.stderr
+    assert not (tmp_path / "gpu").exists()
