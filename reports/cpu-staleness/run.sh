@@ -35,6 +35,7 @@
 # config.yaml, run.json and metrics.jsonl are copied to reports/cpu-staleness/runs/ (committed), and
 # copied back into $STUDY_DIR first, so a fresh checkout skips what is already done. The report is
 # built from reports/cpu-staleness/runs/ alone.
+{ # the whole script is read before it runs: editing it while a study runs cannot change the running one
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=2 VLLM_ENABLE_V1_MULTIPROCESSING=0 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
@@ -124,3 +125,5 @@ if [[ "$MODE" != "--report" ]]; then
   wait
 fi
 report
+exit 0
+}

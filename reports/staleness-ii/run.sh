@@ -30,6 +30,7 @@
 # (with the commit it trained at) and metrics.jsonl are copied to reports/staleness-ii/runs/ (committed), and copied
 # back first, so a fresh checkout skips what is done. Checkpoints are deleted only once a run is kept (its evals are
 # in its metrics). Run nothing heavy beside the two lanes (each trainer holds ~6.5 GB).
+{ # the whole script is read before it runs: editing it while a study runs cannot change the running one
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=2 VLLM_ENABLE_V1_MULTIPROCESSING=0 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
@@ -141,3 +142,5 @@ if [[ "$MODE" != "--report" ]]; then
   wait
 fi
 report
+exit 0
+}
