@@ -81,8 +81,9 @@ def make_shard_rows(rows: int = 4, version: int = 0, *, tag: str = "v", **column
 
     The tests' only list of shard columns: a required column the schema gains fails here until it has a
     default. Defaults: groups of 2 samples, shard "{tag}{version}", groups "{tag}{version}-g<i // 2>",
-    prompts p<i // 2>, responses of 3-5 tokens at logprob -0.25, rewards 1/0 alternating, correct = reward > 0,
-    finish "stop", created_at SHARD_T0. `columns` replace defaults or add optional columns, by name."""
+    prompts p<i // 2> of tokens [1, 2, 3 + i // 2], responses of 3-5 tokens at logprob -0.25, rewards 1/0
+    alternating, correct = reward > 0, finish "stop", created_at SHARD_T0. `columns` replace defaults or add
+    optional columns, by name."""
     from vespo_cli.shards import OPTIONAL, SCHEMA
 
     unknown = sorted(set(columns) - set(SCHEMA.names))
@@ -101,7 +102,7 @@ def make_shard_rows(rows: int = 4, version: int = 0, *, tag: str = "v", **column
         "prompt_id": [f"p{i // 2}" for i in range(rows)],
         "group_id": [f"{tag}{version}-g{i // 2}" for i in range(rows)],
         "sample_idx": [i % 2 for i in range(rows)],
-        "prompt_token_ids": [[1, 2, 3 + i] for i in range(rows)],
+        "prompt_token_ids": [[1, 2, 3 + i // 2] for i in range(rows)],
         "response_token_ids": responses,
         "reward": reward,
         "finish_reason": ["stop"] * rows,

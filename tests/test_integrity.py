@@ -153,6 +153,75 @@ def test_async_skips_a_renamed_copy_of_a_consumed_shard(tmp_path):
     assert batch.digests == {S.shard_name(0, "w0", 1): shard_hash(read_shard(out / S.shard_name(0, "w0", 1)))}
 
 
+def _colliding(tag: str, seed: int, victim: str) -> pa.Table:
+    """A shard of other prompts (`tag`p…) that reuses shard `victim`'s group ids, as another producer or
+    a same-named run could write it: no vespo hashes (written as a foreign tool would)."""
+    cols = shard_columns(seed=seed, tag=tag)
+    cols["group_id"] = [g.replace(tag, victim, 1) for g in cols["group_id"]]
+    return to_table(cols)
+
+
+def test_replay_skips_a_shard_whose_group_ids_are_another_shards_for_other_prompts(tmp_path, capsys):
+    """A foreign shard reusing shard a's group ids for its own prompts: skipped with one line naming
+    both shards and the id, counted, and the run trains exactly as without it."""
+    d = tmp_path / "shards"
+    for i, tag in enumerate("ab"):
+        write_shard(shard_columns(seed=i, tag=tag), d / S.shard_name(0, "w0", i))
+    ref = tmp_path / "ref"
+    train(tiny("trainer.steps=2", *REPLAY), ref, replay=d)
+    bad = d / S.shard_name(0, "w0", 0).replace(".parquet", "x.parquet")  # sorts after a, before b
+    raw_write(_colliding("c", 5, "a"), bad)
+    capsys.readouterr()
+    run = tmp_path / "run"
+    train(tiny("trainer.steps=2", *REPLAY), run, replay=d)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "group_id" in ln]
+    first = d / S.shard_name(0, "w0", 0)
+    assert lines == [
+        f"skipping bad shard {bad}: group_id 'a0-g0' is also in {first} for another prompt (prompt_id 'ap0' vs "
+        "'cp0'); group ids must name one prompt"
+    ]
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [m["shards_quarantined"] for m in metrics] == [1, 0]
+    strip = lambda ms: stable([{k: v for k, v in m.items() if k != "shards_quarantined"} for m in ms])  # noqa: E731
+    assert strip(metrics) == strip(read_jsonl(ref / "metrics.jsonl"))
+
+
+def test_async_quarantines_a_shard_whose_group_ids_collide_within_a_batch(tmp_path):
+    """Two worker shards of one async batch with the same group ids for other prompts: the second is
+    quarantined, and the batch's groups are each one prompt's."""
+    out = tmp_path / "run" / "rollouts"
+    write_shard(shard_columns(rows=4, seed=1, tag="a"), out / S.shard_name(0, "w0", 0))
+    write_shard(_colliding("c", 2, "a").slice(0, 4), out / S.shard_name(0, "w1", 0))
+    write_shard(shard_columns(rows=4, seed=3, tag="b"), out / S.shard_name(0, "w2", 0))
+    state = {"step": 0, "iteration": 0, "dropped": [], "ledger": []}
+    cfg = tiny("trainer.staleness=2", "trainer.minibatch_prompts=2")  # 4 prompt groups per batch
+    batch = next(async_batches(cfg, tmp_path / "run", state, lambda: False, vocab_size=49152))
+    assert batch.shards == [S.shard_name(0, "w0", 0), S.shard_name(0, "w2", 0)]
+    assert batch.quarantined == [S.shard_name(0, "w1", 0)]
+    assert (out / "quarantine" / S.shard_name(0, "w1", 0)).is_file()
+
+
+def test_run_json_records_a_run_id_and_the_commit_and_group_ids_use_the_id(tmp_path):
+    """Two runs in directories of the same name get different run ids, recorded once in run.json
+    (with the git commit the run trained at), and their groups are named by them."""
+    import subprocess
+
+    from vespo_cli.runid import code_commit
+
+    ids = []
+    for parent in ("a", "b"):
+        run = tmp_path / parent / "same"
+        train(tiny("trainer.steps=1", "trainer.staleness=1", "trainer.minibatch_prompts=1"), run)
+        info = json.loads((run / "run.json").read_text())
+        ids.append(info["run_id"])
+        groups = {g for f in (run / "rollouts").glob("*.parquet") for g in read_shard(f).column("group_id").to_pylist()}
+        assert groups and all(g.startswith(f"{info['run_id']}/") for g in groups)
+        assert info["commit"] == code_commit()
+    assert len(set(ids)) == 2 and all(len(i) == 16 for i in ids)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(S.__file__).parent)
+    assert code_commit() == (head.stdout.strip() if head.returncode == 0 else None)
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 

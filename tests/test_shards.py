@@ -256,16 +256,19 @@ def test_mismatched_logprob_lengths(tmp_path):
 @pytest.mark.parametrize(
     "bad, kind",
     [
-        (float("nan"), "NaN"),
-        (float("inf"), "infinite"),
-        (float("-inf"), "infinite"),
-        (0.5, "positive"),
+        (float("nan"), "NaN values"),
+        (float("inf"), "infinite values"),
+        (float("-inf"), "infinite values"),
+        (0.5, "out-of-range values such as 0.5"),
+        (-3e38, "out-of-range values such as -3e+38"),
+        (-1000.5, "out-of-range values such as -1000.5"),
     ],
 )
 def test_bad_logprob_values(tmp_path, bad, kind):
     cols = shard_columns(2, resp_lens=[2, 2], rollout_logprobs=[[-0.1, -0.2], [-0.3, bad]])
     p = raw_write(to_table(cols), tmp_path / "v.parquet")
-    assert shard_error(p) == f"{p}: rollout_logprobs contain {kind} values (expected finite log-probabilities <= 0)"
+    expected = "(expected finite log-probabilities in [-1000, 0.0001])"
+    assert shard_error(p) == f"{p}: rollout_logprobs contain {kind} {expected}"
     with pytest.raises(ShardError):
         write_shard(cols, tmp_path / "never.parquet")
     assert not (tmp_path / "never.parquet").exists()
@@ -274,6 +277,13 @@ def test_bad_logprob_values(tmp_path, bad, kind):
 def test_logprob_zero_and_rounding_are_accepted(tmp_path):
     cols = shard_columns(1, resp_lens=[2], rollout_logprobs=[[0.0, 5e-5]])
     assert read_shard(write_shard(cols, tmp_path / "z.parquet")).num_rows == 1
+
+
+def test_range_ends_are_accepted(tmp_path):
+    """The documented ends of the valid ranges (shards.py docstring) are inside them."""
+    cols = shard_columns(2, resp_lens=[2, 2], rewards=[S.REWARD_MAX, -S.REWARD_MAX])
+    cols["rollout_logprobs"] = [[S.LOGPROB_MIN, -1.0], [S.LOGPROB_MAX / 2, 0.0]]
+    assert read_shard(write_shard(cols, tmp_path / "ends.parquet")).num_rows == 2
 
 
 @pytest.mark.parametrize(
@@ -286,8 +296,16 @@ def test_logprob_zero_and_rounding_are_accepted(tmp_path):
         ({"prompt_token_ids": [[1], [-3]]}, "prompt_token_ids contain negative token ids"),
         ({"policy_version": [-1, 0]}, "policy_version must be >= 0"),
         ({"sample_idx": [0, -1]}, "sample_idx must be >= 0"),
-        ({"temperature": [0.0, 1.0]}, "temperature must be > 0 and top_p in (0, 1]"),
-        ({"top_p": [1.0, 1.5]}, "temperature must be > 0 and top_p in (0, 1]"),
+        ({"reward": [3e38, 0.0]}, "reward 3e+38 is out of range (expected |reward| <= 1e+06)"),
+        ({"reward": [0.0, -2e6]}, "reward -2e+06 is out of range (expected |reward| <= 1e+06)"),
+        ({"temperature": [0.0, 1.0]}, "temperature must be finite and > 0 and top_p in (0, 1]"),
+        ({"temperature": [float("inf"), 1.0]}, "temperature must be finite and > 0 and top_p in (0, 1]"),
+        ({"top_p": [1.0, 1.5]}, "temperature must be finite and > 0 and top_p in (0, 1]"),
+        ({"prompt_id": ["p0", "q0"]}, "group_id 'v0-g0': rows disagree on the prompt (prompt_id 'p0' vs 'q0', row 1)"),
+        (
+            {"prompt_token_ids": [[1, 2], [1, 3]]},
+            "group_id 'v0-g0': rows disagree on the prompt (prompt_token_ids, row 1)",
+        ),
     ],
 )
 def test_bad_values(tmp_path, columns, fragment):

@@ -11,6 +11,20 @@ caught; `vespo.content_sha256`, a sha256 of the rows (`content_hash`), which is 
 identity (a renamed copy has the same one); and parquet page checksums (CRC32 per page), which other
 readers can check. Shards without the two hashes (older vespo, other producers) are read as before and
 get their content hash computed on read.
+
+Valid ranges of the numeric columns (whoever wrote the shard; a value outside is refused with one line):
+
+- `reward`: finite, |r| <= REWARD_MAX = 1e6. Rewards are scores (0/1 correctness, shaped rewards of
+  order 1); the bound keeps a batch's sums and squares (2^31 rows × 1e12) far inside float32
+  (3.4e38), so the trainer's float32 tensors and its float64 reductions stay exact enough.
+- `rollout_logprobs`: finite, in [LOGPROB_MIN, LOGPROB_MAX] = [-1000, 1e-4]. A sampled token's log-
+  probability: a float32 sampler cannot draw a token of probability below 2^-149 (ln ≈ -103.3), and
+  an engine's unscaled log-prob of it at temperature T is about T times that (T ≤ 2 gives > -300 with
+  a 50k vocabulary); the upper end admits a kernel's rounding above 0.
+- `temperature` finite and > 0, `top_p` in (0, 1], token ids in [0, vocab), `policy_version` and
+  `sample_idx` >= 0.
+- a group (`group_id`) is the samples of one prompt: its rows agree on `prompt_id` and
+  `prompt_token_ids`.
 """
 
 from __future__ import annotations
@@ -38,6 +52,8 @@ SCHEMA_KEY = b"vespo.schema_version"
 HASH_KEY = b"vespo.content_sha256"
 FILE_KEY = b"vespo.file_sha256"
 _UNSTAMPED = b"0" * 64
+REWARD_MAX = 1e6  # |reward| (module docstring: valid ranges)
+LOGPROB_MIN, LOGPROB_MAX = -1000.0, 1e-4  # rollout_logprobs
 
 SCHEMA = pa.schema(
     [
@@ -238,12 +254,20 @@ def validate(table: pa.Table, path: str | os.PathLike, vocab_size: int | None = 
         i = int(mismatch[0])
         raise bad(f"row {i}: {int(lp_len[i])} rollout_logprobs for {int(resp_len[i])} response tokens")
     flat = pc.list_flatten(logprobs).to_numpy(zero_copy_only=False)
-    if flat.size and not (np.isfinite(flat).all() and (flat <= 1e-4).all()):
-        kind = "NaN" if np.isnan(flat).any() else "infinite" if np.isinf(flat).any() else "positive"
-        raise bad(f"rollout_logprobs contain {kind} values (expected finite log-probabilities <= 0)")
+    if flat.size and not (np.isfinite(flat).all() and (flat <= LOGPROB_MAX).all() and (flat >= LOGPROB_MIN).all()):
+        kind = "NaN" if np.isnan(flat).any() else "infinite" if np.isinf(flat).any() else "out-of-range"
+        worst = flat[np.nanargmax(np.abs(np.nan_to_num(flat, nan=0.0)))] if kind == "out-of-range" else None
+        got = f" such as {float(worst):.6g}" if worst is not None else ""
+        raise bad(
+            f"rollout_logprobs contain {kind} values{got} "
+            f"(expected finite log-probabilities in [{LOGPROB_MIN:g}, {LOGPROB_MAX:g}])"
+        )
     reward = table.column("reward").to_numpy(zero_copy_only=False)
     if not np.isfinite(reward).all():
         raise bad("reward contains NaN or infinite values")
+    if (np.abs(reward) > REWARD_MAX).any():
+        worst = float(reward[np.argmax(np.abs(reward))])
+        raise bad(f"reward {worst:.6g} is out of range (expected |reward| <= {REWARD_MAX:g})")
     for name in ("prompt_token_ids", "response_token_ids"):
         ids = pc.list_flatten(table.column(name)).to_numpy(zero_copy_only=False)
         if ids.size and ids.min() < 0:
@@ -259,10 +283,27 @@ def validate(table: pa.Table, path: str | os.PathLike, vocab_size: int | None = 
         raise bad("policy_version must be >= 0")
     if pc.min(table.column("sample_idx")).as_py() < 0:
         raise bad("sample_idx must be >= 0")
+    group_prompts(table, path)
     temp = table.column("temperature").to_numpy(zero_copy_only=False)
     top_p = table.column("top_p").to_numpy(zero_copy_only=False)
-    if not ((temp > 0).all() and ((top_p > 0) & (top_p <= 1)).all()):
-        raise bad("temperature must be > 0 and top_p in (0, 1]")
+    if not ((np.isfinite(temp) & (temp > 0)).all() and ((top_p > 0) & (top_p <= 1)).all()):
+        raise bad("temperature must be finite and > 0 and top_p in (0, 1]")
+
+
+def group_prompts(table: pa.Table, path: str | os.PathLike) -> dict[str, tuple[str, bytes]]:
+    """group_id → (prompt_id, prompt token ids as bytes) of a shard's rows; ShardError naming the
+    group when its rows disagree on the prompt (a group is the samples of one prompt)."""
+    ids = table.column("prompt_token_ids").combine_chunks()
+    offsets = ids.offsets.to_numpy()
+    tokens = ids.values.to_numpy(zero_copy_only=False).astype("<i4")
+    seen: dict[str, tuple[str, bytes]] = {}
+    for r, (g, pid) in enumerate(zip(table.column("group_id").to_pylist(), table.column("prompt_id").to_pylist())):
+        key = (pid, tokens[offsets[r] : offsets[r + 1]].tobytes())
+        first = seen.setdefault(g, key)
+        if first != key:
+            what = f"prompt_id {first[0]!r} vs {pid!r}" if first[0] != pid else "prompt_token_ids"
+            raise ShardError(f"{path}: group_id {g!r}: rows disagree on the prompt ({what}, row {r})")
+    return seen
 
 
 def reward_failure_counts(reward_errors) -> dict[str, int]:
@@ -327,7 +368,7 @@ def summarize(directory: str | os.PathLike) -> dict:
         engines.update(f"{e}/{d}" for e, d in zip(t.column("engine").to_pylist(), t.column("engine_dtype").to_pylist()))
         finish.update(t.column("finish_reason").to_pylist())
         reward_errors += t.column("reward_error").to_pylist()
-        reward_sum += float(pc.sum(t.column("reward")).as_py())
+        reward_sum += float(pc.sum(pc.cast(t.column("reward"), pa.float64())).as_py())
         correct_sum += float(pc.sum(pc.cast(t.column("correct"), pa.int64())).as_py() or 0)
         resp_tokens += float(pc.sum(pc.list_value_length(t.column("response_token_ids"))).as_py() or 0)
     newest = max(versions) if versions else 0

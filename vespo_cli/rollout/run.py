@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..lock import hold
 from ..progress import announce, progress_bar
 from ..rundir import WEIGHTS_META, RunDir, parse_shard_name, shard_name
+from ..runid import ensure_run_id, recorded_run_id
 from ..shards import list_shards
 from ..train.inputs import check_rollout_inputs
 from .sampling import ShardWriter, open_engine, prompt_chunk
@@ -72,10 +73,11 @@ def _rollout_locked(
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
     announce(f"loading model {model_path} ({cfg.rollout.engine} engine) …")
     engine = open_engine(cfg, model_path)
+    run_id = ensure_run_id(run_dir)  # under the lock; minted once (runid.py)
     t_start, tokens, rewards = time.perf_counter(), 0, []
     try:
         with scorer_for(cfg) as scorer, progress_bar(console) as progress:
-            writer = ShardWriter(engine, tokenizer, scorer, cfg, Path(run_dir).name)
+            writer = ShardWriter(engine, tokenizer, scorer, cfg, run_id)
             task = progress.add_task(
                 "rollout", total=len(problems), completed=(len(chunks) - len(todo)) * per_shard, info=""
             )
@@ -178,10 +180,11 @@ def rollout_follow(
     version = checkpoint_version(path)
     per_shard = cfg.trainer.minibatch_prompts
     seq = _resume_seq(out, worker, k, K)
+    run_id = recorded_run_id(train_run)  # the trainer's (runid.py)
     written = 0
     try:
         with scorer_for(cfg) as scorer:
-            writer = ShardWriter(engine, tokenizer, scorer, cfg, Path(train_run).name)
+            writer = ShardWriter(engine, tokenizer, scorer, cfg, run_id)
             while not run.done.exists() and not _trainer_gone():
                 newest = run.latest_published()
                 if newest is not None and newest != path:

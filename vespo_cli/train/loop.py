@@ -77,7 +77,7 @@ def _batches(
     trainer's module) and the weight publish after each batch; engines and workers close with `stack`."""
     cfg, run, state = tr.cfg, tr.run, tr.state
     if tr.mode == "sync":
-        sampler: Sampler = stack.enter_context(sync_sampler(cfg, run.root, tr.model, tr.tokenizer, tr.engine_path))
+        sampler: Sampler = stack.enter_context(sync_sampler(cfg, tr.run_id, tr.model, tr.tokenizer, tr.engine_path))
         return sync_batches(cfg, run.root, state, sampler.sample, tr.vocab_size), sampler.engine, sampler.publish
     if tr.mode == "replay":
         return replay_batches(cfg, Path(replay), state, tr.vocab_size), None, lambda: None
@@ -258,7 +258,7 @@ def _step_record(
         "iteration": batch.iteration,
         "minibatch": j,
         "lr": tr.scheduler.get_last_lr()[0],
-        "reward": float(rows.rewards[full].mean()),
+        "reward": float(rows.rewards[full].double().mean()),  # reductions in float64
         "accuracy": float(rows.correct[full].float().mean()),
         **reward_failures(rows, full),
         "response_length": sum(resp_len) / len(resp_len),

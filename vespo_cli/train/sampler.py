@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..config import Config
 from ..rollout.base import Engine
@@ -26,8 +25,9 @@ class Sampler:
 
 
 @contextlib.contextmanager
-def sync_sampler(cfg: Config, run_dir: Path, model, tokenizer, model_path: str) -> Iterator[Sampler]:
-    """The sampler of a sync run in `run_dir`, its engine and reward scorer open until the block exits."""
+def sync_sampler(cfg: Config, run_id: str, model, tokenizer, model_path: str) -> Iterator[Sampler]:
+    """The sampler of sync run `run_id` (the prefix of its group ids), its engine and reward scorer open
+    until the block exits."""
     from ..rewards import scorer_for
     from ..rollout.sampling import ShardWriter, trainer_engine
 
@@ -35,7 +35,7 @@ def sync_sampler(cfg: Config, run_dir: Path, model, tokenizer, model_path: str) 
     publish = (lambda: None) if shared else (lambda: engine.load_state_dict(dist.full_state_dict(model, True)))
     with contextlib.ExitStack() as stack:
         stack.callback(engine.close)
-        writer = ShardWriter(engine, tokenizer, stack.enter_context(scorer_for(cfg)), cfg, Path(run_dir).name)
+        writer = ShardWriter(engine, tokenizer, stack.enter_context(scorer_for(cfg)), cfg, run_id)
 
         def sample(problems, version, path, seed, iteration, first: int = 0) -> dict:
             """Prompts first.. of rollout batch `iteration` into the shard `path` (None: generate only,

@@ -22,6 +22,7 @@ from ..fsio import atomic_write_json, atomic_write_text, read_jsonl
 from ..lock import hold
 from ..progress import announce
 from ..rundir import RunDir
+from ..runid import code_commit, ensure_run_id, new_run_id
 from ..runtime import set_threads
 from . import dist
 from .checkpoint import latest_checkpoint, load_optimizer, load_trainer_state
@@ -48,6 +49,7 @@ class Trainer:
     writer: MetricsWriter
     vocab_size: int
     engine_path: str  # the weights the run started from (a sync engine of its own opens them)
+    run_id: str  # run.json's, minted once (runid.py): the prefix of the run's group ids
     timing: dict = field(default_factory=lambda: {"publish_s": 0.0, "last_record": time.perf_counter()})
 
 
@@ -96,9 +98,11 @@ def start_run(
             save_config(cfg, run.root)  # on resume: `--set trainer.steps=N` extended it, and the record says so
         if not resume:
             info = {"mode": mode, "replay": str(replay) if replay else None, "base_model": base_path}
-            atomic_write_json(run.info, {**info, "world_size": dist.world_size()})
+            info = {**info, "world_size": dist.world_size(), "run_id": new_run_id(), "commit": code_commit()}
+            atomic_write_json(run.info, info)
         settle_inputs(run.root, cfg, mode=mode, replay=replay, resume=resume, checkpoint=ckpt)  # train/inputs.py
-    tr = _load(cfg, run, mode, resume, ckpt, base_path, device)
+    run_id = dist.broadcast_object(ensure_run_id(run.root) if dist.is_main() else None)  # runid.py
+    tr = _load(cfg, run, mode, resume, ckpt, base_path, device, run_id)
     stack.callback(tr.writer.close)
     if tr.state["step"] >= cfg.trainer.steps:
         console.print(f"{run.root}: already complete ({tr.state['step']}/{cfg.trainer.steps} steps)")
@@ -115,7 +119,9 @@ def _latest_checkpoint(run: RunDir) -> Path | None:
     return dist.broadcast_object(latest_checkpoint(run.root, warn=warn))
 
 
-def _load(cfg: Config, run: RunDir, mode: str, resume: bool, ckpt: Path | None, base_path: str, device) -> Trainer:
+def _load(
+    cfg: Config, run: RunDir, mode: str, resume: bool, ckpt: Path | None, base_path: str, device, run_id: str
+) -> Trainer:
     """The model (sharded under torchrun), optimizer, schedule and trainer state, from `ckpt` if any."""
     from ..models import load_model, load_tokenizer
 
@@ -145,7 +151,9 @@ def _load(cfg: Config, run: RunDir, mode: str, resume: bool, ckpt: Path | None, 
         _truncate_metrics(run.metrics, state["step"])
     writer = MetricsWriter(run.root, t.loggers, config=to_dict(cfg), enabled=dist.is_main())
     engine_path = str(ckpt) if ckpt else base_path  # the weights a sync engine of its own opens
-    return Trainer(cfg, run, mode, model, tokenizer, optimizer, scheduler, state, writer, vocab_size, engine_path)
+    return Trainer(
+        cfg, run, mode, model, tokenizer, optimizer, scheduler, state, writer, vocab_size, engine_path, run_id
+    )
 
 
 def _check_run_dir(run: RunDir, resume: bool) -> None:

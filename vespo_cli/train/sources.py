@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..rollout.groups import EngineGroup, engine_group
 from ..rundir import RunDir, parse_shard_name, quarantine, shard_name
 from ..seeds import chunk_seed
-from ..shards import ShardError, follow, list_shards, read_shard, shard_hash
+from ..shards import ShardError, follow, group_prompts, list_shards, read_shard, shard_hash
 from . import dist
 from .batch import Rows, rows_from_table
 
@@ -126,20 +126,37 @@ def _groups_in_order(rows: Rows) -> list[str]:
     return list(seen)
 
 
+def _claim_groups(owners: dict[str, tuple[tuple, Path]], table: pa.Table, path: Path) -> None:
+    """Record `path`'s prompt groups in `owners` (group_id → (prompt, shard)); ShardError naming both
+    shards and the id when a group is already another shard's for another prompt: one group's
+    advantages must not be normalised across two prompts (shards of other producers included)."""
+    mine = group_prompts(table, path)
+    for g, prompt in mine.items():
+        if g in owners and owners[g][0] != prompt:
+            raise ShardError(
+                f"{path}: group_id {g!r} is also in {owners[g][1]} for another prompt "
+                f"(prompt_id {owners[g][0][0]!r} vs {prompt[0]!r}); group ids must name one prompt"
+            )
+    for g, prompt in mine.items():
+        owners.setdefault(g, (prompt, path))
+
+
 def _read_replay(replay: Path, vocab_size: int) -> tuple[list[pa.Table], list[str], list[str], dict[str, str]]:
     """The valid, distinct shards of `replay` (tables, bad names, duplicate names, shard id → hash)."""
     files = list_shards(replay)
     if not files:
         raise UserError(f"--replay {replay}: no shards (*.parquet) found")
-    tables, bad, dup, digests, first = [], [], [], {}, {}
+    tables, bad, dup, digests, first, owners = [], [], [], {}, {}, {}
     for f in files:
         try:
             table = read_shard(f, vocab_size)
+            d = shard_hash(table)
+            if d not in first:
+                _claim_groups(owners, table, f)
         except ShardError as e:
             bad.append(f.name)
-            console.print(f"[yellow]skipping bad shard[/] {e}", highlight=False)
+            console.print(f"[yellow]skipping bad shard[/] {e}", highlight=False, soft_wrap=True)
             continue
-        d = shard_hash(table)
         if d in first:
             dup.append(f.name)
             console.print(f"[yellow]skipping duplicate shard[/] {f}: the same rows as {first[d]}", highlight=False)
@@ -198,10 +215,10 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_
     stream = follow(out, seen=seen, poll_s=0.2, stop=lambda: not workers_alive())
     while True:
         tables, names, dropped, bad, dup, digests = [], [], [], [], [], {}
-        groups: set[str] = set()
+        owners: dict[str, tuple[tuple, Path]] = {}  # this batch's groups: one prompt each
         t0 = time.perf_counter()
         io_s = 0.0
-        while len(groups) < gbs:
+        while len(owners) < gbs:
             path = next(stream, None)
             if path is None:
                 raise UserError(f"{run_dir}: every async rollout worker exited; see {run.worker_log('*')}")
@@ -224,11 +241,16 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_
                     f"[yellow]skipping duplicate shard[/] {path}: its rows were already used", highlight=False
                 )
                 continue
+            try:
+                _claim_groups(owners, t, path)
+            except ShardError as e:
+                _quarantine(path, e)
+                bad.append(path.name)
+                continue
             used.add(shard_hash(t))
             digests[path.name] = shard_hash(t)
             tables.append(t)
             names.append(path.name)
-            groups.update(t.column("group_id").to_pylist())
         rows = rows_from_table(pa.concat_tables(tables))
         wait_s = time.perf_counter() - t0
         producers = {n.worker for n in map(parse_shard_name, names) if n is not None}

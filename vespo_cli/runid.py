@@ -1,0 +1,68 @@
+"""A run's identity: an id minted once and recorded in its run.json (`run_id`), with the git commit of
+the code that ran (`commit`, null outside a git checkout).
+
+Group ids are `<run_id>/<worker>/<chunk>/<prompt>`: a random 64-bit run id keeps two runs' groups
+apart even when their directories share a name (`runs/a/x` and `runs/b/x`), so advantages are never
+normalised across two prompts of different runs (train/sources.py also refuses such a mix).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from pathlib import Path
+
+from .fsio import atomic_write_json
+from .rundir import RunDir
+
+
+def new_run_id() -> str:
+    """A fresh run id: 16 hex digits of a random UUID (64 bits)."""
+    return uuid.uuid4().hex[:16]
+
+
+def code_commit() -> str | None:
+    """`git rev-parse HEAD` of the checkout vespo_cli runs from, None when it is not one (an installed
+    package, no git)."""
+    package = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(package), "rev-parse", "--show-toplevel", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.split()
+    if out.returncode or len(lines) != 2 or Path(lines[0]).resolve() != package.parent:
+        return None  # not a checkout of vespo itself (e.g. site-packages inside another repository)
+    return lines[1]
+
+
+def _read(path: Path) -> dict:
+    try:
+        info = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def recorded_run_id(root: str | Path) -> str:
+    """The run id in `root`'s run.json; a run from before run ids is known by its directory name."""
+    run_id = _read(RunDir(root).info).get("run_id")
+    return run_id if isinstance(run_id, str) and run_id else Path(root).name
+
+
+def ensure_run_id(root: str | Path, **fields) -> str:
+    """The run id of `root` (held under its lock): minted and written to run.json with the commit (and
+    `fields`) when run.json has none; an existing id is kept, so it is minted once per run."""
+    run = RunDir(root)
+    info = _read(run.info)
+    run_id = info.get("run_id")
+    if isinstance(run_id, str) and run_id:
+        return run_id
+    run_id = new_run_id()
+    atomic_write_json(run.info, {**info, **fields, "run_id": run_id, "commit": code_commit()})
+    return run_id
