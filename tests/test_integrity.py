@@ -264,23 +264,54 @@ def test_resume_skips_a_checkpoint_with_a_flipped_byte(tmp_path, monkeypatch):
     assert all(verify_checkpoint(p) is None for p in ckpts.glob("step-*"))  # step-2 was written again
 
 
+def test_resume_passes_a_checkpoint_without_a_manifest(tmp_path, monkeypatch):
+    """checkpoints/step-7/ holding only trainer_state.json: `train --resume` names it in one warning
+    line and resumes from the last good checkpoint, ending where an uninterrupted run ends."""
+    d = tmp_path / "shards"
+    for i, tag in enumerate("ab"):
+        write_shard(shard_columns(seed=i, tag=tag), d / S.shard_name(0, "w0", i))
+    ref = tmp_path / "ref"
+    train(tiny("trainer.steps=3", *REPLAY), ref, replay=d)
+    run = tmp_path / "run"
+    train(tiny("trainer.steps=2", *REPLAY), run, replay=d)
+    ckpts = run / "checkpoints"
+    (ckpts / "step-7").mkdir()
+    (ckpts / "step-7" / "trainer_state.json").write_text(json.dumps({"step": 7, "iteration": 7, "ledger": []}))
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("steps: 2\n", "steps: 3\n", 1))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", "--resume", str(run)], env=QUIET)
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warning == [
+        f"warning: {ckpts / 'step-7'}: no manifest.json (an incomplete checkpoint: not trusted); "
+        "resuming from step-2 instead"
+    ], result.stderr
+    assert stable(read_jsonl(run / "metrics.jsonl")) == stable(read_jsonl(ref / "metrics.jsonl"))
+    assert_same_weights(ckpts / "step-3", ref / "checkpoints" / "step-3")
+
+
 def test_checkpoints_without_a_manifest_and_a_missing_file(tmp_path):
     d = tmp_path / "shards"
     write_shard(shard_columns(seed=1), d / S.shard_name(0, "w0", 0))
     run = tmp_path / "run"
     train(tiny("trainer.steps=2", *REPLAY), run, replay=d)
     ckpts = run / "checkpoints"
-    (ckpts / "step-2" / MANIFEST).unlink()  # written by an older vespo: trusted as it is
-    assert latest_checkpoint(run) == ckpts / "step-2"
+    (ckpts / "step-2" / MANIFEST).unlink()  # not trusted: named, and the last good one used
+    warned: list[str] = []
+    assert latest_checkpoint(run, warn=warned.append) == ckpts / "step-1"
+    assert warned == [
+        f"{ckpts / 'step-2'}: no manifest.json (an incomplete checkpoint: not trusted); resuming from step-1 instead"
+    ]
     (ckpts / "step-1" / "model.safetensors").unlink()
     assert verify_checkpoint(ckpts / "step-1") == "model.safetensors: missing"
-    shutil.rmtree(ckpts / "step-2")
     with pytest.raises(UserError) as e:
         latest_checkpoint(run)
     assert str(e.value) == (
-        f"{ckpts / 'step-1'}: model.safetensors: missing; no checkpoint of the run passes "
-        f"verification (move the corrupt ones away to start over)"
+        f"{ckpts / 'step-2'}: no manifest.json (an incomplete checkpoint: not trusted); no checkpoint of the run "
+        f"passes verification (move the corrupt ones away to start over)"
     )
+    shutil.rmtree(ckpts / "step-2")
     (ckpts / "step-1" / MANIFEST).write_text("{not json")
     with pytest.raises(UserError, match="manifest.json: unreadable"):
         latest_checkpoint(run)

@@ -5,8 +5,8 @@
 the optimizer + RNG state (`optim.pt` loaded with `weights_only=True`; a DCP directory under FSDP).
 Each checkpoint directory is written under a temporary name and renamed: it is complete or absent.
 Its last file, `manifest.json`, holds the sha256 of every other file; a resume verifies it and falls
-back to the newest checkpoint that passes (checkpoints without a manifest, from older vespo, are
-trusted as they are).
+back to the newest checkpoint that passes. A checkpoint without a manifest (a write cut short by hand,
+a copy of part of one) is not trusted: it is named in a warning and skipped like a corrupt one.
 """
 
 from __future__ import annotations
@@ -56,14 +56,14 @@ def write_manifest(directory: Path) -> None:
 
 
 def verify_checkpoint(ckpt: Path) -> str | None:
-    """None when every file listed in the manifest is there with its sha256 (or there is no manifest);
-    otherwise the first problem, naming the file."""
+    """None when the manifest is there and every file it lists is there with its sha256; otherwise the
+    first problem, naming the file."""
     try:
         listed = json.loads((ckpt / MANIFEST).read_text())["sha256"]
         if not isinstance(listed, dict):
             raise TypeError
     except FileNotFoundError:
-        return None
+        return f"no {MANIFEST} (an incomplete checkpoint: not trusted)"
     except (OSError, ValueError, KeyError, TypeError):
         return f"{MANIFEST}: unreadable"
     missing = [rel for rel in listed if not (ckpt / rel).is_file()]
@@ -184,7 +184,8 @@ def _prune(root: Path, keep: int) -> None:
     for p in root.glob(f".{STEP_PREFIX}*"):  # temporaries of a write killed midway (one writer: this process)
         if p.name.endswith((".tmp", ".old")):
             shutil.rmtree(p, ignore_errors=True)
-    for _, p in step_dirs(root)[:-keep] if keep > 0 else []:
+    kept = [p for _, p in step_dirs(root) if (p / MANIFEST).is_file()]  # one without is not a checkpoint
+    for p in kept[:-keep] if keep > 0 else []:
         shutil.rmtree(p, ignore_errors=True)
 
 
