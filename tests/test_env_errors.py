@@ -54,6 +54,50 @@ def test_an_os_error_is_one_line_exit_1_and_a_traceback_only_when_asked(monkeypa
         os.environ["VESPO_DEBUG"] = "0"
 
 
+class _Coded(Exception):
+    errno = errno.EACCES  # as some libraries' own exceptions carry one
+
+
+def _chained() -> Exception:
+    try:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), "runs/x/tok.json")
+    except OSError as e:
+        try:
+            raise RuntimeError("could not save the tokenizer") from e
+        except RuntimeError as r:
+            return r
+
+
+LIBRARY_FAULTS = [  # what libraries raise for a fault of the machine, and the line it becomes
+    (Exception("No space left on device (os error 28)"), "no space left on device (raised as Exception)"),
+    (_Coded("denied"), "permission denied (raised as test_env_errors._Coded)"),
+    (_chained(), "runs/x/tok.json: read-only file system"),
+]
+
+
+@pytest.mark.parametrize("exc, line", LIBRARY_FAULTS, ids=["tokenizers-enospc", "errno-attribute", "chained"])
+def test_a_library_error_with_an_errno_or_a_disk_message_is_one_line_exit_1(monkeypatch, exc, line):
+    """tokenizers raises a plain Exception("No space left on device") while building its cache: the
+    same one line, exit 1, as an OSError; any other exception keeps its traceback (a bug)."""
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr("vespo_cli.train.loop.train", fail)
+    monkeypatch.setenv("VESPO_DEBUG", "0")
+    assert one_line(CliRunner().invoke(app, ["train", "-p", "tiny"], env=QUIET), 1) == f"error: {line}"
+    monkeypatch.setattr("vespo_cli.train.loop.train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("bug")))
+    result = CliRunner().invoke(app, ["train", "-p", "tiny"], env=QUIET)
+    assert isinstance(result.exception, RuntimeError) and str(result.exception) == "bug"
+
+
+def test_a_directory_in_place_of_the_lock_is_named_as_the_lock(tmp_path, monkeypatch):
+    (tmp_path / "run" / ".vespo.lock").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", "-p", "tiny", "--run-dir", "run"], env=QUIET)
+    assert one_line(result, 1) == "error: run/.vespo.lock: is a directory, expected a file"
+
+
 def test_a_file_where_the_run_directory_belongs(tmp_path, monkeypatch):
     from test_reliability import shard_columns
 

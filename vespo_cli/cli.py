@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import UserError, describe_os_error
+from .errors import UserError, as_os_error, describe_os_error
 from .rundir import RunDir, checkpoint_of, default_dir
 
 app = typer.Typer(
@@ -49,8 +49,9 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (UserError, OSError) as e:
-            if os.environ.get("VESPO_DEBUG") == "1":
+        except Exception as exc:  # noqa: BLE001 - re-raised unless a user error or a fault of the machine
+            e = exc if isinstance(exc, UserError) else as_os_error(exc)
+            if e is None or os.environ.get("VESPO_DEBUG") == "1":
                 raise
             msg = describe_os_error(e) if isinstance(e, OSError) else str(e)
             err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)

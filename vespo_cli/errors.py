@@ -28,6 +28,33 @@ def describe_os_error(e: OSError) -> str:
     return f"{where}: {cause}" if where else cause
 
 
+_MESSAGES = {os.strerror(n).lower(): n for n in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)}
+
+
+def as_os_error(e: BaseException) -> OSError | None:
+    """A library's exception that is a fault of the machine, as an OSError (one line, exit 1): an
+    OSError anywhere in its cause chain, or one carrying an errno (`e.errno`), or whose message is a
+    disk or permission fault ("No space left on device": tokenizers raises a plain Exception);
+    None for any other exception (a bug: its traceback is kept)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError):
+            return e
+        code = getattr(e, "errno", None)
+        text = str(e).lower()
+        code = (
+            code
+            if isinstance(code, int) and code in errno.errorcode
+            else next((n for m, n in _MESSAGES.items() if m in text), None)
+        )
+        if code is not None:
+            where = f"{type(e).__module__}.{type(e).__name__}".removeprefix("builtins.")
+            return OSError(code, f"{CAUSES.get(code, os.strerror(code).lower())} (raised as {where})")
+        e = e.__cause__  # `raise … from` an OSError (not an error raised while handling one)
+    return None
+
+
 class UserError(Exception):
     """Bad input (file, key, value). The message names it and says what was expected."""
 

@@ -14,6 +14,7 @@ The descriptor is close-on-exec, so processes the holder starts do not keep the 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
@@ -46,8 +47,8 @@ def hold(directory: str | os.PathLike, command: str) -> Iterator[Path]:
         return
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as e:  # read-only, permissions: say which directory cannot be written
-        raise OSError(e.errno, e.strerror, str(d)) from None
+    except OSError as e:  # read-only, permissions: say which directory cannot be written (or which lock)
+        raise OSError(e.errno, e.strerror, str(path if e.errno == errno.EISDIR else d)) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
