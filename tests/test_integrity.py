@@ -315,3 +315,22 @@ def test_checkpoints_without_a_manifest_and_a_missing_file(tmp_path):
     (ckpts / "step-1" / MANIFEST).write_text("{not json")
     with pytest.raises(UserError, match="manifest.json: unreadable"):
         latest_checkpoint(run)
+
+
+def test_fresh_runs_seed_python_and_numpy_from_the_run_seed(tmp_path):
+    """optim.pt saves Python's and NumPy's RNG states; they are seeded from trainer.seed, so two fresh
+    runs of one seed save the same states (whatever this process drew before) and another seed others."""
+    import random
+
+    import numpy as np
+    import torch
+
+    d = tmp_path / "shards"
+    write_shard(shard_columns(seed=1), d / S.shard_name(0, "w0", 0))
+    states = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        random.random(), np.random.random()  # noqa: B018 - the process's streams move between runs
+        train(tiny("trainer.steps=1", f"trainer.seed={seed}", *REPLAY), tmp_path / name, replay=d)
+        rng = torch.load(tmp_path / name / "checkpoints" / "step-1" / "optim.pt", weights_only=True)["rng"]
+        states.append((rng["python"], rng["numpy"]))
+    assert states[0] == states[1] and states[0][0] != states[2][0] and states[0][1] != states[2][1]

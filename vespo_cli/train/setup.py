@@ -23,7 +23,7 @@ from ..lock import hold
 from ..progress import announce
 from ..rundir import RunDir
 from ..runid import code_commit, ensure_run_id, new_run_id
-from ..runtime import set_threads
+from ..runtime import seed_all, set_threads
 from . import dist
 from .checkpoint import latest_checkpoint, load_optimizer, load_trainer_state
 from .compile import compile_decoder_blocks
@@ -81,7 +81,7 @@ def start_run(
     check_trackers(cfg.trainer.loggers)  # a requested tracker that is missing fails before anything loads
     device = dist.init()
     set_threads(cfg.trainer.threads)
-    torch.manual_seed(cfg.trainer.seed)
+    seed_all(cfg.trainer.seed)  # torch, NumPy and Python's random
     if mode != "replay":
         from ..rollout.sampling import prompt_chunk, warn_biased_sampling
 
