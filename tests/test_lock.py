@@ -183,3 +183,28 @@ def test_a_live_vespo_train_refuses_a_second_one_and_resumes_after_sigkill(tmp_p
     assert third.returncode == 0, third.stderr[-3000:]
     steps = [m["step"] for m in read_jsonl(run / "metrics.jsonl")]
     assert steps == list(range(1, done + 3)), steps
+
+
+def test_eval_of_a_checkpoint_appends_under_the_runs_lock(tmp_path):
+    """`vespo eval` of a checkpoint appends its lines to the run's metrics.jsonl only while it holds the
+    run's lock: with a trainer holding it, one line naming the holder and where the results are."""
+    from vespo_cli.evaluate.command import _append_to_run
+
+    run, _ = tiny_replay_run(tmp_path)
+    before = (run / "metrics.jsonl").read_text()
+    summary = {"benchmark": "arith", "k": 1, "num_problems": 1, "avg_at_k": 1.0, "pass_at_k": 1.0}
+    ckpt = run / "checkpoints" / "step-1"
+    with held_elsewhere(run) as proc:
+        with pytest.raises(UserError) as e:
+            _append_to_run(ckpt, {"arith": summary}, None, tmp_path / "out")
+        assert str(e.value) == (
+            f"{run}: in use by another vespo process (pid {proc.pid} (vespo train)); wait for it to finish or stop "
+            f"it, then retry (eval lines not appended to {run / 'metrics.jsonl'}; "
+            f"the results are in {tmp_path / 'out'})"
+        )
+    assert (run / "metrics.jsonl").read_text() == before
+    from rich.console import Console
+
+    _append_to_run(ckpt, {"arith": summary}, Console(stderr=True), tmp_path / "out")
+    evals = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("kind") == "eval"]
+    assert [(r["step"], r["benchmark"]) for r in evals] == [(1, "arith")]

@@ -3,6 +3,7 @@ checkpoint's eval lines also join its run's metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,7 +87,7 @@ def eval_command(
         engine.close()
     Console().print(_table(model_spec, results))
     err.print(f"results: {out_dir}")
-    _append_to_run(model_path, results, err)
+    _append_to_run(model_path, results, err, out_dir)
     return results
 
 
@@ -130,13 +131,22 @@ def _table(model_spec: str, results: dict[str, dict]):
     return table
 
 
-def _append_to_run(model_path: str | Path, results: dict[str, dict], err) -> None:
-    """A run's checkpoint: its eval lines join the run's metrics (`kind: eval` at the checkpoint's step)."""
+def _append_to_run(model_path: str | Path, results: dict[str, dict], err, out_dir: Path) -> None:
+    """A run's checkpoint: its eval lines join the run's metrics (`kind: eval` at the checkpoint's step),
+    under the run's lock (lock.py: a trainer rewrites metrics.jsonl on resume); refused with one line
+    while another process holds it, the results staying in `out_dir`."""
     ckpt = checkpoint_of(model_path)
     if ckpt is None:
         return
     from ..fsio import append_jsonl
+    from ..lock import hold
 
-    for s in results.values():
-        append_jsonl(ckpt[0].metrics, {"kind": "eval", "step": ckpt[1], "time": time.time(), **metrics_record(s)})
-    err.print(f"appended to {ckpt[0].metrics}")
+    run, step = ckpt
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(hold(run.root, "vespo eval"))
+        except UserError as e:
+            raise UserError(f"{e} (eval lines not appended to {run.metrics}; the results are in {out_dir})") from None
+        for s in results.values():
+            append_jsonl(run.metrics, {"kind": "eval", "step": step, "time": time.time(), **metrics_record(s)})
+    err.print(f"appended to {run.metrics}")
