@@ -1117,3 +1117,52 @@ def test_malicious_optimizer_state_is_refused(tmp_path, monkeypatch, request):
         assert len(err) == 1 and err[0].startswith(expected), result.stderr
         assert not marker.exists() and _tree(run) == before
         COUNTS["bad_inputs"].append(f"malicious optim.pt ({fmt}{', manifest re-signed' if signed else ''})")
+
+
+# =========================================================================== signals
+
+
+def test_sigterm_ends_train_with_one_line_and_resume_is_bit_for_bit(tmp_path):
+    """SIGTERM (SLURM's stop) mid-run: one line naming the step and the resume command, exit status
+    128 + 15, no torn checkpoint; stale temporaries of a killed writer are removed by the next start
+    that holds the lock, and the resumed run ends where an uninterrupted one does, bit for bit."""
+    d = tmp_path / "shards"
+    for i, tag in enumerate("abcd"):
+        write_shard(shard_columns(seed=i, tag=tag), d / S.shard_name(0, "w0", i))
+    overrides = ["trainer.steps=6", "trainer.staleness=1", "trainer.minibatch_prompts=2", "trainer.save_every=2"]
+    ref = tmp_path / "ref"
+    train(tiny(*overrides), ref, replay=d)
+    run = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--run-dir", run, "--replay", d, *sum((["--set", s] for s in overrides), [])]
+    env = {**_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's vespo_cli
+    cmd = [sys.executable, "-m", "vespo_cli.cli", *map(str, args)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and metric_lines(run) < 3:
+            assert time.monotonic() < deadline, "no third step"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    step = int(
+        re.fullmatch(rf"interrupted at step (\d+); `vespo train --resume {re.escape(str(run))}` continues", last)[1]
+    )
+    assert 3 <= step < 6 and "Traceback" not in err
+    assert metric_lines(run) == step and not tmp_ckpts(run)
+    assert all((run / "checkpoints" / f"step-{k}" / "manifest.json").is_file() for k in ckpt_steps(run))
+    stale = [run / "checkpoints" / ".step-9.abc123.tmp", run / ".metrics.jsonl.x1y2.tmp"]
+    stale[0].mkdir()
+    (stale[0] / "model.safetensors").write_bytes(b"\0" * 1024)
+    stale[1].write_text("half")
+    resumed = subprocess.run(
+        [sys.executable, "-m", "vespo_cli.cli", "train", "--resume", str(run)], env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not any(p.exists() for p in stale)
+    assert stable(read_jsonl(run / "metrics.jsonl")) == stable(read_jsonl(ref / "metrics.jsonl"))
+    assert_same_weights(run / "checkpoints" / "step-6", ref / "checkpoints" / "step-6")

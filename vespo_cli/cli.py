@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import UserError, as_os_error, describe_os_error
+from .interrupt import exit_status
 from .rundir import RunDir, checkpoint_of, default_dir
 
 app = typer.Typer(
@@ -56,9 +57,9 @@ def user_errors(fn: Callable) -> Callable:
             msg = describe_os_error(e) if isinstance(e, OSError) else str(e)
             err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1 if isinstance(e, OSError) else e.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM (interrupt.py): one line, exit 128 + signum
+            err_console.print(escape(str(e) or "interrupted"), highlight=False, soft_wrap=True)
+            raise typer.Exit(exit_status(e)) from None
 
     return wrapper
 

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .interrupt import no_signals
+
 
 def _umask() -> int:
     mask = os.umask(0o022)
@@ -106,14 +108,29 @@ def _atomic_dir(path: Path) -> Iterator[Path]:
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
+            with no_signals():  # a SIGTERM between the renames would leave neither (interrupt.py)
+                os.replace(path, old)
+                os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Remove what the helpers above leave in `directory` when their process is killed mid-write
+    (`.<name>.<random>.tmp` files and directories, `.<name>.old` directories); call it only while
+    holding the lock of whoever writes there (lock.py). Returns what was removed."""
+    d = Path(directory)
+    stale = sorted(p for p in d.glob(".*") if p.name.endswith((".tmp", ".old"))) if d.is_dir() else []
+    for p in stale:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:

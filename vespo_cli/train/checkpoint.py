@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..fsio import atomic_dir, atomic_write_json, atomic_write_text
-from ..rundir import MANIFEST, OPTIM_DCP, OPTIM_STATE, STEP_PREFIX, TRAINER_STATE, WEIGHTS_META, RunDir, step_dirs
+from ..fsio import atomic_dir, atomic_write_json, atomic_write_text, remove_temporaries
+from ..rundir import MANIFEST, OPTIM_DCP, OPTIM_STATE, TRAINER_STATE, WEIGHTS_META, RunDir, step_dirs
 from . import dist
 
 
@@ -93,7 +93,7 @@ def publish_weights(model: nn.Module, tokenizer, run_dir: Path, step: int, keep:
     with atomic_dir(target) as tmp:
         save_weights(model, tokenizer, tmp, step, state_dict=sd)
     atomic_write_text(run.latest, target.name + "\n")
-    _prune(run.published, keep + 1)  # +1: a worker may still be loading the previous one
+    _prune(run.published, keep + 1, WEIGHTS_META)  # +1: a worker may still be loading the previous one
     return target
 
 
@@ -180,11 +180,11 @@ def _space_needed(target: Path, state_dict: dict) -> Iterator[None]:
         ) from e
 
 
-def _prune(root: Path, keep: int) -> None:
-    for p in root.glob(f".{STEP_PREFIX}*"):  # temporaries of a write killed midway (one writer: this process)
-        if p.name.endswith((".tmp", ".old")):
-            shutil.rmtree(p, ignore_errors=True)
-    kept = [p for _, p in step_dirs(root) if (p / MANIFEST).is_file()]  # one without is not a checkpoint
+def _prune(root: Path, keep: int, marker: str = MANIFEST) -> None:
+    """Keep the newest `keep` step-K directories of `root` that hold `marker` (a directory without it
+    is not one of ours: left alone, and not counted); remove temporaries of a write killed midway."""
+    remove_temporaries(root)  # one writer: this process
+    kept = [p for _, p in step_dirs(root) if (p / marker).is_file()]
     for p in kept[:-keep] if keep > 0 else []:
         shutil.rmtree(p, ignore_errors=True)
 

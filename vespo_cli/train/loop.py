@@ -26,6 +26,7 @@ from rich.console import Console
 
 from ..config import Config
 from ..errors import UserError
+from ..interrupt import interruptible
 from ..objectives import group_advantages
 from ..progress import progress_bar
 from ..rundir import RunDir
@@ -59,15 +60,25 @@ def train(
     is called every cfg.eval.every steps and at the end (vespo_cli/evaluate/training.py builds it)."""
     run = RunDir(run_dir)
     replay, mode = run_mode(cfg, run, replay, async_, resume)
-    with contextlib.ExitStack() as stack:
+    started: list[Trainer] = []  # SIGTERM/SIGINT: one line naming the step (interrupt.py)
+    line = lambda: interrupted_line(run, started[0].state["step"] if started else 0)  # noqa: E731
+    with interruptible(line), contextlib.ExitStack() as stack:
         tr = start_run(cfg, run, mode, replay, resume, stack)
         if tr is None:
             return {}
+        started.append(tr)
         batches, engine, publish = _batches(tr, replay, stack)
         last = _loop(tr, batches, engine, publish, evaluate)
     if dist.is_main():
         console.print(f"run: {run.root}  (metrics.jsonl, checkpoints/, rollouts/)")
     return last
+
+
+def interrupted_line(run: RunDir, step: int) -> str:
+    """What an interrupted `vespo train` says last."""
+    if not run.is_run():
+        return f"interrupted before {run.root} was written"
+    return f"interrupted at step {step}; `vespo train --resume {run.root}` continues"
 
 
 def _batches(

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from ..config import Config, load_run_config, save_config, to_dict
 from ..errors import UserError
-from ..fsio import atomic_write_json, atomic_write_text, read_jsonl
+from ..fsio import atomic_write_json, atomic_write_text, read_jsonl, remove_temporaries
 from ..lock import hold
 from ..progress import announce
 from ..rundir import RunDir
@@ -91,6 +91,7 @@ def start_run(
     if dist.is_main():
         stack.enter_context(hold(run.root, "vespo train"))
         _check_run_dir(run, resume)  # again, now under the lock: a run may have started meanwhile
+        _remove_stale_temporaries(run, mode)
     ckpt = _latest_checkpoint(run) if resume else None
     if dist.is_main():
         run.root.mkdir(parents=True, exist_ok=True)
@@ -108,6 +109,16 @@ def start_run(
         console.print(f"{run.root}: already complete ({tr.state['step']}/{cfg.trainer.steps} steps)")
         return None
     return tr
+
+
+def _remove_stale_temporaries(run: RunDir, mode: str) -> None:
+    """Half-written files of a killed process (fsio.py temporaries, up to a checkpoint's size), now that
+    this process holds the run's lock; rollouts/ only when the trainer is its one writer (async
+    workers write there without the lock)."""
+    dirs = [run.root, run.checkpoints, run.published] + ([run.rollouts] if mode != "async" else [])
+    stale = [p for d in dirs for p in remove_temporaries(d)]
+    if stale:
+        console.print(f"removed {len(stale)} temporaries of an interrupted write (e.g. {stale[0]})", highlight=False)
 
 
 def _latest_checkpoint(run: RunDir) -> Path | None:
