@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from vespo_cli.cli import app
 from vespo_cli.fsio import read_jsonl
-from vespo_cli.train.checkpoint import verify_checkpoint
+from vespo_cli.train.checkpoint import verify_checkpoint, write_manifest
 
 CAUSES = [
     (errno.ENOSPC, "no space left on device"),
@@ -152,7 +152,7 @@ def test_corrupt_run_files_on_resume(tmp_path, monkeypatch, request):
             shutil.copytree(run, copy)
             (copy / name).write_bytes(data)
             if name.endswith("trainer_state.json"):
-                (copy / "checkpoints" / "step-1" / "manifest.json").unlink()  # as an older vespo wrote it
+                write_manifest(copy / "checkpoints" / "step-1")  # vouched for: the state's own check speaks
             line = one_line(CliRunner().invoke(app, ["train", "--resume", str(copy)], env=QUIET), 2)
             assert line.startswith(f"error: {copy / name}: {fragment}"), line
     (run / "metrics.jsonl").write_bytes(b'\xff\xfegarbage\n{"step": 1, "kind": "train"}\n[3]\n')

@@ -385,7 +385,7 @@ def lost_reused(run: Path, ref: Path) -> tuple[int, int]:
     return lost, reused
 
 
-def same_as(run: Path, ref: Path, warned: str = "") -> str | None:
+def same_as(run: Path, ref: Path, warned: str = "", ignore: tuple[str, ...] = ()) -> str | None:
     """None when `run` ended where the uninterrupted `ref` did: final weights bit for bit, metrics
     (metrics lines lost count as right only where the run warned about them: `warned` has a warning
     naming metrics.jsonl)."""
@@ -396,7 +396,7 @@ def same_as(run: Path, ref: Path, warned: str = "") -> str | None:
     wa, wb = weights(a), weights(b)
     if wa.keys() != wb.keys() or any(not np.array_equal(wa[k], wb[k]) for k in wb):
         return f"step-{last} weights differ from the uninterrupted run"
-    ma, mb = metrics(run), metrics(ref)
+    ma, mb = ([{k: v for k, v in m.items() if k not in ignore} for m in metrics(r)] for r in (run, ref))
     if ma != mb and any("warning" in ln and "metrics.jsonl" in ln for ln in warned.splitlines()):
         return None
     if [m["step"] for m in ma] != [m["step"] for m in mb]:
@@ -1068,6 +1068,327 @@ def cat_inputs(quick: bool) -> list[Case]:
     return cases
 
 
+# --------------------------------------------------------------------------- issue 31: the last cases
+
+
+def _rewrite(src: Path, dst: Path, change: Callable[[dict], None], hashes: bool = False) -> None:
+    """`src`'s rows with `change` (column name → list of values) applied, written to `dst` as another
+    producer would (plain parquet, the schema version, no vespo hashes) or, with `hashes`, by vespo's
+    own writer without its checks (a vespo shard whose values are bad); in a forked process."""
+
+    def write() -> None:
+        import pyarrow as pa
+
+        from vespo_cli import shards as S
+
+        t = pq.read_table(src)
+        cols = {n: t.column(n).to_pylist() for n in t.column_names}
+        change(cols)
+        if hashes:  # this forked child only: vespo's writer, its contract checks off
+            S.validate = lambda *args, **kwargs: None
+            S.write_shard(S.to_table(cols), dst)
+            return
+        table = pa.table({n: pa.array(v, type=t.schema.field(n).type) for n, v in cols.items()})
+        pq.write_table(table.replace_schema_metadata({S.SCHEMA_KEY: b"1"}), dst)
+
+    call(write)
+
+
+def _replay_dir(d: Path) -> Path:
+    """A copy of the fixture's shards (hard links: vespo never writes into a shard)."""
+    out = d / "shards"
+    out.mkdir()
+    for f in sorted(fixture("shards").glob("*.parquet")):
+        os.link(f, out / f.name)
+    return out
+
+
+def _first_shard() -> Path:
+    return sorted(fixture("shards").glob("*.parquet"))[0]
+
+
+def _set(column: str, row: int, value) -> Callable[[dict], None]:
+    def change(cols: dict) -> None:
+        cols[column][row] = value
+
+    return change
+
+
+SKIP_COUNTS = ("shards_quarantined", "shards_duplicate")  # a skipped shard is counted on step 1's line
+
+
+def _replay_with(name: str, change: Callable[[dict], None], alone: bool, hashes: bool = False, skipped: bool = True):
+    """A case: the first fixture shard rewritten by `change` as `name`, replayed alone (refused: every
+    shard is bad) or beside the fixture's shards (name sorts last: skipped with one warning line naming
+    it, and the run ends where the reference does)."""
+
+    def run(d: Path):
+        shards = d / "alone" if alone else _replay_dir(d)
+        shards.mkdir(exist_ok=True)
+        _rewrite(_first_shard(), shards / name, change, hashes)
+        r = vespo(["train", "--preset", "tiny", "--replay", shards, "--run-dir", d / "run"], timeout=400)
+        if r.rc != 0:  # (the run directory is written before the shards are read: not checked)
+            return r, None, (0, 0)
+        rref = fixture("rref")
+        warned = [ln for ln in r.err.splitlines() if "skipping" in ln and name in ln]
+        wrong = None if len(warned) == (1 if skipped else 0) else f"{len(warned)} warning lines name {name}"
+        return r, wrong or same_as(d / "run", rref, ignore=SKIP_COUNTS), lost_reused(d / "run", rref)
+
+    return run
+
+
+def _other_prompt(cols: dict) -> None:
+    """Every group keeps its id; prompt ids and prompt tokens become another prompt's."""
+    cols["prompt_id"] = [f"other-{p}" for p in cols["prompt_id"]]
+    cols["prompt_token_ids"] = [[*t[:-1], (t[-1] + 1) % 1000] for t in cols["prompt_token_ids"]]
+
+
+def _other_groups(cols: dict) -> None:
+    """Other prompts under group ids of their own: a valid shard that is no copy."""
+    _other_prompt(cols)
+    cols["group_id"] = [f"other/{g}" for g in cols["group_id"]]
+
+
+def cat_foreign(quick: bool) -> list[Case]:
+    """Shards of another producer (plain parquet: the schema version, no vespo hashes), whose contents
+    get the same checks as vespo's: alone in --replay (refused naming the file) and beside valid shards
+    (skipped with one line naming it; the run ends where the reference does)."""
+    changes = {
+        "a group's rows disagree on the prompt id": _set("prompt_id", 1, "someone-else"),
+        "a group's rows disagree on the prompt tokens": _set("prompt_token_ids", 1, [1, 2, 3]),
+        "reward 3e38": _set("reward", 0, 3e38),
+        "a log-prob of +0.5": lambda c: c["rollout_logprobs"].__setitem__(0, [0.5] * len(c["rollout_logprobs"][0])),
+        "temperature inf": _set("temperature", 0, float("inf")),
+    }
+    cases = []
+    for i, (what, change) in enumerate(changes.items()):
+        for alone in (True, False):
+            where = "alone" if alone else "beside valid shards"
+            run = _replay_with("zz-foreign.parquet", change, alone)
+            cases.append(
+                Case("foreign shards", f"{what}, {where}", run, ("refuse",) if alone else ("ok",),
+                     mention="zz-foreign.parquet", quick=i == 0)
+            )  # fmt: skip
+    dup = _replay_with("zz-foreign.parquet", lambda c: None, alone=False)
+    cases.append(Case("foreign shards", "a copy of a used shard (no hashes): a duplicate, skipped", dup, ("ok",)))
+    valid = _replay_with("zz-foreign.parquet", _other_groups, alone=False, skipped=False)
+    cases.append(Case("foreign shards", "a valid shard of other groups, beside valid shards: accepted", valid, ("ok",)))
+    return cases
+
+
+def _collision_sorted_first(d: Path):
+    """The colliding shard sorts before the shard whose ids it reuses: that one is skipped instead
+    (one line naming both), and the run trains on the rest."""
+    shards = _replay_dir(d)
+    first = _first_shard().name
+    _rewrite(_first_shard(), shards / ("a-" + first), _other_prompt)
+    r = vespo(["train", "--preset", "tiny", "--replay", shards, "--run-dir", d / "run"], timeout=400)
+    if r.rc != 0:
+        return r, None, (0, 0)
+    warned = [ln for ln in r.err.splitlines() if "group_id" in ln and first in ln and "a-" + first in ln]
+    return r, (None if len(warned) == 1 else "no line names both shards") or finite_weights(d / "run"), (0, 0)
+
+
+def _same_named_runs(d: Path):
+    """Two `vespo rollout` runs in directories of the same name (a/roll, b/roll): their group ids
+    differ (run ids in run.json), so replaying both trains on every group, none mixed."""
+    shards = d / "both"
+    shards.mkdir()
+    for parent in ("a", "b"):
+        r = vespo(["rollout", "--preset", "tiny", "--num-prompts", "4", "--run-dir", d / parent / "roll"], timeout=400)
+        if r.rc != 0:
+            return r, None, (0, 0)
+        for f in (d / parent / "roll" / "rollouts").glob("*.parquet"):
+            os.link(f, shards / f"{parent}-{f.name}")
+    ids = {p: json.loads((d / p / "roll" / "run.json").read_text()).get("run_id") for p in "ab"}
+    r = vespo(["train", "--preset", "tiny", "--replay", shards, "--run-dir", d / "run", *REPLAY_SMALL], timeout=400)
+    if r.rc != 0:
+        return r, None, (0, 0)
+    if not all(ids.values()) or ids["a"] == ids["b"]:
+        return r, f"run ids {ids}", (0, 0)
+    if "skipping" in r.err:
+        return r, "a shard was skipped", (0, 0)
+    return r, finite_weights(d / "run"), (0, 0)
+
+
+def cat_collisions(quick: bool) -> list[Case]:
+    """A shard that reuses another shard's group ids for other prompts (advantages would be normalised
+    across two prompts): skipped with one line naming both shards and the id, whoever wrote it; and
+    two rollout runs in directories of the same name, whose ids no longer collide."""
+    first = _first_shard().name
+    return [
+        Case("group collisions", "foreign shard (no hashes) reusing a shard's group ids, sorted last",
+             _replay_with("zz-collide.parquet", _other_prompt, alone=False), ("ok",), quick=True),
+        Case("group collisions", "vespo shard (hashes) reusing a shard's group ids, sorted last",
+             _replay_with("zz-collide.parquet", _other_prompt, alone=False, hashes=True), ("ok",)),
+        Case("group collisions", f"colliding shard sorted before {first}", _collision_sorted_first, ("ok",)),
+        Case("group collisions", "two rollout runs in directories of the same name", _same_named_runs, ("ok",)),
+    ]  # fmt: skip
+
+
+def cat_ranges(quick: bool) -> list[Case]:
+    """Values outside the documented ranges of a shard's numeric columns (vespo_cli/shards.py: |reward|
+    <= 1e6, rollout log-probs in [-1000, 1e-4], finite temperature), in an otherwise valid shard
+    written with vespo's hashes: refused naming the file; the ends of the ranges are accepted."""
+    lp = lambda v: lambda c: c["rollout_logprobs"].__setitem__(0, [v] * len(c["rollout_logprobs"][0]))  # noqa: E731
+    bad = {
+        "reward 3e38": _set("reward", 0, 3e38),
+        "reward -3e38": _set("reward", 0, -3e38),
+        "reward 1.5e6": _set("reward", 0, 1.5e6),
+        "log-prob -1e5": lp(-1e5),
+        "log-prob -1000.5": lp(-1000.5),
+        "log-prob +0.5": lp(0.5),
+        "temperature inf": _set("temperature", 0, float("inf")),
+    }
+    cases = [
+        Case("out-of-range values", what, _replay_with("zz-range.parquet", change, alone=True, hashes=True),
+             ("refuse",), mention="zz-range.parquet", quick=what == "reward 3e38")
+        for what, change in bad.items()
+    ]  # fmt: skip
+    ends = {"reward ±1e6": lambda c: c["reward"].__setitem__(slice(0, 2), [1e6, -1e6]), "log-prob -1000": lp(-1000.0)}
+    for what, change in ends.items():
+
+        def run(d: Path, change=change):
+            shards = d / "alone"
+            shards.mkdir()
+            _rewrite(_first_shard(), shards / "ends.parquet", change, hashes=True)
+            r = vespo(["train", "--preset", "tiny", "--replay", shards, "--run-dir", d / "run", *REPLAY_SMALL],
+                      timeout=400)  # fmt: skip
+            return r, (finite_weights(d / "run") if r.rc == 0 else None), (0, 0)
+
+        cases.append(Case("out-of-range values", f"{what} (the end of the range: accepted)", run, ("ok",)))
+    return cases
+
+
+def cat_signals(quick: bool) -> list[Case]:
+    """SIGTERM (SLURM) and SIGINT (Ctrl-C) to a real `vespo train --replay` at a point found by watching
+    its files: one line "interrupted at step K; `vespo train --resume RUN` continues", exit 128 +
+    signum, no torn checkpoint; a stale temporary of a killed writer planted in the run is removed by
+    the resume, which ends where the uninterrupted run does, bit for bit."""
+    points = {
+        "after 3 metric lines": lambda run: len(metrics(run)) >= 3,
+        "while a checkpoint is written": lambda run: any((run / "checkpoints").glob(".step-*")),
+    }
+    cases = []
+    for k, (point, cond) in enumerate(points.items()):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+
+            def run(d: Path, cond=cond, sig=sig):
+                rref, run_dir, log = fixture("rref"), d / "run", d / "signalled.log"
+                proc = popen_vespo(
+                    ["train", "--preset", "tiny", "--replay", fixture("shards"), "--run-dir", run_dir], log
+                )
+                t0 = time.monotonic()
+                while not cond(run_dir) and proc.poll() is None and time.monotonic() - t0 < 400:
+                    time.sleep(0.002)
+                os.kill(proc.pid, sig)
+                rc = proc.wait()
+                lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+                want = f"; `vespo train --resume {run_dir}` continues"
+                if rc == 0:
+                    wrong = "finished before the signal"
+                elif (
+                    rc != 128 + sig
+                    or not lines
+                    or not (lines[-1].startswith("interrupted at step ") and lines[-1].endswith(want))
+                ):
+                    wrong = f"exit {rc}, last line {lines[-1:]!r}"
+                elif any("Traceback" in ln for ln in lines):
+                    wrong = "a traceback"
+                else:
+                    wrong = None
+                stale = run_dir / "checkpoints" / ".step-99.killed.tmp"
+                stale.mkdir(parents=True, exist_ok=True)
+                (stale / "model.safetensors").write_bytes(b"\0" * 2**20)
+                r = vespo(["train", "--resume", run_dir], timeout=400)
+                if r.rc != 0:
+                    return r, wrong, (0, 0)
+                wrong = wrong or ("the stale temporary was left" if stale.exists() else None)
+                return r, wrong or same_as(run_dir, rref), lost_reused(run_dir, rref)
+
+            name = f"{signal.Signals(sig).name} {point}, then resume"
+            cases.append(Case("signals", name, run, ("ok",), quick=k == 0 and sig == signal.SIGTERM))
+    return cases
+
+
+def cat_manifestless(quick: bool) -> list[Case]:
+    """Checkpoint directories without a (valid) manifest beside good ones: named in one warning line and
+    skipped, the resume falls back to the last good checkpoint and ends where the reference does."""
+    rref = fixture("rref")
+
+    def only_state(ck: Path) -> None:
+        for f in list(ck.iterdir()):
+            if f.name != "trainer_state.json":
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+
+    def future(ck: Path) -> None:
+        target = ck.with_name("step-7")
+        target.mkdir()
+        (target / "trainer_state.json").write_text(json.dumps({"step": 7, "iteration": 3, "ledger": []}))
+
+    breaks = {
+        "step-4 holding only trainer_state.json": ("step-4", only_state),
+        "step-4 without manifest.json": ("step-4", lambda ck: (ck / "manifest.json").unlink()),
+        "step-7 (beyond the run) holding only trainer_state.json": ("step-7", future),
+    }
+    cases = []
+    for i, (what, (named, brk)) in enumerate(breaks.items()):
+
+        def run(d: Path, named=named, brk=brk):
+            run_dir = copy_run(rref, d / "run")
+            brk(run_dir / "checkpoints" / "step-4")
+            r = vespo(["train", "--resume", run_dir], timeout=400)
+            if r.rc != 0:
+                return r, None, (0, 0)
+            warned = [ln for ln in r.err.splitlines() if ln.startswith("warning:") and named in ln]
+            wrong = None if len(warned) == 1 else f"{len(warned)} warning lines name {named}"
+            return r, wrong or same_as(run_dir, rref), lost_reused(run_dir, rref)
+
+        cases.append(Case("manifest-less checkpoints", what, run, ("ok",), quick=i == 0))
+    return cases
+
+
+def _in_namespace(script: str, cwd: Path, timeout: float = 400) -> Result:
+    """A shell script as root of a new user + mount namespace (a small tmpfs: a real full disk)."""
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(["unshare", "-rm", "bash", "-c", script], cwd=cwd, capture_output=True, text=True,
+                           env={**os.environ, **ENV}, timeout=timeout)  # fmt: skip
+    except subprocess.TimeoutExpired as e:
+        return Result(None, str(e.stdout or ""), str(e.stderr or ""), time.monotonic() - t0, hung=True)
+    return Result(p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
+
+
+def cat_disk_faults(quick: bool) -> list[Case]:
+    """Faults of the machine that libraries raise as something other than OSError (tokenizers and
+    safetensors raise plain exceptions whose message is the system's): a real full disk (a tmpfs in a
+    mount namespace) while the tiny model and its tokenizer are built into an empty model cache; and a
+    directory where the run's `.vespo.lock` belongs. Exit 1, one line naming the cause or the lock."""
+    py = f"{sys.executable} -m vespo_cli.cli"
+
+    def full_cache(size: str):
+        def run(d: Path):
+            script = (
+                f"mount -t tmpfs -o size={size} none {d} && cd {ROOT} && VESPO_CACHE={d}/cache {py} train "
+                f"--preset tiny --replay {fixture('shards')} --run-dir {d}/run"
+            )
+            return _in_namespace(script, d), None, (0, 0)
+
+        return run
+
+    def lock_dir(d: Path):
+        (d / "run" / ".vespo.lock").mkdir(parents=True)
+        return vespo(["train", "--preset", "tiny", "--replay", fixture("shards"), "--run-dir", d / "run"]), None, (0, 0)
+
+    faults = "non-OSError disk faults"
+    enospc = ("no space left on device",)
+    return [
+        Case(faults, "tokenizer cache on a full 64 KiB disk", full_cache("64k"), ("env",), mention=enospc, quick=True),
+        Case(faults, "model weights on a 6 MiB disk (the tokenizer fits)", full_cache("6m"), ("env",), mention=enospc),
+        Case(faults, ".vespo.lock is a directory", lock_dir, ("env",), mention=".vespo.lock", quick=True),
+    ]
+
+
 CATEGORIES: dict[str, Callable[[bool], list[Case]]] = {
     "config": cat_config,
     "shard-flips": cat_shard_flips,
@@ -1079,6 +1400,12 @@ CATEGORIES: dict[str, Callable[[bool], list[Case]]] = {
     "fifo": cat_fifo,
     "names": cat_names,
     "inputs": cat_inputs,
+    "foreign": cat_foreign,
+    "collisions": cat_collisions,
+    "ranges": cat_ranges,
+    "signals": cat_signals,
+    "manifestless": cat_manifestless,
+    "disk-faults": cat_disk_faults,
 }
 
 
