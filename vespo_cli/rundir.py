@@ -2,7 +2,7 @@
 
 ```
 config.yaml                  the resolved config that ran          RunDir.config
-run.json                     mode (sync/replay/async), base model  RunDir.info
+run.json                     mode, base model, run_id, commit      RunDir.info
 inputs.json                  what the run consumes (resume checks) RunDir.inputs
 metrics.jsonl                one line per optimizer step (+ eval)  RunDir.metrics
 rollouts/v<V>-<worker>-<seq>.parquet   shards                     RunDir.rollouts, shard_name
