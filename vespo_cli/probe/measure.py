@@ -18,6 +18,7 @@ from rich.console import Console
 from ..errors import UserError
 from ..progress import progress_bar
 from ..rundir import shard_name
+from ..runtime import seed_all
 from ..seeds import stream_seed
 from ..shards import read_shard
 from ..train import dist
@@ -88,7 +89,7 @@ def measure(
     auto = reward == "auto"
     reward = settings["reward"] = "grader" if auto else reward
     stack = contextlib.ExitStack()
-    sync = stack.enter_context(sync_sampler(cfg, out, model, tokenizer, base_path))
+    sync = stack.enter_context(sync_sampler(cfg, out.name, model, tokenizer, base_path))  # group ids: probe-local
     seed, tau = stream_seed(cfg.trainer.seed, 0), cfg.rollout.temperature
     s = Session(cfg, model, tokenizer, sync, out, reward, blocks, seed, tau)
     try:
@@ -106,7 +107,7 @@ def _open_model(cfg) -> tuple[str, Any, Any]:
 
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    torch.manual_seed(cfg.trainer.seed)
+    seed_all(cfg.trainer.seed)
     base_path = resolve_model(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = load_tokenizer(base_path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_model(base_path, cfg.model.dtype, cfg.model.trust_remote_code)
