@@ -221,8 +221,9 @@ def _fsdp_check(rank: int, world: int, tie: bool, bf16: bool) -> None:
     torch.testing.assert_close(ent, mb.unflatten(ref_ent), **tol)
     assert set(g) == set(g_ref) and len(g) == len(list(model.parameters()))
     for k in g_ref:
-        if bf16:
-            assert (g[k] - g_ref[k]).norm() <= 2e-2 * g_ref[k].norm().clamp_min(1e-12), k
+        if bf16:  # the backward's bf16 roundings in sequence (tests/tolerance.py), normwise
+            rtol = chain_rtol(llama_roundings(len(model.model.layers), passes=1))
+            assert (g[k] - g_ref[k]).norm() <= rtol * g_ref[k].norm().clamp_min(1e-12), k
         else:
             torch.testing.assert_close(g[k], g_ref[k], rtol=1e-4, atol=1e-6, msg=k)
     if not bf16:  # and the unsharded model: the same log-probs, gradients the mean of every rank's
