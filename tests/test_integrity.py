@@ -186,6 +186,23 @@ def test_replay_skips_a_shard_whose_group_ids_are_another_shards_for_other_promp
     assert strip(metrics) == strip(read_jsonl(ref / "metrics.jsonl"))
 
 
+def test_replay_skips_a_shard_reusing_another_shards_id(tmp_path, capsys):
+    """The ledger counts rows by shard_id: a shard whose shard_id is another's (other rows) is skipped
+    with one line naming both."""
+    d = tmp_path / "shards"
+    for i, tag in enumerate("ab"):
+        write_shard(shard_columns(seed=i, tag=tag), d / S.shard_name(0, "w0", i))
+    cols = shard_columns(seed=7, tag="c")
+    cols["shard_id"] = ["a0"] * len(cols["shard_id"])
+    bad = write_shard(cols, d / S.shard_name(0, "w0", 0).replace(".parquet", "x.parquet"))
+    capsys.readouterr()
+    train(tiny("trainer.steps=1", *REPLAY), tmp_path / "run", replay=d)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "shard_id" in ln]
+    assert lines == [
+        f"skipping bad shard {bad}: shard_id 'a0' is also {S.shard_name(0, 'w0', 0)}'s; shard ids must name one shard"
+    ]
+
+
 def test_async_quarantines_a_shard_whose_group_ids_collide_within_a_batch(tmp_path):
     """Two worker shards of one async batch with the same group ids for other prompts: the second is
     quarantined, and the batch's groups are each one prompt's."""

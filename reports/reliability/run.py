@@ -364,7 +364,12 @@ def weights(ckpt: Path) -> dict:
 
 
 def ledger(run: Path) -> list[dict]:
-    steps = sorted((int(p.name.split("-")[1]), p) for p in (run / "checkpoints").glob("step-*") if p.name[5:].isdigit())
+    """The consumed-shard ledger of the run's newest checkpoint (one with a manifest: vespo's own)."""
+    steps = sorted(
+        (int(p.name.split("-")[1]), p)
+        for p in (run / "checkpoints").glob("step-*")
+        if p.name[5:].isdigit() and (p / "manifest.json").is_file()
+    )
     if not steps:
         return []
     return json.loads((steps[-1][1] / "trainer_state.json").read_text()).get("ledger", [])
@@ -1144,9 +1149,10 @@ def _other_prompt(cols: dict) -> None:
 
 
 def _other_groups(cols: dict) -> None:
-    """Other prompts under group ids of their own: a valid shard that is no copy."""
+    """Other prompts under group and shard ids of their own: a valid shard that is no copy."""
     _other_prompt(cols)
     cols["group_id"] = [f"other/{g}" for g in cols["group_id"]]
+    cols["shard_id"] = [f"other-{i}" for i in cols["shard_id"]]
 
 
 def cat_foreign(quick: bool) -> list[Case]:
@@ -1169,6 +1175,8 @@ def cat_foreign(quick: bool) -> list[Case]:
                 Case("foreign shards", f"{what}, {where}", run, ("refuse",) if alone else ("ok",),
                      mention="zz-foreign.parquet", quick=i == 0)
             )  # fmt: skip
+    reuse = _replay_with("zz-foreign.parquet", lambda c: c.update(group_id=[f"o/{g}" for g in c["group_id"]]), False)
+    cases.append(Case("foreign shards", "another shard's shard_id (the ledger's key) for other rows", reuse, ("ok",)))
     dup = _replay_with("zz-foreign.parquet", lambda c: None, alone=False)
     cases.append(Case("foreign shards", "a copy of a used shard (no hashes): a duplicate, skipped", dup, ("ok",)))
     valid = _replay_with("zz-foreign.parquet", _other_groups, alone=False, skipped=False)

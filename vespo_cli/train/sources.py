@@ -151,6 +151,12 @@ def _read_replay(replay: Path, vocab_size: int) -> tuple[list[pa.Table], list[st
         try:
             table = read_shard(f, vocab_size)
             d = shard_hash(table)
+            ids = table.column("shard_id").unique().to_pylist()
+            taken = next((i for i in ids if i in digests), None) if d not in first else None
+            if taken is not None:  # the ledger names rows by shard id: one id, one shard
+                raise ShardError(
+                    f"{f}: shard_id {taken!r} is also {first[digests[taken]]}'s; shard ids must name one shard"
+                )
             if d not in first:
                 _claim_groups(owners, table, f)
         except ShardError as e:
@@ -162,7 +168,7 @@ def _read_replay(replay: Path, vocab_size: int) -> tuple[list[pa.Table], list[st
             console.print(f"[yellow]skipping duplicate shard[/] {f}: the same rows as {first[d]}", highlight=False)
             continue
         first[d] = f.name
-        digests.update(dict.fromkeys(table.column("shard_id").unique().to_pylist(), d))
+        digests.update(dict.fromkeys(ids, d))
         tables.append(table)
     if not tables:
         raise UserError(f"--replay {replay}: every shard is invalid ({len(bad)} bad, e.g. {bad[0]}; see above)")
