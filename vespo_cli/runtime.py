@@ -5,8 +5,7 @@ children) through `configure()`; importing `vespo_cli` changes nothing.
   (a value the user set is kept); third-party FutureWarnings and torch's "Triton not available" out of
   the default output (VESPO_DEBUG=1 keeps them);
 * the glibc allocator thresholds (`malloc.tune_malloc`, off with VESPO_MALLOC_TUNING=0);
-* torch's intra-op threads, where a config asks for a number (`set_threads`);
-* the global RNGs from the run seed (`seed_all`).
+* torch's intra-op threads, where a config asks for a number (`set_threads`).
 """
 
 from __future__ import annotations
@@ -53,17 +52,3 @@ def set_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-
-
-def seed_all(seed: int) -> None:
-    """Seed every global RNG a run draws from (torch, NumPy, Python's `random`) with the run seed
-    (trainer.seed, at most 2^31 − 1), so two fresh runs start from the same states; checkpoints save
-    and restore all three (train/checkpoint.py)."""
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

@@ -6,6 +6,7 @@
   stream_seed(seed, k)   = seed · 1000003 + k   the trainer's minibatch shuffle of rollout batch k, and
                                                 the probe's draws (k = 0)
   offset_seed(seed, k)   = seed + 1000003 · k   the k-th repeat of an eval's sampling settings
+  seed_all(seed)                                torch's, NumPy's and Python's global RNGs at a run's start
 
 The two strides are primes, so the streams of different seeds and indices do not collide in practice.
 """
@@ -29,3 +30,17 @@ def stream_seed(seed: int, index: int) -> int:
 def offset_seed(seed: int, index: int) -> int:
     """`seed` moved to its `index`-th repeat (an eval chunk's sampling seed)."""
     return seed + STREAM_STRIDE * index
+
+
+def seed_all(seed: int) -> None:
+    """Seed every global RNG a run draws from (torch, NumPy, Python's `random`) with `trainer.seed`
+    (at most 2^31 − 1), so two fresh runs start from the same states; checkpoints save and restore all
+    three (train/checkpoint.py)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -18,8 +18,7 @@ from rich.console import Console
 from ..errors import UserError
 from ..progress import progress_bar
 from ..rundir import shard_name
-from ..runtime import seed_all
-from ..seeds import stream_seed
+from ..seeds import seed_all, stream_seed
 from ..shards import read_shard
 from ..train import dist
 from ..train.batch import rows_from_table

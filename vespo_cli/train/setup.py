@@ -23,7 +23,8 @@ from ..lock import hold
 from ..progress import announce
 from ..rundir import RunDir
 from ..runid import code_commit, ensure_run_id, new_run_id
-from ..runtime import seed_all, set_threads
+from ..runtime import set_threads
+from ..seeds import seed_all
 from . import dist
 from .checkpoint import latest_checkpoint, load_optimizer, load_trainer_state
 from .compile import compile_decoder_blocks
