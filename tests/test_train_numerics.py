@@ -28,6 +28,7 @@ import math
 
 import pytest
 import torch
+from tolerance import U_BF16
 
 from vespo_cli.bench.reference import reference_config, reference_step_module
 from vespo_cli.bench.sizes import synthetic_rows
@@ -39,7 +40,7 @@ from vespo_cli.train.batch import make_microbatch, padded
 from vespo_cli.train.compile import compile_decoder_blocks
 from vespo_cli.train.forward import token_logprobs
 
-U = 2.0**-8  # bf16 unit roundoff
+U = U_BF16  # bf16 unit roundoff (tests/tolerance.py)
 ROUNDINGS_PER_BLOCK = 16
 ROUNDINGS_ROOT = 3
 
