@@ -917,13 +917,14 @@ def test_nonfinite_gradient_skips_the_step(tiny_model):
 
 
 def test_replay_of_pathological_shard_keeps_weights_finite(tmp_path):
-    """End to end: engine logprobs of -1e4 used as the proximal policy (log W ≈ +1e4), empty responses,
-    an all-equal-reward group; every logged number finite, every saved weight finite."""
+    """End to end: engine logprobs of -999 (the lowest a shard may hold, shards.py) used as the proximal
+    policy (log W ≈ +999 per token, far past fp32's exp), empty responses, an all-equal-reward group; every
+    logged number finite, every saved weight finite."""
     d = tmp_path / "shards"
     cols = shard_columns(8, seed=3)
     cols["response_token_ids"][0] = []
     cols["rollout_logprobs"][0] = []
-    cols["rollout_logprobs"] = [[-1e4] * len(lp) for lp in cols["rollout_logprobs"]]
+    cols["rollout_logprobs"] = [[-999.0] * len(lp) for lp in cols["rollout_logprobs"]]
     cols["reward"][2:4] = [1.0, 1.0]
     cols["correct"] = [r > 0 for r in cols["reward"]]
     write_shard(cols, d / S.shard_name(0, "w0", 0))

@@ -291,10 +291,12 @@ def test_fsdp2_two_processes_match_one(tmp_path, replay_dir, bf16):
 
 
 def _shard_rows(rollouts: Path) -> list[dict]:
-    """The rows of a run's shards in name order, without the columns that name the shard or the time."""
+    """The rows of a run's shards in name order, without the columns that name the shard, the run (its run id,
+    also the first part of every group id) or the time."""
     tables = [read_shard(p) for p in list_shards(rollouts)]
-    drop = {"shard_id", "created_at", "rollout_logprobs"}
-    return [{k: v for k, v in r.items() if k not in drop} for t in tables for r in t.to_pylist()]
+    drop = {"shard_id", "created_at", "rollout_logprobs", "run_id"}
+    rows = [{k: v for k, v in r.items() if k not in drop} for t in tables for r in t.to_pylist()]
+    return [{**r, "group_id": r["group_id"].split("/", 1)[1]} for r in rows]
 
 
 @pytest.mark.slow

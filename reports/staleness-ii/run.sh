@@ -29,7 +29,9 @@
 # ones. Runs live in $STUDY_DIR (default runs/staleness-ii); each finished, evaluated run's config.yaml, run.json
 # (with the commit it trained at) and metrics.jsonl are copied to reports/staleness-ii/runs/ (committed), and copied
 # back first, so a fresh checkout skips what is done. Checkpoints are deleted only once a run is kept (its evals are
-# in its metrics). Run nothing heavy beside the two lanes (each trainer holds ~6.5 GB).
+# in its metrics). Run nothing heavy beside the two lanes: each trainer reached 9.9-10.5 GB RSS (compiled blocks,
+# the vLLM engine, the 640-problem eval; measured 2026-12-06), and beside `make test` both lanes were OOM-killed
+# (each resumed from its last checkpoint, step 48 and 32).
 { # the whole script is read before it runs: editing it while a study runs cannot change the running one
 set -euo pipefail
 cd "$(dirname "$0")/../.."

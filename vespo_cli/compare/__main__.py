@@ -3,6 +3,7 @@
 import sys
 
 from ..errors import UserError
+from ..interrupt import exit_status
 from ..runtime import configure
 from .sweep import _train_child
 
@@ -13,3 +14,6 @@ if __name__ == "__main__":
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:  # SIGTERM / SIGINT (interrupt.py): one line, 128 + signum, resumable
+        print(str(e) or "interrupted", file=sys.stderr)
+        sys.exit(exit_status(e))
