@@ -31,10 +31,6 @@ from .analysis import (
     NONFINITE_KEYS,
     PATIENCE_FRAC,
     SMOOTH_FRAC,
-    _finite_mean,
-    _num,
-    _opt,
-    _series_key,
     default_patience,
     detect_collapse,
     eval_records,
@@ -48,11 +44,11 @@ from .analysis import (
     x_values,
 )
 from .claims import ClaimsFile, load_claims
-from .groups import REFERENCE, _group_summary, _groups, _stats, collapse_rate, paired_differences, seed_values
+from .groups import REFERENCE, collapse_rate, paired_differences, seed_values
 from .labels import RUN_NAME, describe_algorithm
-from .markdown import _collapse_cell, _eval_cell, _f, _table
-from .plots import FIGURES, X_AXES, _flat_ylim, _maybe_log, _pyplot, _save, plot_all
-from .report import _jsonable, render_markdown, write_report
+from .markdown import md_table
+from .plots import FIGURES, X_AXES, plot_all, pyplot, save_figure
+from .report import jsonable, render_markdown, write_report
 from .runs import ALGO_FIELDS, Loaded, RunSpec, existing_run, load_runs, parse_algo_item
 from .stats import difference, t_interval, t_quantile, welch_interval, wilson_interval
 from .sweep import REFRESH_AFTER_S, compare_command, train
@@ -76,22 +72,10 @@ __all__ = [
     "RunSpec",
     "SMOOTH_FRAC",
     "X_AXES",
-    "_collapse_cell",
-    "_eval_cell",
-    "_f",
-    "_finite_mean",
-    "_flat_ylim",
-    "_group_summary",
-    "_groups",
-    "_jsonable",
-    "_maybe_log",
-    "_num",
-    "_opt",
-    "_pyplot",
-    "_save",
-    "_series_key",
-    "_stats",
-    "_table",
+    "jsonable",
+    "pyplot",
+    "save_figure",
+    "md_table",
     "analysis",
     "collapse_rate",
     "compare_command",

@@ -60,7 +60,8 @@ def _eval_cell(ev: dict | None, show_k: bool) -> str:
     return cell
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines (cells with `|` escaped); the probe's report uses it too."""
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
@@ -105,7 +106,7 @@ def results_lines(groups: Sequence[dict]) -> list[str]:
             + [_eval_cell(g["eval"].get(b), len(ks[b]) > 1) for b in benches]
             + [collapse, _f(g["ess_mean"]), weight, _f(g["time_s"], 0)]
         )
-    lines = ["## Results", ""] + _table(header, rows) + [""]
+    lines = ["## Results", ""] + md_table(header, rows) + [""]
     if any(len(g["seeds"]) > 1 for g in groups):
         lines += [
             f"Several seeds: final and best reward are the mean over seeds with its {LEVEL:.0%} interval "
@@ -162,7 +163,7 @@ def drift_lines(groups: Sequence[dict]) -> list[str]:
     return [
         "## Drift at the last minibatch of each rollout batch",
         "",
-        *_table(header, rows),
+        *md_table(header, rows),
         "",
         "The most off-policy data each group trained on: the last of the N minibatches of every rollout batch "
         "(N = 1: the only one, Δ = 0 unless the behaviour log-probs are the engine's), averaged over rollout "
@@ -199,7 +200,7 @@ def differences_lines(diffs: Sequence[dict]) -> list[str]:
     return [
         f"## Differences: {REFERENCE} − baseline",
         "",
-        *_table(header, rows),
+        *md_table(header, rows),
         "",
         f"Each cell: mean of {REFERENCE} − baseline with its {LEVEL:.0%} interval; *paired*: the t interval of "
         "the per-seed differences (runs of one seed share data order and initialisation), *welch*: the seeds "
@@ -290,7 +291,7 @@ def verdict_lines(rows: Sequence[dict], claims: dict | None = None) -> list[str]
     return [
         "## Verdict",
         "",
-        *_table(
+        *md_table(
             [
                 "claim",
                 "form",
@@ -332,7 +333,7 @@ def identical_lines(identical: Sequence[dict]) -> list[str]:
     return [
         "## Identical runs",
         "",
-        *_table(["algorithms", "N", "seed"], rows),
+        *md_table(["algorithms", "N", "seed"], rows),
         "",
         "These runs have the same training rewards, gradient norms, entropies and lengths at every step: the "
         "objectives gave the same update on this data (at N = 1 every ratio is 1, where they coincide), so "
@@ -407,4 +408,4 @@ def runs_lines(runs: Sequence[Loaded], out: Path) -> list[str]:
             ]
         )
     header = ["algorithm", "N", "seed", "steps", "final reward", "collapse", "non-finite steps", "run"]
-    return ["## Runs", "", *_table(header, rows), ""]
+    return ["## Runs", "", *md_table(header, rows), ""]

@@ -40,7 +40,8 @@ FIGURES: list[tuple[str, str, list[tuple[str, tuple[str, ...]]]]] = [
 ]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, with a writable config dir (the probe's plots use it too)."""
     if not os.environ.get("MPLCONFIGDIR"):  # a writable cache dir, kept between runs (font cache)
         cache = Path(tempfile.gettempdir()) / f"vespo-mpl-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
         cache.mkdir(mode=0o700, exist_ok=True)
@@ -93,7 +94,8 @@ def _x_at(m: Loaded, step: float, x: str) -> float:
     return float(np.interp(step, [float(r["step"]) for r in m.rows], x_values(m.rows, x)))
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write a figure to `path` as a PNG, atomically."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
@@ -102,7 +104,7 @@ def plot_all(runs: Sequence[Loaded], groups: dict, out: Path, window: int, x: st
     """Write one PNG per figure with data, curves over `x` (X_AXES); returns [{"file", "title"}] in order."""
     if not any(r.rows for r in runs) and not any(r.evals for r in runs):
         return []
-    plt = _pyplot()
+    plt = pyplot()
     labels = list(dict.fromkeys(r.spec.label for r in runs))
     cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
     colors = {lab: cmap(i % cmap.N) for i, lab in enumerate(labels)}
@@ -147,7 +149,7 @@ def plot_all(runs: Sequence[Loaded], groups: dict, out: Path, window: int, x: st
                     legend=row == 0,
                 )
         fig.suptitle(f"{title} (moving average over {window} steps; faint: raw)", fontsize="medium")
-        _save(fig, out / fname)
+        save_figure(fig, out / fname)
         plt.close(fig)
         images.append({"file": fname, "title": title})
     if any(r.evals for r in runs):
@@ -230,7 +232,7 @@ def _plot_eval(plt, runs, groups, ns, colors, out: Path, x: str = "steps") -> di
                 legend=row == 0,
             )
     fig.suptitle("Eval accuracy (mean over seeds; bars: 95% interval)", fontsize="medium")
-    _save(fig, out / "eval.png")
+    save_figure(fig, out / "eval.png")
     plt.close(fig)
     return {"file": "eval.png", "title": "Eval accuracy"}
 

@@ -90,7 +90,7 @@ def write_report(
         ],
         "figures": images,
     }
-    atomic_write_json(out / "summary.json", _jsonable(summary))
+    atomic_write_json(out / "summary.json", jsonable(summary))
     path = out / "report.md"
     atomic_write_text(path, render_markdown(summary, runs, window, images, out))
     return path
@@ -130,12 +130,12 @@ def _check_x(runs: Sequence[Loaded], x: str) -> None:
             )
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     """Non-finite floats → null (strict JSON)."""
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, (float, np.floating)):
         return float(x) if math.isfinite(x) else None
     if isinstance(x, np.integer):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compare import _pyplot, _save
+from ..compare import pyplot, save_figure
 
 
 def _series(records: Sequence[dict], o: str, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -24,7 +24,7 @@ def plot_all(records: Sequence[dict], out: Path) -> list[dict]:
     """fidelity.png (cosine vs K per objective), drift.png (cosine vs measured drift), offpolicy.png."""
     if not records:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     objectives = list(dict.fromkeys(r["objective"] for r in records))
     cmap = plt.get_cmap("tab10")
     colors = {o: cmap(i % 10) for i, o in enumerate(objectives)}
@@ -87,7 +87,7 @@ def _plot_fidelity(plt, records, objectives, colors, out: Path) -> dict:
         ax.axis("off")
     axes.flat[0].legend(fontsize="small")
     fig.suptitle("Stale gradient vs fresh on-policy gradient (bands: 95% BCa intervals)", fontsize="medium")
-    _save(fig, out / "fidelity.png")
+    save_figure(fig, out / "fidelity.png")
     plt.close(fig)
     return {"file": "fidelity.png", "title": "Cosine to the on-policy gradient vs age K"}
 
@@ -108,7 +108,7 @@ def _plot_drift(plt, records, objectives, colors, out: Path) -> dict:
     ax.set_ylabel("cosine to own on-policy gradient")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    _save(fig, out / "drift.png")
+    save_figure(fig, out / "drift.png")
     plt.close(fig)
     return {"file": "drift.png", "title": "Cosine to the on-policy gradient vs measured drift"}
 
@@ -144,6 +144,6 @@ def _plot_offpolicy(plt, records, objectives, colors, out: Path) -> dict:
     b.legend(fontsize="small")
     c.legend(fontsize="small")
     fig.suptitle("Off-policyness of the behaviour data at θ_K", fontsize="medium")
-    _save(fig, out / "offpolicy.png")
+    save_figure(fig, out / "offpolicy.png")
     plt.close(fig)
     return {"file": "offpolicy.png", "title": "Drift, ESS, suppression/clipping and norm ratio vs age K"}

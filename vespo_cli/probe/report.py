@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..compare import _jsonable, _table
+from ..compare import jsonable, md_table
 from ..fsio import atomic_write_json, atomic_write_text
 from ..models import describe_model
 from .judge import judge
@@ -44,8 +44,8 @@ def write_report(records: list[dict], settings: dict, out: Path) -> Path:
     """OUT/probe.json (the records, judged), OUT/settings.json, the plots and OUT/report.md."""
     out = Path(out)
     records = judge(records)
-    atomic_write_json(out / "probe.json", _jsonable(records))
-    atomic_write_json(out / "settings.json", _jsonable(settings))
+    atomic_write_json(out / "probe.json", jsonable(records))
+    atomic_write_json(out / "settings.json", jsonable(settings))
     images = plot_all(records, out)
     path = out / "report.md"
     atomic_write_text(path, render_markdown(records, settings, images))
@@ -132,7 +132,7 @@ def _drift_table(records: Sequence[dict]) -> list[str]:
         ]
         for k, r in by_k.items()
     ]
-    return ["## Drift of θ_K on the behaviour data", ""] + _table(header, rows) + [""]
+    return ["## Drift of θ_K on the behaviour data", ""] + md_table(header, rows) + [""]
 
 
 def _fidelity_table(records: Sequence[dict]) -> list[str]:
@@ -171,7 +171,7 @@ def _fidelity_table(records: Sequence[dict]) -> list[str]:
         ]
         for r in sorted(records, key=lambda r: (r["objective"], r["staleness"]))
     ]
-    return ["## Gradient fidelity", ""] + _table(header, rows) + [""]
+    return ["## Gradient fidelity", ""] + md_table(header, rows) + [""]
 
 
 def _weight(r: dict) -> str:
