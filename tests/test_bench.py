@@ -243,3 +243,16 @@ def test_gpu_check_refuses_without_cuda_in_one_line(how, tmp_path):
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and "gpu-check: no CUDA device here" in lines[0], p.stderr
     assert not (tmp_path / "gpu").exists()
+
+
+def test_trl_vllm_worker_runs_in_its_own_venv(monkeypatch):
+    """TRL 1.16 needs vLLM <= 0.31: only its vLLM side runs in VESPO_BENCH_TRL_PYTHON (`make bench-trl-env`)."""
+    import sys
+
+    from vespo_cli.bench.protocol import TRL_PYTHON_ENV, worker_python
+
+    monkeypatch.delenv(TRL_PYTHON_ENV, raising=False)
+    assert worker_python("trl-vllm") == sys.executable
+    monkeypatch.setenv(TRL_PYTHON_ENV, "/opt/trl/bin/python")
+    assert worker_python("trl-vllm") == "/opt/trl/bin/python"
+    assert {worker_python(k) for k in ("trl-hf", "vespo-vllm", "vespo-hf")} == {sys.executable}

@@ -33,6 +33,16 @@ class WorkerError(RuntimeError):
         self.log = log
 
 
+TRL_PYTHON_ENV = "VESPO_BENCH_TRL_PYTHON"  # the interpreter of TRL's vLLM side (`make bench-trl-env`: .venv-trl)
+
+
+def worker_python(kind: str) -> str:
+    """The interpreter a worker runs in: TRL's vLLM colocate side in its own venv where one is given (TRL 1.16
+    supports vLLM <= 0.31; vespo's venv has 0.32), every other worker in this one."""
+    override = os.environ.get(TRL_PYTHON_ENV, "")
+    return override if kind == "trl-vllm" and override else sys.executable
+
+
 class Worker:
     """The parent's end of a worker subprocess."""
 
@@ -41,7 +51,7 @@ class Worker:
         self._res_r, res_w = os.pipe()
         self.kind = kind
         self.log = logdir / f"{kind}{tag}.log"
-        argv = [sys.executable, "-m", "vespo_cli.bench", "worker", kind, str(cmd_r), str(res_w)]
+        argv = [worker_python(kind), "-m", "vespo_cli.bench", "worker", kind, str(cmd_r), str(res_w)]
         argv += ["--quick"] if quick else []
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(

