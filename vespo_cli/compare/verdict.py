@@ -18,6 +18,7 @@ import fnmatch
 from collections.abc import Sequence
 
 from .claims import Claim, ClaimsFile
+from .groups import seed_values
 from .stats import (
     contrast,
     detectable_ncp,
@@ -35,11 +36,6 @@ GREATER_FORMS = ("noninferior", "interaction", "difference")  # supported when t
 
 def _by_n(groups: Sequence[dict], label: str) -> dict[int, dict]:
     return {int(g["staleness"]): g for g in groups if g["label"] == label}
-
-
-def per_seed(group: dict, endpoint: str) -> dict[int, float | None]:
-    """{seed: value} of an endpoint in a group summary (`groups._group_summary` per_seed)."""
-    return {int(p["seed"]): p.get(endpoint) for p in group.get("per_seed") or []}
 
 
 def _baselines(claim: Claim, groups: Sequence[dict]) -> list[str]:
@@ -147,27 +143,27 @@ def _compare(claim: Claim, a: dict[int, dict], b: dict[int, dict], base: str, en
         ref = _ref_n(claim, sorted(b))
         ns = _pick([n for n in a if not (base == claim.a and n == ref)], claim.at) if ref is not None else []
         for n in ns:
-            cells = [(1.0, per_seed(a[n], endpoint)), (-1.0, per_seed(b[ref], endpoint))]
+            cells = [(1.0, seed_values(a[n], endpoint)), (-1.0, seed_values(b[ref], endpoint))]
             rows.append(_t_row(claim, f"{claim.a} N={n} − {base} N={ref}", endpoint, cells, cells[1][1]))
     elif form in ("noninferior", "degrades"):  # ref_n: same
         for n in _pick(set(a) & set(b), claim.at):
-            cells = [(1.0, per_seed(a[n], endpoint)), (-1.0, per_seed(b[n], endpoint))]
+            cells = [(1.0, seed_values(a[n], endpoint)), (-1.0, seed_values(b[n], endpoint))]
             rows.append(_t_row(claim, f"{claim.a} − {base} at N={n}", endpoint, cells, cells[1][1]))
     elif form == "interaction":
         common = sorted(set(a) & set(b))
         ref = _ref_n(claim, common)
         for n in _pick([n for n in common if ref is not None and n != ref], claim.at):
             cells = [
-                (1.0, per_seed(a[n], endpoint)),
-                (-1.0, per_seed(a[ref], endpoint)),
-                (-1.0, per_seed(b[n], endpoint)),
-                (1.0, per_seed(b[ref], endpoint)),
+                (1.0, seed_values(a[n], endpoint)),
+                (-1.0, seed_values(a[ref], endpoint)),
+                (-1.0, seed_values(b[n], endpoint)),
+                (1.0, seed_values(b[ref], endpoint)),
             ]
             comparison = f"[{claim.a} N={n} − N={ref}] − [{base} N={n} − N={ref}]"
             rows.append(_t_row(claim, comparison, endpoint, cells, None))
     elif form == "difference":
         for n in _pick(set(a) & set(b), claim.at):
-            cells = [(1.0, per_seed(a[n], endpoint)), (-1.0, per_seed(b[n], endpoint))]
+            cells = [(1.0, seed_values(a[n], endpoint)), (-1.0, seed_values(b[n], endpoint))]
             rows.append(_t_row(claim, f"{claim.a} − {base} at N={n}", endpoint, cells, None))
     else:  # collapse
         for n in _pick(set(a) & set(b), claim.at):
