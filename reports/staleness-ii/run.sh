@@ -35,21 +35,23 @@
 { # the whole script is read before it runs: editing it while a study runs cannot change the running one
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+ROOT=$PWD
 export OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=2 VLLM_ENABLE_V1_MULTIPROCESSING=0 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 export VESPO_MALLOC_TUNING=0  # as in reports/cpu-staleness/run.sh: RSS stays at 6.2-6.9 GB per run
-PY=${PY:-.venv/bin/python}
+PY=${PY:-$ROOT/.venv/bin/python}
 V=${V:-$PY -m vespo_cli.cli}
 MODE=${1:-full}
 HERE=reports/staleness-ii
 SEEDS=(0 1 2 3); STRESS_SEEDS=(0 1 2); STRESS_N=32; SCREEN_LRS=(3e-5 1e-4); STEPS=()
-STUDY=${STUDY_DIR:-runs/staleness-ii}
-KEEP=$HERE/runs
+STUDY=$(realpath -m "${STUDY_DIR:-runs/staleness-ii}")
+KEEP=$ROOT/$HERE/runs
 REPORT=$HERE
 SCREEN=$STUDY-screen
-KEEP_SCREEN=$HERE/screen
+KEEP_SCREEN=$ROOT/$HERE/screen
+CODE=$ROOT  # where the trainer code is imported from: the checkout, or a worktree at the pinned commit (pin)
 if [[ "$MODE" == "--quick" ]]; then
   SEEDS=(0); STRESS_SEEDS=(0); SCREEN_LRS=(1e-4); STEPS=(--set trainer.steps=4 --set eval.every=2 --set eval.limit=16)
-  STUDY=${STUDY_DIR:-runs/staleness-ii-quick}; KEEP=$STUDY/kept; REPORT=$STUDY/report
+  STUDY=$(realpath -m "${STUDY_DIR:-runs/staleness-ii-quick}"); KEEP=$STUDY/kept; REPORT=$STUDY/report
   SCREEN=$STUDY-screen; KEEP_SCREEN=$STUDY/kept-screen
 fi
 COMMON=(--preset staleness-ii "${STEPS[@]}")
@@ -59,7 +61,7 @@ collect() { $PY reports/study.py collect "$STUDY" "$KEEP"; }
 sweep() {  # one `vespo compare`, resumed up to twice if it dies (an OOM kill): a lane never stops on one cell
   local attempt
   for attempt in 1 2 3; do
-    "$@" && { collect; return 0; }
+    (cd "$CODE" && "$@") && { collect; return 0; }
     echo "run.sh: attempt $attempt of: $* failed; resuming it" >&2
   done
   echo "run.sh: giving up on: $* (the next run of this script resumes it)" >&2
@@ -108,27 +110,33 @@ report() {
   $V compare "${kept[@]}" --claims "$HERE/claims.yaml" --x samples --out "$REPORT"
 }
 
-# One trainer for the whole study: the first start pins the commit ($KEEP/commit); a later start (another session)
-# refuses while any file that decides what a run computes differs from the pinned commit, unless
-# STUDY_ACCEPT_CODE=1 (the changed files are then logged beside the pin). Report-only code (compare, probe, bench,
-# plan) may change.
+# One trainer for the whole study: the first start pins the commit ($KEEP/commit). When a later start (another
+# session) finds any file that decides what a run computes changed since that commit, the runs are trained from a
+# git worktree at the pinned commit ($STUDY.code; `python -m vespo_cli...` imports the package from its working
+# directory), so main can move on while every run of the study comes from one trainer. STUDY_ACCEPT_CODE=1 trains
+# from the checkout instead, for a change that cannot alter a run (the changed files are logged beside the pin).
+# Report-only code (compare, probe, bench, plan) always comes from the checkout.
 NUMERICS=(vespo_cli/train vespo_cli/objectives vespo_cli/rollout vespo_cli/rewards vespo_cli/models.py
   vespo_cli/arith.py vespo_cli/data.py vespo_cli/prompts.py vespo_cli/seeds.py vespo_cli/config.py presets pyproject.toml)
 pin() {
   mkdir -p "$KEEP"
   [[ -f "$KEEP/commit" ]] || git rev-parse HEAD > "$KEEP/commit"
-  local changed
-  changed=$(git diff --name-only "$(cat "$KEEP/commit")" -- "${NUMERICS[@]}")
+  local changed pinned
+  pinned=$(cat "$KEEP/commit")
+  changed=$(git diff --name-only "$pinned" -- "${NUMERICS[@]}")
   [[ -z "$changed" ]] && return 0
   if [[ "${STUDY_ACCEPT_CODE:-0}" == 1 ]]; then
-    { date -u; echo "accepted changes since $(cat "$KEEP/commit"):"; echo "$changed"; } >> "$KEEP/code-changes.log"
+    { date -u; echo "accepted changes since $pinned:"; echo "$changed"; } >> "$KEEP/code-changes.log"
     return 0
   fi
-  echo "run.sh: the study's runs train at $(cat "$KEEP/commit"); these files changed since: $(echo $changed)." >&2
-  echo "run.sh: check out that commit to continue, or set STUDY_ACCEPT_CODE=1 if the change cannot alter a run." >&2
-  exit 2
+  CODE=$STUDY.code
+  if [[ "$(git -C "$CODE" rev-parse HEAD 2>/dev/null)" != "$pinned" ]]; then
+    git worktree remove --force "$CODE" 2>/dev/null || rm -rf "$CODE"
+    git worktree prune
+    git worktree add --detach "$CODE" "$pinned" >&2
+  fi
+  echo "run.sh: $(echo $changed) changed since the study's commit ${pinned:0:7}; its runs train from $CODE" >&2
 }
-
 mkdir -p "$STUDY" "$SCREEN"
 if [[ "$MODE" != "--report" ]]; then
   pin
