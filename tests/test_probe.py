@@ -520,6 +520,52 @@ def test_quick_probe_on_tiny_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+def test_killed_probe_resumes_at_the_first_unmeasured_age(tmp_path):
+    """A probe killed after K = 1 (its partial/K2.json gone) and rerun with the same options walks to θ_2
+    again, checks θ_1 and the behaviour data against their fingerprints, measures only K = 2, and writes the
+    records the uninterrupted probe wrote; a rerun with nothing left to measure loads no model."""
+    out = tmp_path / "probe"
+    args = [
+        "probe",
+        "--preset",
+        "tiny",
+        "--quick",
+        "--algo",
+        "grpo",
+        "--algo",
+        "vespo",
+        "-K",
+        "0",
+        "-K",
+        "1",
+        "-K",
+        "2",
+    ]
+    first = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    whole = json.loads((out / "probe.json").read_text())
+    assert sorted(p.name for p in (out / "partial").iterdir()) == ["K0.json", "K1.json", "K2.json", "options.json"]
+    (out / "partial" / "K2.json").unlink()
+    again = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "resuming the probe: K = [0, 1] measured before" in again.output
+    resumed = json.loads((out / "probe.json").read_text())
+    drop = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert drop(resumed) == drop(whole)
+    assert [r["seconds"] for r in resumed if r["staleness"] < 2] == [r["seconds"] for r in whole if r["staleness"] < 2]
+    (out / "partial" / "K1.json").write_text(
+        (out / "partial" / "K1.json")
+        .read_text()
+        .replace(json.loads((out / "partial" / "K1.json").read_text())["theta"], "0" * 16)
+    )
+    (out / "partial" / "K2.json").unlink()
+    tampered = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert tampered.exit_code == 2 and "θ_1 reached again differs from the killed probe's" in tampered.output
+    other = CliRunner().invoke(app, [*args, "-K", "3", "--out", str(out)])
+    assert other.exit_code == 0 and "holds a probe with other options; starting over" in other.output
+
+
+@pytest.mark.slow
 def test_grader_without_reward_variance_is_a_one_line_error(tmp_path):
     """The tiny preset's random model never solves a problem: with the grader every gradient is 0."""
     result = CliRunner().invoke(

@@ -6,6 +6,9 @@ and one record per objective (its figures: figures.py)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -15,7 +18,9 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from ..compare import jsonable
 from ..errors import UserError
+from ..fsio import atomic_write_json
 from ..progress import progress_bar
 from ..rundir import shard_name
 from ..seeds import seed_all, stream_seed
@@ -80,11 +85,16 @@ def measure(
     out: Path,
     settings: dict,
 ) -> list[dict]:
-    """Steps 1–3 of command.py's docstring; returns the records."""
+    """Steps 1–3 of command.py's docstring; returns the records. The records of each K are kept in
+    OUT/partial/ as they are measured, so a killed probe rerun with the same options skips those K."""
     from ..train.sampler import sync_sampler
 
-    base_path, tokenizer, model = _open_model(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    done = Partial(out / "partial", settings)
+    if all(k in done.records for k in ks):
+        settings.update(done.settings)
+        return [r for k in ks for r in done.records[k]]
+    base_path, tokenizer, model = _open_model(cfg)
     auto = reward == "auto"
     reward = settings["reward"] = "grader" if auto else reward
     stack = contextlib.ExitStack()
@@ -95,7 +105,8 @@ def measure(
         stale, problems = _behaviour_data(s, shards, prompts, auto, settings)
         redraw = s.draw(problems, s.behaviour_path("behaviour_redraw"), 0, s.seed + REDRAW_SEED)
         d = _at_theta0(s, stale, redraw, problems, settings)
-        return _walk(s, d, objectives, ks, prompts, checkpoints, bootstrap)
+        done.check_behaviour(d)
+        return _walk(s, d, objectives, ks, prompts, checkpoints, bootstrap, done)
     finally:
         stack.close()
 
@@ -165,11 +176,80 @@ def _at_theta0(s: Session, stale: Batch, redraw: Batch, problems: list, settings
     return Behaviour(stale, redraw, problems, old, old_redraw, sketch)
 
 
+# --------------------------------------------------------------------------- resuming a killed probe
+
+
+class Partial:
+    """OUT/partial/: the options (options.json) and, per measured K, its records with fingerprints of θ_K and of
+    D₀ and D₀′ (K<k>.json). A rerun with other options starts over; a rerun whose D₀ or θ_K differs from the
+    killed one's (its draws and steps are seeded, so they should not) is refused rather than mixed."""
+
+    def __init__(self, path: Path, settings: dict):
+        self.path, self.live = path, settings  # `live`: the measurement adds the reward used, prompt groups, sizes
+        self.records: dict[int, list] = {}
+        self.thetas: dict[int, str] = {}
+        self.settings: dict = {}
+        self.behaviour: str | None = None
+        options = jsonable(settings)
+        try:
+            same = json.loads((path / "options.json").read_text()) == options
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            if path.exists():
+                print(f"note: {path} holds a probe with other options; starting over", file=sys.stderr)
+                shutil.rmtree(path)
+            path.mkdir(parents=True)
+            atomic_write_json(path / "options.json", options)
+            return
+        for f in sorted(path.glob("K*.json")):
+            saved = json.loads(f.read_text())
+            self.records[saved["k"]], self.thetas[saved["k"]] = saved["records"], saved["theta"]
+            self.settings, self.behaviour = saved["settings"], saved["behaviour"]
+        if self.records:
+            print(f"note: resuming the probe: K = {sorted(self.records)} measured before ({path})", file=sys.stderr)
+
+    def check_behaviour(self, d: Behaviour) -> None:
+        rows = (d.stale.rows, d.redraw.rows)
+        mine = _digest([r.response_ids for r in rows], [r.rewards.tolist() for r in rows])
+        if self.behaviour is not None and self.behaviour != mine:
+            raise UserError(f"{self.path}: the behaviour data drawn again differs from the killed probe's; delete it")
+        self.behaviour = mine
+
+    def check_theta(self, k: int, model, blocks: int) -> None:
+        if self.thetas[k] != _theta_digest(model, blocks):
+            raise UserError(f"{self.path}/K{k}.json: θ_{k} reached again differs from the killed probe's; delete it")
+
+    def add(self, k: int, records: list[dict], model, blocks: int) -> list[dict]:
+        saved = {
+            "k": k,
+            "records": jsonable(records),
+            "theta": _theta_digest(model, blocks),
+            "behaviour": self.behaviour,
+            "settings": jsonable(self.live),
+        }
+        atomic_write_json(self.path / f"K{k}.json", saved)
+        return saved["records"]
+
+
+def _digest(*values) -> str:
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]
+
+
+def _theta_digest(model, blocks: int) -> str:
+    digest = hashlib.sha256()
+    with gradient_subset(model, blocks) as params:
+        for p in params:
+            digest.update(p.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------- step 2: θ₀ → θ_K
 
 
-def _walk(s: Session, d: Behaviour, objectives: dict, ks: list[int], prompts: int, checkpoints, bootstrap: int):
-    """θ_K for each K in turn (on-policy steps from θ₀, or `--run`'s checkpoints), measured at each."""
+def _walk(s: Session, d: Behaviour, objectives: dict, ks, prompts: int, checkpoints, bootstrap: int, done: Partial):
+    """θ_K for each K in turn (on-policy steps from θ₀, or `--run`'s checkpoints), measured at each K that
+    `done` does not hold (the walk itself is repeated: θ_K of a later K needs it)."""
     from ..train.step import make_optimizer, make_scheduler
 
     optimizer = scheduler = None
@@ -191,7 +271,12 @@ def _walk(s: Session, d: Behaviour, objectives: dict, ks: list[int], prompts: in
             if checkpoints is not None and checkpoints[k] is not None:
                 _load_weights(s.model, s.tokenizer, checkpoints[k])
                 s.sync.publish()
-            records += _measure_at(s, d, k, objectives, bootstrap, progress, task)
+            if k in done.records:
+                done.check_theta(k, s.model, s.blocks)
+                progress.update(task, advance=groups_per_k, info=f"θ_{k}: measured before (partial/)")
+                records += done.records[k]
+                continue
+            records += done.add(k, _measure_at(s, d, k, objectives, bootstrap, progress, task), s.model, s.blocks)
     return records
 
 
