@@ -14,8 +14,8 @@
 # Phase 1, main cells, seeds 0-3 in the outer loop (a partial study has whole seeds):
 #   lane a: vespo N=16, grpo N=16, vespo N=1 (+ grpo N=1 at seed 0: the on-policy identity check with vespo)
 #   lane b: sapo N=16, vespo-seq N=16, sapo N=1 (+ vespo-seq N=1 at seed 0: the identity check with sapo)
-# Phase 2, stress screen (pilot runs, seed 100, not analysed): GRPO (lane a) and SAPO (lane b) at N = 32 and
-#   lr 3e-5; if neither collapses (reports/study.py collapsed: the compare's rule), again at lr 1e-4. The stress lr is
+# Phase 2, in parallel: Probe II (lane a, probe_ii below) and the stress screen (lane b; pilot runs, seed 100, not
+#   analysed): GRPO then SAPO at N = 32 and lr 3e-5; if neither collapses (reports/study.py collapsed: the compare's rule), again at lr 1e-4. The stress lr is
 #   the first at which one collapsed, else 1e-4 (and "no collapse within the settings tried" is the finding).
 # Phase 3, stress cell: all four arms at N = 32 and the stress lr, seeds 0-2 (lane a: vespo, grpo; lane b: sapo,
 #   vespo-seq).
@@ -48,13 +48,15 @@ KEEP=$ROOT/$HERE/runs
 REPORT=$HERE
 SCREEN=$STUDY-screen
 KEEP_SCREEN=$ROOT/$HERE/screen
+PROBE_ARGS=(-K 0 -K 4 -K 16 -K 64 --prompts 128 --bootstrap 1000); KEEP_PROBE=$ROOT/$HERE/probe
 CODE=$ROOT  # where the trainer code is imported from: the checkout, or a worktree at the pinned commit (pin)
 if [[ "$MODE" == "--quick" ]]; then
   SEEDS=(0); STRESS_SEEDS=(0); SCREEN_LRS=(1e-4); STEPS=(--set trainer.steps=4 --set eval.every=2 --set eval.limit=16)
   STUDY=$(realpath -m "${STUDY_DIR:-runs/staleness-ii-quick}"); KEEP=$STUDY/kept; REPORT=$STUDY/report
-  SCREEN=$STUDY-screen; KEEP_SCREEN=$STUDY/kept-screen
+  SCREEN=$STUDY-screen; KEEP_SCREEN=$STUDY/kept-screen; PROBE_ARGS=(--quick -K 0 -K 1); KEEP_PROBE=$STUDY/kept-probe
 fi
 COMMON=(--preset staleness-ii "${STEPS[@]}")
+PROBE_OUT=$STUDY/probe
 SEQ=vespo:aggregation=seq-mean-token-mean
 
 collect() { $PY reports/study.py collect "$STUDY" "$KEEP"; }
@@ -80,19 +82,38 @@ main_b() {
   done
 }
 
-stress_lr() {  # the screen (phase 2): prints the stress learning rate
+stress_lr() {  # the screen (phase 2), in one lane: prints the stress learning rate
   local lr
   for lr in "${SCREEN_LRS[@]}"; do
     # outside $STUDY, so `collect` never mixes the pilots into the analysed runs; kept in $HERE/screen
     sweep $V compare grpo -N "$STRESS_N" "${COMMON[@]}" --set trainer.seed=100 --set trainer.lr="$lr" \
-      --out "$SCREEN/lr-$lr-grpo" > "$SCREEN/lr-$lr-a.log" 2>&1 &
+      --out "$SCREEN/lr-$lr-grpo" >> "$SCREEN/lr-$lr.log" 2>&1
     sweep $V compare sapo -N "$STRESS_N" "${COMMON[@]}" --set trainer.seed=100 --set trainer.lr="$lr" \
-      --out "$SCREEN/lr-$lr-sapo" > "$SCREEN/lr-$lr-b.log" 2>&1 &
-    wait
+      --out "$SCREEN/lr-$lr-sapo" >> "$SCREEN/lr-$lr.log" 2>&1
     $PY reports/study.py collect "$SCREEN" "$KEEP_SCREEN" >&2
     if $PY reports/study.py collapsed "$SCREEN/lr-$lr"-*/runs/*/ >&2; then echo "$lr"; return 0; fi
   done
   echo "${SCREEN_LRS[-1]}"
+}
+screen() {  # screened once: the learning rate is kept in $KEEP/stress-lr
+  [[ -f "$KEEP/stress-lr" ]] && return 0
+  local lr
+  lr=$(stress_lr)
+  echo "$lr" > "$KEEP/stress-lr"
+}
+
+# Probe II (issue 29 item 4): `vespo probe` at the study's learning rate and batch (the preset's), 128 prompt
+# groups of behaviour data, two behaviour draws, K in {0, 4, 16, 64}, the four arms' objectives. Measured cost
+# of the first probe (24 prompts, 5 objectives, 5 K): 29 CPU-minutes, so ~2.5 CPU-hours here. A killed probe
+# resumes at its first unmeasured K (OUT/partial/). It runs from the checkout, not the pinned worktree: resuming
+# is newer than the study's commit, and the probe measures gradients at its own θ_K, none of the study's runs.
+probe_ii() {
+  [[ -f "$KEEP_PROBE/probe.json" ]] && return 0
+  $V probe --preset staleness-ii --algo grpo --algo sapo --algo vespo --algo "$SEQ" "${PROBE_ARGS[@]}" \
+    --blocks 2 --out "$PROBE_OUT" || return 0
+  mkdir -p "$KEEP_PROBE"
+  cp "$PROBE_OUT"/probe.json "$PROBE_OUT"/settings.json "$PROBE_OUT"/report.md "$PROBE_OUT"/*.png "$KEEP_PROBE"/
+  git rev-parse HEAD > "$KEEP_PROBE/commit"
 }
 
 stress() {  # phase 3, one lane: "$@" the arms
@@ -142,11 +163,10 @@ if [[ "$MODE" != "--report" ]]; then
   pin
   $PY reports/study.py restore "$KEEP" "$STUDY"
   $PY reports/study.py restore "$KEEP_SCREEN" "$SCREEN"
-  main_a > "$STUDY/lane-a.log" 2>&1 &
-  main_b > "$STUDY/lane-b.log" 2>&1 &
+  { main_a; probe_ii; } >> "$STUDY/lane-a.log" 2>&1 &  # the probe (~2.5 h) beside the screen (2-4 runs)
+  { main_b; screen; } >> "$STUDY/lane-b.log" 2>&1 &
   wait
-  if [[ -f "$KEEP/stress-lr" ]]; then LR=$(cat "$KEEP/stress-lr"); else LR=$(stress_lr); fi  # screened once
-  mkdir -p "$KEEP" && echo "$LR" > "$KEEP/stress-lr"
+  LR=$(cat "$KEEP/stress-lr")
   stress vespo grpo > "$STUDY/stress-a.log" 2>&1 &
   stress sapo "$SEQ" > "$STUDY/stress-b.log" 2>&1 &
   wait
