@@ -49,6 +49,54 @@ def test_model_shape_counts_tied_embeddings_once():
         assert bench.flops.shape_from_plan(plan) == shape
 
 
+def test_kernel_bound_closed_form():
+    from vespo_cli.bench.attention import kernel_bound
+
+    assert kernel_bound(0.0, 0.1) == 1.0  # no attention: every FLOP at the peak
+    assert kernel_bound(0.3, 1.0) == 1.0  # attention at the peak
+    assert math.isclose(kernel_bound(0.5, 0.1), 1 / (0.5 + 5))
+    assert math.isclose(kernel_bound(1.0, 0.2), 0.2)  # all attention: the kernel's own MFU
+
+
+def test_step_split_shares_time_and_the_rest_on_made_up_numbers():
+    from vespo_cli.bench.attention import step_split
+
+    shape = {"layers": 2, "attn_width": 4}
+    attn = 2 * 12 * 4 * (10**2 + 10**2)  # 19,200 attention FLOPs over two sequences of 10
+    kernel = {"mfu": 0.25, "peak_bf16_gflops_per_cpu_s": 1e-9 * 1000}  # 250 FLOP per CPU s
+    out = step_split(kernel, shape, [10, 10], 4 * attn, step_cpu_s=200.0, peak_gflops=1e-9 * 500)
+    assert out["flop_share"] == 0.25 and math.isclose(out["mfu_bound"], 1 / (1 + 0.75))
+    assert math.isclose(out["time_share"], attn / 250 / 200)  # 76.8 s of 200
+    assert math.isclose(out["rest_mfu"], 3 * attn / (200 - attn / 250) / 500)
+    assert step_split(kernel, shape, [10, 10], 4 * attn, 10.0, 1e-9 * 500)["rest_mfu"] is None  # kernel > step
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_capture_attention_records_the_models_first_call_and_times_it(impl):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from vespo_cli.bench.attention import attention_kernel, capture_attention
+
+    sizes = dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4)
+    cfg = LlamaConfig(**sizes, num_key_value_heads=2, attn_implementation=impl)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    ids = torch.randint(0, 50, (3, 12))
+    before = dict(ALL_ATTENTION_FUNCTIONS.items())
+    with capture_attention(model) as calls:
+        out = model(ids, use_cache=False).logits
+    assert dict(ALL_ATTENTION_FUNCTIONS.items()) == before  # the original is back
+    assert torch.equal(out, model(ids, use_cache=False).logits)  # every call ran the original
+    (call,) = calls
+    assert call.implementation == impl
+    assert tuple(call.query.shape) == (3, 4, 12, 4) and tuple(call.key.shape) == (3, 2, 12, 4)
+    k = attention_kernel(call, matmul_n=64, window_s=0.01)
+    assert k["query_shape"] == [3, 4, 12, 4] and k["dtype"] == "bfloat16" and k["flops_per_call"] == 12 * 16 * 144 * 3
+    assert k["fwd_bwd_cpu_s"] > 0 and k["mfu"] > 0 and math.isclose(k["utilisation_causal_count"], k["mfu"] / 2)
+
+
 def test_matmul_rate_and_tree_rss_are_positive():
     wall, cpu = bench.matmul_peak(64, window_s=0.01)
     assert wall > 0 and cpu > 0

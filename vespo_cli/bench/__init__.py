@@ -7,6 +7,7 @@ One concept per module:
 * sizes: workload sizes, targets, the vespo configuration of the e2e section, the train section's rows;
 * machine, memory: the machine (psutil or /proc) and peak RSS of a process tree;
 * flops: the FLOP model and the bf16 matmul peak MFU is measured against;
+* attention: the trainer's attention call, captured and timed alone, and the MFU bound it sets;
 * protocol: section and worker subprocesses (one JSON line each way), and a worker's end (WorkerSide);
 * probes: instruments a worker puts into vespo's code (policy_loss capture);
 * worker_vespo, worker_trl: the two sides of the e2e comparison;

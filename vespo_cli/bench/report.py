@@ -186,6 +186,7 @@ def _train_rollout(res: dict) -> list[str]:
     for name, d in (("train", tr), ("rollout", ro)):
         if "error" in d:
             return ["", f"## {name}", "", f"Not measured: `{d['error'].splitlines()[0]}`", ""]
+    k = tr.get("attention_kernel") or {}
     lines = [
         "",
         "## Trainer throughput",
@@ -201,9 +202,11 @@ def _train_rollout(res: dict) -> list[str]:
         "6·decoder params·tokens + 6·vocab·d·response tokens + attention 12·layers·width·L² (with the causal "
         f"half only: MFU {fmt(tr.get('mfu_causal_count'), 3)}). "
         + (
-            f"The causal SDPA kernel alone at this shape runs at {fmt(tr['attention_kernel']['utilisation'], 3)} "
-            "of the matmul peak. "
-            if tr.get("attention_kernel")
+            f"Attention (the kernel alone, above: forward {fmt(k['fwd_mfu'], 3)} of the peak, forward+backward "
+            f"{fmt(k['mfu'], 3)}, {fmt(k['utilisation_causal_count'], 3)} counting the causal half) takes "
+            f"{fmt(100 * k['time_share'], 0)}% of the step's CPU time at that speed; the rest of the step runs at "
+            f"{fmt(k['rest_mfu'], 3)} of the peak. "
+            if "mfu_bound" in k
             else ""
         )
         + f"GRPO-step batch (e2e, vLLM): {fmt(res['e2e_train_tokens_per_s'], 0)} tokens/s.",

@@ -1,14 +1,17 @@
 """The train section: optimizer-step throughput on long sequences and its model FLOP utilisation
-against the bf16 matmul peak, under each of the trainer's dtype policies."""
+against the bf16 matmul peak, under each of the trainer's dtype policies, and the attention kernel
+the step calls, timed alone (attention.py), with the MFU bound it sets."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
 from dataclasses import dataclass
 
-from .flops import attention_flops, matmul_peak, model_shape, train_flops
+from .attention import attention_kernel, capture_attention, step_split
+from .flops import matmul_peak, model_shape, train_flops
 from .sizes import bench_config, sizes, synthetic_rows
 
 TRAIN_POLICIES = {  # the trainer's dtype policies the train section compares (train/precision.py), fp32 masters
@@ -16,6 +19,7 @@ TRAIN_POLICIES = {  # the trainer's dtype policies the train section compares (t
     "bf16_autocast": {"bf16_params": False, "bf16_autocast": True},  # TRL's (and the e2e section's)
 }
 POLICY_WORDS = {"bf16_params": "bf16 compute weights (bf16 params)", "bf16_autocast": "bf16 autocast"}
+HEAD_POLICY = "bf16_params"  # the headline's
 
 
 def section_train(quick: bool) -> dict:
@@ -43,10 +47,14 @@ def section_train(quick: bool) -> dict:
     causal_flops = train_flops(shape, [P + R] * B, [R] * B, causal_discount=True)
     step = _Step(model, optimizer, scheduler, rows, list(range(B)), adv, flops, causal_flops)
     rounds: dict[str, list[dict]] = {name: [] for name in cfgs}
-    for _ in range(sz["train_rounds"] + 1):  # round 0 warms up
+    captured: list = []  # the headline policy's first attention call, recorded in the warm-up round
+    for r in range(sz["train_rounds"] + 1):  # round 0 warms up
         for name, policy_cfg in cfgs.items():
-            rounds[name].append(step.measure(policy_cfg, sz["matmul_n"], sz["matmul_window_s"]))
-    return _result(sz, step, shape, rounds)
+            capture = capture_attention(model) if r == 0 and name == HEAD_POLICY else contextlib.nullcontext([])
+            with capture as calls:
+                rounds[name].append(step.measure(policy_cfg, sz["matmul_n"], sz["matmul_window_s"]))
+            captured += calls
+    return _result(sz, step, shape, rounds, captured[0])
 
 
 def _policy_configs(sz: dict) -> dict:
@@ -120,17 +128,17 @@ def _summary(measured: list[dict], tokens_per_step: int) -> dict:
     }
 
 
-def _result(sz: dict, step: _Step, shape: dict, rounds: dict[str, list[dict]]) -> dict:
+def _result(sz: dict, step: _Step, shape: dict, rounds: dict[str, list[dict]], attention) -> dict:
     """The section's record: sizes, the headline policy's summary, each policy's, the paired speedup of
-    bf16_params over autocast, the fp32 matmul peak and the attention kernel's utilisation (measured
-    here, after the steps)."""
+    bf16_params over autocast, the fp32 matmul peak and the attention kernel (`attention`, the call
+    captured in the headline policy's step) timed alone after the steps, with the MFU bound it sets."""
     import torch
 
     B, P, R = sz["train_rows"], sz["train_prompt"], sz["train_response"]
     window = sz["matmul_window_s"]
     policies = {name: {**_summary(r[1:], B * (P + R)), "rounds": r} for name, r in rounds.items()}
     paired = [a["step_cpu_s"] / b["step_cpu_s"] for a, b in zip(rounds["bf16_autocast"][1:], rounds["bf16_params"][1:])]
-    head = policies["bf16_params"]
+    head = policies[HEAD_POLICY]
     return {
         "rows": B,
         "micro_rows": sz["train_micro_rows"],
@@ -139,7 +147,7 @@ def _result(sz: dict, step: _Step, shape: dict, rounds: dict[str, list[dict]]) -
         "tokens_per_step": B * (P + R),
         "model": shape,
         "flops_per_step": step.flops,
-        "policy": "bf16_params",
+        "policy": HEAD_POLICY,
         "threads": torch.get_num_threads(),
         "matmul_n": sz["matmul_n"],
         "matmul_window_s": window,
@@ -147,39 +155,12 @@ def _result(sz: dict, step: _Step, shape: dict, rounds: dict[str, list[dict]]) -
         **{k: v for k, v in head.items() if k != "rounds"},
         "bf16_params_speedup_vs_autocast": statistics.median(paired),
         "policies": policies,
-        "attention_kernel": attention_utilisation(step.model, P + R, B, sz["matmul_n"], window),
-    }
-
-
-def attention_utilisation(model, L: int, rows: int, matmul_n: int, window_s: float) -> dict:
-    """The causal SDPA kernel alone, forward+backward at the model's attention shape in bf16: its
-    FLOPs per CPU second (causal count, the work the kernel does) over the bf16 matmul peak. The part
-    of the trainer MFU gap that is the CPU attention kernel's, not the trainer's."""
-    import torch
-    import torch.nn.functional as F
-
-    c = model.config
-    d = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    q, k, v = (
-        torch.randn(rows, c.num_attention_heads, L, d, dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
-    )
-
-    def once():
-        F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
-
-    once()
-    c0, count = time.process_time(), 0
-    while count < 3 or time.process_time() - c0 < window_s:
-        once()
-        count += 1
-    cpu_s = (time.process_time() - c0) / count
-    flops = attention_flops(c.num_attention_heads * d, [L] * rows, causal_discount=True)  # the work the kernel does
-    peak = matmul_peak(matmul_n, window_s)[1]
-    return {
-        "seq_len": L,
-        "rows": rows,
-        "heads": c.num_attention_heads,
-        "head_dim": d,
-        "fwd_bwd_cpu_s_per_layer": cpu_s,
-        "utilisation": flops / cpu_s / peak,
+        "attention_kernel": step_split(
+            attention_kernel(attention, sz["matmul_n"], window),
+            shape,
+            [P + R] * B,
+            step.flops,
+            statistics.median(r["step_cpu_s"] for r in head["rounds"][1:]),
+            head["peak_bf16_gflops_per_cpu_s"],
+        ),
     }
