@@ -71,6 +71,23 @@ def test_step_split_shares_time_and_the_rest_on_made_up_numbers():
     assert step_split(kernel, shape, [10, 10], 4 * attn, 10.0, 1e-9 * 500)["rest_mfu"] is None  # kernel > step
 
 
+def test_train_mfu_is_kernel_bounded_only_where_mfu_and_bound_both_miss():
+    from vespo_cli.bench.suite import kernel_bounded
+
+    assert kernel_bounded(0.23, 0.45)
+    assert not kernel_bounded(0.23, 0.55)  # within the kernel's reach: the trainer's miss
+    assert not kernel_bounded(0.6, 0.45) and not kernel_bounded(None, 0.45) and not kernel_bounded(0.23, None)
+
+
+def test_kernel_bound_line_says_whether_the_target_is_in_reach():
+    from vespo_cli.bench.report import kernel_bound_line
+
+    k = {"implementation": "sdpa", "dtype": "bfloat16", "query_shape": [2, 9, 8, 4], "key_shape": [2, 3, 8, 4]}
+    k.update(threads=1, mfu=0.2, flop_share=0.2, mfu_bound=0.5 / 1.1)
+    assert "MFU 0.455 (below the 0.5 target: the kernel bounds it)." in kernel_bound_line(k)
+    assert "within this kernel's reach" in kernel_bound_line({**k, "mfu_bound": 0.55})
+
+
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 def test_capture_attention_records_the_models_first_call_and_times_it(impl):
     import torch
@@ -205,6 +222,8 @@ def test_step_breakdown_figure(tmp_path):
 def test_quick_bench_writes_json_and_markdown(tmp_path):
     """The whole suite at smoke-test sizes (tiny model, vLLM + HF engines, TRL skipped): every
     headline key is present, the measured ones are finite numbers, TRL's are null."""
+    from vespo_cli.bench.suite import kernel_bounded
+
     res = bench.run_bench(tmp_path, quick=True)
     data = json.loads((tmp_path / "latest.json").read_text())
     assert data == json.loads(json.dumps(res))
@@ -218,6 +237,8 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
         "study_step_speedup",
         "study_step_vs_plain",
         "study_train_mfu",
+        "attention_kernel_mfu",
+        "attention_flop_share",
     ):
         assert isinstance(data[key], float) and math.isfinite(data[key]) and data[key] > 0, key
     for key in ("e2e_speedup_vs_trl_same_engine", "e2e_speedup_vs_trl_vllm", "peak_rss_ratio_vs_trl"):
@@ -236,6 +257,9 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
     train = data["raw"]["train"]
     assert set(train["policies"]) == set(bench.TRAIN_POLICIES) and train["policy"] == "bf16_params"
     assert train["mfu"] == train["policies"]["bf16_params"]["mfu"] and train["bf16_params_speedup_vs_autocast"] > 0
+    kernel = train["attention_kernel"]
+    assert kernel["query_shape"][0] == sz["train_micro_rows"] and 0 < kernel["mfu_bound"] <= 1
+    assert ("train_mfu_kernel_bound" in data) == kernel_bounded(data["train_mfu"], kernel["mfu_bound"])
     md = (tmp_path / "latest.md").read_text()
     assert "vespo bench" in md and "| metric |" in md and "## Where a step goes" in md
     assert data["regression_check"]["against"] is None  # no earlier latest.json in tmp_path

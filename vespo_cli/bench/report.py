@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .figure import LABELS, PART_COLORS, breakdown
 from .section_train import POLICY_WORDS
-from .sizes import HEADLINE
+from .sizes import HEADLINE, TARGETS
 
 NAMES = {
     "e2e_speedup_vs_trl_same_engine": "GRPO step speedup vs TRL, same engine (HF) (TRL s / vespo s)",
@@ -44,14 +44,20 @@ def _header(res: dict) -> list[str]:
         "| metric | value | target | |",
         "|---|---|---|---|",
     ]
+    kernel = res["raw"].get("train", {}).get("attention_kernel") or {}
     for k in HEADLINE:
         ok = res["pass"][k]
         value = fmt(res[k], 3)
+        verdict = "—" if ok is None else "ok" if ok else "MISSED"
         if res[k] is None and k == "e2e_speedup_vs_trl_vllm" and res.get("trl_vllm_error"):
             value = "TRL vLLM mode failed (below)"
-        lines.append(
-            f"| {NAMES[k]} | {value} | {res['targets'][k]} | {'—' if ok is None else 'ok' if ok else 'MISSED'} |"
-        )
+        if k == "train_mfu" and "mfu_bound" in kernel:
+            value += f" (kernel bound {fmt(kernel['mfu_bound'], 3)})"
+            if "train_mfu_kernel_bound" in res:
+                verdict = "MISSED: bounded by the attention kernel"
+        lines.append(f"| {NAMES[k]} | {value} | {res['targets'][k]} | {verdict} |")
+    if "mfu_bound" in kernel:
+        lines += ["", kernel_bound_line(kernel)]
     reg = res.get("regression_check") or {}
     if reg.get("against"):
         moved = reg["moved"]
@@ -73,6 +79,23 @@ def _header(res: dict) -> list[str]:
             ),
         ]
     return lines
+
+
+def kernel_bound_line(kernel: dict) -> str:
+    """The trainer MFU's kernel bound in one line, from the train section's `attention_kernel` record."""
+    target = TARGETS["train_mfu"][1]
+    return (
+        f"Kernel bound: the trainer's attention kernel ({kernel['implementation']}, {kernel['dtype']}, query "
+        f"{kernel['query_shape']}, key/value {kernel['key_shape']}, {kernel['threads']} thread(s)) runs "
+        f"forward+backward at {fmt(kernel['mfu'], 3)} of the matmul peak and is "
+        f"{fmt(100 * kernel['flop_share'], 1)}% of the step's FLOPs: with it at that speed and every other "
+        f"FLOP at the peak, the step reaches MFU {fmt(kernel['mfu_bound'], 3)}"
+        + (
+            f" (below the {target} target: the kernel bounds it)."
+            if kernel["mfu_bound"] < target
+            else f" (the {target} target is within this kernel's reach)."
+        )
+    )
 
 
 def _e2e(res: dict) -> list[str]:
