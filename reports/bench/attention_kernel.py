@@ -1,0 +1,70 @@
+"""The train section's attention measurement alone, at its real shapes, in a minute and ~1.3 GB
+(the whole section takes ~6 GB): the kernel bound of the trainer MFU (docs/performance.md, "The
+trainer MFU and where the rest goes").
+
+    OMP_NUM_THREADS=1 .venv/bin/python reports/bench/attention_kernel.py [--out reports/bench/attention_kernel.json]
+
+Loads the bench's model under the headline dtype policy, runs the old-logprob forward of one
+microbatch of the section's rows (train_micro_rows × (prompt + response) tokens) with
+`capture_attention`, times the captured call alone (`attention_kernel`), and splits the step of the
+last full bench run (`--latest`, its raw.train: step CPU seconds and matmul peak) with `step_split`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from vespo_cli.bench.attention import attention_kernel, capture_attention, step_split
+from vespo_cli.bench.flops import model_shape, train_flops
+from vespo_cli.bench.machine import machine_info
+from vespo_cli.bench.section_train import HEAD_POLICY, _policy_configs
+from vespo_cli.bench.sizes import sizes, synthetic_rows
+from vespo_cli.models import load_model, resolve_model
+from vespo_cli.train.step import old_logprobs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="reports/bench/attention_kernel.json")
+    ap.add_argument("--latest", default="reports/bench/latest.json")
+    args = ap.parse_args()
+    sz = sizes(False)
+    cfg = _policy_configs(sz)[HEAD_POLICY]
+    model = load_model(resolve_model(cfg.model.path), cfg.model.dtype)
+    model.config.use_cache = False
+    B, P, R, m = sz["train_rows"], sz["train_prompt"], sz["train_response"], sz["train_micro_rows"]
+    rows = synthetic_rows(torch.Generator().manual_seed(0), model.config.vocab_size, P, [R] * m, 2, "bench")
+    with capture_attention(model) as calls:
+        old_logprobs(model, rows, cfg)
+    kernel = attention_kernel(calls[0], sz["matmul_n"], sz["matmul_window_s"])
+    shape = model_shape(model)
+    latest = json.load(open(args.latest))
+    train = latest["raw"]["train"]
+    step_cpu_s = statistics.median(r["step_cpu_s"] for r in train["policies"][HEAD_POLICY]["rounds"][1:])
+    split = step_split(
+        kernel,
+        shape,
+        [P + R] * B,
+        train_flops(shape, [P + R] * B, [R] * B),
+        step_cpu_s,
+        train["peak_bf16_gflops_per_cpu_s"],
+    )
+    out = {
+        "command": "reports/bench/attention_kernel.py",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine_info(),
+        "step_from": f"{args.latest} ({latest['started']}): raw.train, {HEAD_POLICY}, train_mfu {latest['train_mfu']}",
+        "attention_kernel": split,
+    }
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(json.dumps(split, indent=1))
+
+
+if __name__ == "__main__":
+    main()
