@@ -17,7 +17,7 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast test-heavy lint bench bench-trl-env gpu-check clean
+.PHONY: setup demo test test-fast test-heavy lint tour bench bench-trl-env gpu-check clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,11 @@ lint: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not heavy"
+
+# The README's tour, every command as written at reduced sizes, in a temporary directory (scripts/readme_tour.py;
+# TOUR_ARGS=--dry lists the commands and the size options, TOUR_ARGS="--report reports/readme-tour.md" reports).
+tour: setup
+	$(PY) scripts/readme_tour.py $(TOUR_ARGS)
 
 # TRL's vLLM colocate side of the bench runs in its own venv: TRL 1.16 supports vLLM <= 0.31 (requirements/bench-trl.txt).
 TRL_VENV ?= .venv-trl
