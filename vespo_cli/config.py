@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from .data import PAPER_TEMPLATE, check_source
 from .errors import UserError
-from .objectives import CORRECTION_CAP, OBJECTIVES, AnyObjectiveParams, CorrectionCap, VespoParams
+from .objective_params import CORRECTION_CAP, PARAMS, AnyObjectiveParams, CorrectionCap, VespoParams
 from .presets import list_presets as list_presets  # `as`: re-exported (callers import these from config)
 from .presets import merge, nest, parse_override, read_yaml, resolve
 from .presets import preset_description as preset_description
@@ -84,7 +84,7 @@ class RolloutConfig(Section):
 class AlgorithmConfig(Section):
     description: str = ""
     name: str = ""  # the algorithm preset (`--algo NAME`); names the default run directory
-    objective: str = "vespo"  # a name in objectives.OBJECTIVES
+    objective: str = "vespo"  # a name in objective_params.PARAMS (= objectives.OBJECTIVES)
     params: AnyObjectiveParams = Field(default_factory=VespoParams)  # the objective's params model
     correction: Literal["tis", "mis"] | None = None
     correction_cap: CorrectionCap = CORRECTION_CAP  # C of TIS/MIS
@@ -103,8 +103,8 @@ class AlgorithmConfig(Section):
     @field_validator("objective")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in OBJECTIVES:
-            raise fail(f"unknown objective {v!r} (known: {', '.join(sorted(OBJECTIVES))})")
+        if v not in PARAMS:
+            raise fail(f"unknown objective {v!r} (known: {', '.join(sorted(PARAMS))})")
         return v
 
     @model_validator(mode="after")

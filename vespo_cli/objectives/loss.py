@@ -5,24 +5,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Annotated, Union
 
 import torch
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from torch import Tensor
 
 from ..errors import UserError
+from ..objective_params import CORRECTION_CAP, PARAMS, CorrectionCap, ObjectiveParams
 from ..schema import describe_type, user_error
-from . import losses  # noqa: F401  (registers the objectives before the union below is built)
+from . import losses  # noqa: F401  (registers the objectives in OBJECTIVES)
 from .base import (
     AGGREGATION,
-    CORRECTION_CAP,
     CORRECTIONS,
     OBJECTIVES,
-    PARAMS,
     SEQUENCE_CORRECTION,
-    CorrectionCap,
-    ObjectiveParams,
     Reshaped,
     Tokens,
     as_float_mask,
@@ -31,9 +27,6 @@ from .base import (
 
 # --------------------------------------------------------------------------- validation
 
-
-# every objective's params, keyed on the objective's name (the config's `algorithm.params`)
-AnyObjectiveParams = Annotated[Union[tuple(PARAMS.values())], Field(discriminator="objective")]  # noqa: UP007
 _CAP = TypeAdapter(CorrectionCap, config={"strict": True, "allow_inf_nan": False})
 
 
