@@ -262,7 +262,7 @@ def load_run_config(run_dir: str | os.PathLike, overrides: list[str] | tuple[str
     return _finish(merged, origin, overrides)
 
 
-RESUME_SETTABLE = ("trainer.steps",)  # the --set a --resume takes: they change nothing consumed (train/inputs.py)
+RESUME_SETTABLE = ("trainer.steps",)  # the --set a --resume takes: they change nothing consumed (inputs.py)
 
 
 def load_resume_config(run_dir: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
