@@ -187,7 +187,7 @@ class ShardWriter:
 
 def is_moe(model_path: str, trust_remote_code: bool = False) -> bool:
     """Whether the model's config declares routed experts (then a TP group splits experts: EP)."""
-    from ..plan.models import hf_config, routed_experts
+    from ..models import hf_config, routed_experts
 
     return routed_experts(hf_config(model_path, trust_remote_code)[0]) > 0
 
