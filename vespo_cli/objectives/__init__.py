@@ -62,10 +62,8 @@ from .base import (
     vespo_kernel,
 )
 from .loss import (
-    _drift_metrics,
-    _metrics,
-    _Reshaped,
     check_correction_cap,
+    drift_metrics,
     objective_params,
     policy_loss,
     resolve_params,

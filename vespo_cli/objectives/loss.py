@@ -206,7 +206,7 @@ def _mismatch(old_logp, rollout_logp, m, correction, cap, stats) -> Tensor | Non
     return log_corr
 
 
-def _drift_metrics(log_ratio: Tensor, nonempty: Tensor) -> dict[str, Tensor]:
+def drift_metrics(log_ratio: Tensor, nonempty: Tensor) -> dict[str, Tensor]:
     """How far the data is off-policy, the same for every objective: ESS/n of the raw sequence ratios
     W = exp(Σ_t Δ_t), (Σ W)² / (Σ W²) / n, and the standard deviation of log W over the sequences."""
     n = nonempty.sum()
@@ -241,7 +241,7 @@ def _metrics(t: Tokens, out: Reshaped) -> dict[str, Tensor]:
         "log_w_mean": torch.where(nonempty, log_w, 0.0).sum() / n_seq.clamp(min=1),
         "log_w_max": torch.where(empty, 0.0, lw.amax() if lw.numel() else n_tok * 0),
         "ess": torch.where(empty, 0.0, torch.nan_to_num(ess / n_seq.clamp(min=1), nan=0.0)),
-        **_drift_metrics(t.delta.sum(-1), nonempty),
+        **drift_metrics(t.delta.sum(-1), nonempty),
     }
     if out.clipped is not None:
         metrics["clip_frac"] = out.clipped / n_tok.clamp(min=1.0)
