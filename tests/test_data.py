@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vespo_cli import data
-from vespo_cli.arith import _arith, arith_eval_problems, held_out
+from vespo_cli.arith import arith_eval_problems, draw_arith, held_out
 from vespo_cli.data import (
     EVAL_SETS,
     PAPER_TEMPLATE,
@@ -81,7 +81,7 @@ def test_arith_deterministic_and_prefix_stable():
 @pytest.mark.parametrize("difficulty", [1, 2, 3, 4, 5])
 def test_arith_answers_are_correct(difficulty):
     for i in range(40):
-        text, expr, answer = _arith(random.Random(f"vespo-arith/7/{difficulty}/{i}"), difficulty)
+        text, expr, answer = draw_arith(random.Random(f"vespo-arith/7/{difficulty}/{i}"), difficulty)
         assert eval(expr, {"__builtins__": {}}) == answer  # noqa: S307 - our own digits and operators
         assert answer >= 0
         p = arith_problem(7, difficulty, i)

@@ -125,7 +125,7 @@ def test_resume_warns_when_metrics_lines_of_restored_steps_are_gone(tmp_path, ca
 
 @pytest.mark.slow
 def test_resume_refuses_changed_inputs_before_loading_anything(tmp_path):
-    """The trainer's hook (train/setup.py → train/inputs.settle_inputs): a replay run records its
+    """The trainer's hook (train/setup.settle_inputs → inputs.py): a replay run records its
     inputs; a resume after config.yaml's staleness or the replay directory changed is refused."""
     import yaml
     from test_shards import shard_columns

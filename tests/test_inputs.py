@@ -1,4 +1,4 @@
-"""Exactly-once under changed inputs (issue 19, item 4): vespo_cli/train/inputs.py."""
+"""Exactly-once under changed inputs (issue 19, item 4): vespo_cli/inputs.py, train/setup.settle_inputs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from test_shards import shard_columns
 
+from vespo_cli import inputs as I
 from vespo_cli.config import load_config
 from vespo_cli.errors import UserError
 from vespo_cli.shards import read_shard, shard_hash, write_shard
-from vespo_cli.train import inputs as I
+from vespo_cli.train.setup import settle_inputs
 
 
 def cfg(*sets: str):
@@ -115,13 +116,13 @@ def test_bad_record_is_named(tmp_path, text):
 
 def test_settle_records_then_checks_the_checkpoint_ledger(tmp_path):
     shards = shard_dir(tmp_path)
-    I.settle_inputs(tmp_path, cfg(), mode="replay", replay=shards, resume=False)
+    settle_inputs(tmp_path, cfg(), mode="replay", replay=shards, resume=False)
     ck = tmp_path / "checkpoints" / "step-2"
     ck.mkdir(parents=True)
     state = {"step": 2, "iteration": 1, "ledger": [{"shard": "v0", "rows": 4, "first_step": 1, "sha256": "0" * 64}]}
     (ck / "trainer_state.json").write_text(json.dumps(state))
     (tmp_path / I.INPUTS).unlink()  # only the ledger can tell
-    msg = refused(I.settle_inputs, tmp_path, cfg(), mode="replay", replay=shards, resume=True, checkpoint=ck)
+    msg = refused(settle_inputs, tmp_path, cfg(), mode="replay", replay=shards, resume=True, checkpoint=ck)
     assert "shard v0" in msg
 
 

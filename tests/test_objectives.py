@@ -639,15 +639,15 @@ def test_as_float_mask_bool_float_and_strided():
 def test_drift_metrics_closed_form():
     """w_ess = (Σ W)² / (Σ W²) / n of W = exp(Σ_t Δ_t), log_w_std = std of Σ_t Δ_t, for every objective;
     W = (1, 2, —): ESS/n = 9 / 5 / 2 = 0.9, std = ln 2 / 2 (the empty third sequence is left out)."""
-    from vespo_cli.objectives import _drift_metrics
+    from vespo_cli.objectives import drift_metrics
 
     log_ratio = torch.tensor([0.0, math.log(2.0), 5.0])
-    m = _drift_metrics(log_ratio, torch.tensor([True, True, False]))
+    m = drift_metrics(log_ratio, torch.tensor([True, True, False]))
     assert float(m["w_ess"]) == pytest.approx(0.9, rel=1e-6)
     assert float(m["log_w_std"]) == pytest.approx(math.log(2.0) / 2, rel=1e-6)
-    on_policy = _drift_metrics(torch.zeros(4), torch.ones(4, dtype=torch.bool))
+    on_policy = drift_metrics(torch.zeros(4), torch.ones(4, dtype=torch.bool))
     assert float(on_policy["w_ess"]) == 1.0 and float(on_policy["log_w_std"]) == 0.0
-    empty = _drift_metrics(torch.zeros(2), torch.zeros(2, dtype=torch.bool))
+    empty = drift_metrics(torch.zeros(2), torch.zeros(2, dtype=torch.bool))
     assert float(empty["w_ess"]) == 0.0 and float(empty["log_w_std"]) == 0.0
 
 

@@ -66,7 +66,7 @@ def _level(seed: int | str, difficulty: int | Sequence[int], index: int) -> int:
     return mix[0] if len(mix) == 1 else random.Random(f"vespo-arith-mix/{seed}/{index}").choice(mix)
 
 
-def _arith(rng: random.Random, difficulty: int) -> tuple[str, str, int]:
+def draw_arith(rng: random.Random, difficulty: int) -> tuple[str, str, int]:
     """(problem text, Python expression, answer) of one problem of level `difficulty` drawn from `rng`."""
     steps, start, operand, ops, groups, sizes, times = _LEVELS[difficulty]
     if rng.random() < _PLAIN_FRACTION.get(difficulty, 0.0):  # bare one-operation question
@@ -116,7 +116,7 @@ def arith_problem(seed: int, difficulty: int | Sequence[int], index: int) -> Pro
     level = _level(seed, difficulty, index)
     for attempt in range(1000):
         key = f"vespo-arith/{seed}/{level}/{index}" + (f"/{attempt}" if attempt else "")
-        text, _, answer = _arith(random.Random(key), level)  # str seeds hash deterministically
+        text, _, answer = draw_arith(random.Random(key), level)  # str seeds hash deterministically
         if not held_out(text):
             return Problem(id=f"arith-d{level}-s{seed}-{index}", problem=text, answer=str(answer), source="arith")
     raise UserError(f"arith difficulty {level}: no training problem outside the held-out split")  # unreachable
@@ -130,7 +130,7 @@ def arith_eval_problems(difficulty: int | Sequence[int], limit: int) -> list[Pro
         if len(out) >= limit:
             break
         level = _level("eval", difficulty, i)
-        text, _, answer = _arith(random.Random(f"vespo-arith-eval/{level}/{i}"), level)
+        text, _, answer = draw_arith(random.Random(f"vespo-arith-eval/{level}/{i}"), level)
         if held_out(text) and text not in out:
             out[text] = Problem(id=f"arith-eval-d{level}-{i}", problem=text, answer=str(answer), source="arith")
     return list(out.values())

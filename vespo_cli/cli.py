@@ -195,8 +195,8 @@ def eval_(
 ):
     """Evaluate a model on math benchmarks: avg@k, pass@k with 95% intervals. A run's checkpoint is
     evaluated with its run's config.yaml (template, engine, dtype, lengths) unless --preset is given."""
+    from .engines import ENGINES
     from .evaluate import eval_command
-    from .rollout import ENGINES
 
     if engine and engine not in ENGINES:
         raise UserError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")

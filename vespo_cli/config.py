@@ -17,14 +17,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from .data import PAPER_TEMPLATE, check_source
+from .catalog import check_source
+from .engines import ENGINES
 from .errors import UserError
-from .objectives import CORRECTION_CAP, OBJECTIVES, AnyObjectiveParams, CorrectionCap, VespoParams
+from .objective_params import CORRECTION_CAP, PARAMS, AnyObjectiveParams, CorrectionCap, VespoParams
 from .presets import list_presets as list_presets  # `as`: re-exported (callers import these from config)
 from .presets import merge, nest, parse_override, read_yaml, resolve
 from .presets import preset_description as preset_description
 from .presets import preset_path as preset_path
-from .rollout import ENGINES
+from .prompts import PAPER_TEMPLATE
 from .rundir import RunDir
 from .schema import Section, fail, locate, user_error
 
@@ -42,7 +43,7 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    train: str = "arith"  # data source name (see `vespo_cli.data`) or a .jsonl/.parquet path
+    train: str = "arith"  # data source name (see `vespo_cli.data`, `catalog.py`) or a .jsonl/.parquet path
     template: str = PAPER_TEMPLATE  # user message; `{problem}` is replaced
     # procedural arithmetic only: a level 1..5, or a list of levels (a mixture: arith.py)
     difficulty: int | list[int] = 1
@@ -66,7 +67,7 @@ class DataConfig(Section):
 
 
 class RolloutConfig(Section):
-    engine: Literal[ENGINES] = "vllm"  # rollout.ENGINES
+    engine: Literal[ENGINES] = "vllm"  # engines.ENGINES
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     n: int = Field(8, ge=1, le=1024)  # samples per prompt (group size)
     temperature: float = Field(1.0, gt=0, le=10)
@@ -84,7 +85,7 @@ class RolloutConfig(Section):
 class AlgorithmConfig(Section):
     description: str = ""
     name: str = ""  # the algorithm preset (`--algo NAME`); names the default run directory
-    objective: str = "vespo"  # a name in objectives.OBJECTIVES
+    objective: str = "vespo"  # a name in objective_params.PARAMS (= objectives.OBJECTIVES)
     params: AnyObjectiveParams = Field(default_factory=VespoParams)  # the objective's params model
     correction: Literal["tis", "mis"] | None = None
     correction_cap: CorrectionCap = CORRECTION_CAP  # C of TIS/MIS
@@ -103,8 +104,8 @@ class AlgorithmConfig(Section):
     @field_validator("objective")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in OBJECTIVES:
-            raise fail(f"unknown objective {v!r} (known: {', '.join(sorted(OBJECTIVES))})")
+        if v not in PARAMS:
+            raise fail(f"unknown objective {v!r} (known: {', '.join(sorted(PARAMS))})")
         return v
 
     @model_validator(mode="after")
@@ -261,7 +262,7 @@ def load_run_config(run_dir: str | os.PathLike, overrides: list[str] | tuple[str
     return _finish(merged, origin, overrides)
 
 
-RESUME_SETTABLE = ("trainer.steps",)  # the --set a --resume takes: they change nothing consumed (train/inputs.py)
+RESUME_SETTABLE = ("trainer.steps",)  # the --set a --resume takes: they change nothing consumed (inputs.py)
 
 
 def load_resume_config(run_dir: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:

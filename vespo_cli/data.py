@@ -11,7 +11,8 @@
   - a hub id `owner/name` or `owner/name:split` (default split `train`), when the hub is reachable.
 
 Every source yields `Problem`s; `prompts.py` holds the record and the prompt formatting (template,
-chat messages, token ids), re-exported here with the arithmetic stream.
+chat messages, token ids), re-exported here with the arithmetic stream; `catalog.py` holds the source
+names and `check_source` (re-exported too), which the config uses without importing this module.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from urllib.parse import urlparse
 
 from .arith import arith_eval_problems, arith_problem
 from .arith import iter_arith as iter_arith  # `name as name`: re-exported for importers of vespo_cli.data
+from .catalog import BUNDLED, FILE_SUFFIXES, HUB_ID, TRAIN_SETS, canonical_source, source_names
+from .catalog import check_source as check_source  # re-exported: the source names and check are catalog.py's
 from .errors import UserError
 from .prompts import PAPER_TEMPLATE as PAPER_TEMPLATE  # likewise build_messages, encode_prompt
 from .prompts import Problem
@@ -37,33 +40,8 @@ from .prompts import encode_prompt as encode_prompt
 EVAL_SETS = {"aime24": 32, "aime25": 32, "amc23": 16, "math500": 4, "gsm8k": 1}  # paper's default k
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "data"
-_BUNDLED = {
-    "aime24": "aime24.jsonl",
-    "aime25": "aime25.jsonl",
-    "amc23": "amc23.jsonl",
-    "math500": "math500.jsonl",
-    "gsm8k": "gsm8k_test.jsonl",
-}
-# name -> (file name in a data dir, hub id, hub config, hub split)
-_TRAIN_SETS = {
-    "dapo-math-17k": ("dapo_math_17k.jsonl", "BytedTsinghua-SIA/DAPO-Math-17k", None, "train"),
-    "gsm8k-train": ("gsm8k_train.jsonl", "openai/gsm8k", "main", "train"),
-}
-_ALIASES = {
-    "math-500": "math500",
-    "gsm8k-test": "gsm8k",
-    "dapo-math": "dapo-math-17k",
-    "dapo": "dapo-math-17k",
-    "dapo-math-17k-train": "dapo-math-17k",
-}
 ARITH_DEFAULT_SIZE = 10_000  # `load_problems("arith")` without a limit
 ARITH_EVAL_SIZE = 640  # `load_problems("arith", split="eval")` without a limit: eval SE ≤ 0.5/√640 < 2 points
-_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
-
-
-def source_names() -> list[str]:
-    return [*_BUNDLED, *_TRAIN_SETS, "arith"]
 
 
 def load_problems(
@@ -87,9 +65,9 @@ def load_problems(
     if name == "arith":
         n = ARITH_DEFAULT_SIZE if limit is None else limit
         return [arith_problem(seed, difficulty, i) for i in range(n)]
-    if name in _BUNDLED:
-        problems = _read_file(BUNDLED_DIR / _BUNDLED[name], name)
-    elif name in _TRAIN_SETS:
+    if name in BUNDLED:
+        problems = _read_file(BUNDLED_DIR / BUNDLED[name], name)
+    elif name in TRAIN_SETS:
         problems = _load_train_set(name)
     else:
         problems = _load_other(source)
@@ -97,35 +75,6 @@ def load_problems(
         problems = list(problems)
         random.Random(seed).shuffle(problems)
     return problems if limit is None else problems[:limit]
-
-
-def check_source(source: str) -> str | None:
-    """Why `source` cannot be a prompt source (None: it can), decided without reading it: a known
-    name, an existing .jsonl/.json/.parquet file, or a hub id owner/name[:split]."""
-    if canonical_source(source) in (*_BUNDLED, *_TRAIN_SETS, "arith"):
-        return None
-    path = Path(source).expanduser()
-    if path.is_file():
-        return None if path.suffix.lower() in _FILE_SUFFIXES else f"{source}: expected a .jsonl, .json or .parquet file"
-    if path.is_dir():
-        return f"{source}: is a directory; expected a .jsonl, .json or .parquet file"
-    if path.suffix.lower() in _FILE_SUFFIXES or source.startswith((".", "/", "~")):
-        return f"{source}: file not found"
-    if _HUB_ID.match(source):
-        return None
-    return (
-        f"unknown data source {source!r} (expected one of {', '.join(source_names())}, "
-        "a .jsonl/.json/.parquet path, or a Hugging Face dataset id owner/name[:split])"
-    )
-
-
-def canonical_source(source: str) -> str:
-    """The canonical name of a known source (`GSM8K_train` -> `gsm8k-train`), else `source` unchanged."""
-    key = source.strip().lower().replace("_", "-")
-    key = _ALIASES.get(key, key)
-    if key in _BUNDLED or key in _TRAIN_SETS or key == "arith":
-        return key
-    return source
 
 
 # ------------------------------------------------------------------------------------ file reading
@@ -237,7 +186,7 @@ def data_dirs() -> list[Path]:
 
 
 def _load_train_set(name: str) -> list[Problem]:
-    filename, hub_id, config, split = _TRAIN_SETS[name]
+    filename, hub_id, config, split = TRAIN_SETS[name]
     dirs = data_dirs()
     for d in dirs:
         for candidate in (d / filename, d / filename.replace(".jsonl", ".parquet")):
@@ -295,14 +244,14 @@ def _load_hub(hub_id: str, config: str | None, split: str, source: str, where: s
 def _load_other(source: str) -> list[Problem]:
     path = Path(source).expanduser()
     if path.is_file():
-        if path.suffix.lower() not in _FILE_SUFFIXES:
+        if path.suffix.lower() not in FILE_SUFFIXES:
             raise UserError(f"{source}: expected a .jsonl, .json or .parquet file")
         return _read_file(path, _stem(path))
     if path.is_dir():
         raise UserError(f"{source}: is a directory; expected a .jsonl, .json or .parquet file")
-    if path.suffix.lower() in _FILE_SUFFIXES or source.startswith((".", "/", "~")):
+    if path.suffix.lower() in FILE_SUFFIXES or source.startswith((".", "/", "~")):
         raise UserError(f"{source}: file not found")
-    if _HUB_ID.match(source):
+    if HUB_ID.match(source):
         hub_id, _, split = source.partition(":")
         return _load_hub(hub_id, None, split or "train", source)
     raise UserError(

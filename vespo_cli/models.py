@@ -11,6 +11,9 @@ Specs:
 Built checkpoints live under ``$VESPO_CACHE/models`` (default ``~/.cache/vespo/models``), one
 directory per ``<spec>-v<FORMAT_VERSION>-<config hash>``; they are written to a temporary directory
 and renamed, under a file lock, so a killed build never leaves a half checkpoint behind.
+
+A model's `transformers` config without its weights (`hf_config`: the paper's models from the table
+`KNOWN_MODELS`, else a local config.json) is read here too, by planning and by the engine options.
 """
 
 from __future__ import annotations
@@ -309,3 +312,145 @@ def state_dict_hash(model_or_state) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------ model configs
+# What planning (plan/) and the engine options (rollout/sampling.is_moe) read of a model, never downloading.
+
+# Public config numbers of the models the paper presets use (from each hub repo's config.json), so
+# that planning needs neither the hub nor the weights. `published` is the size the model card states
+# (billions): parameter counts are checked against it in the tests.
+KNOWN_MODELS: dict[str, dict] = {
+    "Qwen/Qwen3-8B-Base": dict(
+        arch="qwen3",
+        published=8.2,
+        hidden_size=4096,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=12288,
+        vocab_size=151936,
+        tie_word_embeddings=False,
+        max_position_embeddings=32768,
+    ),
+    "Qwen/Qwen3-30B-A3B-Base": dict(
+        arch="qwen3_moe",
+        published=30.5,
+        hidden_size=2048,
+        num_hidden_layers=48,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        head_dim=128,
+        intermediate_size=6144,
+        moe_intermediate_size=768,
+        num_experts=128,
+        num_experts_per_tok=8,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        vocab_size=151936,
+        tie_word_embeddings=False,
+        max_position_embeddings=32768,
+    ),
+    "meta-llama/Llama-3.2-3B-Instruct": dict(
+        arch="llama",
+        published=3.21,
+        hidden_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=8192,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+        max_position_embeddings=131072,
+    ),
+    "Qwen/Qwen3-0.6B-Base": dict(
+        arch="qwen3",
+        published=0.6,
+        hidden_size=1024,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=3072,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        max_position_embeddings=32768,
+    ),
+    # the built-in CPU models (BUILTIN_SPECS): SmolLM2-135M-Instruct and the tiny test model
+    "smollm2-135m": dict(
+        arch="llama",
+        published=0.135,
+        hidden_size=576,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        intermediate_size=1536,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        max_position_embeddings=8192,
+    ),
+    "tiny": dict(arch="llama", published=None, vocab_size=49152, **TINY_CONFIG),  # its shape: TINY_CONFIG above
+}
+# the instruct / base twins share their architecture numbers
+_ALIASES = {
+    "Qwen/Qwen3-8B": "Qwen/Qwen3-8B-Base",
+    "Qwen/Qwen3-30B-A3B": "Qwen/Qwen3-30B-A3B-Base",
+    "Qwen/Qwen3-0.6B": "Qwen/Qwen3-0.6B-Base",
+    "meta-llama/Llama-3.2-3B": "meta-llama/Llama-3.2-3B-Instruct",
+}
+
+
+def known_model(spec: str) -> dict | None:
+    """The table entry for a hub id (case-insensitive; instruct/base twins share one), else None."""
+    names = {k.lower(): k for k in KNOWN_MODELS} | {a.lower(): k for a, k in _ALIASES.items()}
+    key = names.get(spec.lower())
+    return KNOWN_MODELS[key] if key else None
+
+
+def hf_config(spec: str, trust_remote_code: bool = False):
+    """A `transformers` config for `spec`: from the table, else a local checkpoint's config.json,
+    else the local hub cache. Never downloads."""
+    entry = known_model(spec)
+    if entry is not None:
+        from transformers import LlamaConfig, Qwen3Config, Qwen3MoeConfig
+
+        cls = {"qwen3": Qwen3Config, "qwen3_moe": Qwen3MoeConfig, "llama": LlamaConfig}[entry["arch"]]
+        kwargs = {k: v for k, v in entry.items() if k not in ("arch", "published")}
+        return cls(**kwargs), "table"
+    from transformers import AutoConfig
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model.path {spec!r}: directory has no config.json (expected an HF checkpoint directory)")
+        try:
+            return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code), str(path / "config.json")
+        except Exception as e:  # malformed or unsupported config
+            raise UserError(f"model.path {spec!r}: cannot read config.json ({type(e).__name__}: {e})") from None
+    try:
+        conf = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code, local_files_only=True)
+        return conf, f"hub cache ({spec})"
+    except Exception:
+        known = ", ".join(k for k in KNOWN_MODELS)
+        raise UserError(
+            f"model.path {spec!r}: no config to plan with; expected a known model ({known}) "
+            "or a local checkpoint directory with a config.json"
+        ) from None
+
+
+def routed_experts(conf) -> int:
+    """Routed experts per MoE layer declared by a `transformers` config (0: a dense model)."""
+    text = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
+    return int(config_value(text, "num_experts", "num_local_experts", "n_routed_experts"))
+
+
+def config_value(conf, *names, default=0):
+    """The first of `names` a `transformers` config sets (not None), else `default`."""
+    for name in names:
+        value = getattr(conf, name, None)
+        if value is not None:
+            return value
+    return default

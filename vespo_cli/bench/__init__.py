@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from .flops import attention_flops, matmul_peak, model_shape, train_flops
 from .machine import machine_info
-from .memory import PeakRSS, _rss, tree_rss
+from .memory import PeakRSS, tree_rss
 from .section_train import TRAIN_POLICIES
 from .sizes import HEADLINE, TARGETS, sizes
 from .suite import RATIO_KEYS, regression_check, run_bench
@@ -30,7 +30,6 @@ __all__ = [
     "TARGETS",
     "TRAIN_POLICIES",
     "PeakRSS",
-    "_rss",
     "attention_flops",
     "machine_info",
     "matmul_peak",

@@ -7,7 +7,7 @@ import os
 import tempfile
 import time
 
-from ..rollout.sampling import prompt_chunk
+from ..inputs import prompt_chunk
 from .flops import model_shape
 from .protocol import WorkerSide
 

@@ -5,12 +5,12 @@ import sys
 from ..errors import UserError
 from ..interrupt import exit_status
 from ..runtime import configure
-from .sweep import _train_child
+from .sweep import train_child
 
 if __name__ == "__main__":
     configure()
     try:
-        _train_child(*sys.argv[1:6])
+        train_child(*sys.argv[1:6])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

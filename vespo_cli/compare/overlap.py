@@ -11,14 +11,16 @@ from __future__ import annotations
 import random
 from functools import lru_cache
 
-from ..arith import _arith, arith_eval_problems, arith_problem
+from ..arith import arith_eval_problems, arith_problem, draw_arith
 
 
 @lru_cache(maxsize=64)
 def _training_texts(seed: int, difficulty: tuple[int, ...] | int, consumed: int, legacy: bool) -> frozenset[str]:
     if legacy:  # before the split: attempt 0 of every draw, one level
         level = difficulty if isinstance(difficulty, int) else difficulty[0]
-        return frozenset(_arith(random.Random(f"vespo-arith/{seed}/{level}/{i}"), level)[0] for i in range(consumed))
+        return frozenset(
+            draw_arith(random.Random(f"vespo-arith/{seed}/{level}/{i}"), level)[0] for i in range(consumed)
+        )
     return frozenset(arith_problem(seed, difficulty, i).problem for i in range(consumed))
 
 
@@ -27,7 +29,7 @@ def _eval_texts(record: dict) -> list[str]:
     if record.get("split") == "held-out":
         d = record.get("difficulty", 1)
         return [p.problem for p in arith_eval_problems(tuple(d) if isinstance(d, list) else d, n)]
-    return [_arith(random.Random(f"vespo-arith/0/1/{i}"), 1)[0] for i in range(n)]  # `load_problems("arith")`
+    return [draw_arith(random.Random(f"vespo-arith/0/1/{i}"), 1)[0] for i in range(n)]  # `load_problems("arith")`
 
 
 def eval_overlap(config: dict, eval_record: dict | None) -> dict | None:

@@ -57,7 +57,7 @@ def train(cfg, run_dir: Path, *, replay: Path | None = None, resume: bool = Fals
     return {}
 
 
-def _train_child(config_path: str, run_dir: str, replay: str, resume: str, async_: str = "0") -> None:
+def train_child(config_path: str, run_dir: str, replay: str, resume: str, async_: str = "0") -> None:
     """Child side of `train`: the resolved config from a YAML file, then the trainer in-process."""
     from ..config import Config, from_dict
     from ..evaluate import training_eval

@@ -25,8 +25,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def avg_at_k(per_problem: Iterable[Sequence[float]]) -> float:
     """Mean accuracy over each problem's samples, averaged over problems (avg@k). NaN if empty."""
-    means = [_mean(list(map(float, s))) for s in per_problem]
-    return _mean(means)
+    means = [mean_or_nan(list(map(float, s))) for s in per_problem]
+    return mean_or_nan(means)
 
 
 def bootstrap_ci(
@@ -65,11 +65,13 @@ def accuracy_ci(accs: Sequence[float]) -> tuple[float, float, str]:
     return lo, hi, CI_METHOD
 
 
-def _mean(xs: Sequence[float]) -> float:
+def mean_or_nan(xs: Sequence[float]) -> float:
+    """The mean of `xs`, NaN if empty."""
     return float(sum(xs) / len(xs)) if len(xs) else math.nan
 
 
-def _pass_ks(k: int) -> list[int]:
+def pass_ks(k: int) -> list[int]:
+    """The j of the pass@j an eval of k samples reports: 1, 2, 4, … below k, and k."""
     ks, j = [], 1
     while j < k:
         ks.append(j)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..rundir import EVAL_SAMPLES, EVAL_SUMMARY
-from .estimators import _mean, _pass_ks, accuracy_ci, pass_at_k
+from .estimators import accuracy_ci, mean_or_nan, pass_at_k, pass_ks
 
 _REQUIRED = {  # per_sample.parquet: column -> pyarrow type name (extra row keys are kept as well)
     "problem_id": "string",
@@ -54,22 +54,22 @@ def summarize(per_sample_rows: Sequence[Mapping[str, Any]], *, benchmark: str | 
         "num_samples": len(rows),
         "k": k,
         "metric": f"avg@{k}",
-        "avg_at_k": _mean(accs),
+        "avg_at_k": mean_or_nan(accs),
         "ci95_low": lo,
         "ci95_high": hi,
         "ci_method": ci_method,
-        "pass_at": {str(j): _mean([pass_at_k(p["n"], p["correct"], j) for p in per_problem]) for j in _pass_ks(k)},
-        "mean_reward": _mean([float(r.get("reward", float(bool(r["correct"])))) for r in rows]),
+        "pass_at": {str(j): mean_or_nan([pass_at_k(p["n"], p["correct"], j) for p in per_problem]) for j in pass_ks(k)},
+        "mean_reward": mean_or_nan([float(r.get("reward", float(bool(r["correct"])))) for r in rows]),
     }
     out["pass_at_k"] = out["pass_at"][str(k)]
     if max(ns) != k:
         out["k_max"] = max(ns)
     if all("num_tokens" in r for r in rows):
-        out["mean_response_tokens"] = _mean([float(r["num_tokens"]) for r in rows])
+        out["mean_response_tokens"] = mean_or_nan([float(r["num_tokens"]) for r in rows])
     if all("finish_reason" in r for r in rows):
-        out["truncated_fraction"] = _mean([float(r["finish_reason"] == "length") for r in rows])
+        out["truncated_fraction"] = mean_or_nan([float(r["finish_reason"] == "length") for r in rows])
     if all("timed_out" in r for r in rows):
-        out["reward_timeout_fraction"] = _mean([float(bool(r["timed_out"])) for r in rows])
+        out["reward_timeout_fraction"] = mean_or_nan([float(bool(r["timed_out"])) for r in rows])
     out["per_problem"] = per_problem
     return out
 

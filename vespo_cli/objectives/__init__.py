@@ -6,8 +6,9 @@
     loss, metrics = policy_loss(cfg.algorithm.params, logp, ...)  # params validated at config load
 
 Every objective is a reshaped REINFORCE: its gradient is coef_{i,t}·∇logp_t. An objective function
-(registered in OBJECTIVES with its params model, a pydantic model defined right above it; the config's
-`algorithm.params` is the union of these models, keyed on `algorithm.objective`) maps the detached
+(registered in OBJECTIVES with its params model, a pydantic model in the torch-free
+`vespo_cli/objective_params.py`; the config's `algorithm.params` is the union of these models, keyed on
+`algorithm.objective`) maps the detached
 tensors of a microbatch to its per-token loss value and that coefficient (`Reshaped`); `policy_loss`
 does what is shared:
 masking, the train-inference mismatch correction (TIS/MIS), aggregation with global denominators
@@ -20,24 +21,35 @@ Aggregation (each objective declares one, AGGREGATION[name]; `algorithm.aggregat
 With gradient accumulation pass the minibatch totals (tokens, sequences) to every microbatch.
 
 Layout: `base.py` (the registry, `Tokens`, `Reshaped`, shared helpers), `losses.py` (the objectives,
-side by side), `loss.py` (`policy_loss` and params validation), `advantages.py` (`group_advantages`).
+side by side), `loss.py` (`policy_loss` and params validation), `advantages.py` (`group_advantages`);
+their names and params models: `vespo_cli/objective_params.py`, re-exported here.
 """
 
+from ..objective_params import (
+    CORRECTION_CAP,
+    PARAM_MAX,
+    PARAMS,
+    AnyObjectiveParams,
+    CispoParams,
+    CorrectionCap,
+    GrpoParams,
+    GspoParams,
+    ObjectiveParams,
+    ReinforceParams,
+    SapoParams,
+    ToprParams,
+    VespoParams,
+)
 from .advantages import group_advantages
 from .base import (
     AGGREGATION,
-    CORRECTION_CAP,
     CORRECTIONS,
     LENGTH_NORMS,
     LN_EPS,
     MAX_LOG,
     OBJECTIVE_DEFAULTS,
     OBJECTIVES,
-    PARAM_MAX,
-    PARAMS,
     SEQUENCE_CORRECTION,
-    CorrectionCap,
-    ObjectiveParams,
     Reshaped,
     Tokens,
     as_float_mask,
@@ -50,23 +62,13 @@ from .base import (
     vespo_kernel,
 )
 from .loss import (
-    AnyObjectiveParams,
-    _drift_metrics,
-    _metrics,
-    _Reshaped,
     check_correction_cap,
+    drift_metrics,
     objective_params,
     policy_loss,
     resolve_params,
 )
 from .losses import (
-    CispoParams,
-    GrpoParams,
-    GspoParams,
-    ReinforceParams,
-    SapoParams,
-    ToprParams,
-    VespoParams,
     cispo,
     grpo,
     gspo,

@@ -1,18 +1,17 @@
 """The objective registry and the pieces objectives share: `Tokens` (a detached microbatch),
-`Reshaped` (an objective as a reshaped REINFORCE), the params base model, `register`, and the
-ratio / clip / kernel helpers."""
+`Reshaped` (an objective as a reshaped REINFORCE), `register`, and the ratio / clip / kernel helpers.
+The params models are torch-free, in `vespo_cli/objective_params.py`."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Annotated, NamedTuple
+from typing import NamedTuple
 
 import torch
-from pydantic import ConfigDict, Field
 from torch import Tensor
 
-from ..schema import Section
+from ..objective_params import PARAMS, ObjectiveParams
 
 LN_EPS = math.log(1e-8)  # lower clamp of VESPO's log W and of per-token log correction weights
 LOG2E = 1.0 / math.log(2.0)
@@ -20,12 +19,8 @@ MAX_LOG = 20.0  # clamp of per-token log-ratios before exp (exp(20) ≈ 4.9e8: f
 
 CORRECTIONS = (None, "tis", "mis")
 LENGTH_NORMS = ("none", "sqrt", "linear")
-CORRECTION_CAP = 2.0  # C of TIS/MIS, the default of algorithm.correction_cap
-CorrectionCap = Annotated[float, Field(gt=1.0, le=1e6)]  # its range, for the config and `policy_loss`
-PARAM_MAX = 1e3  # upper bound of the free positive hyperparameters (clip widths, temperatures)
 
 OBJECTIVES: dict[str, Callable] = {}  # name -> fn(Tokens, **params) -> Reshaped
-PARAMS: dict[str, type[ObjectiveParams]] = {}  # name -> its params model
 OBJECTIVE_DEFAULTS: dict[str, dict] = {}  # name -> {param: paper default}
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")  # verl's loss_agg_mode names
 AGGREGATION: dict[str, str] = {}  # name -> its registered mode, "token-mean" | "seq-mean-token-mean"
@@ -58,27 +53,6 @@ class Reshaped(NamedTuple):
     seq_weight: Tensor | None = None  # [B] sequence weights for the ESS (default exp(Σ_t Δ_t))
     clipped: Tensor | None = None  # 0-d: number of response tokens whose gradient was clipped
     extra: dict | None = None  # name -> 0-d tensor, objective-specific metrics
-
-
-class ObjectiveParams(Section):
-    """An objective's hyperparameters (defaults: the paper's), validated once when the config loads.
-
-    A read-only mapping of the objective function's keyword arguments: `fn(tokens, **params)`.
-    `objective` is the tag of the config's union (set from `algorithm.objective`, never written)."""
-
-    model_config = ConfigDict(frozen=True)
-    objective: str = Field(exclude=True)
-
-    def keys(self) -> list[str]:
-        return [k for k in type(self).model_fields if k != "objective"]
-
-    def __getitem__(self, key: str):
-        if key not in self.keys():
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def get(self, key: str, default=None):
-        return getattr(self, key) if key in self.keys() else default
 
 
 def register(name: str, aggregation: str, params: type[ObjectiveParams], sequence_correction: bool = False):

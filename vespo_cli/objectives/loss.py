@@ -5,24 +5,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Annotated, Union
 
 import torch
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from torch import Tensor
 
 from ..errors import UserError
+from ..objective_params import CORRECTION_CAP, PARAMS, CorrectionCap, ObjectiveParams
 from ..schema import describe_type, user_error
-from . import losses  # noqa: F401  (registers the objectives before the union below is built)
+from . import losses  # noqa: F401  (registers the objectives in OBJECTIVES)
 from .base import (
     AGGREGATION,
-    CORRECTION_CAP,
     CORRECTIONS,
     OBJECTIVES,
-    PARAMS,
     SEQUENCE_CORRECTION,
-    CorrectionCap,
-    ObjectiveParams,
     Reshaped,
     Tokens,
     as_float_mask,
@@ -31,9 +27,6 @@ from .base import (
 
 # --------------------------------------------------------------------------- validation
 
-
-# every objective's params, keyed on the objective's name (the config's `algorithm.params`)
-AnyObjectiveParams = Annotated[Union[tuple(PARAMS.values())], Field(discriminator="objective")]  # noqa: UP007
 _CAP = TypeAdapter(CorrectionCap, config={"strict": True, "allow_inf_nan": False})
 
 
@@ -213,7 +206,7 @@ def _mismatch(old_logp, rollout_logp, m, correction, cap, stats) -> Tensor | Non
     return log_corr
 
 
-def _drift_metrics(log_ratio: Tensor, nonempty: Tensor) -> dict[str, Tensor]:
+def drift_metrics(log_ratio: Tensor, nonempty: Tensor) -> dict[str, Tensor]:
     """How far the data is off-policy, the same for every objective: ESS/n of the raw sequence ratios
     W = exp(Σ_t Δ_t), (Σ W)² / (Σ W²) / n, and the standard deviation of log W over the sequences."""
     n = nonempty.sum()
@@ -248,7 +241,7 @@ def _metrics(t: Tokens, out: Reshaped) -> dict[str, Tensor]:
         "log_w_mean": torch.where(nonempty, log_w, 0.0).sum() / n_seq.clamp(min=1),
         "log_w_max": torch.where(empty, 0.0, lw.amax() if lw.numel() else n_tok * 0),
         "ess": torch.where(empty, 0.0, torch.nan_to_num(ess / n_seq.clamp(min=1), nan=0.0)),
-        **_drift_metrics(t.delta.sum(-1), nonempty),
+        **drift_metrics(t.delta.sum(-1), nonempty),
     }
     if out.clipped is not None:
         metrics["clip_frac"] = out.clipped / n_tok.clamp(min=1.0)

@@ -1,20 +1,26 @@
-"""The objectives, side by side: one params model and one function each, registered by name
-(docs/objectives.md: the equations and their sources). Each maps a detached microbatch (`Tokens`) to
-its per-token loss and gradient coefficient (`Reshaped`); `loss.policy_loss` does the rest."""
+"""The objectives, side by side: one function each, registered by name with its params model
+(`vespo_cli/objective_params.py`; docs/objectives.md: the equations and their sources). Each maps a
+detached microbatch (`Tokens`) to its per-token loss and gradient coefficient (`Reshaped`);
+`loss.policy_loss` does the rest."""
 
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
-from pydantic import Field
 
+from ..objective_params import (
+    CispoParams,
+    GrpoParams,
+    GspoParams,
+    ReinforceParams,
+    SapoParams,
+    ToprParams,
+    VespoParams,
+)
 from .base import (
     LN_EPS,
     MAX_LOG,
-    PARAM_MAX,
-    ObjectiveParams,
     Reshaped,
     Tokens,
     _per_sign,
@@ -30,17 +36,6 @@ from .base import (
 # --------------------------------------------------------------------------- objectives
 # Each returns fresh tensors (policy_loss scales them in place) and works in place on its own
 # temporaries: on CPU, every new [B, T] tensor costs more than the arithmetic done in it.
-
-
-class VespoParams(ObjectiveParams):
-    """Kernel exponents (c1, c2) for A ≥ 0 and A < 0, and the length-normalisation ablation of log W."""
-
-    objective: Literal["vespo"] = Field("vespo", exclude=True)
-    c1_pos: float = Field(2.0, ge=0, le=100)
-    c2_pos: float = Field(3.0, ge=0, le=100)
-    c1_neg: float = Field(3.0, ge=0, le=100)
-    c2_neg: float = Field(2.0, ge=0, le=100)
-    length_norm: Literal["none", "sqrt", "linear"] = "none"
 
 
 @register("vespo", "token-mean", VespoParams, sequence_correction=True)
@@ -66,15 +61,6 @@ def vespo(t: Tokens, *, c1_pos, c2_pos, c1_neg, c2_neg, length_norm) -> Reshaped
     return Reshaped(coef=-(phi * t.adv)[:, None], log_w=log_w, seq_weight=phi, extra=extra)
 
 
-class GrpoParams(ObjectiveParams):
-    """Clip range [1 − eps_low, 1 + eps_high] of the token ratio; dual clip c for A < 0 (null: none)."""
-
-    objective: Literal["grpo"] = Field("grpo", exclude=True)
-    eps_low: float = Field(0.2, ge=0, le=1)
-    eps_high: float = Field(0.28, ge=0, le=PARAM_MAX)
-    dual_clip: float | None = Field(3.0, gt=1, le=1e6)
-
-
 @register("grpo", "token-mean", GrpoParams)
 def grpo(t: Tokens, *, eps_low, eps_high, dual_clip) -> Reshaped:
     """GRPO/DAPO (docs/objectives.md "GRPO / DAPO"): r_t = exp(Δ_t), loss = −min(r·A, clip(r, 1−ε_low, 1+ε_high)·A);
@@ -88,14 +74,6 @@ def grpo(t: Tokens, *, eps_low, eps_high, dual_clip) -> Reshaped:
     clip_r = exp_(d)
     neg_adv = -t.adv[:, None]  # value −A·clip(r), coef −A·r·1[inside]
     return Reshaped(coef=inside.mul_(clip_r), value=clip_r, coef_row=neg_adv, value_row=neg_adv, clipped=clipped)
-
-
-class GspoParams(ObjectiveParams):
-    """Clip range [1 − eps_low, 1 + eps_high] of the length-normalised sequence ratio."""
-
-    objective: Literal["gspo"] = Field("gspo", exclude=True)
-    eps_low: float = Field(3e-4, ge=0, le=1)
-    eps_high: float = Field(4e-4, ge=0, le=PARAM_MAX)
 
 
 @register("gspo", "seq-mean-token-mean", GspoParams)
@@ -112,14 +90,6 @@ def gspo(t: Tokens, *, eps_low, eps_high) -> Reshaped:
     return Reshaped(coef=value * inside, value=value, seq_weight=log_s[:, 0].exp(), clipped=clipped)
 
 
-class SapoParams(ObjectiveParams):
-    """Gate temperatures τ for A > 0 and A ≤ 0."""
-
-    objective: Literal["sapo"] = Field("sapo", exclude=True)
-    tau_pos: float = Field(1.0, gt=0, le=PARAM_MAX)
-    tau_neg: float = Field(1.05, gt=0, le=PARAM_MAX)
-
-
 @register("sapo", "seq-mean-token-mean", SapoParams)
 def sapo(t: Tokens, *, tau_pos, tau_neg) -> Reshaped:
     """SAPO (docs/objectives.md "SAPO"): τ = τ_pos if A > 0 else τ_neg, gate_t = σ(τ(r_t − 1))·4/τ,
@@ -133,14 +103,6 @@ def sapo(t: Tokens, *, tau_pos, tau_neg) -> Reshaped:
     return Reshaped(coef=coef, value=sig, coef_row=a4, value_row=a4 / tau)
 
 
-class CispoParams(ObjectiveParams):
-    """Clip range [1 − eps_low, 1 + eps_high] of the detached token weight (eps_low ≥ 1: no lower clip)."""
-
-    objective: Literal["cispo"] = Field("cispo", exclude=True)
-    eps_low: float = Field(10.0, ge=0, le=PARAM_MAX)
-    eps_high: float = Field(0.2, ge=0, le=PARAM_MAX)
-
-
 @register("cispo", "token-mean", CispoParams)
 def cispo(t: Tokens, *, eps_low, eps_high) -> Reshaped:
     """CISPO (docs/objectives.md "CISPO"): loss = −sg[clip(r_t, 1−ε_low, 1+ε_high)]·A·logp_t."""
@@ -151,12 +113,6 @@ def cispo(t: Tokens, *, eps_low, eps_high) -> Reshaped:
     return Reshaped(coef=exp_(d), coef_row=-t.adv[:, None], clipped=clipped)  # −clip(r)·A
 
 
-class ToprParams(ObjectiveParams):
-    """TOPR has no hyperparameters."""
-
-    objective: Literal["topr"] = Field("topr", exclude=True)
-
-
 @register("topr", "token-mean", ToprParams)
 def topr(t: Tokens) -> Reshaped:
     """TOPR (docs/objectives.md "TOPR"): weight_i = 1 if A_i ≥ 0 else sg[clip(R_i, 0, 1)], R_i = exp(Σ_t m Δ_t);
@@ -165,12 +121,6 @@ def topr(t: Tokens) -> Reshaped:
     tapered = (t.adv < 0) & (log_r < 0)
     weight = torch.where(tapered, log_r.clamp(max=0.0).exp(), 1.0)
     return Reshaped(coef=-(weight * t.adv)[:, None], clipped=(tapered * t.lengths).sum())
-
-
-class ReinforceParams(ObjectiveParams):
-    """REINFORCE has no hyperparameters."""
-
-    objective: Literal["reinforce"] = Field("reinforce", exclude=True)
 
 
 @register("reinforce", "token-mean", ReinforceParams)

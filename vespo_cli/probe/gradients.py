@@ -27,7 +27,7 @@ from ..config import AlgorithmConfig
 from ..errors import UserError
 from ..objectives import group_advantages, policy_loss
 from ..train.batch import Microbatch, Rows, make_microbatch, padded
-from ..train.forward import _decoder_and_head, _response_hidden, head_logprobs
+from ..train.forward import decoder_and_head, head_logprobs, response_hidden
 from .sketch import CountSketch
 
 REFERENCE = AlgorithmConfig(objective="reinforce")  # the common reference, fed A_i = r_i − mean_g r
@@ -64,7 +64,7 @@ def batch_of(rows: Rows) -> Batch:
 def gradient_subset(model: nn.Module, blocks: int) -> Iterator[list[nn.Parameter]]:
     """Inside: only the last `blocks` decoder layers and the final norm take gradients (the measured
     subset, returned); on exit every parameter's requires_grad is as before."""
-    decoder, _ = _decoder_and_head(model)
+    decoder, _ = decoder_and_head(model)
     layers = getattr(decoder, "layers", None)
     if layers is None:
         raise UserError(f"model: {type(model).__name__} has no decoder layers the probe knows (model.model.layers)")
@@ -91,11 +91,11 @@ class GroupPass:
 
 def group_pass(model: nn.Module, rows: Rows, idx: list[int], temperature: float, grad: bool) -> GroupPass:
     """One forward over rows `idx`: log-probs, and with `grad` h and ∂logp/∂h (module docstring)."""
-    decoder, head = _decoder_and_head(model)
+    decoder, head = decoder_and_head(model)
     mb = make_microbatch(rows, idx).to(next(model.parameters()).device)
     targets = mb.input_ids[:, 1:][mb.response_mask[:, 1:]]
     with torch.set_grad_enabled(grad):
-        hidden = _response_hidden(decoder, mb)
+        hidden = response_hidden(decoder, mb)
         leaf = hidden.detach().requires_grad_(grad)
         logp, _ = head_logprobs(leaf, head, targets, temperature)
         dlogp_dh = torch.autograd.grad(logp.sum(), leaf)[0] if grad else None

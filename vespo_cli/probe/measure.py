@@ -155,7 +155,7 @@ def _behaviour_data(s: Session, shards: Path | None, prompts: int, auto: bool, s
 
 def _draw_behaviour(s: Session, shards: Path | None, prompts: int) -> tuple[Batch, list]:
     """The first prompt groups of `--shards`, else `prompts` prompts × n samples from θ₀."""
-    from ..rollout.sampling import prompt_chunk
+    from ..inputs import prompt_chunk
 
     if shards is not None:
         return shard_batch(s.cfg, s.tokenizer, Path(shards), prompts, s.reward)
@@ -283,7 +283,7 @@ def _walk(s: Session, d: Behaviour, objectives: dict, ks, prompts: int, checkpoi
 def _on_policy_step(s: Session, optimizer, scheduler, step: int, prompts: int) -> str:
     """One optimizer step of the preset's algorithm on fresh samples of prompts other than D₀'s; the
     engine takes the new weights. Returns the step's mean reward and gradient norm, for the bar."""
-    from ..rollout.sampling import prompt_chunk
+    from ..inputs import prompt_chunk
     from ..train.step import optimizer_step
 
     mbs = s.cfg.trainer.minibatch_prompts

@@ -5,16 +5,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+from vespo_cli.engines import ENGINES, REGISTRY  # the engines by name (a new one: a line there)
 from vespo_cli.errors import EngineError, UserError
 from vespo_cli.rollout.base import Completion, Engine, Sampling
-
-# name → "module:class". A new engine (e.g. SGLang) is one file implementing `base.Engine` and one line
-# here; the config, the CLI and the plan take the names from this table.
-REGISTRY = {
-    "vllm": "vespo_cli.rollout.vllm:VLLMEngine",
-    "hf": "vespo_cli.rollout.hf:HFEngine",
-}
-ENGINES = tuple(REGISTRY)
 
 __all__ = ["ENGINES", "REGISTRY", "Completion", "Engine", "Sampling", "make_engine", "share_engine", "vllm_available"]
 

@@ -45,7 +45,7 @@ class Completion:
 
 
 class Engine(Protocol):
-    name: str  # its key in rollout.REGISTRY
+    name: str  # its key in engines.REGISTRY
     dtype: str  # "bfloat16" | "float32" | ...
 
     def generate(self, prompts: list[list[int]], n: int, sampling: Sampling) -> list[Completion]:

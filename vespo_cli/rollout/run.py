@@ -15,13 +15,13 @@ from rich.console import Console
 from ..config import Config, load_run_config, save_config
 from ..data import Problem, load_problems
 from ..errors import UserError
+from ..inputs import check_rollout_inputs, prompt_chunk
 from ..lock import hold
 from ..progress import announce, progress_bar
 from ..rundir import WEIGHTS_META, RunDir, parse_shard_name, shard_name
 from ..runid import ensure_run_id, recorded_run_id
 from ..shards import list_shards
-from ..train.inputs import check_rollout_inputs
-from .sampling import ShardWriter, open_engine, prompt_chunk
+from .sampling import ShardWriter, open_engine
 
 console = Console(stderr=True)
 

@@ -4,15 +4,13 @@ the trainer's synchronous loop, and the engine the trainer samples with (`traine
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 import warnings
 from pathlib import Path
 
 from ..config import Config
-from ..data import Problem, arith_problem, encode_prompt, load_problems
-from ..errors import UserError
+from ..data import Problem, encode_prompt
 from ..rewards import failure_counts
 from ..rundir import shard_id, shard_name
 from ..seeds import chunk_seed
@@ -35,23 +33,6 @@ def warn_biased_sampling(cfg: Config) -> None:
             "this way. Use 1.0 / -1 for training; other values are fine for eval.",
             stacklevel=2,
         )
-
-
-@functools.lru_cache(maxsize=4)
-def _problem_pool(source: str, seed: int, shuffle: bool) -> tuple[Problem, ...]:
-    """A finite prompt source, loaded once (`arith` is drawn by index instead: prompt_chunk)."""
-    return tuple(load_problems(source, seed=seed, shuffle=shuffle))
-
-
-def prompt_chunk(cfg: Config, start: int, size: int) -> list[Problem]:
-    """Problems start..start+size of the run's prompt stream (a finite dataset wraps around: epochs)."""
-    d = cfg.data
-    if d.train == "arith":  # procedural: an endless deterministic stream, random access by index
-        return [arith_problem(cfg.trainer.seed, d.difficulty, i) for i in range(start, start + size)]
-    pool = _problem_pool(d.train, cfg.trainer.seed, d.shuffle)
-    if not pool:
-        raise UserError(f"data.train={d.train}: no problems")
-    return [pool[(start + i) % len(pool)] for i in range(size)]
 
 
 def encode_prompts(tokenizer, problems: list[Problem], template: str, max_prompt_tokens: int) -> list[list[int]]:
@@ -206,7 +187,7 @@ class ShardWriter:
 
 def is_moe(model_path: str, trust_remote_code: bool = False) -> bool:
     """Whether the model's config declares routed experts (then a TP group splits experts: EP)."""
-    from ..plan.models import hf_config, routed_experts
+    from ..models import hf_config, routed_experts
 
     return routed_experts(hf_config(model_path, trust_remote_code)[0]) > 0
 

@@ -33,7 +33,7 @@ CHUNK_BYTES = 32 * 2**20  # fp32 logits per chunk: 32 MiB → 170 rows at vocab 
 GRAD_BLOCK_BYTES = 256 * 2**20  # backward: ∂z rows (compute dtype) gathered for one ∂W matmul: 2730 rows in bf16
 
 
-def _decoder_and_head(model: nn.Module):
+def decoder_and_head(model: nn.Module):
     """(decoder, lm_head) for HF causal LMs that expose them, else (None, None)."""
     head = getattr(model, "lm_head", None)
     decoder = getattr(model, "model", None)
@@ -153,11 +153,11 @@ def response_logits(model: nn.Module, mb: Microbatch, temperature: float = 1.0) 
 
     Materialises every response row's fp32 logits: the reference path (heads that are not a plain
     nn.Linear); `token_logprobs` avoids it where it can."""
-    decoder, head = _decoder_and_head(model)
+    decoder, head = decoder_and_head(model)
     # position p predicts token p+1: the rows that predict response tokens
     predict = mb.response_mask[:, 1:]
     if decoder is not None and not _is_sharded(model):
-        logits = head(_response_hidden(decoder, mb))
+        logits = head(response_hidden(decoder, mb))
     else:  # the root forward (FSDP's hooks gather parameters there); logits for the response span only
         start = max(int(mb.response_mask.float().argmax(-1).min()) - 1, 0)
         out = model(
@@ -191,7 +191,7 @@ def decoder_inputs(mb: Microbatch) -> dict:
     return {"input_ids": mb.input_ids, "attention_mask": m, "position_ids": mb.position_ids}
 
 
-def _response_hidden(decoder: nn.Module, mb: Microbatch) -> torch.Tensor:
+def response_hidden(decoder: nn.Module, mb: Microbatch) -> torch.Tensor:
     """Final hidden states at the positions that predict response tokens: [num_response_tokens, d]."""
     hidden = decoder(**decoder_inputs(mb), use_cache=False).last_hidden_state
     return hidden[:, :-1][mb.response_mask[:, 1:]]
@@ -202,8 +202,8 @@ _ROOT_METHOD = "vespo_response_logprobs"
 
 def _response_logprobs(model: nn.Module, mb: Microbatch, targets, temperature: float, with_entropy: bool):
     """Chunked (logp [N], entropy [N] or empty) of the response tokens: decoder, then `head_logprobs`."""
-    decoder, head = _decoder_and_head(model)
-    logp, ent = head_logprobs(_response_hidden(decoder, mb), head, targets, temperature, with_entropy)
+    decoder, head = decoder_and_head(model)
+    logp, ent = head_logprobs(response_hidden(decoder, mb), head, targets, temperature, with_entropy)
     return logp, (ent if with_entropy else logp.new_empty(0))
 
 
@@ -222,7 +222,7 @@ def _sharded_response_logprobs(model: nn.Module):
 def token_logprobs(model: nn.Module, mb: Microbatch, temperature: float = 1.0, with_entropy: bool = False):
     """Return (logp [b, T_resp], entropy [b, T_resp] or None) aligned with mb.response_mask_packed."""
     targets = mb.input_ids[:, 1:][mb.response_mask[:, 1:]]
-    decoder, head = _decoder_and_head(model)
+    decoder, head = decoder_and_head(model)
     if decoder is not None and type(head) is nn.Linear:
         chunked = _sharded_response_logprobs(model) if _is_sharded(model) else _response_logprobs.__get__(model)
         flat_logp, flat_ent = chunked(mb, targets, temperature, with_entropy)

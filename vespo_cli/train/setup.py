@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from rich.console import Console
 from ..config import Config, load_run_config, save_config, to_dict
 from ..errors import UserError
 from ..fsio import atomic_write_json, atomic_write_text, read_jsonl, remove_temporaries
+from ..inputs import check_inputs, prompt_chunk, record_inputs
 from ..lock import hold
 from ..progress import announce
 from ..rundir import RunDir
@@ -28,7 +30,6 @@ from ..seeds import seed_all
 from . import dist
 from .checkpoint import latest_checkpoint, load_optimizer, load_trainer_state
 from .compile import compile_decoder_blocks
-from .inputs import settle_inputs
 from .metrics import MetricsWriter, check_trackers
 from .step import make_optimizer, make_scheduler
 
@@ -84,7 +85,7 @@ def start_run(
     set_threads(cfg.trainer.threads)
     seed_all(cfg.trainer.seed)  # torch, NumPy and Python's random
     if mode != "replay":
-        from ..rollout.sampling import prompt_chunk, warn_biased_sampling
+        from ..rollout.sampling import warn_biased_sampling
 
         warn_biased_sampling(cfg)
         prompt_chunk(cfg, 0, 1)  # a missing or bad data source fails here, before the run dir is written
@@ -102,7 +103,7 @@ def start_run(
             info = {"mode": mode, "replay": str(replay) if replay else None, "base_model": base_path}
             info = {**info, "world_size": dist.world_size(), "run_id": new_run_id(), "commit": code_commit()}
             atomic_write_json(run.info, info)
-        settle_inputs(run.root, cfg, mode=mode, replay=replay, resume=resume, checkpoint=ckpt)  # train/inputs.py
+        settle_inputs(run.root, cfg, mode=mode, replay=replay, resume=resume, checkpoint=ckpt)
     run_id = dist.broadcast_object(ensure_run_id(run.root) if dist.is_main() else None)  # runid.py
     tr = _load(cfg, run, mode, resume, ckpt, base_path, device, run_id)
     stack.callback(tr.writer.close)
@@ -110,6 +111,26 @@ def start_run(
         console.print(f"{run.root}: already complete ({tr.state['step']}/{cfg.trainer.steps} steps)")
         return None
     return tr
+
+
+def settle_inputs(
+    run_dir: str | os.PathLike,
+    cfg: Config,
+    *,
+    mode: str,
+    replay: str | os.PathLike | None,
+    resume: bool,
+    checkpoint: str | os.PathLike | None = None,
+) -> None:
+    """The one call of the trainer (rank 0, after config.yaml and run.json): record the inputs of a
+    new run; on resume compare them, and the ledger of `checkpoint` (the one resumed from), first."""
+    if not resume:
+        record_inputs(run_dir, cfg, mode, replay)
+        return
+    ledger = None
+    if checkpoint is not None:
+        ledger = load_trainer_state(Path(checkpoint))["ledger"]
+    check_inputs(run_dir, cfg, mode, replay, ledger)
 
 
 def _remove_stale_temporaries(run: RunDir, mode: str) -> None:

@@ -23,6 +23,7 @@ from rich.console import Console
 
 from ..config import Config
 from ..errors import UserError
+from ..inputs import prompt_chunk
 from ..rollout.groups import EngineGroup, engine_group
 from ..rundir import RunDir, parse_shard_name, quarantine, shard_name
 from ..seeds import chunk_seed
@@ -81,8 +82,6 @@ def sync_batches(cfg: Config, run_dir: Path, state: dict, sampler: Callable, voc
     rank then reads the whole batch, all parts (simpler than exchanging rows, and a resumed or replayed
     run reads the same shards), and training splits it as it would any batch: each rank trains on its
     slice of every minibatch."""
-    from ..rollout.sampling import prompt_chunk
-
     out = RunDir(run_dir).rollouts
     gbs = cfg.trainer.rollout_batch_prompts
     group = rollout_group(cfg)

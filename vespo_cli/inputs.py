@@ -1,4 +1,7 @@
-"""Exactly-once under changed inputs: what a run consumes is recorded at its start and compared on resume.
+"""What a run consumes, below train/ and rollout/ (both consume it): the prompt stream (`prompt_chunk`)
+and the inputs that decide which rows each optimizer step takes.
+
+Exactly-once under changed inputs: what a run consumes is recorded at its start and compared on resume.
 
 Which rows each optimizer step takes is decided by a few inputs: the mode, the replay directory's
 shards (replay batches are cut from them in name order), the batch sizes (`trainer.minibatch_prompts`,
@@ -8,8 +11,8 @@ run that sees other values cuts its remaining batches differently, so samples al
 the checkpoint's ledger) would be used again, or others skipped. `record_inputs` writes them to
 `inputs.json` when a run starts; `check_inputs` compares them on `--resume` (with the ledger: every
 consumed replay shard must still be there, with the same rows) and refuses with one line naming what
-changed. Settings that do not decide which rows a step takes (`trainer.steps`, `trainer.lr`, …) may
-be edited in config.yaml between runs.
+changed (the trainer calls both through train/setup.settle_inputs). Settings that do not decide which
+rows a step takes (`trainer.steps`, `trainer.lr`, …) may be edited in config.yaml between runs.
 
 `vespo rollout` into an existing shard directory: `check_rollout_inputs` keeps `rollout-inputs.json`
 beside the shards (their names are `v<V>-<worker>-<chunk>`, chunks of `trainer.minibatch_prompts`
@@ -18,6 +21,7 @@ prompts, so another batch size, n or prompt stream would sample prompts again or
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -25,11 +29,34 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from ..config import Config
-from ..errors import UserError
-from ..fsio import atomic_write_json
-from ..rundir import INPUTS, ROLLOUT_INPUTS, RunDir, rollout_inputs
-from ..shards import HASH_KEY, list_shards, read_shard, shard_hash
+from .config import Config
+from .data import Problem, arith_problem, load_problems
+from .errors import UserError
+from .fsio import atomic_write_json
+from .rundir import INPUTS, ROLLOUT_INPUTS, RunDir, rollout_inputs
+from .shards import HASH_KEY, list_shards, read_shard, shard_hash
+
+# --------------------------------------------------------------------------- the prompt stream
+
+
+@functools.lru_cache(maxsize=4)
+def _problem_pool(source: str, seed: int, shuffle: bool) -> tuple[Problem, ...]:
+    """A finite prompt source, loaded once (`arith` is drawn by index instead: prompt_chunk)."""
+    return tuple(load_problems(source, seed=seed, shuffle=shuffle))
+
+
+def prompt_chunk(cfg: Config, start: int, size: int) -> list[Problem]:
+    """Problems start..start+size of the run's prompt stream (a finite dataset wraps around: epochs)."""
+    d = cfg.data
+    if d.train == "arith":  # procedural: an endless deterministic stream, random access by index
+        return [arith_problem(cfg.trainer.seed, d.difficulty, i) for i in range(start, start + size)]
+    pool = _problem_pool(d.train, cfg.trainer.seed, d.shuffle)
+    if not pool:
+        raise UserError(f"data.train={d.train}: no problems")
+    return [pool[(start + i) % len(pool)] for i in range(size)]
+
+
+# --------------------------------------------------------------------------- recorded inputs
 
 VERSION = 1
 
@@ -174,28 +201,6 @@ def check_inputs(
                 )
     if rec is None:
         record_inputs(run_dir, cfg, mode, replay)
-
-
-def settle_inputs(
-    run_dir: str | os.PathLike,
-    cfg: Config,
-    *,
-    mode: str,
-    replay: str | os.PathLike | None,
-    resume: bool,
-    checkpoint: str | os.PathLike | None = None,
-) -> None:
-    """The one call of the trainer (rank 0, after config.yaml and run.json): record the inputs of a
-    new run; on resume compare them, and the ledger of `checkpoint` (the one resumed from), first."""
-    if not resume:
-        record_inputs(run_dir, cfg, mode, replay)
-        return
-    ledger = None
-    if checkpoint is not None:
-        from .checkpoint import load_trainer_state
-
-        ledger = load_trainer_state(Path(checkpoint))["ledger"]
-    check_inputs(run_dir, cfg, mode, replay, ledger)
 
 
 def check_rollout_inputs(out: str | os.PathLike, cfg: Config) -> None:
