@@ -491,3 +491,34 @@ def test_microbatch_to_moves_every_tensor_and_nothing_else(replay_dir):
         assert getattr(moved, name).device.type == "meta" and getattr(mb, name).device.type == "cpu"
         assert getattr(moved, name).shape == getattr(mb, name).shape
     assert moved.rows == mb.rows and moved.routing == mb.routing
+
+
+def test_every_eval_sees_the_weights_of_its_step_even_the_last(tmp_path):
+    """An engine that holds its own weights (here HF in bf16 beside float32 training; vLLM in the presets)
+    takes the trainer's weights after every rollout batch. The eval after the last batch must see that
+    batch's weights too: before the fix it evaluated θ at the last rollout (θ_{T−N}), so a run's final eval
+    was N steps stale (Study II: step 128 scored the same samples as step 112 at N = 16)."""
+    from safetensors.torch import load_file
+
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+
+    def evaluate(engine, tokenizer, step):
+        seen[step] = {k: v.detach().clone() for k, v in engine.model.state_dict().items()}
+        return []
+
+    cfg = tiny(
+        "trainer.steps=4",
+        "trainer.staleness=2",
+        "trainer.save_every=2",
+        "trainer.keep_checkpoints=2",
+        "rollout.dtype=bfloat16",
+        "eval.benchmarks=[arith]",
+        "eval.every=2",
+    )
+    train(cfg, tmp_path / "run", evaluate=evaluate)
+    assert sorted(seen) == [2, 4]
+    for step, engine_weights in seen.items():
+        trained = load_file(str(tmp_path / "run" / "checkpoints" / f"step-{step}" / "model.safetensors"))
+        for name, w in trained.items():
+            assert torch.equal(engine_weights[name], w.to(torch.bfloat16)), (step, name)
+    assert any(not torch.equal(seen[2][k], seen[4][k]) for k in seen[2])  # the two evals saw different weights

@@ -141,15 +141,16 @@ def _loop(tr: Trainer, batches: Iterator[RolloutBatch], engine, publish: Callabl
             last = _train_on_batch(tr, batch, progress, task)
             state["iteration"] += 1
             done = state["step"] >= t.steps
-            t_publish = time.perf_counter()
-            if not done:
-                publish()
-            tr.timing["publish_s"] = time.perf_counter() - t_publish  # reported with the next batch, which it served
-            if (
+            eval_due = bool(
                 evaluate
                 and cfg.eval.benchmarks
                 and (done or (cfg.eval.every and state["step"] - last_eval >= cfg.eval.every))
-            ):
+            )
+            t_publish = time.perf_counter()
+            if not done or eval_due:  # the last batch's weights are published only for the final eval
+                publish()
+            tr.timing["publish_s"] = time.perf_counter() - t_publish  # reported with the next batch, which it served
+            if eval_due:
                 _evaluate(tr, engine, evaluate)
                 last_eval = state["step"]
             if done or state["step"] - last_saved >= t.save_every:
