@@ -131,12 +131,11 @@ report() {
   $V compare "${kept[@]}" --claims "$HERE/claims.yaml" --x samples --out "$REPORT"
 }
 
-# One trainer for the whole study: the first start pins the commit ($KEEP/commit). When a later start (another
-# session) finds any file that decides what a run computes changed since that commit, the runs are trained from a
-# git worktree at the pinned commit ($STUDY.code; `python -m vespo_cli...` imports the package from its working
-# directory), so main can move on while every run of the study comes from one trainer. STUDY_ACCEPT_CODE=1 trains
-# from the checkout instead, for a change that cannot alter a run (the changed files are logged beside the pin).
-# Report-only code (compare, probe, bench, plan) always comes from the checkout.
+# One trainer for the whole study: the first start pins the commit ($KEEP/commit), and every run trains from a git
+# worktree at that commit ($STUDY.code; `python -m vespo_cli...` imports the package from its working directory),
+# so the checkout can change (or be committed to) while the lanes run, and every run of the study comes from one
+# trainer. STUDY_ACCEPT_CODE=1 trains from the checkout instead, for a change that cannot alter a run (files of
+# the trainer changed since the pin are logged beside it). Report-only code (compare, probe) comes from the checkout.
 NUMERICS=(vespo_cli/train vespo_cli/objectives vespo_cli/rollout vespo_cli/rewards vespo_cli/models.py
   vespo_cli/arith.py vespo_cli/data.py vespo_cli/prompts.py vespo_cli/seeds.py vespo_cli/config.py presets pyproject.toml)
 pin() {
@@ -145,9 +144,8 @@ pin() {
   local changed pinned
   pinned=$(cat "$KEEP/commit")
   changed=$(git diff --name-only "$pinned" -- "${NUMERICS[@]}")
-  [[ -z "$changed" ]] && return 0
   if [[ "${STUDY_ACCEPT_CODE:-0}" == 1 ]]; then
-    { date -u; echo "accepted changes since $pinned:"; echo "$changed"; } >> "$KEEP/code-changes.log"
+    [[ -n "$changed" ]] && { date -u; echo "accepted changes since $pinned:"; echo "$changed"; } >> "$KEEP/code-changes.log"
     return 0
   fi
   CODE=$STUDY.code
@@ -156,8 +154,9 @@ pin() {
     git worktree prune
     git worktree add --detach "$CODE" "$pinned" >&2
   fi
-  echo "run.sh: $(echo $changed) changed since the study's commit ${pinned:0:7}; its runs train from $CODE" >&2
+  echo "run.sh: the runs train from $CODE (commit ${pinned:0:7})${changed:+; changed in the checkout since: $(echo $changed)}" >&2
 }
+
 mkdir -p "$STUDY" "$SCREEN"
 if [[ "$MODE" != "--report" ]]; then
   pin
