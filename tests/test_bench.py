@@ -117,7 +117,7 @@ def test_capture_attention_records_the_models_first_call_and_times_it(impl):
 def test_matmul_rate_and_tree_rss_are_positive():
     wall, cpu = bench.matmul_peak(64, window_s=0.01)
     assert wall > 0 and cpu > 0
-    assert bench.tree_rss() > bench._rss(os.getpid()) * 0.99 > 0
+    assert bench.tree_rss() > bench.memory._rss(os.getpid()) * 0.99 > 0
     report = bench.PeakRSS(0.01).report()
     assert report["peak_tree_rss_gib"] > 0 and report["peak_main_rss_gib"] > 0
 
