@@ -22,7 +22,7 @@ from vespo_cli.fsio import read_jsonl
 from vespo_cli.shards import ShardError, content_hash, read_shard, shard_hash, to_table, write_shard
 from vespo_cli.train.checkpoint import MANIFEST, latest_checkpoint, verify_checkpoint
 from vespo_cli.train.loop import train
-from vespo_cli.train.sources import async_batches
+from vespo_cli.train.sources import async_batches, replay_batches
 
 REPLAY = ("trainer.staleness=1", "trainer.minibatch_prompts=2", "trainer.save_every=1")
 
@@ -201,6 +201,27 @@ def test_replay_skips_a_shard_reusing_another_shards_id(tmp_path, capsys):
     assert lines == [
         f"skipping bad shard {bad}: shard_id 'a0' is also {S.shard_name(0, 'w0', 0)}'s; shard ids must name one shard"
     ]
+
+
+def _first_replay_batch(d: Path):
+    """Replay batch 0 of directory `d` (2 prompt groups)."""
+    state = {"step": 0, "iteration": 0, "ledger": []}
+    return next(replay_batches(tiny(*REPLAY), d, state, vocab_size=49152))
+
+
+def test_replay_names_a_copy_without_hashes_on_one_line(tmp_path, capsys):
+    """A copy of a used shard written by another producer (no vespo hashes), under a long path: skipped
+    as a duplicate with one warning line (never wrapped) naming it and the shard it copies."""
+    d = tmp_path / ("a-long-directory-name-" * 4) / "shards"
+    first = write_shard(shard_columns(seed=0, tag="a"), d / S.shard_name(0, "w0", 0))
+    write_shard(shard_columns(seed=1, tag="b"), d / S.shard_name(0, "w0", 1))
+    copy = d / "zz-foreign.parquet"
+    raw_write(pq.read_table(first), copy)
+    capsys.readouterr()
+    batch = _first_replay_batch(d)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert lines == [f"skipping duplicate shard {copy}: the same rows as {first.name}"]
+    assert batch.duplicates == [copy.name]
 
 
 def test_async_quarantines_a_shard_whose_group_ids_collide_within_a_batch(tmp_path):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import Config
 from ..errors import UserError
@@ -125,6 +126,11 @@ def _groups_in_order(rows: Rows) -> list[str]:
     return list(seen)
 
 
+def _skip(what: str, message: str) -> None:
+    """One warning line about a shard left out (`what`: why), never wrapped: it names the file(s) and the id."""
+    console.print(f"[yellow]{what}[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def _claim_groups(owners: dict[str, tuple[tuple, Path]], table: pa.Table, path: Path) -> None:
     """Record `path`'s prompt groups in `owners` (group_id → (prompt, shard)); ShardError naming both
     shards and the id when a group is already another shard's for another prompt: one group's
@@ -160,11 +166,11 @@ def _read_replay(replay: Path, vocab_size: int) -> tuple[list[pa.Table], list[st
                 _claim_groups(owners, table, f)
         except ShardError as e:
             bad.append(f.name)
-            console.print(f"[yellow]skipping bad shard[/] {e}", highlight=False, soft_wrap=True)
+            _skip("skipping bad shard", str(e))
             continue
         if d in first:
             dup.append(f.name)
-            console.print(f"[yellow]skipping duplicate shard[/] {f}: the same rows as {first[d]}", highlight=False)
+            _skip("skipping duplicate shard", f"{f}: the same rows as {first[d]}")
             continue
         first[d] = f.name
         digests.update(dict.fromkeys(ids, d))
@@ -215,7 +221,7 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_
     out = run.rollouts
     out.mkdir(parents=True, exist_ok=True)
     seen = {e["shard"] for e in state["ledger"]} | set(state.get("dropped", [])) | set(state.get("duplicates", []))
-    used = {e["sha256"] for e in state["ledger"] if e.get("sha256")}
+    used = {e["sha256"]: e["shard"] for e in state["ledger"] if e.get("sha256")}  # content hash → shard
     gbs = cfg.trainer.rollout_batch_prompts
     stream = follow(out, seen=seen, poll_s=0.2, stop=lambda: not workers_alive())
     while True:
@@ -242,9 +248,7 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_
                 continue
             if shard_hash(t) in used:
                 dup.append(path.name)
-                console.print(
-                    f"[yellow]skipping duplicate shard[/] {path}: its rows were already used", highlight=False
-                )
+                _skip("skipping duplicate shard", f"{path}: the same rows as {used[shard_hash(t)]}, already used")
                 continue
             try:
                 _claim_groups(owners, t, path)
@@ -252,7 +256,7 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_
                 _quarantine(path, e)
                 bad.append(path.name)
                 continue
-            used.add(shard_hash(t))
+            used[shard_hash(t)] = path.name
             digests[path.name] = shard_hash(t)
             tables.append(t)
             names.append(path.name)
@@ -277,7 +281,7 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_
 
 def _quarantine(path: Path, error: ShardError) -> None:
     """Move a shard that failed validation to rollouts/quarantine/ (another reader may have moved it)."""
-    console.print(f"[yellow]quarantined[/] {error}", highlight=False)
+    _skip("quarantined", str(error))
     aside = quarantine(path.parent)
     aside.mkdir(exist_ok=True)
     with contextlib.suppress(OSError):
