@@ -19,10 +19,10 @@ from vespo_cli import shards as S
 from vespo_cli.cli import app
 from vespo_cli.errors import UserError
 from vespo_cli.fsio import read_jsonl
-from vespo_cli.shards import ShardError, content_hash, read_shard, shard_hash, to_table, write_shard
+from vespo_cli.shards import ShardError, content_hash, list_shards, read_shard, shard_hash, to_table, write_shard
 from vespo_cli.train.checkpoint import MANIFEST, latest_checkpoint, verify_checkpoint
 from vespo_cli.train.loop import train
-from vespo_cli.train.sources import async_batches
+from vespo_cli.train.sources import async_batches, replay_batches
 
 REPLAY = ("trainer.staleness=1", "trainer.minibatch_prompts=2", "trainer.save_every=1")
 
@@ -187,8 +187,8 @@ def test_replay_skips_a_shard_whose_group_ids_are_another_shards_for_other_promp
 
 
 def test_replay_skips_a_shard_reusing_another_shards_id(tmp_path, capsys):
-    """The ledger counts rows by shard_id: a shard whose shard_id is another's (other rows) is skipped
-    with one line naming both."""
+    """A shard holding another's (run_id, shard_id) with other rows (an altered copy) is skipped with
+    one line naming both."""
     d = tmp_path / "shards"
     for i, tag in enumerate("ab"):
         write_shard(shard_columns(seed=i, tag=tag), d / S.shard_name(0, "w0", i))
@@ -199,8 +199,76 @@ def test_replay_skips_a_shard_reusing_another_shards_id(tmp_path, capsys):
     train(tiny("trainer.steps=1", *REPLAY), tmp_path / "run", replay=d)
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "shard_id" in ln]
     assert lines == [
-        f"skipping bad shard {bad}: shard_id 'a0' is also {S.shard_name(0, 'w0', 0)}'s; shard ids must name one shard"
+        f"skipping bad shard {bad}: shard_id 'a0' of run 'run' is also {S.shard_name(0, 'w0', 0)}'s; "
+        "a run's shard ids must name one shard"
     ]
+
+
+def _first_replay_batch(d: Path):
+    """Replay batch 0 of directory `d` (2 prompt groups)."""
+    state = {"step": 0, "iteration": 0, "ledger": []}
+    return next(replay_batches(tiny(*REPLAY), d, state, vocab_size=49152))
+
+
+def test_replay_names_a_copy_without_hashes_on_one_line(tmp_path, capsys):
+    """A copy of a used shard written by another producer (no vespo hashes), under a long path: skipped
+    as a duplicate with one warning line (never wrapped) naming it and the shard it copies."""
+    d = tmp_path / ("a-long-directory-name-" * 4) / "shards"
+    first = write_shard(shard_columns(seed=0, tag="a"), d / S.shard_name(0, "w0", 0))
+    write_shard(shard_columns(seed=1, tag="b"), d / S.shard_name(0, "w0", 1))
+    copy = d / "zz-foreign.parquet"
+    raw_write(pq.read_table(first), copy)
+    capsys.readouterr()
+    batch = _first_replay_batch(d)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert lines == [f"skipping duplicate shard {copy}: the same rows as {first.name}"]
+    assert batch.duplicates == [copy.name] and batch.shards == [first.stem]
+
+
+@pytest.mark.parametrize("name", ["0-collide.parquet", "zz-collide.parquet"])
+def test_replay_names_both_shards_of_a_group_collision_in_either_order(tmp_path, capsys, name):
+    """A shard reusing shard a's group ids (and its shard id) for other prompts: whichever of the two
+    sorts second is skipped with one line naming both shards and the group id, not the shard id."""
+    d = tmp_path / "shards"
+    a = write_shard(shard_columns(seed=0, tag="a"), d / S.shard_name(0, "w0", 0))
+    collide = d / name
+    table = _colliding("c", 5, "a")
+    raw_write(table.set_column(table.schema.get_field_index("shard_id"), "shard_id", pa.array(["a0"] * 8)), collide)
+    capsys.readouterr()
+    batch = _first_replay_batch(d)
+    taken, skipped = (collide, a) if name < a.name else (a, collide)
+    pids = ("cp0", "ap0") if taken == collide else ("ap0", "cp0")
+    assert [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()] == [
+        f"skipping bad shard {skipped}: group_id 'a0-g0' is also in {taken} for another prompt "
+        f"(prompt_id {pids[0]!r} vs {pids[1]!r}); group ids must name one prompt"
+    ]
+    assert batch.quarantined == [skipped.name] and batch.shards == [taken.stem]
+
+
+def test_replay_trains_on_two_same_named_rollout_runs(tmp_path, capsys):
+    """`vespo rollout` in a/roll and b/roll writes alike-named shards with alike shard ids, but the
+    runs' ids differ: replaying both trains on every row of both, nothing skipped, and the ledger names
+    each shard by its file name."""
+    d = tmp_path / "both"
+    d.mkdir()
+    for parent in ("a", "b"):
+        roll = tmp_path / parent / "roll"
+        argv = ["rollout", "-p", "tiny", "--num-prompts", "2", "--run-dir", str(roll)]
+        result = CliRunner().invoke(app, argv, env=QUIET)
+        assert result.exit_code == 0, result.output
+        for f in list_shards(roll / "rollouts"):
+            shutil.copy(f, d / f"{parent}-{f.name}")
+    files = {f.stem: read_shard(f).num_rows for f in list_shards(d)}
+    assert len({read_shard(f).column("shard_id")[0].as_py() for f in list_shards(d)}) < len(files)  # ids alike
+    capsys.readouterr()
+    run = tmp_path / "run"
+    train(tiny("trainer.steps=2", *REPLAY), run, replay=d)  # 4 prompt groups, 2 a batch
+    assert "skipping" not in capsys.readouterr().err
+    ledger = json.loads((run / "checkpoints" / "step-2" / "trainer_state.json").read_text())["ledger"]
+    used: dict[str, int] = {}
+    for e in ledger:
+        used[e["shard"]] = used.get(e["shard"], 0) + e["rows"]
+    assert used == files
 
 
 def test_async_quarantines_a_shard_whose_group_ids_collide_within_a_batch(tmp_path):

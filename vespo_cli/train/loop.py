@@ -209,7 +209,8 @@ def _proximal_logprobs(tr: Trainer, rows: Rows, minibatches: list[list[int]], mi
 
 
 def _record_ledger(state: dict, batch: RolloutBatch) -> None:
-    """The consumed-shard ledger: every row used once, at these steps."""
+    """The consumed-shard ledger: every row used once, at these steps. Replay names a shard by its rows'
+    shard id, sync and async by its file name (the shard id and .parquet)."""
     counts: dict[str, int] = {}
     for name in batch.rows.shard_ids:
         counts[name] = counts.get(name, 0) + 1
@@ -218,7 +219,7 @@ def _record_ledger(state: dict, batch: RolloutBatch) -> None:
             {
                 "shard": name,
                 "iteration": batch.iteration,
-                "rows": counts.get(Path(name).stem, 0),
+                "rows": counts[name] if name in counts else counts.get(Path(name).stem, 0),
                 "first_step": state["step"] + 1,
                 "sha256": batch.digests.get(name),
             }

@@ -15,11 +15,12 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import Config
 from ..errors import UserError
@@ -125,60 +126,117 @@ def _groups_in_order(rows: Rows) -> list[str]:
     return list(seen)
 
 
-def _claim_groups(owners: dict[str, tuple[tuple, Path]], table: pa.Table, path: Path) -> None:
-    """Record `path`'s prompt groups in `owners` (group_id → (prompt, shard)); ShardError naming both
-    shards and the id when a group is already another shard's for another prompt: one group's
+def _skip(what: str, message: str) -> None:
+    """One warning line about a shard left out (`what`: why), never wrapped: it names the file(s) and the id."""
+    console.print(f"[yellow]{what}[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _check_groups(owners: dict[str, tuple[tuple, Path]], mine: dict[str, tuple], path: Path) -> None:
+    """ShardError naming both shards and the id when one of `path`'s groups (`mine`: group_id → prompt)
+    is already another shard's (`owners`: group_id → (prompt, shard)) for another prompt: one group's
     advantages must not be normalised across two prompts (shards of other producers included)."""
-    mine = group_prompts(table, path)
     for g, prompt in mine.items():
         if g in owners and owners[g][0] != prompt:
             raise ShardError(
                 f"{path}: group_id {g!r} is also in {owners[g][1]} for another prompt "
                 f"(prompt_id {owners[g][0][0]!r} vs {prompt[0]!r}); group ids must name one prompt"
             )
+
+
+def _record_groups(owners: dict[str, tuple[tuple, Path]], mine: dict[str, tuple], path: Path) -> None:
     for g, prompt in mine.items():
         owners.setdefault(g, (prompt, path))
 
 
-def _read_replay(replay: Path, vocab_size: int) -> tuple[list[pa.Table], list[str], list[str], dict[str, str]]:
-    """The valid, distinct shards of `replay` (tables, bad names, duplicate names, shard id → hash)."""
+def _claim_groups(owners: dict[str, tuple[tuple, Path]], table: pa.Table, path: Path) -> None:
+    """Record `path`'s prompt groups in `owners`, after `_check_groups`."""
+    mine = group_prompts(table, path)
+    _check_groups(owners, mine, path)
+    _record_groups(owners, mine, path)
+
+
+def _shard_keys(table: pa.Table) -> list[tuple[str, str]]:
+    """The (run_id, shard_id) pairs of a shard's rows: a shard's name in the run that sampled it (two
+    runs name their shards alike: v000000-w0-000000 in both)."""
+    return list(dict.fromkeys(zip(table.column("run_id").to_pylist(), table.column("shard_id").to_pylist())))
+
+
+def _check_shard_keys(names: dict[tuple[str, str], str], keys: list[tuple[str, str]], path: Path) -> None:
+    """ShardError naming both shards when `path` claims a run's shard id that another shard (`names`:
+    key → its file name) holds with other rows: an altered copy of that shard."""
+    taken = next((k for k in keys if k in names), None)
+    if taken is not None:
+        raise ShardError(
+            f"{path}: shard_id {taken[1]!r} of run {taken[0]!r} is also {names[taken]}'s; "
+            f"a run's shard ids must name one shard"
+        )
+
+
+@dataclass
+class _ReplayShards:
+    """The valid, distinct shards of a replay directory, in name order, and those left out."""
+
+    tables: list[pa.Table] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)  # their file names without .parquet (the ledger's names)
+    bad: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # id → content hash
+    groups: dict[str, tuple[tuple, Path]] = field(default_factory=dict)  # group_id → (prompt, shard)
+    keys: dict[tuple[str, str], str] = field(default_factory=dict)  # (run_id, shard_id) → file name
+    first: dict[str, str] = field(default_factory=dict)  # content hash → the file name of its first shard
+
+    def add(self, table: pa.Table, path: Path) -> None:
+        """Take `path`'s shard, or skip it with one line: a copy of a taken one's rows, groups that
+        are a taken shard's for other prompts, or a taken shard's id with other rows."""
+        digest = shard_hash(table)
+        if digest in self.first:
+            self.duplicates.append(path.name)
+            _skip("skipping duplicate shard", f"{path}: the same rows as {self.first[digest]}")
+            return
+        mine, keys = group_prompts(table, path), _shard_keys(table)
+        _check_groups(self.groups, mine, path)  # first: the worse harm, named even when the id is reused too
+        _check_shard_keys(self.keys, keys, path)
+        _record_groups(self.groups, mine, path)
+        self.keys.update(dict.fromkeys(keys, path.name))
+        self.tables.append(table)
+        self.ids.append(path.stem)
+        self.digests[path.stem] = digest
+        self.first[digest] = path.name
+
+    def rows(self) -> Rows:
+        """Every taken row, its shard id the name of the file it was read from without .parquet (what the
+        `shard_id` column says of vespo's own shards), so the ledger counts two runs' alike-named shards
+        apart."""
+        rows = rows_from_table(pa.concat_tables(self.tables))
+        return replace(rows, shard_ids=[i for i, t in zip(self.ids, self.tables) for _ in range(t.num_rows)])
+
+
+def _read_replay(replay: Path, vocab_size: int) -> _ReplayShards:
+    """The valid, distinct shards of `replay`; a bad one is skipped with one line."""
     files = list_shards(replay)
     if not files:
         raise UserError(f"--replay {replay}: no shards (*.parquet) found")
-    tables, bad, dup, digests, first, owners = [], [], [], {}, {}, {}
+    shards = _ReplayShards()
     for f in files:
         try:
-            table = read_shard(f, vocab_size)
-            d = shard_hash(table)
-            ids = table.column("shard_id").unique().to_pylist()
-            taken = next((i for i in ids if i in digests), None) if d not in first else None
-            if taken is not None:  # the ledger names rows by shard id: one id, one shard
-                raise ShardError(
-                    f"{f}: shard_id {taken!r} is also {first[digests[taken]]}'s; shard ids must name one shard"
-                )
-            if d not in first:
-                _claim_groups(owners, table, f)
+            shards.add(read_shard(f, vocab_size), f)
         except ShardError as e:
-            bad.append(f.name)
-            console.print(f"[yellow]skipping bad shard[/] {e}", highlight=False, soft_wrap=True)
-            continue
-        if d in first:
-            dup.append(f.name)
-            console.print(f"[yellow]skipping duplicate shard[/] {f}: the same rows as {first[d]}", highlight=False)
-            continue
-        first[d] = f.name
-        digests.update(dict.fromkeys(ids, d))
-        tables.append(table)
-    if not tables:
-        raise UserError(f"--replay {replay}: every shard is invalid ({len(bad)} bad, e.g. {bad[0]}; see above)")
-    return tables, bad, dup, digests
+            shards.bad.append(f.name)
+            _skip("skipping bad shard", str(e))
+    if not shards.tables:
+        raise UserError(
+            f"--replay {replay}: every shard is invalid ({len(shards.bad)} bad, e.g. {shards.bad[0]}; see above)"
+        )
+    return shards
 
 
 def replay_batches(cfg: Config, replay: Path, state: dict, vocab_size: int) -> Iterator[RolloutBatch]:
     """Existing shards, in name order, cut into rollout batches of gbs whole prompt groups; a shard
-    with the same rows as an earlier one (a renamed copy) is skipped."""
-    tables, bad, dup, digests = _read_replay(replay, vocab_size)
-    rows = rows_from_table(pa.concat_tables(tables))
+    with the same rows as an earlier one (a renamed copy) is skipped, and so is one that would mix two
+    prompts in a group or that holds another's (run_id, shard_id) with other rows. The ledger names a
+    replay shard by its file name without .parquet (unique in the directory)."""
+    shards = _read_replay(replay, vocab_size)
+    rows = shards.rows()
     groups = _groups_in_order(rows)
     gbs = cfg.trainer.rollout_batch_prompts
     index: dict[str, list[int]] = {}
@@ -196,14 +254,14 @@ def replay_batches(cfg: Config, replay: Path, state: dict, vocab_size: int) -> I
         epoch_i = i % num_batches  # replay more steps than data: another epoch over the same shards
         chosen = [r for g in groups[epoch_i * gbs : (epoch_i + 1) * gbs] for r in index[g]]
         batch_rows = rows.select(chosen)
-        shards = sorted(set(batch_rows.shard_ids))
+        ids = sorted(set(batch_rows.shard_ids))
         yield RolloutBatch(
             i,
             batch_rows,
-            shards,
-            quarantined=bad if once else [],
-            duplicates=dup if once else [],
-            digests={s: digests[s] for s in shards},
+            ids,
+            quarantined=shards.bad if once else [],
+            duplicates=shards.duplicates if once else [],
+            digests={s: shards.digests[s] for s in ids},
         )
         once = False
 
@@ -215,7 +273,7 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_
     out = run.rollouts
     out.mkdir(parents=True, exist_ok=True)
     seen = {e["shard"] for e in state["ledger"]} | set(state.get("dropped", [])) | set(state.get("duplicates", []))
-    used = {e["sha256"] for e in state["ledger"] if e.get("sha256")}
+    used = {e["sha256"]: e["shard"] for e in state["ledger"] if e.get("sha256")}  # content hash → shard
     gbs = cfg.trainer.rollout_batch_prompts
     stream = follow(out, seen=seen, poll_s=0.2, stop=lambda: not workers_alive())
     while True:
@@ -242,9 +300,7 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_
                 continue
             if shard_hash(t) in used:
                 dup.append(path.name)
-                console.print(
-                    f"[yellow]skipping duplicate shard[/] {path}: its rows were already used", highlight=False
-                )
+                _skip("skipping duplicate shard", f"{path}: the same rows as {used[shard_hash(t)]}, already used")
                 continue
             try:
                 _claim_groups(owners, t, path)
@@ -252,7 +308,7 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_
                 _quarantine(path, e)
                 bad.append(path.name)
                 continue
-            used.add(shard_hash(t))
+            used[shard_hash(t)] = path.name
             digests[path.name] = shard_hash(t)
             tables.append(t)
             names.append(path.name)
@@ -277,7 +333,7 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_
 
 def _quarantine(path: Path, error: ShardError) -> None:
     """Move a shard that failed validation to rollouts/quarantine/ (another reader may have moved it)."""
-    console.print(f"[yellow]quarantined[/] {error}", highlight=False)
+    _skip("quarantined", str(error))
     aside = quarantine(path.parent)
     aside.mkdir(exist_ok=True)
     with contextlib.suppress(OSError):
