@@ -135,7 +135,7 @@ report() {
 # worktree at that commit ($STUDY.code; `python -m vespo_cli...` imports the package from its working directory),
 # so the checkout can change (or be committed to) while the lanes run, and every run of the study comes from one
 # trainer. STUDY_ACCEPT_CODE=1 trains from the checkout instead, for a change that cannot alter a run (files of
-# the trainer changed since the pin are logged beside it). Report-only code (compare, probe) comes from the checkout.
+# the trainer changed since the pin are logged beside it). The report (`--report`) and Probe II run from the checkout.
 NUMERICS=(vespo_cli/train vespo_cli/objectives vespo_cli/rollout vespo_cli/rewards vespo_cli/models.py
   vespo_cli/arith.py vespo_cli/data.py vespo_cli/prompts.py vespo_cli/seeds.py vespo_cli/config.py presets pyproject.toml)
 pin() {
