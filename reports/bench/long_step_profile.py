@@ -1,20 +1,22 @@
 """Where the long-sequence train step's time goes: one microbatch of the train section's rows
 (prompt 128 + response 896 tokens, SmolLM2-135M, the headline dtype policy bf16_params, one thread)
 through the trainer's own forward + loss + backward (`train.step._accumulate` inside
-`precision.compute`), profiled with torch.profiler (CPU, record_shapes, with_flops). Self CPU time is
-grouped by what each op is (matmul, attention, LM head + log-softmax, elementwise, casts/copies, fp32
-gradient accumulation, framework), forward and backward apart, each with its FLOP/s against the bf16
-matmul peak measured in the same process (docs/performance.md, "The long-sequence step, op by op").
+`precision.compute`). Each aten op's time is grouped by what the op is (matmul, attention, LM head
+matmuls, the head's log-softmax, elementwise, casts/copies, fp32 gradient accumulation), forward and
+backward apart, each with its FLOP/s against the bf16 matmul peak measured in the same process
+(docs/performance.md, "The long-sequence step, op by op"). The figures are thread CPU seconds per op
+(`CpuClock`, a dispatch mode): on shared, loaded cores torch.profiler's self times are wall time and
+count the time the thread sat descheduled inside an op; its grouping (record_shapes, with_flops) is
+kept next to them as `profiler_wall`.
 
     OMP_NUM_THREADS=1 .venv/bin/python reports/bench/long_step_profile.py [--rows 1] [--layers 10 5] \
-        [--compile] [--out reports/bench/long_step_profile.json]
+        [--compile] [--compile-pair 6] [--out reports/bench/long_step_profile.json]
 
 The whole model at 1 row × 1024 tokens needs ~2.9 GB (fp32 masters, bf16 copy, fp32 gradients, ~33 MB of
 activations per layer), so the step is measured with the decoder cut to each of `--layers` (the first
-n blocks, in one process, largest first) and every group's time and FLOPs extrapolated linearly to the
-model's own depth: per block = slope between the two depths, root (embedding, final norm, LM head, loss)
-= the intercept. The section's microbatch is 2 rows (--rows 2 --layers 8 4 fits as well). --compile
-compiles the decoder blocks (`trainer.compile`) and profiles the compiled step. No optimizer step.
+n blocks, a fresh process each) and extrapolated to the model's own depth (`extrapolate`). --compile
+compiles the decoder blocks (`trainer.compile`) and profiles the compiled step; --compile-pair n times
+the eager and the compiled step side by side at n blocks in one process. No optimizer step.
 """
 
 from __future__ import annotations
@@ -219,32 +221,40 @@ def truncate(model, n_layers: int) -> None:
     model.config.num_hidden_layers = n_layers
 
 
+ROOT_GROUPS = ("head_matmul", "head_logsoftmax", "loss")  # once per microbatch, whatever the depth
+
+
 def extrapolate(by_depth: dict[int, dict], depth: int) -> dict:
-    """Each group's self CPU seconds and GFLOPs at `depth` blocks, linear in the depth through the two
-    measured depths; shares and fraction of the peak recomputed from them."""
+    """Each group's seconds and GFLOPs at `depth` blocks from two measured depths. Times are first put
+    in peak-seconds (seconds × that process's matmul peak: the load on the shared cores moves both), then
+    the root's groups (ROOT_GROUPS) are their mean, every other group linear in the depth; shares and
+    fractions of the peak are recomputed at the mean peak."""
     (d1, b1), (d2, b2) = sorted(by_depth.items())[:2]
-    at = lambda key, g: (
-        b1["groups"].get(g, {}).get(key, 0.0)
-        + (depth - d1)
-        * (  # noqa: E731
-            b2["groups"].get(g, {}).get(key, 0.0) - b1["groups"].get(g, {}).get(key, 0.0)
-        )
-        / (d2 - d1)
-    )
+    peak = (b1["peak"] + b2["peak"]) / 2
+
+    def at(b: dict, key: str, g: str) -> float:
+        v = b["groups"].get(g, {}).get(key, 0.0)
+        return v * b["peak"] / peak if key == "self_cpu_s" else v
+
+    def line(key: str, g: str) -> float:
+        v1, v2 = at(b1, key, g), at(b2, key, g)
+        if g.split("/")[1] in ROOT_GROUPS:
+            return (v1 + v2) / 2
+        return v1 + (depth - d1) * (v2 - v1) / (d2 - d1)
+
     groups = set(b1["groups"]) | set(b2["groups"])
-    secs = {g: max(at("self_cpu_s", g), 0.0) for g in groups}
+    secs = {g: max(line("self_cpu_s", g), 0.0) for g in groups}
     total = sum(secs.values())
     out = {}
     for g in sorted(groups, key=secs.get, reverse=True):
-        flops = at("gflops", g)
-        frac = b2["groups"].get(g, {}).get("fraction_of_peak")
+        flops = line("gflops", g)
         out[g] = {
             "self_cpu_s": secs[g],
             "share": secs[g] / total,
             "gflops": flops,
-            "fraction_of_peak": flops * 1e9 / secs[g] / b2["peak"] if frac is not None and secs[g] else None,
+            "fraction_of_peak": flops * 1e9 / secs[g] / peak if flops and secs[g] else None,
         }
-    return {"depth": depth, "self_cpu_s_total": total, "groups": out}
+    return {"depth": depth, "peak_bf16_gflops_per_cpu_s": peak / 1e9, "self_cpu_s_total": total, "groups": out}
 
 
 def timed(model, cfg, rows, adv, repeats: int) -> list[dict]:
@@ -305,18 +315,40 @@ def measure_at_depth(n_rows: int, n_layers: int, repeats: int, compiled: bool) -
     return {"model_depth": model_depth, "warmup_cpu_s": warmup, "peak_rss_gib": rss, **out}
 
 
+def compile_pair(n_rows: int, n_layers: int, repeats: int) -> dict:
+    """Forward+backward CPU seconds of the eager and the compiled decoder (a copy of the same cut
+    model) in alternating passes, after a warm-up of each (the compile's CPU seconds reported)."""
+    import copy
+
+    model, cfg, rows, adv = setup(n_rows)
+    truncate(model, n_layers)
+    compiled = copy.deepcopy(model)
+    compile_decoder_blocks(compiled)
+    warmup = {name: timed(m, cfg, rows, adv, 1)[0]["cpu_s"] for name, m in (("eager", model), ("compiled", compiled))}
+    runs: dict = {"eager": [], "compiled": []}
+    for _ in range(repeats):
+        for name, m in (("eager", model), ("compiled", compiled)):
+            runs[name].append(timed(m, cfg, rows, adv, 1)[0]["cpu_s"])
+    ratios = [e / c for e, c in zip(runs["eager"], runs["compiled"])]
+    return {"layers": n_layers, "warmup_cpu_s": warmup, "fwd_bwd_cpu_s": runs, "speedup": statistics.median(ratios)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1)
     ap.add_argument("--layers", type=int, nargs=2, default=[10, 5])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile-pair", type=int, metavar="LAYERS", help="also time eager vs compiled at this depth")
     ap.add_argument("--out", default="reports/bench/long_step_profile.json")
     args = ap.parse_args()
-    by_depth = {}
+    by_depth, pair = {}, None
     for n in sorted(args.layers, reverse=True):  # a fresh process per depth: the profiler's memory
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             by_depth[n] = pool.submit(measure_at_depth, args.rows, n, args.repeats, args.compile).result()
+    if args.compile_pair:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pair = pool.submit(compile_pair, args.rows, args.compile_pair, args.repeats + 1).result()
     depth = by_depth[n]["model_depth"]
     full = extrapolate(by_depth, depth)
     out = {
@@ -330,6 +362,7 @@ def main() -> None:
         "tokens_per_row": sum(sizes(False)[k] for k in ("train_prompt", "train_response")),
         "extrapolated": full,
         "measured": by_depth,
+        "compile_pair": pair,
     }
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
@@ -345,6 +378,7 @@ def summary(out: dict) -> dict:
     return {
         "peak_rss_gib": {n: m["peak_rss_gib"] for n, m in out["measured"].items()},
         "measured": short,
+        "compile_pair": out["compile_pair"],
         "full_depth_self_cpu_s": out["extrapolated"]["self_cpu_s_total"],
         "groups (share, fraction_of_peak)": {
             g: (round(v["share"], 3), v["fraction_of_peak"] and round(v["fraction_of_peak"], 3))
