@@ -298,9 +298,10 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_
             if state["step"] - version > cfg.trainer.max_staleness:
                 dropped.append(path.name)
                 continue
-            if shard_hash(t) in used:
+            digest = shard_hash(t)
+            if digest in used:
                 dup.append(path.name)
-                _skip("skipping duplicate shard", f"{path}: the same rows as {used[shard_hash(t)]}, already used")
+                _skip("skipping duplicate shard", f"{path}: the same rows as {used[digest]}, already used")
                 continue
             try:
                 _claim_groups(owners, t, path)
@@ -308,8 +309,8 @@ def async_batches(cfg: Config, run_dir: Path, state: dict, workers_alive, vocab_
                 _quarantine(path, e)
                 bad.append(path.name)
                 continue
-            used[shard_hash(t)] = path.name
-            digests[path.name] = shard_hash(t)
+            used[digest] = path.name
+            digests[path.name] = digest
             tables.append(t)
             names.append(path.name)
         rows = rows_from_table(pa.concat_tables(tables))
