@@ -328,3 +328,17 @@ def test_trl_vllm_worker_runs_in_its_own_venv(monkeypatch):
     monkeypatch.setenv(TRL_PYTHON_ENV, "/opt/trl/bin/python")
     assert worker_python("trl-vllm") == "/opt/trl/bin/python"
     assert {worker_python(k) for k in ("trl-hf", "vespo-vllm", "vespo-hf")} == {sys.executable}
+
+
+def test_trl_vllm_python_given_relative_is_made_absolute_not_resolved(monkeypatch, tmp_path):
+    """`make bench` passes `.venv-trl/bin/python`; the workers run in their log folder, so the path is made
+    absolute against the bench's own cwd, and kept a symlink (resolving it would leave the venv)."""
+    import sys
+
+    from vespo_cli.bench.protocol import TRL_PYTHON_ENV, worker_python
+
+    (tmp_path / ".venv-trl" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv-trl" / "bin" / "python").symlink_to(sys.executable)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(TRL_PYTHON_ENV, ".venv-trl/bin/python")
+    assert worker_python("trl-vllm") == str(tmp_path / ".venv-trl" / "bin" / "python")

@@ -40,7 +40,8 @@ def worker_python(kind: str) -> str:
     """The interpreter a worker runs in: TRL's vLLM colocate side in its own venv where one is given (TRL 1.16
     supports vLLM <= 0.31; vespo's venv has 0.32), every other worker in this one."""
     override = os.environ.get(TRL_PYTHON_ENV, "")
-    return override if kind == "trl-vllm" and override else sys.executable
+    # absolute (not resolved: a venv's python is a symlink whose own path finds the venv), since workers run in logdir
+    return os.path.abspath(override) if kind == "trl-vllm" and override else sys.executable
 
 
 class Worker:
