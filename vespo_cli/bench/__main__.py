@@ -10,17 +10,19 @@ from pathlib import Path
 USAGE = (
     "usage: python -m vespo_cli.bench OUT_DIR [--quick]            (the whole suite; `vespo bench` is the command)\n"
     "       python -m vespo_cli.bench section NAME OUT.json [--quick]\n"
+    "       python -m vespo_cli.bench render OUT_DIR                    (latest.md again from latest.json)\n"
     "       python -m vespo_cli.bench worker {vespo,trl}-{hf,vllm} ...  (the suite's subprocesses)"
 )
 SECTIONS = ("train", "study", "rollout", "sync_loop", "async_loop", "ranks")
 
 
 def _check(argv: list[str]) -> None:
-    """One line and exit 2 for anything but the three forms of USAGE (an option is not an output dir)."""
+    """One line and exit 2 for anything but the forms of USAGE (an option is not an output dir)."""
     ok = (
         (argv[:1] == ["section"] and len(argv) == 3 and argv[1] in SECTIONS)
         or (argv[:1] == ["worker"] and len(argv) >= 2)
-        or (len(argv) == 1 and argv[0] not in ("section", "worker") and not argv[0].startswith("-"))
+        or (argv[:1] == ["render"] and len(argv) == 2)
+        or (len(argv) == 1 and argv[0] not in ("section", "worker", "render") and not argv[0].startswith("-"))
     )
     if not ok:
         print(USAGE, file=sys.stderr)
@@ -31,6 +33,11 @@ def main(argv: list[str]) -> None:
     quick = "--quick" in argv
     argv = [a for a in argv if a != "--quick"]
     _check(argv)
+    if argv[0] == "render":
+        from .suite import rerender
+
+        rerender(Path(argv[1]))
+        return
     from .machine import configure_child
     from .memory import PeakRSS
 

