@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -263,6 +264,26 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
     md = (tmp_path / "latest.md").read_text()
     assert "vespo bench" in md and "| metric |" in md and "## Where a step goes" in md
     assert data["regression_check"]["against"] is None  # no earlier latest.json in tmp_path
+    from vespo_cli.bench.suite import rerender
+
+    rerender(tmp_path)  # the same targets: the same files
+    assert (tmp_path / "latest.md").read_text() == md and json.loads((tmp_path / "latest.json").read_text()) == data
+
+
+def test_render_rewrites_the_committed_bench_from_its_measurements(tmp_path):
+    """`python -m vespo_cli.bench render` on the committed latest.json: measurements untouched, targets re-applied."""
+    import subprocess
+    import sys
+
+    committed = json.loads(Path("reports/bench/latest.json").read_text())
+    shutil.copy("reports/bench/latest.json", tmp_path / "latest.json")
+    argv = [sys.executable, "-m", "vespo_cli.bench", "render", str(tmp_path)]
+    p = subprocess.run(argv, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    again = json.loads((tmp_path / "latest.json").read_text())
+    assert {k for k in committed if committed[k] != again[k]} <= {"targets", "pass"}
+    md = (tmp_path / "latest.md").read_text()
+    assert md == Path("reports/bench/latest.md").read_text()  # committed files are this code's rendering
 
 
 @pytest.mark.parametrize(
