@@ -8,6 +8,9 @@ Loads the bench's model under the headline dtype policy, runs the old-logprob fo
 microbatch of the section's rows (train_micro_rows × (prompt + response) tokens) with
 `capture_attention`, times the captured call alone (`attention_kernel`), and splits the step of the
 last full bench run (`--latest`, its raw.train: step CPU seconds and matmul peak) with `step_split`.
+`--alternatives` also times the same call under SDPA's math backend and transformers' eager attention
+(a causal mask, bf16 scores, fp32 softmax), each against the trainer's kernel: could another kernel
+torch ships lift the bound?
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 
 import torch
 
-from vespo_cli.bench.attention import attention_kernel, capture_attention, step_split
+from vespo_cli.bench.attention import AttentionCall, attention_kernel, capture_attention, step_split
 from vespo_cli.bench.flops import model_shape, train_flops
 from vespo_cli.bench.machine import machine_info
 from vespo_cli.bench.section_train import HEAD_POLICY, _policy_configs
@@ -32,6 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="reports/bench/attention_kernel.json")
     ap.add_argument("--latest", default="reports/bench/latest.json")
+    ap.add_argument("--alternatives", action="store_true", help="also time SDPA's math backend and eager attention")
     args = ap.parse_args()
     sz = sizes(False)
     cfg = _policy_configs(sz)[HEAD_POLICY]
@@ -61,9 +65,45 @@ def main() -> None:
         "step_from": f"{args.latest} ({latest['started']}): raw.train, {HEAD_POLICY}, train_mfu {latest['train_mfu']}",
         "attention_kernel": split,
     }
+    if args.alternatives:
+        out["alternatives"] = alternatives(calls[0], sz["matmul_n"], sz["matmul_window_s"], kernel)
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
     print(json.dumps(split, indent=1))
+
+
+def alternatives(call: AttentionCall, matmul_n: int, window_s: float, trainer_kernel: dict) -> dict:
+    """The captured call under the other CPU attention paths torch and transformers ship, timed as the
+    trainer's kernel is (`attention_kernel`), with the largest |difference| of their output from it."""
+    import sys
+    from dataclasses import replace
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def math_backend(*a, **kw):
+        with sdpa_kernel(SDPBackend.MATH):
+            return call.fn(*a, **kw)
+
+    L = call.query.shape[2]
+    causal = torch.full((L, L), float("-inf")).triu(1).to(call.query.dtype)[None, None]
+    eager = sys.modules[type(call.module).__module__].eager_attention_forward
+    variants = {
+        "sdpa_math": replace(call, implementation="sdpa (math backend)", fn=math_backend),
+        "eager": replace(call, implementation="eager (bf16 scores, fp32 softmax)", fn=eager, mask=causal),
+    }
+    with torch.no_grad():
+        reference = call.fn(call.module, call.query, call.key, call.value, call.mask, **call.kwargs)[0].float()
+    out = {}
+    for name, variant in variants.items():
+        with torch.no_grad():
+            o = variant.fn(variant.module, call.query, call.key, call.value, variant.mask, **call.kwargs)[0]
+        timed = attention_kernel(variant, matmul_n, window_s)
+        out[name] = {
+            **timed,
+            "fwd_bwd_vs_trainer_kernel": timed["fwd_bwd_cpu_s"] / trainer_kernel["fwd_bwd_cpu_s"],
+            "max_abs_diff_vs_trainer_kernel": (o.float() - reference).abs().max().item(),
+        }
+    return out
 
 
 if __name__ == "__main__":
