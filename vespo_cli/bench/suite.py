@@ -138,9 +138,7 @@ def kernel_bounded(mfu: float | None, bound: float | None) -> bool:
 
 def run_bench(out: Path, quick: bool = False) -> dict:
     """Run every section, write `<out>/latest.json`, `<out>/latest.md` and `<out>/step_breakdown.png`."""
-    from ..fsio import atomic_write_json, atomic_write_text
     from .figure import step_breakdown_figure
-    from .report import render_markdown
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,8 +195,7 @@ def run_bench(out: Path, quick: bool = False) -> dict:
     res["raw"] = raw
     figure = step_breakdown_figure(res, out / "step_breakdown.png")
     res["figure"] = figure.name if figure else None
-    atomic_write_json(out / "latest.json", res)
-    atomic_write_text(out / "latest.md", render_markdown(res))
+    write_results(out, res)
     say(f"wrote {out / 'latest.json'} and {out / 'latest.md'} ({res['duration_s']:.0f} s)")
     return res
 
@@ -206,11 +203,16 @@ def run_bench(out: Path, quick: bool = False) -> dict:
 def rerender(out: Path) -> dict:
     """Re-apply today's targets to `<out>/latest.json`'s measurements and rewrite it and `latest.md` (no timing
     is taken: for a change of targets or of the report's wording)."""
+    res = json.loads((Path(out) / "latest.json").read_text())
+    res["targets"], res["pass"] = targets_text(), passes(res)
+    write_results(Path(out), res)
+    return res
+
+
+def write_results(out: Path, res: dict) -> None:
+    """`<out>/latest.json` and its rendering `<out>/latest.md`, each written atomically."""
     from ..fsio import atomic_write_json, atomic_write_text
     from .report import render_markdown
 
-    res = json.loads((Path(out) / "latest.json").read_text())
-    res["targets"], res["pass"] = targets_text(), passes(res)
-    atomic_write_json(Path(out) / "latest.json", res)
-    atomic_write_text(Path(out) / "latest.md", render_markdown(res))
-    return res
+    atomic_write_json(out / "latest.json", res)
+    atomic_write_text(out / "latest.md", render_markdown(res))
