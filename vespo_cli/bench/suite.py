@@ -215,4 +215,5 @@ def write_results(out: Path, res: dict) -> None:
     from .report import render_markdown
 
     atomic_write_json(out / "latest.json", res)
-    atomic_write_text(out / "latest.md", render_markdown(res))
+    # rendered from what the json holds (keys sorted), so `render` on the file gives the same page
+    atomic_write_text(out / "latest.md", render_markdown(json.loads((out / "latest.json").read_text())))
