@@ -43,7 +43,7 @@ demo: setup
 	@echo "demo run: runs/demo (metrics.jsonl, rollouts/, checkpoints/); report: runs/demo/report/report.md"
 
 test: setup lint
-	$(PY) -m pytest -q -m "not heavy"
+	$(PY) -m pytest -q -m "not heavy" --durations=25
 
 test-heavy: setup
 	$(PY) -m pytest -q -m heavy
