@@ -683,6 +683,11 @@ def test_compare_async_grid(presets, tmp_path, fake_train):
     )
     summary = json.loads((out / "summary.json").read_text())
     assert {g["label"] for g in summary["groups"]} == {"grpo+async", "vespo+async"}
+    assert summary["settings"]["claims"]["planned_seeds"] == {"1": 2}  # the sweep's seeds are its plan
+    K.compare_command(["grpo"], preset="tiny", overrides=["trainer.steps=2"], seeds=2, out=out, planned_seeds=["3"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["claims"]["planned_seeds"] == {"every N": 3}  # --planned-seeds overrides it
+    assert {r["verdict"] for r in summary["verdict"]} <= {"interim", "no data"}  # 2 of 3 seeds: nothing judged
     with pytest.raises(UserError, match="--replay and --async"):
         K.compare_command(["grpo"], preset="tiny", replay=tmp_path, out=out, async_=True)
 

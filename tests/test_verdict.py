@@ -263,3 +263,50 @@ def test_eval_auc_is_the_mean_accuracy_over_samples():
     assert [(c["step"], c["samples"], c["accuracy"]) for c in curve] == [(2, 64.0, 0.2), (4, 128.0, 0.6)]
     assert eval_auc(curve) == pytest.approx(0.4)  # trapezoid over [64, 128] / 64
     assert eval_auc(curve[:1]) is None
+
+
+# ---------------------------------------------------------------------------- planned seeds (no early looks)
+
+
+def test_rows_short_of_the_planned_seeds_are_interim_then_judged_at_the_plan():
+    """A row that would be supported at 2 of 4 planned seeds is interim; at 4 seeds it is judged as usual."""
+    from vespo_cli.compare.claims import parse_planned_seeds
+
+    c = claims({"claim": "beats", "form": "difference", "a": "vespo", "b": "grpo", "at": [16]}, planned_seeds=4)
+    two = [group("vespo", 16, {0: 0.60, 1: 0.61}), group("grpo", 16, {0: 0.40, 1: 0.405})]
+    (row,) = judge(two, c)
+    assert row["p_adjusted"] < 0.05 and row["estimate"] > 0  # would be supported without the plan
+    assert row["verdict"] == "interim" and "vespo N=16: 2 of 4 seeds" in row["note"]
+    assert row["seeds_needed"] is not None and "interim" in verdict_sentence(row)
+    assert judge(two, c, planned={16: 2})[0]["verdict"] == "supported"  # the plan given per N overrides
+    assert judge(two, claims(*c.claims and [c.claims[0].model_dump()]))[0]["verdict"] == "supported"  # no plan
+    four = [
+        group("vespo", 16, {0: 0.60, 1: 0.61, 2: 0.59, 3: 0.62}),
+        group("grpo", 16, {0: 0.40, 1: 0.405, 2: 0.41, 3: 0.39}),
+    ]
+    (row,) = judge(four, c)
+    assert row["verdict"] == "supported" and row["seeds_needed"] is None
+    # per N: the plan at N = 32 is 3; a group at an N the plan does not name is judged as it stands
+    stress = [group("vespo", 32, {0: 0.6, 1: 0.61, 2: 0.62}), group("grpo", 32, {0: 0.4, 1: 0.42, 2: 0.41})]
+    c32 = claims({"claim": "s", "form": "difference", "a": "vespo", "b": "grpo"}, planned_seeds={16: 4, 32: 3})
+    assert judge(stress, c32)[0]["verdict"] == "supported"
+    assert judge(stress, c32, planned=parse_planned_seeds(["32=4"]))[0]["verdict"] == "interim"
+    assert judge(stress, claims(c32.claims[0].model_dump(), planned_seeds={1: 4}))[0]["verdict"] == "supported"
+    # no data stays no data whatever the plan
+    assert judge([group("vespo", 16, {0: 0.5})], c)[0]["verdict"] == "no data"
+
+
+def test_planned_seeds_parse_and_validate(tmp_path):
+    from vespo_cli.compare.claims import parse_planned_seeds
+
+    assert parse_planned_seeds(["4", "32=3"]) == {None: 4, 32: 3}
+    assert parse_planned_seeds([]) == {}
+    for bad in ("x", "16=", "0", "16=0", "a=3"):
+        with pytest.raises(UserError, match=rf"--planned-seeds {bad}: "):
+            parse_planned_seeds([bad])
+    bad = tmp_path / "c.yaml"
+    for plan in ("0", "{16: 0}", "{0: 4}", "many"):
+        bad.write_text(f"family: f\nplanned_seeds: {plan}\nclaims:\n  - {{claim: x, form: degrades, a: v}}\n")
+        with pytest.raises(UserError, match=r"c\.yaml: planned_seeds"):
+            load_claims(str(bad))
+    assert claims({"claim": "x", "form": "degrades", "a": "v"}, planned_seeds={1: 4}).planned() == {1: 4}

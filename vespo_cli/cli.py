@@ -228,6 +228,12 @@ def compare(
     claims: str | None = typer.Option(
         None, "--claims", help="Claims the verdict tests: a name in presets/claims/ or a path (default vespo-paper)."
     ),
+    planned_seeds: list[str] | None = typer.Option(
+        None,
+        "--planned-seeds",
+        help="Seeds the verdict waits for: K (every N) or N=K (repeatable); rows short of them are interim. "
+        "Default: the claims file's planned_seeds, and --seeds for the runs this compare trains.",
+    ),
 ):
     """Run the same experiment under several algorithms (or report existing runs) side by side."""
     from .compare import compare_command
@@ -243,6 +249,7 @@ def compare(
         x=x,
         async_=async_,
         claims=claims,
+        planned_seeds=planned_seeds or [],
     )
 
 

@@ -128,7 +128,9 @@ report() {
   collect
   local kept=("$KEEP"/*/)
   [[ -e "${kept[0]}" ]] || { echo "no finished runs in $KEEP yet"; return 0; }
-  $V compare "${kept[@]}" --claims "$HERE/claims.yaml" --x samples --out "$REPORT"
+  # the verdict waits for the seeds planned above: a row short of them is interim, not judged (no early looks)
+  $V compare "${kept[@]}" --claims "$HERE/claims.yaml" --x samples --out "$REPORT" \
+    --planned-seeds 1="${#SEEDS[@]}" --planned-seeds 16="${#SEEDS[@]}" --planned-seeds "$STRESS_N=${#STRESS_SEEDS[@]}"
 }
 
 # One trainer for the whole study: the first start pins the commit ($KEEP/commit), and every run trains from a git

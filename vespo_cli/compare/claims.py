@@ -21,6 +21,10 @@ Forms (rows are judged in `verdict.py`):
 `margin_relative: δ` instead of `margin` scales the margin by the reference level: the noninferior test is
 then A(N) − (1 − δ)·B(ref) > 0 (A keeps at least 1 − δ of the reference), which stays on the endpoint's scale.
 `a` and `b` are group labels; `b` may be a glob (`vespo+length_norm=*`): one row per matching label.
+
+`planned_seeds` (optional) is the study's planned sample size: `4` (every N) or `{1: 4, 16: 4, 32: 3}` (per N;
+an N not named has no plan). A row whose groups have fewer seeds than planned is **interim**, not judged
+(`verdict.py`); `vespo compare --planned-seeds` sets or overrides it.
 """
 
 from __future__ import annotations
@@ -68,7 +72,37 @@ class ClaimsFile(Section):
     endpoint: Literal["final_eval", "eval_auc", "final_reward"] = "final_eval"
     alpha: float = Field(0.05, gt=0.0, lt=0.5)  # family-wise error rate (Holm), two-sided tests
     power: float = Field(0.8, gt=0.0, lt=1.0)  # power at which the minimum detectable effect is stated
+    planned_seeds: int | dict[int, int] | None = None  # seeds per (arm, N) the study plans: every N, or per N
     claims: list[Claim] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_plan(self):
+        plan = self.planned_seeds
+        counts = [] if plan is None else list(plan.values()) + list(plan) if isinstance(plan, dict) else [plan]
+        if any(k < 1 for k in counts):
+            raise fail("expected whole numbers of at least 1 (seeds, or N: seeds)", "planned_seeds")
+        return self
+
+    def planned(self) -> dict[int | None, int]:
+        """{N: seeds}, the key None standing for every N (see planned_at in verdict.py)."""
+        if self.planned_seeds is None:
+            return {}
+        return dict(self.planned_seeds) if isinstance(self.planned_seeds, dict) else {None: self.planned_seeds}
+
+
+def parse_planned_seeds(values: list[str]) -> dict[int | None, int]:
+    """`--planned-seeds` values: "K" (every N) or "N=K" (at staleness N) → {N or None: K}."""
+    plan: dict[int | None, int] = {}
+    for v in values:
+        n, _, k = v.rpartition("=")
+        try:
+            key, count = (int(n) if n else None), int(k)
+        except ValueError:
+            raise UserError(f"--planned-seeds {v}: expected K or N=K (whole numbers), e.g. 4 or 32=3") from None
+        if count < 1 or (key is not None and key < 1):
+            raise UserError(f"--planned-seeds {v}: N and K must be at least 1")
+        plan[key] = count
+    return plan
 
 
 def claims_path(name_or_path: str | None) -> Path:

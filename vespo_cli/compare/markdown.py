@@ -231,7 +231,7 @@ def _power_note(row: dict) -> str:
     parts = []
     if row.get("mde") is not None:
         parts.append(f"detectable at this n: |effect − boundary| ≥ {row['mde'] * scale:.1f}{unit}")
-    if row["verdict"] == "not resolved":
+    if row["verdict"] in ("not resolved", "interim"):
         if row.get("seeds_needed") is not None:
             parts.append(f"{row['seeds_needed']} {runs} would resolve the observed effect at the observed spread")
         elif row.get("p") is not None:
@@ -249,9 +249,10 @@ def verdict_sentence(row: dict) -> str:
         return f"{row['claim']}: {row['verdict']} ({row['comparison']}: {row.get('note') or 'no data'})."
     interval = "" if row["low"] is None else f" [{row['low'] * scale:+.1f}, {row['high'] * scale:+.1f}]"
     margin = f", margin {row['margin'] * scale:.1f}{unit}" if row.get("margin") else ""
+    interim = f"; {row['note']}" if row["verdict"] == "interim" else ""
     return (
         f"{row['claim']}: **{row['verdict']}** ({row['comparison']}: {row['estimate'] * scale:+.1f}{unit}{interval}"
-        f"{margin}; p = {_p(row['p'])}, Holm p = {_p(row['p_adjusted'])})."
+        f"{margin}; p = {_p(row['p'])}, Holm p = {_p(row['p_adjusted'])}{interim})."
     )
 
 
@@ -260,6 +261,12 @@ def _commit_note(claims: dict) -> str:
         return ""
     changed = ", **modified since** (not the pre-registered claims)" if claims.get("modified") else ""
     return f" at commit {claims['commit'][:12]}{changed}"
+
+
+def _plan_text(plan: dict | None) -> str:
+    if not plan:
+        return " (no plan given)"
+    return " (" + ", ".join(f"{k} at {'every N' if n == 'every N' else f'N = {n}'}" for n, k in plan.items()) + ")"
 
 
 def verdict_lines(rows: Sequence[dict], claims: dict | None = None) -> list[str]:
@@ -316,7 +323,9 @@ def verdict_lines(rows: Sequence[dict], claims: dict | None = None) -> list[str]
         "exact test, Newcombe interval). A relative margin δ tests A(N) − (1 − δ)·B(ref) > 0 (the boundary shown "
         "is −δ × the reference mean). A row is **supported** when its Holm-adjusted p is below α with the "
         "estimate on the claim's side of the boundary, **contradicted** when it is below α on the other side, "
-        "else **not resolved**; t tests are paired by seed where the seeds pair (Welch otherwise). *power*: "
+        "else **not resolved**; a row whose groups have fewer seeds than planned"
+        f"{_plan_text(fam.get('planned_seeds'))} is **interim**, not judged whatever its p. t tests are paired by "
+        "seed where the seeds pair (Welch otherwise). *power*: "
         f"the minimum detectable effect at 80% power and Holm's strictest level α/{max(m, 1)}, and how many seeds "
         "would resolve the observed effect at the observed spread.",
         "",

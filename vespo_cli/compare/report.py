@@ -39,10 +39,13 @@ def write_report(
     settings: dict | None = None,
     x: str = "steps",
     claims: tuple[ClaimsFile, Path] | None = None,
+    planned: dict[int | None, int] | None = None,
 ) -> Path:
     """report.md + summary.json + PNGs in `out` for these runs (reads their metrics.jsonl), curves
-    over `x` ("steps" or "samples"), the verdict on `claims` (claims.load_claims; default the paper's)."""
+    over `x` ("steps" or "samples"), the verdict on `claims` (claims.load_claims; default the paper's) at the
+    planned seeds `planned` ({N: seeds}, None: every N; over the claims file's `planned_seeds`)."""
     claims_file, claims_at = claims or load_claims()
+    plan = {**claims_file.planned(), **(planned or {})}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs, window = load_runs(specs)
@@ -63,6 +66,7 @@ def write_report(
                 "alpha": claims_file.alpha,
                 "power": claims_file.power,
                 "endpoint": claims_file.endpoint,
+                "planned_seeds": {("every N" if n is None else str(n)): k for n, k in plan.items()},
                 **claims_commit(Path(claims_at)),
             },
             "collapse": {
@@ -75,7 +79,7 @@ def write_report(
         },
         "groups": group_summaries,
         "paired_differences": paired_differences(group_summaries),
-        "verdict": judge(group_summaries, claims_file),
+        "verdict": judge(group_summaries, claims_file, plan),
         "identical_runs": identical_runs(runs),
         "runs": [
             {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from ..fsio import read_jsonl
 from ..lock import hold
 from ..rundir import RunDir, default_dir
 from .analysis import train_records
-from .claims import load_claims
+from .claims import load_claims, parse_planned_seeds
 from .labels import describe_algorithm, disambiguate, join_label
 from .plots import X_AXES
 from .report import write_report
@@ -116,13 +117,17 @@ def compare_command(
     x: str = "steps",
     async_: bool = False,
     claims: str | None = None,
+    planned_seeds: Sequence[str] = (),
 ) -> Path:
     """Run (or reuse) every (algorithm, N, seed) and/or collect run directories; write the report
         with curves over `x` ("steps" or "samples"). `async_`: every run trains with async rollout
         workers (`vespo train --async`), labelled `<algo>+async`. `claims`: the claims file the verdict tests
-    (claims.load_claims; default the paper's). Returns the report path."""
+    (claims.load_claims; default the paper's). `planned_seeds` ("K" or "N=K"): the seeds the verdict waits for
+    (rows short of them are interim); default the claims file's, and `seeds` for the runs this sweep trains.
+    Returns the report path."""
     _check_args(items, staleness, seeds, x)
     claims_file = load_claims(claims)  # a bad claims file fails before any run trains
+    plan = parse_planned_seeds(list(planned_seeds))
     algos = [i for i in items if not Path(i).is_dir()]
     dirs = [d for i in items if Path(i).is_dir() for d in _run_dirs(i)]
     if not algos:
@@ -158,9 +163,12 @@ def compare_command(
         "replay": str(replay) if replay else None,
         "async": async_,
     }
+    if algos and not plan:  # the runs this sweep trains: `seeds` per (algorithm, N)
+        plan = {s.staleness: seeds for s in specs if s.algo is not None}
+    report_now = partial(write_report, specs, out, settings=settings, x=x, claims=claims_file, planned=plan)
     with hold(out, "vespo compare"):  # one compare per report directory; each run locks its own directory
-        _run_grid(specs, replay, lambda: write_report(specs, out, settings=settings, x=x, claims=claims_file))
-        report = write_report(specs, out, settings=settings, x=x, claims=claims_file)
+        _run_grid(specs, replay, report_now)  # reports as runs finish: rows short of the plan are interim
+        report = report_now()
     _console().print(f"report: {report}", highlight=False)
     return report
 

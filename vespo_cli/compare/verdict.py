@@ -10,6 +10,10 @@ below α on the other side, otherwise **not resolved**, with the minimum detecta
 seeds that would resolve the observed effect at the observed spread (both at Holm's strictest level α/m,
 power from the claims file). The raw 95% interval is reported beside it: without adjustment, the interval
 excludes the boundary exactly when the raw p is below 0.05.
+
+A study that planned its seeds (the claims file's `planned_seeds`, or `vespo compare --planned-seeds`) is judged
+at that n only: a row any of whose groups has fewer seeds than planned at its N is **interim**, whatever its p
+(its estimate, interval and p are shown; calling it at a look the plan did not make would spend α twice).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from .stats import (
 )
 
 SUPPORTED, CONTRADICTED, UNRESOLVED, NO_DATA = "supported", "contradicted", "not resolved", "no data"
+INTERIM = "interim"
 GREATER_FORMS = ("noninferior", "interaction", "difference")  # supported when the estimate is above the boundary
 
 
@@ -137,18 +142,21 @@ def _rows_for(claim: Claim, groups: Sequence[dict], default_endpoint: str) -> li
 
 
 def _compare(claim: Claim, a: dict[int, dict], b: dict[int, dict], base: str, endpoint: str) -> list[dict]:
-    """The rows of one (A, B) pair: one per N picked by `at`."""
+    """The rows of one (A, B) pair: one per N picked by `at`; each row names its groups' N and seed counts
+    ("groups"), against which a planned number of seeds is checked (`judge`)."""
     form, rows = claim.form, []
     if form in ("noninferior", "degrades") and claim.ref_n != "same":
         ref = _ref_n(claim, sorted(b))
         ns = _pick([n for n in a if not (base == claim.a and n == ref)], claim.at) if ref is not None else []
         for n in ns:
             cells = [(1.0, seed_values(a[n], endpoint)), (-1.0, seed_values(b[ref], endpoint))]
-            rows.append(_t_row(claim, f"{claim.a} N={n} − {base} N={ref}", endpoint, cells, cells[1][1]))
+            row = _t_row(claim, f"{claim.a} N={n} − {base} N={ref}", endpoint, cells, cells[1][1])
+            rows.append(_with_groups(row, (n, a[n]), (ref, b[ref])))
     elif form in ("noninferior", "degrades"):  # ref_n: same
         for n in _pick(set(a) & set(b), claim.at):
             cells = [(1.0, seed_values(a[n], endpoint)), (-1.0, seed_values(b[n], endpoint))]
-            rows.append(_t_row(claim, f"{claim.a} − {base} at N={n}", endpoint, cells, cells[1][1]))
+            row = _t_row(claim, f"{claim.a} − {base} at N={n}", endpoint, cells, cells[1][1])
+            rows.append(_with_groups(row, (n, a[n]), (n, b[n])))
     elif form == "interaction":
         common = sorted(set(a) & set(b))
         ref = _ref_n(claim, common)
@@ -160,15 +168,42 @@ def _compare(claim: Claim, a: dict[int, dict], b: dict[int, dict], base: str, en
                 (1.0, seed_values(b[ref], endpoint)),
             ]
             comparison = f"[{claim.a} N={n} − N={ref}] − [{base} N={n} − N={ref}]"
-            rows.append(_t_row(claim, comparison, endpoint, cells, None))
+            row = _t_row(claim, comparison, endpoint, cells, None)
+            rows.append(_with_groups(row, (n, a[n]), (ref, a[ref]), (n, b[n]), (ref, b[ref])))
     elif form == "difference":
         for n in _pick(set(a) & set(b), claim.at):
             cells = [(1.0, seed_values(a[n], endpoint)), (-1.0, seed_values(b[n], endpoint))]
-            rows.append(_t_row(claim, f"{claim.a} − {base} at N={n}", endpoint, cells, None))
+            row = _t_row(claim, f"{claim.a} − {base} at N={n}", endpoint, cells, None)
+            rows.append(_with_groups(row, (n, a[n]), (n, b[n])))
     else:  # collapse
         for n in _pick(set(a) & set(b), claim.at):
-            rows.append(_collapse_row(claim, f"collapsed runs: {claim.a} vs {base} at N={n}", a[n], b[n]))
+            row = _collapse_row(claim, f"collapsed runs: {claim.a} vs {base} at N={n}", a[n], b[n])
+            rows.append(_with_groups(row, (n, a[n]), (n, b[n])))
     return rows or [_empty(claim, f"{claim.a} vs {base}", endpoint, "no N at which both ran")]
+
+
+def _with_groups(row: dict, *groups: tuple[int, dict]) -> dict:
+    return {
+        **row,
+        "groups": [{"label": g["label"], "staleness": n, "seeds": len(g.get("per_seed") or [])} for n, g in groups],
+    }
+
+
+def planned_at(planned: dict[int | None, int] | None, n: int) -> int | None:
+    """The planned seeds of a group at staleness `n`: planned[n], else planned[None] (every N), else None."""
+    if not planned:
+        return None
+    return planned.get(n, planned.get(None))
+
+
+def _short_of_plan(row: dict, planned: dict[int | None, int] | None) -> list[str]:
+    """The row's groups with fewer seeds than planned, as "label N=n: k of K seeds"."""
+    out = []
+    for g in row.get("groups") or []:
+        k = planned_at(planned, g["staleness"])
+        if k is not None and g["seeds"] < k:
+            out.append(f"{g['label']} N={g['staleness']}: {g['seeds']} of {k} seeds")
+    return list(dict.fromkeys(out))
 
 
 def _decide(row: dict, alpha: float) -> str:
@@ -198,10 +233,12 @@ def _power(row: dict, alpha: float, power: float) -> dict:
     return {**row, "mde": mde, "seeds_needed": needed}
 
 
-def judge(groups: Sequence[dict], claims: ClaimsFile) -> list[dict]:
+def judge(groups: Sequence[dict], claims: ClaimsFile, planned: dict[int | None, int] | None = None) -> list[dict]:
     """One row per claim and comparison, with "claim", "form", "comparison", "endpoint", "margin", "estimate",
-    "low", "high", "n", "method", "p", "p_adjusted", "mde", "seeds_needed", "verdict" (supported /
-    contradicted / not resolved / no data) and a "note"; the family is every row with a p-value."""
+    "low", "high", "n", "method", "p", "p_adjusted", "mde", "seeds_needed", "groups", "verdict" (supported /
+    contradicted / not resolved / interim / no data) and a "note"; the family is every row with a p-value.
+    `planned` ({N: seeds}, None: every N) overrides the claims file's `planned_seeds`."""
+    plan = {**claims.planned(), **(planned or {})}
     rows = [r for c in claims.claims for r in _rows_for(c, groups, claims.endpoint)]
     adjusted = holm([r["p"] for r in rows])
     m = sum(p is not None for p in adjusted)
@@ -210,7 +247,11 @@ def judge(groups: Sequence[dict], claims: ClaimsFile) -> list[dict]:
         r = {**r, "p_adjusted": p_adj}
         r["verdict"] = _decide(r, claims.alpha)
         r = _power(r, claims.alpha / max(m, 1), claims.power)
-        if r["verdict"] != UNRESOLVED:
+        short = _short_of_plan(r, plan) if r["verdict"] != NO_DATA else []
+        if short:
+            r["verdict"] = INTERIM
+            r["note"] = "; ".join(filter(None, [f"interim, not judged: {', '.join(short)}", r["note"]]))
+        elif r["verdict"] != UNRESOLVED:
             r["seeds_needed"] = None  # resolved: nothing more to resolve
         out.append(r)
     return out
