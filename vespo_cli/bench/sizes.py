@@ -24,7 +24,7 @@ def sizes(quick: bool) -> dict:
     if quick:
         return dict(
             model="tiny",
-            e2e_rounds=2,
+            e2e_rounds=1,  # as the full bench: one round of workers (each a Python with torch and vLLM to start)
             e2e_steps=1,
             e2e_prompts=2,
             e2e_n=4,
@@ -34,7 +34,7 @@ def sizes(quick: bool) -> dict:
             train_micro_rows=2,
             train_prompt=32,
             train_response=96,
-            train_rounds=2,
+            train_rounds=1,
             matmul_n=512,
             matmul_window_s=0.2,
             rollout_prompts=2,
