@@ -515,8 +515,15 @@ def test_every_eval_sees_the_weights_of_its_step_even_the_last(tmp_path):
         "eval.benchmarks=[arith]",
         "eval.every=2",
     )
-    train(cfg, tmp_path / "run", evaluate=evaluate)
+    from vespo_cli.train import loop
+
+    released = []
+    with pytest.MonkeyPatch.context() as mp:
+        last_step = lambda: [m["step"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")][-1]  # noqa: E731
+        mp.setattr(loop, "release_heap", lambda: released.append(last_step()))
+        train(cfg, tmp_path / "run", evaluate=evaluate)
     assert sorted(seen) == [2, 4]
+    assert released == [2, 4]  # the heap is trimmed once after each eval and checkpoint
     for step, engine_weights in seen.items():
         trained = load_file(str(tmp_path / "run" / "checkpoints" / f"step-{step}" / "model.safetensors"))
         for name, w in trained.items():

@@ -27,6 +27,7 @@ from rich.console import Console
 from ..config import Config
 from ..errors import UserError
 from ..interrupt import interruptible
+from ..malloc import release_heap
 from ..objectives import group_advantages
 from ..progress import progress_bar
 from ..rundir import RunDir
@@ -158,6 +159,8 @@ def _loop(tr: Trainer, batches: Iterator[RolloutBatch], engine, publish: Callabl
                     tr.run.root, tr.model, tr.tokenizer, tr.optimizer, tr.scheduler, state, t.keep_checkpoints
                 )
                 last_saved = state["step"]
+            if eval_due or last_saved == state["step"]:
+                release_heap()  # what the eval's generations and the checkpoint's buffers freed, back to the kernel
             if done:
                 break
     return last
