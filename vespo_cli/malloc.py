@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -29,7 +30,8 @@ MMAP_THRESHOLD = 256 * 2**20  # larger blocks are still mmapped: their faults ar
 TRIM_THRESHOLD = 1 * 2**30  # free memory kept at the top of the heap before it is given back
 
 
-def _libc():
+@functools.cache
+def _libc():  # find_library runs ldconfig: once per process
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:

@@ -83,11 +83,12 @@ class ClaimsFile(Section):
             raise fail("expected whole numbers of at least 1 (seeds, or N: seeds)", "planned_seeds")
         return self
 
-    def planned(self) -> dict[int | None, int]:
-        """{N: seeds}, the key None standing for every N (see planned_at in verdict.py)."""
-        if self.planned_seeds is None:
-            return {}
-        return dict(self.planned_seeds) if isinstance(self.planned_seeds, dict) else {None: self.planned_seeds}
+    def planned(self, override: dict[int | None, int] | None = None) -> dict[int | None, int]:
+        """{N: seeds}, the key None standing for every N (see planned_at in verdict.py): the file's plan, with
+        `override` (`--planned-seeds`) over it."""
+        plan = self.planned_seeds
+        own = {} if plan is None else dict(plan) if isinstance(plan, dict) else {None: plan}
+        return {**own, **(override or {})}
 
 
 def parse_planned_seeds(values: list[str]) -> dict[int | None, int]:

@@ -45,7 +45,6 @@ def write_report(
     over `x` ("steps" or "samples"), the verdict on `claims` (claims.load_claims; default the paper's) at the
     planned seeds `planned` ({N: seeds}, None: every N; over the claims file's `planned_seeds`)."""
     claims_file, claims_at = claims or load_claims()
-    plan = {**claims_file.planned(), **(planned or {})}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs, window = load_runs(specs)
@@ -66,7 +65,9 @@ def write_report(
                 "alpha": claims_file.alpha,
                 "power": claims_file.power,
                 "endpoint": claims_file.endpoint,
-                "planned_seeds": {("every N" if n is None else str(n)): k for n, k in plan.items()},
+                "planned_seeds": {
+                    ("every N" if n is None else str(n)): k for n, k in claims_file.planned(planned).items()
+                },
                 **claims_commit(Path(claims_at)),
             },
             "collapse": {
@@ -79,7 +80,7 @@ def write_report(
         },
         "groups": group_summaries,
         "paired_differences": paired_differences(group_summaries),
-        "verdict": judge(group_summaries, claims_file, plan),
+        "verdict": judge(group_summaries, claims_file, planned),
         "identical_runs": identical_runs(runs),
         "runs": [
             {

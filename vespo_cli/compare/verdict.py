@@ -238,7 +238,7 @@ def judge(groups: Sequence[dict], claims: ClaimsFile, planned: dict[int | None, 
     "low", "high", "n", "method", "p", "p_adjusted", "mde", "seeds_needed", "groups", "verdict" (supported /
     contradicted / not resolved / interim / no data) and a "note"; the family is every row with a p-value.
     `planned` ({N: seeds}, None: every N) overrides the claims file's `planned_seeds`."""
-    plan = {**claims.planned(), **(planned or {})}
+    plan = claims.planned(planned)
     rows = [r for c in claims.claims for r in _rows_for(c, groups, claims.endpoint)]
     adjusted = holm([r["p"] for r in rows])
     m = sum(p is not None for p in adjusted)
