@@ -466,12 +466,17 @@ def test_age_is_the_flag_and_staleness_a_deprecated_hidden_alias(tmp_path, monke
 
 
 @pytest.mark.slow
-def test_quick_probe_on_tiny_end_to_end(tmp_path):
+def test_quick_probe_on_tiny_end_to_end(tmp_path, monkeypatch):
     """`vespo probe --preset tiny --quick`: every objective at every K with finite figures and the judged
     keys (`cosine_disattenuated`, `floor_resolved`, ...); at K = 0 no drift, every objective's stale
     gradient is the same one (all reduce to REINFORCE), and the calibration check passes: D₀, D₀′, A and
     B are then four draws from θ₀, so no gap is resolved away from 0 and the report says "calibrated".
-    The random tiny model earns no reward from the grader, so `--reward auto` probes with even-tokens."""
+    The random tiny model earns no reward from the grader, so `--reward auto` probes with even-tokens.
+    The heap is handed back once after each measured K."""
+    from vespo_cli.probe import measure
+
+    released = []
+    monkeypatch.setattr(measure, "release_heap", lambda: released.append(len(list((out / "partial").glob("K*")))))
     out = tmp_path / "probe"
     result = CliRunner().invoke(
         app,
@@ -517,6 +522,7 @@ def test_quick_probe_on_tiny_end_to_end(tmp_path):
     assert "## Reading" in report and "## Noise floor" in report
     assert "\n**calibrated**: at K = 0 no objective's gap is resolved away from 0" in report
     assert json.loads((out / "settings.json").read_text())["reward"] == "even-tokens"
+    assert released == [1, 2, 3, 4]  # after K = 0, 1, 2 and 4, each once its partial/K*.json is written
 
 
 @pytest.mark.slow

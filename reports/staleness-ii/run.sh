@@ -48,12 +48,15 @@ KEEP=$ROOT/$HERE/runs
 REPORT=$HERE
 SCREEN=$STUDY-screen
 KEEP_SCREEN=$ROOT/$HERE/screen
-PROBE_ARGS=(-K 0 -K 4 -K 16 -K 64 --prompts 128 --bootstrap 1000); KEEP_PROBE=$ROOT/$HERE/probe
+PROBE_ARGS=(-K 0 -K 4 -K 16 -K 64 --prompts 128 --bootstrap 1000 --reward grader); KEEP_PROBE=$ROOT/$HERE/probe
+PROBE_FROM=32; PILOT=()  # the probe's θ₀: this step of its pilot run (probe_theta0); PILOT: its extra settings
 CODE=$ROOT  # where the trainer code is imported from: the checkout, or a worktree at the pinned commit (pin)
 if [[ "$MODE" == "--quick" ]]; then
   SEEDS=(0); STRESS_SEEDS=(0); SCREEN_LRS=(1e-4); STEPS=(--set trainer.steps=4 --set eval.every=2 --set eval.limit=16)
   STUDY=$(realpath -m "${STUDY_DIR:-runs/staleness-ii-quick}"); KEEP=$STUDY/kept; REPORT=$STUDY/report
-  SCREEN=$STUDY-screen; KEEP_SCREEN=$STUDY/kept-screen; PROBE_ARGS=(--quick -K 0 -K 1); KEEP_PROBE=$STUDY/kept-probe
+  SCREEN=$STUDY-screen; KEEP_SCREEN=$STUDY/kept-screen; PROBE_ARGS=(--quick -K 0 -K 1);  # --reward auto: 2 steps earn too little reward
+  KEEP_PROBE=$STUDY/kept-probe
+  PROBE_FROM=2; PILOT=(--set eval.limit=16)
 fi
 COMMON=(--preset staleness-ii "${STEPS[@]}")
 PROBE_OUT=$STUDY/probe
@@ -103,16 +106,36 @@ screen() {  # screened once: the learning rate is kept in $KEEP/stress-lr
 }
 
 # Probe II (issue 29 item 4): `vespo probe` at the study's learning rate and batch (the preset's), 128 prompt
-# groups of behaviour data, two behaviour draws, K in {0, 4, 16, 64}, the four arms' objectives. Measured cost
-# of the first probe (24 prompts, 5 objectives, 5 K): 29 CPU-minutes, so ~2.5 CPU-hours here. A killed probe
-# resumes at its first unmeasured K (OUT/partial/). It runs from the checkout, not the pinned worktree: resuming
-# is newer than the study's commit, and the probe measures gradients at its own θ_K, none of the study's runs.
+# groups of behaviour data, two behaviour draws, K in {0, 4, 16, 64}, the four arms' objectives, graded rewards.
+# θ₀ is not the base model but step 32 of an on-policy pilot run (VESPO, N = 1, seed 100, not analysed; from the
+# pinned trainer). Amended 2026-12-07, before the probe ran, after a feasibility check: at the base model (training
+# reward 2.9-3.3% over the first 16 steps of the N = 1 runs) the grader gave none of 8 quick-probe prompt groups
+# differing rewards, so the gradients the probe compares are ~0 on most groups and its noise floors cannot be
+# resolved; at that pilot's step 32 (reward 0.34) half the groups carry a gradient. `--reward grader`, so a probe
+# without signal stops instead of falling back to the synthetic even-tokens reward. Measured cost of the first probe
+# (24 prompts, 5 objectives, 5 K): 29 CPU-minutes, so ~2.5 CPU-hours here, + ~10 min for the pilot. A killed probe
+# resumes at its first unmeasured K (OUT/partial/), a killed pilot from its checkpoint. The probe runs from the
+# checkout, not the pinned worktree: resuming is newer than the study's commit, and the probe measures gradients at
+# its own θ_K, none of the study's runs.
+probe_theta0() {  # the pilot run whose step-$PROBE_FROM checkpoint is the probe's θ₀
+  local run=$STUDY/probe-theta0
+  [[ -f "$run/checkpoints/step-$PROBE_FROM/model.safetensors" ]] && return 0
+  if [[ -f "$run/config.yaml" ]]; then
+    (cd "$CODE" && $V train --resume "$run")
+  else
+    (cd "$CODE" && $V train --preset staleness-ii --algo vespo --set trainer.steps="$PROBE_FROM" \
+      --set trainer.seed=100 --set eval.every=0 "${PILOT[@]}" --out "$run")
+  fi
+}
 probe_ii() {
   [[ -f "$KEEP_PROBE/probe.json" ]] && return 0
-  $V probe --preset staleness-ii --algo grpo --algo sapo --algo vespo --algo "$SEQ" "${PROBE_ARGS[@]}" \
+  probe_theta0 || return 0
+  $V probe --preset staleness-ii --set model.path="$STUDY/probe-theta0/checkpoints/step-$PROBE_FROM" \
+    --algo grpo --algo sapo --algo vespo --algo "$SEQ" "${PROBE_ARGS[@]}" \
     --blocks 2 --out "$PROBE_OUT" || return 0
-  mkdir -p "$KEEP_PROBE"
+  mkdir -p "$KEEP_PROBE/theta0"
   cp "$PROBE_OUT"/probe.json "$PROBE_OUT"/settings.json "$PROBE_OUT"/report.md "$PROBE_OUT"/*.png "$KEEP_PROBE"/
+  cp "$STUDY"/probe-theta0/{config.yaml,run.json,metrics.jsonl} "$KEEP_PROBE/theta0/"
   git rev-parse HEAD > "$KEEP_PROBE/commit"
 }
 

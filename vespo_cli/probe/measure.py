@@ -21,6 +21,7 @@ from rich.console import Console
 from ..compare import jsonable
 from ..errors import UserError
 from ..fsio import atomic_write_json
+from ..malloc import release_heap
 from ..progress import progress_bar
 from ..rundir import shard_name
 from ..seeds import seed_all, stream_seed
@@ -277,6 +278,7 @@ def _walk(s: Session, d: Behaviour, objectives: dict, ks, prompts: int, checkpoi
                 records += done.records[k]
                 continue
             records += done.add(k, _measure_at(s, d, k, objectives, bootstrap, progress, task), s.model, s.blocks)
+            release_heap()  # each K's four draws and per-group gradients are freed: back to the kernel
     return records
 
 
