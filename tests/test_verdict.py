@@ -44,12 +44,49 @@ def test_holm_on_known_pvalues():
     assert S.holm([]) == []
 
 
-def test_fisher_and_newcombe_on_known_tables():
-    assert S.fisher_exact(0, 5, 5, 5) == pytest.approx(2 / 252)  # the two extreme tables of C(10, 5) = 252
-    assert S.fisher_exact(3, 3, 3, 3) == pytest.approx(1.0)
+def test_boschloo_and_newcombe_on_known_tables():
+    # the most lopsided table n/n vs 0/n: only it (and its mirror) is as extreme; sup_π π^n (1 − π)^n = 4^-n at
+    # π = ½, twice for two sides; Fisher's conditional test gives 2/C(2n, n) (0.1 at n = 3: never below 0.05)
+    for n in range(1, 7):
+        assert S.collapse_pvalue(0, n, n, n) == pytest.approx(2 * 4.0**-n, rel=1e-6)
+        assert S.collapse_pvalues(n, n).min() == pytest.approx(2 * 4.0**-n, rel=1e-5)
+    assert S.collapse_pvalue(3, 3, 3, 3) == pytest.approx(1.0) and S.collapse_pvalue(0, 5, 0, 5) == pytest.approx(1.0)
     # Newcombe (1998), method 10, example (a): 56/70 − 48/80 = 0.2 [0.0524, 0.3339]
     d = S.newcombe_interval(56, 70, 48, 80)
     assert (d["mean"], d["low"], d["high"]) == pytest.approx((0.2, 0.0524, 0.3339), abs=1e-4)
+
+
+@pytest.mark.parametrize("n_a,n_b", [(3, 3), (4, 6), (5, 5)])
+def test_boschloo_table_is_scipys_and_never_above_fishers(n_a, n_b):
+    """The all-tables grid (for power) against scipy's test table by table, and Boschloo's defining property:
+    each one-sided p is at most Fisher's (the sup over π of the mass of the tables Fisher's p orders below), so
+    the two-sided p, twice the smaller one, is at most twice the smaller one-sided Fisher p."""
+    from scipy.stats import fisher_exact
+
+    table = S.collapse_pvalues(n_a, n_b)
+    for k_a in range(n_a + 1):
+        for k_b in range(n_b + 1):
+            p = S.collapse_pvalue(k_a, n_a, k_b, n_b)
+            assert table[k_a, k_b] == pytest.approx(p, rel=2e-5, abs=1e-12)
+            counts = [[k_a, k_b], [n_a - k_a, n_b - k_b]]
+            fisher = min(fisher_exact(counts, alternative=side).pvalue for side in ("less", "greater"))
+            assert p <= min(1.0, 2 * fisher) * (1 + 1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rate=st.floats(0.0, 1.0), n=st.integers(2, 10), alpha=st.sampled_from([0.05, 0.01, 0.005]))
+def test_collapse_test_keeps_its_level_at_every_common_rate(rate, n, alpha):
+    """Exact: with equal collapse rates the probability of rejecting is at most α, whatever the rate."""
+    assert S.collapse_power(rate, rate, n, alpha) <= alpha + 1e-9
+
+
+def test_collapse_power_and_runs_on_closed_forms():
+    # rates 0 vs 1: the outcome is the lopsided table, p = 2·4^-n; rejected exactly when 2·4^-n < α
+    assert S.collapse_power(0.0, 1.0, 3, 0.05) == pytest.approx(1.0)  # 2/64 = 0.031
+    assert S.collapse_power(0.0, 1.0, 3, 0.025) == pytest.approx(0.0)
+    for alpha in (0.05, 0.025, 0.01, 0.005, 0.001):
+        assert S.runs_to_resolve_at_best(alpha) == math.floor(math.log(2 / alpha, 4)) + 1
+    assert S.runs_to_resolve(0.0, 1.0, 0.005) == 5 and S.runs_to_resolve(0.3, 0.3) is None
 
 
 def test_paired_contrast_and_t_test_by_hand():
@@ -183,7 +220,8 @@ def test_verdict_forms_come_out_every_way():
     assert rows["grpo degrades"]["verdict"] == "supported"
     assert rows["beats grpo"]["verdict"] == "supported" and rows["beats grpo"]["method"] == "paired"
     assert rows["beats sapo"]["verdict"] == "contradicted"  # sapo lost nothing, vespo lost ~2 points
-    assert rows["collapses less"]["counts"] == [0, 4] and rows["collapses less"]["p"] == pytest.approx(2 / 70)
+    assert rows["collapses less"]["counts"] == [0, 4] and rows["collapses less"]["p"] == pytest.approx(2 / 4**4)
+    assert rows["collapses less"]["verdict"] == "supported"  # Fisher's 2/70 would leave it unresolved at Holm's level
     assert rows["absent"]["verdict"] == "no data" and rows["absent"]["p"] is None
     p = [r["p"] for r in rows.values()]
     assert [r["p_adjusted"] for r in rows.values()] == S.holm(p)  # one family over the rows with data
@@ -211,6 +249,34 @@ def test_unresolved_rows_say_what_would_resolve_them():
         claims({"claim": "s", "form": "noninferior", "a": "vespo"}),
     )
     assert one[0]["verdict"] == "not resolved" and one[0]["p"] is None and one[0]["low"] is None
+
+
+def test_collapse_row_says_when_no_outcome_can_resolve_it():
+    """Counts of a few runs give only a few p-values: at 3 runs per arm the most lopsided outcome gives 2·4⁻³ =
+    0.031, below α = 0.05 for a family of one, but not below Holm's α/2 for a family of two; the row says so and
+    how many runs per arm would do (4: 2·4⁻⁴ = 0.0078), unless the plan is that many."""
+    groups = [
+        group("vespo", 32, {0: 0.5, 1: 0.5, 2: 0.5}),
+        group("grpo", 32, {0: 0.1, 1: 0.2, 2: 0.1}, collapsed={0, 1}),
+    ]
+    collapse = {"claim": "fewer", "form": "collapse", "a": "vespo", "b": "grpo"}
+    (alone,) = judge(groups, claims(collapse))
+    assert alone["best_p"] == pytest.approx(2 / 64, rel=1e-5) and "cannot come out" not in alone["note"]
+    two = {
+        r["claim"]: r
+        for r in judge(groups, claims(collapse, {"claim": "d", "form": "difference", "a": "vespo", "b": "grpo"}))
+    }
+    note = two["fewer"]["note"]
+    assert "cannot come out either way at 3 and 3 runs per arm" in note and "p = 0.031" in note
+    assert "4 runs per arm can" in note and two["fewer"]["verdict"] == "not resolved"
+    planned = {
+        r["claim"]: r
+        for r in judge(
+            groups, claims(collapse, {"claim": "d", "form": "difference", "a": "vespo", "b": "grpo"}), {32: 4}
+        )
+    }
+    assert planned["fewer"]["verdict"] == "interim" and "cannot come out" not in planned["fewer"]["note"]
+    assert planned["fewer"]["best_p"] == pytest.approx(2 / 4**4, rel=1e-5)  # judged at the plan's 4 runs per arm
 
 
 def test_claims_file_errors_are_one_line(tmp_path):

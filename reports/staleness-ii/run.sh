@@ -17,13 +17,17 @@
 # Phase 2, in parallel: Probe II (lane a, probe_ii below) and the stress screen (lane b; pilot runs, seed 100, not
 #   analysed): GRPO then SAPO at N = 32 and lr 3e-5; if neither collapses (reports/study.py collapsed: the compare's rule), again at lr 1e-4. The stress lr is
 #   the first at which one collapsed, else 1e-4 (and "no collapse within the settings tried" is the finding).
-# Phase 3, stress cell: all four arms at N = 32 and the stress lr, seeds 0-2 (lane a: vespo, grpo; lane b: sapo,
-#   vespo-seq).
+# Phase 3, stress cell: all four arms at N = 32 and the stress lr, seeds 0-4 (lane a: vespo, grpo; lane b: sapo,
+#   vespo-seq). Five seeds, not the three first planned (amended 2026-12-07, before any stress run): the collapse
+#   claims are tested on counts, and at 3 runs per arm no outcome could resolve them (Fisher's test: at best
+#   p = 0.1; Boschloo's, which the verdict now uses: 2·4⁻³ = 0.031, not below Holm's α/10 = 0.005 in this
+#   10-row family). At 5 runs per arm the most lopsided outcome gives 2·4⁻⁵ = 0.002 (docs/decisions.md).
 # Cost, measured on the 2-core machine with other work beside it (pilot, runs/pilot-ii-vespo-n1): ~25 s per step on
-# one thread plus ~1 min per eval, so ~1 CPU-hour per run: 26 main runs + ≤ 4 screen runs + 12 stress runs ≈ 42
-# CPU-hours, ~21 hours of wall time with two lanes, across sessions. That is above the ~30 CPU-hours issue 29 sized:
+# one thread plus ~1 min per eval, so ~1 CPU-hour per run: 26 main runs + ≤ 4 screen runs + 20 stress runs ≈ 50
+# CPU-hours, ~25 hours of wall time with two lanes, across sessions. That is above the ~30 CPU-hours issue 29 sized:
 # the fourth seed of the main cells is what the power figures of the first study asked for (reports/cpu-staleness:
-# 4-6 seeds to resolve its interactions at Holm's level).
+# 4-6 seeds to resolve its interactions at Holm's level), the fourth and fifth of the stress cell what its
+# collapse claims need to be decidable at all.
 #
 # Resumable: re-running continues unfinished runs (`vespo train --resume` inside `vespo compare`) and reuses finished
 # ones. Runs live in $STUDY_DIR (default runs/staleness-ii); each finished, evaluated run's config.yaml, run.json
@@ -42,7 +46,7 @@ PY=${PY:-$ROOT/.venv/bin/python}
 V=${V:-$PY -m vespo_cli.cli}
 MODE=${1:-full}
 HERE=reports/staleness-ii
-SEEDS=(0 1 2 3); STRESS_SEEDS=(0 1 2); STRESS_N=32; SCREEN_LRS=(3e-5 1e-4); STEPS=()
+SEEDS=(0 1 2 3); STRESS_SEEDS=(0 1 2 3 4); STRESS_N=32; SCREEN_LRS=(3e-5 1e-4); STEPS=()
 STUDY=$(realpath -m "${STUDY_DIR:-runs/staleness-ii}")
 KEEP=$ROOT/$HERE/runs
 REPORT=$HERE

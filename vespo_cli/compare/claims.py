@@ -17,7 +17,7 @@ Forms (rows are judged in `verdict.py`):
 - `degrades`: the mirror, A(N) − A(ref) < −margin (a loss larger than the margin);
 - `interaction`: [A(N) − A(ref)] − [B(N) − B(ref)] > margin;
 - `difference`: A(N) − B(N) > margin;
-- `collapse`: A's collapse rate below B's at the same N (Fisher's exact test on the counts).
+- `collapse`: A's collapse rate below B's at the same N (Boschloo's exact test on the counts).
 `margin_relative: δ` instead of `margin` scales the margin by the reference level: the noninferior test is
 then A(N) − (1 − δ)·B(ref) > 0 (A keeps at least 1 − δ of the reference), which stays on the endpoint's scale.
 `a` and `b` are group labels; `b` may be a glob (`vespo+length_norm=*`): one row per matching label.

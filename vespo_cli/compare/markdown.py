@@ -10,7 +10,7 @@ from .analysis import DRIFT_KEYS, FINAL_FRAC, MIN_WINDOW, NOISE_Z, SMOOTH_FRAC
 from .groups import REFERENCE, _stats
 from .plots import X_AXES
 from .runs import Loaded
-from .stats import LEVEL, MAX_SEEDS
+from .stats import LEVEL, MAX_RUNS, MAX_SEEDS
 
 
 def _f(st: dict | None, digits: int = 3, pct: bool = False) -> str:
@@ -235,7 +235,8 @@ def _power_note(row: dict) -> str:
         if row.get("seeds_needed") is not None:
             parts.append(f"{row['seeds_needed']} {runs} would resolve the observed effect at the observed spread")
         elif row.get("p") is not None:
-            parts.append(f"not resolvable at any realistic n (> {MAX_SEEDS} {runs}) at the observed effect")
+            most = MAX_RUNS if row["form"] == "collapse" else MAX_SEEDS
+            parts.append(f"not resolvable at any realistic n (> {most} {runs}) at the observed effect")
     if row.get("note"):
         parts.append(row["note"])
     return "; ".join(parts)
@@ -319,7 +320,7 @@ def verdict_lines(rows: Sequence[dict], claims: dict | None = None) -> list[str]
         "rows with data, "
         f"Holm-adjusted at family-wise α = {alpha:g}). Accuracy endpoints and collapse rates in points. "
         "*noninferior*: A(N) − B(ref) > −margin; *degrades*: < −margin; *interaction*: [A(N) − A(ref)] − "
-        "[B(N) − B(ref)] > margin; *difference*: A − B > margin; *collapse*: A's collapse rate below B's (Fisher's "
+        "[B(N) − B(ref)] > margin; *difference*: A − B > margin; *collapse*: A's collapse rate below B's (Boschloo's "
         "exact test, Newcombe interval). A relative margin δ tests A(N) − (1 − δ)·B(ref) > 0 (the boundary shown "
         "is −δ × the reference mean). A row is **supported** when its Holm-adjusted p is below α with the "
         "estimate on the claim's side of the boundary, **contradicted** when it is below α on the other side, "

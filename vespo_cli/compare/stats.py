@@ -1,7 +1,8 @@
-"""Intervals over seeds (pure, no scipy): Student t quantiles, the t interval of a mean, the Wilson
+"""Intervals over seeds: Student t quantiles, the t interval of a mean, the Wilson
 interval of a rate, the difference of two algorithms paired by seed (or Welch's when the seeds
-do not pair); linear contrasts of cells (interactions), t and Fisher exact tests, their power (the
-minimum detectable effect, the seeds that would resolve one), Holm's adjustment of a family.
+do not pair); linear contrasts of cells (interactions), t tests and Boschloo's exact test of two
+rates (scipy), their power (the minimum detectable effect, the seeds that would resolve one),
+Holm's adjustment of a family.
 
 Every interval is a dict {"mean", "low", "high", "n"}; `low` and `high` are None where the data do
 not give one (a single seed).
@@ -9,6 +10,7 @@ not give one (a single seed).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from statistics import NormalDist
@@ -148,6 +150,7 @@ def difference(a: Mapping[int, float | None], b: Mapping[int, float | None], lev
 ALPHA = 1.0 - LEVEL  # two-sided level of every test (the intervals above are its dual)
 POWER = 0.8  # the power at which a minimum detectable effect is stated
 MAX_SEEDS = 1000  # beyond this many seeds a row is reported as unresolvable at any realistic n
+MAX_RUNS = 60  # the same for runs per arm of a collapse row (its exact power is a sum over every table)
 
 
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
@@ -228,15 +231,15 @@ def seeds_to_resolve(effect: float, sd: float, alpha: float = ALPHA, power: floa
     return hi
 
 
-def fisher_exact(k_a: int, n_a: int, k_b: int, n_b: int) -> float:
-    """Two-sided p-value of Fisher's exact test for k_a/n_a vs k_b/n_b events: the probability, under the
-    hypergeometric law given the margins, of every table no more likely than the observed one."""
-    k = k_a + k_b
-    lo, hi = max(0, k - n_b), min(k, n_a)
-    total = math.comb(n_a + n_b, k)
-    probs = {x: math.comb(n_a, x) * math.comb(n_b, k - x) / total for x in range(lo, hi + 1)}
-    observed = probs[k_a]
-    return min(1.0, sum(p for p in probs.values() if p <= observed * (1 + 1e-7)))
+def collapse_pvalue(k_a: int, n_a: int, k_b: int, n_b: int) -> float:
+    """Two-sided p-value of Boschloo's exact test for k_a/n_a vs k_b/n_b events (scipy.stats.boschloo_exact):
+    twice the smaller one-sided p, each the supremum over the common event rate π of the probability of the
+    tables whose one-sided Fisher p is no larger than the observed one's. Unconditional, so uniformly more
+    powerful than Fisher's test at the same exact level (Lydersen, Fagerland & Laake 2009): at 3 runs per arm
+    Fisher's smallest two-sided p is 2/C(6, 3) = 0.1, Boschloo's 2·4⁻³ = 0.031."""
+    from scipy.stats import boschloo_exact
+
+    return float(boschloo_exact([[k_a, k_b], [n_a - k_a, n_b - k_b]], alternative="two-sided").pvalue)
 
 
 def newcombe_interval(k_a: int, n_a: int, k_b: int, n_b: int, level: float = LEVEL) -> dict | None:
@@ -250,25 +253,55 @@ def newcombe_interval(k_a: int, n_a: int, k_b: int, n_b: int, level: float = LEV
     return {"mean": d, "low": low, "high": high, "n": [n_a, n_b]}
 
 
-def fisher_power(rate_a: float, rate_b: float, n: int, alpha: float = ALPHA) -> float:
-    """Power of the two-sided Fisher test with n runs per arm when the true collapse rates are rate_a and
-    rate_b (exact: the sum over every outcome table)."""
-    pa = [math.comb(n, x) * rate_a**x * (1 - rate_a) ** (n - x) for x in range(n + 1)]
-    pb = [math.comb(n, x) * rate_b**x * (1 - rate_b) ** (n - x) for x in range(n + 1)]
-    return sum(pa[x] * pb[y] for x in range(n + 1) for y in range(n + 1) if fisher_exact(x, n, y, n) < alpha)
+@functools.cache
+def collapse_pvalues(n_a: int, n_b: int, grid: int = 1001) -> np.ndarray:
+    """`collapse_pvalue` of every outcome table at once, [k_a, k_b], for power: the supremum over π on a grid
+    of `grid` rates, so at most ~1e-5 (relative) below scipy's (tests/test_verdict.py: table by table)."""
+    from scipy.stats import binom, hypergeom
+
+    k_a, k_b = np.arange(n_a + 1)[:, None], np.arange(n_b + 1)[None, :]
+    rates = np.linspace(0.0, 1.0, grid)[:, None, None]
+    mass = (binom.pmf(k_a[None], n_a, rates) * binom.pmf(k_b[None], n_b, rates)).reshape(grid, -1)
+
+    def one_sided(fisher: np.ndarray) -> np.ndarray:  # sup_π P_π(tables whose Fisher p ≤ the table's)
+        flat = fisher.ravel()
+        order = np.argsort(flat, kind="stable")
+        within = np.searchsorted(flat[order], flat * (1 + 1e-13), side="right") - 1  # as scipy's tolerance
+        return np.cumsum(mass[:, order], axis=1)[:, within].max(axis=0).reshape(fisher.shape)
+
+    events = k_a + k_b
+    less = one_sided(hypergeom.cdf(k_a, n_a + n_b, events, n_a))
+    greater = one_sided(hypergeom.cdf(k_b, n_a + n_b, events, n_b))
+    return np.clip(2 * np.minimum(less, greater), 0.0, 1.0)
+
+
+def collapse_power(rate_a: float, rate_b: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided Boschloo test with n runs per arm when the true collapse rates are rate_a and
+    rate_b (exact: the probability of every outcome table it rejects)."""
+    from scipy.stats import binom
+
+    rejected = collapse_pvalues(n, n) < alpha
+    ks = np.arange(n + 1)
+    return float((np.outer(binom.pmf(ks, n, rate_a), binom.pmf(ks, n, rate_b)) * rejected).sum())
 
 
 def runs_to_resolve(
-    rate_a: float, rate_b: float, alpha: float = ALPHA, power: float = POWER, most: int = 60
+    rate_a: float, rate_b: float, alpha: float = ALPHA, power: float = POWER, most: int = MAX_RUNS
 ) -> int | None:
-    """The fewest runs per arm at which the Fisher test detects rates rate_a vs rate_b with `power`; None
+    """The fewest runs per arm at which the Boschloo test detects rates rate_a vs rate_b with `power`; None
     beyond `most` (or equal rates)."""
     if rate_a == rate_b:
         return None
     for n in range(2, most + 1):
-        if fisher_power(rate_a, rate_b, n, alpha) >= power:
+        if collapse_power(rate_a, rate_b, n, alpha) >= power:
             return n
     return None
+
+
+def runs_to_resolve_at_best(alpha: float = ALPHA, most: int = MAX_RUNS) -> int | None:
+    """The fewest runs per arm at which the most lopsided outcome (every run of one arm collapses, none of the
+    other's) gives a p below `alpha`: below it a collapse row cannot come out either way."""
+    return next((n for n in range(1, most + 1) if collapse_pvalues(n, n).min() < alpha), None)
 
 
 def contrast(cells: Sequence[tuple[float, Mapping[int, float | None]]], level: float = LEVEL) -> dict | None:

@@ -3,7 +3,7 @@
 Each claim gives one row per compared N (or per matching baseline label). A t-based row is a linear contrast
 of per-seed endpoint values (`stats.contrast`: paired by seed where the seeds pair, Welch otherwise) tested
 two-sided against its boundary: −margin for `noninferior` and `degrades`, +margin for `interaction` and
-`difference`. A `collapse` row is Fisher's exact test on the collapse counts. The p-values of every row
+`difference`. A `collapse` row is Boschloo's exact test on the collapse counts. The p-values of every row
 with data form one family, Holm-adjusted (`stats.holm`); a row is **supported** when its adjusted p is
 below the family's α and the estimate lies on the claim's side of the boundary, **contradicted** when it is
 below α on the other side, otherwise **not resolved**, with the minimum detectable effect at its n and the
@@ -24,12 +24,15 @@ from collections.abc import Sequence
 from .claims import Claim, ClaimsFile
 from .groups import seed_values
 from .stats import (
+    MAX_RUNS,
+    collapse_pvalue,
+    collapse_pvalues,
     contrast,
     detectable_ncp,
-    fisher_exact,
     holm,
     newcombe_interval,
     runs_to_resolve,
+    runs_to_resolve_at_best,
     seeds_to_resolve,
     t_test,
 )
@@ -86,6 +89,7 @@ def _empty(claim: Claim, comparison: str, endpoint: str, note: str) -> dict:
         "p_adjusted": None,
         "mde": None,
         "seeds_needed": None,
+        "best_p": None,
         "verdict": NO_DATA,
         "note": note,
     }
@@ -121,8 +125,8 @@ def _collapse_row(claim: Claim, comparison: str, ga: dict, gb: dict) -> dict:
         return {**row, "note": "no run with data in an arm"}
     ka, kb = sum(s == "collapsed" for s in ca), sum(s == "collapsed" for s in cb)
     d = newcombe_interval(ka, len(ca), kb, len(cb))
-    row.update(estimate=d["mean"], low=d["low"], high=d["high"], n=[len(ca), len(cb)], method="fisher", boundary=0.0)
-    row.update(counts=[ka, kb], p=fisher_exact(ka, len(ca), kb, len(cb)), verdict=UNRESOLVED)
+    row.update(estimate=d["mean"], low=d["low"], high=d["high"], n=[len(ca), len(cb)], method="boschloo", boundary=0.0)
+    row.update(counts=[ka, kb], p=collapse_pvalue(ka, len(ca), kb, len(cb)), verdict=UNRESOLVED)
     if ka == kb == 0:
         row["note"] = "no run collapsed in either arm: counts cannot separate them in this setting"
     return row
@@ -215,15 +219,16 @@ def _decide(row: dict, alpha: float) -> str:
     return SUPPORTED if above == (row["form"] in GREATER_FORMS) else CONTRADICTED
 
 
-def _power(row: dict, alpha: float, power: float) -> dict:
+def _power(row: dict, alpha: float, power: float, plan: dict[int | None, int] | None = None) -> dict:
     """The minimum detectable |effect − boundary| at the row's n, and the seeds that would resolve the observed
-    effect at the observed spread (None: more than stats.MAX_SEEDS, or nothing to resolve)."""
+    effect at the observed spread (None: more than stats.MAX_SEEDS, or nothing to resolve); for a collapse
+    row, whether it can come out either way at all (`_attainable`)."""
     if row["p"] is None:
         return row
     if row["form"] == "collapse":
         ka, kb = row["counts"]
         na, nb = row["n"]
-        return {**row, "seeds_needed": runs_to_resolve(ka / na, kb / nb, alpha, power)}
+        return _attainable({**row, "seeds_needed": runs_to_resolve(ka / na, kb / nb, alpha, power)}, alpha, plan)
     if row["se"] is None or row["df"] is None:
         return row
     mde = detectable_ncp(row["df"], alpha, power) * row["se"]
@@ -231,6 +236,25 @@ def _power(row: dict, alpha: float, power: float) -> dict:
     sd = row["sd"] if row["sd"] is not None else row["se"] * n**0.5
     needed = seeds_to_resolve(row["estimate"] - row["boundary"], sd, alpha, power)
     return {**row, "mde": mde, "seeds_needed": needed}
+
+
+def _attainable(row: dict, alpha: float, plan: dict[int | None, int] | None) -> dict:
+    """A collapse row's design check. Counts of a few runs can give only a few p-values: `best_p` is the
+    smallest any outcome could give at the planned runs per arm (the observed where more or none planned),
+    and where it is not below `alpha` (Holm's strictest level) no outcome can resolve the row; the note
+    says so and how many runs per arm could."""
+    runs = [max(g["seeds"], planned_at(plan, g["staleness"]) or 0) for g in row["groups"]]
+    best = float(collapse_pvalues(*runs).min())
+    row = {**row, "best_p": best}
+    if best < alpha:
+        return row
+    need = runs_to_resolve_at_best(alpha)
+    can = f"{need} runs per arm can" if need else f"more than {MAX_RUNS} runs per arm would be needed"
+    cannot = (
+        f"cannot come out either way at {' and '.join(map(str, runs))} runs per arm: the most lopsided outcome "
+        f"gives p = {best:.3f}, not below Holm's strictest level {alpha:.4f}; {can}"
+    )
+    return {**row, "note": "; ".join(filter(None, [cannot, row["note"]]))}
 
 
 def judge(groups: Sequence[dict], claims: ClaimsFile, planned: dict[int | None, int] | None = None) -> list[dict]:
@@ -246,7 +270,7 @@ def judge(groups: Sequence[dict], claims: ClaimsFile, planned: dict[int | None, 
     for r, p_adj in zip(rows, adjusted):
         r = {**r, "p_adjusted": p_adj}
         r["verdict"] = _decide(r, claims.alpha)
-        r = _power(r, claims.alpha / max(m, 1), claims.power)
+        r = _power(r, claims.alpha / max(m, 1), claims.power, plan)
         short = _short_of_plan(r, plan) if r["verdict"] != NO_DATA else []
         if short:
             r["verdict"] = INTERIM
