@@ -1,8 +1,8 @@
-"""Intervals over seeds: Student t quantiles, the t interval of a mean, the Wilson
-interval of a rate, the difference of two algorithms paired by seed (or Welch's when the seeds
-do not pair); linear contrasts of cells (interactions), t tests and Boschloo's exact test of two
-rates (scipy), their power (the minimum detectable effect, the seeds that would resolve one),
-Holm's adjustment of a family.
+"""Intervals over seeds: the t interval of a mean, the Wilson interval of a rate, the difference
+of two algorithms paired by seed (or Welch's when the seeds do not pair); linear contrasts of cells
+(interactions), t tests and Boschloo's exact test of two rates, their power (the minimum
+detectable effect, the seeds that would resolve one), Holm's adjustment of a family. The
+distributions are scipy's.
 
 Every interval is a dict {"mean", "low", "high", "n"}; `low` and `high` are None where the data do
 not give one (a single seed).
@@ -20,61 +20,20 @@ import numpy as np
 LEVEL = 0.95  # two-sided coverage of every interval in the report
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularized incomplete beta function (modified Lentz; Numerical
-    Recipes §6.4)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        for num in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
 def t_cdf(t: float, df: float) -> float:
-    """P(T ≤ t) for Student's t with `df` (real, > 0) degrees of freedom: 1 − ½ I_{df/(df+t²)}(df/2, ½)
-    for t ≥ 0, by symmetry below."""
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
+    """P(T ≤ t) for Student's t with `df` (real, > 0) degrees of freedom (scipy)."""
+    from scipy.stats import t as student
+
+    return float(student.cdf(t, df))
 
 
 def t_quantile(p: float, df: float) -> float:
-    """The p-quantile of Student's t with `df` degrees of freedom (bisection on `t_cdf`, to float
-    precision)."""
+    """The p-quantile of Student's t with `df` degrees of freedom (scipy)."""
     if not 0.0 < p < 1.0 or not df > 0:
         raise ValueError(f"t_quantile: expected 0 < p < 1 and df > 0, got p={p}, df={df}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
-    return 0.5 * (lo + hi)
+    from scipy.stats import t as student
+
+    return float(student.ppf(p, df))
 
 
 def _finite(values: Iterable[float | None]) -> list[float]:
@@ -173,30 +132,14 @@ def t_test(estimate: float, se: float, df: float, boundary: float = 0.0) -> floa
     return min(1.0, 2.0 * (1.0 - t_cdf(t, df)))
 
 
-def _scaled_chi_nodes(df: float, nodes: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-    """Quadrature nodes and weights of S = √(V/df), V ~ χ²_df: density ∝ s^(df−1) e^(−df s²/2), trapezoid on a
-    grid that covers its mass (weights normalised to 1)."""
-    top = 1.0 + 12.0 / math.sqrt(df)
-    s = np.linspace(top / nodes, top, nodes)
-    logf = (df - 1.0) * np.log(s) - df * s * s / 2.0
-    w = np.exp(logf - logf.max())
-    return s, w / w.sum()
-
-
-_erf = np.vectorize(math.erf)
-
-
-def _normal_cdf(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
-
-
 def t_power(ncp: float, df: float, alpha: float = ALPHA) -> float:
     """Power of the two-sided level-`alpha` t test with `df` degrees of freedom when the true effect is `ncp`
-    standard errors from the boundary: P(|T'| > t_{1−α/2}) for T' = (Z + ncp)/S, S = √(V/df), V ~ χ²_df (the
-    noncentral t), by quadrature over S."""
+    standard errors from the boundary: P(|T'| > t_{1−α/2}) for T' noncentral t (scipy), the lower tail as
+    P(T'(−ncp) > t_{1−α/2}): scipy's nct.cdf is NaN at many negative arguments (1.17), its sf is not."""
+    from scipy.stats import nct
+
     crit = t_quantile(1.0 - alpha / 2.0, df)
-    s, w = _scaled_chi_nodes(df)
-    return float(np.sum(w * ((1.0 - _normal_cdf(crit * s - ncp)) + _normal_cdf(-crit * s - ncp))))
+    return float(nct.sf(crit, df, ncp) + nct.sf(crit, df, -ncp))
 
 
 def detectable_ncp(df: float, alpha: float = ALPHA, power: float = POWER) -> float:
@@ -253,15 +196,23 @@ def newcombe_interval(k_a: int, n_a: int, k_b: int, n_b: int, level: float = LEV
     return {"mean": d, "low": low, "high": high, "n": [n_a, n_b]}
 
 
+def _binomial(n: int, rates: np.ndarray) -> np.ndarray:
+    """[rate, k]: the Binomial(n, rate) probability of k events (scipy's binom.pmf overflows at subnormal
+    rates)."""
+    ks = np.arange(n + 1)
+    comb = np.array([math.comb(n, k) for k in ks], dtype=float)
+    return comb * rates[:, None] ** ks * (1.0 - rates[:, None]) ** (n - ks)
+
+
 @functools.cache
 def collapse_pvalues(n_a: int, n_b: int, grid: int = 1001) -> np.ndarray:
     """`collapse_pvalue` of every outcome table at once, [k_a, k_b], for power: the supremum over π on a grid
     of `grid` rates, so at most ~1e-5 (relative) below scipy's (tests/test_verdict.py: table by table)."""
-    from scipy.stats import binom, hypergeom
+    from scipy.stats import hypergeom
 
     k_a, k_b = np.arange(n_a + 1)[:, None], np.arange(n_b + 1)[None, :]
-    rates = np.linspace(0.0, 1.0, grid)[:, None, None]
-    mass = (binom.pmf(k_a[None], n_a, rates) * binom.pmf(k_b[None], n_b, rates)).reshape(grid, -1)
+    rates = np.linspace(0.0, 1.0, grid)
+    mass = (_binomial(n_a, rates)[:, :, None] * _binomial(n_b, rates)[:, None, :]).reshape(grid, -1)
 
     def one_sided(fisher: np.ndarray) -> np.ndarray:  # sup_π P_π(tables whose Fisher p ≤ the table's)
         flat = fisher.ravel()
@@ -278,11 +229,8 @@ def collapse_pvalues(n_a: int, n_b: int, grid: int = 1001) -> np.ndarray:
 def collapse_power(rate_a: float, rate_b: float, n: int, alpha: float = ALPHA) -> float:
     """Power of the two-sided Boschloo test with n runs per arm when the true collapse rates are rate_a and
     rate_b (exact: the probability of every outcome table it rejects)."""
-    from scipy.stats import binom
-
     rejected = collapse_pvalues(n, n) < alpha
-    ks = np.arange(n + 1)
-    return float((np.outer(binom.pmf(ks, n, rate_a), binom.pmf(ks, n, rate_b)) * rejected).sum())
+    return float((np.outer(*_binomial(n, np.array([rate_a, rate_b]))) * rejected).sum())
 
 
 def runs_to_resolve(
