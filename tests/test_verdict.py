@@ -277,6 +277,16 @@ def test_collapse_row_says_when_no_outcome_can_resolve_it():
     }
     assert planned["fewer"]["verdict"] == "interim" and "cannot come out" not in planned["fewer"]["note"]
     assert planned["fewer"]["best_p"] == pytest.approx(2 / 4**4, rel=1e-5)  # judged at the plan's 4 runs per arm
+    # before any run: a claim at one listed N with a plan there is checked from the plan alone (family of 10)
+    before = claims(*({**collapse, "claim": f"c{i}", "at": [32]} for i in range(10)), planned_seeds={32: 3})
+    rows = judge([group("vespo", 16, {0: 0.5})], before)
+    assert {r["verdict"] for r in rows} == {"no data"} and rows[0]["best_p"] == pytest.approx(2 / 64, rel=1e-5)
+    assert (
+        "cannot come out either way at 3 and 3 runs per arm" in rows[0]["note"]
+        and "5 runs per arm can" in rows[0]["note"]
+    )
+    five = judge([group("vespo", 16, {0: 0.5})], before, {32: 5})
+    assert five[0]["best_p"] == pytest.approx(2 / 4**5, rel=1e-5) and "cannot come out" not in five[0]["note"]
 
 
 def test_claims_file_errors_are_one_line(tmp_path):

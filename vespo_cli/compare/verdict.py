@@ -219,16 +219,15 @@ def _decide(row: dict, alpha: float) -> str:
     return SUPPORTED if above == (row["form"] in GREATER_FORMS) else CONTRADICTED
 
 
-def _power(row: dict, alpha: float, power: float, plan: dict[int | None, int] | None = None) -> dict:
+def _power(row: dict, alpha: float, power: float) -> dict:
     """The minimum detectable |effect − boundary| at the row's n, and the seeds that would resolve the observed
-    effect at the observed spread (None: more than stats.MAX_SEEDS, or nothing to resolve); for a collapse
-    row, whether it can come out either way at all (`_attainable`)."""
+    effect at the observed spread (None: more than stats.MAX_SEEDS, or nothing to resolve)."""
     if row["p"] is None:
         return row
     if row["form"] == "collapse":
         ka, kb = row["counts"]
         na, nb = row["n"]
-        return _attainable({**row, "seeds_needed": runs_to_resolve(ka / na, kb / nb, alpha, power)}, alpha, plan)
+        return {**row, "seeds_needed": runs_to_resolve(ka / na, kb / nb, alpha, power)}
     if row["se"] is None or row["df"] is None:
         return row
     mde = detectable_ncp(row["df"], alpha, power) * row["se"]
@@ -238,12 +237,23 @@ def _power(row: dict, alpha: float, power: float, plan: dict[int | None, int] | 
     return {**row, "mde": mde, "seeds_needed": needed}
 
 
-def _attainable(row: dict, alpha: float, plan: dict[int | None, int] | None) -> dict:
+def _planned_runs(claim: Claim, row: dict, plan: dict[int | None, int] | None) -> list[int] | None:
+    """Runs per arm of a collapse row at the plan: each group's planned seeds, or its runs where more or none
+    planned; for a row without data, the plan at the claim's one listed N (None: not known before the data)."""
+    if row.get("groups"):
+        return [max(g["seeds"], planned_at(plan, g["staleness"]) or 0) for g in row["groups"]]
+    if isinstance(claim.at, list) and len(claim.at) == 1 and planned_at(plan, claim.at[0]):
+        return [planned_at(plan, claim.at[0])] * 2
+    return None
+
+
+def _attainable(row: dict, runs: list[int] | None, alpha: float) -> dict:
     """A collapse row's design check. Counts of a few runs can give only a few p-values: `best_p` is the
-    smallest any outcome could give at the planned runs per arm (the observed where more or none planned),
-    and where it is not below `alpha` (Holm's strictest level) no outcome can resolve the row; the note
-    says so and how many runs per arm could."""
-    runs = [max(g["seeds"], planned_at(plan, g["staleness"]) or 0) for g in row["groups"]]
+    smallest any outcome could give at `runs` per arm, and where it is not below `alpha` (Holm's strictest
+    level for the whole family at the plan) no outcome can resolve the row; the note says so and how many runs
+    per arm could. Known before any run where the plan and the claim's N are."""
+    if not runs or min(runs) < 1:
+        return row
     best = float(collapse_pvalues(*runs).min())
     row = {**row, "best_p": best}
     if best < alpha:
@@ -263,14 +273,16 @@ def judge(groups: Sequence[dict], claims: ClaimsFile, planned: dict[int | None, 
     contradicted / not resolved / interim / no data) and a "note"; the family is every row with a p-value.
     `planned` ({N: seeds}, None: every N) overrides the claims file's `planned_seeds`."""
     plan = claims.planned(planned)
-    rows = [r for c in claims.claims for r in _rows_for(c, groups, claims.endpoint)]
-    adjusted = holm([r["p"] for r in rows])
+    pairs = [(c, r) for c in claims.claims for r in _rows_for(c, groups, claims.endpoint)]
+    adjusted = holm([r["p"] for _, r in pairs])
     m = sum(p is not None for p in adjusted)
     out = []
-    for r, p_adj in zip(rows, adjusted):
+    for (c, r), p_adj in zip(pairs, adjusted):
         r = {**r, "p_adjusted": p_adj}
         r["verdict"] = _decide(r, claims.alpha)
-        r = _power(r, claims.alpha / max(m, 1), claims.power, plan)
+        r = _power(r, claims.alpha / max(m, 1), claims.power)
+        if r["form"] == "collapse":  # at the plan every row has data: the family is all of them
+            r = _attainable(r, _planned_runs(c, r, plan), claims.alpha / len(pairs))
         short = _short_of_plan(r, plan) if r["verdict"] != NO_DATA else []
         if short:
             r["verdict"] = INTERIM
