@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from statistics import NormalDist
 
 import numpy as np
 
@@ -60,15 +59,13 @@ def t_interval(values: Iterable[float | None], level: float = LEVEL) -> dict | N
 
 
 def wilson_interval(k: int, n: int, level: float = LEVEL) -> dict | None:
-    """The rate k/n with its Wilson score interval: (p̂ + z²/2n ± z·√(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n),
-    z the normal (1+level)/2 quantile. n = 0: None."""
+    """The rate k/n with its Wilson score interval (scipy's binomtest). n = 0: None."""
     if n <= 0:
         return None
-    z = NormalDist().inv_cdf(0.5 + level / 2)
-    p, z2 = k / n, z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return {"mean": p, "low": max(0.0, centre - half), "high": min(1.0, centre + half), "n": n}
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return {"mean": k / n, "low": max(0.0, float(ci.low)), "high": min(1.0, float(ci.high)), "n": n}
 
 
 def welch_interval(a: Iterable[float | None], b: Iterable[float | None], level: float = LEVEL) -> dict | None:
