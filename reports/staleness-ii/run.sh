@@ -52,7 +52,7 @@ KEEP=$ROOT/$HERE/runs
 REPORT=$HERE
 SCREEN=$STUDY-screen
 KEEP_SCREEN=$ROOT/$HERE/screen
-PROBE_ARGS=(-K 0 -K 4 -K 16 -K 64 --prompts 128 --bootstrap 1000 --reward grader); KEEP_PROBE=$ROOT/$HERE/probe
+PROBE_ARGS=(-K 0 -K 4 -K 16 -K 64 --prompts 320 --bootstrap 1000 --reward grader); KEEP_PROBE=$ROOT/$HERE/probe
 PROBE_FROM=32; PILOT=()  # the probe's θ₀: this step of its pilot run (probe_theta0); PILOT: its extra settings
 CODE=$ROOT  # where the trainer code is imported from: the checkout, or a worktree at the pinned commit (pin)
 if [[ "$MODE" == "--quick" ]]; then
@@ -109,18 +109,22 @@ screen() {  # screened once: the learning rate is kept in $KEEP/stress-lr
   echo "$lr" > "$KEEP/stress-lr"
 }
 
-# Probe II (issue 29 item 4): `vespo probe` at the study's learning rate and batch (the preset's), 128 prompt
+# Probe II (issue 29 item 4): `vespo probe` at the study's learning rate and batch (the preset's), 320 prompt
 # groups of behaviour data, two behaviour draws, K in {0, 4, 16, 64}, the four arms' objectives, graded rewards.
-# θ₀ is not the base model but step 32 of an on-policy pilot run (VESPO, N = 1, seed 100, not analysed; from the
-# pinned trainer). Amended 2026-12-07, before the probe ran, after a feasibility check: at the base model (training
-# reward 2.9-3.3% over the first 16 steps of the N = 1 runs) the grader gave none of 8 quick-probe prompt groups
-# differing rewards, so the gradients the probe compares are ~0 on most groups and its noise floors cannot be
-# resolved; at that pilot's step 32 (reward 0.34) half the groups carry a gradient. `--reward grader`, so a probe
-# without signal stops instead of falling back to the synthetic even-tokens reward. Measured cost of the first probe
-# (24 prompts, 5 objectives, 5 K): 29 CPU-minutes, so ~2.5 CPU-hours here, + ~10 min for the pilot. A killed probe
-# resumes at its first unmeasured K (OUT/partial/), a killed pilot from its checkpoint. The probe runs from the
-# checkout, not the pinned worktree: resuming is newer than the study's commit, and the probe measures gradients at
-# its own θ_K, none of the study's runs.
+# Amended 2026-12-07, before the probe ran, after two feasibility checks (both from a copy of the step-32
+# checkpoint of vespo N = 1 seed 2):
+# - θ₀ is not the base model but step 32 of an on-policy pilot run (VESPO, N = 1, seed 100, not analysed; from the
+#   pinned trainer). At the base model (training reward 2.9-3.3% over the first 16 steps of the N = 1 runs) the
+#   grader gave none of 8 quick-probe prompt groups differing rewards, so the gradients the probe compares are ~0
+#   on most groups and its noise floors cannot be resolved; at a step-32 checkpoint (reward 0.34) half do.
+#   `--reward grader`, so a probe without signal stops instead of falling back to the synthetic even-tokens reward.
+# - 320 prompts, not 128: at K = 0 with 32 prompts (14 of them with differing rewards) the noise floors were 0.71
+#   (token-mean objectives) and 0.82 (sequence-mean) with BCa lower bounds -0.22 and -0.90, and the probe's own
+#   `prompts_to_resolve` put the prompts that resolve them at 146 and 300.
+# Cost: 6 min for that 32-prompt K = 0 beside two lanes, so ~40 min per K at 320 prompts and ~3 hours in all, + ~10
+# min for the pilot. A killed probe resumes at its first unmeasured K (OUT/partial/), a killed pilot from its
+# checkpoint. The probe runs from the checkout, not the pinned worktree: resuming is newer than the study's commit,
+# and the probe measures gradients at its own θ_K, none of the study's runs.
 probe_theta0() {  # the pilot run whose step-$PROBE_FROM checkpoint is the probe's θ₀
   local run=$STUDY/probe-theta0
   [[ -f "$run/checkpoints/step-$PROBE_FROM/model.safetensors" ]] && return 0
