@@ -17,8 +17,8 @@
 # Phase 2, in parallel: Probe II (lane a, probe_ii below) and the stress screen (lane b; pilot runs, seed 100, not
 #   analysed): GRPO then SAPO at N = 32 and lr 3e-5; if neither collapses (reports/study.py collapsed: the compare's rule), again at lr 1e-4. The stress lr is
 #   the first at which one collapsed, else 1e-4 (and "no collapse within the settings tried" is the finding).
-# Phase 3, stress cell: all four arms at N = 32 and the stress lr, seeds 0-4 (lane a: vespo, grpo; lane b: sapo,
-#   vespo-seq). Five seeds, not the three first planned (amended 2026-12-07, before any stress run): the collapse
+# Phase 3, stress cell: all four arms at N = 32 and the stress lr, seeds 0-4 (lane a: vespo, grpo, after the probe;
+#   lane b: sapo, vespo-seq, right after the screen). Five seeds, not the three first planned (amended 2026-12-07, before any stress run): the collapse
 #   claims are tested on counts, and at 3 runs per arm no outcome could resolve them (Fisher's test: at best
 #   p = 0.1; Boschloo's, which the verdict now uses: 2·4⁻³ = 0.031, not below Holm's α/10 = 0.005 in this
 #   10-row family). At 5 runs per arm the most lopsided outcome gives 2·4⁻⁵ = 0.002 (docs/decisions.md).
@@ -147,6 +147,10 @@ probe_ii() {
   git rev-parse HEAD > "$KEEP_PROBE/commit"
 }
 
+screened() {  # waits for the screen of the other lane (or of an earlier start); sets the stress lr
+  until [[ -f "$KEEP/stress-lr" ]]; do sleep 60; done
+  LR=$(cat "$KEEP/stress-lr")
+}
 stress() {  # phase 3, one lane: "$@" the arms
   local s
   for s in "${STRESS_SEEDS[@]}"; do
@@ -195,12 +199,10 @@ if [[ "$MODE" != "--report" ]]; then
   pin
   $PY reports/study.py restore "$KEEP" "$STUDY"
   $PY reports/study.py restore "$KEEP_SCREEN" "$SCREEN"
-  { main_a; probe_ii; } >> "$STUDY/lane-a.log" 2>&1 &  # the probe (~2.5 h) beside the screen (2-4 runs)
-  { main_b; screen; } >> "$STUDY/lane-b.log" 2>&1 &
-  wait
-  LR=$(cat "$KEEP/stress-lr")
-  stress vespo grpo > "$STUDY/stress-a.log" 2>&1 &
-  stress sapo "$SEQ" > "$STUDY/stress-b.log" 2>&1 &
+  # each lane goes on to its stress arms as soon as it is free and the screen has picked the lr: lane b right after
+  # its screen, lane a after the probe (~3 h, longer than the 2-4 screen runs), so neither lane idles
+  { main_a; probe_ii; screened; stress vespo grpo; } >> "$STUDY/lane-a.log" 2>&1 &
+  { main_b; screen; screened; stress sapo "$SEQ"; } >> "$STUDY/lane-b.log" 2>&1 &
   wait
 fi
 report
