@@ -5,10 +5,10 @@ of per-seed endpoint values (`stats.contrast`: paired by seed where the seeds pa
 two-sided against its boundary: −margin for `noninferior` and `degrades`, +margin for `interaction` and
 `difference`. A `collapse` row is Boschloo's exact test on the collapse counts, with a design check: counts of
 a few runs give only a few p-values, so it states `best_p`, the smallest p any outcome could give at the planned
-runs per arm, and says when that is not below Holm's strictest level (no outcome could resolve the row). The p-values of every row
-with data form one family, Holm-adjusted (`stats.holm`); a row is **supported** when its adjusted p is
-below the family's α and the estimate lies on the claim's side of the boundary, **contradicted** when it is
-below α on the other side, otherwise **not resolved**, with the minimum detectable effect at its n and the
+runs per arm, and says when that is not below Holm's strictest level (no outcome could resolve the row). The
+p-values of every row with data form one family, Holm-adjusted (`stats.holm`); a row is **supported** when its
+adjusted p is below the family's α and the estimate lies on the claim's side of the boundary, **contradicted**
+when it is below α on the other side, otherwise **not resolved**, with the minimum detectable effect at its n and the
 seeds that would resolve the observed effect at the observed spread (both at Holm's strictest level α/m,
 power from the claims file). The raw 95% interval is reported beside it: without adjustment, the interval
 excludes the boundary exactly when the raw p is below 0.05.
