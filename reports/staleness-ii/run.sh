@@ -121,8 +121,9 @@ screen() {  # screened once: the learning rate is kept in $KEEP/stress-lr
 # - 320 prompts, not 128: at K = 0 with 32 prompts (14 of them with differing rewards) the noise floors were 0.71
 #   (token-mean objectives) and 0.82 (sequence-mean) with BCa lower bounds -0.22 and -0.90, and the probe's own
 #   `prompts_to_resolve` put the prompts that resolve them at 146 and 300.
-# Cost: 6 min for that 32-prompt K = 0 beside two lanes, so ~40 min per K at 320 prompts and ~3 hours in all, + ~10
-# min for the pilot. A killed probe resumes at its first unmeasured K (OUT/partial/), a killed pilot from its
+# Cost, profiled beside two lanes (16 prompts, K = 0): a forward pass per prompt group and draw takes 1.5 s (the
+# gradient sketches' backward through 2 blocks is a tenth of that) and sampling 0.09 s per sequence, so at 320
+# prompts ~48 min per K and ~3.5-4 hours in all, + ~10 min for the pilot. A killed probe resumes at its first unmeasured K (OUT/partial/), a killed pilot from its
 # checkpoint. The probe runs from the checkout, not the pinned worktree: resuming is newer than the study's commit,
 # and the probe measures gradients at its own θ_K, none of the study's runs.
 probe_theta0() {  # the pilot run whose step-$PROBE_FROM checkpoint is the probe's θ₀
@@ -200,7 +201,7 @@ if [[ "$MODE" != "--report" ]]; then
   $PY reports/study.py restore "$KEEP" "$STUDY"
   $PY reports/study.py restore "$KEEP_SCREEN" "$SCREEN"
   # each lane goes on to its stress arms as soon as it is free and the screen has picked the lr: lane b right after
-  # its screen, lane a after the probe (~3 h, longer than the 2-4 screen runs), so neither lane idles
+  # its screen, lane a after the probe (~3.5-4 h, longer than the 2-4 screen runs), so neither lane idles
   { main_a; probe_ii; screened; stress vespo grpo; } >> "$STUDY/lane-a.log" 2>&1 &
   { main_b; screen; screened; stress sapo "$SEQ"; } >> "$STUDY/lane-b.log" 2>&1 &
   wait
