@@ -692,6 +692,32 @@ def test_compare_async_grid(presets, tmp_path, fake_train):
         K.compare_command(["grpo"], preset="tiny", replay=tmp_path, out=out, async_=True)
 
 
+def test_compare_names_undecidable_claims_before_it_trains(presets, tmp_path, fake_train, capsys, monkeypatch):
+    """A collapse claim that no outcome of the sweep's runs could resolve is named before the first run
+    trains: 3 runs per arm give at best p = 2·4⁻³ = 0.031, not below Holm's 0.05/2 in a family of two."""
+    claims = tmp_path / "claims.yaml"
+    claims.write_text(
+        "family: t\nclaims:\n"
+        "  - {claim: fewer, form: collapse, a: vespo, b: grpo}\n"
+        "  - {claim: better, form: difference, a: vespo, b: grpo}\n"
+    )
+    said_before_training = []
+    train = K.sweep.train  # fake_train's
+    monkeypatch.setattr(
+        K.sweep, "train", lambda *a, **k: (said_before_training.append(capsys.readouterr().err), train(*a, **k))[1]
+    )
+    sweep = dict(preset="tiny", overrides=["trainer.steps=2"], seeds=3, out=tmp_path / "cmp", claims=str(claims))
+    K.compare_command(["vespo", "grpo"], **sweep)
+    first = said_before_training[0]
+    assert (
+        "note: claim 'fewer' (collapsed runs: vespo vs grpo at N=2): cannot come out either way at 3 and 3 runs"
+        in first
+    )
+    assert "(4 runs per arm can)" in first and "'better'" not in first
+    K.compare_command(["vespo", "grpo"], **sweep, planned_seeds=["4"])
+    assert "cannot come out" not in capsys.readouterr().err  # at the planned 4 runs per arm it can
+
+
 def test_last_minibatch_drift_takes_each_rollout_batch_s_last_minibatch():
     rows = [
         rec(1, 0.1, iteration=0, minibatch=0, staleness=0, delta_abs_mean=0.0, log_w_std=0.0, w_ess=1.0),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -22,6 +23,7 @@ from .labels import describe_algorithm, disambiguate, join_label
 from .plots import X_AXES
 from .report import write_report
 from .runs import RunSpec, _read_run_config, _run_dirs, existing_run, parse_algo_item
+from .verdict import undecidable
 
 REFRESH_AFTER_S = 60.0  # rewrite the report after each run that trained longer than this
 
@@ -165,6 +167,9 @@ def compare_command(
     }
     if algos and not plan:  # the runs this sweep trains: `seeds` per (algorithm, N)
         plan = {s.staleness: seeds for s in specs if s.algo is not None}
+    runs = Counter((s.label, s.staleness) for s in specs)
+    for line in undecidable([(label, n, k) for (label, n), k in runs.items()], claims_file[0], plan):
+        _console().print(f"note: {line}", highlight=False, soft_wrap=True)  # before hours of training
     report_now = partial(write_report, specs, out, settings=settings, x=x, claims=claims_file, planned=plan)
     with hold(out, "vespo compare"):  # one compare per report directory; each run locks its own directory
         _run_grid(specs, replay, report_now)  # reports as runs finish: rows short of the plan are interim

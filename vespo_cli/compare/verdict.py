@@ -92,6 +92,7 @@ def _empty(claim: Claim, comparison: str, endpoint: str, note: str) -> dict:
         "mde": None,
         "seeds_needed": None,
         "best_p": None,
+        "decidable": None,
         "verdict": NO_DATA,
         "note": note,
     }
@@ -257,14 +258,14 @@ def _attainable(row: dict, runs: list[int] | None, alpha: float) -> dict:
     if not runs or min(runs) < 1:
         return row
     best = float(collapse_pvalues(*runs).min())
-    row = {**row, "best_p": best}
+    row = {**row, "best_p": best, "decidable": best < alpha}
     if best < alpha:
         return row
     need = runs_to_resolve_at_best(alpha)
     can = f"{need} runs per arm can" if need else f"more than {MAX_RUNS} runs per arm would be needed"
     cannot = (
         f"cannot come out either way at {' and '.join(map(str, runs))} runs per arm: the most lopsided outcome "
-        f"gives p = {best:.3f}, not below Holm's strictest level {alpha:.4f}; {can}"
+        f"gives p = {best:.3f}, not below Holm's strictest level {alpha:.4f} ({can})"
     )
     return {**row, "note": "; ".join(filter(None, [cannot, row["note"]]))}
 
@@ -293,3 +294,19 @@ def judge(groups: Sequence[dict], claims: ClaimsFile, planned: dict[int | None, 
             r["seeds_needed"] = None  # resolved: nothing more to resolve
         out.append(r)
     return out
+
+
+def undecidable(
+    runs: Sequence[tuple[str, int, int]], claims: ClaimsFile, planned: dict[int | None, int] | None = None
+) -> list[str]:
+    """Before anything trains: the claims that no outcome could resolve, from the runs to come alone ((label, N,
+    seeds) per group) and the plan, one line each (the collapse design check of `_attainable`)."""
+    groups = [
+        {"label": label, "staleness": n, "per_seed": [{"seed": s} for s in range(k)], "collapse": []}
+        for label, n, k in runs
+    ]
+    return [
+        f"claim {r['claim']!r} ({r['comparison']}): {r['note'].split('; ')[0]}"
+        for r in judge(groups, claims, planned)
+        if r.get("decidable") is False
+    ]
