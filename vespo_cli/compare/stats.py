@@ -220,7 +220,9 @@ def collapse_pvalues(n_a: int, n_b: int, grid: int = 1001) -> np.ndarray:
     events = k_a + k_b
     less = one_sided(hypergeom.cdf(k_a, n_a + n_b, events, n_a))
     greater = one_sided(hypergeom.cdf(k_b, n_a + n_b, events, n_b))
-    return np.clip(2 * np.minimum(less, greater), 0.0, 1.0)
+    table = np.clip(2 * np.minimum(less, greater), 0.0, 1.0)
+    table.setflags(write=False)  # cached: shared by every caller
+    return table
 
 
 def collapse_power(rate_a: float, rate_b: float, n: int, alpha: float = ALPHA) -> float:
