@@ -187,7 +187,9 @@ DEFINITIONS = (  # report.md's closing section: what each figure is
     "## Definitions",
     "",
     "- **Stale gradient** of an objective at θ_K: its gradient on D₀ (sampled from θ₀), with θ₀'s log-probs as the "
-    "behaviour policy (Δ = log π_θK − log π_θ0), exactly as the trainer computes it for data K steps old.",
+    "behaviour policy (Δ = log π_θK − log π_θ0), exactly as the trainer computes it for data K steps old, but in "
+    "the weights' dtype (fp32 in the presets), not under the trainer's bf16 compute policy: its rounding would only "
+    "add noise, which the floors absorb at a cost in power.",
     "Also on D₀′, a second behaviour draw of the same prompts from θ₀ with an independent seed.",
     "- **Own on-policy gradient**: the same objective on fresh samples of the same prompts from θ_K (Δ = 0); two "
     "independent draws A and B of the same size as D₀.",
