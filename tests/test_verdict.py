@@ -289,6 +289,27 @@ def test_collapse_row_says_when_no_outcome_can_resolve_it():
     assert five[0]["best_p"] == pytest.approx(2 / 4**5, rel=1e-5) and "cannot come out" not in five[0]["note"]
 
 
+def test_planned_rows_without_data_stay_in_the_family():
+    """Holm over the planned family, not over the rows that have data so far: a row the plan promises data for
+    (its claim lists its N, each planned) counts at p = 1 until it has data. Here one difference has p ≈ 0.015
+    at its planned 4 seeds: alone in the family it is supported (Holm p = p), but with 9 more planned rows it
+    is not yet (Holm p = 10 p > 0.05), so it is interim, not judged in a smaller family than the plan's."""
+    groups = [
+        group("vespo", 16, {0: 0.50, 1: 0.52, 2: 0.49, 3: 0.51}),
+        group("grpo", 16, {0: 0.47, 1: 0.51, 2: 0.46, 3: 0.48}),
+    ]
+    first = {"claim": "better", "form": "difference", "a": "vespo", "b": "grpo", "at": [16]}
+    later = [{"claim": f"stress {i}", "form": "difference", "a": "vespo", "b": "grpo", "at": [32]} for i in range(9)]
+    (alone,) = judge(groups, claims(first), {16: 4})
+    assert alone["verdict"] == "supported" and alone["p_adjusted"] == pytest.approx(alone["p"])
+    rows = judge(groups, claims(first, *later), {16: 4, 32: 4})
+    assert rows[0]["p_adjusted"] == pytest.approx(min(1.0, 10 * rows[0]["p"])) and rows[0]["p_adjusted"] > 0.05
+    assert rows[0]["verdict"] == "interim" and "9 planned row(s) of the family have no data yet" in rows[0]["note"]
+    assert all(r["pending"] and r["p_adjusted"] is None and r["verdict"] == "no data" for r in rows[1:])
+    unplanned = judge(groups, claims(first, *later), {16: 4})  # N = 32 not in the plan: the family is the data's
+    assert unplanned[0]["verdict"] == "supported" and not any(r["pending"] for r in unplanned)
+
+
 def test_claims_file_errors_are_one_line(tmp_path):
     bad = tmp_path / "c.yaml"
     bad.write_text("family: f\nclaims:\n  - {claim: x, form: interaction, a: vespo}\n")

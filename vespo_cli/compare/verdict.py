@@ -240,6 +240,11 @@ def _power(row: dict, alpha: float, power: float) -> dict:
     return {**row, "mde": mde, "seeds_needed": needed}
 
 
+def _planned_n(claim: Claim, plan: dict[int | None, int] | None) -> bool:
+    """The plan promises data for the claim: it lists its N, and each has planned seeds."""
+    return isinstance(claim.at, list) and bool(claim.at) and all(planned_at(plan, n) for n in claim.at)
+
+
 def _planned_runs(claim: Claim, row: dict, plan: dict[int | None, int] | None) -> list[int] | None:
     """Runs per arm of a collapse row at the plan: each group's planned seeds, or its runs where more or none
     planned; for a row without data, the plan at the claim's one listed N (None: not known before the data)."""
@@ -277,11 +282,16 @@ def judge(groups: Sequence[dict], claims: ClaimsFile, planned: dict[int | None, 
     `planned` ({N: seeds}, None: every N) overrides the claims file's `planned_seeds`."""
     plan = claims.planned(planned)
     pairs = [(c, r) for c in claims.claims for r in _rows_for(c, groups, claims.endpoint)]
-    adjusted = holm([r["p"] for _, r in pairs])
+    # a row the plan promises data for (its claim lists its N, each planned) but that has none yet is in the
+    # family at p = 1: Holm's adjusted p of the others can only fall when its data arrive, so a row resolved
+    # now stays resolved, and one not resolved waits (interim) instead of being judged in a smaller family
+    pending = [r["p"] is None and _planned_n(c, plan) for c, r in pairs]
+    adjusted = holm([1.0 if wait else r["p"] for (_, r), wait in zip(pairs, pending)])
     m = sum(p is not None for p in adjusted)
+    waiting = sum(pending)
     out = []
-    for (c, r), p_adj in zip(pairs, adjusted):
-        r = {**r, "p_adjusted": p_adj}
+    for (c, r), p_adj, wait in zip(pairs, adjusted, pending):
+        r = {**r, "p_adjusted": None if wait else p_adj, "pending": wait}
         r["verdict"] = _decide(r, claims.alpha)
         r = _power(r, claims.alpha / max(m, 1), claims.power)
         if r["form"] == "collapse":  # at the plan every row has data: the family is all of them
@@ -290,6 +300,10 @@ def judge(groups: Sequence[dict], claims: ClaimsFile, planned: dict[int | None, 
         if short:
             r["verdict"] = INTERIM
             r["note"] = "; ".join(filter(None, [f"interim, not judged: {', '.join(short)}", r["note"]]))
+        elif r["verdict"] == UNRESOLVED and r["p"] is not None and waiting:
+            r["verdict"] = INTERIM
+            note = f"interim, not judged: {waiting} planned row(s) of the family have no data yet (counted at p = 1)"
+            r["note"] = "; ".join(filter(None, [note, r["note"]]))
         elif r["verdict"] != UNRESOLVED:
             r["seeds_needed"] = None  # resolved: nothing more to resolve
         out.append(r)
