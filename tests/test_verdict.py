@@ -308,6 +308,8 @@ def test_planned_rows_without_data_stay_in_the_family():
     assert all(r["pending"] and r["p_adjusted"] is None and r["verdict"] == "no data" for r in rows[1:])
     unplanned = judge(groups, claims(first, *later), {16: 4})  # N = 32 not in the plan: the family is the data's
     assert unplanned[0]["verdict"] == "supported" and not any(r["pending"] for r in unplanned)
+    never_run = [{**c, "b": "gspo"} for c in later]  # an arm the study never runs promises no data
+    assert judge(groups, claims(first, *never_run), {16: 4, 32: 4})[0]["verdict"] == "supported"
 
 
 def test_claims_file_errors_are_one_line(tmp_path):

@@ -245,6 +245,12 @@ def _planned_n(claim: Claim, plan: dict[int | None, int] | None) -> bool:
     return isinstance(claim.at, list) and bool(claim.at) and all(planned_at(plan, n) for n in claim.at)
 
 
+def _runs_arms(claim: Claim, groups: Sequence[dict], labels: set[str]) -> bool:
+    """Every arm the claim compares is in the study (at some N): a claim about an arm never run is not pending."""
+    arms = [claim.a, *_baselines(claim, groups)]
+    return all(a in labels for a in arms)
+
+
 def _planned_runs(claim: Claim, row: dict, plan: dict[int | None, int] | None) -> list[int] | None:
     """Runs per arm of a collapse row at the plan: each group's planned seeds, or its runs where more or none
     planned; for a row without data, the plan at the claim's one listed N (None: not known before the data)."""
@@ -285,7 +291,8 @@ def judge(groups: Sequence[dict], claims: ClaimsFile, planned: dict[int | None, 
     # a row the plan promises data for (its claim lists its N, each planned) but that has none yet is in the
     # family at p = 1: Holm's adjusted p of the others can only fall when its data arrive, so a row resolved
     # now stays resolved, and one not resolved waits (interim) instead of being judged in a smaller family
-    pending = [r["p"] is None and _planned_n(c, plan) for c, r in pairs]
+    labels = {g["label"] for g in groups}
+    pending = [r["p"] is None and _planned_n(c, plan) and _runs_arms(c, groups, labels) for c, r in pairs]
     adjusted = holm([1.0 if wait else r["p"] for (_, r), wait in zip(pairs, pending)])
     m = sum(p is not None for p in adjusted)
     waiting = sum(pending)
