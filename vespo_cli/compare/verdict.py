@@ -92,7 +92,7 @@ def _empty(claim: Claim, comparison: str, endpoint: str, note: str) -> dict:
         "mde": None,
         "seeds_needed": None,
         "best_p": None,
-        "decidable": None,
+        "undecidable": None,  # why no outcome at the planned runs could resolve the row (`_attainable`)
         "verdict": NO_DATA,
         "note": note,
     }
@@ -256,7 +256,7 @@ def _planned_runs(claim: Claim, row: dict, plan: dict[int | None, int] | None) -
     planned; for a row without data, the plan at the claim's one listed N (None: not known before the data)."""
     if row.get("groups"):
         return [max(g["seeds"], planned_at(plan, g["staleness"]) or 0) for g in row["groups"]]
-    if isinstance(claim.at, list) and len(claim.at) == 1 and planned_at(plan, claim.at[0]):
+    if _planned_n(claim, plan) and len(claim.at) == 1:
         return [planned_at(plan, claim.at[0])] * 2
     return None
 
@@ -269,16 +269,15 @@ def _attainable(row: dict, runs: list[int] | None, alpha: float) -> dict:
     if not runs or min(runs) < 1:
         return row
     best = float(collapse_pvalues(*runs).min())
-    row = {**row, "best_p": best, "decidable": best < alpha}
     if best < alpha:
-        return row
+        return {**row, "best_p": best}
     need = runs_to_resolve_at_best(alpha)
     can = f"{need} runs per arm can" if need else f"more than {MAX_RUNS} runs per arm would be needed"
     cannot = (
         f"cannot come out either way at {' and '.join(map(str, runs))} runs per arm: the most lopsided outcome "
         f"gives p = {best:.3f}, not below Holm's strictest level {alpha:.4f} ({can})"
     )
-    return {**row, "note": "; ".join(filter(None, [cannot, row["note"]]))}
+    return {**row, "best_p": best, "undecidable": cannot, "note": "; ".join(filter(None, [cannot, row["note"]]))}
 
 
 def judge(groups: Sequence[dict], claims: ClaimsFile, planned: dict[int | None, int] | None = None) -> list[dict]:
@@ -327,7 +326,7 @@ def undecidable(
         for label, n, k in runs
     ]
     return [
-        f"claim {r['claim']!r} ({r['comparison']}): {r['note'].split('; ')[0]}"
+        f"claim {r['claim']!r} ({r['comparison']}): {r['undecidable']}"
         for r in judge(groups, claims, planned)
-        if r.get("decidable") is False
+        if r.get("undecidable")
     ]
