@@ -17,8 +17,10 @@
 # Phase 2, in parallel: Probe II (lane a, probe_ii below) and the stress screen (lane b; pilot runs, seed 100, not
 #   analysed): GRPO then SAPO at N = 32 and lr 3e-5; if neither collapses (reports/study.py collapsed: the compare's rule), again at lr 1e-4. The stress lr is
 #   the first at which one collapsed, else 1e-4 (and "no collapse within the settings tried" is the finding).
-# Phase 3, stress cell: all four arms at N = 32 and the stress lr, seeds 0-4 (lane a: vespo, grpo, after the probe;
-#   lane b: sapo, vespo-seq, right after the screen). Five seeds, not the three first planned (amended 2026-12-07, before any stress run): the collapse
+# Phase 3, stress cell: all four arms at N = 32 and the stress lr, seeds 0-4; one run per (seed, arm), taken by
+#   whichever lane is free first (lane b right after the screen, lane a after the probe; claimed in $STUDY/claims, so
+#   no run is taken twice; amended 2026-12-07 before any stress run, when the two lanes were given fixed arms and
+#   lane b would have idled ~2 h). Five seeds, not the three first planned (amended 2026-12-07, before any stress run): the collapse
 #   claims are tested on counts, and at 3 runs per arm no outcome could resolve them (Fisher's test: at best
 #   p = 0.1; Boschloo's, which the verdict now uses: 2·4⁻³ = 0.031, not below Holm's α/10 = 0.005 in this
 #   10-row family). At 5 runs per arm the most lopsided outcome gives 2·4⁻⁵ = 0.002 (docs/decisions.md).
@@ -64,6 +66,7 @@ if [[ "$MODE" == "--quick" ]]; then
 fi
 COMMON=(--preset staleness-ii "${STEPS[@]}")
 PROBE_OUT=$STUDY/probe
+CLAIMS=$STUDY/claims  # the stress runs the lanes of this start have taken (cleared at each start: the lanes died)
 SEQ=vespo:aggregation=seq-mean-token-mean
 
 collect() { $PY reports/study.py collect "$STUDY" "$KEEP"; }
@@ -152,11 +155,15 @@ screened() {  # waits for the screen of the other lane (or of an earlier start);
   until [[ -f "$KEEP/stress-lr" ]]; do sleep 60; done
   LR=$(cat "$KEEP/stress-lr")
 }
-stress() {  # phase 3, one lane: "$@" the arms
-  local s
+stress() {  # phase 3, in each lane: the next (seed, arm) run no lane has claimed, seed by seed (a partial cell has whole seeds)
+  local s arm unit
   for s in "${STRESS_SEEDS[@]}"; do
-    sweep $V compare "$@" -N "$STRESS_N" "${COMMON[@]}" --set trainer.seed="$s" --set trainer.lr="$LR" \
-      --out "$STUDY/stress-$1"
+    for arm in vespo grpo sapo "$SEQ"; do
+      unit=stress-${arm/#"$SEQ"/vespo-seq}-s$s
+      mkdir "$CLAIMS/$unit" 2>/dev/null || continue  # mkdir is atomic: the other lane has it
+      sweep $V compare "$arm" -N "$STRESS_N" "${COMMON[@]}" --set trainer.seed="$s" --set trainer.lr="$LR" \
+        --out "$STUDY/$unit"
+    done
   done
 }
 
@@ -200,10 +207,11 @@ if [[ "$MODE" != "--report" ]]; then
   pin
   $PY reports/study.py restore "$KEEP" "$STUDY"
   $PY reports/study.py restore "$KEEP_SCREEN" "$SCREEN"
-  # each lane goes on to its stress arms as soon as it is free and the screen has picked the lr: lane b right after
+  # each lane goes on to the stress runs as soon as it is free and the screen has picked the lr: lane b right after
   # its screen, lane a after the probe (~3.5-4 h, longer than the 2-4 screen runs), so neither lane idles
-  { main_a; probe_ii; screened; stress vespo grpo; } >> "$STUDY/lane-a.log" 2>&1 &
-  { main_b; screen; screened; stress sapo "$SEQ"; } >> "$STUDY/lane-b.log" 2>&1 &
+  rm -rf "$CLAIMS"; mkdir -p "$CLAIMS"
+  { main_a; probe_ii; screened; stress; } >> "$STUDY/lane-a.log" 2>&1 &
+  { main_b; screen; screened; stress; } >> "$STUDY/lane-b.log" 2>&1 &
   wait
 fi
 report
