@@ -572,6 +572,46 @@ def test_killed_probe_resumes_at_the_first_unmeasured_age(tmp_path):
 
 
 @pytest.mark.slow
+def test_probe_killed_within_an_age_resumes_at_its_first_unsketched_draw(tmp_path, monkeypatch):
+    """Killed while sketching draw B at K = 2 (after D₀, D₀′ and A were kept in partial/K2/), a rerun
+    sketches only B at θ_2 (beside the two θ₀ passes that give the behaviour log-probs), writes the records
+    of the uninterrupted probe, and removes partial/K2/ once K2.json holds them."""
+    from vespo_cli.probe import measure
+
+    args = ["probe", "--preset", "tiny", "--quick", "--algo", "grpo", "--algo", "vespo", "-K", "0", "-K", "2"]
+    whole = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    out = tmp_path / "probe"
+    put = measure.KeptSketches.put
+
+    def killed_at_b(self, name, batch, computed):
+        if self.path.name == "K2" and name == "b":
+            raise KeyboardInterrupt
+        return put(self, name, batch, computed)
+
+    monkeypatch.setattr(measure.KeptSketches, "put", killed_at_b)
+    killed = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert killed.exit_code != 0 and not (out / "partial" / "K2.json").exists()
+    assert sorted(p.name for p in (out / "partial" / "K2").glob("*.safetensors")) == [
+        "a.safetensors",
+        "redraw.safetensors",
+        "stale.safetensors",
+    ]
+    monkeypatch.setattr(measure.KeptSketches, "put", put)
+    passes = []
+    sketches = measure.batch_sketches
+    monkeypatch.setattr(measure, "batch_sketches", lambda *a, **kw: passes.append(1) or sketches(*a, **kw))
+    again = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert len(passes) == 3  # θ₀ on D₀ and D₀′, then B at θ_2
+    drop = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert drop(json.loads((out / "probe.json").read_text())) == drop(
+        json.loads((tmp_path / "whole" / "probe.json").read_text())
+    )
+    assert not (out / "partial" / "K2").exists()
+
+
+@pytest.mark.slow
 def test_grader_without_reward_variance_is_a_one_line_error(tmp_path):
     """The tiny preset's random model never solves a problem: with the grader every gradient is 0."""
     result = CliRunner().invoke(

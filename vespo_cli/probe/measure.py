@@ -20,7 +20,7 @@ from rich.console import Console
 
 from ..compare import jsonable
 from ..errors import UserError
-from ..fsio import atomic_write_json
+from ..fsio import atomic_path, atomic_write_json
 from ..malloc import release_heap
 from ..progress import progress_bar
 from ..rundir import shard_name
@@ -87,7 +87,8 @@ def measure(
     settings: dict,
 ) -> list[dict]:
     """Steps 1–3 of command.py's docstring; returns the records. The records of each K are kept in
-    OUT/partial/ as they are measured, so a killed probe rerun with the same options skips those K."""
+    OUT/partial/ as they are measured, so a killed probe rerun with the same options skips those K, and within
+    the K it was measuring, the draws it had sketched (KeptSketches)."""
     from ..train.sampler import sync_sampler
 
     out.mkdir(parents=True, exist_ok=True)
@@ -181,9 +182,10 @@ def _at_theta0(s: Session, stale: Batch, redraw: Batch, problems: list, settings
 
 
 class Partial:
-    """OUT/partial/: the options (options.json) and, per measured K, its records with fingerprints of θ_K and of
-    D₀ and D₀′ (K<k>.json). A rerun with other options starts over; a rerun whose D₀ or θ_K differs from the
-    killed one's (its draws and steps are seeded, so they should not) is refused rather than mixed."""
+    """OUT/partial/: the options (options.json), the sketches of the K being measured (K<k>/, KeptSketches)
+    and, per measured K, its records with fingerprints of θ_K and of D₀ and D₀′ (K<k>.json). A rerun with other
+    options starts over; a rerun whose D₀ or θ_K differs from the killed one's (its draws and steps are seeded,
+    so they should not) is refused rather than mixed."""
 
     def __init__(self, path: Path, settings: dict):
         self.path, self.live = path, settings  # `live`: the measurement adds the reward used, prompt groups, sizes
@@ -221,6 +223,10 @@ class Partial:
         if self.thetas[k] != _theta_digest(model, blocks):
             raise UserError(f"{self.path}/K{k}.json: θ_{k} reached again differs from the killed probe's; delete it")
 
+    def at(self, k: int, theta: str) -> KeptSketches:
+        """Where K's draws keep their sketches until K's records are written (`add`)."""
+        return KeptSketches(self.path / f"K{k}", theta)
+
     def add(self, k: int, records: list[dict], model, blocks: int) -> list[dict]:
         saved = {
             "k": k,
@@ -230,6 +236,7 @@ class Partial:
             "settings": jsonable(self.live),
         }
         atomic_write_json(self.path / f"K{k}.json", saved)
+        shutil.rmtree(self.path / f"K{k}", ignore_errors=True)  # its draws' sketches: in the records now
         return saved["records"]
 
 
@@ -243,6 +250,48 @@ def _theta_digest(model, blocks: int) -> str:
         for p in params:
             digest.update(p.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+@dataclass
+class KeptSketches:
+    """partial/K<k>/<draw>.safetensors: one draw's sketches and log-probs at θ_K, written as soon as computed,
+    so a probe killed within K resumes at its first draw not yet sketched. A kept draw is used only where
+    θ_K and the draw's samples are the ones it was computed from (its key); else it is computed again."""
+
+    path: Path
+    theta: str
+
+    def _key(self, batch: Batch) -> str:
+        return _digest(self.theta, batch.rows.response_ids, batch.rows.rewards.tolist())
+
+    def get(self, name: str, batch: Batch, tick) -> tuple[dict, list] | None:
+        from safetensors import safe_open
+
+        path = self.path / f"{name}.safetensors"
+        try:
+            with safe_open(str(path), "pt") as f:
+                if (f.metadata() or {}).get("key") != self._key(batch):
+                    return None
+                tensors = {n: f.get_tensor(n) for n in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        except (OSError, ValueError, RuntimeError):  # absent, or torn by a kill: compute it again
+            return None
+        series = {n.removeprefix("sketch/"): t for n, t in tensors.items() if n.startswith("sketch/")}
+        lengths = tensors["logp_lengths"].tolist()
+        parts = torch.split(tensors["logp"], [max(n, 0) for n in lengths])
+        logp = [x if n >= 0 else None for x, n in zip(parts, lengths, strict=True)]
+        tick(len(batch.groups))
+        return series, logp
+
+    def put(self, name: str, batch: Batch, computed: tuple[dict, list]) -> tuple[dict, list]:
+        from safetensors.torch import save_file
+
+        series, logp = computed
+        tensors = {f"sketch/{n}": t.contiguous() for n, t in series.items()}
+        tensors["logp"] = torch.cat([x for x in logp if x is not None] or [torch.zeros(0)]).float()
+        tensors["logp_lengths"] = torch.tensor([-1 if x is None else len(x) for x in logp], dtype=torch.int64)
+        with atomic_path(self.path / f"{name}.safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"key": self._key(batch)})
+        return computed
 
 
 # --------------------------------------------------------------------------- step 2: θ₀ → θ_K
@@ -277,7 +326,7 @@ def _walk(s: Session, d: Behaviour, objectives: dict, ks, prompts: int, checkpoi
                 progress.update(task, advance=groups_per_k, info=f"θ_{k}: measured before (partial/)")
                 records += done.records[k]
                 continue
-            records += done.add(k, _measure_at(s, d, k, objectives, bootstrap, progress, task), s.model, s.blocks)
+            records += done.add(k, _measure_at(s, d, k, objectives, bootstrap, progress, task, done), s.model, s.blocks)
             release_heap()  # each K's four draws and per-group gradients are freed: back to the kernel
     return records
 
@@ -307,16 +356,19 @@ def _load_weights(model, tokenizer, ckpt: Path) -> None:
 # --------------------------------------------------------------------------- step 3: at θ_K
 
 
-def _measure_at(s: Session, d: Behaviour, k: int, objectives: dict, bootstrap: int, progress, task) -> list[dict]:
+def _measure_at(
+    s: Session, d: Behaviour, k: int, objectives: dict, bootstrap: int, progress, task, done: Partial
+) -> list[dict]:
     """Fresh draws A and B at θ_K, every group's sketches, the drift, and one record per objective
-    (bootstrapped over prompt groups: the same counts for every series, and the jackknife for BCa)."""
+    (bootstrapped over prompt groups: the same counts for every series, and the jackknife for BCa).
+    `seconds`: the time this process spent on K (a K resumed within it counts only what was left)."""
     t0 = time.perf_counter()
     fresh = {
         h: s.draw(d.problems, s.out / "fresh" / shard_name(k, f"fresh_{h}", k), k, s.seed + 2 * k + i + 1)
         for i, h in enumerate("ab")
     }
-    tick = lambda: progress.update(task, advance=1, info=f"θ_{k}: gradients")  # noqa: E731
-    series, logp = _group_sketches(s, d, fresh, objectives, tick)
+    tick = lambda n=1: progress.update(task, advance=n, info=f"θ_{k}: gradients")  # noqa: E731
+    series, logp = _group_sketches(s, d, fresh, objectives, tick, done.at(k, _theta_digest(s.model, s.blocks)))
     gram = Gram(series, siblings(objectives))
     counts = resample_counts(len(d.stale.groups), bootstrap, s.seed + k)
     jack = jackknife_counts(len(d.stale.groups))
@@ -348,16 +400,25 @@ def _measure_at(s: Session, d: Behaviour, k: int, objectives: dict, bootstrap: i
     return records
 
 
-def _group_sketches(s: Session, d: Behaviour, fresh: dict[str, Batch], objectives: dict, tick) -> tuple[dict, Any]:
+def _group_sketches(
+    s: Session, d: Behaviour, fresh: dict[str, Batch], objectives: dict, tick, kept: KeptSketches
+) -> tuple[dict, Any]:
     """Per group, the sketched gradient of every objective on D₀ ("stale/<o>"), on D₀′ ("redraw/<o>")
-    and on each fresh draw h ("<h>/<o>", the reference PG too); and θ_K's log-probs on D₀."""
+    and on each fresh draw h ("<h>/<o>", the reference PG too); and θ_K's log-probs on D₀. Each draw's
+    sketches are kept as soon as they are computed (`kept`)."""
     s.model.eval()
     with gradient_subset(s.model, s.blocks) as params:
-        series, logp = batch_sketches(s.model, d.stale, objectives, d.old, params, d.sketch, s.tau, tick)
+
+        def sketches(name: str, batch: Batch, recipes: dict, old) -> tuple[dict, list]:
+            return kept.get(name, batch, tick) or kept.put(
+                name, batch, batch_sketches(s.model, batch, recipes, old, params, d.sketch, s.tau, tick)
+            )
+
+        series, logp = sketches("stale", d.stale, objectives, d.old)
         series = {f"stale/{o}": v for o, v in series.items()}
-        again, _ = batch_sketches(s.model, d.redraw, objectives, d.old_redraw, params, d.sketch, s.tau, tick)
+        again, _ = sketches("redraw", d.redraw, objectives, d.old_redraw)
         series.update({f"redraw/{o}": v for o, v in again.items()})
         for h, batch in fresh.items():
-            sk, _ = batch_sketches(s.model, batch, {**objectives, PG: None}, None, params, d.sketch, s.tau, tick)
+            sk, _ = sketches(h, batch, {**objectives, PG: None}, None)
             series.update({f"{h}/{o}": v for o, v in sk.items()})
     return series, logp
