@@ -126,9 +126,10 @@ screen() {  # screened once: the learning rate is kept in $KEEP/stress-lr
 #   `prompts_to_resolve` put the prompts that resolve them at 146 and 300.
 # Cost, profiled beside two lanes (16 prompts, K = 0): a forward pass per prompt group and draw takes 1.5 s (the
 # gradient sketches' backward through 2 blocks is a tenth of that) and sampling 0.09 s per sequence, so at 320
-# prompts ~48 min per K and ~3.5-4 hours in all, + ~10 min for the pilot. A killed probe resumes at its first unmeasured K (OUT/partial/), a killed pilot from its
-# checkpoint. The probe runs from the checkout, not the pinned worktree: resuming is newer than the study's commit,
-# and the probe measures gradients at its own θ_K, none of the study's runs.
+# prompts ~48 min per K and ~3.5-4 hours in all, + ~10 min for the pilot. A killed probe resumes at its first
+# unmeasured K (OUT/partial/), within it at its first draw not yet sketched; a killed pilot from its checkpoint.
+# The probe runs from the commit it first started at, not the pinned trainer's: its resuming is newer than the
+# study's commit, and it measures gradients at its own θ_K, none of the study's runs.
 probe_theta0() {  # the pilot run whose step-$PROBE_FROM checkpoint is the probe's θ₀
   local run=$STUDY/probe-theta0
   [[ -f "$run/checkpoints/step-$PROBE_FROM/model.safetensors" ]] && return 0
@@ -139,16 +140,20 @@ probe_theta0() {  # the pilot run whose step-$PROBE_FROM checkpoint is the probe
       --set trainer.seed=100 --set eval.every=0 "${PILOT[@]}" --out "$run")
   fi
 }
-probe_ii() {
+probe_ii() {  # from a worktree at the checkout's commit when it first started ($PROBE_OUT/commit), so a probe
+  # resumed in a later session runs the code it started with, and edits to the checkout never reach a running probe
   [[ -f "$KEEP_PROBE/probe.json" ]] && return 0
   probe_theta0 || return 0
-  $V probe --preset staleness-ii --set model.path="$STUDY/probe-theta0/checkpoints/step-$PROBE_FROM" \
-    --algo grpo --algo sapo --algo vespo --algo "$SEQ" "${PROBE_ARGS[@]}" \
-    --blocks 2 --out "$PROBE_OUT" || return 0
+  mkdir -p "$PROBE_OUT"
+  [[ -f "$PROBE_OUT/commit" ]] || git rev-parse HEAD > "$PROBE_OUT/commit"
+  worktree "$STUDY.probe-code" "$(cat "$PROBE_OUT/commit")"
+  (cd "$STUDY.probe-code" && $V probe --preset staleness-ii \
+    --set model.path="$STUDY/probe-theta0/checkpoints/step-$PROBE_FROM" \
+    --algo grpo --algo sapo --algo vespo --algo "$SEQ" "${PROBE_ARGS[@]}" --blocks 2 --out "$PROBE_OUT") || return 0
   mkdir -p "$KEEP_PROBE/theta0"
   cp "$PROBE_OUT"/probe.json "$PROBE_OUT"/settings.json "$PROBE_OUT"/report.md "$PROBE_OUT"/*.png "$KEEP_PROBE"/
   cp "$STUDY"/probe-theta0/{config.yaml,run.json,metrics.jsonl} "$KEEP_PROBE/theta0/"
-  git rev-parse HEAD > "$KEEP_PROBE/commit"
+  cp "$PROBE_OUT/commit" "$KEEP_PROBE/commit"
 }
 
 screened() {  # waits for the screen of the other lane (or of an earlier start); sets the stress lr
@@ -180,9 +185,17 @@ report() {
 # worktree at that commit ($STUDY.code; `python -m vespo_cli...` imports the package from its working directory),
 # so the checkout can change (or be committed to) while the lanes run, and every run of the study comes from one
 # trainer. STUDY_ACCEPT_CODE=1 trains from the checkout instead, for a change that cannot alter a run (files of
-# the trainer changed since the pin are logged beside it). The report (`--report`) and Probe II run from the checkout.
+# the trainer changed since the pin are logged beside it). The report (`--report`) runs from the checkout, Probe II
+# from a worktree of its own (probe_ii).
 NUMERICS=(vespo_cli/train vespo_cli/objectives vespo_cli/rollout vespo_cli/rewards vespo_cli/models.py
   vespo_cli/arith.py vespo_cli/data.py vespo_cli/prompts.py vespo_cli/seeds.py vespo_cli/config.py presets pyproject.toml)
+worktree() {  # a git worktree at DIR ($1) checked out at COMMIT ($2), made (or remade) unless it is there
+  if [[ "$(git -C "$1" rev-parse HEAD 2>/dev/null)" != "$2" ]]; then
+    git worktree remove --force "$1" 2>/dev/null || rm -rf "$1"
+    git worktree prune
+    git worktree add --detach "$1" "$2" >&2
+  fi
+}
 pin() {
   mkdir -p "$KEEP"
   [[ -f "$KEEP/commit" ]] || git rev-parse HEAD > "$KEEP/commit"
@@ -194,11 +207,7 @@ pin() {
     return 0
   fi
   CODE=$STUDY.code
-  if [[ "$(git -C "$CODE" rev-parse HEAD 2>/dev/null)" != "$pinned" ]]; then
-    git worktree remove --force "$CODE" 2>/dev/null || rm -rf "$CODE"
-    git worktree prune
-    git worktree add --detach "$CODE" "$pinned" >&2
-  fi
+  worktree "$CODE" "$pinned"
   echo "run.sh: the runs train from $CODE (commit ${pinned:0:7})${changed:+; changed in the checkout since: $(echo $changed)}" >&2
 }
 
