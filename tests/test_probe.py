@@ -147,6 +147,30 @@ def test_group_gradients_sum_to_the_trainer_autograd_gradient(model, batch):
     torch.testing.assert_close(probe["grpo"].double().sum(0), want, rtol=1e-4, atol=1e-7)
 
 
+def test_shared_prompt_forward_equals_the_full_forward_with_its_gradient(model, chat_prompts):
+    """A prompt group's prompt run once (its keys and values repeated for every response) gives the hidden
+    states of the full right-padded forward and the same subset gradient, to fp32 rounding: an error bound
+    of (sequence length) · ε · max|h|, the worst case for sums over as many terms in another order."""
+    from vespo_cli.train.forward import decoder_and_head, response_hidden, shared_prompt_hidden
+
+    gen = torch.Generator().manual_seed(1)
+    prompt = chat_prompts[0]
+    responses = [torch.randint(3, 4000, (n,), generator=gen).tolist() for n in (5, 1, 9, 4)]
+    rows = Rows([prompt] * 4, responses, [None] * 4, torch.zeros(4), torch.zeros(4, dtype=torch.bool), ["g"] * 4,
+                torch.zeros(4, dtype=torch.long), ["s"] * 4)  # fmt: skip
+    mb = make_microbatch(rows, [0, 1, 2, 3])
+    decoder, _ = decoder_and_head(model)
+    weights = torch.randn(sum(len(y) for y in responses), decoder.config.hidden_size, generator=gen)
+    with gradient_subset(model, 1) as params:
+        full, shared = response_hidden(decoder, mb), shared_prompt_hidden(decoder, mb, len(prompt))
+        grads = [torch.autograd.grad((h * weights).sum(), params) for h in (full, shared)]
+    eps, length = torch.finfo(torch.float32).eps, mb.input_ids.shape[1]
+    assert shared.shape == full.shape == (19, decoder.config.hidden_size)
+    torch.testing.assert_close(shared, full, rtol=0, atol=length * eps * float(full.abs().max()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=0, atol=length * eps * float(a.abs().max()))
+
+
 # --------------------------------------------------------------------------- sketch
 
 

@@ -27,7 +27,7 @@ from ..config import AlgorithmConfig
 from ..errors import UserError
 from ..objectives import group_advantages, policy_loss
 from ..train.batch import Microbatch, Rows, make_microbatch, padded
-from ..train.forward import decoder_and_head, head_logprobs, response_hidden
+from ..train.forward import decoder_and_head, head_logprobs, response_hidden, shared_prompt_hidden
 from .sketch import CountSketch
 
 REFERENCE = AlgorithmConfig(objective="reinforce")  # the common reference, fed A_i = r_i − mean_g r
@@ -90,12 +90,15 @@ class GroupPass:
 
 
 def group_pass(model: nn.Module, rows: Rows, idx: list[int], temperature: float, grad: bool) -> GroupPass:
-    """One forward over rows `idx`: log-probs, and with `grad` h and ∂logp/∂h (module docstring)."""
+    """One forward over rows `idx`: log-probs, and with `grad` h and ∂logp/∂h (module docstring). The rows of
+    a prompt group share their prompt, which then runs once (`shared_prompt_hidden`)."""
     decoder, head = decoder_and_head(model)
     mb = make_microbatch(rows, idx).to(next(model.parameters()).device)
     targets = mb.input_ids[:, 1:][mb.response_mask[:, 1:]]
+    prompt = rows.prompt_ids[idx[0]]
+    shared = 0 < len(prompt) < mb.input_ids.shape[1] and all(rows.prompt_ids[i] == prompt for i in idx[1:])
     with torch.set_grad_enabled(grad):
-        hidden = response_hidden(decoder, mb)
+        hidden = shared_prompt_hidden(decoder, mb, len(prompt)) if shared else response_hidden(decoder, mb)
         leaf = hidden.detach().requires_grad_(grad)
         logp, _ = head_logprobs(leaf, head, targets, temperature)
         dlogp_dh = torch.autograd.grad(logp.sum(), leaf)[0] if grad else None

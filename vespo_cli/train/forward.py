@@ -197,6 +197,20 @@ def response_hidden(decoder: nn.Module, mb: Microbatch) -> torch.Tensor:
     return hidden[:, :-1][mb.response_mask[:, 1:]]
 
 
+def shared_prompt_hidden(decoder: nn.Module, mb: Microbatch, prompt_len: int) -> torch.Tensor:
+    """`response_hidden` of right-padded rows that share their first `prompt_len` tokens (one prompt group):
+    the prompt runs once, at batch 1, and its keys and values serve every row (autograd sums the rows'
+    gradients through them), so a group of n responses costs one prompt, not n."""
+    b, L = mb.input_ids.shape
+    prompt = decoder(input_ids=mb.input_ids[:1, :prompt_len], use_cache=True)
+    cache = prompt.past_key_values
+    cache.batch_repeat_interleave(b)
+    pos = torch.arange(prompt_len, L, device=mb.input_ids.device).expand(b, L - prompt_len)  # as decoder_inputs
+    rest = decoder(input_ids=mb.input_ids[:, prompt_len:], position_ids=pos, past_key_values=cache, use_cache=True)
+    hidden = torch.cat([prompt.last_hidden_state[:, -1:].expand(b, 1, -1), rest.last_hidden_state], dim=1)
+    return hidden[:, :-1][mb.response_mask[:, prompt_len:]]  # positions prompt_len − 1 … L − 2
+
+
 _ROOT_METHOD = "vespo_response_logprobs"
 
 
