@@ -164,7 +164,7 @@ def test_shared_prompt_forward_equals_the_full_forward_with_its_gradient(model, 
     with gradient_subset(model, 1) as params:
         full, shared = response_hidden(decoder, mb), shared_prompt_hidden(decoder, mb, len(prompt))
         grads = [torch.autograd.grad((h * weights).sum(), params) for h in (full, shared)]
-    eps, length = torch.finfo(torch.float32).eps, mb.input_ids.shape[1]
+    full, shared, eps, length = full.detach(), shared.detach(), torch.finfo(torch.float32).eps, mb.input_ids.shape[1]
     assert shared.shape == full.shape == (19, decoder.config.hidden_size)
     torch.testing.assert_close(shared, full, rtol=0, atol=length * eps * float(full.abs().max()))
     for a, b in zip(*grads):
