@@ -204,6 +204,8 @@ def shared_prompt_hidden(decoder: nn.Module, mb: Microbatch, prompt_len: int) ->
     b, L = mb.input_ids.shape
     prompt = decoder(input_ids=mb.input_ids[:1, :prompt_len], use_cache=True)
     cache = prompt.past_key_values
+    if not hasattr(cache, "batch_repeat_interleave"):  # a model without a (dynamic) KV cache: the full forward
+        return response_hidden(decoder, mb)
     cache.batch_repeat_interleave(b)
     pos = torch.arange(prompt_len, L, device=mb.input_ids.device).expand(b, L - prompt_len)  # as decoder_inputs
     rest = decoder(input_ids=mb.input_ids[:, prompt_len:], position_ids=pos, past_key_values=cache, use_cache=True)
