@@ -474,7 +474,12 @@ def test_atomic_helpers(tmp_path):
         (d / "w.bin").chmod(0o600)  # as transformers writes model.safetensors
     assert (tmp_path / "ckpt" / "w.bin").read_bytes() == b"3"
     assert (tmp_path / "ckpt" / "w.bin").stat().st_mode & 0o777 == 0o666 & ~fsio._UMASK  # the usual mode
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "ckpt"]
+    with fsio.atomic_path(tmp_path / "one.bin") as f:
+        f.unlink()
+        f.write_bytes(b"4")
+        f.chmod(0o600)  # a writer that recreates its file, as safetensors' save_file does
+    assert (tmp_path / "one.bin").stat().st_mode & 0o777 == 0o666 & ~fsio._UMASK
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "ckpt", "one.bin"]
 
 
 def test_jsonl_survives_a_torn_line(tmp_path):
