@@ -179,6 +179,7 @@ report() {
   # the verdict waits for the seeds planned above: a row short of them is interim, not judged (no early looks)
   $V compare "${kept[@]}" --claims "$HERE/claims.yaml" --x samples --out "$REPORT" \
     --planned-seeds 1="${#SEEDS[@]}" --planned-seeds 16="${#SEEDS[@]}" --planned-seeds "$STRESS_N=${#STRESS_SEEDS[@]}"
+  [[ "$MODE" == "--quick" ]] || $PY "$HERE/status.py"  # the README's status paragraph, from what was just written
 }
 
 # One trainer for the whole study: the first start pins the commit ($KEEP/commit), and every run trains from a git

@@ -1,0 +1,121 @@
+"""The status paragraph at the top of reports/staleness-ii/README.md, written from what is committed beside it:
+summary.json (the report of the kept runs), runs/commit (the pinned trainer), runs/stress-lr and screen/ (the
+stress screen), probe/probe.json (Probe II). run.sh's report step runs it; no figure in it is typed by hand.
+
+    python reports/staleness-ii/status.py     # rewrites the paragraph between the status markers
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+BEGIN, END = (
+    "<!-- status: written by status.py from the committed results; edits here are overwritten -->",
+    "<!-- /status -->",
+)
+NAMES = {"vespo": "VESPO", "grpo": "GRPO", "sapo": "SAPO", "vespo+aggregation=seq-mean-token-mean": "VESPO seq-mean"}
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def points(x: float) -> str:
+    return f"{100 * x:+.1f}".replace("-", "−")
+
+
+def cells(summary: dict) -> list[str]:
+    """Per N, the final held-out accuracy of every arm's kept runs, seed by seed."""
+    out = []
+    by_n: dict[int, list[dict]] = {}
+    for g in summary["groups"]:
+        by_n.setdefault(g["staleness"], []).append(g)
+    planned = summary["settings"]["claims"].get("planned_seeds", {})
+    for n in sorted(by_n):
+        arms = [
+            f"{NAMES.get(g['label'], g['label'])} {' / '.join(pct(s['final_eval']) for s in g['per_seed'])}% "
+            f"(seed{'s' if len(g['seeds']) > 1 else ''} {', '.join(map(str, g['seeds']))})"
+            for g in sorted(by_n[n], key=lambda g: list(NAMES).index(g["label"]) if g["label"] in NAMES else 99)
+        ]
+        out.append(f"at N = {n} ({planned.get(str(n), '?')} seeds planned per arm): " + "; ".join(arms))
+    return out
+
+
+def verdicts(summary: dict) -> str:
+    rows = summary["verdict"]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    text = f"{len(rows)} claim rows: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    judged = [r for r in rows if r.get("p") is not None]
+    if judged:
+        best = min(judged, key=lambda r: r["p"])
+        text += (
+            f". Smallest p: \"{best['claim']}\", {points(best['estimate'])} points "
+            f"[{points(best['low'])}, {points(best['high'])}], p {best['p']:.3f}, Holm p {best['p_adjusted']:.3f}"
+            f" ({best['verdict']})"
+        )
+    return text
+
+
+def phase_two() -> str:
+    """The stress screen's runs and the stress learning rate, and Probe II, as far as they are committed."""
+    parts = []
+    screened = sorted((HERE / "screen").glob("lr-*/runs/*/metrics.jsonl"))
+    if screened:
+        from vespo_cli.compare.analysis import detect_collapse
+        from vespo_cli.fsio import read_jsonl
+
+        tried = []
+        for m in screened:
+            steps = int(yaml.safe_load((m.parent / "config.yaml").read_text())["trainer"]["steps"])
+            status = detect_collapse(list(read_jsonl(m)), total_steps=steps)["status"]
+            lane = m.parent.parent.parent.name  # lr-<lr>-<arm>
+            tried.append(f"{lane.removeprefix('lr-')}: {status}")
+        parts.append("stress screen (N = 32, seed 100) " + "; ".join(tried))
+    lr = HERE / "runs" / "stress-lr"
+    parts.append(
+        f"stress learning rate {lr.read_text().strip()}" if lr.is_file() else "stress learning rate not yet chosen"
+    )
+    probe = HERE / "probe" / "probe.json"
+    if probe.is_file():
+        records = json.loads(probe.read_text())
+        k0 = [r for r in records if r["staleness"] == 0]
+        resolved = sum(bool(r.get("floor_resolved")) for r in k0)
+        parts.append(
+            f"Probe II done: noise floor resolved at K = 0 for {resolved} of {len(k0)} objectives (probe/report.md)"
+        )
+    else:
+        parts.append("Probe II not yet kept (probe/ is written when its last K is measured)")
+    return "; ".join(parts)
+
+
+def paragraph() -> str:
+    summary = json.loads((HERE / "summary.json").read_text())
+    commit = (HERE / "runs" / "commit").read_text().strip()[:7]
+    day = dt.datetime.now(dt.timezone.utc).date()  # the report is rebuilt just before (run.sh --report)
+    return (
+        f"**Status ({day}): {len(summary['runs'])} runs kept, trained at commit {commit}.** Final held-out accuracy "
+        + "; ".join(cells(summary))
+        + f". {verdicts(summary)}. Phase 2: {phase_two()}."
+    )
+
+
+def main() -> None:
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        sys.exit(f"{readme}: no status markers ({BEGIN} … {END})")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{BEGIN}\n{paragraph()}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    main()
