@@ -14,9 +14,10 @@
 # Phase 1, main cells, seeds 0-3 in the outer loop (a partial study has whole seeds):
 #   lane a: vespo N=16, grpo N=16, vespo N=1 (+ grpo N=1 at seed 0: the on-policy identity check with vespo)
 #   lane b: sapo N=16, vespo-seq N=16, sapo N=1 (+ vespo-seq N=1 at seed 0: the identity check with sapo)
-# Phase 2, in parallel: Probe II (lane a, probe_ii below) and the stress screen (lane b; pilot runs, seed 100, not
-#   analysed): GRPO then SAPO at N = 32 and lr 3e-5; if neither collapses (reports/study.py collapsed: the compare's rule), again at lr 1e-4. The stress lr is
-#   the first at which one collapsed, else 1e-4 (and "no collapse within the settings tried" is the finding).
+# Phase 2, in parallel: Probe II (lane a, probe_ii below) and the stress screen (lane b, and lane a once the probe is
+#   done; pilot runs, seed 100, not analysed): GRPO and SAPO at N = 32 and lr 3e-5; if neither collapses
+#   (reports/study.py collapsed: the compare's rule), again at lr 1e-4. The stress lr is the first at which one
+#   collapsed, else 1e-4 (and "no collapse within the settings tried" is the finding).
 # Phase 3, stress cell: all four arms at N = 32 and the stress lr, seeds 0-4; one run per (seed, arm), taken by
 #   whichever lane is free first (lane b right after the screen, lane a after the probe; claimed in $STUDY/claims, so
 #   no run is taken twice; amended 2026-12-07 before any stress run, when the two lanes were given fixed arms and
@@ -92,24 +93,30 @@ main_b() {
   done
 }
 
-stress_lr() {  # the screen (phase 2), in one lane: prints the stress learning rate
-  local lr
+screen() {  # phase 2, in each lane: the screen runs of each lr in turn, one per lane (claimed in $CLAIMS), then the
+  # lane that finishes an lr's last run decides: the first lr at which a run collapsed, else the next lr, else the
+  # last (kept in $KEEP/stress-lr: screened once). Outside $STUDY, so `collect` never mixes the pilots into the
+  # analysed runs; kept in $HERE/screen. Sets LR.
+  local lr arm
   for lr in "${SCREEN_LRS[@]}"; do
-    # outside $STUDY, so `collect` never mixes the pilots into the analysed runs; kept in $HERE/screen
-    sweep $V compare grpo -N "$STRESS_N" "${COMMON[@]}" --set trainer.seed=100 --set trainer.lr="$lr" \
-      --out "$SCREEN/lr-$lr-grpo" >> "$SCREEN/lr-$lr.log" 2>&1
-    sweep $V compare sapo -N "$STRESS_N" "${COMMON[@]}" --set trainer.seed=100 --set trainer.lr="$lr" \
-      --out "$SCREEN/lr-$lr-sapo" >> "$SCREEN/lr-$lr.log" 2>&1
-    $PY reports/study.py collect "$SCREEN" "$KEEP_SCREEN" >&2
-    if $PY reports/study.py collapsed "$SCREEN/lr-$lr"-*/runs/*/ >&2; then echo "$lr"; return 0; fi
+    [[ -f "$KEEP/stress-lr" ]] && break
+    for arm in grpo sapo; do
+      mkdir "$CLAIMS/screen-$lr-$arm" 2>/dev/null || continue
+      sweep $V compare "$arm" -N "$STRESS_N" "${COMMON[@]}" --set trainer.seed=100 --set trainer.lr="$lr" \
+        --out "$SCREEN/lr-$lr-$arm" >> "$SCREEN/lr-$lr-$arm.log" 2>&1
+      touch "$CLAIMS/screen-$lr-$arm/done"
+    done
+    until [[ -f "$CLAIMS/screen-$lr-grpo/done" && -f "$CLAIMS/screen-$lr-sapo/done" ]]; do sleep 60; done
+    if mkdir "$CLAIMS/screen-$lr-decided" 2>/dev/null; then
+      $PY reports/study.py collect "$SCREEN" "$KEEP_SCREEN"
+      if $PY reports/study.py collapsed "$SCREEN/lr-$lr"-*/runs/*/ || [[ "$lr" == "${SCREEN_LRS[-1]}" ]]; then
+        echo "$lr" > "$KEEP/stress-lr.tmp" && mv "$KEEP/stress-lr.tmp" "$KEEP/stress-lr"
+      fi
+      touch "$CLAIMS/screen-$lr-decided/done"
+    fi
+    until [[ -f "$CLAIMS/screen-$lr-decided/done" ]]; do sleep 60; done
   done
-  echo "${SCREEN_LRS[-1]}"
-}
-screen() {  # screened once: the learning rate is kept in $KEEP/stress-lr
-  [[ -f "$KEEP/stress-lr" ]] && return 0
-  local lr
-  lr=$(stress_lr)
-  echo "$lr" > "$KEEP/stress-lr"
+  LR=$(cat "$KEEP/stress-lr")
 }
 
 # Probe II (issue 29 item 4): `vespo probe` at the study's learning rate and batch (the preset's), 320 prompt
@@ -156,10 +163,6 @@ probe_ii() {  # from a worktree at the checkout's commit when it first started (
   cp "$PROBE_OUT/commit" "$KEEP_PROBE/commit"
 }
 
-screened() {  # waits for the screen of the other lane (or of an earlier start); sets the stress lr
-  until [[ -f "$KEEP/stress-lr" ]]; do sleep 60; done
-  LR=$(cat "$KEEP/stress-lr")
-}
 stress() {  # phase 3, in each lane: the next (seed, arm) run no lane has claimed, seed by seed (a partial cell has whole seeds)
   local s arm unit
   for s in "${STRESS_SEEDS[@]}"; do
@@ -220,8 +223,8 @@ if [[ "$MODE" != "--report" ]]; then
   # each lane goes on to the stress runs as soon as it is free and the screen has picked the lr: lane b right after
   # its screen, lane a after the probe (~3.5-4 h, longer than the 2-4 screen runs), so neither lane idles
   rm -rf "$CLAIMS"; mkdir -p "$CLAIMS"
-  { main_a; probe_ii; screened; stress; } >> "$STUDY/lane-a.log" 2>&1 &
-  { main_b; screen; screened; stress; } >> "$STUDY/lane-b.log" 2>&1 &
+  { main_a; probe_ii; screen; stress; } >> "$STUDY/lane-a.log" 2>&1 &
+  { main_b; screen; stress; } >> "$STUDY/lane-b.log" 2>&1 &
   wait
 fi
 report
