@@ -85,11 +85,20 @@ def phase_two() -> str:
     )
     probe = HERE / "probe" / "probe.json"
     if probe.is_file():
+        from vespo_cli.probe.judge import calibrated, leaves_floor
+
         records = json.loads(probe.read_text())
         k0 = [r for r in records if r["staleness"] == 0]
         resolved = sum(bool(r.get("floor_resolved")) for r in k0)
+        ages = sorted({r["staleness"] for r in records})
+        left = []
+        for o in dict.fromkeys(r["objective"] for r in records):
+            first = leaves_floor(records, o)
+            left.append(f"{NAMES.get(o, o)} {'at K = ' + str(first['staleness']) if first else 'at no K measured'}")
         parts.append(
-            f"Probe II done: noise floor resolved at K = 0 for {resolved} of {len(k0)} objectives (probe/report.md)"
+            f"Probe II done (K = {', '.join(map(str, ages))}): noise floors resolved at K = 0 for {resolved} of "
+            f"{len(k0)} objectives, {'calibrated' if calibrated(records) else 'NOT calibrated'} at K = 0; the stale "
+            f"gradient leaves the floor: {', '.join(left)} (probe/report.md)"
         )
     else:
         parts.append("Probe II not yet kept (probe/ is written when its last K is measured)")
