@@ -225,6 +225,20 @@ def test_sketch_preserves_cosines_within_the_stated_bound():
 # --------------------------------------------------------------------------- bootstrap
 
 
+def test_gram_in_column_chunks_is_the_float64_product(monkeypatch):
+    """Gram's matrix, summed over column chunks of the float32 sketches (the last one short), is M Mᵀ of
+    the float64 M to float64 rounding: k · ε · max |x|² per entry bounds any order of the k-term sums."""
+    from vespo_cli.probe import bootstrap
+
+    monkeypatch.setattr(bootstrap, "GRAM_COLUMNS", 64)
+    gen = torch.Generator().manual_seed(0)
+    series = {n: torch.randn(6, 150, generator=gen) for n in "abc"}
+    m = torch.cat([series[n].double() for n in "abc"])
+    bound = 150 * torch.finfo(torch.float64).eps * float(m.abs().max()) ** 2
+    np.testing.assert_allclose(Gram(series).matrix, (m @ m.T).numpy(), rtol=0, atol=bound)
+    assert Gram(series).matrix.shape == (18, 18)
+
+
 def test_gram_quadratic_forms_are_the_resampled_sums():
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(5, 7, generator=gen, dtype=torch.float64), torch.randn(5, 7, generator=gen, dtype=torch.float64)

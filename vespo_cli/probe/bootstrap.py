@@ -51,6 +51,21 @@ def jackknife_counts(groups: int) -> np.ndarray:
     return np.ones((groups, groups)) - np.eye(groups)
 
 
+GRAM_COLUMNS = 2048  # sketch coordinates per float64 chunk of the Gram product (a few hundred MB at most)
+
+
+def _gram(blocks: list[torch.Tensor]) -> torch.Tensor:
+    """M Mᵀ in float64 for M the row-wise concatenation of `blocks` ([groups, k] each), summed over column
+    chunks: a float64 copy of M would be 8 bytes per coordinate (3 GB for Probe II's 18 series × 320 groups
+    × 2^16), which with a trainer beside it was OOM-killed; a chunk is 5760 × 2048 × 8 bytes."""
+    rows, k = sum(int(b.shape[0]) for b in blocks), int(blocks[0].shape[1])
+    out = torch.zeros(rows, rows, dtype=torch.float64)
+    for c in range(0, k, GRAM_COLUMNS):
+        chunk = torch.cat([b[:, c : c + GRAM_COLUMNS] for b in blocks]).to(torch.float64)
+        out.addmm_(chunk, chunk.T)
+    return out
+
+
 class Gram:
     """The Gram matrix of named series of per-group sketches ({name: [groups, k]}).
 
@@ -71,8 +86,7 @@ class Gram:
         names = list(series)
         self.groups = int(series[names[0]].shape[0])
         self.index = {name: i for i, name in enumerate(names)}
-        m = torch.cat([series[n].to(torch.float64) for n in names])
-        self.matrix = (m @ m.T).numpy()
+        self.matrix = _gram([series[n] for n in names]).numpy()
         self.siblings = {**(siblings or {}), **{b: a for a, b in (siblings or {}).items()}}
 
     def block(self, a: str, b: str) -> np.ndarray:
