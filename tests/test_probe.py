@@ -564,10 +564,14 @@ def test_quick_probe_on_tiny_end_to_end(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_killed_probe_resumes_at_the_first_unmeasured_age(tmp_path):
-    """A probe killed after K = 1 (its partial/K2.json gone) and rerun with the same options walks to θ_2
-    again, checks θ_1 and the behaviour data against their fingerprints, measures only K = 2, and writes the
-    records the uninterrupted probe wrote; a rerun with nothing left to measure loads no model."""
+def test_killed_probe_resumes_at_the_first_unmeasured_age(tmp_path, monkeypatch):
+    """A probe killed at K = 2 while sketching draw B (its partial/K2.json gone, D₀, D₀′ and A kept in
+    partial/K2/) and rerun with the same options walks to θ_2 again, checks θ_1 and the behaviour data
+    against their fingerprints, sketches only B at θ_2 (beside the two θ₀ passes for the behaviour
+    log-probs), writes the records the uninterrupted probe wrote and removes partial/K2/; a changed θ_1 is
+    refused, other options start over."""
+    from vespo_cli.probe import measure
+
     out = tmp_path / "probe"
     args = [
         "probe",
@@ -590,9 +594,25 @@ def test_killed_probe_resumes_at_the_first_unmeasured_age(tmp_path):
     whole = json.loads((out / "probe.json").read_text())
     assert sorted(p.name for p in (out / "partial").iterdir()) == ["K0.json", "K1.json", "K2.json", "options.json"]
     (out / "partial" / "K2.json").unlink()
+    put = measure.KeptSketches.put
+
+    def killed_at_b(self, name, batch, computed):
+        if self.path.name == "K2" and name == "b":
+            raise KeyboardInterrupt
+        return put(self, name, batch, computed)
+
+    monkeypatch.setattr(measure.KeptSketches, "put", killed_at_b)
+    killed = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert killed.exit_code != 0 and not (out / "partial" / "K2.json").exists()
+    kept = sorted(p.name for p in (out / "partial" / "K2").iterdir())
+    assert kept == ["a.safetensors", "redraw.safetensors", "stale.safetensors"]
+    monkeypatch.setattr(measure.KeptSketches, "put", put)
+    passes, sketches = [], measure.batch_sketches
+    monkeypatch.setattr(measure, "batch_sketches", lambda *a, **kw: passes.append(1) or sketches(*a, **kw))
     again = CliRunner().invoke(app, [*args, "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert "resuming the probe: K = [0, 1] measured before" in again.output
+    assert len(passes) == 3 and not (out / "partial" / "K2").exists()  # θ₀ on D₀ and D₀′, then B at θ_2
     resumed = json.loads((out / "probe.json").read_text())
     drop = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert drop(resumed) == drop(whole)
@@ -607,46 +627,6 @@ def test_killed_probe_resumes_at_the_first_unmeasured_age(tmp_path):
     assert tampered.exit_code == 2 and "θ_1 reached again differs from the killed probe's" in tampered.output
     other = CliRunner().invoke(app, [*args, "-K", "3", "--out", str(out)])
     assert other.exit_code == 0 and "holds a probe with other options; starting over" in other.output
-
-
-@pytest.mark.slow
-def test_probe_killed_within_an_age_resumes_at_its_first_unsketched_draw(tmp_path, monkeypatch):
-    """Killed while sketching draw B at K = 2 (after D₀, D₀′ and A were kept in partial/K2/), a rerun
-    sketches only B at θ_2 (beside the two θ₀ passes that give the behaviour log-probs), writes the records
-    of the uninterrupted probe, and removes partial/K2/ once K2.json holds them."""
-    from vespo_cli.probe import measure
-
-    args = ["probe", "--preset", "tiny", "--quick", "--algo", "grpo", "--algo", "vespo", "-K", "0", "-K", "2"]
-    whole = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "whole")])
-    assert whole.exit_code == 0, whole.output
-    out = tmp_path / "probe"
-    put = measure.KeptSketches.put
-
-    def killed_at_b(self, name, batch, computed):
-        if self.path.name == "K2" and name == "b":
-            raise KeyboardInterrupt
-        return put(self, name, batch, computed)
-
-    monkeypatch.setattr(measure.KeptSketches, "put", killed_at_b)
-    killed = CliRunner().invoke(app, [*args, "--out", str(out)])
-    assert killed.exit_code != 0 and not (out / "partial" / "K2.json").exists()
-    assert sorted(p.name for p in (out / "partial" / "K2").glob("*.safetensors")) == [
-        "a.safetensors",
-        "redraw.safetensors",
-        "stale.safetensors",
-    ]
-    monkeypatch.setattr(measure.KeptSketches, "put", put)
-    passes = []
-    sketches = measure.batch_sketches
-    monkeypatch.setattr(measure, "batch_sketches", lambda *a, **kw: passes.append(1) or sketches(*a, **kw))
-    again = CliRunner().invoke(app, [*args, "--out", str(out)])
-    assert again.exit_code == 0, again.output
-    assert len(passes) == 3  # θ₀ on D₀ and D₀′, then B at θ_2
-    drop = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
-    assert drop(json.loads((out / "probe.json").read_text())) == drop(
-        json.loads((tmp_path / "whole" / "probe.json").read_text())
-    )
-    assert not (out / "partial" / "K2").exists()
 
 
 @pytest.mark.slow
