@@ -133,7 +133,9 @@ screen() {  # phase 2, in each lane: the screen runs of each lr in turn, one per
 #   `prompts_to_resolve` put the prompts that resolve them at 146 and 300.
 # Cost, profiled beside two lanes (16 prompts, K = 0): a forward pass per prompt group and draw takes 1.5 s (the
 # gradient sketches' backward through 2 blocks is a tenth of that) and sampling 0.09 s per sequence, so at 320
-# prompts ~48 min per K and ~3.5-4 hours in all, + ~10 min for the pilot. A killed probe resumes at its first
+# prompts ~48 min per K and ~3.5-4 hours in all, + ~10 min for the pilot. Measured after the prompt-once forward
+# (9f59dac): K = 0 took 23 min beside one lane (probe.json `seconds`); a resumed probe first redraws D₀ and D₀′,
+# repeats θ₀'s passes and the walk to θ_K (~15 min + ~13 s per on-policy step). A killed probe resumes at its first
 # unmeasured K (OUT/partial/), within it at its first draw not yet sketched; a killed pilot from its checkpoint.
 # The probe runs from the commit it first started at, not the pinned trainer's: its resuming is newer than the
 # study's commit, and it measures gradients at its own θ_K, none of the study's runs.
