@@ -30,6 +30,12 @@ def points(x: float) -> str:
     return f"{100 * x:+.1f}".replace("-", "−")
 
 
+def collapses(group: dict) -> str:
+    """ ", collapsed: seeds …" where the study's collapse rule flags any of the group's runs."""
+    hit = [c for c in group["collapse"] if c["status"] == "collapsed"]
+    return f"; collapsed: seed {', '.join(str(c['seed']) for c in hit)} of {len(group['collapse'])}" if hit else ""
+
+
 def cells(summary: dict) -> list[str]:
     """Per N, the final held-out accuracy of every arm's kept runs, seed by seed."""
     out = []
@@ -40,7 +46,8 @@ def cells(summary: dict) -> list[str]:
     for n in sorted(by_n):
         arms = [
             f"{NAMES.get(g['label'], g['label'])} {' / '.join(pct(s['final_eval']) for s in g['per_seed'])}% "
-            f"(seed{'s' if len(g['seeds']) > 1 else ''} {', '.join(map(str, g['seeds']))})"
+            f"(seed{'s' if len(g['seeds']) > 1 else ''} {', '.join(map(str, g['seeds']))}"
+            f"{collapses(g)})"
             for g in sorted(by_n[n], key=lambda g: list(NAMES).index(g["label"]) if g["label"] in NAMES else 99)
         ]
         out.append(f"at N = {n} ({planned.get(str(n), '?')} seeds planned per arm): " + "; ".join(arms))
