@@ -89,17 +89,18 @@ def unevaluated(lanes: list[Path]) -> list[Path]:
     return out
 
 
-def collapsed(runs: list[Path]) -> list[Path]:
-    """The runs that collapsed by the compare's rule (`detect_collapse` over their full step budget)."""
+def collapse_status(run: Path) -> str:
+    """The run's status by the compare's collapse rule (`detect_collapse` over its full step budget)."""
     from vespo_cli.compare.analysis import detect_collapse
     from vespo_cli.fsio import read_jsonl
 
-    out = []
-    for run in runs:
-        steps = int(yaml.safe_load((run / "config.yaml").read_text())["trainer"]["steps"])
-        if detect_collapse(list(read_jsonl(run / "metrics.jsonl")), total_steps=steps)["status"] == "collapsed":
-            out.append(run)
-    return out
+    steps = int(yaml.safe_load((run / "config.yaml").read_text())["trainer"]["steps"])
+    return detect_collapse(list(read_jsonl(run / "metrics.jsonl")), total_steps=steps)["status"]
+
+
+def collapsed(runs: list[Path]) -> list[Path]:
+    """The runs that collapsed by the compare's rule."""
+    return [run for run in runs if collapse_status(run) == "collapsed"]
 
 
 if __name__ == "__main__":

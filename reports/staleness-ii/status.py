@@ -10,9 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from collections import Counter
 from pathlib import Path
-
-import yaml
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = (
@@ -31,7 +30,7 @@ def points(x: float) -> str:
 
 
 def collapses(group: dict) -> str:
-    """ ", collapsed: seeds …" where the study's collapse rule flags any of the group's runs."""
+    """ "; collapsed: seed …" where the study's collapse rule flags any of the group's runs, else ""."""
     hit = [c for c in group["collapse"] if c["status"] == "collapsed"]
     return f"; collapsed: seed {', '.join(str(c['seed']) for c in hit)} of {len(group['collapse'])}" if hit else ""
 
@@ -56,9 +55,7 @@ def cells(summary: dict) -> list[str]:
 
 def verdicts(summary: dict) -> str:
     rows = summary["verdict"]
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    counts = Counter(r["verdict"] for r in rows)
     text = f"{len(rows)} claim rows: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     judged = [r for r in rows if r.get("p") is not None]
     if judged:
@@ -76,15 +73,10 @@ def phase_two() -> str:
     parts = []
     screened = sorted((HERE / "screen").glob("lr-*/runs/*/metrics.jsonl"))
     if screened:
-        from vespo_cli.compare.analysis import detect_collapse
-        from vespo_cli.fsio import read_jsonl
+        sys.path.insert(0, str(HERE.parent))
+        from study import collapse_status  # reports/study.py: the rule run.sh's screen applies
 
-        tried = []
-        for m in screened:
-            steps = int(yaml.safe_load((m.parent / "config.yaml").read_text())["trainer"]["steps"])
-            status = detect_collapse(list(read_jsonl(m)), total_steps=steps)["status"]
-            lane = m.parent.parent.parent.name  # lr-<lr>-<arm>
-            tried.append(f"{lane.removeprefix('lr-')}: {status}")
+        tried = [f"{m.parent.parent.parent.name.removeprefix('lr-')}: {collapse_status(m.parent)}" for m in screened]
         parts.append("stress screen (N = 32, seed 100) " + "; ".join(tried))
     lr = HERE / "runs" / "stress-lr"
     parts.append(
