@@ -224,14 +224,14 @@ class Partial:
             raise UserError(f"{self.path}/K{k}.json: θ_{k} reached again differs from the killed probe's; delete it")
 
     def at(self, k: int, theta: str) -> KeptSketches:
-        """Where K's draws keep their sketches until K's records are written (`add`)."""
+        """Where K's draws keep their sketches until K's records are written (`add`); θ_K's digest `theta`."""
         return KeptSketches(self.path / f"K{k}", theta)
 
-    def add(self, k: int, records: list[dict], model, blocks: int) -> list[dict]:
+    def add(self, k: int, records: list[dict], theta: str) -> list[dict]:
         saved = {
             "k": k,
             "records": jsonable(records),
-            "theta": _theta_digest(model, blocks),
+            "theta": theta,
             "behaviour": self.behaviour,
             "settings": jsonable(self.live),
         }
@@ -326,7 +326,8 @@ def _walk(s: Session, d: Behaviour, objectives: dict, ks, prompts: int, checkpoi
                 progress.update(task, advance=groups_per_k, info=f"θ_{k}: measured before (partial/)")
                 records += done.records[k]
                 continue
-            records += done.add(k, _measure_at(s, d, k, objectives, bootstrap, progress, task, done), s.model, s.blocks)
+            kept = done.at(k, _theta_digest(s.model, s.blocks))
+            records += done.add(k, _measure_at(s, d, k, objectives, bootstrap, progress, task, kept), kept.theta)
             release_heap()  # each K's four draws and per-group gradients are freed: back to the kernel
     return records
 
@@ -357,7 +358,7 @@ def _load_weights(model, tokenizer, ckpt: Path) -> None:
 
 
 def _measure_at(
-    s: Session, d: Behaviour, k: int, objectives: dict, bootstrap: int, progress, task, done: Partial
+    s: Session, d: Behaviour, k: int, objectives: dict, bootstrap: int, progress, task, kept: KeptSketches
 ) -> list[dict]:
     """Fresh draws A and B at θ_K, every group's sketches, the drift, and one record per objective
     (bootstrapped over prompt groups: the same counts for every series, and the jackknife for BCa).
@@ -368,7 +369,7 @@ def _measure_at(
         for i, h in enumerate("ab")
     }
     tick = lambda n=1: progress.update(task, advance=n, info=f"θ_{k}: gradients")  # noqa: E731
-    series, logp = _group_sketches(s, d, fresh, objectives, tick, done.at(k, _theta_digest(s.model, s.blocks)))
+    series, logp = _group_sketches(s, d, fresh, objectives, tick, kept)
     gram = Gram(series, siblings(objectives))
     counts = resample_counts(len(d.stale.groups), bootstrap, s.seed + k)
     jack = jackknife_counts(len(d.stale.groups))
