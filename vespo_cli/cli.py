@@ -180,7 +180,9 @@ def train(
 @app.command("eval")
 @user_errors
 def eval_(
-    benchmarks: list[str] = typer.Argument(..., help="aime24 aime25 amc23 math500 gsm8k (or a .jsonl path)."),
+    benchmarks: list[str] = typer.Argument(
+        ..., help="aime24 aime25 amc23 math500 gsm8k, arith (its held-out split), or a .jsonl path."
+    ),
     model: str | None = typer.Option(None, "--model", "-m", help="Checkpoint dir or model spec."),
     preset: str | None = PresetOpt,
     overrides: list[str] | None = SetOpt,
