@@ -49,6 +49,10 @@ PY=${PY:-$ROOT/.venv/bin/python}
 V=${V:-$PY -m vespo_cli.cli}
 MODE=${1:-full}
 HERE=reports/staleness-ii
+# Every Python process of the lanes returns its freed heap every 30 s (heap/sitecustomize.py: glibc malloc_trim),
+# what trainers after the pin do after each eval and checkpoint: two N = 32 trainers late in their runs (12-13 GB
+# each, mostly freed heap) exceed the machine. Added 2026-12-07, from the stress cell's third run on; memory only.
+export PYTHONPATH=$ROOT/$HERE/heap${PYTHONPATH:+:$PYTHONPATH}
 SEEDS=(0 1 2 3); STRESS_SEEDS=(0 1 2 3 4); STRESS_N=32; SCREEN_LRS=(3e-5 1e-4); STEPS=()
 STUDY=$(realpath -m "${STUDY_DIR:-runs/staleness-ii}")
 KEEP=$ROOT/$HERE/runs
