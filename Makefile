@@ -36,11 +36,12 @@ else
 endif
 	@touch $@
 
+DEMO_DIR ?= runs/demo
 demo: setup
-	@if [ -f runs/demo/config.yaml ]; then $(VENV)/bin/vespo train --resume runs/demo; \
-	 else $(VENV)/bin/vespo train --preset smollm2-arith --out runs/demo; fi
-	$(VENV)/bin/vespo compare runs/demo --out runs/demo/report
-	@echo "demo run: runs/demo (metrics.jsonl, rollouts/, checkpoints/); report: runs/demo/report/report.md"
+	@if [ -f $(DEMO_DIR)/config.yaml ]; then $(VENV)/bin/vespo train --resume $(DEMO_DIR); \
+	 else $(VENV)/bin/vespo train --preset smollm2-arith --out $(DEMO_DIR); fi
+	$(VENV)/bin/vespo compare $(DEMO_DIR) --out $(DEMO_DIR)/report
+	@echo "demo run: $(DEMO_DIR) (metrics.jsonl, rollouts/, checkpoints/); report: $(DEMO_DIR)/report/report.md"
 
 test: setup lint
 	$(PY) -m pytest -q -m "not heavy" --durations=25
