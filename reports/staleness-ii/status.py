@@ -93,7 +93,11 @@ def phase_two() -> str:
         left = []
         for o in dict.fromkeys(r["objective"] for r in records):
             first = leaves_floor(records, o)
-            left.append(f"{NAMES.get(o, o)} {'at K = ' + str(first['staleness']) if first else 'at no K measured'}")
+            # where a floor is unresolved no gap can be resolved: "at no K" there is a lack of power, not fidelity
+            blind = [str(r["staleness"]) for r in records if r["objective"] == o and not r.get("floor_resolved")]
+            where = f"at K = {first['staleness']}" if first else "at no K measured"
+            unresolved = f" (floor unresolved at K = {', '.join(blind)})" if blind else ""
+            left.append(f"{NAMES.get(o, o)} {where}{unresolved}")
         parts.append(
             f"Probe II done (K = {', '.join(map(str, ages))}): noise floors resolved at K = 0 for {resolved} of "
             f"{len(k0)} objectives, {'calibrated' if calibrated(records) else 'NOT calibrated'} at K = 0; the stale "
