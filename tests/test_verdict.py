@@ -374,7 +374,8 @@ def test_rows_short_of_the_planned_seeds_are_interim_then_judged_at_the_plan():
     c = claims({"claim": "beats", "form": "difference", "a": "vespo", "b": "grpo", "at": [16]}, planned_seeds=4)
     two = [group("vespo", 16, {0: 0.60, 1: 0.61}), group("grpo", 16, {0: 0.40, 1: 0.405})]
     (row,) = judge(two, c)
-    assert row["p_adjusted"] < 0.05 and row["estimate"] > 0  # would be supported without the plan
+    assert row["p"] < 0.05 and row["estimate"] > 0  # alone in its family: would be supported without the plan
+    assert row["p_adjusted"] is None  # short of the plan: in the family at p = 1
     assert row["verdict"] == "interim" and "vespo N=16: 2 of 4 seeds" in row["note"]
     assert row["seeds_needed"] is not None and "interim" in verdict_sentence(row)
     assert judge(two, c, planned={16: 2})[0]["verdict"] == "supported"  # the plan given per N overrides
@@ -409,3 +410,31 @@ def test_planned_seeds_parse_and_validate(tmp_path):
         with pytest.raises(UserError, match=r"c\.yaml: planned_seeds"):
             load_claims(str(bad))
     assert claims({"claim": "x", "form": "degrades", "a": "v"}, planned_seeds={1: 4}).planned() == {1: 4}
+
+
+def test_rows_short_of_the_planned_seeds_count_at_p_1_in_the_family():
+    """A complete row is judged in a family where every row short of its planned seeds counts at p = 1 (its p still
+    moves, and Holm's adjusted p of the others rises with it): with one short row beside it, a row at p ≈ 0.004
+    has Holm p = 2p; supported when 2p < 0.05 whatever the short row later shows, interim while 2p is not."""
+    full = [
+        group("vespo", 16, {0: 0.60, 1: 0.61, 2: 0.59, 3: 0.62}),
+        group("grpo", 16, {0: 0.40, 1: 0.405, 2: 0.41, 3: 0.39}),
+        group("vespo", 32, {0: 0.60, 1: 0.62}),
+        group("grpo", 32, {0: 0.40, 1: 0.45}),
+    ]
+    main = {"claim": "beats", "form": "difference", "a": "vespo", "b": "grpo", "at": [16]}
+    stress = {"claim": "stress", "form": "difference", "a": "vespo", "b": "grpo", "at": [32]}
+    rows = judge(full, claims(main, stress, planned_seeds=4))
+    assert rows[1]["short"] and rows[1]["p_adjusted"] is None and rows[1]["verdict"] == "interim"
+    assert rows[0]["p_adjusted"] == pytest.approx(min(1.0, 2 * rows[0]["p"]))
+    assert rows[0]["verdict"] == "supported"  # 2p < 0.05: no later p of the short row can undo it
+    weak = [
+        group("vespo", 16, {0: 0.50, 1: 0.53, 2: 0.49, 3: 0.52}),
+        group("grpo", 16, {0: 0.47, 1: 0.525, 2: 0.46, 3: 0.50}),
+    ]
+    (alone,) = judge(weak, claims(main, planned_seeds=4))
+    rows = judge([*weak, *full[2:]], claims(main, stress, planned_seeds=4))
+    assert alone["verdict"] == "supported" and 0.025 < alone["p"] < 0.05  # beside the short row: Holm p = 2p > 0.05
+    assert (
+        rows[0]["verdict"] == "interim" and "1 are short of their planned seeds (counted at p = 1)" in rows[0]["note"]
+    )

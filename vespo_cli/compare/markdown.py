@@ -296,6 +296,7 @@ def verdict_lines(rows: Sequence[dict], claims: dict | None = None) -> list[str]
     fam = claims or {}
     m = sum(r["p"] is not None or bool(r.get("pending")) for r in rows)
     waiting = sum(bool(r.get("pending")) for r in rows)
+    short = sum(bool(r.get("short")) for r in rows)
     alpha = fam.get("alpha", 0.05)
     return [
         "## Verdict",
@@ -320,6 +321,7 @@ def verdict_lines(rows: Sequence[dict], claims: dict | None = None) -> list[str]
         f"Claims file: `{fam.get('path', '?')}`{_commit_note(fam)} (family **{fam.get('family', '?')}**: the {m} "
         "rows with data"
         + (f" or planned ({waiting} without data yet, in the family at p = 1 until they have it)" if waiting else "")
+        + (f"; {short} short of their planned seeds, in the family at p = 1 until they have them" if short else "")
         + ", "
         f"Holm-adjusted at family-wise α = {alpha:g}). Accuracy endpoints and collapse rates in points. "
         "*noninferior*: A(N) − B(ref) > −margin; *degrades*: < −margin; *interaction*: [A(N) − A(ref)] − "
