@@ -436,5 +436,6 @@ def test_rows_short_of_the_planned_seeds_count_at_p_1_in_the_family():
     rows = judge([*weak, *full[2:]], claims(main, stress, planned_seeds=4))
     assert alone["verdict"] == "supported" and 0.025 < alone["p"] < 0.05  # beside the short row: Holm p = 2p > 0.05
     assert (
-        rows[0]["verdict"] == "interim" and "1 are short of their planned seeds (counted at p = 1)" in rows[0]["note"]
+        rows[0]["verdict"] == "interim"
+        and "1 row(s) of the family are short of their planned seeds (counted at p = 1)" in rows[0]["note"]
     )

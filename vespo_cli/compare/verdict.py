@@ -311,8 +311,10 @@ def judge(groups: Sequence[dict], claims: ClaimsFile, planned: dict[int | None, 
             r["note"] = "; ".join(filter(None, [f"interim, not judged: {', '.join(short)}", r["note"]]))
         elif r["verdict"] == UNRESOLVED and r["p"] is not None and (waiting or short_count):
             r["verdict"] = INTERIM
-            why = [f"{waiting} planned row(s) of the family have no data yet" if waiting else "",
-                   f"{short_count} are short of their planned seeds" if short_count else ""]  # fmt: skip
+            why = [
+                f"{waiting} planned row(s) of the family have no data yet" if waiting else "",
+                f"{short_count} row(s) of the family are short of their planned seeds" if short_count else "",
+            ]
             note = f"interim, not judged: {', '.join(filter(None, why))} (counted at p = 1)"
             r["note"] = "; ".join(filter(None, [note, r["note"]]))
         elif r["verdict"] != UNRESOLVED:
