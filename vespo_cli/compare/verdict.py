@@ -289,26 +289,26 @@ def judge(groups: Sequence[dict], claims: ClaimsFile, planned: dict[int | None, 
     pairs = [(c, r) for c in claims.claims for r in _rows_for(c, groups, claims.endpoint)]
     # a row the plan promises data for (its claim lists its N, each planned) but that has none yet is in the
     # family at p = 1: Holm's adjusted p of the others can only fall when its data arrive, so a row resolved
-    # now stays resolved, and one not resolved waits (interim) instead of being judged in a smaller family
-    # A row short of its planned seeds is in the family at p = 1 too: its p moves as seeds arrive, and Holm's adjusted
-    # p of every other row rises with it, so only the bound p = 1 keeps a resolved row resolved at the plan.
+    # now stays resolved, and one not resolved waits (interim) instead of being judged in a smaller family. A row
+    # short of its planned seeds counts at p = 1 too: its p moves as seeds arrive, and Holm's adjusted p of every
+    # other row rises with it, so only the bound p = 1 keeps a resolved row resolved at the plan.
     labels = {g["label"] for g in groups}
     pending = [r["p"] is None and _planned_n(c, plan) and _runs_arms(c, groups, labels) for c, r in pairs]
-    short_rows = [r["p"] is not None and bool(_short_of_plan(r, plan)) for _, r in pairs]
+    shortfalls = [_short_of_plan(r, plan) for _, r in pairs]  # each row's groups with fewer seeds than planned
+    short_rows = [r["p"] is not None and bool(s) for (_, r), s in zip(pairs, shortfalls)]
     adjusted = holm([1.0 if wait or short else r["p"] for (_, r), wait, short in zip(pairs, pending, short_rows)])
     m = sum(p is not None for p in adjusted)
     waiting, short_count = sum(pending), sum(short_rows)
     out = []
-    for (c, r), p_adj, wait, is_short in zip(pairs, adjusted, pending, short_rows):
+    for (c, r), p_adj, wait, is_short, shortfall in zip(pairs, adjusted, pending, short_rows, shortfalls):
         r = {**r, "p_adjusted": None if wait or is_short else p_adj, "pending": wait, "short": is_short}
         r["verdict"] = _decide(r, claims.alpha)
         r = _power(r, claims.alpha / max(m, 1), claims.power)
         if r["form"] == "collapse":  # at the plan every row has data: the family is all of them
             r = _attainable(r, _planned_runs(c, r, plan), claims.alpha / len(pairs))
-        short = _short_of_plan(r, plan) if r["verdict"] != NO_DATA else []
-        if short:
+        if shortfall and r["verdict"] != NO_DATA:
             r["verdict"] = INTERIM
-            r["note"] = "; ".join(filter(None, [f"interim, not judged: {', '.join(short)}", r["note"]]))
+            r["note"] = "; ".join(filter(None, [f"interim, not judged: {', '.join(shortfall)}", r["note"]]))
         elif r["verdict"] == UNRESOLVED and r["p"] is not None and (waiting or short_count):
             r["verdict"] = INTERIM
             why = [
