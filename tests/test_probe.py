@@ -566,10 +566,11 @@ def test_quick_probe_on_tiny_end_to_end(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_killed_probe_resumes_at_the_first_unmeasured_age(tmp_path, monkeypatch):
     """A probe killed at K = 2 while sketching draw B (its partial/K2.json gone, D₀, D₀′ and A kept in
-    partial/K2/) and rerun with the same options walks to θ_2 again, checks θ_1 and the behaviour data
-    against their fingerprints, sketches only B at θ_2 (beside the two θ₀ passes for the behaviour
-    log-probs), writes the records the uninterrupted probe wrote and removes partial/K2/; a changed θ_1 is
-    refused, other options start over."""
+    partial/K2/, θ_2 with its optimizer state in partial/walk/) and rerun with the same options starts the
+    walk at the kept θ_2 (no on-policy step), checks the behaviour data against its fingerprint, sketches
+    only B at θ_2 (beside the two θ₀ passes for the behaviour log-probs), writes the records the
+    uninterrupted probe wrote and removes partial/K2/ and partial/walk/. Without a kept θ (or with a
+    corrupt one) the walk starts again at θ₀ and a changed θ_1 is refused; other options start over."""
     from vespo_cli.probe import measure
 
     out = tmp_path / "probe"
@@ -606,17 +607,32 @@ def test_killed_probe_resumes_at_the_first_unmeasured_age(tmp_path, monkeypatch)
     assert killed.exit_code != 0 and not (out / "partial" / "K2.json").exists()
     kept = sorted(p.name for p in (out / "partial" / "K2").iterdir())
     assert kept == ["a.safetensors", "redraw.safetensors", "stale.safetensors"]
+    assert [p.name for p in (out / "partial" / "walk" / "checkpoints").iterdir()] == ["step-2"]
     monkeypatch.setattr(measure.KeptSketches, "put", put)
     passes, sketches = [], measure.batch_sketches
     monkeypatch.setattr(measure, "batch_sketches", lambda *a, **kw: passes.append(1) or sketches(*a, **kw))
+    steps, on_policy_step = [], measure._on_policy_step
+    monkeypatch.setattr(measure, "_on_policy_step", lambda *a: steps.append(a[3]) or on_policy_step(*a))
     again = CliRunner().invoke(app, [*args, "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert "resuming the probe: K = [0, 1] measured before" in again.output
+    assert "resuming the walk at θ_2" in again.output and steps == []
     assert len(passes) == 3 and not (out / "partial" / "K2").exists()  # θ₀ on D₀ and D₀′, then B at θ_2
+    assert not (out / "partial" / "walk").exists()  # every K measured
     resumed = json.loads((out / "probe.json").read_text())
     drop = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert drop(resumed) == drop(whole)
     assert [r["seconds"] for r in resumed if r["staleness"] < 2] == [r["seconds"] for r in whole if r["staleness"] < 2]
+    (out / "partial" / "K2.json").unlink()
+    monkeypatch.setattr(measure.KeptSketches, "put", killed_at_b)  # killed again at K = 2, its θ_2 then torn
+    assert CliRunner().invoke(app, [*args, "--out", str(out)]).exit_code != 0
+    steps.clear()
+    weights = out / "partial" / "walk" / "checkpoints" / "step-2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    monkeypatch.setattr(measure.KeptSketches, "put", put)
+    torn = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert torn.exit_code == 0 and "walking again from θ₀" in torn.output and steps == [0, 1]
+    assert drop(json.loads((out / "probe.json").read_text())) == drop(whole)
     (out / "partial" / "K1.json").write_text(
         (out / "partial" / "K1.json")
         .read_text()

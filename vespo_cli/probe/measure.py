@@ -227,6 +227,45 @@ class Partial:
         """Where K's draws keep their sketches until K's records are written (`add`); θ_K's digest `theta`."""
         return KeptSketches(self.path / f"K{k}", theta)
 
+    @property
+    def walk(self) -> Path:
+        return self.path / "walk"
+
+    def keep_walk(self, k: int, s: Session, optimizer, scheduler) -> None:
+        """θ_k with the optimizer, schedule and RNG state (a trainer checkpoint under partial/walk/, the
+        previous one replaced), so a probe killed at a later K walks on from θ_k rather than from θ₀. Where
+        the disk has no room for it, a note: the probe goes on, and a killed one walks from θ₀."""
+        from ..train.checkpoint import save_checkpoint
+
+        try:
+            save_checkpoint(self.walk, s.model, s.tokenizer, optimizer, scheduler, _walk_state(k), keep=1)
+        except OSError as e:
+            shutil.rmtree(self.walk, ignore_errors=True)
+            print(f"note: θ_{k} not kept for resuming ({e}); a killed probe walks again from θ₀", file=sys.stderr)
+
+    def resume_walk(self, ks: list[int], s: Session, optimizer, scheduler) -> int:
+        """The step of the kept θ (keep_walk), loaded into the live model, optimizer and engine, where every
+        K before it was measured; else 0 (the walk starts at θ₀, as it does where the kept θ fails its
+        manifest: torn or corrupt)."""
+        from ..train.checkpoint import latest_checkpoint, load_optimizer, load_trainer_state
+
+        try:
+            ckpt = latest_checkpoint(self.walk, warn=lambda m: None) if self.walk.is_dir() else None
+        except UserError as e:  # torn or corrupt: not trusted, and not needed (the walk is seeded)
+            print(f"note: {e}; walking again from θ₀", file=sys.stderr)
+            shutil.rmtree(self.walk, ignore_errors=True)
+            return 0
+        if ckpt is None:
+            return 0
+        step = load_trainer_state(ckpt)["step"]
+        if any(k < step and k not in self.records for k in ks) or step > ks[-1]:
+            return 0
+        _load_weights(s.model, s.tokenizer, ckpt)
+        load_optimizer(ckpt, s.model, optimizer, scheduler)
+        s.sync.publish()
+        print(f"note: resuming the walk at θ_{step} ({ckpt})", file=sys.stderr)
+        return step
+
     def add(self, k: int, records: list[dict], theta: str) -> list[dict]:
         saved = {
             "k": k,
@@ -238,6 +277,11 @@ class Partial:
         atomic_write_json(self.path / f"K{k}.json", saved)
         shutil.rmtree(self.path / f"K{k}", ignore_errors=True)  # its draws' sketches: in the records now
         return saved["records"]
+
+
+def _walk_state(k: int) -> dict:
+    """θ_k's trainer state (load_trainer_state's keys): the walk consumes no shards."""
+    return {"step": k, "iteration": 0, "ledger": []}
 
 
 def _digest(*values) -> str:
@@ -299,25 +343,35 @@ class KeptSketches:
 
 def _walk(s: Session, d: Behaviour, objectives: dict, ks, prompts: int, checkpoints, bootstrap: int, done: Partial):
     """θ_K for each K in turn (on-policy steps from θ₀, or `--run`'s checkpoints), measured at each K that
-    `done` does not hold (the walk itself is repeated: θ_K of a later K needs it)."""
+    `done` does not hold. A resumed walk starts at the θ_K the killed one kept (Partial.keep_walk), else at θ₀
+    (a K measured before is reached again and its θ_K checked against its fingerprint)."""
     from ..train.step import make_optimizer, make_scheduler
 
     optimizer = scheduler = None
+    step = 0
     if checkpoints is None:
         optimizer = make_optimizer(s.model, s.cfg)
         scheduler = make_scheduler(optimizer, s.cfg)  # the trainer's schedule
+        step = done.resume_walk(ks, s, optimizer, scheduler)
     steps_total = ks[-1] if checkpoints is None else 0
     groups_per_k = 4 * len(d.stale.groups)  # D₀, D₀′, A, B
     records: list[dict] = []
     with progress_bar(console, disable=not dist.is_main()) as progress:
         task = progress.add_task("probe", total=steps_total + groups_per_k * len(ks), info="")
-        step = 0
+        progress.update(task, advance=step, info=f"θ_{step}: kept by the killed probe (partial/walk/)" if step else "")
         for k in ks:
+            if k < step:  # measured before, and θ_k is behind the kept θ_step (resume_walk): not reached again
+                progress.update(task, advance=groups_per_k, info=f"θ_{k}: measured before (partial/)")
+                records += done.records[k]
+                continue
+            walked = step < k
             while checkpoints is None and step < k:  # θ_{step} → θ_{step+1}: one on-policy step
                 progress.update(task, info=f"θ_{k}: on-policy step {step + 1}")
                 info = _on_policy_step(s, optimizer, scheduler, step, prompts)
                 step += 1
                 progress.update(task, advance=1, info=f"step {step}: {info}")
+            if walked:  # a probe killed from here on resumes at θ_k
+                done.keep_walk(k, s, optimizer, scheduler)
             if checkpoints is not None and checkpoints[k] is not None:
                 _load_weights(s.model, s.tokenizer, checkpoints[k])
                 s.sync.publish()
@@ -329,6 +383,7 @@ def _walk(s: Session, d: Behaviour, objectives: dict, ks, prompts: int, checkpoi
             kept = done.at(k, _theta_digest(s.model, s.blocks))
             records += done.add(k, _measure_at(s, d, k, objectives, bootstrap, progress, task, kept), kept.theta)
             release_heap()  # each K's four draws and per-group gradients are freed: back to the kernel
+    shutil.rmtree(done.walk, ignore_errors=True)  # every K is measured: the kept θ_K is no longer needed
     return records
 
 
