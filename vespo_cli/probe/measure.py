@@ -364,7 +364,7 @@ def _walk(s: Session, d: Behaviour, objectives: dict, ks, prompts: int, checkpoi
                 progress.update(task, advance=groups_per_k, info=f"θ_{k}: measured before (partial/)")
                 records += done.records[k]
                 continue
-            walked = step < k
+            walked = checkpoints is None and step < k
             while checkpoints is None and step < k:  # θ_{step} → θ_{step+1}: one on-policy step
                 progress.update(task, info=f"θ_{k}: on-policy step {step + 1}")
                 info = _on_policy_step(s, optimizer, scheduler, step, prompts)
