@@ -25,6 +25,8 @@
 #   claims are tested on counts, and at 3 runs per arm no outcome could resolve them (Fisher's test: at best
 #   p = 0.1; Boschloo's, which the verdict now uses: 2·4⁻³ = 0.031, not below Holm's α/10 = 0.005 in this
 #   10-row family). At 5 runs per arm the most lopsided outcome gives 2·4⁻⁵ = 0.002 (docs/decisions.md).
+# Phase 4 (amended 2026-12-07, identity below): GRPO and VESPO seq-mean at N = 1, seeds 1-3, so every arm at N = 1
+#   has >= 3 seeds as issue 29 asks; no claim row reads them.
 # Cost, measured on the 2-core machine with other work beside it (pilot, runs/pilot-ii-vespo-n1): ~25 s per step on
 # one thread plus ~1 min per eval, so ~1 CPU-hour per run: 26 main runs + ≤ 4 screen runs + 20 stress runs ≈ 50
 # CPU-hours, ~25 hours of wall time with two lanes, across sessions. That is above the ~30 CPU-hours issue 29 sized:
@@ -181,6 +183,23 @@ stress() {  # phase 3, in each lane: the next (seed, arm) run no lane has claime
   done
 }
 
+identity() {  # phase 4, after the stress cell: GRPO and VESPO seq-mean at N = 1, seeds 1-3 (seed 0: main_a, main_b).
+  # Amended 2026-12-07, after the main cells, before the stress cell was complete: issue 29's done criterion asks
+  # for >= 3 seeds of every arm at N = 1, and the claims file planned these two arms at seed 0 only, because on
+  # policy GRPO's gradient is VESPO's and VESPO seq-mean's is SAPO's (seed 0 trained bit-identically: the report's
+  # "Identical runs"). No claim row reads these runs (the rows that pair the two arms are differences at N = 16),
+  # so no verdict can change; they repeat the identity check at every seed. Taken like the stress runs, one per
+  # (seed, arm), by whichever lane is free.
+  local s arm unit
+  for s in 1 2 3; do
+    for arm in grpo "$SEQ"; do
+      unit=identity-${arm/#"$SEQ"/vespo-seq}-s$s
+      mkdir "$CLAIMS/$unit" 2>/dev/null || continue
+      sweep $V compare "$arm" -N 1 "${COMMON[@]}" --set trainer.seed="$s" --out "$STUDY/$unit"
+    done
+  done
+}
+
 report() {
   collect
   local kept=("$KEEP"/*/)
@@ -229,8 +248,8 @@ if [[ "$MODE" != "--report" ]]; then
   # each lane goes on to the stress runs as soon as it is free and the screen has picked the lr: lane b right after
   # its screen, lane a after the probe (~3.5-4 h, longer than the 2-4 screen runs), so neither lane idles
   rm -rf "$CLAIMS"; mkdir -p "$CLAIMS"
-  { main_a; probe_ii; screen; stress; } >> "$STUDY/lane-a.log" 2>&1 &
-  { main_b; screen; stress; } >> "$STUDY/lane-b.log" 2>&1 &
+  { main_a; probe_ii; screen; stress; [[ "$MODE" == "--quick" ]] || identity; } >> "$STUDY/lane-a.log" 2>&1 &
+  { main_b; screen; stress; [[ "$MODE" == "--quick" ]] || identity; } >> "$STUDY/lane-b.log" 2>&1 &
   wait
 fi
 report
