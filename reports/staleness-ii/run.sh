@@ -243,6 +243,12 @@ pin() {
 mkdir -p "$STUDY" "$SCREEN"
 if [[ "$MODE" != "--report" ]]; then
   pin
+  # the machine of each start (added 2026-12-07: the 34 runs before then trained on an Intel Xeon with AMX, the next
+  # on an AMD EPYC without it, ~2.5x slower per step): which machine a run trained on is the start before its first
+  # metrics record ("time"); a killed run resumes only on the machine that holds its checkpoints
+  [[ "$MODE" == "--quick" ]] || $PY -c 'import datetime, json; from vespo_cli.bench.machine import machine_info
+print(json.dumps({"start": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **machine_info()}))' \
+    >> "$KEEP/machines.jsonl"
   $PY reports/study.py restore "$KEEP" "$STUDY"
   $PY reports/study.py restore "$KEEP_SCREEN" "$SCREEN"
   # each lane goes on to the stress runs as soon as it is free and the screen has picked the lr: lane b right after
