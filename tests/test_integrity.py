@@ -341,7 +341,10 @@ def _resume_to_ref(run: Path, ref: Path) -> list[str]:
 
 def test_resume_skips_a_checkpoint_with_a_flipped_byte(tmp_path, monkeypatch):
     """A byte flipped in step-2's model.safetensors: `train --resume` names it in a warning, resumes from
-    step-1 and ends exactly where an uninterrupted run ends."""
+    step-1 and ends exactly where an uninterrupted run ends; run.json records both starts of the trainer."""
+    from vespo_cli.bench.machine import cpu_model, hardware
+    from vespo_cli.runid import code_commit
+
     ref, run = _stopped_at_2(tmp_path)
     ckpts = run / "checkpoints"
     assert verify_checkpoint(ckpts / "step-2") is None
@@ -356,6 +359,12 @@ def test_resume_skips_a_checkpoint_with_a_flipped_byte(tmp_path, monkeypatch):
         f"(corrupt); resuming from step-1 instead"
     ]
     assert all(verify_checkpoint(p) is None for p in ckpts.glob("step-*"))  # step-2 was written again
+    starts = json.loads((run / "run.json").read_text())["starts"]
+    assert [(st["step"], st["commit"], st["world_size"], st["cpu"]) for st in starts] == [
+        (0, code_commit(), 1, cpu_model()),
+        (1, code_commit(), 1, cpu_model()),
+    ]
+    assert starts[0]["at"] <= starts[1]["at"] and starts[1]["gpus"] == hardware()["gpus"]
 
 
 def test_resume_passes_a_checkpoint_without_a_manifest(tmp_path, monkeypatch):

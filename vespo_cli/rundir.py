@@ -2,7 +2,8 @@
 
 ```
 config.yaml                  the resolved config that ran          RunDir.config
-run.json                     mode, base model, run_id, commit      RunDir.info
+run.json                     mode, base model, run_id, commit,     RunDir.info
+                             starts (each start: step, commit, hardware)
 inputs.json                  what the run consumes (resume checks) RunDir.inputs
 metrics.jsonl                one line per optimizer step (+ eval)  RunDir.metrics
 rollouts/v<V>-<worker>-<seq>.parquet   shards                     RunDir.rollouts, shard_name

@@ -1,5 +1,7 @@
 """A run's identity: an id minted once and recorded in its run.json (`run_id`), with the git commit of
-the code that ran (`commit`, null outside a git checkout).
+the code that ran (`commit`, null outside a git checkout), and each start of its trainer, first or resumed
+(`starts`: when, from which step, at which commit, on which hardware), since a resumed run may continue
+under other code or on another machine.
 
 Group ids are `<run_id>/<worker>/<chunk>/<prompt>`: a random 64-bit run id keeps two runs' groups
 apart even when their directories share a name (`runs/a/x` and `runs/b/x`), so advantages are never
@@ -8,6 +10,7 @@ normalised across two prompts of different runs (train/sources.py also refuses s
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import uuid
@@ -66,3 +69,20 @@ def ensure_run_id(root: str | Path, **fields) -> str:
     run_id = new_run_id()
     atomic_write_json(run.info, {**info, **fields, "run_id": run_id, "commit": code_commit()})
     return run_id
+
+
+def record_start(root: str | Path, step: int, world_size: int) -> None:
+    """Append this start of the trainer to run.json's `starts` (held under the run's lock)."""
+    from .bench.machine import hardware
+
+    run = RunDir(root)
+    info = _read(run.info)
+    start = {
+        "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "step": step,
+        "commit": code_commit(),
+        "world_size": world_size,
+        **hardware(),
+    }
+    starts = info.get("starts") if isinstance(info.get("starts"), list) else []
+    atomic_write_json(run.info, {**info, "starts": [*starts, start]})

@@ -40,6 +40,15 @@ def configure_child() -> None:
         configure()
 
 
+def hardware() -> dict:
+    """What decides a run's speed and its bf16 rounding: the CPU and its matrix extensions, and the GPUs."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+    return {"cpu": cpu_model(), "cpu_flags": [f for f in CPU_FLAGS if f in cpu_flags()], "gpus": gpus}
+
+
 def machine_info() -> dict:
     import torch
 

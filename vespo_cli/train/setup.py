@@ -24,7 +24,7 @@ from ..inputs import check_inputs, prompt_chunk, record_inputs
 from ..lock import hold
 from ..progress import announce
 from ..rundir import RunDir
-from ..runid import code_commit, ensure_run_id, new_run_id
+from ..runid import code_commit, ensure_run_id, new_run_id, record_start
 from ..runtime import set_threads
 from ..seeds import seed_all
 from . import dist
@@ -110,6 +110,8 @@ def start_run(
     if tr.state["step"] >= cfg.trainer.steps:
         console.print(f"{run.root}: already complete ({tr.state['step']}/{cfg.trainer.steps} steps)")
         return None
+    if dist.is_main():
+        record_start(run.root, tr.state["step"], dist.world_size())
     return tr
 
 
