@@ -1,5 +1,5 @@
-"""`vespo probe`: its options and settings, then the measurement (steps 1–3: measure.py) and the
-report (step 4: report.py, plots.py); see vespo_cli/probe/__init__.py for what is measured.
+"""`vespo probe`: its options and settings, then the measurement (steps 1–3: measure.py; a killed one resumes:
+resume.py) and the report (step 4: report.py, plots.py); see vespo_cli/probe/__init__.py for what is measured.
 
 1. behaviour data D₀: B prompts × n samples from θ₀ (or `--shards DIR`), and D₀′: the same B prompts ×
    n samples from θ₀ with an independent seed (sampled here, also with `--shards`); θ₀'s log-probs on both;
