@@ -384,6 +384,29 @@ def test_report_from_two_run_dirs(presets, tmp_path):
     assert runs["vespo"]["steps_done"] == 40  # the torn last line is ignored
 
 
+def test_runs_on_different_hardware_are_numbered_in_the_runs_table(presets, tmp_path):
+    """run.json's `starts` (runid.record_start): runs of one machine get a line saying so; runs of two get a
+    machine column with a legend, a run resumed elsewhere both numbers, a run without a record a dash."""
+    amd = {"step": 0, "cpu": "AMD EPYC", "cpu_flags": ["avx512f", "avx512_bf16"], "gpus": []}
+    xeon = {"step": 9, "cpu": "Intel Xeon", "cpu_flags": ["amx_bf16"], "gpus": ["NVIDIA H100", "NVIDIA H100"]}
+    dirs = [write_run(tmp_path / a, a, synthetic(a, n=12, evals=False), trainer__steps=12) for a in ("grpo", "vespo")]
+    (dirs[0] / "run.json").write_text(json.dumps({"mode": "sync", "replay": None, "starts": [amd]}))
+    report = K.compare_command([str(d) for d in dirs], out=tmp_path / "one")
+    text = report.read_text()
+    assert "every run with a record trained on AMD EPYC (avx512f, avx512_bf16); 1 run(s) from before" in text
+    assert "| machine |" not in text
+    (dirs[1] / "run.json").write_text(json.dumps({"mode": "sync", "replay": None, "starts": [amd, xeon, xeon]}))
+    text = K.compare_command([str(d) for d in dirs], out=tmp_path / "two").read_text()
+    assert "1 = AMD EPYC (avx512f, avx512_bf16); 2 = Intel Xeon (amx_bf16) + 2× NVIDIA H100." in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line.endswith("` |")]
+    assert [row.split(" | ")[-2] for row in rows] == ["1", "1, 2"]
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert [r["hardware"] for r in summary["runs"]] == [
+        ["AMD EPYC (avx512f, avx512_bf16)"],
+        ["AMD EPYC (avx512f, avx512_bf16)", "Intel Xeon (amx_bf16) + 2× NVIDIA H100"],
+    ]
+
+
 def test_identical_runs_are_named_and_a_one_step_difference_is_not(presets, tmp_path):
     """Two algorithms that trained the same at every step (reward, grad norm, entropy, length; the loss value
     may differ) are reported as one identical pair; a third that differs at one step is not in it."""

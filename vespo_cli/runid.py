@@ -86,3 +86,26 @@ def record_start(root: str | Path, step: int, world_size: int) -> None:
     }
     starts = info.get("starts") if isinstance(info.get("starts"), list) else []
     atomic_write_json(run.info, {**info, "starts": [*starts, start]})
+
+
+def recorded_hardware(root: str | Path) -> list[str]:
+    """The hardware each start of `root`'s trainer ran on (record_start), in order, repeats dropped; [] for a
+    run from before run.json kept its starts."""
+    starts = _read(RunDir(root).info).get("starts")
+    labels: list[str] = []
+    for start in starts if isinstance(starts, list) else []:
+        if isinstance(start, dict) and isinstance(start.get("cpu"), str):
+            label = hardware_label(start)
+            if label not in labels:
+                labels.append(label)
+    return labels
+
+
+def hardware_label(start: dict) -> str:
+    """`AMD EPYC (avx512f, avx512_bf16, avx2)`, `… + 8× NVIDIA H100 80GB HBM3`: a start's hardware in a line."""
+    flags = ", ".join(f for f in start.get("cpu_flags") or [] if isinstance(f, str))
+    label = start["cpu"] + (f" ({flags})" if flags else "")
+    gpus = [g for g in start.get("gpus") or [] if isinstance(g, str)]
+    for name in dict.fromkeys(gpus):
+        label += f" + {gpus.count(name)}× {name}"
+    return label

@@ -407,20 +407,39 @@ def curves_lines(images: Sequence[dict]) -> list[str]:
 
 
 def runs_lines(runs: Sequence[Loaded], out: Path) -> list[str]:
+    machines = list(dict.fromkeys(h for r in runs for h in r.summary.get("hardware", [])))
+    several = len(machines) > 1
     rows = []
     for r in runs:
         s = r.summary
-        rows.append(
-            [
-                r.spec.label,
-                str(r.spec.staleness),
-                str(r.spec.seed),
-                f"{s['steps_done']}" + (f"/{s['steps_total']}" if s["steps_total"] else ""),
-                _f(_stats([s["final_reward"]])),
-                _collapse_cell([s["collapse"]]),
-                str(s["nonfinite_steps"]),
-                f"`{os.path.relpath(r.spec.path, out)}`",
-            ]
-        )
-    header = ["algorithm", "N", "seed", "steps", "final reward", "collapse", "non-finite steps", "run"]
-    return ["## Runs", "", *md_table(header, rows), ""]
+        row = [
+            r.spec.label,
+            str(r.spec.staleness),
+            str(r.spec.seed),
+            f"{s['steps_done']}" + (f"/{s['steps_total']}" if s["steps_total"] else ""),
+            _f(_stats([s["final_reward"]])),
+            _collapse_cell([s["collapse"]]),
+            str(s["nonfinite_steps"]),
+        ]
+        if several:
+            row.append(", ".join(str(machines.index(h) + 1) for h in s.get("hardware", [])) or "–")
+        rows.append([*row, f"`{os.path.relpath(r.spec.path, out)}`"])
+    header = ["algorithm", "N", "seed", "steps", "final reward", "collapse", "non-finite steps"]
+    header += ["machine"] * several + ["run"]
+    return ["## Runs", "", *md_table(header, rows), "", *_machines_lines(runs, machines)]
+
+
+def _machines_lines(runs: Sequence[Loaded], machines: list[str]) -> list[str]:
+    """Which hardware trained the runs (run.json's `starts`): a confound where runs differ in it."""
+    if not machines:
+        return []
+    unrecorded = sum(1 for r in runs if not r.summary.get("hardware"))
+    rest = f"; {unrecorded} run(s) from before run.json recorded it" if unrecorded else ""
+    if len(machines) == 1:
+        return [f"Hardware: every run with a record trained on {machines[0]}{rest}.", ""]
+    legend = "; ".join(f"{i + 1} = {m}" for i, m in enumerate(machines))
+    return [
+        f"Machines (column *machine*; a run resumed elsewhere lists both): {legend}{rest}. Runs on different "
+        f"hardware differ in bf16 rounding and speed, so compare them with that in mind.",
+        "",
+    ]

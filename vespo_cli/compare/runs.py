@@ -13,6 +13,7 @@ import yaml
 from ..errors import UserError
 from ..fsio import read_jsonl
 from ..rundir import RunDir
+from ..runid import recorded_hardware
 from .analysis import eval_records, smooth_window, summarize_run, train_records
 from .labels import RUN_NAME, describe_algorithm, join_label
 from .overlap import eval_overlap
@@ -118,5 +119,6 @@ def load_runs(specs: Sequence[RunSpec]) -> tuple[list[Loaded], int]:
         evals = eval_records(rec)
         summary = summarize_run(rec, total_steps=s.steps, window=window)
         summary["eval_overlap"] = eval_overlap(s.config or {}, evals[-1] if evals else None)
+        summary["hardware"] = recorded_hardware(s.path)  # a confound where runs differ in it (bf16 rounding, speed)
         loaded.append(Loaded(s, tr, evals, summary))
     return loaded, window
