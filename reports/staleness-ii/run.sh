@@ -48,6 +48,7 @@ ROOT=$PWD
 export OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=2 VLLM_ENABLE_V1_MULTIPROCESSING=0 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 export VESPO_MALLOC_TUNING=0  # as in reports/cpu-staleness/run.sh: RSS stays at 6.2-6.9 GB per run
 PY=${PY:-$ROOT/.venv/bin/python}
+[[ -x "$PY" ]] || make -C "$ROOT" setup  # a fresh machine (the study has moved machines once): the project's venv
 V=${V:-$PY -m vespo_cli.cli}
 MODE=${1:-full}
 HERE=reports/staleness-ii
