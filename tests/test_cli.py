@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -101,6 +102,9 @@ def test_presets_lists_shipped(runner):
 @pytest.mark.parametrize("which", ["shards", "run"])
 def test_inspect(runner, shard_dir, which):
     target = shard_dir if which == "shards" else shard_dir.parent  # a run dir: its rollouts/ is used
+    if which == "run":
+        start = {"step": 0, "cpu": "AMD EPYC", "cpu_flags": ["avx512_bf16"], "gpus": ["NVIDIA H100"]}
+        (target / "run.json").write_text(json.dumps({"mode": "sync", "replay": None, "starts": [start, start]}))
     result = runner.invoke(app, ["inspect", str(target)], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     table = dict(
@@ -114,6 +118,7 @@ def test_inspect(runner, shard_dir, which):
     assert table["policy versions"] == "v0: 4, v3: 4"
     assert table["staleness vs newest"] == "0: 4, 3: 4"
     assert table["engines"] == "hf/float32: 8"
+    assert table.get("trained on") == (None if which == "shards" else "AMD EPYC (avx512_bf16) + 1× NVIDIA H100")
 
 
 def test_inspect_one_shard_file(runner, shard_dir):

@@ -350,10 +350,12 @@ def presets(check: str | None = typer.Option(None, "--check", help="Validate a p
 def inspect(path: Path = typer.Argument(..., help="A shard file, a shard directory or a run directory.")):
     """Summarise shards (one file, a directory, or a run's rollouts/): rows, policy versions, staleness,
     reward, engines, scoring failures."""
+    from .runid import recorded_hardware
     from .shards import summarize
 
-    if RunDir(path).rollouts.is_dir():
-        path = RunDir(path).rollouts
+    run = RunDir(path) if RunDir(path).rollouts.is_dir() else None
+    if run is not None:
+        path = run.rollouts
     s = summarize(path)
     if s["bad_shards"] and not s["rows"]:
         raise UserError(f"{path}: no readable shard ({len(s['bad_shards'])} bad, e.g. {s['bad_shards'][0]})")
@@ -378,6 +380,8 @@ def inspect(path: Path = typer.Argument(..., help="A shard file, a shard directo
     table.add_row("staleness vs newest", ", ".join(f"{k}: {c}" for k, c in s["staleness_vs_newest"].items()))
     table.add_row("engines", ", ".join(f"{k}: {c}" for k, c in s["engines"].items()))
     table.add_row("finish reasons", ", ".join(f"{k}: {c}" for k, c in s["finish_reasons"].items()))
+    if run is not None:  # run.json's starts: the hardware the trainer ran on, in order (a resume elsewhere adds one)
+        table.add_row("trained on", "; ".join(recorded_hardware(run.root)) or "– (no record in run.json)")
     console.print(table)
     for b in s["bad_shards"]:
         err_console.print(f"[yellow]bad shard:[/] {escape(b)}", highlight=False, soft_wrap=True)
