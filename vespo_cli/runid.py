@@ -92,13 +92,10 @@ def recorded_hardware(root: str | Path) -> list[str]:
     """The hardware each start of `root`'s trainer ran on (record_start), in order, repeats dropped; [] for a
     run from before run.json kept its starts."""
     starts = _read(RunDir(root).info).get("starts")
-    labels: list[str] = []
-    for start in starts if isinstance(starts, list) else []:
-        if isinstance(start, dict) and isinstance(start.get("cpu"), str):
-            label = hardware_label(start)
-            if label not in labels:
-                labels.append(label)
-    return labels
+    if not isinstance(starts, list):
+        return []
+    recorded = [s for s in starts if isinstance(s, dict) and isinstance(s.get("cpu"), str)]
+    return list(dict.fromkeys(hardware_label(s) for s in recorded))
 
 
 def hardware_label(start: dict) -> str:

@@ -52,11 +52,12 @@ def hardware() -> dict:
 def machine_info() -> dict:
     import torch
 
+    hw = hardware()
     info = {
-        "cpu": cpu_model(),
+        "cpu": hw["cpu"],
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_flags": [f for f in CPU_FLAGS if f in cpu_flags()],
+        "cpu_flags": hw["cpu_flags"],
         "memory_gib": round(memory_total() / GiB, 1),
         "memory_available_gib_at_start": round(memory_available() / GiB, 1),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
