@@ -195,8 +195,9 @@ def eval_(
         help="Output directory (default: <run>/eval/step-K for a run's checkpoint, else runs/eval/<model>).",
     ),
 ):
-    """Evaluate a model on math benchmarks: avg@k, pass@k with 95% intervals. A run's checkpoint is
-    evaluated with its run's config.yaml (template, engine, dtype, lengths) unless --preset is given."""
+    """Evaluate a model on math benchmarks: avg@k, pass@k with 95% intervals.
+
+    A run's checkpoint is evaluated with its run's config.yaml (template, engine, dtype, lengths) unless --preset."""
     from .engines import ENGINES
     from .evaluate import eval_command
 
@@ -348,8 +349,9 @@ def presets(check: str | None = typer.Option(None, "--check", help="Validate a p
 @app.command()
 @user_errors
 def inspect(path: Path = typer.Argument(..., help="A shard file, a shard directory or a run directory.")):
-    """Summarise shards (one file, a directory, or a run's rollouts/): rows, policy versions, staleness,
-    reward, engines, scoring failures."""
+    """Summarise shards (one file, a directory, or a run's rollouts/) or a run.
+
+    Rows, policy versions, staleness, reward, engines, scoring failures (+ the trainer's hardware)."""
     from .runid import recorded_hardware
     from .shards import summarize
 
