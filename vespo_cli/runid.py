@@ -11,6 +11,7 @@ normalised across two prompts of different runs (train/sources.py also refuses s
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import subprocess
 import uuid
@@ -25,9 +26,10 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+@functools.cache
 def code_commit() -> str | None:
     """`git rev-parse HEAD` of the checkout vespo_cli runs from, None when it is not one (an installed
-    package, no git)."""
+    package, no git). Read once a process: the code a process runs is the code it imported."""
     package = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
