@@ -13,11 +13,12 @@ from .runs import Loaded
 from .stats import LEVEL, MAX_RUNS, MAX_SEEDS
 
 
-def _f(st: dict | None, digits: int = 3, pct: bool = False) -> str:
-    """mean, plus its interval [low, high] where it has one, else (min–max) over seeds when there are several."""
+def _f(st: dict | None, digits: int = 3, pct: bool = False, points: bool = False) -> str:
+    """mean, plus its interval [low, high] where it has one, else (min–max) over seeds when there are several;
+    `pct`: a rate as a percentage, `points`: a difference of rates in percentage points (× 100, no unit)."""
     if not st:
         return "–"
-    scale, unit = (100.0, "%") if pct else (1.0, "")
+    scale, unit = (100.0, "%") if pct else (100.0, "") if points else (1.0, "")
     fmt = lambda v: f"{v * scale:.{digits}f}{unit}"  # noqa: E731
     if st.get("low") is not None and st.get("high") is not None:
         return f"{fmt(st['mean'])} [{fmt(st['low'])}, {fmt(st['high'])}]"
@@ -68,12 +69,14 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def setup_lines(settings: dict, n_runs: int, n_groups: int) -> list[str]:
+def setup_lines(settings: dict, n_runs: int, n_groups: int, out: Path) -> list[str]:
+    """The compare's invocation in a line; run directories relative to the report, as in its Runs table."""
     setup = []
     if settings.get("preset"):
         setup.append(f"preset `{settings['preset']}`")
     if settings.get("items"):
-        setup.append("items " + ", ".join(f"`{i}`" for i in settings["items"]))
+        shown = [os.path.relpath(i, out) + "/" if Path(i).is_dir() else i for i in settings["items"]]
+        setup.append("items " + ", ".join(f"`{i}`" for i in shown))
     if settings.get("overrides"):
         setup.append("overrides " + ", ".join(f"`--set {o}`" for o in settings["overrides"]))
     if settings.get("replay"):
@@ -175,11 +178,11 @@ def drift_lines(groups: Sequence[dict]) -> list[str]:
     ]
 
 
-def _diff_cell(d: dict | None) -> str:
+def _diff_cell(d: dict | None, points: bool = False) -> str:
     if not d:
         return "–"
     n = d["n"] if d["method"] == "paired" else "/".join(str(k) for k in d["n"])
-    return f"{_f(d)} ({d['method']}, n={n})"
+    return f"{_f(d, 1, points=True) if points else _f(d)} ({d['method']}, n={n})"
 
 
 def differences_lines(diffs: Sequence[dict]) -> list[str]:
@@ -192,11 +195,11 @@ def differences_lines(diffs: Sequence[dict]) -> list[str]:
     evals = any("final_eval" in m for m in cells.values())
     rows = [
         [str(n), base, _diff_cell(m.get("final_reward")), _diff_cell(m.get("best_reward"))]
-        + ([_diff_cell(m.get("final_eval"))] if evals else [])
+        + ([_diff_cell(m.get("final_eval"), points=True)] if evals else [])
         for (n, base), m in cells.items()
     ]
     header = ["N", "baseline", f"Δ final reward [{LEVEL:.0%} CI]", f"Δ best reward [{LEVEL:.0%} CI]"]
-    header += [f"Δ final eval [{LEVEL:.0%} CI]"] if evals else []
+    header += [f"Δ final eval, points [{LEVEL:.0%} CI]"] if evals else []
     return [
         f"## Differences: {REFERENCE} − baseline",
         "",

@@ -152,7 +152,7 @@ def render_markdown(summary: dict, runs: Sequence[Loaded], window: int, images: 
     """report.md: setup, results, differences, verdict, definitions, curves, runs (`markdown.py`)."""
     groups = summary["groups"]
     lines = ["# vespo compare", ""]
-    lines += setup_lines(summary["settings"], len(runs), len(groups))
+    lines += setup_lines(summary["settings"], len(runs), len(groups), out)
     lines += results_lines(groups)
     lines += drift_lines(groups)
     lines += differences_lines(summary["paired_differences"])
