@@ -18,6 +18,9 @@ BEGIN, END = (
     "<!-- status: written by status.py from the committed results; edits here are overwritten -->",
     "<!-- /status -->",
 )
+# Seeds planned per cell where they differ from the N's plan (summary.json's planned_seeds): at N = 1 the claims
+# file planned GRPO and VESPO seq-mean for seed 0 only (on-policy identity), phase 4 (amended 2026-12-07) adds 1-2.
+PLANNED = {("grpo", 1): 3, ("vespo+aggregation=seq-mean-token-mean", 1): 3}
 NAMES = {"vespo": "VESPO", "grpo": "GRPO", "sapo": "SAPO", "vespo+aggregation=seq-mean-token-mean": "VESPO seq-mean"}
 
 
@@ -29,28 +32,32 @@ def points(x: float) -> str:
     return f"{100 * x:+.1f}".replace("-", "−")
 
 
-def collapses(group: dict) -> str:
-    """ "; collapsed: seed …" where the study's collapse rule flags any of the group's runs, else ""."""
-    hit = [c for c in group["collapse"] if c["status"] == "collapsed"]
-    return f"; collapsed: seed {', '.join(str(c['seed']) for c in hit)} of {len(group['collapse'])}" if hit else ""
+def seed_cell(group: dict | None, planned: int | str) -> str:
+    """`34.7 / 35.9* / 37.0 (3 of 4)`: the final held-out accuracy of each kept seed, in seed order, * where the
+    study's collapse rule flags the run, then how many of the planned seeds are in."""
+    if group is None:
+        return f"– (0 of {planned})"
+    hit = {c["seed"] for c in group["collapse"] if c["status"] == "collapsed"}
+    finals = [
+        f"{pct(s['final_eval'])}{'*' if seed in hit else ''}" for seed, s in zip(group["seeds"], group["per_seed"])
+    ]
+    return f"{' / '.join(finals)} ({len(group['seeds'])} of {planned})"
 
 
 def cells(summary: dict) -> list[str]:
-    """Per N, the final held-out accuracy of every arm's kept runs, seed by seed."""
-    out = []
-    by_n: dict[int, list[dict]] = {}
-    for g in summary["groups"]:
-        by_n.setdefault(g["staleness"], []).append(g)
+    """A table: per arm (row) and N (column), the final held-out accuracy of the kept runs, seed by seed."""
     planned = summary["settings"]["claims"].get("planned_seeds", {})
-    for n in sorted(by_n):
-        arms = [
-            f"{NAMES.get(g['label'], g['label'])} {' / '.join(pct(s['final_eval']) for s in g['per_seed'])}% "
-            f"(seed{'s' if len(g['seeds']) > 1 else ''} {', '.join(map(str, g['seeds']))}"
-            f"{collapses(g)})"
-            for g in sorted(by_n[n], key=lambda g: list(NAMES).index(g["label"]) if g["label"] in NAMES else 99)
-        ]
-        out.append(f"at N = {n} ({planned.get(str(n), '?')} seeds planned per arm): " + "; ".join(arms))
-    return out
+    by_cell = {(g["label"], g["staleness"]): g for g in summary["groups"]}
+    ns = sorted({n for _, n in by_cell})
+    arms = sorted({a for a, _ in by_cell}, key=lambda a: list(NAMES).index(a) if a in NAMES else 99)
+    header = "| arm | " + " | ".join(f"N = {n}" for n in ns) + " |"
+    rows = [
+        f"| {NAMES.get(a, a)} | "
+        + " | ".join(seed_cell(by_cell.get((a, n)), PLANNED.get((a, n), planned.get(str(n), "?"))) for n in ns)
+        + " |"
+        for a in arms
+    ]
+    return [header, "|---|" + "---|" * len(ns), *rows]
 
 
 def verdicts(summary: dict) -> str:
@@ -112,10 +119,17 @@ def paragraph() -> str:
     summary = json.loads((HERE / "summary.json").read_text())
     commit = (HERE / "runs" / "commit").read_text().strip()[:7]
     day = dt.datetime.now(dt.timezone.utc).date()  # the report is rebuilt just before (run.sh --report)
-    return (
-        f"**Status ({day}): {len(summary['runs'])} runs kept, trained at commit {commit}.** Final held-out accuracy "
-        + "; ".join(cells(summary))
-        + f". {verdicts(summary)}. Phase 2: {phase_two()}."
+    return "\n".join(
+        [
+            f"**Status ({day}): {len(summary['runs'])} runs kept, trained at commit {commit}.** {verdicts(summary)}.",
+            "",
+            "Final held-out accuracy (%) of each kept run, in seed order (seeds 0, 1, …; * collapsed by the study's "
+            "rule), and the seeds kept of those planned:",
+            "",
+            *cells(summary),
+            "",
+            f"Phase 2: {phase_two()}.",
+        ]
     )
 
 
