@@ -200,6 +200,23 @@ def test_t_interval_exact():
     assert K.t_interval([None]) is None
 
 
+def test_intervals_cut_to_bounds():
+    """An interval is intersected with the values its quantity can take: a rate's [0, 1], a difference's [−1, 1]."""
+    raw = K.t_interval([0.0, 0.1, 0.9])  # mean 1/3, s ≈ 0.493: the t interval leaves [0, 1] on both sides
+    assert raw["low"] < 0 < 1 < raw["high"]
+    cut = K.t_interval([0.0, 0.1, 0.9], bounds=(0.0, 1.0))
+    assert cut == {"mean": pytest.approx(1 / 3), "low": 0.0, "high": 1.0, "n": 3}
+    inside = K.t_interval([1.0, 2.0, 3.0], bounds=(-10.0, 10.0))  # an interval inside the bounds is unchanged
+    assert (inside["low"], inside["high"]) == (
+        K.t_interval([1.0, 2.0, 3.0])["low"],
+        K.t_interval([1.0, 2.0, 3.0])["high"],
+    )
+    paired = K.difference({0: 0.9, 1: 0.0}, {0: 0.0, 1: 0.0}, bounds=(-1.0, 1.0))  # differences 0.9, 0: ±12.7·0.45
+    assert (paired["low"], paired["high"]) == (-1.0, 1.0) and paired["mean"] == pytest.approx(0.45)
+    welch = K.difference({0: 0.9, 1: 0.0}, {2: 0.5, 3: 0.6}, bounds=(-1.0, 1.0))
+    assert welch["method"] == "welch" and (welch["low"], welch["high"]) == (-1.0, 1.0)
+
+
 def test_wilson_interval():
     z2 = 1.959963984540054**2
     assert K.wilson_interval(0, 3) == {"mean": 0.0, "low": 0.0, "high": pytest.approx(z2 / (3 + z2)), "n": 3}
@@ -451,7 +468,7 @@ def test_report_seeds_staleness_missing_keys(presets, tmp_path):
     # two seeds: mean and t interval over seeds; the collapse rate with its Wilson interval
     finals = [r["final_reward"] for r in summary["runs"] if (r["label"], r["staleness"]) == ("grpo", 1)]
     assert set(g["final_reward"]) == {"mean", "low", "high", "n"} and set(g["best_reward"]) == set(g["final_reward"])
-    assert g["final_reward"] == {**K.t_interval(finals), "mean": pytest.approx(np.mean(finals))}
+    assert g["final_reward"] == {**K.t_interval(finals, bounds=(0.0, 1.0)), "mean": pytest.approx(np.mean(finals))}
     assert g["collapse_rate"] == K.wilson_interval(0, 2)
     text = report.read_text()
     assert "(min–max over seeds)" in text and "## Differences: vespo − baseline" in text and "## Verdict" in text

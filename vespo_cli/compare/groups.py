@@ -12,6 +12,8 @@ from .stats import difference, t_interval, wilson_interval
 
 REFERENCE = "vespo"  # the paper's method: paired differences are REFERENCE − each other label
 SEED_METRICS = ("final_reward", "best_reward", "final_eval", "eval_auc")  # per-seed, with a t interval over seeds
+# Every seed metric is a mean of 0/1 rewards or accuracies: its intervals are cut to [0, 1], a difference's to [−1, 1]
+RATE, RATE_DIFFERENCE = (0.0, 1.0), (-1.0, 1.0)
 
 
 def _groups(runs: Sequence[Loaded]) -> dict[tuple[str, int], list[Loaded]]:
@@ -51,7 +53,7 @@ def _group_summary(key: tuple[str, int], members: list[Loaded]) -> dict:
         "algorithm": members[0].spec.algorithm,
         "steps_done": [s["steps_done"] for s in sums],
         "steps_total": [s["steps_total"] for s in sums],
-        **{k: t_interval(s[k] for s in sums) for k in SEED_METRICS},
+        **{k: t_interval((s[k] for s in sums), bounds=RATE) for k in SEED_METRICS},
         "collapse_rate": collapse_rate([s["collapse"]["status"] for s in sums]),
         "steps": _stats(s["steps_done"] for s in sums),
         "evals_per_run": _stats(s["evals_per_run"] for s in sums),
@@ -107,7 +109,7 @@ def paired_differences(
             if g["staleness"] != ref["staleness"] or g["label"] == reference:
                 continue
             for metric in metrics:
-                d = difference(seed_values(ref, metric), seed_values(g, metric))
+                d = difference(seed_values(ref, metric), seed_values(g, metric), bounds=RATE_DIFFERENCE)
                 if d is not None:
                     out.append(
                         {

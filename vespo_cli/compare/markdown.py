@@ -113,8 +113,8 @@ def results_lines(groups: Sequence[dict]) -> list[str]:
     if any(len(g["seeds"]) > 1 for g in groups):
         lines += [
             f"Several seeds: final and best reward are the mean over seeds with its {LEVEL:.0%} interval "
-            "[low, high] (t over seeds), the collapse rate has a Wilson interval; the other cells are the "
-            "mean over seeds, with (min–max over seeds).",
+            "[low, high] (t over seeds, cut to [0, 1]), the collapse rate has a Wilson interval; the other cells "
+            "are the mean over seeds, with (min–max over seeds).",
             "",
         ]
     return lines + overlap_lines(groups)
@@ -207,7 +207,7 @@ def differences_lines(diffs: Sequence[dict]) -> list[str]:
         "",
         f"Each cell: mean of {REFERENCE} − baseline with its {LEVEL:.0%} interval; *paired*: the t interval of "
         "the per-seed differences (runs of one seed share data order and initialisation), *welch*: the seeds "
-        "do not pair, Welch's interval of the two means.",
+        "do not pair, Welch's interval of the two means; each cut to [−1, 1] (final eval: [−100, 100] points).",
         "",
     ]
 
@@ -379,8 +379,9 @@ def definitions_lines(settings: dict, window: int) -> list[str]:
         f"- **Final reward**: mean training reward over the last {FINAL_FRAC:.0%} of logged steps (at least one).",
         "- **Best reward (MA)**: the highest value of the smoothed training reward.",
         f"- **Intervals over seeds**: mean ± t_{{{(1 + LEVEL) / 2:g}, n−1}} · s/√n with s the seeds' sample "
-        "standard deviation (a t interval: with 3–5 seeds a bootstrap interval is too narrow); one seed gives "
-        "none. Collapse rate: collapsed runs / runs with data, with the Wilson score interval.",
+        "standard deviation (a t interval: with 3–5 seeds a bootstrap interval is too narrow), cut to the values "
+        "a mean of 0/1 rewards can take ([0, 1]; a difference: [−1, 1]); one seed gives none. Collapse rate: "
+        "collapsed runs / runs with data, with the Wilson score interval.",
         "- **Eval**: the last eval line of each benchmark: avg@k (mean accuracy over k samples per problem), "
         "in %, with its 95% interval `[low, high]` as logged by `vespo eval`.",
         f"- **Collapse**: a run *collapsed* at the first step where either `loss` or `grad_norm` is non-finite "

@@ -45,9 +45,18 @@ def _mean_var(v: list[float]) -> tuple[float, float]:
     return mean, (sum((x - mean) ** 2 for x in v) / (len(v) - 1) if len(v) > 1 else 0.0)
 
 
-def t_interval(values: Iterable[float | None], level: float = LEVEL) -> dict | None:
+def _within(low: float, high: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
+    """[low, high] intersected with the values the quantity can take (the coverage of an interval cut to its
+    parameter space is the interval's own); unchanged without bounds."""
+    return (low, high) if bounds is None else (max(low, bounds[0]), min(high, bounds[1]))
+
+
+def t_interval(
+    values: Iterable[float | None], level: float = LEVEL, bounds: tuple[float, float] | None = None
+) -> dict | None:
     """Mean of the finite values with its t interval: mean ± t_{(1+level)/2, n−1} · s/√n, s the sample
-    standard deviation. n = 1: no interval (low = high = None); no values: None."""
+    standard deviation, cut to `bounds` (the mean's possible values) where given. n = 1: no interval
+    (low = high = None); no values: None."""
     v = _finite(values)
     if not v:
         return None
@@ -55,7 +64,8 @@ def t_interval(values: Iterable[float | None], level: float = LEVEL) -> dict | N
     if len(v) < 2:
         return {"mean": mean, "low": None, "high": None, "n": 1}
     half = t_quantile(0.5 + level / 2, len(v) - 1) * math.sqrt(var / len(v))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(v)}
+    low, high = _within(mean - half, mean + half, bounds)
+    return {"mean": mean, "low": low, "high": high, "n": len(v)}
 
 
 def wilson_interval(k: int, n: int, level: float = LEVEL) -> dict | None:
@@ -68,9 +78,15 @@ def wilson_interval(k: int, n: int, level: float = LEVEL) -> dict | None:
     return {"mean": k / n, "low": max(0.0, float(ci.low)), "high": min(1.0, float(ci.high)), "n": n}
 
 
-def welch_interval(a: Iterable[float | None], b: Iterable[float | None], level: float = LEVEL) -> dict | None:
+def welch_interval(
+    a: Iterable[float | None],
+    b: Iterable[float | None],
+    level: float = LEVEL,
+    bounds: tuple[float, float] | None = None,
+) -> dict | None:
     """mean(a) − mean(b) with Welch's interval: ± t_{(1+level)/2, ν} · √(s_a²/n_a + s_b²/n_b), ν the
-    Welch–Satterthwaite degrees of freedom. Fewer than two values on a side: no interval."""
+    Welch–Satterthwaite degrees of freedom, cut to `bounds` where given. Fewer than two values on a side: no
+    interval."""
     va, vb = _finite(a), _finite(b)
     if not va or not vb:
         return None
@@ -83,22 +99,30 @@ def welch_interval(a: Iterable[float | None], b: Iterable[float | None], level: 
         return {**out, "low": ma - mb, "high": ma - mb}
     df = (qa + qb) ** 2 / (qa * qa / (len(va) - 1) + qb * qb / (len(vb) - 1))
     half = t_quantile(0.5 + level / 2, df) * math.sqrt(qa + qb)
-    return {**out, "low": ma - mb - half, "high": ma - mb + half}
+    low, high = _within(ma - mb - half, ma - mb + half, bounds)
+    return {**out, "low": low, "high": high}
 
 
-def difference(a: Mapping[int, float | None], b: Mapping[int, float | None], level: float = LEVEL) -> dict | None:
+def difference(
+    a: Mapping[int, float | None],
+    b: Mapping[int, float | None],
+    level: float = LEVEL,
+    bounds: tuple[float, float] | None = None,
+) -> dict | None:
     """a − b for two algorithms' per-seed values ({seed: value}). When both have finite values for the
     same seeds (runs that share data order and seed), the t interval of the per-seed differences
-    ("paired"); otherwise Welch's interval of the two means ("welch"). None without data on a side."""
+    ("paired"); otherwise Welch's interval of the two means ("welch"); cut to `bounds` where given. None
+    without data on a side."""
     fa = {s: float(v) for s, v in a.items() if v is not None and math.isfinite(v)}
     fb = {s: float(v) for s, v in b.items() if v is not None and math.isfinite(v)}
     if not fa or not fb:
         return None
     if set(fa) == set(fb):
         seeds = sorted(fa)
-        out = t_interval([fa[s] - fb[s] for s in seeds], level)
+        out = t_interval([fa[s] - fb[s] for s in seeds], level, bounds)
         return {**out, "method": "paired", "seeds": seeds}
-    return {**welch_interval(fa.values(), fb.values(), level), "method": "welch", "seeds": [sorted(fa), sorted(fb)]}
+    welch = welch_interval(fa.values(), fb.values(), level, bounds)
+    return {**welch, "method": "welch", "seeds": [sorted(fa), sorted(fb)]}
 
 
 # ---------------------------------------------------------------------------- tests, power, multiplicity
