@@ -60,6 +60,40 @@ def cells(summary: dict) -> list[str]:
     return [header, "|---|" + "---|" * len(ns), *rows]
 
 
+# The machine of every run before run.sh logged its starts (runs/machines.jsonl, from 2026-12-07 09:19): the README's
+# "Machines" paragraph; that machine's CPU named in reports/demo/summary.json and the benches of 2026-12-06/07.
+FIRST_MACHINE = "Intel Xeon (AMX)"
+
+
+def machine_of(when: float, starts: list[tuple[float, str]]) -> str:
+    """The machine of the lanes' start that was running at epoch time `when`."""
+    before = [cpu for at, cpu in starts if at <= when]
+    return before[-1] if before else FIRST_MACHINE
+
+
+def machines(summary: dict) -> str:
+    """Where each kept run trained: its step times against the lanes' starts in runs/machines.jsonl."""
+    log = HERE / "runs" / "machines.jsonl"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    starts = sorted(
+        (dt.datetime.fromisoformat(json.loads(x)["start"]).timestamp(), json.loads(x)["cpu"]) for x in lines
+    )
+    where: dict[str, list[str]] = {}
+    for run in summary["runs"]:
+        times = [
+            r["time"]
+            for r in map(json.loads, (HERE / run["path"] / "metrics.jsonl").read_text().splitlines())
+            if r.get("kind") == "train"
+        ]
+        ran = " → ".join(dict.fromkeys(machine_of(t, starts) for t in (min(times), max(times))))
+        cell = f"{NAMES.get(run['label'], run['label'])} N = {run['staleness']} s{run['seed']}"
+        where.setdefault(ran, []).append(cell)
+    parts = []
+    for ran, cells in where.items():
+        parts.append(f"{ran}: {len(cells)} run(s)" + ("" if len(cells) > 12 else f" ({', '.join(cells)})"))
+    return "Trained on (each run's step times against `runs/machines.jsonl`): " + "; ".join(parts)
+
+
 def verdicts(summary: dict) -> str:
     rows = summary["verdict"]
     counts = Counter(r["verdict"] for r in rows)
@@ -127,6 +161,8 @@ def paragraph() -> str:
             "rule), and the seeds kept of those planned:",
             "",
             *cells(summary),
+            "",
+            f"{machines(summary)}.",
             "",
             f"Phase 2: {phase_two()}.",
         ]
