@@ -283,3 +283,12 @@ def test_pass_rates_get_the_wilson_interval():
     w = wilson_interval(2, 3)
     assert (s["ci95_low"], s["ci95_high"], s["ci_method"]) == (w["low"], w["high"], WILSON_METHOD)
     assert summarize(_rows([[1, 0], [0, 0]]))["ci_method"] == CI_METHOD
+
+
+def test_summary_line():
+    """The training log's eval line: benchmark, metric, accuracy with its interval, problems, seconds."""
+    from vespo_cli.evaluate.results import summary_line
+
+    s = summarize([{"problem_id": i, "correct": i < 1} for i in range(4)])  # 1 of 4: Wilson [4.6, 69.9]
+    assert summary_line("arith", s, 32, 118.4) == "eval step 32  arith avg@1 25.0% [4.6, 69.9]  4 problems  118s"
+    assert summary_line("gsm8k", s) == "eval  gsm8k avg@1 25.0% [4.6, 69.9]  4 problems"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,8 +38,12 @@ def test_rollout_writes_valid_shards_then_eval_of_a_checkpoint_joins_the_run(tmp
     proc = vespo("inspect", "ro", cwd=tmp_path)
     assert proc.returncode == 0 and "rows" in proc.stdout
 
-    proc = vespo("train", "--preset", "tiny", "--run-dir", "run", "--set", "trainer.steps=2", cwd=tmp_path)
+    evals = ["--set", "eval.benchmarks=[arith]", "--set", "eval.limit=3", "--set", "eval.max_tokens=6"]
+    proc = vespo("train", "--preset", "tiny", "--run-dir", "run", "--set", "trainer.steps=2", *evals, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # the log has a line per step and the final eval's line (no terminal: plain lines on stdout)
+    assert re.search(r"^train vespo N=2 2/2 ", proc.stdout, re.M), proc.stdout[-2000:]
+    assert re.search(r"^eval step 2  arith avg@1 \d+\.\d% \[\d+\.\d, \d+\.\d\]  3 problems  \d+s$", proc.stdout, re.M)
     proc = vespo(
         "eval",
         "gsm8k",

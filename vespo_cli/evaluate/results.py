@@ -138,3 +138,15 @@ def read_eval(out_dir: str | Path) -> tuple[list[dict], dict]:
             f"{out}: not a readable eval directory (expected {EVAL_SAMPLES} + {EVAL_SUMMARY}: {e})"
         ) from None
     return rows, summary
+
+
+def summary_line(name: str, summary: Mapping[str, Any], step: int | None = None, seconds: float | None = None) -> str:
+    """`eval step 32  arith avg@1 4.1% [2.8, 5.9]  640 problems  118s`: a benchmark's summary in one plain line
+    (the training log's eval line, beside the step lines)."""
+    at = f" step {step}" if step is not None else ""
+    lo, hi = summary["ci95_low"], summary["ci95_high"]
+    took = f"  {seconds:.0f}s" if seconds is not None else ""
+    return (
+        f"eval{at}  {name} {summary['metric']} {100 * summary['avg_at_k']:.1f}% "
+        f"[{100 * lo:.1f}, {100 * hi:.1f}]  {summary['num_problems']} problems{took}"
+    )

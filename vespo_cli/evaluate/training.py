@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..progress import announce
 from .driver import eval_sampling, run_eval
-from .results import metrics_record
+from .results import metrics_record, summary_line
 
 
 def training_eval(cfg, run_dir: str | Path):
@@ -24,6 +25,7 @@ def training_eval(cfg, run_dir: str | Path):
     def evaluate(engine, tokenizer, step: int) -> list[dict]:
         # the eval's prompt budget, within what the trainer's engine holds (vLLM: max_model_len)
         budget = min(e.max_prompt_tokens, getattr(engine, "max_model_len", e.max_prompt_tokens + 1) - 1)
+        began = time.perf_counter()
         with scorer_for(cfg) as scorer:
             results = run_eval(
                 engine,
@@ -38,6 +40,9 @@ def training_eval(cfg, run_dir: str | Path):
                 max_prompt_tokens=budget,
                 difficulty=cfg.data.difficulty,
             )
+        seconds = time.perf_counter() - began if len(results) == 1 else None  # benchmarks are sampled together
+        for name, s in results.items():
+            announce(summary_line(name, s, step, seconds))
         return [{"kind": "eval", "step": step, "time": time.time(), **metrics_record(s)} for s in results.values()]
 
     return evaluate
