@@ -411,12 +411,15 @@ def test_runs_on_different_hardware_are_numbered_in_the_runs_table(presets, tmp_
     report = K.compare_command([str(d) for d in dirs], out=tmp_path / "one")
     text = report.read_text()
     assert "every run with a record trained on AMD EPYC (avx512f, avx512_bf16); 1 run(s) from before" in text
-    assert "| machine |" not in text
+    assert "| machine |" not in text and "†" not in text
     (dirs[1] / "run.json").write_text(json.dumps({"mode": "sync", "replay": None, "starts": [amd, xeon, xeon]}))
     text = K.compare_command([str(d) for d in dirs], out=tmp_path / "two").read_text()
     assert "1 = AMD EPYC (avx512f, avx512_bf16); 2 = Intel Xeon (amx_bf16) + 2× NVIDIA H100." in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and line.endswith("` |")]
     assert [row.split(" | ")[-2] for row in rows] == ["1", "1, 2"]
+    results = [line for line in text.splitlines() if line.startswith(("| grpo |", "| vespo |")) and "stable" in line]
+    assert [row.endswith(" † |") for row in results[:2]] == [False, True]  # vespo's time mixes two machines
+    assert "† The group's runs trained on different machines" in text
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert [r["hardware"] for r in summary["runs"]] == [
         ["AMD EPYC (avx512f, avx512_bf16)"],

@@ -62,6 +62,7 @@ def _group_summary(key: tuple[str, int], members: list[Loaded]) -> dict:
         "weight_metric": "/".join(sorted(keys)) or None,
         "weight_frac_mean": _stats(s["weight_frac_mean"] for s in sums),
         "time_s": _stats(s["time_s"] for s in sums),
+        "machines": list(dict.fromkeys(h for s in sums for h in s.get("hardware") or [])),  # recorded ones only
         "collapse": [
             dict(seed=m.spec.seed, **{k: s["collapse"][k] for k in ("status", "step", "reason")})
             for m, s in zip(members, sums)

@@ -107,7 +107,12 @@ def results_lines(groups: Sequence[dict]) -> list[str]:
         rows.append(
             [g["label"], str(g["staleness"]), str(len(g["seeds"])), steps, _f(g["final_reward"]), _f(g["best_reward"])]
             + [_eval_cell(g["eval"].get(b), len(ks[b]) > 1) for b in benches]
-            + [collapse, _f(g["ess_mean"]), weight, _f(g["time_s"], 0)]
+            + [
+                collapse,
+                _f(g["ess_mean"]),
+                weight,
+                _f(g["time_s"], 0) + (" †" if len(g.get("machines", [])) > 1 else ""),
+            ]
         )
     lines = ["## Results", ""] + md_table(header, rows) + [""]
     if any(len(g["seeds"]) > 1 for g in groups):
@@ -117,6 +122,8 @@ def results_lines(groups: Sequence[dict]) -> list[str]:
             "are the mean over seeds, with (min–max over seeds).",
             "",
         ]
+    if any(len(g.get("machines", [])) > 1 for g in groups):
+        lines += ["† The group's runs trained on different machines (Runs table): its time mixes their speeds.", ""]
     return lines + overlap_lines(groups)
 
 
