@@ -785,3 +785,24 @@ def test_final_eval_of_one_benchmark():
 
     assert final_eval({"arith": {"avg_at_k": 0.8625}}) == 0.8625  # as logged by `vespo eval`: a fraction
     assert final_eval({}) is None and final_eval({"a": {"avg_at_k": 1.0}, "b": {"avg_at_k": 2.0}}) is None
+
+
+def test_eval_points_span_the_seeds_or_one_seeds_interval():
+    """The eval figure's bars: with several seeds their min–max (as the results table), with one its eval's
+    95% interval; the point is the mean over seeds."""
+    from vespo_cli.compare.plots import _eval_points
+    from vespo_cli.compare.runs import Loaded
+
+    def run(*evals):
+        rows = [
+            {"kind": "eval", "benchmark": "arith", "step": s, "avg_at_k": v, "ci95_low": v - 0.1, "ci95_high": v + 0.05}
+            for s, v in evals
+        ]
+        return Loaded(spec=None, rows=[], evals=rows, summary={})
+
+    a, b = run((16, 0.2), (32, 0.4)), run((16, 0.3))
+    assert _eval_points([a, b], "arith", "steps") == [
+        (16.0, pytest.approx(0.25), 0.2, 0.3),  # two seeds: min–max
+        (32.0, 0.4, pytest.approx(0.3), pytest.approx(0.45)),  # one seed: its interval
+    ]
+    assert _eval_points([a], "gsm8k", "steps") == []

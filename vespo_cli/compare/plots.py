@@ -205,7 +205,12 @@ def _maybe_log(ax) -> None:
 def _plot_eval(plt, runs, groups, ns, colors, out: Path, x: str = "steps") -> dict:
     benches = sorted({str(e["benchmark"]) for r in runs for e in r.evals})
     fig, axes = plt.subplots(
-        len(benches), len(ns), figsize=(5.2 * len(ns), 2.8 * len(benches) + 0.6), squeeze=False, layout="constrained"
+        len(benches),
+        len(ns),
+        figsize=(5.2 * len(ns), 2.8 * len(benches) + 0.6),
+        squeeze=False,
+        layout="constrained",
+        sharey="row",  # one benchmark's accuracy on one scale across N
     )
     for col, n in enumerate(ns):
         for row, b in enumerate(benches):
@@ -221,7 +226,7 @@ def _plot_eval(plt, runs, groups, ns, colors, out: Path, x: str = "steps") -> di
                         color=colors[label],
                         marker="o",
                         capsize=3,
-                        label=label,
+                        label=label + (f" ({len(members)} seeds)" if len(members) > 1 else ""),
                     )
             ks = sorted({e.get("k") for r in runs for e in r.evals if str(e["benchmark"]) == b and e.get("k")})
             ax.set_ylabel(f"{b} avg@{'/'.join(map(str, ks)) or 'k'}")
@@ -231,15 +236,18 @@ def _plot_eval(plt, runs, groups, ns, colors, out: Path, x: str = "steps") -> di
                 X_AXES[x] if row == len(benches) - 1 else None,
                 legend=row == 0,
             )
-    fig.suptitle("Eval accuracy (mean over seeds; bars: 95% interval)", fontsize="medium")
+    fig.suptitle(
+        "Eval accuracy (mean over seeds; bars: min–max over seeds, one seed: its 95% interval)", fontsize="medium"
+    )
     save_figure(fig, out / "eval.png")
     plt.close(fig)
     return {"file": "eval.png", "title": "Eval accuracy"}
 
 
 def _eval_points(members: Sequence[Loaded], bench: str, x: str) -> list[tuple[float, float, float, float]]:
-    """(x, avg@k, 95% low, 95% high) per eval step of one benchmark, each the mean over the seeds
-    that logged it (a missing bound counts as the value)."""
+    """(x, avg@k, low, high) per eval step of one benchmark: x and avg@k the mean over the seeds that logged
+    it; low–high their min–max, or with one seed its eval's 95% interval (a missing bound counts as the value),
+    as in the results table."""
     by_step: dict[float, list[tuple[float, float, float, float]]] = {}
     for m in members:
         for e in m.evals:
@@ -249,4 +257,10 @@ def _eval_points(members: Sequence[Loaded], bench: str, x: str) -> list[tuple[fl
                 by_step.setdefault(step, []).append(
                     (_x_at(m, step, x), v, lo if math.isfinite(lo) else v, hi if math.isfinite(hi) else v)
                 )
-    return [tuple(float(np.mean([t[i] for t in by_step[s]])) for i in range(4)) for s in sorted(by_step)]
+    points = []
+    for step in sorted(by_step):
+        seeds = by_step[step]
+        xs, vs = float(np.mean([t[0] for t in seeds])), [t[1] for t in seeds]
+        lo, hi = (min(vs), max(vs)) if len(seeds) > 1 else seeds[0][2:]
+        points.append((xs, float(np.mean(vs)), float(lo), float(hi)))
+    return points
