@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -94,6 +95,47 @@ def machines(summary: dict) -> str:
     return "Trained on (each run's step times against `runs/machines.jsonl`): " + "; ".join(parts)
 
 
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(HERE), *args], capture_output=True, text=True)
+
+
+def done_criteria(summary: dict) -> str:
+    """Issue 29's done criteria that the committed results decide (`make test` is CI's), each met or what is short."""
+    checks = []
+    cells = [(a, n) for a in NAMES for n in (1, 16, 32)]
+    runs = summary["runs"]
+    full = {
+        c: [r for r in runs if (r["label"], r["staleness"]) == c and r["steps_done"] >= 128 and r["evals_per_run"] >= 4]
+        for c in cells
+    }
+    short = [f"{NAMES[a]} N = {n} ({len(full[(a, n)])})" for a, n in cells if len(full[(a, n)]) < 3]
+    checks.append(("≥ 3 seeds of ≥ 128 steps and ≥ 4 evals in every arm at N = 1, 16, 32", short))
+    rows = summary["verdict"]
+    unjudged = [r["claim"] for r in rows if r["verdict"] == "interim" or r.get("p_adjusted") is None]
+    checks.append(
+        (f"{len(rows)} verdict rows judged with Holm-adjusted p", [f"{len(unjudged)} not yet"] if unjudged else [])
+    )
+    no_count = [
+        f"{NAMES.get(g['label'], g['label'])} N = {g['staleness']}" for g in summary["groups"] if not g["collapse"]
+    ]
+    checks.append(("collapse counts in every group", no_count))
+    claims = summary["settings"]["claims"]["commit"]
+    added = _git("log", "--diff-filter=A", "--format=%H", "--", "runs", "pre-fix/runs").stdout.split()
+    first = added[-1] if added else None
+    before = (
+        first is not None and first != claims and _git("merge-base", "--is-ancestor", claims, first).returncode == 0
+    )
+    checks.append((f"claims commit {claims[:7]} before the first committed run", [] if before else ["no"]))
+    probe = HERE / "probe" / "probe.json"
+    k0 = [r for r in json.loads(probe.read_text()) if r["staleness"] == 0] if probe.is_file() else []
+    floors = [NAMES.get(r["objective"], r["objective"]) for r in k0 if not r.get("floor_resolved")]
+    checks.append(("Probe II's noise floor resolved at K = 0 for every objective", floors if k0 else ["no probe"]))
+    met = sum(not miss for _, miss in checks)
+    return f"Issue 29's done criteria from the committed results: {met} of {len(checks)} met; " + "; ".join(
+        f"{what}: {'yes' if not miss else 'short: ' + ', '.join(miss)}" for what, miss in checks
+    )
+
+
 def verdicts(summary: dict) -> str:
     rows = summary["verdict"]
     counts = Counter(r["verdict"] for r in rows)
@@ -163,6 +205,8 @@ def paragraph() -> str:
             *cells(summary),
             "",
             f"{machines(summary)}.",
+            "",
+            f"{done_criteria(summary)} (and `make test` green, which CI checks).",
             "",
             f"Phase 2: {phase_two()}.",
         ]
