@@ -121,6 +121,42 @@ def test_inspect(runner, shard_dir, which):
     assert table.get("trained on") == (None if which == "shards" else "AMD EPYC (avx512_bf16) + 1× NVIDIA H100")
 
 
+def test_inspect_a_run_shows_its_training(runner, tmp_path):
+    """A run directory without shards (a replayed or kept run): its steps, reward, collapse, evals and
+    checkpoints from metrics.jsonl, the numbers `vespo compare` reports."""
+    from vespo_cli.config import load_config, save_config
+
+    run = tmp_path / "run"
+    save_config(load_config("tiny", "grpo", ["trainer.steps=8"]), run)
+    train = [{"kind": "train", "step": k, "reward": 0.1 * k, "loss": 0.0, "grad_norm": 1.0} for k in range(1, 5)]
+    evals = [
+        {
+            "kind": "eval",
+            "benchmark": "arith",
+            "metric": "avg@1",
+            "step": k,
+            "avg_at_k": a,
+            "ci95_low": a - 0.1,
+            "ci95_high": a + 0.1,
+        }
+        for k, a in ((2, 0.25), (4, 0.5))
+    ]
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in train[:2] + evals[:1] + train[2:] + evals[1:])
+    )
+    (run / "checkpoints" / "step-4").mkdir(parents=True)
+    result = runner.invoke(app, ["inspect", str(run)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    table = dict(
+        (cell.strip() for cell in line.split("\u2502", 1)) for line in result.stdout.splitlines() if "\u2502" in line
+    )
+    assert "rows" not in table  # no shards: only the training part
+    assert table["steps"] == "4/8" and table["collapse"] == "stable" and table["checkpoints"] == "step-4"
+    assert table["reward"].startswith("final 0.400, best ")
+    assert table["eval arith avg@1"] == "step 2: 25.0%, step 4: 50.0% (95% [40.0, 60.0])"
+    assert table["trained on"] == "– (no record in run.json)"
+
+
 def test_inspect_one_shard_file(runner, shard_dir):
     from vespo_cli.shards import list_shards, read_shard
 
