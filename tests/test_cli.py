@@ -157,6 +157,18 @@ def test_inspect_a_run_shows_its_training(runner, tmp_path):
     assert table["trained on"] == "– (no record in run.json)"
 
 
+def test_inspect_a_run_with_a_broken_config_is_one_line(runner, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("trainer: [unclosed\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "reward": 0.5}) + "\n")
+    result = runner.invoke(app, ["inspect", str(run)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"error: {run / 'config.yaml'}: line 2 invalid YAML (expected ',' or ']', but got '<stream end>')"
+    )
+
+
 def test_inspect_one_shard_file(runner, shard_dir):
     from vespo_cli.shards import list_shards, read_shard
 

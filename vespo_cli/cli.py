@@ -398,18 +398,15 @@ def inspect(path: Path = typer.Argument(..., help="A shard file, a shard directo
 def _training_rows(run: RunDir) -> list[tuple[str, str]]:
     """`vespo inspect RUN`'s rows for the run's training, from metrics.jsonl (the numbers `vespo compare`
     reports, compare/analysis.py) and its checkpoints; [] before its first step."""
-    import yaml
-
     from .compare.analysis import eval_records, summarize_run
+    from .compare.runs import existing_run
     from .fsio import read_jsonl
     from .rundir import step_dirs
 
     records = read_jsonl(run.metrics) if run.metrics.is_file() else []
     if not records:
         return []
-    config = yaml.safe_load(run.config.read_text()) if run.is_run() else None
-    steps = ((config or {}).get("trainer") or {}).get("steps")
-    r = summarize_run(records, total_steps=steps if isinstance(steps, int) else None)
+    r = summarize_run(records, total_steps=existing_run(run.root).steps if run.is_run() else None)
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     c = r["collapse"]
     rows = [

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import UserError
 from ..fsio import read_jsonl
+from ..presets import read_yaml
 from ..rundir import RunDir
 from ..runid import recorded_hardware
 from .analysis import eval_records, smooth_window, summarize_run, train_records
@@ -63,11 +62,8 @@ def parse_algo_item(item: str) -> tuple[str, list[str], str]:
 
 
 def _read_run_config(run_dir: Path) -> dict:
-    try:
-        data = yaml.safe_load(RunDir(run_dir).config.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"{RunDir(run_dir).config}: cannot read ({e})") from None
-    return data if isinstance(data, dict) else {}
+    """A run's config.yaml as a mapping; one-line UserError naming the file where it is not one."""
+    return read_yaml(RunDir(run_dir).config)
 
 
 def existing_run(run_dir: Path) -> RunSpec:
