@@ -50,3 +50,21 @@ def test_every_cited_doc_exists_in_the_repository():
 def test_the_citation_pattern():
     text = 'see docs/training.md, DESIGN.md "Shards", README.md; writes OUT/report.md and latest.md'
     assert CITATION.findall(text) == ["docs/training.md", "DESIGN.md", "README.md"]
+
+
+def test_readme_verdict_sentences_are_the_reports_own():
+    """Every verdict sentence in README.md (a bullet with a bold verdict) is, word for word, one the committed
+    report's summary.json gives (`verdict_sentence`, `reports/verdict_sentences.py`): no result typed by hand."""
+    import json
+
+    from vespo_cli.compare.markdown import verdict_sentence
+
+    sentences = set()
+    for summary in sorted((ROOT / "reports").glob("*/summary.json")):
+        sentences |= {verdict_sentence(r) for r in json.loads(summary.read_text()).get("verdict") or []}
+    verdicts = ("supported", "contradicted", "not resolved", "interim")
+    bullets = re.split(r"\n\s*- ", (ROOT / "README.md").read_text())
+    quoted = [" ".join(b.split()) for b in bullets if any(f": **{v}** (" in b for v in verdicts)]
+    assert quoted, "the walk sees the README's verdict sentences"
+    for sentence in quoted:  # a bullet may go on after its sentence
+        assert any(sentence.startswith(s) for s in sentences), sentence
