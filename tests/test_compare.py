@@ -806,3 +806,37 @@ def test_eval_points_span_the_seeds_or_one_seeds_interval():
         (32.0, 0.4, pytest.approx(0.3), pytest.approx(0.45)),  # one seed: its interval
     ]
     assert _eval_points([a], "gsm8k", "steps") == []
+
+
+def test_terminal_summary_of_a_compare():
+    """What `vespo compare` prints before the report's path: a row per group, a line per claim with data."""
+    from rich.console import Console
+
+    from vespo_cli.compare.sweep import results_table, verdict_summary
+
+    summary = {
+        "groups": [
+            {
+                "label": "sapo",
+                "staleness": 32,
+                "seeds": [0, 1],
+                "final_reward": {"mean": 0.2},
+                "final_eval": {"mean": 0.054},
+                "collapse": [{"status": "collapsed"}, {"status": "stable"}],
+            }
+        ],
+        "verdict": [
+            {"claim": "VESPO learns better", "verdict": "supported", "estimate": 0.1, "p_adjusted": 0.0123},
+            {"claim": "VESPO is stable", "verdict": "interim", "estimate": 0.1, "p_adjusted": None},
+            {"claim": "VESPO beats GSPO", "verdict": "not resolved", "estimate": None, "p_adjusted": None},
+        ],
+    }
+    console = Console(record=True, width=120)
+    console.print(results_table(summary))
+    row = [line for line in console.export_text().splitlines() if line.strip().startswith("sapo")]
+    assert row and row[0].split() == ["sapo", "│", "32", "│", "2", "│", "0.200", "│", "5.4", "│", "1/2"]
+    assert verdict_summary(summary) == [
+        "VESPO learns better: supported (Holm p = 0.012)",
+        "VESPO is stable: interim",
+        "1 claim(s) without data in these runs",
+    ]

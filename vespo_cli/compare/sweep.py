@@ -3,6 +3,7 @@ and partial ones resumed, the report rewritten as runs finish."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections import Counter
@@ -174,8 +175,48 @@ def compare_command(
     with hold(out, "vespo compare"):  # one compare per report directory; each run locks its own directory
         _run_grid(specs, replay, report_now)  # reports as runs finish: rows short of the plan are interim
         report = report_now()
-    _console().print(f"report: {report}", highlight=False)
+    console = _console()
+    summary = json.loads((out / "summary.json").read_text())
+    console.print(results_table(summary))
+    for line in verdict_summary(summary):
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"report: {report}", highlight=False)
     return report
+
+
+def results_table(summary: dict):
+    """The report's results on the terminal: a row per (algorithm, N) group (report.md has the intervals)."""
+    from rich.table import Table
+
+    table = Table(title="vespo compare", title_justify="left", show_edge=False)
+    for col in ("algorithm", "N", "seeds", "final reward", "final eval %", "collapsed"):
+        table.add_column(col)
+    for g in summary["groups"]:
+        reward, final = g.get("final_reward"), g.get("final_eval")
+        collapsed = sum(c["status"] == "collapsed" for c in g["collapse"])
+        table.add_row(
+            g["label"],
+            str(g["staleness"]),
+            str(len(g["seeds"])),
+            "–" if not reward else f"{reward['mean']:.3f}",
+            "–" if not final else f"{100 * final['mean']:.1f}",
+            f"{collapsed}/{len(g['collapse'])}",
+        )
+    return table
+
+
+def verdict_summary(summary: dict) -> list[str]:
+    """Each claim with data in a line: its verdict and Holm-adjusted p; the claims without data counted."""
+    rows = summary.get("verdict") or []
+    with_data = [r for r in rows if r.get("estimate") is not None]
+    lines = [
+        f"{r['claim']}: {r['verdict']}"
+        + (f" (Holm p = {r['p_adjusted']:.3f})" if r.get("p_adjusted") is not None else "")
+        for r in with_data
+    ]
+    if len(with_data) < len(rows):
+        lines.append(f"{len(rows) - len(with_data)} claim(s) without data in these runs")
+    return lines
 
 
 def _check_args(items: Sequence[str], staleness: Sequence[int], seeds: int, x: str) -> None:
