@@ -398,7 +398,7 @@ def inspect(path: Path = typer.Argument(..., help="A shard file, a shard directo
 def _training_rows(run: RunDir) -> list[tuple[str, str]]:
     """`vespo inspect RUN`'s rows for the run's training, from metrics.jsonl (the numbers `vespo compare`
     reports, compare/analysis.py) and its checkpoints; [] before its first step."""
-    from .compare.analysis import eval_records, summarize_run
+    from .compare.analysis import FINAL_FRAC, eval_records, summarize_run
     from .compare.runs import existing_run
     from .fsio import read_jsonl
     from .rundir import step_dirs
@@ -411,18 +411,24 @@ def _training_rows(run: RunDir) -> list[tuple[str, str]]:
     c = r["collapse"]
     rows = [
         ("steps", f"{r['steps_done']}" + (f"/{r['steps_total']}" if r["steps_total"] else "")),
-        ("reward", f"final {fmt(r['final_reward'])}, best {fmt(r['best_reward'])} (moving average)"),
+        (
+            "reward",
+            f"final {fmt(r['final_reward'])} (last {FINAL_FRAC:.0%} of steps), "
+            f"best {fmt(r['best_reward'])} (moving average)",
+        ),
         ("collapse", c["status"] + (f" at step {c['step']} ({c['reason']})" if c["status"] == "collapsed" else "")),
     ]
     for bench in dict.fromkeys(str(e["benchmark"]) for e in eval_records(records)):
         evals = [
-            e for e in eval_records(records) if str(e["benchmark"]) == bench and isinstance(e.get("avg_at_k"), float)
+            e
+            for e in eval_records(records)
+            if str(e["benchmark"]) == bench and isinstance(e.get("avg_at_k"), int | float)
         ]
         if not evals:
             continue
         curve = ", ".join(f"step {e.get('step')}: {100 * e['avg_at_k']:.1f}%" for e in evals)
         last = evals[-1]
-        if isinstance(last.get("ci95_low"), float) and isinstance(last.get("ci95_high"), float):
+        if all(isinstance(last.get(k), int | float) for k in ("ci95_low", "ci95_high")):
             curve += f" (95% [{100 * last['ci95_low']:.1f}, {100 * last['ci95_high']:.1f}])"
         rows.append((f"eval {bench} {last.get('metric') or ''}".strip(), curve))
     rows.append(("checkpoints", ", ".join(p.name for _, p in step_dirs(run.checkpoints)) or "–"))
