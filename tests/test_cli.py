@@ -152,7 +152,7 @@ def test_inspect_a_run_shows_its_training(runner, tmp_path):
     )
     assert "rows" not in table  # no shards: only the training part
     assert table["steps"] == "4/8" and table["collapse"] == "stable" and table["checkpoints"] == "step-4"
-    assert table["reward"].startswith("final 0.400, best ")
+    assert table["reward"].startswith("final 0.400 (last 10% of steps), best ")
     assert table["eval arith avg@1"] == "step 2: 25.0%, step 4: 50.0% (95% [40.0, 60.0])"
     assert table["trained on"] == "– (no record in run.json)"
 
