@@ -95,6 +95,29 @@ def machines(summary: dict) -> str:
     return "Trained on (each run's step times against `runs/machines.jsonl`): " + "; ".join(parts)
 
 
+def entropy_line(summary: dict) -> str:
+    """Exploratory (no claim reads it): each arm's policy entropy over its runs' last 32 steps, per N, from the kept
+    runs' metrics (the stress cell's entropy curves, entropy.png, split GRPO from the other three arms)."""
+    by_cell: dict[tuple[str, int], list[float]] = {}
+    for run in summary["runs"]:
+        rows = [json.loads(x) for x in (HERE / run["path"] / "metrics.jsonl").read_text().splitlines()]
+        tail = [r["entropy"] for r in rows if r.get("kind") == "train" and isinstance(r.get("entropy"), float)][-32:]
+        if tail:
+            by_cell.setdefault((run["label"], run["staleness"]), []).append(sum(tail) / len(tail))
+    parts = []
+    for n in sorted({n for _, n in by_cell}):
+        arms = [
+            f"{NAMES.get(a, a)} {sum(v) / len(v):.2f} ({min(v):.2f}–{max(v):.2f})"
+            for a in NAMES
+            if (v := by_cell.get((a, n)))
+        ]
+        parts.append(f"N = {n}: " + ", ".join(arms))
+    return (
+        "Exploratory, not pre-registered: policy entropy (nats) over each run's last 32 steps, mean over seeds "
+        "(min–max): " + "; ".join(parts)
+    )
+
+
 def _git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(HERE), *args], capture_output=True, text=True)
 
@@ -203,6 +226,8 @@ def paragraph() -> str:
             "rule), and the seeds kept of those planned:",
             "",
             *cells(summary),
+            "",
+            f"{entropy_line(summary)}.",
             "",
             f"{machines(summary)}.",
             "",
