@@ -439,3 +439,13 @@ def test_rows_short_of_the_planned_seeds_count_at_p_1_in_the_family():
         rows[0]["verdict"] == "interim"
         and "1 row(s) of the family are short of their planned seeds (counted at p = 1)" in rows[0]["note"]
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=8))
+def test_a_cut_interval_lies_in_both_the_raw_interval_and_the_range(values):
+    """Cutting a t interval to a rate's [0, 1] keeps the mean (a mean of rates is in [0, 1]) and only ever narrows."""
+    raw, cut = S.t_interval(values), S.t_interval(values, bounds=(0.0, 1.0))
+    assert cut["mean"] == raw["mean"] and cut["n"] == raw["n"]
+    assert max(raw["low"], 0.0) == cut["low"] <= cut["mean"] + 1e-12
+    assert min(raw["high"], 1.0) == cut["high"] >= cut["mean"] - 1e-12
