@@ -72,6 +72,14 @@ def machine_of(when: float, starts: list[tuple[float, str]]) -> str:
     return before[-1] if before else FIRST_MACHINE
 
 
+def train_rows(run: dict) -> list[dict]:
+    """A kept run's training lines (summary.json's `path`, relative to this folder)."""
+    from vespo_cli.compare.analysis import train_records
+    from vespo_cli.fsio import read_jsonl
+
+    return train_records(read_jsonl(HERE / run["path"] / "metrics.jsonl"))
+
+
 def machines(summary: dict) -> str:
     """Where each kept run trained: its step times against the lanes' starts in runs/machines.jsonl."""
     log = HERE / "runs" / "machines.jsonl"
@@ -81,11 +89,7 @@ def machines(summary: dict) -> str:
     )
     where: dict[str, list[str]] = {}
     for run in summary["runs"]:
-        times = [
-            r["time"]
-            for r in map(json.loads, (HERE / run["path"] / "metrics.jsonl").read_text().splitlines())
-            if r.get("kind") == "train"
-        ]
+        times = [r["time"] for r in train_rows(run)]
         ran = " → ".join(dict.fromkeys(machine_of(t, starts) for t in (min(times), max(times))))
         cell = f"{NAMES.get(run['label'], run['label'])} N = {run['staleness']} s{run['seed']}"
         where.setdefault(ran, []).append(cell)
@@ -100,8 +104,7 @@ def entropy_line(summary: dict) -> str:
     runs' metrics (the stress cell's entropy curves, entropy.png, split GRPO from the other three arms)."""
     by_cell: dict[tuple[str, int], list[float]] = {}
     for run in summary["runs"]:
-        rows = [json.loads(x) for x in (HERE / run["path"] / "metrics.jsonl").read_text().splitlines()]
-        tail = [r["entropy"] for r in rows if r.get("kind") == "train" and isinstance(r.get("entropy"), float)][-32:]
+        tail = [r["entropy"] for r in train_rows(run) if isinstance(r.get("entropy"), float)][-32:]
         if tail:
             by_cell.setdefault((run["label"], run["staleness"]), []).append(sum(tail) / len(tail))
     parts = []
