@@ -16,7 +16,7 @@ from rich.table import Table
 
 from .errors import UserError, as_os_error, describe_os_error
 from .interrupt import exit_status
-from .rundir import RunDir, checkpoint_of, default_dir
+from .rundir import checkpoint_of, default_dir
 
 app = typer.Typer(
     name="vespo",
@@ -353,86 +353,12 @@ def inspect(path: Path = typer.Argument(..., help="A shard file, a shard directo
 
     Shards: rows, policy versions, staleness, reward, engines, scoring failures. A run: also its training so far
     (steps, reward, collapse, evals, checkpoints) and the hardware each start of its trainer ran on."""
-    from .runid import recorded_hardware
-    from .shards import summarize
+    from .inspection import inspect_table
 
-    run = RunDir(path) if RunDir(path).is_run() or RunDir(path).rollouts.is_dir() else None
-    shards = run.rollouts if run is not None else path
-    s = summarize(shards) if run is None or shards.is_dir() else None
-    if s is not None and s["bad_shards"] and not s["rows"]:
-        raise UserError(f"{shards}: no readable shard ({len(s['bad_shards'])} bad, e.g. {s['bad_shards'][0]})")
-    training = _training_rows(run) if run is not None else []
-    if (s is None or not s["rows"]) and not training:
-        raise UserError(
-            f"{shards}: no shard rows (expected *.parquet rollout shards, or a run directory with rollouts/)"
-        )
-    table = Table(show_header=False, show_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    if s is not None and s["rows"]:
-        for key in (
-            "directory",
-            "shards",
-            "rows",
-            "reward_mean",
-            "accuracy",
-            "mean_response_tokens",
-            "reward_errors",
-            "reward_timeouts",
-        ):
-            v = s[key]
-            table.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
-        table.add_row("policy versions", ", ".join(f"v{k}: {c}" for k, c in s["policy_versions"].items()))
-        table.add_row("staleness vs newest", ", ".join(f"{k}: {c}" for k, c in s["staleness_vs_newest"].items()))
-        table.add_row("engines", ", ".join(f"{k}: {c}" for k, c in s["engines"].items()))
-        table.add_row("finish reasons", ", ".join(f"{k}: {c}" for k, c in s["finish_reasons"].items()))
-    for key, value in training:
-        table.add_row(key, value)
-    if run is not None:  # run.json's starts: the hardware the trainer ran on, in order (a resume elsewhere adds one)
-        table.add_row("trained on", "; ".join(recorded_hardware(run.root)) or "– (no record in run.json)")
+    table, bad_shards = inspect_table(path)
     console.print(table)
-    for b in s["bad_shards"] if s is not None else []:
+    for b in bad_shards:
         err_console.print(f"[yellow]bad shard:[/] {escape(b)}", highlight=False, soft_wrap=True)
-
-
-def _training_rows(run: RunDir) -> list[tuple[str, str]]:
-    """`vespo inspect RUN`'s rows for the run's training, from metrics.jsonl (the numbers `vespo compare`
-    reports, compare/analysis.py) and its checkpoints; [] before its first step."""
-    from .compare.analysis import FINAL_FRAC, eval_records, summarize_run
-    from .compare.runs import existing_run
-    from .fsio import read_jsonl
-    from .rundir import step_dirs
-
-    records = read_jsonl(run.metrics) if run.metrics.is_file() else []
-    if not records:
-        return []
-    r = summarize_run(records, total_steps=existing_run(run.root).steps if run.is_run() else None)
-    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-    c = r["collapse"]
-    rows = [
-        ("steps", f"{r['steps_done']}" + (f"/{r['steps_total']}" if r["steps_total"] else "")),
-        (
-            "reward",
-            f"final {fmt(r['final_reward'])} (last {FINAL_FRAC:.0%} of steps), "
-            f"best {fmt(r['best_reward'])} (moving average)",
-        ),
-        ("collapse", c["status"] + (f" at step {c['step']} ({c['reason']})" if c["status"] == "collapsed" else "")),
-    ]
-    for bench in dict.fromkeys(str(e["benchmark"]) for e in eval_records(records)):
-        evals = [
-            e
-            for e in eval_records(records)
-            if str(e["benchmark"]) == bench and isinstance(e.get("avg_at_k"), int | float)
-        ]
-        if not evals:
-            continue
-        curve = ", ".join(f"step {e.get('step')}: {100 * e['avg_at_k']:.1f}%" for e in evals)
-        last = evals[-1]
-        if all(isinstance(last.get(k), int | float) for k in ("ci95_low", "ci95_high")):
-            curve += f" (95% [{100 * last['ci95_low']:.1f}, {100 * last['ci95_high']:.1f}])"
-        rows.append((f"eval {bench} {last.get('metric') or ''}".strip(), curve))
-    rows.append(("checkpoints", ", ".join(p.name for _, p in step_dirs(run.checkpoints)) or "–"))
-    return rows
 
 
 @app.command()
