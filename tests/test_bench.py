@@ -218,8 +218,8 @@ def test_step_breakdown_figure(tmp_path):
     assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
 
 
-# heavy: the whole suite in worker processes, several with vLLM; in `make test` it took 556 of the 1384 s that its
-# first 871 tests took (beside two study lanes, 2026-12-07), 4x the next longest. `make test-heavy` runs it.
+# heavy: the whole bench suite in worker processes, several with vLLM, by far the longest test of `make test`
+# (timed per test on 2026-12-07); `make test-heavy` runs it, `make bench` is the command it covers.
 @pytest.mark.heavy
 @pytest.mark.vllm
 def test_quick_bench_writes_json_and_markdown(tmp_path):
