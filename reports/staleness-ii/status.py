@@ -8,6 +8,7 @@ stress screen), probe/probe.json (Probe II). run.sh's report step runs it; no fi
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import subprocess
 import sys
@@ -73,20 +74,23 @@ def machine_of(when: float, starts: list[tuple[float, str]]) -> str:
 
 
 def train_rows(run: dict) -> list[dict]:
-    """A kept run's training lines (summary.json's `path`, relative to this folder)."""
+    """A kept run's training lines (summary.json's `path`, relative to this folder), read once for all lines."""
+    return _train_rows(run["path"])
+
+
+@functools.cache
+def _train_rows(path: str) -> list[dict]:
     from vespo_cli.compare.analysis import train_records
     from vespo_cli.fsio import read_jsonl
 
-    return train_records(read_jsonl(HERE / run["path"] / "metrics.jsonl"))
+    return train_records(read_jsonl(HERE / path / "metrics.jsonl"))
 
 
 def machines(summary: dict) -> str:
     """Where each kept run trained: its step times against the lanes' starts in runs/machines.jsonl."""
     log = HERE / "runs" / "machines.jsonl"
-    lines = log.read_text().splitlines() if log.is_file() else []
-    starts = sorted(
-        (dt.datetime.fromisoformat(json.loads(x)["start"]).timestamp(), json.loads(x)["cpu"]) for x in lines
-    )
+    logged = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+    starts = sorted((dt.datetime.fromisoformat(m["start"]).timestamp(), m["cpu"]) for m in logged)
     where: dict[str, list[str]] = {}
     for run in summary["runs"]:
         times = [r["time"] for r in train_rows(run)]
@@ -128,13 +132,13 @@ def _git(*args: str) -> subprocess.CompletedProcess:
 def done_criteria(summary: dict) -> str:
     """Issue 29's done criteria that the committed results decide (`make test` is CI's), each met or what is short."""
     checks = []
-    cells = [(a, n) for a in NAMES for n in (1, 16, 32)]
+    arm_cells = [(a, n) for a in NAMES for n in (1, 16, 32)]
     runs = summary["runs"]
     full = {
         c: [r for r in runs if (r["label"], r["staleness"]) == c and r["steps_done"] >= 128 and r["evals_per_run"] >= 4]
-        for c in cells
+        for c in arm_cells
     }
-    short = [f"{NAMES[a]} N = {n} ({len(full[(a, n)])})" for a, n in cells if len(full[(a, n)]) < 3]
+    short = [f"{NAMES[a]} N = {n} ({len(full[(a, n)])})" for a, n in arm_cells if len(full[(a, n)]) < 3]
     checks.append(("≥ 3 seeds of ≥ 128 steps and ≥ 4 evals in every arm at N = 1, 16, 32", short))
     rows = summary["verdict"]
     unjudged = [r["claim"] for r in rows if r["verdict"] == "interim" or r.get("p_adjusted") is None]
